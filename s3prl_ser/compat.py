@@ -1,0 +1,163 @@
+"""Make s3prl 0.4.18 import and run on torch/torchaudio 2.9 and huggingface_hub >= 1.0.
+
+s3prl 0.4.18 was written against older stacks. Every workaround the project needs lives here,
+applied by :func:`install` (``import s3prl_ser`` calls it) before s3prl is imported:
+
+* ``torchaudio.set_audio_backend`` is gone; s3prl calls it at import time only to pick a
+  backend, so it becomes a no-op (audio I/O goes through soundfile, see below).
+* ``torchaudio.sox_effects`` is gone; s3prl imports it at module level in a few upstreams.
+  A stand-in module imports fine and raises :class:`RemovedAPIError` when actually called.
+* ``torchaudio.load`` now requires torchcodec; it is replaced by a soundfile reader with the
+  same return convention ``(Tensor[channels, frames] float32, sample_rate)``.
+* ``huggingface_hub`` >= 1.0 dropped ``HfFolder`` and ``Repository``, which s3prl's runner
+  imports for ``--push_to_hf_hub``; stand-ins raise :class:`RemovedAPIError` when used.
+* s3prl's runner saves checkpoints with a plain ``torch.save`` (a kill mid-write leaves a
+  corrupt file) and loads them with ``torch.load`` whose default became ``weights_only=True``
+  (its checkpoints hold an ``argparse.Namespace``). The runner module gets a ``torch`` whose
+  ``save`` is atomic and whose ``load`` is weights-only with ``Namespace`` allow-listed, so
+  loading a checkpoint never executes code from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+import tempfile
+import types
+from pathlib import Path
+from typing import Any, Callable
+
+import soundfile
+import torch
+import torchaudio
+
+__all__ = [
+    "RemovedAPIError",
+    "install",
+    "patch_runner_checkpoint_io",
+    "atomic_torch_save",
+    "safe_torch_load",
+    "soundfile_load",
+]
+
+
+class RemovedAPIError(RuntimeError):
+    """A library API that s3prl references no longer exists on this stack."""
+
+
+def _removed(qualified_name: str, hint: str) -> Callable[..., Any]:
+    def raiser(*args: Any, **kwargs: Any) -> Any:
+        raise RemovedAPIError(f"{qualified_name} was removed from the installed library; {hint}")
+
+    raiser.__name__ = qualified_name.rsplit(".", 1)[-1]
+    return raiser
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+    """``torch.save`` to a temporary file in the same directory, then rename over ``path``.
+
+    A run killed mid-save leaves the previous file (or none), never a truncated one.
+    """
+    if not isinstance(path, (str, os.PathLike)):  # file-like objects: nothing to make atomic
+        torch.save(obj, path, **kwargs)
+        return
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle, **kwargs)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", **kwargs: Any) -> Any:
+    """Weights-only ``torch.load`` that also accepts the ``argparse.Namespace`` s3prl stores."""
+    kwargs.pop("weights_only", None)  # never let a caller turn code execution back on
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location=map_location, weights_only=True, **kwargs)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # unpickling errors come in many types; name the file
+        raise RuntimeError(f"cannot load checkpoint {path}: {error}") from error
+
+
+def soundfile_load(
+    uri: str | os.PathLike,
+    frame_offset: int = 0,
+    num_frames: int = -1,
+    normalize: bool = True,
+    channels_first: bool = True,
+    **_: Any,
+) -> tuple[torch.Tensor, int]:
+    """Drop-in for ``torchaudio.load`` backed by soundfile (returns float32 in [-1, 1])."""
+    stop = None if num_frames < 0 else frame_offset + num_frames
+    data, sample_rate = soundfile.read(
+        os.fspath(uri), start=frame_offset, stop=stop, dtype="float32", always_2d=True
+    )
+    wav = torch.from_numpy(data)  # (frames, channels)
+    return (wav.T.contiguous() if channels_first else wav), sample_rate
+
+
+class _RunnerTorch(types.ModuleType):
+    """The ``torch`` that s3prl's runner module sees: atomic saves, weights-only loads."""
+
+    def __init__(self) -> None:
+        super().__init__("torch")
+        self.save = atomic_torch_save
+        self.load = safe_torch_load
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
+def _patch_torchaudio() -> None:
+    if not hasattr(torchaudio, "set_audio_backend"):
+        torchaudio.set_audio_backend = lambda backend=None: None
+    try:
+        importlib.import_module("torchaudio.sox_effects")
+    except ImportError:
+        stand_in = types.ModuleType("torchaudio.sox_effects")
+        hint = "sox effects are not available with torchaudio >= 2.9; apply them with sox beforehand"
+        for name in ("apply_effects_tensor", "apply_effects_file", "effect_names"):
+            setattr(stand_in, name, _removed(f"torchaudio.sox_effects.{name}", hint))
+        sys.modules["torchaudio.sox_effects"] = stand_in
+        torchaudio.sox_effects = stand_in
+    if importlib.util.find_spec("torchcodec") is None:
+        torchaudio.load = soundfile_load
+
+
+def _patch_huggingface_hub() -> None:
+    import huggingface_hub
+
+    hint = "pushing to the Hugging Face Hub (--push_to_hf_hub) is not supported by s3prl-ser"
+    for name in ("HfFolder", "Repository"):
+        if not hasattr(huggingface_hub, name):
+            raiser = _removed(f"huggingface_hub.{name}", hint)
+            stand_in = type(name, (), {"__init__": raiser, "get_token": staticmethod(raiser)})
+            setattr(huggingface_hub, name, stand_in)
+
+
+def patch_runner_checkpoint_io() -> None:
+    """Give s3prl's runner module atomic checkpoint saves and weights-only loads (idempotent)."""
+    import s3prl.downstream.runner as runner_module
+
+    if not isinstance(runner_module.torch, _RunnerTorch):
+        runner_module.torch = _RunnerTorch()
+
+
+def install() -> None:
+    """Make ``import s3prl`` and its runner work; idempotent, so repeated calls are harmless.
+
+    The runner's checkpoint I/O is patched separately by :func:`patch_runner_checkpoint_io`
+    (importing the runner loads every s3prl upstream, which plain library use should not pay).
+    """
+    _patch_torchaudio()
+    _patch_huggingface_hub()

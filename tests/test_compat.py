@@ -1,0 +1,78 @@
+import argparse
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+
+from s3prl_ser import compat
+
+
+def test_s3prl_hub_and_runner_import():
+    from s3prl import hub
+    from s3prl.downstream.runner import Runner  # noqa: F401
+
+    options = hub.options()
+    for name in ("hubert_local", "wav2vec2_local", "fbank", "hubert", "wav2vec2"):
+        assert name in options
+
+
+def test_removed_apis_raise_only_when_called():
+    from torchaudio.sox_effects import apply_effects_tensor
+    import huggingface_hub
+
+    torchaudio.set_audio_backend("sox_io")  # called by s3prl at import time: must be harmless
+    with pytest.raises(compat.RemovedAPIError, match="sox_effects.apply_effects_tensor was removed"):
+        apply_effects_tensor(torch.zeros(1, 10), 16000, [])
+    with pytest.raises(compat.RemovedAPIError, match="HfFolder"):
+        huggingface_hub.HfFolder.get_token()
+    with pytest.raises(compat.RemovedAPIError, match="Repository"):
+        huggingface_hub.Repository(local_dir="x")
+
+
+def test_torchaudio_load_reads_with_soundfile(tmp_path):
+    data = (np.random.default_rng(0).uniform(-0.5, 0.5, size=(300, 2))).astype("float32")
+    sf.write(tmp_path / "x.wav", data, 8000, subtype="FLOAT")
+    wav, sr = torchaudio.load(str(tmp_path / "x.wav"))
+    assert sr == 8000 and wav.shape == (2, 300)
+    assert torch.allclose(wav, torch.from_numpy(data).T)
+
+
+def test_atomic_save_keeps_previous_file_on_failure(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    compat.atomic_torch_save({"a": torch.ones(2)}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        compat.atomic_torch_save({"a": Unpicklable()}, path)
+    assert torch.equal(torch.load(path)["a"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temporary left behind
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_safe_load_accepts_namespace_and_refuses_code(tmp_path):
+    torch.save({"Args": argparse.Namespace(seed=1), "Step": 3}, tmp_path / "ok.ckpt")
+    loaded = compat.safe_torch_load(tmp_path / "ok.ckpt", weights_only=False)
+    assert loaded["Args"].seed == 1 and loaded["Step"] == 3
+    torch.save({"x": _Evil()}, tmp_path / "evil.ckpt")
+    with pytest.raises(RuntimeError, match="cannot load checkpoint .*evil.ckpt"):
+        compat.safe_torch_load(tmp_path / "evil.ckpt")
+
+
+def test_runner_module_uses_safe_io():
+    import s3prl.downstream.runner as runner_module
+
+    compat.patch_runner_checkpoint_io()
+    compat.patch_runner_checkpoint_io()
+    assert runner_module.torch.save is compat.atomic_torch_save
+    assert runner_module.torch.load is compat.safe_torch_load
+    assert runner_module.torch.cuda is torch.cuda  # everything else is the real torch
