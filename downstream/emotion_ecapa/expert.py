@@ -1,0 +1,179 @@
+"""s3prl downstream expert for IEMOCAP emotion recognition with mean pooling or ECAPA-TDNN.
+
+Drop-in for s3prl's ``emotion`` task (same meta data, same fold naming, same SUPERB dev split),
+with the paper's additions: an ECAPA-TDNN aggregator, UA beside WA, the k best checkpoints kept
+by dev accuracy for averaging (done by :class:`s3prl_ser.runner.SERRunner` after training),
+and test-set predictions written only for the reported model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.distributed import is_initialized
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, DistributedSampler
+
+from s3prl_ser.audio import load_audio
+from s3prl_ser.best_checkpoints import BestCheckpoints
+from s3prl_ser.classifier import UtteranceClassifier
+from s3prl_ser.config import check_keys, require
+from s3prl_ser.emotion_dataset import EmotionDataset, collate, read_meta_data
+from s3prl_ser.folds import check_fold, fold_session, speaker_disjoint_split, superb_train_dev_split
+from s3prl_ser.metrics import classification_report
+
+DATARC_KEYS = {
+    "root", "meta_data", "test_fold", "split", "valid_ratio", "dev_session", "pre_load",
+    "train_batch_size", "eval_batch_size", "num_workers", "min_samples",
+}
+MODELRC_KEYS = {"aggregator", "ecapa"}
+AVERAGING_KEYS = {"best_k", "average"}
+
+
+class DownstreamExpert(nn.Module):
+    """Builds the fold's datasets and the classifier; s3prl's runner drives training.
+
+    Args:
+        upstream_dim: feature dimension of the featurizer output.
+        downstream_expert: the ``downstream_expert`` config section (datarc, modelrc,
+            checkpoint_averaging).
+        expdir: experiment directory.
+        **kwargs: the runner's remaining config sections and command-line args (unused here
+            except ``downstream_variant``, which selects the fold like s3prl's ``-v``).
+    """
+
+    def __init__(self, upstream_dim: int, downstream_expert: dict, expdir: str, **kwargs: Any) -> None:
+        super().__init__()
+        check_keys(downstream_expert, {"datarc", "modelrc", "checkpoint_averaging"}, "downstream_expert")
+        self.datarc = dict(downstream_expert.get("datarc", {}))
+        self.modelrc = dict(downstream_expert.get("modelrc", {}))
+        self.averaging = dict(downstream_expert.get("checkpoint_averaging", {}))
+        check_keys(self.datarc, DATARC_KEYS, "downstream_expert.datarc")
+        check_keys(self.modelrc, MODELRC_KEYS, "downstream_expert.modelrc")
+        check_keys(self.averaging, AVERAGING_KEYS, "downstream_expert.checkpoint_averaging")
+        self.expdir = Path(expdir)
+
+        where = "downstream_expert.datarc"
+        root = Path(require(self.datarc, "root", where, "pass -o config.downstream_expert.datarc.root=IEMOCAP_ROOT"))
+        meta_dir = Path(require(self.datarc, "meta_data", where, "pass -o config.downstream_expert.datarc.meta_data=META_DIR"))
+        self.fold = check_fold(self.datarc.get("test_fold") or kwargs.get("downstream_variant") or "fold1")
+        session = fold_session(self.fold)
+        train_meta = read_meta_data(meta_dir / session / "train_meta_data.json", root)
+        test_meta = read_meta_data(meta_dir / session / "test_meta_data.json", root)
+        if train_meta.labels != test_meta.labels:
+            raise ValueError(f"{train_meta.path} and {test_meta.path} define different labels")
+        self.class_names = train_meta.class_names
+
+        split = self.datarc.get("split", "superb")
+        if split == "superb":
+            train_idx, dev_idx = superb_train_dev_split(len(train_meta.items), self.datarc.get("valid_ratio", 0.2))
+        elif split == "speaker":
+            paths = [item["path"] for item in train_meta.items]
+            train_idx, dev_idx = speaker_disjoint_split(paths, self.fold, self.datarc.get("dev_session"))
+        else:
+            raise ValueError(f"{where}.split must be 'superb' or 'speaker', got {split!r}")
+        options = dict(pre_load=self.datarc.get("pre_load", True), min_samples=self.datarc.get("min_samples", 400))
+        self.train_dataset = EmotionDataset(root, train_meta, indices=train_idx, **options)
+        self.dev_dataset = EmotionDataset(root, train_meta, indices=dev_idx, **options)
+        self.test_dataset = EmotionDataset(root, test_meta, **options)
+        print(f"[Expert] - {self.fold}: test {session} ({len(self.test_dataset)}), "
+              f"train {len(self.train_dataset)}, dev {len(self.dev_dataset)} ({split} split)")
+
+        if self.modelrc.get("aggregator", "ecapa") == "ecapa" and self.datarc.get("train_batch_size", 4) < 2:
+            raise ValueError(f"{where}.train_batch_size must be >= 2 for the ecapa aggregator (BatchNorm)")
+        self.model = UtteranceClassifier(
+            upstream_dim,
+            len(self.class_names),
+            aggregator=self.modelrc.get("aggregator", "ecapa"),
+            ecapa=self.modelrc.get("ecapa"),
+        )
+        self.objective = nn.CrossEntropyLoss()
+        self.best = BestCheckpoints(self.expdir, int(self.averaging.get("best_k", 5)))
+
+    def get_downstream_name(self) -> str:
+        return self.fold.replace("fold", "emotion")
+
+    # Interface
+    def get_dataloader(self, mode: str, epoch: int = 0) -> DataLoader:
+        if mode == "train":
+            sampler = DistributedSampler(self.train_dataset) if is_initialized() else None
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            # drop_last: a trailing batch of one utterance breaks ECAPA's BatchNorm in train mode.
+            return DataLoader(
+                self.train_dataset, batch_size=self.datarc.get("train_batch_size", 4),
+                shuffle=sampler is None, sampler=sampler, drop_last=True,
+                num_workers=self.datarc.get("num_workers", 4), collate_fn=collate,
+            )
+        datasets = {"dev": self.dev_dataset, "test": self.test_dataset}
+        if mode not in datasets:
+            raise ValueError(f"unknown split {mode!r}; expected train, dev or test")
+        return DataLoader(
+            datasets[mode], batch_size=self.datarc.get("eval_batch_size", 4), shuffle=False,
+            num_workers=self.datarc.get("num_workers", 4), collate_fn=collate,
+        )
+
+    def _logits(self, features: list[torch.Tensor]) -> torch.Tensor:
+        lengths = torch.tensor([len(f) for f in features], device=features[0].device)
+        return self.model(pad_sequence(features, batch_first=True), lengths)
+
+    # Interface
+    def forward(self, mode: str, features: list[torch.Tensor], labels: tuple[int, ...],
+                filenames: tuple[str, ...], records: defaultdict, **kwargs: Any) -> torch.Tensor:
+        """``features``: per-utterance ``(T_i, D)`` tensors -> cross-entropy loss."""
+        logits = self._logits(features)
+        labels_t = torch.as_tensor(labels, device=logits.device)
+        loss = self.objective(logits, labels_t)
+        predicted = logits.argmax(dim=-1)
+        records["loss"].append(loss.item())
+        records["filename"] += list(filenames)
+        records["predict"] += [self.class_names[i] for i in predicted.tolist()]
+        records["truth"] += [self.class_names[i] for i in labels_t.tolist()]
+        return loss
+
+    # Interface
+    def log_records(self, mode: str, records: defaultdict, logger: Any, global_step: int, **kwargs: Any) -> list[str]:
+        """Log WA/UA/loss; on dev offer the step to the k best; on test write predictions."""
+        report = classification_report(records["truth"], records["predict"], self.class_names)
+        loss = float(torch.tensor(records["loss"]).mean())
+        prefix = f"emotion-{self.fold}/{mode}"
+        for name, value in (("acc", report.wa), ("ua", report.ua), ("loss", loss)):
+            logger.add_scalar(f"{prefix}-{name}", value, global_step=global_step)
+        line = f"{mode} at step {global_step}: acc {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}"
+        print(f"[Expert] - {line}")
+        with open(self.expdir / "log.log", "a") as log:
+            log.write(line + "\n")
+
+        save_names: list[str] = []
+        if mode == "dev":
+            save_names = self.best.offer(global_step, report.wa)  # dev accuracy only, never test
+        if mode in ("dev", "test"):
+            for kind in ("predict", "truth"):
+                lines = [f"{f} {e}\n" for f, e in zip(records["filename"], records[kind])]
+                (self.expdir / f"{mode}_{self.fold}_{kind}.txt").write_text("".join(lines))
+            metrics = dict(report.to_dict(), step=global_step, fold=self.fold, loss=loss)
+            (self.expdir / f"{mode}_{self.fold}_metrics.json").write_text(json.dumps(metrics, indent=1))
+        return save_names
+
+    def load_audio(self, path: str | Path) -> torch.Tensor:
+        """Used by the runner's ``-m inference``: any sample rate or channel count."""
+        return load_audio(path, min_samples=self.datarc.get("min_samples", 400))
+
+    def inference(self, features: list[torch.Tensor], filenames: list[str]) -> list[dict]:
+        """Print and return ``{"file", "label", "probabilities"}`` per utterance."""
+        probabilities = self._logits(features).softmax(dim=-1).cpu()
+        results = []
+        for name, probs in zip(filenames, probabilities):
+            result = {
+                "file": name,
+                "label": self.class_names[int(probs.argmax())],
+                "probabilities": {c: round(float(p), 6) for c, p in zip(self.class_names, probs)},
+            }
+            print(json.dumps(result))
+            results.append(result)
+        return results

@@ -1,0 +1,110 @@
+"""Aggregate per-fold test metrics into a cross-validation report (JSON, Markdown, PNG).
+
+The paper reports the mean over the 5 folds; the standard deviation is the sample std
+(ddof=1) over folds. The confusion matrix is summed over folds (every utterance is tested
+exactly once in leave-one-session-out CV).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["summarize", "write_report", "plot_confusion"]
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=float)
+    std = float(np.std(array, ddof=1)) if array.size > 1 else 0.0
+    return {"mean": float(np.mean(array)), "std": std}
+
+
+def summarize(fold_metrics: Mapping[str, dict]) -> dict:
+    """Summary of ``{fold: metrics}`` where metrics is :meth:`ClassificationReport.to_dict`.
+
+    Returns per-fold WA/UA, mean/std of WA and UA (in %), mean per-class recall over folds
+    (NaN recalls ignored), the summed confusion matrix and the pooled WA/UA it implies.
+    """
+    if not fold_metrics:
+        raise ValueError("no fold results to summarize")
+    folds = sorted(fold_metrics)
+    labels = fold_metrics[folds[0]]["labels"]
+    for fold in folds:
+        if fold_metrics[fold]["labels"] != labels:
+            raise ValueError(f"{fold} uses labels {fold_metrics[fold]['labels']}, {folds[0]} uses {labels}")
+    confusion = np.sum([np.asarray(fold_metrics[f]["confusion"]) for f in folds], axis=0)
+    recall = {
+        label: float(np.nanmean([fold_metrics[f]["recall"][label] for f in folds]) * 100)
+        for label in labels
+    }
+    pooled_recall = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
+    return {
+        "folds": {f: {"wa": fold_metrics[f]["wa"] * 100, "ua": fold_metrics[f]["ua"] * 100,
+                      "num_utterances": fold_metrics[f]["num_utterances"]} for f in folds},
+        "wa": _mean_std([fold_metrics[f]["wa"] * 100 for f in folds]),
+        "ua": _mean_std([fold_metrics[f]["ua"] * 100 for f in folds]),
+        "recall": recall,
+        "labels": labels,
+        "confusion": confusion.tolist(),
+        "pooled": {"wa": float(np.trace(confusion) / confusion.sum() * 100),
+                   "ua": float(np.mean(pooled_recall) * 100)},
+    }
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], path: str | os.PathLike,
+                   title: str = "") -> Path:
+    """Row-normalised confusion matrix with counts, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = np.asarray(confusion)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.6, 4.0), dpi=120)
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{rates[i, j]:.2f}\n({counts[i, j]})", ha="center", va="center",
+                    fontsize=8, color="white" if rates[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("reference")
+    ax.set_title(title or "confusion matrix (recall per row)", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(summary: dict, out_dir: str | os.PathLike, title: str) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and ``confusion.png`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = summary["labels"]
+    lines = [f"# {title}", "", "| fold | utterances | WA (%) | UA (%) |", "|---|---|---|---|"]
+    for fold, m in summary["folds"].items():
+        lines.append(f"| {fold} | {m['num_utterances']} | {m['wa']:.2f} | {m['ua']:.2f} |")
+    lines.append(f"| **mean ± std** | | **{summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f}** "
+                 f"| **{summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f}** |")
+    lines += ["", "Per-class recall, mean over folds (%): "
+              + ", ".join(f"{l} {summary['recall'][l]:.2f}" for l in labels), "",
+              "Confusion matrix summed over folds (rows: reference, columns: predicted):", "",
+              "| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for label, row in zip(labels, summary["confusion"]):
+        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", f"Pooled over all test utterances: WA {summary['pooled']['wa']:.2f}, "
+              f"UA {summary['pooled']['ua']:.2f}. Std is the sample std over folds.", "",
+              "![confusion matrix](confusion.png)", ""]
+    paths = {"json": out_dir / "results.json", "md": out_dir / "results.md", "png": out_dir / "confusion.png"}
+    paths["json"].write_text(json.dumps(summary, indent=1))
+    paths["md"].write_text("\n".join(lines))
+    plot_confusion(summary["confusion"], labels, paths["png"], title=f"{title}: summed over folds")
+    return paths

@@ -1,0 +1,41 @@
+"""Make this project's downstream tasks visible to s3prl's runner.
+
+s3prl's runner imports ``s3prl.downstream.<task>.expert``; appending the project's
+``downstream/`` directory to that package's search path makes ``-d emotion_ecapa`` resolve
+to ``downstream/emotion_ecapa/expert.py`` while stock tasks (``-d emotion``) still resolve
+to s3prl's own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["DOWNSTREAM_DIR", "register_downstreams", "default_config"]
+
+DOWNSTREAM_DIR = Path(__file__).resolve().parents[1] / "downstream"
+
+
+def register_downstreams() -> None:
+    """Add ``downstream/`` to ``s3prl.downstream.__path__`` (idempotent)."""
+    import s3prl.downstream
+
+    if not DOWNSTREAM_DIR.is_dir():
+        raise FileNotFoundError(f"the project's downstream directory is missing: {DOWNSTREAM_DIR}")
+    if str(DOWNSTREAM_DIR) not in s3prl.downstream.__path__:
+        s3prl.downstream.__path__.append(str(DOWNSTREAM_DIR))
+
+
+def default_config(task: str) -> Path:
+    """``downstream/<task>/config.yaml``, from this project or, for stock tasks, from s3prl.
+
+    The s3prl wheel ships no task configs, so a stock task without one is an error.
+    """
+    import s3prl.downstream
+
+    for directory in map(Path, s3prl.downstream.__path__):
+        candidate = directory / task / "config.yaml"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"no config.yaml for downstream task {task!r} (the s3prl wheel ships none for stock tasks); pass -c CONFIG"
+    )

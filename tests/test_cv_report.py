@@ -1,0 +1,42 @@
+import json
+
+import numpy as np
+import pytest
+
+from s3prl_ser.cv_report import summarize, write_report
+from s3prl_ser.metrics import classification_report
+
+LABELS = ["neu", "hap", "ang", "sad"]
+
+
+def _fold(truth, pred):
+    return classification_report(truth, pred, LABELS).to_dict()
+
+
+def test_summary_against_hand_computation(tmp_path):
+    folds = {
+        "fold1": _fold(["neu", "hap", "ang", "sad"], ["neu", "hap", "ang", "neu"]),  # WA .75, UA .75
+        "fold2": _fold(["neu", "neu", "ang", "sad"], ["neu", "hap", "hap", "sad"]),  # WA .5, UA (.5+0+1)/3
+    }
+    summary = summarize(folds)
+    assert summary["wa"]["mean"] == pytest.approx(62.5)
+    assert summary["wa"]["std"] == pytest.approx(np.std([75, 50], ddof=1))
+    assert summary["ua"]["mean"] == pytest.approx((75 + 50) / 2)
+    assert summary["recall"]["hap"] == pytest.approx(100.0)  # fold2 has no hap reference: ignored
+    assert summary["recall"]["sad"] == pytest.approx(50.0)
+    assert np.array_equal(summary["confusion"], [[2, 1, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [1, 0, 0, 1]])
+    assert summary["pooled"]["wa"] == pytest.approx(5 / 8 * 100)
+
+    paths = write_report(summary, tmp_path, "demo")
+    assert json.loads(paths["json"].read_text())["wa"]["mean"] == pytest.approx(62.5)
+    md = paths["md"].read_text()
+    assert "| fold1 | 4 | 75.00 | 75.00 |" in md and "62.50 ± 17.68" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_label_mismatch_refused():
+    other = classification_report(["a"], ["a"], ["a", "b"]).to_dict()
+    with pytest.raises(ValueError, match="uses labels"):
+        summarize({"fold1": _fold(["neu"], ["neu"]), "fold2": other})
+    with pytest.raises(ValueError, match="no fold results"):
+        summarize({})
