@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -75,7 +76,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], pa
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("reference")
-    ax.set_title(title or "confusion matrix (recall per row)", fontsize=9)
+    ax.set_title(textwrap.fill(title or "confusion matrix (recall per row)", 48), fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     path = Path(path)

@@ -97,7 +97,7 @@ class EmotionDataset(Dataset):
         self.class_names = self.meta.class_names
         self._cache: list[np.ndarray] | None = None
         if pre_load:
-            self._cache = [self._load(i) for i in tqdm(range(len(self)), desc=f"loading {self.meta.path.parent.name}", leave=False)]
+            self._cache = [self._load(i) for i in tqdm(range(len(self)), desc=f"loading {self.meta.path.parent.name}/{self.meta.path.name}", leave=False)]
 
     def _load(self, index: int) -> np.ndarray:
         wav = load_audio(self.root / self.items[index]["path"], min_samples=self.min_samples)

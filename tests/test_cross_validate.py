@@ -1,0 +1,43 @@
+import json
+import warnings
+
+import pytest
+
+from s3prl_ser.cross_validate import main as cross_validate_main
+from s3prl_ser.prepare_iemocap import prepare
+from test_emotion_ecapa import overrides
+
+
+@pytest.fixture(scope="module")
+def meta(mini_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("meta")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(mini_corpus, out)
+    return out
+
+
+def test_runs_folds_writes_report_and_reuses_finished_folds(mini_corpus, meta, tmp_path, capsys):
+    argv = ["-p", str(tmp_path), "--folds", "fold1,fold3", "-u", "fbank", "-d", "emotion_ecapa",
+            "--device", "cpu", "-o", overrides(mini_corpus, meta, steps=4, every=2)]
+    cross_validate_main(argv)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(results["folds"]) == ["fold1", "fold3"]
+    assert results["folds"]["fold1"]["num_utterances"] == 7 and results["folds"]["fold3"]["num_utterances"] == 4
+    assert sum(map(sum, results["confusion"])) == 11  # every test utterance of both folds, once
+    fold_ua = [results["folds"][f]["ua"] for f in ("fold1", "fold3")]
+    assert results["ua"]["mean"] == pytest.approx(sum(fold_ua) / 2)
+    assert (tmp_path / "results.md").read_text().startswith("# ")
+    assert (tmp_path / "confusion.png").stat().st_size > 1000
+    mtime = (tmp_path / "fold1" / "dev-avg.ckpt").stat().st_mtime_ns
+    capsys.readouterr()
+
+    cross_validate_main(argv)  # second run: nothing retrained
+    out = capsys.readouterr().out
+    assert "fold1: finished earlier" in out and "fold3: finished earlier" in out
+    assert (tmp_path / "fold1" / "dev-avg.ckpt").stat().st_mtime_ns == mtime
+
+
+def test_bad_fold_name_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match="invalid fold 'fold0'"):
+        cross_validate_main(["-p", str(tmp_path), "--folds", "fold0", "-u", "fbank", "-d", "emotion_ecapa"])

@@ -1,0 +1,199 @@
+"""End-to-end runs of run_downstream.py -d emotion_ecapa on the hand-written mini corpus."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.prepare_iemocap import prepare
+from s3prl_ser.run_downstream import main as run_downstream
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_ECAPA = (
+    "config.downstream_expert.modelrc.ecapa.channels=[16, 16, 16, 16, 48],,"
+    "config.downstream_expert.modelrc.ecapa.res2net_scale=4,,"
+    "config.downstream_expert.modelrc.ecapa.attention_channels=8,,"
+    "config.downstream_expert.modelrc.ecapa.se_channels=8,,"
+    "config.downstream_expert.modelrc.ecapa.lin_neurons=16"
+)
+
+
+def overrides(root, meta, steps=12, every=4, k=2, extra=""):
+    return ",,".join(filter(None, [
+        f"config.downstream_expert.datarc.root={root}",
+        f"config.downstream_expert.datarc.meta_data={meta}",
+        f"config.runner.total_steps={steps}", f"config.runner.eval_step={every}",
+        f"config.runner.save_step={every}", f"config.runner.log_step={every}",
+        "config.runner.gradient_accumulate_steps=1",
+        "config.downstream_expert.datarc.num_workers=0",
+        f"config.downstream_expert.checkpoint_averaging.best_k={k}",
+        TINY_ECAPA, extra,
+    ]))
+
+
+@pytest.fixture(scope="module")
+def meta(mini_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("meta")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(mini_corpus, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(mini_corpus, meta, tmp_path_factory):
+    expdir = tmp_path_factory.mktemp("exp") / "fold2"
+    run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(expdir), "--device", "cpu",
+                    "-o", overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold2")])
+    return expdir
+
+
+def test_training_writes_reported_model_and_predictions(trained):
+    final = json.loads((trained / "final.json").read_text())
+    assert final["checkpoint"] == "dev-avg.ckpt" and final["averaged"] is True
+    assert len(final["selected"]) == 2
+    truth = (trained / "test_fold2_truth.txt").read_text().splitlines()
+    predict = (trained / "test_fold2_predict.txt").read_text().splitlines()
+    assert len(truth) == len(predict) == 5  # Session2 of the mini corpus
+    assert [t.split()[0] for t in truth] == [p.split()[0] for p in predict]
+    metrics = json.loads((trained / "test_fold2_metrics.json").read_text())
+    assert metrics["num_utterances"] == 5 and 0 <= metrics["ua"] <= 1
+    assert list(trained.glob("config_*.yaml")) and list(trained.glob("versions_*.yaml"))
+    assert list(trained.glob("events.out.tfevents.*"))
+
+
+def test_averaged_model_is_the_mean_of_the_k_best(trained):
+    final = json.loads((trained / "final.json").read_text())
+    states = [safe_torch_load(trained / s["file"]) for s in final["selected"]]
+    averaged = safe_torch_load(trained / "dev-avg.ckpt")
+    key = "model.classifier.weight"
+    expected = sum(s["Downstream"][key] for s in states) / len(states)
+    assert torch.allclose(averaged["Downstream"][key], expected, atol=1e-6)
+    assert averaged["ClassNames"] == ["neu", "hap", "ang", "sad"]
+    assert averaged["Averaged"]["steps"] == [s["step"] for s in final["selected"]]
+
+
+def test_test_set_never_selects(mini_corpus, meta, tmp_path):
+    """Relabelling the test set changes nothing about which checkpoints are kept or averaged."""
+    scrambled = tmp_path / "meta"
+    shutil.copytree(meta, scrambled)
+    test_json = scrambled / "Session2" / "test_meta_data.json"
+    data = json.loads(test_json.read_text())
+    for item in data["meta_data"]:
+        item["label"] = "sad"
+    test_json.write_text(json.dumps(data))
+    runs = {}
+    for name, meta_dir in (("original", meta), ("scrambled", scrambled)):
+        expdir = tmp_path / name
+        run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(expdir), "--device", "cpu",
+                        "-o", overrides(mini_corpus, meta_dir, extra="config.downstream_expert.datarc.test_fold=fold2")])
+        runs[name] = expdir
+    assert (runs["original"] / "dev-top.json").read_text() == (runs["scrambled"] / "dev-top.json").read_text()
+    a = safe_torch_load(runs["original"] / "dev-avg.ckpt")["Downstream"]
+    b = safe_torch_load(runs["scrambled"] / "dev-avg.ckpt")["Downstream"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = (runs["original"] / "log.log").read_text().splitlines()
+    assert [line for line in log if line.startswith("test")] == [log[-1]]  # tested once, at the end
+
+
+def test_averaging_off_reports_single_best(mini_corpus, meta, tmp_path):
+    run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(tmp_path), "--device", "cpu",
+                    "-o", overrides(mini_corpus, meta, steps=8, extra="config.downstream_expert.checkpoint_averaging.average=false")])
+    final = json.loads((tmp_path / "final.json").read_text())
+    assert final["checkpoint"] == "dev-best.ckpt" and not final["averaged"]
+    best = safe_torch_load(tmp_path / "dev-best.ckpt")
+    top = safe_torch_load(tmp_path / final["selected"][0]["file"])
+    assert all(torch.equal(best["Downstream"][k], top["Downstream"][k]) for k in top["Downstream"])
+
+
+def test_resume_continues_from_last_step(mini_corpus, meta, tmp_path):
+    args = ["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(tmp_path), "--device", "cpu", "-a"]
+    run_downstream(args + ["-o", overrides(mini_corpus, meta, steps=8, every=4)])
+    run_downstream(args + ["-o", "config.runner.total_steps=12"])
+    dev_steps = [l.split()[3].rstrip(":") for l in (tmp_path / "log.log").read_text().splitlines() if l.startswith("dev")]
+    assert dev_steps == ["4", "8", "12"]  # the resumed run did not start over
+    assert safe_torch_load(tmp_path / "states-12.ckpt")["Step"] == 12
+
+
+def test_killed_run_resumes(mini_corpus, meta, tmp_path):
+    cmd = [sys.executable, str(REPO / "run_downstream.py"), "-m", "train", "-u", "fbank", "-d", "emotion_ecapa",
+           "-p", str(tmp_path), "--device", "cpu", "-a",
+           "-o", overrides(mini_corpus, meta, steps=400, every=2, extra="config.runner.max_keep=2")]
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("states-*.ckpt")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    saved = sorted(int(p.stem.split("-")[1]) for p in tmp_path.glob("states-*.ckpt"))
+    assert saved
+    for path in tmp_path.glob("states-*.ckpt"):
+        safe_torch_load(path)  # every checkpoint on disk is complete (atomic saves)
+    last = saved[-1]
+    resume = subprocess.run(cmd[:-2] + ["-o", f"config.runner.total_steps={last + 4}"],
+                            capture_output=True, text=True, timeout=300)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    assert f"Resume from {tmp_path / f'states-{last}.ckpt'}" in resume.stdout
+    assert (tmp_path / "final.json").is_file()
+
+
+def test_inference_api_and_cli(trained, tmp_path, capsys):
+    from s3prl_ser.inference import EmotionRecognizer
+
+    recognizer = EmotionRecognizer.from_pretrained(trained)
+    rng = np.random.default_rng(0)
+    stereo_44k = rng.uniform(-0.3, 0.3, size=(44100, 2)).astype("float32")
+    sf.write(tmp_path / "a.wav", stereo_44k, 44100)
+    single = recognizer.predict(tmp_path / "a.wav")
+    assert single.label in ("neu", "hap", "ang", "sad")
+    assert sum(single.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    short = rng.uniform(-0.3, 0.3, 8000).astype("float32")
+    batch = recognizer.predict_batch([tmp_path / "a.wav", short], sample_rate=16000)
+    for label in single.probabilities:
+        assert batch[0].probabilities[label] == pytest.approx(single.probabilities[label], abs=1e-5)
+    with pytest.raises(ValueError, match="sample_rate"):
+        recognizer.predict(short)
+
+    run_downstream(["-m", "inference", "-e", str(trained / "dev-avg.ckpt"), "-t", str(tmp_path / "a.wav"),
+                    "--device", "cpu"])
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1]
+    result = json.loads(line)
+    assert result["file"] == "a" and result["label"] == single.label
+    assert result["probabilities"][single.label] == pytest.approx(single.probabilities[single.label], abs=1e-4)
+
+
+def test_evaluate_mode_reuses_final_checkpoint(trained, capsys):
+    before = json.loads((trained / "test_fold2_metrics.json").read_text())
+    run_downstream(["-m", "evaluate", "-e", str(trained / "dev-avg.ckpt"), "-t", "test", "--device", "cpu"])
+    after = json.loads((trained / "test_fold2_metrics.json").read_text())
+    assert after["confusion"] == before["confusion"]
+
+
+def test_config_errors_are_clear(mini_corpus, meta, tmp_path):
+    base = ["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(tmp_path), "--device", "cpu", "-o"]
+    with pytest.raises(SystemExit, match="datarc.rot.*did you mean 'root'"):
+        run_downstream(base + ["config.downstream_expert.datarc.rot=/x"])
+    with pytest.raises(Exception, match="datarc.root is not set"):
+        run_downstream(base + [f"config.downstream_expert.datarc.meta_data={meta}"])
+    with pytest.raises(Exception, match="invalid fold 'fold9x'"):
+        run_downstream(base + [overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold9x")])
+
+
+def test_stock_emotion_task_still_works(mini_corpus, meta, tmp_path):
+    run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion", "-p", str(tmp_path), "--device", "cpu", "-o",
+                    f"config.downstream_expert.datarc.root={mini_corpus},,config.downstream_expert.datarc.meta_data={meta},,"
+                    "config.runner.total_steps=4,,config.runner.eval_step=4,,config.runner.save_step=4,,"
+                    "config.runner.log_step=4,,config.downstream_expert.datarc.num_workers=0"])
+    assert (tmp_path / "dev-best.ckpt").is_file() and (tmp_path / "test_fold1_predict.txt").is_file()
