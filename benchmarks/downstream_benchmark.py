@@ -23,7 +23,7 @@ from pathlib import Path
 from s3prl_ser.builtin_corpus import default_corpus_dir, generate_corpus
 from s3prl_ser.metrics import classification_report
 from s3prl_ser.prepare_iemocap import prepare
-from s3prl_ser.registry import DOWNSTREAM_DIR, register_downstreams
+from s3prl_ser.registry import DOWNSTREAM_DIR, register
 from s3prl_ser.run_downstream import get_downstream_args, run
 
 BUILTIN = DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"
@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    register_downstreams()
+    register()
     root = args.root or generate_corpus(default_corpus_dir())
     work = Path(tempfile.mkdtemp(prefix="s3prl_ser_bench_"))
     meta = args.meta

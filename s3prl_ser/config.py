@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 from typing import Any, Iterable, Mapping, MutableMapping
 
 import yaml
 
 __all__ = ["ConfigError", "check_keys", "require", "apply_overrides"]
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -49,6 +52,8 @@ def apply_overrides(spec: str, args: argparse.Namespace, config: MutableMapping[
             raise ConfigError(f"override {option!r} is not of the form key=value")
         key, value_text = (part.strip() for part in option.split("=", 1))
         value = yaml.safe_load(value_text) if value_text else None
+        if isinstance(value, str) and _FLOAT.fullmatch(value):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         first, *path = key.split(".")
         if first == "args":
             if len(path) != 1 or not hasattr(args, path[0]):

@@ -52,9 +52,9 @@ def cross_validate(
         title: report title (default: the experiment directory's name).
     """
     from s3prl_ser.run_downstream import get_downstream_args, run
-    from s3prl_ser.registry import register_downstreams
+    from s3prl_ser.registry import register
 
-    register_downstreams()
+    register()
     expdir = Path(expdir)
     results: dict[str, dict] = {}
     for fold in map(check_fold, folds):

@@ -1,11 +1,14 @@
 """The main job on the built-in data: corpus -> meta data -> 5-fold emotion_ecapa -> results.
 
-    python -m s3prl_ser.demo [--out result/demo]
+    python -m s3prl_ser.demo [--out result/demo] [--pipeline fbank|finetune]
 
 1. generates the built-in synthetic corpus in IEMOCAP's raw layout (cached, deterministic);
 2. prepares its leave-one-session-out meta data exactly as for real IEMOCAP;
-3. runs 5-fold cross-validation of ``fbank`` + ``emotion_ecapa`` (ECAPA-TDNN, 5-best
-   averaging) with ``downstream/emotion_ecapa/config_builtin.yaml``;
+3. ``--pipeline fbank`` (default): 5-fold cross-validation of ``fbank`` + ``emotion_ecapa``
+   (ECAPA-TDNN, 5-best averaging) with ``downstream/emotion_ecapa/config_builtin.yaml``;
+   ``--pipeline finetune``: the paper's two stages with a tiny random-init HuBERT in place of
+   pretrained weights -- ``python -m upstream_ft`` fine-tunes, averages and exports it for each
+   fold, then ``emotion_ecapa`` runs 5-fold on ``-u hubert_ft_avg -k FT_DIR``;
 4. prints the results table and where it is.
 
 Re-running resumes: finished folds are reused, a killed fold continues from its checkpoint.
@@ -21,6 +24,9 @@ from s3prl_ser.builtin_corpus import default_corpus_dir, generate_corpus
 from s3prl_ser.cross_validate import cross_validate
 from s3prl_ser.prepare_iemocap import prepare
 from s3prl_ser.registry import DOWNSTREAM_DIR
+from s3prl_ser.tiny_upstream import write_tiny_upstream
+
+UPSTREAM_FT_DIR = Path(__file__).resolve().parents[1] / "upstream_ft"
 
 __all__ = ["main"]
 
@@ -30,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("result/demo"), help="output directory")
     parser.add_argument("--corpus", type=Path, default=None, help="built-in corpus location (default: cache)")
     parser.add_argument("--folds", default="fold1,fold2,fold3,fold4,fold5")
+    parser.add_argument("--pipeline", choices=["fbank", "finetune"], default="fbank")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
@@ -39,15 +46,30 @@ def main(argv: list[str] | None = None) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the built-in corpus has no missing audio
         prepare(corpus, meta)
-    expdir = args.out / "fbank_ecapa"
+    if args.pipeline == "fbank":
+        expdir, upstream, title = args.out / "fbank_ecapa", ["-u", "fbank"], "fbank + ECAPA-TDNN"
+    else:
+        from upstream_ft.__main__ import main as upstream_ft
+
+        tiny = args.out / "tiny_hubert.pt"
+        if not tiny.is_file():
+            write_tiny_upstream("hubert", tiny)
+        ft_dir = args.out / "upstream_ft" / "tiny_hubert"
+        upstream_ft(["-u", "hubert_local", "-k", str(tiny), "-p", str(ft_dir), "--folds", args.folds,
+                     "--device", args.device, "-c", str(UPSTREAM_FT_DIR / "config_builtin.yaml"),
+                     "-o", f"config.datarc.root={corpus.resolve()},,config.datarc.meta_data={meta.resolve()}"])
+        print(f"[demo] - fine-tuned upstreams: {ft_dir}/<fold>/upstream.ckpt")
+        expdir = args.out / "hubert_ft_ecapa"
+        upstream = ["-u", "hubert_ft_avg", "-k", str(ft_dir)]
+        title = "tiny HuBERT FT+AVG + ECAPA-TDNN"
     summary = cross_validate(
         expdir,
-        ["-u", "fbank", "-d", "emotion_ecapa", "-c", str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
+        [*upstream, "-d", "emotion_ecapa", "-c", str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
          "--device", args.device],
         folds=args.folds.split(","),
         overrides=f"config.downstream_expert.datarc.root={corpus.resolve()},,"
                   f"config.downstream_expert.datarc.meta_data={meta.resolve()}",
-        title="fbank + ECAPA-TDNN (5-best averaged), built-in corpus",
+        title=f"{title} (5-best averaged), built-in corpus",
     )
     print(f"[demo] - WA {summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f}, "
           f"UA {summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f} over {len(summary['folds'])} folds")

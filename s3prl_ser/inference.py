@@ -26,6 +26,7 @@ from s3prl_ser.audio import load_audio, prepare_waveform
 from s3prl_ser.classifier import UtteranceClassifier
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.runner import FINAL_RECORD
+from s3prl_ser.upstreams import build_upstream
 
 __all__ = ["Prediction", "EmotionRecognizer", "resolve_checkpoint"]
 
@@ -65,8 +66,11 @@ class EmotionRecognizer(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> "EmotionRecognizer":
         """Load the final model of an experiment directory or a ``dev-avg``/``dev-best`` checkpoint."""
-        from s3prl import hub
         from s3prl.upstream.interfaces import Featurizer
+
+        from s3prl_ser.registry import register
+
+        register()
 
         ckpt_path = resolve_checkpoint(path)
         ckpt = safe_torch_load(ckpt_path)
@@ -74,8 +78,9 @@ class EmotionRecognizer(nn.Module):
         if missing:
             raise ValueError(f"{ckpt_path}: not a final emotion_ecapa checkpoint (missing {', '.join(missing)})")
         args, config = ckpt["Args"], ckpt["Config"]
-        upstream = getattr(hub, args.upstream)(
-            ckpt=args.upstream_ckpt, model_config=args.upstream_model_config, refresh=False
+        fold = config["downstream_expert"].get("datarc", {}).get("test_fold") or args.downstream_variant
+        upstream = build_upstream(
+            args.upstream, args.upstream_ckpt, args.upstream_model_config, fold=fold
         ).to(device)
         if "Upstream" in ckpt:
             upstream.load_state_dict(ckpt["Upstream"])

@@ -31,7 +31,7 @@ import yaml
 import s3prl_ser
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError, apply_overrides
-from s3prl_ser.registry import default_config, register_downstreams
+from s3prl_ser.registry import default_config, register
 
 __all__ = ["build_parser", "get_downstream_args", "environment_record", "main"]
 
@@ -173,11 +173,13 @@ def _seed_everything(args: Namespace) -> None:
 
 def run(args: Namespace, config: dict) -> "SERRunner":
     """Build the runner for parsed ``args``/``config`` and execute ``args.mode``."""
-    from s3prl.utility.helper import hack_isinstance, is_leader_process
+    from s3prl.utility.helper import is_leader_process
 
     from s3prl_ser.runner import SERRunner
 
-    hack_isinstance()
+    # s3prl's run_downstream calls hack_isinstance(), a torch<1.8 DDP workaround that wraps
+    # builtins.isinstance again on every call: repeated in-process runs (cross-validation)
+    # would slow every isinstance check. It is not needed on torch >= 1.8, so it is not called.
     if args.cache_dir is not None:
         torch.hub.set_dir(args.cache_dir)
     if args.local_rank is not None and not torch.distributed.is_initialized():
@@ -204,7 +206,7 @@ def run(args: Namespace, config: dict) -> "SERRunner":
 
 def main(argv: list[str] | None = None) -> None:
     torch.multiprocessing.set_sharing_strategy("file_system")
-    register_downstreams()
+    register()
     try:
         args, config = get_downstream_args(argv)
     except (ConfigError, FileNotFoundError, ValueError) as error:

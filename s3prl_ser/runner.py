@@ -17,9 +17,11 @@ from s3prl.downstream.runner import Runner
 from s3prl.utility.helper import is_leader_process
 from tensorboardX import SummaryWriter
 from torch import nn
+from torch.distributed import barrier, get_rank, is_initialized
 
 from s3prl_ser import compat
 from s3prl_ser.checkpoint_averaging import average_checkpoint_files
+from s3prl_ser.upstreams import build_upstream
 
 __all__ = ["SERRunner"]
 
@@ -36,6 +38,27 @@ class SERRunner(Runner):
     def __init__(self, args, config) -> None:
         compat.patch_runner_checkpoint_io()
         super().__init__(args, config)
+
+    def test_fold(self) -> str | None:
+        """The fold being trained or evaluated, as the expert will read it."""
+        datarc = self.config.get("downstream_expert", {}).get("datarc", {})
+        return datarc.get("test_fold") or getattr(self.args, "downstream_variant", None)
+
+    def _get_upstream(self):
+        """s3prl's upstream construction (torch hub only), passing the fold to ``*_ft_avg`` entries."""
+        refresh = self.args.upstream_refresh
+        if is_initialized() and get_rank() > 0:
+            barrier()  # rank 0 downloads/converts first
+            refresh = False
+        model = build_upstream(
+            self.args.upstream, self.args.upstream_ckpt, self.args.upstream_model_config, refresh, self.test_fold()
+        ).to(self.args.device)
+        if is_initialized() and get_rank() == 0:
+            barrier()
+        return self._init_model(
+            model=model, name="Upstream", trainable=self.args.upstream_trainable,
+            interfaces=["get_downsample_rates"],
+        )
 
     def train(self) -> None:
         super().train()

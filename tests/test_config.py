@@ -6,18 +6,19 @@ from s3prl_ser.config import ConfigError, apply_overrides, check_keys, require
 
 
 def _config():
-    return {"runner": {"total_steps": 10, "eval_dataloaders": ["dev"]},
+    return {"runner": {"total_steps": 10, "eval_dataloaders": ["dev"], "lr": 0.1},
             "downstream_expert": {"datarc": {"root": None, "test_fold": "fold1"}}}
 
 
 def test_overrides_parse_yaml_values():
     args, config = argparse.Namespace(seed=1), _config()
-    apply_overrides("config.runner.total_steps=200,,args.seed=7,,"
+    apply_overrides("config.runner.total_steps=200,,args.seed=7,,config.runner.lr=1e-3,,"
                     "config.runner.eval_dataloaders=[dev, test],,config.downstream_expert.datarc.root=/data/IEMOCAP", args, config)
     assert config["runner"]["total_steps"] == 200
     assert config["runner"]["eval_dataloaders"] == ["dev", "test"]
     assert config["downstream_expert"]["datarc"]["root"] == "/data/IEMOCAP"
     assert args.seed == 7
+    assert config["runner"]["lr"] == 1e-3 and isinstance(config["runner"]["lr"], float)
 
 
 def test_override_typo_is_an_error_with_suggestion():

@@ -197,3 +197,10 @@ def test_stock_emotion_task_still_works(mini_corpus, meta, tmp_path):
                     "config.runner.total_steps=4,,config.runner.eval_step=4,,config.runner.save_step=4,,"
                     "config.runner.log_step=4,,config.downstream_expert.datarc.num_workers=0"])
     assert (tmp_path / "dev-best.ckpt").is_file() and (tmp_path / "test_fold1_predict.txt").is_file()
+
+
+def test_runs_leave_builtins_alone(trained):
+    """s3prl's hack_isinstance re-wraps isinstance on every run, slowing repeated runs."""
+    import builtins
+
+    assert builtins.isinstance.__module__ == "builtins"

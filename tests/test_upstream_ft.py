@@ -1,0 +1,293 @@
+"""The fine-tuning stage (python -m upstream_ft) on tiny HuBERT / wav2vec 2.0 and the mini corpus."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.prepare_iemocap import prepare
+from upstream_ft.__main__ import main as upstream_ft
+from upstream_ft.trainer import FoldTrainer
+
+REPO = Path(__file__).resolve().parents[1]
+CNN = "feature_extractor."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared CPU: OpenMP threads spinning against each other cost 100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def meta(mini_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("meta")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(mini_corpus, out)
+    return out
+
+
+def overrides(corpus, meta, steps=8, every=2, k=2, extra=""):
+    return ",,".join(filter(None, [
+        f"config.datarc.root={corpus}", f"config.datarc.meta_data={meta}",
+        f"config.runner.total_steps={steps}", f"config.runner.eval_step={every}",
+        f"config.runner.save_step={every}", f"config.runner.log_step={every}",
+        "config.runner.gradient_accumulate_steps=2", "config.scheduler.warmup_steps=1",
+        "config.upstream.freeze_transformer_steps=0", "config.optimizer.upstream_lr=1.0e-3",
+        "config.datarc.num_workers=0", "config.datarc.train_batch_size=4",
+        f"config.checkpoint_averaging.best_k={k}", extra,
+    ]))
+
+
+def cli(arch, tiny, ft_dir, fold, opts):
+    return upstream_ft(["-u", f"{arch}_local", "-k", str(tiny[arch]), "--folds", fold, "-p", str(ft_dir),
+                        "--device", "cpu", "-o", opts])
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_upstreams, mini_corpus, meta, tmp_path_factory):
+    """HuBERT fold1 (last layer, 2 best averaged) and wav2vec 2.0 fold2 (weighted sum, best only)."""
+    root = tmp_path_factory.mktemp("ft")
+    cli("hubert", tiny_upstreams, root / "hubert", "fold1", overrides(mini_corpus, meta))
+    cli("wav2vec2", tiny_upstreams, root / "wav2vec2", "fold2", overrides(mini_corpus, meta, extra=(
+        "config.upstream.feature_selection=hidden_states,,config.checkpoint_averaging.average=false")))
+    return {"hubert": (root / "hubert", "fold1"), "wav2vec2": (root / "wav2vec2", "fold2")}
+
+
+def weights(path):
+    return safe_torch_load(path)["model_weight"]
+
+
+@pytest.mark.parametrize("arch", ["hubert", "wav2vec2"])
+def test_finetuning_trains_the_transformer_and_keeps_the_cnn(runs, tiny_upstreams, arch):
+    ft_dir, fold = runs[arch]
+    base, tuned = weights(tiny_upstreams[arch]), weights(ft_dir / fold / "upstream.ckpt")
+    assert base.keys() == tuned.keys()
+    cnn = [key for key in base if key.startswith(CNN)]
+    assert cnn and all(torch.equal(base[key], tuned[key]) for key in cnn)  # bit-identical
+    for layer in range(2):
+        key = f"encoder.layers.{layer}.self_attn.k_proj.weight"
+        assert not torch.allclose(base[key], tuned[key]), key
+
+
+def test_hubert_export_is_the_average_of_the_kept_checkpoints(runs):
+    ft_dir, fold = runs["hubert"]
+    fold_dir = ft_dir / fold
+    kept = json.loads((fold_dir / "dev-top.json").read_text())
+    record = json.loads((fold_dir / "upstream.json").read_text())
+    assert len(kept) == 2 and record["averaged"]
+    assert [c["step"] for c in record["checkpoints"]] == [e["step"] for e in kept]
+    states = [safe_torch_load(fold_dir / e["name"]) for e in kept]
+    exported = safe_torch_load(fold_dir / "upstream.ckpt")
+    assert not torch.equal(states[0]["model_weight"]["encoder.layers.0.fc1.weight"],
+                           states[1]["model_weight"]["encoder.layers.0.fc1.weight"])
+    for section in ("model_weight", "ft_head"):
+        for key, value in exported[section].items():
+            expected = (states[0][section][key].double() + states[1][section][key].double()) / 2
+            assert torch.allclose(value.double(), expected, atol=1e-6), (section, key)
+    assert exported["model_cfg"] == safe_torch_load(fold_dir / kept[0]["name"])["model_cfg"]
+
+
+def test_wav2vec2_export_without_averaging_is_the_best_checkpoint(runs):
+    ft_dir, fold = runs["wav2vec2"]
+    fold_dir = ft_dir / fold
+    record = json.loads((fold_dir / "upstream.json").read_text())
+    best = json.loads((fold_dir / "dev-top.json").read_text())[0]
+    assert not record["averaged"] and [c["step"] for c in record["checkpoints"]] == [best["step"]]
+    exported, top = safe_torch_load(fold_dir / "upstream.ckpt"), safe_torch_load(fold_dir / best["name"])
+    for section in ("model_weight", "ft_head"):
+        assert all(torch.equal(exported[section][k], top[section][k]) for k in top[section])
+    assert "featurizer.weights" in exported["ft_head"]  # weighted sum of layers was trained
+
+
+@pytest.mark.parametrize("arch", ["hubert", "wav2vec2"])
+def test_export_loads_through_stock_s3prl_and_the_ft_hub_entry(runs, arch):
+    import s3prl.hub as hub
+
+    from s3prl_ser.ft_hub import register_ft_avg_entries
+
+    ft_dir, fold = runs[arch]
+    register_ft_avg_entries()
+    wavs = [torch.randn(16000), torch.randn(12000)]
+    stock = getattr(hub, f"{arch}_local")(ckpt=str(ft_dir / fold / "upstream.ckpt")).eval()
+    via_entry = getattr(hub, f"{arch}_ft_avg")(ckpt=str(ft_dir), fold=fold).eval()
+    with torch.no_grad():
+        a, b = stock(wavs)["hidden_states"], via_entry(wavs)["hidden_states"]
+    assert len(a) == 3 and a[-1].shape[:2] == (2, 49)  # 2 layers + the CNN projection; 20 ms frames
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_metadata_records_provenance_and_a_single_test(runs, tiny_upstreams):
+    ft_dir, fold = runs["hubert"]
+    record = json.loads((ft_dir / fold / "upstream.json").read_text())
+    assert record["base_upstream"] == "hubert_local" and record["loader"] == "hubert_local"
+    assert record["base_ckpt"] == str(tiny_upstreams["hubert"])
+    assert record["fold"] == "fold1" and record["test_session"] == "Session1"
+    assert record["test"]["num_utterances"] == 7 and 0 <= record["test"]["ua"] <= 1
+    assert all("dev_wa" in c for c in record["checkpoints"])
+    assert record["config"]["runner"]["total_steps"] == 8
+    assert record["environment"]["packages"]["s3prl"] == "0.4.18"
+    log = (ft_dir / fold / "log.log").read_text().splitlines()
+    assert [line for line in log if line.startswith("test")] == [log[-1]]  # scored once, at the end
+    assert list((ft_dir / fold).glob("events.out.tfevents.*"))
+    assert [p.name for p in (ft_dir / fold).glob("states-*.ckpt")] == ["states-8.ckpt"]  # latest only
+
+
+def test_rerun_skips_exported_folds_and_prints_the_table(runs, tiny_upstreams, mini_corpus, meta, capsys):
+    ft_dir, fold = runs["hubert"]
+    before = (ft_dir / fold / "upstream.ckpt").stat().st_mtime_ns
+    records = cli("hubert", tiny_upstreams, ft_dir, fold, overrides(mini_corpus, meta))
+    out = capsys.readouterr().out
+    assert "already exported" in out and "| fold1 | Session1 |" in out and "earlier run" in out
+    assert records["fold1"]["fold"] == "fold1"
+    assert (ft_dir / fold / "upstream.ckpt").stat().st_mtime_ns == before
+
+
+def test_frozen_transformer_steps_train_only_the_head(tiny_upstreams, mini_corpus, meta, tmp_path):
+    cli("hubert", tiny_upstreams, tmp_path, "fold3", overrides(
+        mini_corpus, meta, steps=2, k=1, extra="config.upstream.freeze_transformer_steps=2"))
+    base, tuned = weights(tiny_upstreams["hubert"]), weights(tmp_path / "fold3" / "upstream.ckpt")
+    assert all(torch.equal(base[key], tuned[key]) for key in base)
+
+
+def test_unfrozen_feature_encoder_is_trained(tiny_upstreams, mini_corpus, meta, tmp_path):
+    cli("wav2vec2", tiny_upstreams, tmp_path, "fold3", overrides(
+        mini_corpus, meta, steps=2, k=1, extra="config.upstream.freeze_feature_encoder=false"))
+    base, tuned = weights(tiny_upstreams["wav2vec2"]), weights(tmp_path / "fold3" / "upstream.ckpt")
+    key = CNN + "conv_layers.0.0.weight"
+    assert key in base and not torch.equal(base[key], tuned[key])
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiny_upstreams, mini_corpus, meta, tmp_path, monkeypatch):
+    """Stopping after the step-4 states and rerunning gives what an uninterrupted run gives."""
+    opts = overrides(mini_corpus, meta, steps=8, k=2)
+    cli("hubert", tiny_upstreams, tmp_path / "straight", "fold4", opts)
+
+    save = FoldTrainer._save_states
+
+    def save_then_die(self, step):
+        save(self, step)
+        if step == 4:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(FoldTrainer, "_save_states", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        cli("hubert", tiny_upstreams, tmp_path / "resumed", "fold4", opts)
+    monkeypatch.undo()
+    cli("hubert", tiny_upstreams, tmp_path / "resumed", "fold4", opts)
+
+    log = (tmp_path / "resumed" / "fold4" / "log.log").read_text()
+    assert "at step 4" in log.split("resumed from")[1].splitlines()[0]
+    straight, resumed = (safe_torch_load(tmp_path / d / "fold4" / "upstream.ckpt") for d in ("straight", "resumed"))
+    for section in ("model_weight", "ft_head"):
+        assert all(torch.equal(straight[section][k], resumed[section][k]) for k in straight[section])
+    read = lambda d: (tmp_path / d / "fold4" / "dev-top.json").read_text()  # noqa: E731
+    assert read("straight") == read("resumed")
+
+
+def test_killed_process_resumes_and_finishes(tiny_upstreams, mini_corpus, meta, tmp_path):
+    argv = ["-u", "hubert_local", "-k", str(tiny_upstreams["hubert"]), "--folds", "fold5", "-p", str(tmp_path),
+            "--device", "cpu", "-o", overrides(mini_corpus, meta, steps=300, k=2)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-m", "upstream_ft", *argv], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    fold_dir = tmp_path / "fold5"
+    deadline = time.time() + 120
+    while not list(fold_dir.glob("states-*.ckpt")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    saved = [int(p.stem.split("-")[1]) for p in fold_dir.glob("states-*.ckpt")]
+    assert len(saved) == 1 and saved[0] < 300 and not (fold_dir / "upstream.json").exists()
+    for path in fold_dir.glob("*.ckpt"):
+        safe_torch_load(path)  # nothing half-written
+
+    upstream_ft(argv)  # the same command again
+    log = (fold_dir / "log.log").read_text()
+    assert f"resumed from {fold_dir / f'states-{saved[0]}.ckpt'} at step {saved[0]}" in log
+    dev_steps = [int(line.split()[3].rstrip(":")) for line in log.split("resumed from")[1].splitlines()
+                 if line.startswith("dev")]
+    assert dev_steps[0] == saved[0] + 2 and dev_steps[-1] == 300
+    assert json.loads((fold_dir / "upstream.json").read_text())["fold"] == "fold5"
+
+
+def test_config_errors_are_clear(tiny_upstreams, mini_corpus, meta, tmp_path):
+    with pytest.raises(SystemExit, match=r"config\.runner\.totl_steps.*did you mean 'total_steps'"):
+        cli("hubert", tiny_upstreams, tmp_path, "fold1", overrides(mini_corpus, meta) + ",,config.runner.totl_steps=3")
+    user = tmp_path / "user.yaml"
+    user.write_text("runner:\n  eval_steps: 3\n")
+    with pytest.raises(SystemExit, match=r"user\.yaml.*runner\.eval_steps.*did you mean 'eval_step'"):
+        upstream_ft(["-u", "hubert", "-p", str(tmp_path), "-c", str(user)])
+    with pytest.raises(SystemExit, match="datarc.root is not set"):
+        upstream_ft(["-u", "hubert", "-p", str(tmp_path)])
+    with pytest.raises(SystemExit, match="cannot export a fine-tuned 'fbank'"):
+        upstream_ft(["-u", "fbank", "-p", str(tmp_path), "--folds", "fold1", "--device", "cpu",
+                     "-o", overrides(mini_corpus, meta)])
+    assert not (tmp_path / "fold1" / "log.log").exists()  # refused before any training
+
+
+def _downstream(ft_dir, corpus, meta, expdir, test_fold):
+    from s3prl_ser.run_downstream import main as run_downstream
+
+    run_downstream(["-m", "train", "-u", "hubert_ft_avg", "-k", str(ft_dir),
+                    "-d", "emotion_ecapa", "-c", str(REPO / "downstream/emotion_ecapa/paper/exp4.yaml"),
+                    "-p", str(expdir), "--device", "cpu", "-o", ",,".join([
+                        f"config.downstream_expert.datarc.root={corpus}",
+                        f"config.downstream_expert.datarc.meta_data={meta}",
+                        f"config.downstream_expert.datarc.test_fold={test_fold}",
+                        "config.downstream_expert.datarc.num_workers=0", "config.runner.total_steps=4",
+                        "config.runner.eval_step=2", "config.runner.save_step=2", "config.runner.log_step=2",
+                        "config.runner.gradient_accumulate_steps=1"])])
+
+
+def test_export_feeds_emotion_ecapa_through_ft_avg_entry(runs, mini_corpus, meta, tmp_path):
+    ft_dir, fold = runs["hubert"]
+    _downstream(ft_dir, mini_corpus, meta, tmp_path, fold)  # -u hubert_ft_avg -k FT_DIR picks FT_DIR/<fold>
+    assert json.loads((tmp_path / "final.json").read_text())["averaged"] is True
+    assert (tmp_path / f"test_{fold}_metrics.json").is_file()
+    from s3prl_ser.inference import EmotionRecognizer
+
+    recognizer = EmotionRecognizer.from_pretrained(tmp_path)  # resolves the same fold's upstream
+    assert recognizer.predict(torch.zeros(8000), sample_rate=16000).label in ("neu", "hap", "ang", "sad")
+
+
+def test_downstream_refuses_upstream_of_another_fold(runs, mini_corpus, meta, tmp_path):
+    from s3prl_ser.ft_hub import FoldMismatchError
+
+    ft_dir, fold = runs["hubert"]
+    other = "fold2" if fold != "fold2" else "fold3"
+    with pytest.raises(FoldMismatchError, match=f"fine-tuned for {fold}.*requested for {other}"):
+        _downstream(ft_dir / fold / "upstream.ckpt", mini_corpus, meta, tmp_path, other)
+    with pytest.raises(FileNotFoundError, match=f"no fine-tuned upstream for {other}"):
+        _downstream(ft_dir, mini_corpus, meta, tmp_path / "b", other)
+
+
+@pytest.mark.parametrize("number", range(1, 7))
+def test_paper_configs(number):
+    import yaml
+
+    from downstream.emotion_ecapa.expert import AVERAGING_KEYS, DATARC_KEYS, MODELRC_KEYS
+
+    path = REPO / "downstream/emotion_ecapa/paper" / f"exp{number}.yaml"
+    text = path.read_text()
+    expert = yaml.safe_load(text)["downstream_expert"]
+    assert set(expert["datarc"]) <= DATARC_KEYS and set(expert["modelrc"]) <= MODELRC_KEYS
+    assert set(expert["checkpoint_averaging"]) <= AVERAGING_KEYS
+    assert f"Table 1, experiment {number}:" in text.splitlines()[0]
+    base = "wav2vec2" if number % 2 else "hubert"  # W2V2 odd, HuBERT even
+    assert f"-u {base}_ft_avg" in text and f"python -m upstream_ft -u {base} " in text
+    assert expert["modelrc"]["aggregator"] == ("ecapa" if number >= 5 else "mean")
+    assert expert["checkpoint_averaging"]["average"] is (number >= 3)
+    assert ("config.checkpoint_averaging.average=false" in text) is (number <= 2)  # FT stage averaging

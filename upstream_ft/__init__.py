@@ -1,0 +1,14 @@
+"""Upstream fine-tuning stage (paper 2.2 and 2.3).
+
+Per IEMOCAP fold, an s3prl upstream (HuBERT, wav2vec 2.0) is fine-tuned jointly with masked
+mean pooling + a linear classifier on the fold's train split, the k best checkpoints by dev
+accuracy are averaged, and the result is exported as an s3prl converted checkpoint that
+``hubert_local`` / ``wav2vec2_local`` load, or ``hubert_ft_avg -k FT_DIR`` for the fold tested
+(:mod:`s3prl_ser.ft_hub`). Command line: ``python -m upstream_ft`` (see ``__main__``).
+
+Modules: ``config`` (defaults and checks), ``data`` (fold splits, resumable order),
+``upstream`` (hub loading, exportability), ``model``, ``optim``, ``distributed``,
+``trainer`` (the loop), ``export`` (converted checkpoints, averaging), ``pipeline`` (one fold).
+"""
+
+import s3prl_ser  # noqa: F401  (s3prl compatibility fixes must precede any s3prl import)

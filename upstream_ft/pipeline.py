@@ -1,0 +1,109 @@
+"""One fold end to end: fine-tune (or resume), export the k best (averaged), test once, record.
+
+The test split is scored exactly once, on the exported model, after everything it could
+influence is fixed; its numbers go to the metadata only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.folds import fold_session
+from s3prl_ser.ft_hub import FT_CHECKPOINT, FT_METADATA
+from upstream_ft.data import load_fold_data
+from upstream_ft.distributed import Distributed
+from upstream_ft.export import export_fold, read_base_fields, write_metadata
+from upstream_ft.model import FineTuneModel, configure_feature_encoder
+from upstream_ft.trainer import FoldTrainer
+from upstream_ft.upstream import export_loader, load_upstream
+
+__all__ = ["exported_metadata", "seed_everything", "run_fold"]
+
+
+def exported_metadata(fold_dir: Path) -> dict[str, Any] | None:
+    """The fold's metadata if its export is complete (checkpoint and metadata), else None."""
+    checkpoint, metadata = fold_dir / FT_CHECKPOINT, fold_dir / FT_METADATA
+    if checkpoint.is_file() and metadata.is_file():
+        return json.loads(metadata.read_text(encoding="utf-8"))
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def run_fold(
+    upstream_name: str,
+    upstream_ckpt: str | None,
+    fold: str,
+    config: Mapping[str, Any],
+    fold_dir: Path,
+    *,
+    device: str,
+    dist: Distributed,
+    seed: int,
+    environment: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    """Fine-tune, export and test ``fold`` in ``fold_dir``; return its metadata (rank 0; else None).
+
+    Raises:
+        UnsupportedUpstreamError: the upstream cannot be exported (before any training).
+    """
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    loaded = load_upstream(upstream_name, upstream_ckpt)
+    loader = export_loader(loaded)
+    base_fields = read_base_fields(loaded.source_file)
+    data = load_fold_data(config["datarc"], fold)
+    configure_feature_encoder(loaded.expert, config["upstream"]["freeze_feature_encoder"])
+    model = FineTuneModel(loaded.expert, len(data.class_names), config["upstream"]["feature_selection"], device)
+    identity = {"fold": fold, "upstream": upstream_name, "upstream_ckpt": upstream_ckpt,
+                "world_size": dist.world_size, "seed": seed}
+    trainer = FoldTrainer(model, data, config, fold_dir, base_fields=base_fields, identity=identity,
+                          device=device, dist=dist, seed=seed)
+    try:
+        trainer.log(f"splits: train {len(data.train)}, dev {len(data.dev)} ({config['datarc']['split']} split), "
+                    f"test {fold_session(fold)} ({len(data.test)})")
+        trainer.train()
+        if not dist.is_leader:
+            return None
+        averaging = config["checkpoint_averaging"]
+        export = export_fold(fold_dir, averaging["best_k"], averaging["average"], data.class_names)
+        # Score the file as written, so the reported numbers belong to the exported model.
+        exported = safe_torch_load(export.path)
+        model.upstream.model.load_state_dict(exported["model_weight"])
+        model.head.load_state_dict(exported["ft_head"])
+        report, loss = trainer.evaluate("test")
+        trainer.log(f"test of the exported model ({'average of' if export.averaged else 'best of'} steps "
+                    f"{[e.step for e in export.entries]}): wa {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}")
+        record = {
+            "base_upstream": upstream_name,
+            "base_ckpt": upstream_ckpt,
+            "base_checkpoint_file": str(loaded.source_file),
+            "loader": loader,
+            "fold": fold,
+            "test_session": fold_session(fold),
+            "averaged": export.averaged,
+            "checkpoints": [{"step": e.step, "dev_wa": e.score, "file": e.name} for e in export.entries],
+            "class_names": data.class_names,
+            "split_sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
+            "test": dict(report.to_dict(), loss=loss),
+            "config": config,
+            "seed": seed,
+            "environment": dict(environment),
+        }
+        write_metadata(fold_dir, record)
+        return record
+    finally:
+        trainer.close()
