@@ -11,11 +11,11 @@ applied by :func:`install` (``import s3prl_ser`` calls it) before s3prl is impor
   same return convention ``(Tensor[channels, frames] float32, sample_rate)``.
 * ``huggingface_hub`` >= 1.0 dropped ``HfFolder`` and ``Repository``, which s3prl's runner
   imports for ``--push_to_hf_hub``; stand-ins raise :class:`RemovedAPIError` when used.
-* s3prl's runner saves checkpoints with a plain ``torch.save`` (a kill mid-write leaves a
-  corrupt file) and loads them with ``torch.load`` whose default became ``weights_only=True``
-  (its checkpoints hold an ``argparse.Namespace``). The runner module gets a ``torch`` whose
-  ``save`` is atomic and whose ``load`` is weights-only with ``Namespace`` allow-listed, so
-  loading a checkpoint never executes code from it.
+* s3prl's runner checkpoints hold an ``argparse.Namespace``, which ``torch.load``'s
+  ``weights_only=True`` default refuses; :func:`safe_torch_load` allow-lists it (and nothing
+  else), so loading a checkpoint never executes code from it. :func:`atomic_torch_save`
+  writes checkpoints so that a kill mid-write never leaves a truncated file.
+  (:class:`s3prl_ser.runner.SERRunner` uses both in place of the runner's own I/O.)
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import torchaudio
 __all__ = [
     "RemovedAPIError",
     "install",
-    "patch_runner_checkpoint_io",
     "atomic_torch_save",
     "safe_torch_load",
     "soundfile_load",
@@ -106,18 +105,6 @@ def soundfile_load(
     return (wav.T.contiguous() if channels_first else wav), sample_rate
 
 
-class _RunnerTorch(types.ModuleType):
-    """The ``torch`` that s3prl's runner module sees: atomic saves, weights-only loads."""
-
-    def __init__(self) -> None:
-        super().__init__("torch")
-        self.save = atomic_torch_save
-        self.load = safe_torch_load
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(torch, name)
-
-
 def _patch_torchaudio() -> None:
     if not hasattr(torchaudio, "set_audio_backend"):
         torchaudio.set_audio_backend = lambda backend=None: None
@@ -145,19 +132,7 @@ def _patch_huggingface_hub() -> None:
             setattr(huggingface_hub, name, stand_in)
 
 
-def patch_runner_checkpoint_io() -> None:
-    """Give s3prl's runner module atomic checkpoint saves and weights-only loads (idempotent)."""
-    import s3prl.downstream.runner as runner_module
-
-    if not isinstance(runner_module.torch, _RunnerTorch):
-        runner_module.torch = _RunnerTorch()
-
-
 def install() -> None:
-    """Make ``import s3prl`` and its runner work; idempotent, so repeated calls are harmless.
-
-    The runner's checkpoint I/O is patched separately by :func:`patch_runner_checkpoint_io`
-    (importing the runner loads every s3prl upstream, which plain library use should not pay).
-    """
+    """Make ``import s3prl`` and its runner work; idempotent, so repeated calls are harmless."""
     _patch_torchaudio()
     _patch_huggingface_hub()

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from s3prl_ser.audio import load_audio, prepare_waveform
-from s3prl_ser.classifier import UtteranceClassifier
+from s3prl_ser.fusion import EmotionClassifier
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.runner import FINAL_RECORD
-from s3prl_ser.upstreams import build_upstream
+from s3prl_ser.multi_upstream import MultiFeaturizer, build_featurizer, build_upstreams
 
 __all__ = ["Prediction", "EmotionRecognizer", "resolve_checkpoint"]
 
@@ -66,8 +66,6 @@ class EmotionRecognizer(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> "EmotionRecognizer":
         """Load the final model of an experiment directory or a ``dev-avg``/``dev-best`` checkpoint."""
-        from s3prl.upstream.interfaces import Featurizer
-
         from s3prl_ser.registry import register
 
         register()
@@ -79,20 +77,19 @@ class EmotionRecognizer(nn.Module):
             raise ValueError(f"{ckpt_path}: not a final emotion_ecapa checkpoint (missing {', '.join(missing)})")
         args, config = ckpt["Args"], ckpt["Config"]
         fold = config["downstream_expert"].get("datarc", {}).get("test_fold") or args.downstream_variant
-        upstream = build_upstream(
-            args.upstream, args.upstream_ckpt, args.upstream_model_config, fold=fold
-        ).to(device)
+        upstream = build_upstreams(args.upstream, args.upstream_ckpt, args.upstream_model_config, fold=fold).to(device)
         if "Upstream" in ckpt:
             upstream.load_state_dict(ckpt["Upstream"])
-        featurizer = Featurizer(
-            upstream, feature_selection=args.upstream_feature_selection, upstream_device=device,
-            layer_selection=args.upstream_layer_selection, normalize=args.upstream_feature_normalize,
-        ).to(device)
+        featurizer = build_featurizer(upstream, args.upstream_feature_selection, args.upstream_layer_selection,
+                                      device, args.upstream_feature_normalize).to(device)
         featurizer.load_state_dict(ckpt["Featurizer"])
         modelrc = config["downstream_expert"].get("modelrc", {})
-        classifier = UtteranceClassifier(
-            featurizer.output_dim, len(ckpt["ClassNames"]),
-            aggregator=modelrc.get("aggregator", "ecapa"), ecapa=modelrc.get("ecapa"),
+        multi = isinstance(featurizer.output_dim, list)
+        classifier = EmotionClassifier(
+            featurizer.output_dim if multi else [featurizer.output_dim],
+            featurizer.downsample_rate if multi else [featurizer.downsample_rate],
+            len(ckpt["ClassNames"]), aggregator=modelrc.get("aggregator", "ecapa"),
+            ecapa=modelrc.get("ecapa"), fusion=modelrc.get("fusion"),
         )
         classifier.load_state_dict(
             {k.removeprefix("model."): v for k, v in ckpt["Downstream"].items() if k.startswith("model.")}
@@ -117,9 +114,8 @@ class EmotionRecognizer(nn.Module):
         """Predict several files or waveforms (batched; results do not depend on batching)."""
         wavs = [self._waveform(a, sample_rate).to(self.device) for a in audios]
         features = self.featurizer(wavs, self.upstream(wavs))
-        lengths = torch.tensor([len(f) for f in features], device=self.device)
-        padded = nn.utils.rnn.pad_sequence(features, batch_first=True)
-        probabilities = self.classifier(padded, lengths).softmax(dim=-1).cpu()
+        streams = features if isinstance(self.featurizer, MultiFeaturizer) else [features]
+        probabilities = self.classifier(streams).softmax(dim=-1).cpu()
         return [
             Prediction(self.class_names[int(p.argmax())], {c: float(v) for c, v in zip(self.class_names, p)})
             for p in probabilities

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="split for -m evaluate; the audio file for -m inference")
     parser.add_argument("-o", "--override",
                         help='overrides, e.g. "config.optimizer.lr=1.0e-3,,args.seed=3"; keys must exist')
-    parser.add_argument("--backend", default="nccl", help="torch.distributed backend (gloo on CPU)")
+    parser.add_argument("--backend", help="torch.distributed backend (default: nccl on CUDA, gloo on CPU)")
     parser.add_argument("--local_rank", type=int, help="set by the launcher; torchrun's LOCAL_RANK is read too")
     parser.add_argument("-e", "--past_exp", metavar="{CKPT_PATH,CKPT_DIR}", help="resume from a checkpoint")
     parser.add_argument("-i", "--init_ckpt", metavar="CKPT_PATH", help="load weights only (for evaluation)")
@@ -185,7 +185,7 @@ def run(args: Namespace, config: dict) -> "SERRunner":
     if args.local_rank is not None and not torch.distributed.is_initialized():
         if args.device.startswith("cuda"):
             torch.cuda.set_device(args.local_rank)
-        torch.distributed.init_process_group(args.backend)
+        torch.distributed.init_process_group(args.backend or ("nccl" if args.device.startswith("cuda") else "gloo"))
     if args.mode == "train" and args.past_exp:
         ckpt = safe_torch_load(args.init_ckpt)
         was_ddp = ckpt["Args"].local_rank is not None

@@ -1,27 +1,39 @@
 """s3prl's Runner plus the paper's final step: average the k best checkpoints, then test once.
 
-s3prl's ``Runner.train`` evaluates on dev and saves whatever the expert asks for; the
-``emotion_ecapa`` expert asks for the k best by dev accuracy. After training,
-:meth:`SERRunner.finalize` averages those (or takes the best one when averaging is off),
-saves the result as a runner checkpoint (``dev-avg.ckpt`` / ``dev-best.ckpt``, usable with
-``-e`` / ``-i``), loads it and evaluates the test split exactly once. The test set takes no
-part in any choice.
+The training loop is s3prl's (evaluate on dev, save whatever the expert asks for; the
+``emotion_ecapa`` expert asks for the k best by dev accuracy), with three fixes that need
+the loop itself: under DDP, s3prl 0.4.18 advances the step counter on rank 0 only, so the
+other ranks never stop; checkpoints are written atomically; AMP uses ``torch.amp``. After
+training, :meth:`SERRunner.finalize` averages the k best (or takes the best one when averaging
+is off), saves the result as a runner checkpoint (``dev-avg.ckpt`` / ``dev-best.ckpt``, usable
+with ``-e`` / ``-i``), loads it and evaluates the test split exactly once. The test set takes
+no part in any choice.
 """
 
 from __future__ import annotations
 
+import glob
+import inspect
 import json
+import math
+import os
+import re
+from collections import defaultdict
 from pathlib import Path
 
-from s3prl.downstream.runner import Runner
-from s3prl.utility.helper import is_leader_process
+import torch
+from s3prl.downstream.runner import ModelEntry, Runner
+from s3prl.utility.helper import get_model_state, is_leader_process
 from tensorboardX import SummaryWriter
 from torch import nn
-from torch.distributed import barrier, get_rank, is_initialized
+from torch.distributed import barrier, get_rank, get_world_size, is_initialized
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
 
 from s3prl_ser import compat
 from s3prl_ser.checkpoint_averaging import average_checkpoint_files
-from s3prl_ser.upstreams import build_upstream
+from s3prl_ser.multi_upstream import build_featurizer, build_upstreams
 
 __all__ = ["SERRunner"]
 
@@ -33,24 +45,44 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 class SERRunner(Runner):
-    """s3prl ``Runner`` with atomic checkpoints, safe loading and checkpoint averaging."""
+    """s3prl ``Runner`` with atomic checkpoints, safe loading, several upstreams
+    (``-u NAME1,NAME2``), per-fold fine-tuned upstreams, DDP on CPU, and checkpoint averaging."""
 
-    def __init__(self, args, config) -> None:
-        compat.patch_runner_checkpoint_io()
-        super().__init__(args, config)
+    def __init__(self, args, config) -> None:  # s3prl's, with a weights-only checkpoint load
+        self.args = args
+        self.config = config
+        self.init_ckpt = compat.safe_torch_load(args.init_ckpt) if args.init_ckpt else {}
+        self.upstream = self._get_upstream()
+        self.featurizer = self._get_featurizer()
+        self.downstream = self._get_downstream()
+        self.all_entries = [self.upstream, self.featurizer, self.downstream]
 
     def test_fold(self) -> str | None:
         """The fold being trained or evaluated, as the expert will read it."""
         datarc = self.config.get("downstream_expert", {}).get("datarc", {})
         return datarc.get("test_fold") or getattr(self.args, "downstream_variant", None)
 
+    def _init_model(self, model: nn.Module, name: str, trainable: bool, interfaces=None) -> ModelEntry:
+        """s3prl's, except that DDP gets ``device_ids`` only on CUDA (gloo on CPU refuses them)."""
+        for interface in interfaces or []:
+            if not hasattr(model, interface):
+                raise AttributeError(f"{name} lacks the interface {interface!r} the runner needs")
+        self._load_weight(model, name)
+        if is_initialized() and trainable and any(p.requires_grad for p in model.parameters()):
+            device_ids = [self.args.local_rank] if str(self.args.device).startswith("cuda") else None
+            model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+            for interface in interfaces or []:
+                setattr(model, interface, getattr(model.module, interface))
+        return ModelEntry(model, name, trainable, interfaces)
+
     def _get_upstream(self):
-        """s3prl's upstream construction (torch hub only), passing the fold to ``*_ft_avg`` entries."""
+        """s3prl's upstream construction (torch hub only) for one or several upstreams,
+        passing the fold to ``*_ft_avg`` entries."""
         refresh = self.args.upstream_refresh
         if is_initialized() and get_rank() > 0:
             barrier()  # rank 0 downloads/converts first
             refresh = False
-        model = build_upstream(
+        model = build_upstreams(
             self.args.upstream, self.args.upstream_ckpt, self.args.upstream_model_config, refresh, self.test_fold()
         ).to(self.args.device)
         if is_initialized() and get_rank() == 0:
@@ -60,11 +92,124 @@ class SERRunner(Runner):
             interfaces=["get_downsample_rates"],
         )
 
+    def _get_featurizer(self):
+        model = build_featurizer(
+            _unwrap(self.upstream.model), self.args.upstream_feature_selection, self.args.upstream_layer_selection,
+            self.args.device, self.args.upstream_feature_normalize,
+        ).to(self.args.device)
+        return self._init_model(model=model, name="Featurizer", trainable=True,
+                                interfaces=["output_dim", "downsample_rate"])
+
+    def _save(self, names: list[str], optimizer, scheduler, step: int, epoch: int) -> None:
+        states = {"Optimizer": optimizer.state_dict(), "Step": step, "Epoch": epoch,
+                  "Args": self.args, "Config": self.config}
+        for entry in self.all_entries:
+            if entry.trainable:
+                states[entry.name] = get_model_state(entry.model)
+        if scheduler:
+            states["Scheduler"] = scheduler.state_dict()
+        if is_initialized():
+            states["WorldSize"] = get_world_size()
+        for name in names:
+            path = os.path.join(self.args.expdir, name)
+            tqdm.write(f"[Runner] - Save the checkpoint to: {path}")
+            compat.atomic_torch_save(states, path)
+
+    def _prune_states(self) -> None:
+        """Keep at most ``max_keep - 1`` states files before the next one is written."""
+        paths = glob.glob(os.path.join(self.args.expdir, "states-*.ckpt"))
+        paths.sort(key=lambda p: int(re.search(r"states-(\d+)\.ckpt$", p).group(1)))
+        for path in paths[: max(len(paths) - self.config["runner"]["max_keep"] + 1, 0)]:
+            os.remove(path)
+
     def train(self) -> None:
-        super().train()
-        expert = _unwrap(self.downstream.model)
-        if is_leader_process() and hasattr(expert, "best"):
-            self.finalize()
+        """s3prl's training loop (see the module docstring for what differs), then :meth:`finalize`."""
+        runner = self.config["runner"]
+        device = torch.device(self.args.device)
+        trainable_models, trainable_params = [], []
+        for entry in self.all_entries:
+            if entry.trainable:
+                entry.model.train()
+                trainable_models.append(entry.model)
+                trainable_params += list(entry.model.parameters())
+            else:
+                entry.model.eval()
+        amp = bool(runner.get("fp16", False)) and device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=amp)
+        optimizer = self._get_optimizer(trainable_models)
+        scheduler = self._get_scheduler(optimizer) if self.config.get("scheduler") else None
+        specaug = None
+        if self.config.get("specaug"):
+            from s3prl.downstream.specaug import SpecAug
+
+            specaug = SpecAug(**self.config["specaug"])
+        leader = is_leader_process()
+        logger = SummaryWriter(self.args.expdir) if leader else None
+        step, epoch = self.init_ckpt.get("Step", 0), self.init_ckpt.get("Epoch", 0)
+        total, accumulate = runner["total_steps"], runner.get("gradient_accumulate_steps", 1)
+        split = runner.get("train_dataloader", "train")
+        pbar = tqdm(total=total, initial=step, desc="overall", dynamic_ncols=True, disable=not leader)
+        records, batch_ids, backward_steps = defaultdict(list), [], 0
+        takes_epoch = "epoch" in inspect.signature(self.downstream.model.get_dataloader).parameters
+        while step < total:
+            if takes_epoch:
+                dataloader = self.downstream.model.get_dataloader(split, epoch=epoch)
+            else:  # stock s3prl experts
+                dataloader = self.downstream.model.get_dataloader(split)
+                if isinstance(getattr(dataloader, "sampler", None), DistributedSampler):
+                    dataloader.sampler.set_epoch(epoch)
+            for batch_id, (wavs, *others) in enumerate(
+                tqdm(dataloader, desc="train", dynamic_ncols=True, leave=False, disable=not leader)
+            ):
+                if step >= total:
+                    break
+                wavs = [torch.as_tensor(wav, dtype=torch.float32, device=device) for wav in wavs]
+                with torch.autocast(device.type, enabled=amp):
+                    with torch.set_grad_enabled(self.upstream.trainable):
+                        features = self.upstream.model(wavs)
+                    features = self.featurizer.model(wavs, features)
+                    if specaug:
+                        features, _ = specaug(features)
+                    loss = self.downstream.model(split, features, *others, records=records)
+                batch_ids.append(batch_id)
+                scaler.scale(loss / accumulate).backward()
+                backward_steps += 1
+                if backward_steps % accumulate:
+                    continue
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable_params, runner["gradient_clipping"])
+                if amp or math.isfinite(grad_norm):
+                    scaler.step(optimizer)  # with AMP, the scaler itself skips non-finite steps
+                else:
+                    tqdm.write(f"[Runner] - grad norm is {grad_norm} at step {step + 1}; update skipped")
+                scaler.update()
+                optimizer.zero_grad()
+                if scheduler:
+                    scheduler.step()
+                step += 1  # on every rank: all of them must leave the loop together
+                pbar.update(1)
+                if not leader:
+                    records, batch_ids = defaultdict(list), []
+                    continue
+                if step % runner["log_step"] == 0:
+                    self.downstream.model.log_records(split, records=records, logger=logger, global_step=step,
+                                                      batch_ids=batch_ids, total_batch_num=len(dataloader))
+                    records, batch_ids = defaultdict(list), []
+                save_names = []
+                if step % runner["eval_step"] == 0:
+                    for eval_split in runner["eval_dataloaders"]:
+                        save_names += self.evaluate(eval_split, logger, step)
+                if step % runner["save_step"] == 0:
+                    self._prune_states()
+                    save_names.append(f"states-{step}.ckpt")
+                if save_names:
+                    self._save(save_names, optimizer, scheduler, step, epoch)
+            epoch += 1
+        pbar.close()
+        if leader:
+            logger.close()
+            if hasattr(_unwrap(self.downstream.model), "best"):
+                self.finalize()
 
     def finalize(self) -> Path:
         """Build the reported model from the k best dev checkpoints and score it on test."""

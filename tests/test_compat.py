@@ -66,13 +66,3 @@ def test_safe_load_accepts_namespace_and_refuses_code(tmp_path):
     torch.save({"x": _Evil()}, tmp_path / "evil.ckpt")
     with pytest.raises(RuntimeError, match="cannot load checkpoint .*evil.ckpt"):
         compat.safe_torch_load(tmp_path / "evil.ckpt")
-
-
-def test_runner_module_uses_safe_io():
-    import s3prl.downstream.runner as runner_module
-
-    compat.patch_runner_checkpoint_io()
-    compat.patch_runner_checkpoint_io()
-    assert runner_module.torch.save is compat.atomic_torch_save
-    assert runner_module.torch.load is compat.safe_torch_load
-    assert runner_module.torch.cuda is torch.cuda  # everything else is the real torch

@@ -1,9 +1,10 @@
 """s3prl downstream expert for IEMOCAP emotion recognition with mean pooling or ECAPA-TDNN.
 
 Drop-in for s3prl's ``emotion`` task (same meta data, same fold naming, same SUPERB dev split),
-with the paper's additions: an ECAPA-TDNN aggregator, UA beside WA, the k best checkpoints kept
-by dev accuracy for averaging (done by :class:`s3prl_ser.runner.SERRunner` after training),
-and test-set predictions written only for the reported model.
+with the paper's additions: an ECAPA-TDNN aggregator, early/late fusion of several upstreams
+(``-u NAME1,NAME2``, ``modelrc.fusion``), UA beside WA, the k best checkpoints kept by dev
+accuracy for averaging (done by :class:`s3prl_ser.runner.SERRunner` after training), and
+test-set predictions written only for the reported model.
 """
 
 from __future__ import annotations
@@ -15,23 +16,23 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed import is_initialized
-from torch.nn.utils.rnn import pad_sequence
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.distributed import get_rank, get_world_size, is_initialized
+from torch.utils.data import DataLoader
 
 from s3prl_ser.audio import load_audio
 from s3prl_ser.best_checkpoints import BestCheckpoints
-from s3prl_ser.classifier import UtteranceClassifier
 from s3prl_ser.config import check_keys, require
 from s3prl_ser.emotion_dataset import EmotionDataset, collate, read_meta_data
 from s3prl_ser.folds import check_fold, fold_session, speaker_disjoint_split, superb_train_dev_split
+from s3prl_ser.fusion import EmotionClassifier
 from s3prl_ser.metrics import classification_report
+from s3prl_ser.sampler import GlobalBatchSampler
 
 DATARC_KEYS = {
     "root", "meta_data", "test_fold", "split", "valid_ratio", "dev_session", "pre_load",
     "train_batch_size", "eval_batch_size", "num_workers", "min_samples",
 }
-MODELRC_KEYS = {"aggregator", "ecapa"}
+MODELRC_KEYS = {"aggregator", "ecapa", "fusion"}
 AVERAGING_KEYS = {"best_k", "average"}
 
 
@@ -39,15 +40,19 @@ class DownstreamExpert(nn.Module):
     """Builds the fold's datasets and the classifier; s3prl's runner drives training.
 
     Args:
-        upstream_dim: feature dimension of the featurizer output.
+        upstream_dim: feature dimension of the featurizer output; a list with several
+            upstreams (one feature stream each).
+        upstream_rate: downsample rate of the features (a list with several upstreams).
         downstream_expert: the ``downstream_expert`` config section (datarc, modelrc,
             checkpoint_averaging).
         expdir: experiment directory.
-        **kwargs: the runner's remaining config sections and command-line args (unused here
-            except ``downstream_variant``, which selects the fold like s3prl's ``-v``).
+        **kwargs: the runner's remaining config sections and command-line args (used here:
+            ``downstream_variant``, which selects the fold like s3prl's ``-v``, and ``seed``,
+            which seeds the training order).
     """
 
-    def __init__(self, upstream_dim: int, downstream_expert: dict, expdir: str, **kwargs: Any) -> None:
+    def __init__(self, upstream_dim: int | list[int], downstream_expert: dict, expdir: str,
+                 upstream_rate: int | list[int] = 160, **kwargs: Any) -> None:
         super().__init__()
         check_keys(downstream_expert, {"datarc", "modelrc", "checkpoint_averaging"}, "downstream_expert")
         self.datarc = dict(downstream_expert.get("datarc", {}))
@@ -57,6 +62,7 @@ class DownstreamExpert(nn.Module):
         check_keys(self.modelrc, MODELRC_KEYS, "downstream_expert.modelrc")
         check_keys(self.averaging, AVERAGING_KEYS, "downstream_expert.checkpoint_averaging")
         self.expdir = Path(expdir)
+        self.seed = int(kwargs.get("seed", 0))
 
         where = "downstream_expert.datarc"
         root = Path(require(self.datarc, "root", where, "pass -o config.downstream_expert.datarc.root=IEMOCAP_ROOT"))
@@ -86,11 +92,14 @@ class DownstreamExpert(nn.Module):
 
         if self.modelrc.get("aggregator", "ecapa") == "ecapa" and self.datarc.get("train_batch_size", 4) < 2:
             raise ValueError(f"{where}.train_batch_size must be >= 2 for the ecapa aggregator (BatchNorm)")
-        self.model = UtteranceClassifier(
-            upstream_dim,
+        self.multi_stream = isinstance(upstream_dim, (list, tuple))
+        self.model = EmotionClassifier(
+            list(upstream_dim) if self.multi_stream else [upstream_dim],
+            list(upstream_rate) if self.multi_stream else [upstream_rate],
             len(self.class_names),
             aggregator=self.modelrc.get("aggregator", "ecapa"),
             ecapa=self.modelrc.get("ecapa"),
+            fusion=self.modelrc.get("fusion"),
         )
         self.objective = nn.CrossEntropyLoss()
         self.best = BestCheckpoints(self.expdir, int(self.averaging.get("best_k", 5)))
@@ -101,15 +110,15 @@ class DownstreamExpert(nn.Module):
     # Interface
     def get_dataloader(self, mode: str, epoch: int = 0) -> DataLoader:
         if mode == "train":
-            sampler = DistributedSampler(self.train_dataset) if is_initialized() else None
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            # drop_last: a trailing batch of one utterance breaks ECAPA's BatchNorm in train mode.
-            return DataLoader(
-                self.train_dataset, batch_size=self.datarc.get("train_batch_size", 4),
-                shuffle=sampler is None, sampler=sampler, drop_last=True,
-                num_workers=self.datarc.get("num_workers", 4), collate_fn=collate,
+            # The same global batches with one process or several (train_batch_size is the
+            # global batch); drop_last, since a trailing one-utterance batch breaks BatchNorm.
+            sampler = GlobalBatchSampler(
+                len(self.train_dataset), self.datarc.get("train_batch_size", 4), seed=self.seed, epoch=epoch,
+                rank=get_rank() if is_initialized() else 0,
+                world_size=get_world_size() if is_initialized() else 1,
             )
+            return DataLoader(self.train_dataset, batch_sampler=sampler,
+                              num_workers=self.datarc.get("num_workers", 4), collate_fn=collate)
         datasets = {"dev": self.dev_dataset, "test": self.test_dataset}
         if mode not in datasets:
             raise ValueError(f"unknown split {mode!r}; expected train, dev or test")
@@ -118,14 +127,15 @@ class DownstreamExpert(nn.Module):
             num_workers=self.datarc.get("num_workers", 4), collate_fn=collate,
         )
 
-    def _logits(self, features: list[torch.Tensor]) -> torch.Tensor:
-        lengths = torch.tensor([len(f) for f in features], device=features[0].device)
-        return self.model(pad_sequence(features, batch_first=True), lengths)
+    def _logits(self, features: list) -> torch.Tensor:
+        """Per-utterance ``(T, D)`` tensors, or one such list per upstream -> ``(B, C)`` logits."""
+        return self.model(features if self.multi_stream else [features])
 
     # Interface
-    def forward(self, mode: str, features: list[torch.Tensor], labels: tuple[int, ...],
+    def forward(self, mode: str, features: list, labels: tuple[int, ...],
                 filenames: tuple[str, ...], records: defaultdict, **kwargs: Any) -> torch.Tensor:
-        """``features``: per-utterance ``(T_i, D)`` tensors -> cross-entropy loss."""
+        """``features``: per-utterance ``(T_i, D)`` tensors (one list per upstream with several)
+        -> cross-entropy loss."""
         logits = self._logits(features)
         labels_t = torch.as_tensor(labels, device=logits.device)
         loss = self.objective(logits, labels_t)
@@ -164,7 +174,7 @@ class DownstreamExpert(nn.Module):
         """Used by the runner's ``-m inference``: any sample rate or channel count."""
         return load_audio(path, min_samples=self.datarc.get("min_samples", 400))
 
-    def inference(self, features: list[torch.Tensor], filenames: list[str]) -> list[dict]:
+    def inference(self, features: list, filenames: list[str]) -> list[dict]:
         """Print and return ``{"file", "label", "probabilities"}`` per utterance."""
         probabilities = self._logits(features).softmax(dim=-1).cpu()
         results = []

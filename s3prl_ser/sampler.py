@@ -1,0 +1,58 @@
+"""Training batches that are the same whether one process or several take them.
+
+Every epoch draws one permutation from ``(seed, epoch)`` and cuts it into global batches of
+``batch_size`` utterances; under DDP each of the W processes takes its contiguous
+``batch_size / W`` slice of every global batch. With DDP's gradient averaging, a step then
+sees exactly the utterances it sees in a single process (torch's ``DistributedSampler``
+instead deals a different permutation and multiplies the batch by W).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+__all__ = ["GlobalBatchSampler"]
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Batch sampler yielding this process's share of each global batch.
+
+    Args:
+        num_items: dataset size.
+        batch_size: global batch size (all processes together); must be divisible by
+            ``world_size``.
+        seed: base seed of the permutation.
+        epoch: the epoch, mixed into the seed so every epoch is shuffled differently.
+        rank, world_size: this process and the number of processes.
+        drop_last: drop the last incomplete global batch.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, *, seed: int = 0, epoch: int = 0,
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True) -> None:
+        if batch_size % world_size:
+            raise ValueError(f"train batch size {batch_size} is not divisible by the {world_size} processes")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside [0, {world_size})")
+        self.num_items, self.batch_size, self.drop_last = num_items, batch_size, drop_last
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+
+    def _global_batches(self) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.num_items, generator=generator).tolist()
+        batches = [order[i : i + self.batch_size] for i in range(0, self.num_items, self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        share = self.batch_size // self.world_size
+        for batch in self._global_batches():
+            part = batch[self.rank * share : (self.rank + 1) * share]
+            if part:
+                yield part
+
+    def __len__(self) -> int:
+        return len(self._global_batches())
