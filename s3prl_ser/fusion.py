@@ -108,6 +108,8 @@ class EmotionClassifier(nn.Module):
             raise ValueError(f"need one rate per stream, got sizes {list(input_sizes)} and rates {list(rates)}")
         if len(input_sizes) > 1 and fusion not in FUSIONS:
             raise ValueError(f"{len(input_sizes)} feature streams need fusion 'early' or 'late', got {fusion!r}")
+        if fusion == "early" and min(rates) <= 0:
+            raise ValueError("a stream without a frame rate (text) can only be fused late: set fusion: late")
         if len(input_sizes) == 1 and fusion is not None:
             raise ValueError(f"fusion {fusion!r} needs several upstreams (-u NAME1,NAME2), got one")
         self.rates = list(rates)

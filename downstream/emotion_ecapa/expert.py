@@ -34,6 +34,7 @@ DATARC_KEYS = {
 }
 MODELRC_KEYS = {"aggregator", "ecapa", "fusion"}
 AVERAGING_KEYS = {"best_k", "average"}
+TEXT_KEYS = {"encoder", "transcripts", "feature_selection", "speech"}
 
 
 class DownstreamExpert(nn.Module):
@@ -54,13 +55,15 @@ class DownstreamExpert(nn.Module):
     def __init__(self, upstream_dim: int | list[int], downstream_expert: dict, expdir: str,
                  upstream_rate: int | list[int] = 160, **kwargs: Any) -> None:
         super().__init__()
-        check_keys(downstream_expert, {"datarc", "modelrc", "checkpoint_averaging"}, "downstream_expert")
+        check_keys(downstream_expert, {"datarc", "modelrc", "checkpoint_averaging", "text"}, "downstream_expert")
         self.datarc = dict(downstream_expert.get("datarc", {}))
         self.modelrc = dict(downstream_expert.get("modelrc", {}))
         self.averaging = dict(downstream_expert.get("checkpoint_averaging", {}))
         check_keys(self.datarc, DATARC_KEYS, "downstream_expert.datarc")
         check_keys(self.modelrc, MODELRC_KEYS, "downstream_expert.modelrc")
         check_keys(self.averaging, AVERAGING_KEYS, "downstream_expert.checkpoint_averaging")
+        self.textrc = dict(downstream_expert.get("text") or {})
+        check_keys(self.textrc, TEXT_KEYS, "downstream_expert.text")
         self.expdir = Path(expdir)
         self.seed = int(kwargs.get("seed", 0))
 
@@ -93,9 +96,18 @@ class DownstreamExpert(nn.Module):
         if self.modelrc.get("aggregator", "ecapa") == "ecapa" and self.datarc.get("train_batch_size", 4) < 2:
             raise ValueError(f"{where}.train_batch_size must be >= 2 for the ecapa aggregator (BatchNorm)")
         self.multi_stream = isinstance(upstream_dim, (list, tuple))
+        sizes = list(upstream_dim) if self.multi_stream else [upstream_dim]
+        rates = list(upstream_rate) if self.multi_stream else [upstream_rate]
+        self.use_speech, self._text = True, None
+        if self.textrc.get("encoder"):
+            self._setup_text(meta_dir)
+            if not self.use_speech:
+                sizes, rates = [], []
+            sizes.append(self._text.output_size)
+            rates.append(0)  # tokens have no frame rate: text can only be fused late
         self.model = EmotionClassifier(
-            list(upstream_dim) if self.multi_stream else [upstream_dim],
-            list(upstream_rate) if self.multi_stream else [upstream_rate],
+            sizes,
+            rates,
             len(self.class_names),
             aggregator=self.modelrc.get("aggregator", "ecapa"),
             ecapa=self.modelrc.get("ecapa"),
@@ -103,6 +115,32 @@ class DownstreamExpert(nn.Module):
         )
         self.objective = nn.CrossEntropyLoss()
         self.best = BestCheckpoints(self.expdir, int(self.averaging.get("best_k", 5)))
+
+    def _setup_text(self, meta_dir: Path) -> None:
+        """The frozen text encoder over the transcripts (paper experiments 10-11).
+
+        ``text.encoder`` is a Hugging Face encoder directory, or the FT_DIR of ``python -m
+        upstream_ft -u text``, whose per-fold export for this fold is used (fold-checked). The
+        encoder is kept out of the module tree: checkpoints then hold only the trained
+        downstream, and the encoder is rebuilt from the config.
+        """
+        from s3prl_ser.ft_hub import resolve_ft_text_encoder
+        from s3prl_ser.text_encoder import TextEncoder, load_transcripts
+
+        encoder_dir = resolve_ft_text_encoder(self.textrc["encoder"], self.fold)
+        encoder = TextEncoder(str(encoder_dir), self.textrc.get("feature_selection", "last_hidden_state"))
+        object.__setattr__(self, "_text", encoder.eval().requires_grad_(False))
+        self.transcripts_path = Path(self.textrc.get("transcripts") or meta_dir / "transcripts.json")
+        self.transcripts = load_transcripts(self.transcripts_path)
+        self.use_speech = bool(self.textrc.get("speech", True))
+
+    def _text_stream(self, filenames: list[str], device: torch.device) -> list[torch.Tensor]:
+        from s3prl_ser.text_encoder import transcripts_for
+
+        self._text.to(device)
+        with torch.no_grad():
+            features, lengths = self._text(transcripts_for(filenames, self.transcripts, self.transcripts_path))
+        return [f[:n] for f, n in zip(features, lengths.tolist())]
 
     def get_downstream_name(self) -> str:
         return self.fold.replace("fold", "emotion")
@@ -127,16 +165,20 @@ class DownstreamExpert(nn.Module):
             num_workers=self.datarc.get("num_workers", 4), collate_fn=collate,
         )
 
-    def _logits(self, features: list) -> torch.Tensor:
+    def _logits(self, features: list, filenames: list[str]) -> torch.Tensor:
         """Per-utterance ``(T, D)`` tensors, or one such list per upstream -> ``(B, C)`` logits."""
-        return self.model(features if self.multi_stream else [features])
+        streams = list(features) if self.multi_stream else [features]
+        if self._text is not None:
+            device = streams[0][0].device
+            streams = (streams if self.use_speech else []) + [self._text_stream(list(filenames), device)]
+        return self.model(streams)
 
     # Interface
     def forward(self, mode: str, features: list, labels: tuple[int, ...],
                 filenames: tuple[str, ...], records: defaultdict, **kwargs: Any) -> torch.Tensor:
         """``features``: per-utterance ``(T_i, D)`` tensors (one list per upstream with several)
         -> cross-entropy loss."""
-        logits = self._logits(features)
+        logits = self._logits(features, filenames)
         labels_t = torch.as_tensor(labels, device=logits.device)
         loss = self.objective(logits, labels_t)
         predicted = logits.argmax(dim=-1)
@@ -176,7 +218,7 @@ class DownstreamExpert(nn.Module):
 
     def inference(self, features: list, filenames: list[str]) -> list[dict]:
         """Print and return ``{"file", "label", "probabilities"}`` per utterance."""
-        probabilities = self._logits(features).softmax(dim=-1).cpu()
+        probabilities = self._logits(features, filenames).softmax(dim=-1).cpu()
         results = []
         for name, probs in zip(filenames, probabilities):
             result = {
