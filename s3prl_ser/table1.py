@@ -210,7 +210,10 @@ def run_table1(out_dir: Path, experiments: list[int], folds: list[str], root: Pa
             exp_overrides.append(f"config.downstream_expert.text.encoder={text_dir}")
         summaries[number] = cross_validate(out_dir / f"exp{number}", run_args, folds, ",,".join(filter(None, exp_overrides)),
                                            title=f"Table 1, experiment {number}: {experiment.feature}")
-    paths = write_tables(out_dir, summaries, note)
+    # Experiments finished by earlier invocations in out_dir join the table too.
+    everything = {n: json.loads((out_dir / f"exp{n}" / "results.json").read_text())
+                  for n in EXPERIMENTS if (out_dir / f"exp{n}" / "results.json").is_file()}
+    paths = write_tables(out_dir, everything, note)
     print(paths["md"].read_text())
     print(f"[table1] - {paths['md']}, {paths['json']}, {paths['superb']}")
     return summaries
