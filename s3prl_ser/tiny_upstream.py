@@ -17,7 +17,6 @@ CLI::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Literal

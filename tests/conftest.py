@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,18 @@ MINI_CORPUS = Path(__file__).parent / "data" / "iemocap_mini"
 def mini_corpus() -> Path:
     """A hand-written corpus in IEMOCAP's raw layout (see tests/data/README.md for its counts)."""
     return MINI_CORPUS
+
+
+@pytest.fixture(scope="session")
+def mini_meta(mini_corpus, tmp_path_factory) -> Path:
+    """Meta data of the mini corpus (prepared once; tests must not modify it)."""
+    from s3prl_ser.prepare_iemocap import prepare
+
+    out = tmp_path_factory.mktemp("mini_meta")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the corpus has one labelled utterance without audio, on purpose
+        prepare(mini_corpus, out)
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,20 +1,14 @@
 import json
-import warnings
 
 import pytest
 
 from s3prl_ser.cross_validate import main as cross_validate_main
-from s3prl_ser.prepare_iemocap import prepare
-from test_emotion_ecapa import overrides
+from helpers import overrides
 
 
 @pytest.fixture(scope="module")
-def meta(mini_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("meta")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepare(mini_corpus, out)
-    return out
+def meta(mini_meta):
+    return mini_meta
 
 
 def test_runs_folds_writes_report_and_reuses_finished_folds(mini_corpus, meta, tmp_path, capsys):

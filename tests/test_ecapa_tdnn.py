@@ -3,6 +3,7 @@ from typing import Any, Dict
 import pytest
 import torch
 
+from helpers import pad_with_noise, randomize_batchnorm
 from s3prl_ser.ecapa_tdnn import ECAPA_TDNN
 from s3prl_ser.pooling import lengths_to_mask
 
@@ -17,24 +18,6 @@ SMALL: Dict[str, Any] = dict(
 
 def _small(input_size: int = 8, **overrides: Any) -> ECAPA_TDNN:
     return ECAPA_TDNN(input_size, **{**SMALL, **overrides})
-
-
-def _pad_with_noise(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Overwrite padded frames of (B, T, D) features with large random values."""
-    x = x.clone()
-    for b, length in enumerate(lengths.tolist()):
-        x[b, length:] = 1e4 * torch.randn_like(x[b, length:])
-    return x
-
-
-def _randomize_batchnorm(module: torch.nn.Module) -> None:
-    """Non-trivial running statistics and affine parameters, so eval-mode BN shifts padding."""
-    for bn in module.modules():
-        if isinstance(bn, torch.nn.BatchNorm1d):
-            bn.running_mean.normal_()
-            bn.running_var.uniform_(0.5, 2.0)
-            bn.weight.data.uniform_(0.5, 2.0)
-            bn.bias.data.normal_()
 
 
 def test_output_shape() -> None:
@@ -69,10 +52,10 @@ def test_default_config_shape_and_size() -> None:
 def test_embedding_independent_of_batching_and_padding(overrides: Dict[str, Any]) -> None:
     torch.manual_seed(0)
     model = _small(**overrides)
-    _randomize_batchnorm(model)
+    randomize_batchnorm(model)
     model.eval()
     lengths = torch.tensor([30, 11, 1, 4, 23])
-    x = _pad_with_noise(torch.randn(5, 30, 8), lengths)
+    x = pad_with_noise(torch.randn(5, 30, 8), lengths)
     with torch.no_grad():
         batched = model(x, lengths)
         for b, length in enumerate(lengths.tolist()):
@@ -83,7 +66,7 @@ def test_embedding_independent_of_batching_and_padding(overrides: Dict[str, Any]
 def test_blocks_output_zero_on_padding() -> None:
     torch.manual_seed(0)
     model = _small(channels=(16, 32, 48, 32, 96))
-    _randomize_batchnorm(model)
+    randomize_batchnorm(model)
     model.eval()
     lengths = torch.tensor([12, 3])
     padding = ~lengths_to_mask(lengths, 12).unsqueeze(1)  # (B, 1, T)
@@ -91,7 +74,7 @@ def test_blocks_output_zero_on_padding() -> None:
     for block in [*model.blocks, model.mfa]:
         block.register_forward_hook(lambda module, args, out: outputs.append(out))
     with torch.no_grad():
-        model(_pad_with_noise(torch.randn(2, 12, 8), lengths), lengths)
+        model(pad_with_noise(torch.randn(2, 12, 8), lengths), lengths)
     assert len(outputs) == 5
     for out in outputs:
         assert (out.masked_select(padding) == 0).all()
@@ -155,7 +138,7 @@ def test_learns_temporal_variance() -> None:
     lengths = torch.randint(15, num_frames + 1, (batch,))
     offset = torch.randn(batch, 1, dim)
     spread = torch.where(labels == 1, 1.0, 0.3).view(batch, 1, 1)
-    x = _pad_with_noise(offset + spread * torch.randn(batch, num_frames, dim), lengths)
+    x = pad_with_noise(offset + spread * torch.randn(batch, num_frames, dim), lengths)
 
     encoder, head = _small(dim), torch.nn.Linear(24, 2)
     optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=3e-3)

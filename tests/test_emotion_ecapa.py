@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,39 +15,15 @@ import soundfile as sf
 import torch
 
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.prepare_iemocap import prepare
 from s3prl_ser.run_downstream import main as run_downstream
+from helpers import overrides
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_ECAPA = (
-    "config.downstream_expert.modelrc.ecapa.channels=[16, 16, 16, 16, 48],,"
-    "config.downstream_expert.modelrc.ecapa.res2net_scale=4,,"
-    "config.downstream_expert.modelrc.ecapa.attention_channels=8,,"
-    "config.downstream_expert.modelrc.ecapa.se_channels=8,,"
-    "config.downstream_expert.modelrc.ecapa.lin_neurons=16"
-)
-
-
-def overrides(root, meta, steps=12, every=4, k=2, extra=""):
-    return ",,".join(filter(None, [
-        f"config.downstream_expert.datarc.root={root}",
-        f"config.downstream_expert.datarc.meta_data={meta}",
-        f"config.runner.total_steps={steps}", f"config.runner.eval_step={every}",
-        f"config.runner.save_step={every}", f"config.runner.log_step={every}",
-        "config.runner.gradient_accumulate_steps=1",
-        "config.downstream_expert.datarc.num_workers=0",
-        f"config.downstream_expert.checkpoint_averaging.best_k={k}",
-        TINY_ECAPA, extra,
-    ]))
 
 
 @pytest.fixture(scope="module")
-def meta(mini_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("meta")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepare(mini_corpus, out)
-    return out
+def meta(mini_meta):
+    return mini_meta
 
 
 @pytest.fixture(scope="module")

@@ -3,27 +3,21 @@
 import json
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.prepare_iemocap import prepare
 from s3prl_ser.run_downstream import main as run_downstream
-from test_emotion_ecapa import overrides
+from helpers import overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def meta(mini_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("meta")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepare(mini_corpus, out)
-    return out
+def meta(mini_meta):
+    return mini_meta
 
 
 @pytest.mark.parametrize("fusion", ["early", "late"])

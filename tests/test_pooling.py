@@ -1,31 +1,13 @@
 import pytest
 import torch
 
+from helpers import pad_with_noise, randomize_batchnorm
 from s3prl_ser.pooling import (
     AttentiveStatisticsPooling,
     MeanPooling,
     lengths_to_mask,
     weighted_mean_std,
 )
-
-
-def _pad_with_noise(x: torch.Tensor, lengths: torch.Tensor, time_dim: int) -> torch.Tensor:
-    """Overwrite padded frames with large random values, so any leak shows up."""
-    x = x.clone()
-    for b, length in enumerate(lengths.tolist()):
-        padding = x[b].narrow(time_dim - 1, length, x.shape[time_dim] - length)
-        padding.copy_(1e4 * torch.randn_like(padding))
-    return x
-
-
-def _randomize_batchnorm(module: torch.nn.Module) -> None:
-    """Non-trivial running statistics and affine parameters, so eval-mode BN shifts padding."""
-    for bn in module.modules():
-        if isinstance(bn, torch.nn.BatchNorm1d):
-            bn.running_mean.normal_()
-            bn.running_var.uniform_(0.5, 2.0)
-            bn.weight.data.uniform_(0.5, 2.0)
-            bn.bias.data.normal_()
 
 
 def test_lengths_to_mask() -> None:
@@ -54,7 +36,7 @@ def test_lengths_to_mask_rejects_bad_lengths(lengths: torch.Tensor, match: str) 
 def test_mean_pooling_matches_hand_computed_mean() -> None:
     torch.manual_seed(0)
     lengths = torch.tensor([5, 2, 1])
-    x = _pad_with_noise(torch.randn(3, 5, 4), lengths, time_dim=1)
+    x = pad_with_noise(torch.randn(3, 5, 4), lengths, time_dim=1)
     pooled = MeanPooling()(x, lengths)
     assert pooled.shape == (3, 4)
     for b, length in enumerate(lengths.tolist()):
@@ -86,7 +68,7 @@ def test_asp_with_constant_attention_gives_plain_mean_and_std() -> None:
     # Zero weights make the attention logits the bias alone, constant over time.
     torch.nn.init.zeros_(pool.conv.weight)
     lengths = torch.tensor([7, 3, 1])
-    x = _pad_with_noise(torch.randn(3, 5, 7), lengths, time_dim=2)
+    x = pad_with_noise(torch.randn(3, 5, 7), lengths, time_dim=2)
     out = pool(x, lengths)
     for b, length in enumerate(lengths.tolist()):
         frames = x[b, :, :length]
@@ -110,10 +92,10 @@ def test_weighted_mean_std_matches_hand_computed() -> None:
 def test_asp_batched_equals_alone(global_context: bool) -> None:
     torch.manual_seed(0)
     pool = AttentiveStatisticsPooling(8, attention_channels=4, global_context=global_context)
-    _randomize_batchnorm(pool)
+    randomize_batchnorm(pool)
     pool.eval()
     lengths = torch.tensor([12, 5, 1, 9])
-    x = _pad_with_noise(torch.randn(4, 8, 12), lengths, time_dim=2)
+    x = pad_with_noise(torch.randn(4, 8, 12), lengths, time_dim=2)
     with torch.no_grad():
         batched = pool(x, lengths)
         for b, length in enumerate(lengths.tolist()):

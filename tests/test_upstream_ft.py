@@ -6,14 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.prepare_iemocap import prepare
 from upstream_ft.__main__ import main as upstream_ft
 from upstream_ft.trainer import FoldTrainer
 
@@ -31,12 +29,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def meta(mini_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("meta")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prepare(mini_corpus, out)
-    return out
+def meta(mini_meta):
+    return mini_meta
 
 
 def overrides(corpus, meta, steps=8, every=2, k=2, extra=""):

@@ -1,0 +1,44 @@
+"""Helpers shared by the tests (plain functions; fixtures live in conftest.py)."""
+
+import torch
+
+TINY_ECAPA = (
+    "config.downstream_expert.modelrc.ecapa.channels=[16, 16, 16, 16, 48],,"
+    "config.downstream_expert.modelrc.ecapa.res2net_scale=4,,"
+    "config.downstream_expert.modelrc.ecapa.attention_channels=8,,"
+    "config.downstream_expert.modelrc.ecapa.se_channels=8,,"
+    "config.downstream_expert.modelrc.ecapa.lin_neurons=16"
+)
+
+
+def overrides(root, meta, steps=12, every=4, k=2, extra=""):
+    """``-o`` overrides for a short emotion_ecapa run with a tiny ECAPA-TDNN."""
+    return ",,".join(filter(None, [
+        f"config.downstream_expert.datarc.root={root}",
+        f"config.downstream_expert.datarc.meta_data={meta}",
+        f"config.runner.total_steps={steps}", f"config.runner.eval_step={every}",
+        f"config.runner.save_step={every}", f"config.runner.log_step={every}",
+        "config.runner.gradient_accumulate_steps=1",
+        "config.downstream_expert.datarc.num_workers=0",
+        f"config.downstream_expert.checkpoint_averaging.best_k={k}",
+        TINY_ECAPA, extra,
+    ]))
+
+
+def pad_with_noise(x: torch.Tensor, lengths: torch.Tensor, time_dim: int = 1) -> torch.Tensor:
+    """Overwrite padded frames (along ``time_dim``) with large random values, so any leak shows up."""
+    x = x.clone()
+    for b, length in enumerate(lengths.tolist()):
+        padding = x[b].narrow(time_dim - 1, length, x.shape[time_dim] - length)
+        padding.copy_(1e4 * torch.randn_like(padding))
+    return x
+
+
+def randomize_batchnorm(module: torch.nn.Module) -> None:
+    """Non-trivial running statistics and affine parameters, so eval-mode BN shifts padding."""
+    for bn in module.modules():
+        if isinstance(bn, torch.nn.BatchNorm1d):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.data.uniform_(0.5, 2.0)
+            bn.bias.data.normal_()
