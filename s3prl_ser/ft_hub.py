@@ -31,6 +31,7 @@ __all__ = [
     "is_ft_avg_entry",
     "read_ft_metadata",
     "resolve_ft_checkpoint",
+    "resolve_ft_text_encoder",
     "make_ft_avg_entry",
     "register_ft_avg_entries",
     "hubert_ft_avg",
@@ -111,6 +112,35 @@ def resolve_ft_checkpoint(ckpt: str | os.PathLike | None, fold: str | None) -> P
             f"training; use the upstream fine-tuned for {fold} (FT_DIR/{fold}/{FT_CHECKPOINT})"
         )
     return path
+
+
+def resolve_ft_text_encoder(path: str | os.PathLike, fold: str) -> Path:
+    """The text encoder directory to use for ``fold``.
+
+    ``path`` is either a plain Hugging Face encoder directory (used as is: not fine-tuned on
+    IEMOCAP, so no fold to check), or the FT_DIR of ``python -m upstream_ft -u text``, whose
+    ``<fold>/text_encoder`` is returned after the fold guard of :func:`resolve_ft_checkpoint`.
+    """
+    from s3prl_ser.folds import check_fold
+
+    check_fold(fold)
+    path = Path(path)
+    export = path / fold if (path / fold / FT_METADATA).is_file() else path
+    if (export / FT_METADATA).is_file():
+        trained_for = read_ft_metadata(export / FT_CHECKPOINT)["fold"]
+        if trained_for != fold:
+            raise FoldMismatchError(
+                f"{export} was fine-tuned for {trained_for} (its training data include the test session of "
+                f"{fold}), but it was requested for {fold}: using it would leak {fold}'s test set into training"
+            )
+        return export / "text_encoder"
+    if (path / "config.json").is_file():
+        return path
+    exported = sorted(p.parent.name for p in path.glob(f"*/{FT_METADATA}")) if path.is_dir() else []
+    raise FileNotFoundError(
+        f"no text encoder for {fold} at {path}: neither a Hugging Face encoder directory nor an "
+        f"upstream_ft export for {fold} (exported folds: {', '.join(exported) or 'none'})"
+    )
 
 
 def make_ft_avg_entry(base: str) -> Callable[..., Any]:
