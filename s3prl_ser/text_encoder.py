@@ -18,21 +18,15 @@ from torch import Tensor, nn
 
 __all__ = ["TextEncoder", "write_tiny_bert", "load_transcripts", "transcripts_for"]
 
-FEATURE_SELECTIONS = ("last_hidden_state", "hidden_states")
-
-
 class TextEncoder(nn.Module):
-    """A Hugging Face encoder as a feature extractor over raw texts.
+    """A Hugging Face encoder as a feature extractor over raw texts (its last hidden state).
 
     Args:
         name_or_path: local directory with the tokenizer and model (``save_pretrained``).
-        feature_selection: ``"last_hidden_state"``, or ``"hidden_states"`` for a softmax-weighted
-            sum of all layers with learnable weights (as s3prl's Featurizer).
         max_length: texts are truncated to this many tokens.
     """
 
-    def __init__(self, name_or_path: str | os.PathLike, feature_selection: str = "last_hidden_state",
-                 max_length: int = 128) -> None:
+    def __init__(self, name_or_path: str | os.PathLike, max_length: int = 128) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -42,28 +36,17 @@ class TextEncoder(nn.Module):
                 f"text encoder not found: {path} has no config.json (write a tiny one with "
                 "`python -m s3prl_ser.text_encoder tiny DIR`, or save_pretrained a real BERT there)"
             )
-        if feature_selection not in FEATURE_SELECTIONS:
-            raise ValueError(f"feature_selection must be one of {FEATURE_SELECTIONS}, got {feature_selection!r}")
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(path), local_files_only=True)
-        self.feature_selection = feature_selection
         self.max_length = max_length
         self.output_size = int(self.model.config.hidden_size)
-        if feature_selection == "hidden_states":
-            self.layer_weights = nn.Parameter(torch.zeros(self.model.config.num_hidden_layers + 1))
 
     def forward(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """``B`` texts -> features ``(B, T, D)`` and valid token counts ``(B,)`` (CLS/SEP included)."""
         device = next(self.model.parameters()).device
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                                return_tensors="pt").to(device)
-        output = self.model(**batch, output_hidden_states=self.feature_selection == "hidden_states")
-        if self.feature_selection == "hidden_states":
-            layers = torch.stack(output.hidden_states, dim=0)  # (L+1, B, T, D)
-            features = (self.layer_weights.softmax(0).view(-1, 1, 1, 1) * layers).sum(dim=0)
-        else:
-            features = output.last_hidden_state
-        return features, batch["attention_mask"].sum(dim=1)
+        return self.model(**batch).last_hidden_state, batch["attention_mask"].sum(dim=1)
 
 
 _WORDS = (

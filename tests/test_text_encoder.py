@@ -29,15 +29,6 @@ def test_tiny_bert_round_trip(tiny_bert, tmp_path):
     assert (same / "model.safetensors").read_bytes() == (tiny_bert / "model.safetensors").read_bytes()
 
 
-def test_weighted_layer_sum(tiny_bert):
-    encoder = TextEncoder(tiny_bert, feature_selection="hidden_states").eval()
-    assert encoder.layer_weights.shape == (3,)  # embeddings + 2 layers
-    with torch.no_grad():
-        features, _ = encoder(["Excuse me."])
-        output = encoder.model(**encoder.tokenizer(["Excuse me."], return_tensors="pt"), output_hidden_states=True)
-    assert torch.allclose(features, torch.stack(output.hidden_states).mean(0), atol=1e-5)  # zero weights: mean
-
-
 def test_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json.*python -m s3prl_ser.text_encoder tiny"):
         TextEncoder(tmp_path)
@@ -84,3 +75,41 @@ def test_text_cannot_be_fused_early(tiny_bert, mini_corpus, mini_meta, tmp_path)
         run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(tmp_path), "--device", "cpu",
                         "-o", overrides(mini_corpus, mini_meta, extra=f"config.downstream_expert.text.encoder={tiny_bert},,"
                                         "config.downstream_expert.modelrc.fusion=early")])
+
+
+def _text_ft(tiny_bert, corpus, meta, ft_dir, capsys=None):
+    from upstream_ft.__main__ import main as upstream_ft
+
+    return upstream_ft(["-u", "text", "-k", str(tiny_bert), "-p", str(ft_dir), "--folds", "fold1", "--device", "cpu",
+                        "-o", f"config.datarc.root={corpus},,config.datarc.meta_data={meta},,"
+                              "config.runner.total_steps=6,,config.runner.eval_step=2,,config.runner.save_step=2,,"
+                              "config.scheduler.warmup_steps=1,,config.datarc.num_workers=0,,"
+                              "config.datarc.train_batch_size=4,,config.upstream.freeze_transformer_steps=0,,"
+                              "config.optimizer.upstream_lr=1.0e-3,,config.checkpoint_averaging.best_k=2"])
+
+
+def test_text_finetuning_stage_exports_an_averaged_encoder(tiny_bert, mini_corpus, mini_meta, tmp_path, capsys):
+    ft_dir = tmp_path / "ft"
+    records = _text_ft(tiny_bert, mini_corpus, mini_meta, ft_dir)
+    metadata = json.loads((ft_dir / "fold1" / "upstream.json").read_text())
+    assert metadata["modality"] == "text" and metadata["fold"] == "fold1" and records["fold1"]["loader"] == "text"
+    kept = [safe_torch_load(ft_dir / "fold1" / c["file"])["model_weight"] for c in metadata["checkpoints"]]
+    exported = TextEncoder(resolve_ft_text_encoder(ft_dir, "fold1")).model.state_dict()
+    base = TextEncoder(tiny_bert).model.state_dict()
+    key = "encoder.layer.0.attention.self.query.weight"
+    assert torch.allclose(exported[key], sum(k[key] for k in kept) / len(kept), atol=1e-6)
+    assert not torch.allclose(exported[key], base[key])  # fine-tuning changed the encoder
+    capsys.readouterr()
+    _text_ft(tiny_bert, mini_corpus, mini_meta, ft_dir)  # finished folds are skipped
+    assert "fold1: already exported" in capsys.readouterr().out
+
+    from s3prl_ser.run_downstream import main as run_downstream
+
+    run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(tmp_path / "exp10"), "--device", "cpu",
+                    "-o", overrides(mini_corpus, mini_meta, steps=4, every=2,
+                                    extra=f"config.downstream_expert.text.encoder={ft_dir},,config.downstream_expert.text.speech=false")])
+    assert (tmp_path / "exp10" / "final.json").is_file()
+    with pytest.raises(FoldMismatchError):
+        run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(tmp_path / "leak"), "--device", "cpu",
+                        "-o", overrides(mini_corpus, mini_meta, extra=f"config.downstream_expert.text.encoder={ft_dir / 'fold1'},,"
+                                        "config.downstream_expert.datarc.test_fold=fold2")])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import torch
 from s3prl.upstream.interfaces import Featurizer
 from torch import Tensor, nn
@@ -9,8 +11,9 @@ from torch.nn.utils.rnn import pad_sequence
 
 from s3prl_ser.classifier import UtteranceClassifier
 from s3prl_ser.config import ConfigError
+from s3prl_ser.text_encoder import TextEncoder, transcripts_for
 
-__all__ = ["FineTuneModel", "configure_feature_encoder"]
+__all__ = ["FineTuneModel", "TextFineTuneModel", "configure_feature_encoder"]
 
 
 def configure_feature_encoder(upstream: nn.Module, freeze: bool) -> None:
@@ -58,8 +61,8 @@ class FineTuneModel(nn.Module):
         classifier = UtteranceClassifier(featurizer.output_dim, num_classes, aggregator="mean")
         self.head = nn.ModuleDict({"featurizer": featurizer, "classifier": classifier}).to(device)
 
-    def forward(self, wavs: list[Tensor], train_upstream: bool = True) -> Tensor:
-        """``wavs``: B tensors ``(T_i,)`` at 16 kHz -> logits ``(B, C)``.
+    def forward(self, wavs: list[Tensor], names: Sequence[str] = (), train_upstream: bool = True) -> Tensor:
+        """``wavs``: B tensors ``(T_i,)`` at 16 kHz -> logits ``(B, C)`` (``names`` unused).
 
         ``train_upstream=False`` runs the upstream without autograd (its frozen phase), so
         only the head receives gradients.
@@ -71,3 +74,30 @@ class FineTuneModel(nn.Module):
         frames = self.head["featurizer"](wavs, features)
         lengths = torch.tensor([len(f) for f in frames], device=frames[0].device)
         return self.head["classifier"](pad_sequence(frames, batch_first=True), lengths)
+
+
+class TextFineTuneModel(nn.Module):
+    """A text encoder (BERT) trained jointly with masked mean pooling and a linear classifier
+    on the utterances' transcripts: the text counterpart of :class:`FineTuneModel`.
+
+    Args:
+        encoder: the text encoder; ``encoder.model`` (the Hugging Face model) is what gets exported.
+        transcripts: utterance name -> text.
+        source: where the transcripts came from (named in errors).
+        num_classes: C.
+        device: where the model lives.
+    """
+
+    def __init__(self, encoder: TextEncoder, transcripts: Mapping[str, str], source: str,
+                 num_classes: int, device: str) -> None:
+        super().__init__()
+        self.upstream = encoder.to(device)
+        self.transcripts, self.source = transcripts, source
+        classifier = UtteranceClassifier(encoder.output_size, num_classes, aggregator="mean")
+        self.head = nn.ModuleDict({"classifier": classifier}).to(device)
+
+    def forward(self, wavs: list[Tensor], names: Sequence[str], train_upstream: bool = True) -> Tensor:
+        """The transcripts of ``names`` -> logits ``(B, C)`` (``wavs`` unused)."""
+        with torch.set_grad_enabled(train_upstream and torch.is_grad_enabled()):
+            features, lengths = self.upstream(transcripts_for(list(names), self.transcripts, self.source))
+        return self.head["classifier"](features, lengths)

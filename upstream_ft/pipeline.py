@@ -17,14 +17,17 @@ import torch
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.folds import fold_session
 from s3prl_ser.ft_hub import FT_CHECKPOINT, FT_METADATA
+from s3prl_ser.text_encoder import TextEncoder, load_transcripts
 from upstream_ft.data import load_fold_data
 from upstream_ft.distributed import Distributed
 from upstream_ft.export import export_fold, read_base_fields, write_metadata
-from upstream_ft.model import FineTuneModel, configure_feature_encoder
+from upstream_ft.model import FineTuneModel, TextFineTuneModel, configure_feature_encoder
 from upstream_ft.trainer import FoldTrainer
 from upstream_ft.upstream import export_loader, load_upstream
 
-__all__ = ["exported_metadata", "seed_everything", "run_fold"]
+__all__ = ["TEXT", "exported_metadata", "seed_everything", "run_fold"]
+
+TEXT = "text"  # -u text: fine-tune a Hugging Face text encoder (-k DIR) on the transcripts
 
 
 def exported_metadata(fold_dir: Path) -> dict[str, Any] | None:
@@ -41,6 +44,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+def _text_model(encoder_dir: str | None, config: Mapping[str, Any], data: Any,
+                device: str) -> tuple[TextFineTuneModel, dict[str, Any], Path]:
+    """The text fine-tuning model and the configs its checkpoints carry (for averaging checks)."""
+    if encoder_dir is None:
+        raise ValueError("-u text needs -k DIR: a local Hugging Face text encoder (e.g. a saved BERT)")
+    datarc = config["datarc"]
+    source = Path(datarc["transcripts"] or Path(datarc["meta_data"]) / "transcripts.json")
+    encoder = TextEncoder(encoder_dir)
+    model = TextFineTuneModel(encoder, load_transcripts(source), str(source), len(data.class_names), device)
+    model_cfg = json.loads(encoder.model.config.to_json_string())
+    return model, {"task_cfg": {"modality": TEXT, "base": str(encoder_dir)}, "model_cfg": model_cfg}, Path(encoder_dir)
 
 
 def run_fold(
@@ -62,12 +78,16 @@ def run_fold(
     """
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
-    loaded = load_upstream(upstream_name, upstream_ckpt)
-    loader = export_loader(loaded)
-    base_fields = read_base_fields(loaded.source_file)
     data = load_fold_data(config["datarc"], fold)
-    configure_feature_encoder(loaded.expert, config["upstream"]["freeze_feature_encoder"])
-    model = FineTuneModel(loaded.expert, len(data.class_names), config["upstream"]["feature_selection"], device)
+    if upstream_name == TEXT:
+        model, base_fields, base_file = _text_model(upstream_ckpt, config, data, device)
+        loader = TEXT
+    else:
+        loaded = load_upstream(upstream_name, upstream_ckpt)
+        loader = export_loader(loaded)
+        base_fields, base_file = read_base_fields(loaded.source_file), loaded.source_file
+        configure_feature_encoder(loaded.expert, config["upstream"]["freeze_feature_encoder"])
+        model = FineTuneModel(loaded.expert, len(data.class_names), config["upstream"]["feature_selection"], device)
     identity = {"fold": fold, "upstream": upstream_name, "upstream_ckpt": upstream_ckpt,
                 "world_size": dist.world_size, "seed": seed}
     trainer = FoldTrainer(model, data, config, fold_dir, base_fields=base_fields, identity=identity,
@@ -84,14 +104,18 @@ def run_fold(
         exported = safe_torch_load(export.path)
         model.upstream.model.load_state_dict(exported["model_weight"])
         model.head.load_state_dict(exported["ft_head"])
+        if loader == TEXT:  # the downstream's text stream reads a Hugging Face directory
+            model.upstream.model.save_pretrained(str(fold_dir / "text_encoder"))
+            model.upstream.tokenizer.save_pretrained(str(fold_dir / "text_encoder"))
         report, loss = trainer.evaluate("test")
         trainer.log(f"test of the exported model ({'average of' if export.averaged else 'best of'} steps "
                     f"{[e.step for e in export.entries]}): wa {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}")
         record = {
             "base_upstream": upstream_name,
             "base_ckpt": upstream_ckpt,
-            "base_checkpoint_file": str(loaded.source_file),
+            "base_checkpoint_file": str(base_file),
             "loader": loader,
+            "modality": "text" if loader == TEXT else "speech",
             "fold": fold,
             "test_session": fold_session(fold),
             "averaged": export.averaged,

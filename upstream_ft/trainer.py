@@ -163,9 +163,9 @@ class FoldTrainer:
         self.model.eval()
         truth, predicted, losses = [], [], []
         try:
-            for wavs, labels, _ in tqdm(eval_loader(dataset, self.config["datarc"]), desc=split, leave=False):
+            for wavs, labels, names in tqdm(eval_loader(dataset, self.config["datarc"]), desc=split, leave=False):
                 with self._autocast():
-                    logits = self.model(self._wavs(wavs)).float()
+                    logits = self.model(self._wavs(wavs), names).float()
                 labels_t = torch.as_tensor(labels, device=logits.device)
                 losses.append(self.objective(logits, labels_t).item() * len(labels))
                 truth += [self.data.class_names[i] for i in labels]
@@ -223,14 +223,14 @@ class FoldTrainer:
             epoch, skip = divmod(micro, per_epoch)
             loader = train_loader(self.data.train, datarc, seed=self.seed, epoch=epoch, skip_batches=skip,
                                   rank=self.dist.rank, world_size=self.dist.world_size)
-            for wavs, labels, _ in loader:
+            for wavs, labels, names in loader:
                 micro += 1
                 last_micro = micro % accumulate == 0
                 # Gradients are all-reduced once per update, on its last micro-batch.
                 sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else model.no_sync()
                 with sync:
                     with self._autocast():
-                        logits = model(self._wavs(wavs), train_upstream=step >= freeze_steps).float()
+                        logits = model(self._wavs(wavs), names, train_upstream=step >= freeze_steps).float()
                         loss = self.objective(logits, torch.as_tensor(labels, device=logits.device))
                     self.scaler.scale(loss / accumulate).backward()
                 losses.append(loss.item())

@@ -34,7 +34,7 @@ DATARC_KEYS = {
 }
 MODELRC_KEYS = {"aggregator", "ecapa", "fusion"}
 AVERAGING_KEYS = {"best_k", "average"}
-TEXT_KEYS = {"encoder", "transcripts", "feature_selection", "speech"}
+TEXT_KEYS = {"encoder", "transcripts", "speech"}
 
 
 class DownstreamExpert(nn.Module):
@@ -128,7 +128,7 @@ class DownstreamExpert(nn.Module):
         from s3prl_ser.text_encoder import TextEncoder, load_transcripts
 
         encoder_dir = resolve_ft_text_encoder(self.textrc["encoder"], self.fold)
-        encoder = TextEncoder(str(encoder_dir), self.textrc.get("feature_selection", "last_hidden_state"))
+        encoder = TextEncoder(str(encoder_dir))
         object.__setattr__(self, "_text", encoder.eval().requires_grad_(False))
         self.transcripts_path = Path(self.textrc.get("transcripts") or meta_dir / "transcripts.json")
         self.transcripts = load_transcripts(self.transcripts_path)
