@@ -52,7 +52,7 @@ def _table1(args: argparse.Namespace, corpus: Path, meta: Path) -> None:
         ft_config=str(UPSTREAM_FT_DIR / "config_builtin.yaml"),
         ft_overrides=f"config.runner.total_steps={args.steps},,config.runner.eval_step={every},,"
                      f"config.runner.save_step={every},,config.scheduler.warmup_steps={every}",
-        device=args.device,
+        device=args.device, superb=["fbank"],
         note=f"Built-in synthetic corpus, tiny random-init upstreams, {args.steps} steps per stage, folds "
              f"{args.folds}: a run of the whole pipeline, not a reproduction of the paper's numbers.",
     )

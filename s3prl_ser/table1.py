@@ -12,11 +12,13 @@ For every experiment it runs what the experiment needs, skipping what already fi
    on the fold's own fine-tuned upstream(s) (``OUT_DIR/exp<N>``);
 
 then writes ``OUT_DIR/table1.md`` and ``OUT_DIR/table1.json``: WA/UA mean ± std over folds per
-experiment, with the paper's WA/UA in adjacent columns, and ``OUT_DIR/superb_er.md``: the
-project's fbank number (experiment 9's fold-mean WA, frozen upstream) beside the public SUPERB
-ER leaderboard. Upstreams are s3prl hub entries (``NAME`` or ``NAME:CKPT``, e.g.
-``hubert_local:tiny.pt``); ``--base-config`` replaces each experiment's runner/optimizer/size
-settings by another config's (e.g. ``config_builtin.yaml``), keeping the experiment's model keys.
+experiment, with the paper's WA/UA in adjacent columns. ``--superb fbank,hubert,...`` also runs
+SUPERB's ER protocol for stock upstreams (frozen, mean pooling + linear, best dev checkpoint, no
+averaging; ``OUT_DIR/superb/<name>``), and ``OUT_DIR/superb_er.md`` puts every WA run so far
+beside the public SUPERB ER leaderboard. Upstreams are s3prl hub entries (``NAME`` or
+``NAME:CKPT``, e.g. ``hubert_local:tiny.pt``); ``--base-config`` replaces each experiment's
+runner/optimizer/size settings by another config's (e.g. ``config_builtin.yaml``), keeping the
+experiment's model keys.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import yaml
 
@@ -80,7 +82,9 @@ SUPERB_ER = {
 
 
 def parse_experiments(spec: str) -> list[int]:
-    """``"1-4,7,9-11"`` -> ``[1, 2, 3, 4, 7, 9, 10, 11]`` (each must be a Table 1 row)."""
+    """``"1-4,7,9-11"`` -> ``[1, 2, 3, 4, 7, 9, 10, 11]`` (each must be a Table 1 row); ``"none"`` -> ``[]``."""
+    if spec.strip().lower() == "none":
+        return []
     numbers: set[int] = set()
     for part in filter(None, (p.strip() for p in spec.split(","))):
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
@@ -136,8 +140,14 @@ def _row(experiment: Experiment, summary: Optional[dict]) -> str:
             f"{yes(experiment.downstream_avg)} | {ours} | {experiment.paper_wa:.2f} | {experiment.paper_ua:.2f} |")
 
 
-def write_tables(out_dir: Path, summaries: dict[int, Optional[dict]], note: str) -> dict[str, Path]:
-    """``table1.md``/``table1.json`` (every experiment, run or not) and ``superb_er.md``."""
+SUPERB_PROTOCOL = ["config.downstream_expert.modelrc.aggregator=mean", "config.downstream_expert.modelrc.fusion=null",
+                   "config.downstream_expert.checkpoint_averaging.average=false"]
+
+
+def write_tables(out_dir: Path, summaries: dict[int, Optional[dict]], note: str,
+                 superb: Optional[dict[str, dict]] = None) -> dict[str, Path]:
+    """``table1.md``/``table1.json`` (every experiment, run or not) and ``superb_er.md``
+    (the SUPERB-protocol runs in ``superb``: upstream name -> summary)."""
     lines = ["# Table 1 (Morais et al., ICASSP 2022) reproduced", "", note, "",
              "| Set | # | Input | Feature | FT | AVG | AGG | Classifier | AVG | WA (%) | UA (%) | paper WA | paper UA |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -148,22 +158,27 @@ def write_tables(out_dir: Path, summaries: dict[int, Optional[dict]], note: str)
     paths["json"].write_text(json.dumps({
         str(n): {"experiment": vars(EXPERIMENTS[n]), "ours": summaries.get(n)} for n in sorted(EXPERIMENTS)
     }, indent=1))
-    fbank = summaries.get(9)
-    superb = ["# SUPERB ER view (frozen upstream, accuracy = WA)", "",
-              "| upstream | SUPERB ER acc | this project (WA) |", "|---|---|---|"]
-    superb += [f"| {name} | {acc:.2f} | "
-               + (f"{fbank['wa']['mean']:.2f} (exp. 9: ECAPA, averaged)" if name == "fbank" and fbank else "not run")
-               + " |" for name, acc in SUPERB_ER.items()]
-    superb += ["", "SUPERB uses mean pooling + linear on frozen features; the project's fbank row is its "
-               "ECAPA-TDNN model (s3prl's per-utterance normalised fbank is constant under mean pooling).", ""]
-    paths["superb"].write_text("\n".join(superb))
+    superb = superb or {}
+    lines = ["# SUPERB ER view (frozen upstream, accuracy = WA)", "", note, "",
+             "| upstream | SUPERB ER acc | this project, SUPERB protocol (WA) | UA |", "|---|---|---|---|"]
+    for name in list(SUPERB_ER) + sorted(set(superb) - set(SUPERB_ER)):
+        ours = superb.get(name)
+        leaderboard = f"{SUPERB_ER[name]:.2f}" if name in SUPERB_ER else "-"
+        lines.append(f"| {name} | {leaderboard} | "
+                     + (f"{ours['wa']['mean']:.2f} ± {ours['wa']['std']:.2f} | {ours['ua']['mean']:.2f} |" if ours
+                        else "not run | |"))
+    lines += ["", "SUPERB protocol: frozen upstream, weighted sum of layers, mean pooling + linear, best dev "
+              "checkpoint, no averaging, 5-fold mean. s3prl's fbank is normalised per utterance, so mean pooling "
+              "sees a constant and predicts one class.", ""]
+    paths["superb"].write_text("\n".join(lines))
     return paths
 
 
 def run_table1(out_dir: Path, experiments: list[int], folds: list[str], root: Path, meta: Path,
                overrides: str = "", *, wav2vec2: str = "wav2vec2", hubert: str = "hubert",
                bert: Optional[str] = None, base_config: Optional[str] = None, ft_config: Optional[str] = None,
-               ft_overrides: str = "", device: str = "cpu", note: str = "") -> dict[int, dict]:
+               ft_overrides: str = "", device: str = "cpu", note: str = "",
+               superb: Sequence[str] = ()) -> dict[int, dict]:
     """Run (or resume) the experiments and write the tables; return the summaries run.
 
     ``overrides`` go to every stage-2 run, ``ft_overrides`` to every stage-1 run; the corpus
@@ -210,10 +225,19 @@ def run_table1(out_dir: Path, experiments: list[int], folds: list[str], root: Pa
             exp_overrides.append(f"config.downstream_expert.text.encoder={text_dir}")
         summaries[number] = cross_validate(out_dir / f"exp{number}", run_args, folds, ",,".join(filter(None, exp_overrides)),
                                            title=f"Table 1, experiment {number}: {experiment.feature}")
-    # Experiments finished by earlier invocations in out_dir join the table too.
+    for spec in superb:
+        name, ckpt = _entry(spec)
+        run_args = ["-u", name, "-d", "emotion_ecapa", "--device", device,
+                    "-c", base_config or str(DOWNSTREAM_DIR / "emotion_ecapa" / "config.yaml")]
+        if ckpt:
+            run_args += ["-k", ckpt]
+        cross_validate(out_dir / "superb" / name, run_args, folds, ",,".join([overrides] + SUPERB_PROTOCOL),
+                       title=f"SUPERB ER protocol: {name}")
+    # Runs finished by earlier invocations in out_dir join the tables too.
     everything = {n: json.loads((out_dir / f"exp{n}" / "results.json").read_text())
                   for n in EXPERIMENTS if (out_dir / f"exp{n}" / "results.json").is_file()}
-    paths = write_tables(out_dir, everything, note)
+    superb_runs = {p.parent.name: json.loads(p.read_text()) for p in sorted(out_dir.glob("superb/*/results.json"))}
+    paths = write_tables(out_dir, everything, note, superb_runs)
     print(paths["md"].read_text())
     print(f"[table1] - {paths['md']}, {paths['json']}, {paths['superb']}")
     return summaries
@@ -233,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bert", help="base text encoder directory (Hugging Face format)")
     parser.add_argument("--base-config", help="runner/optimizer/sizes for every experiment (model keys kept)")
     parser.add_argument("--ft-config", help="upstream_ft config for stage 1")
+    parser.add_argument("--superb", default="", help="stock upstreams (NAME or NAME:CKPT) to run with SUPERB's ER protocol")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     try:
@@ -240,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
         run_table1(args.out, experiments, args.folds.split(","), args.root, args.meta, args.override,
                    wav2vec2=args.wav2vec2,
                    hubert=args.hubert, bert=args.bert, base_config=args.base_config, ft_config=args.ft_config,
-                   ft_overrides=args.ft_override, device=args.device, note=f"Folds: {args.folds}.")
+                   ft_overrides=args.ft_override, device=args.device, note=f"Folds: {args.folds}.",
+                   superb=[s for s in args.superb.split(",") if s])
     except (ConfigError, FileNotFoundError, ValueError) as error:
         sys.exit(f"error: {error}")
 

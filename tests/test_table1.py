@@ -13,6 +13,7 @@ PAPER = DOWNSTREAM_DIR / "emotion_ecapa" / "paper"
 def test_parse_experiments():
     assert parse_experiments("1-4,7,9-11") == [1, 2, 3, 4, 7, 9, 10, 11]
     assert parse_experiments("11,3,3") == [3, 11]
+    assert parse_experiments("none") == []
     with pytest.raises(ConfigError, match="1-11, got \\[12\\]"):
         parse_experiments("10-12")
     with pytest.raises(ConfigError, match="cannot read 'x'"):
@@ -43,11 +44,45 @@ def test_model_overrides_carry_the_experiment_keys():
 
 def test_tables_list_every_experiment_with_paper_numbers(tmp_path):
     summary = {"wa": {"mean": 60.0, "std": 1.5}, "ua": {"mean": 61.25, "std": 2.0}}
-    paths = write_tables(tmp_path, {9: summary}, "Folds: fold1.")
+    paths = write_tables(tmp_path, {9: summary}, "Folds: fold1.", {"fbank": summary, "hubert_local": summary})
     md = paths["md"].read_text()
     assert "| 2 | 9 | S | Fbank | no | no | ECAPA | Linear | yes | 60.00 ± 1.50 | 61.25 ± 2.00 | 56.52 | 57.60 |" in md
     assert "| 1.B | 7 | S | huBERT + W2V2 | yes | yes | ECAPA | Linear | yes | not run | not run | 77.36 | 77.76 |" in md
     data = json.loads(paths["json"].read_text())
     assert data["9"]["ours"]["wa"]["mean"] == 60.0 and data["1"]["ours"] is None
     superb = paths["superb"].read_text()
-    assert "| fbank | 35.39 | 60.00" in superb and "| hubert | 64.92 | not run |" in superb
+    assert "| fbank | 35.39 | 60.00 ± 1.50 | 61.25 |" in superb and "| hubert | 64.92 | not run | |" in superb
+    assert "| hubert_local | - | 60.00 ± 1.50 | 61.25 |" in superb  # an upstream off the leaderboard
+
+
+def test_table1_command_runs_both_stages(mini_corpus, mini_meta, tiny_upstreams, tmp_path):
+    """Experiments 2 (FT without averaging), 7 (early fusion of two FT upstreams) and 11
+    (fbank & fine-tuned BERT) end to end on one fold, then a rerun that reuses everything."""
+    from s3prl_ser.table1 import main as table1
+    from s3prl_ser.text_encoder import write_tiny_bert
+
+    bert = write_tiny_bert(tmp_path / "bert")
+    argv = ["--experiments", "2,7,11", "--superb", "fbank", "-p", str(tmp_path / "t1"), "--root", str(mini_corpus), "--meta", str(mini_meta),
+            "--folds", "fold1", "--wav2vec2", f"wav2vec2_local:{tiny_upstreams['wav2vec2']}",
+            "--hubert", f"hubert_local:{tiny_upstreams['hubert']}", "--bert", str(bert),
+            "--base-config", str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
+            "-o", "config.runner.total_steps=4,,config.runner.eval_step=2,,config.runner.save_step=2,,"
+                  "config.downstream_expert.datarc.train_batch_size=4",
+            "--ft-override", "config.runner.total_steps=4,,config.runner.eval_step=2,,config.runner.save_step=2,,"
+                             "config.scheduler.warmup_steps=1,,config.datarc.num_workers=0,,config.datarc.train_batch_size=4"]
+    table1(argv)
+    out = tmp_path / "t1"
+    assert json.loads((out / "upstream_ft" / "hubert_best" / "fold1" / "upstream.json").read_text())["averaged"] is False
+    for base in ("hubert_avg", "wav2vec2_avg", "bert_avg"):
+        assert json.loads((out / "upstream_ft" / base / "fold1" / "upstream.json").read_text())["averaged"] is True
+    assert json.loads((out / "exp2" / "fold1" / "final.json").read_text())["checkpoint"] == "dev-best.ckpt"
+    data = json.loads((out / "table1.json").read_text())
+    assert {n for n, row in data.items() if row["ours"]} == {"2", "7", "11"}
+    assert data["7"]["ours"]["folds"]["fold1"]["num_utterances"] == 7
+    superb = json.loads((out / "superb" / "fbank" / "results.json").read_text())
+    assert superb["folds"]["fold1"]["num_utterances"] == 7
+    assert json.loads((out / "superb" / "fbank" / "fold1" / "final.json").read_text())["checkpoint"] == "dev-best.ckpt"
+    assert "| fbank | 35.39 |" in (out / "superb_er.md").read_text()
+    mtime = (out / "exp7" / "fold1" / "dev-avg.ckpt").stat().st_mtime_ns
+    table1(argv)  # everything finished: reused, not retrained
+    assert (out / "exp7" / "fold1" / "dev-avg.ckpt").stat().st_mtime_ns == mtime
