@@ -76,6 +76,9 @@ class EmotionRecognizer(nn.Module):
         if missing:
             raise ValueError(f"{ckpt_path}: not a final emotion_ecapa checkpoint (missing {', '.join(missing)})")
         args, config = ckpt["Args"], ckpt["Config"]
+        if (config["downstream_expert"].get("text") or {}).get("encoder"):
+            raise ValueError(f"{ckpt_path}: this model also reads transcripts (downstream_expert.text); "
+                             "EmotionRecognizer predicts from speech alone")
         fold = config["downstream_expert"].get("datarc", {}).get("test_fold") or args.downstream_variant
         upstream = build_upstreams(args.upstream, args.upstream_ckpt, args.upstream_model_config, fold=fold).to(device)
         if "Upstream" in ckpt:

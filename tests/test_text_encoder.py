@@ -68,6 +68,10 @@ def test_text_stream_in_emotion_ecapa(experiment, tiny_bert, mini_corpus, mini_m
     assert not any("bert" in k or "_text" in k for k in averaged["Downstream"])  # encoder not in checkpoints
     metrics = json.loads((tmp_path / "test_fold1_metrics.json").read_text())
     assert metrics["num_utterances"] == 7
+    from s3prl_ser.inference import EmotionRecognizer
+
+    with pytest.raises(ValueError, match="also reads transcripts"):
+        EmotionRecognizer.from_pretrained(tmp_path)
 
 
 def test_text_cannot_be_fused_early(tiny_bert, mini_corpus, mini_meta, tmp_path):
