@@ -118,8 +118,14 @@ def resolve_ft_text_encoder(path: str | os.PathLike, fold: str) -> Path:
     """The text encoder directory to use for ``fold``.
 
     ``path`` is either a plain Hugging Face encoder directory (used as is: not fine-tuned on
-    IEMOCAP, so no fold to check), or the FT_DIR of ``python -m upstream_ft -u text``, whose
-    ``<fold>/text_encoder`` is returned after the fold guard of :func:`resolve_ft_checkpoint`.
+    IEMOCAP, so no fold to check), or the FT_DIR of ``python -m upstream_ft -u text`` (or one
+    fold's directory in it), whose ``<fold>/text_encoder`` is returned after the fold guard of
+    :func:`resolve_ft_checkpoint`.
+
+    Raises:
+        FoldMismatchError: the export was fine-tuned for another fold.
+        ValueError: the export is a speech upstream.
+        FileNotFoundError: neither an encoder directory nor an export for ``fold``.
     """
     from s3prl_ser.folds import check_fold
 
@@ -127,7 +133,14 @@ def resolve_ft_text_encoder(path: str | os.PathLike, fold: str) -> Path:
     path = Path(path)
     export = path / fold if (path / fold / FT_METADATA).is_file() else path
     if (export / FT_METADATA).is_file():
-        trained_for = read_ft_metadata(export / FT_CHECKPOINT)["fold"]
+        metadata = read_ft_metadata(export / FT_CHECKPOINT)
+        if metadata.get("modality") != "text":
+            raise ValueError(
+                f"{export / FT_METADATA} describes a fine-tuned {metadata.get('modality', 'speech')} upstream "
+                f"({metadata.get('base_upstream', '?')}), not a text encoder; give the FT_DIR of "
+                "`python -m upstream_ft -u text`"
+            )
+        trained_for = metadata["fold"]
         if trained_for != fold:
             raise FoldMismatchError(
                 f"{export} was fine-tuned for {trained_for} (its training data include the test session of "

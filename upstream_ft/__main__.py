@@ -5,6 +5,11 @@
 
 writes ``FT_DIR/<fold>/upstream.ckpt`` (loadable with ``-u hubert_local -k`` that file, or
 ``-u hubert_ft_avg -k FT_DIR`` for the fold being tested) and ``upstream.json`` beside it.
+``-u text -k HF_DIR`` fine-tunes a local Hugging Face text encoder (BERT) on the transcripts
+instead (``config.datarc.transcripts``, default ``META_DIR/transcripts.json``) and also writes
+``FT_DIR/<fold>/text_encoder/`` (``save_pretrained``), which ``TextEncoder`` and the
+downstream's text stream load.
+
 Folds already exported are skipped; a killed fold resumes from its last states file when
 the same command is run again. Under ``torchrun --nproc_per_node N -m upstream_ft ...`` the
 processes share each fold's training; rank 0 evaluates, saves and exports.
@@ -13,6 +18,7 @@ processes share each fold's training; rank 0 evaluates, saves and exports.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m upstream_ft", description="Fine-tune, average and export an s3prl upstream for each IEMOCAP fold (paper 2.2-2.3).",
     )
-    parser.add_argument("-u", "--upstream", required=True, help="s3prl hub entry, e.g. hubert, wav2vec2, hubert_local")
-    parser.add_argument("-k", "--upstream_ckpt", metavar="CKPT", help="checkpoint for *_local entries")
+    parser.add_argument("-u", "--upstream", required=True, help="s3prl hub entry, e.g. hubert, wav2vec2, hubert_local; "
+                        "or text: the Hugging Face text encoder in -k DIR over the transcripts")
+    parser.add_argument("-k", "--upstream_ckpt", metavar="CKPT",
+                        help="checkpoint for *_local entries; the encoder directory for -u text")
     parser.add_argument("--folds", default=",".join(FOLDS), help="comma-separated folds (default: all five)")
     parser.add_argument("-p", "--ft_dir", required=True, type=Path, help="output: FT_DIR/<fold>/upstream.ckpt")
     parser.add_argument("-c", "--config", help="yaml config merged over upstream_ft/config.yaml")
@@ -93,6 +101,8 @@ def _run_folds(
 ) -> tuple[dict[str, dict[str, Any]], set[str]]:
     """Fine-tune and export each fold not exported yet; return the folds' metadata and the skipped folds."""
     environment = environment_record()
+    # -u text runs on transformers, which the shared record does not list.
+    environment["packages"]["transformers"] = importlib.metadata.version("transformers")
     records: dict[str, dict[str, Any]] = {}
     skipped: set[str] = set()
     for fold in folds:

@@ -1,9 +1,20 @@
-"""The fine-tuning model of paper Figure 2: upstream -> features -> masked mean -> linear."""
+"""The fine-tuning models of paper Figure 2: upstream -> features -> masked mean -> linear.
+
+Speech (:class:`FineTuneModel`) and text (:class:`TextFineTuneModel`) share what the trainer
+relies on, so one loop serves both modalities:
+
+* ``upstream``: trained at ``upstream_lr``; ``upstream.model`` is what the checkpoints'
+  ``model_weight`` holds and the export writes;
+* ``head``: the layer selection and the classifier, trained at ``head_lr`` (``ft_head``);
+* ``forward(wavs, names, train_upstream) -> (B, C) logits`` over a raw batch of the fold's
+  datasets: the only modality-specific step.
+"""
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
+import numpy as np
 import torch
 from s3prl.upstream.interfaces import Featurizer
 from torch import Tensor, nn
@@ -11,9 +22,9 @@ from torch.nn.utils.rnn import pad_sequence
 
 from s3prl_ser.classifier import UtteranceClassifier
 from s3prl_ser.config import ConfigError
-from s3prl_ser.text_encoder import TextEncoder, transcripts_for
+from s3prl_ser.text_encoder import LayerSelection, TextEncoder, transcripts_for
 
-__all__ = ["FineTuneModel", "TextFineTuneModel", "configure_feature_encoder"]
+__all__ = ["FineTuneModel", "TextFineTuneModel", "AnyFineTuneModel", "configure_feature_encoder"]
 
 
 def configure_feature_encoder(upstream: nn.Module, freeze: bool) -> None:
@@ -61,12 +72,15 @@ class FineTuneModel(nn.Module):
         classifier = UtteranceClassifier(featurizer.output_dim, num_classes, aggregator="mean")
         self.head = nn.ModuleDict({"featurizer": featurizer, "classifier": classifier}).to(device)
 
-    def forward(self, wavs: list[Tensor], names: Sequence[str] = (), train_upstream: bool = True) -> Tensor:
-        """``wavs``: B tensors ``(T_i,)`` at 16 kHz -> logits ``(B, C)`` (``names`` unused).
+    def forward(self, wavs: Sequence[np.ndarray | Tensor], names: Sequence[str] = (),
+                train_upstream: bool = True) -> Tensor:
+        """``wavs``: B waveforms ``(T_i,)`` at 16 kHz -> logits ``(B, C)`` (``names`` unused).
 
         ``train_upstream=False`` runs the upstream without autograd (its frozen phase), so
         only the head receives gradients.
         """
+        device = next(self.upstream.parameters()).device
+        wavs = [torch.as_tensor(wav, device=device) for wav in wavs]
         with torch.set_grad_enabled(train_upstream and torch.is_grad_enabled()):
             features = self.upstream(wavs)
         # Per utterance (T'_i, D), trimmed to round(T_i / downsample rate) frames exactly as
@@ -81,23 +95,30 @@ class TextFineTuneModel(nn.Module):
     on the utterances' transcripts: the text counterpart of :class:`FineTuneModel`.
 
     Args:
-        encoder: the text encoder; ``encoder.model`` (the Hugging Face model) is what gets exported.
+        encoder: the text encoder; ``encoder.model`` (the Hugging Face model) is what gets
+            exported. Its own layer selection is unused: the head holds the one trained here.
         transcripts: utterance name -> text.
         source: where the transcripts came from (named in errors).
         num_classes: C.
+        feature_selection: ``last_hidden_state`` or ``hidden_states`` (weighted sum of layers).
         device: where the model lives.
     """
 
     def __init__(self, encoder: TextEncoder, transcripts: Mapping[str, str], source: str,
-                 num_classes: int, device: str) -> None:
+                 num_classes: int, feature_selection: str, device: str) -> None:
         super().__init__()
         self.upstream = encoder.to(device)
         self.transcripts, self.source = transcripts, source
+        featurizer = LayerSelection(encoder.num_layers, feature_selection)
         classifier = UtteranceClassifier(encoder.output_size, num_classes, aggregator="mean")
-        self.head = nn.ModuleDict({"classifier": classifier}).to(device)
+        self.head = nn.ModuleDict({"featurizer": featurizer, "classifier": classifier}).to(device)
 
-    def forward(self, wavs: list[Tensor], names: Sequence[str], train_upstream: bool = True) -> Tensor:
-        """The transcripts of ``names`` -> logits ``(B, C)`` (``wavs`` unused)."""
+    def forward(self, wavs: Sequence[np.ndarray | Tensor], names: Sequence[str],
+                train_upstream: bool = True) -> Tensor:
+        """The transcripts of the B utterances ``names`` -> logits ``(B, C)`` (``wavs`` unused)."""
         with torch.set_grad_enabled(train_upstream and torch.is_grad_enabled()):
-            features, lengths = self.upstream(transcripts_for(list(names), self.transcripts, self.source))
-        return self.head["classifier"](features, lengths)
+            layers, lengths = self.upstream.hidden_states(transcripts_for(list(names), self.transcripts, self.source))
+        return self.head["classifier"](self.head["featurizer"](layers), lengths)
+
+
+AnyFineTuneModel = Union[FineTuneModel, TextFineTuneModel]

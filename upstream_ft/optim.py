@@ -9,12 +9,12 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from s3prl_ser.config import ConfigError
-from upstream_ft.model import FineTuneModel
+from upstream_ft.model import AnyFineTuneModel
 
 __all__ = ["build_optimizer", "warmup_linear_decay"]
 
 
-def build_optimizer(model: FineTuneModel, optimizer_config: Mapping[str, Any]) -> Optimizer:
+def build_optimizer(model: AnyFineTuneModel, optimizer_config: Mapping[str, Any]) -> Optimizer:
     """``torch.optim.<name>`` over two groups: the upstream's trainable parameters at
     ``upstream_lr`` (group 0) and the head's at ``head_lr`` (group 1).
 

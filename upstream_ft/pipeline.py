@@ -54,7 +54,8 @@ def _text_model(encoder_dir: str | None, config: Mapping[str, Any], data: Any,
     datarc = config["datarc"]
     source = Path(datarc["transcripts"] or Path(datarc["meta_data"]) / "transcripts.json")
     encoder = TextEncoder(encoder_dir)
-    model = TextFineTuneModel(encoder, load_transcripts(source), str(source), len(data.class_names), device)
+    model = TextFineTuneModel(encoder, load_transcripts(source), str(source), len(data.class_names),
+                              config["upstream"]["feature_selection"], device)
     model_cfg = json.loads(encoder.model.config.to_json_string())
     return model, {"task_cfg": {"modality": TEXT, "base": str(encoder_dir)}, "model_cfg": model_cfg}, Path(encoder_dir)
 

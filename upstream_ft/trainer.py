@@ -7,7 +7,8 @@ Files in the fold directory:
   the same directory resumes from it: the step count continues, the data order is rebuilt
   from (seed, epoch) (:mod:`upstream_ft.data`) and the RNG that drives dropout is restored.
 * ``dev-top-step<N>.ckpt`` + ``dev-top.json``: the ``best_k`` checkpoints by dev WA, each an
-  s3prl converted upstream checkpoint with the head beside it (:mod:`upstream_ft.export`).
+  s3prl converted upstream checkpoint with the head beside it (:mod:`upstream_ft.export`; for
+  text, ``model_weight`` is the Hugging Face encoder's state dict).
 * ``log.log`` and TensorBoard events: train loss / lr, dev WA / UA / loss.
 
 Dev is evaluated every ``eval_step`` updates before the states are saved, so a kill between
@@ -33,7 +34,7 @@ from s3prl_ser.metrics import ClassificationReport, classification_report
 from upstream_ft.data import FoldData, batches_per_epoch, eval_loader, train_loader
 from upstream_ft.distributed import Distributed
 from upstream_ft.export import converted_checkpoint
-from upstream_ft.model import FineTuneModel
+from upstream_ft.model import AnyFineTuneModel
 from upstream_ft.optim import build_optimizer, warmup_linear_decay
 
 __all__ = ["FoldTrainer", "latest_states"]
@@ -51,7 +52,7 @@ class FoldTrainer:
     """Fine-tunes ``model`` on one fold in ``fold_dir``, resuming from its latest states file.
 
     Args:
-        model: the fine-tuning model, on ``device``.
+        model: the speech or text fine-tuning model, on ``device`` (:mod:`upstream_ft.model`).
         data: the fold's splits.
         config: the validated config (all sections).
         fold_dir: output directory of this fold.
@@ -64,7 +65,7 @@ class FoldTrainer:
 
     def __init__(
         self,
-        model: FineTuneModel,
+        model: AnyFineTuneModel,
         data: FoldData,
         config: Mapping[str, Any],
         fold_dir: Path,
@@ -153,9 +154,6 @@ class FoldTrainer:
     def _autocast(self) -> contextlib.AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16)
 
-    def _wavs(self, wavs: tuple) -> list[torch.Tensor]:
-        return [torch.as_tensor(wav, device=self.device) for wav in wavs]
-
     @torch.no_grad()
     def evaluate(self, split: str) -> tuple[ClassificationReport, float]:
         """WA/UA report and mean cross-entropy of ``split`` (``dev`` or ``test``), in one process."""
@@ -165,7 +163,7 @@ class FoldTrainer:
         try:
             for wavs, labels, names in tqdm(eval_loader(dataset, self.config["datarc"]), desc=split, leave=False):
                 with self._autocast():
-                    logits = self.model(self._wavs(wavs), names).float()
+                    logits = self.model(wavs, names).float()
                 labels_t = torch.as_tensor(labels, device=logits.device)
                 losses.append(self.objective(logits, labels_t).item() * len(labels))
                 truth += [self.data.class_names[i] for i in labels]
@@ -230,7 +228,7 @@ class FoldTrainer:
                 sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else model.no_sync()
                 with sync:
                     with self._autocast():
-                        logits = model(self._wavs(wavs), names, train_upstream=step >= freeze_steps).float()
+                        logits = model(wavs, names, train_upstream=step >= freeze_steps).float()
                         loss = self.objective(logits, torch.as_tensor(labels, device=logits.device))
                     self.scaler.scale(loss / accumulate).backward()
                 losses.append(loss.item())
