@@ -79,6 +79,8 @@ class EmotionDataset(Dataset):
         pre_load: read all audio at construction (s3prl's ``pre_load``).
         min_samples: shortest accepted clip after resampling to 16 kHz (an upstream's
             receptive field); shorter clips raise an error naming the file.
+        read_audio: ``False`` yields an empty waveform instead of reading the file, for
+            models that only use the utterance name (the transcript-based text encoder).
     """
 
     def __init__(
@@ -89,17 +91,21 @@ class EmotionDataset(Dataset):
         indices: Sequence[int] | None = None,
         pre_load: bool = False,
         min_samples: int = 400,
+        read_audio: bool = True,
     ) -> None:
         self.root = Path(root)
         self.meta = meta if isinstance(meta, MetaData) else read_meta_data(meta, root)
         self.items = [self.meta.items[i] for i in indices] if indices is not None else list(self.meta.items)
         self.min_samples = min_samples
+        self.read_audio = read_audio
         self.class_names = self.meta.class_names
         self._cache: list[np.ndarray] | None = None
-        if pre_load:
+        if pre_load and read_audio:
             self._cache = [self._load(i) for i in tqdm(range(len(self)), desc=f"loading {self.meta.path.parent.name}/{self.meta.path.name}", leave=False)]
 
     def _load(self, index: int) -> np.ndarray:
+        if not self.read_audio:
+            return np.zeros(0, dtype=np.float32)
         wav = load_audio(self.root / self.items[index]["path"], min_samples=self.min_samples)
         return wav.numpy()
 

@@ -37,8 +37,10 @@ class FoldData:
     test: EmotionDataset
 
 
-def load_fold_data(datarc: Mapping[str, Any], fold: str) -> FoldData:
+def load_fold_data(datarc: Mapping[str, Any], fold: str, *, read_audio: bool = True) -> FoldData:
     """Read ``META_DIR/SessionN/{train,test}_meta_data.json`` and split train into train/dev.
+
+    ``read_audio=False`` serves empty waveforms (text fine-tuning needs only utterance names).
 
     Raises:
         FileNotFoundError: meta data or audio files are missing (named in the message).
@@ -55,7 +57,7 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str) -> FoldData:
     else:
         paths = [item["path"] for item in train_meta.items]
         train_idx, dev_idx = speaker_disjoint_split(paths, fold, datarc["dev_session"])
-    options = dict(pre_load=datarc["pre_load"], min_samples=datarc["min_samples"])
+    options = dict(pre_load=datarc["pre_load"], min_samples=datarc["min_samples"], read_audio=read_audio)
     return FoldData(
         fold=fold,
         class_names=train_meta.class_names,

@@ -79,7 +79,7 @@ def run_fold(
     """
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
-    data = load_fold_data(config["datarc"], fold)
+    data = load_fold_data(config["datarc"], fold, read_audio=upstream_name != TEXT)
     if upstream_name == TEXT:
         model, base_fields, base_file = _text_model(upstream_ckpt, config, data, device)
         loader = TEXT
