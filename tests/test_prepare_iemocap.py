@@ -111,3 +111,20 @@ def test_cli_prints_count_table(mini_corpus, tmp_path, capsys):
 def test_cli_error_exits_with_message(tmp_path):
     with pytest.raises(SystemExit, match="IEMOCAP root directory not found"):
         main([str(tmp_path / "nope"), "--out", str(tmp_path / "meta")])
+
+
+def test_listdir_order_reproduces_stock_s3prl_preprocessing(mini_corpus, tmp_path):
+    """The same meta data as s3prl's own ``IEMOCAP_preprocess.py`` (the leaderboard's split
+    source: ``random_split`` depends on the train list's order)."""
+    from s3prl.downstream.emotion import IEMOCAP_preprocess  # needs librosa (test extra)
+
+    corpus = tmp_path / "IEMOCAP"
+    shutil.copytree(mini_corpus, corpus)  # stock s3prl writes into the corpus directory
+    IEMOCAP_preprocess.main(str(corpus))
+    with pytest.warns(UserWarning):
+        prepare(corpus, tmp_path / "ours", order="listdir")
+    for session in EXPECTED:
+        for split in ("train", "test"):
+            stock = json.loads((corpus / "meta_data" / session / f"{split}_meta_data.json").read_text())
+            ours = json.loads((tmp_path / "ours" / session / f"{split}_meta_data.json").read_text())
+            assert ours == stock, (session, split)
