@@ -6,10 +6,20 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 import s3prl_ser  # noqa: F401  (applies the s3prl compatibility fixes before s3prl imports)
 
 MINI_CORPUS = Path(__file__).parent / "data" / "iemocap_mini"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on a shared CPU: OpenMP threads spinning against each other cost 100x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

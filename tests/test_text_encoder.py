@@ -15,13 +15,7 @@ from s3prl_ser.run_downstream import main as run_downstream
 from s3prl_ser.text_encoder import TextEncoder, load_transcripts, main, transcripts_for, write_tiny_bert
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared CPU: OpenMP threads spinning against each other cost 100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
