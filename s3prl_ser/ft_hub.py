@@ -28,6 +28,7 @@ __all__ = [
     "FT_METADATA",
     "FT_SUFFIX",
     "FoldMismatchError",
+    "check_export_fold",
     "is_ft_avg_entry",
     "read_ft_metadata",
     "resolve_ft_checkpoint",
@@ -104,14 +105,38 @@ def resolve_ft_checkpoint(ckpt: str | os.PathLike | None, fold: str | None) -> P
             f"no fine-tuned upstream for {fold}: {path} does not exist (exported folds: "
             f"{', '.join(exported) or 'none'}); run `python -m upstream_ft -u BASE -p {ckpt} --folds {fold}`"
         )
-    trained_for = read_ft_metadata(path)["fold"]
+    _refuse_other_fold(path, read_ft_metadata(path)["fold"], fold)
+    return path
+
+
+def _refuse_other_fold(path: Path, trained_for: str, fold: str) -> None:
     if trained_for != fold:
         raise FoldMismatchError(
             f"{path} was fine-tuned for {trained_for} (its training data include the test session of "
             f"{fold}), but it was requested for {fold}: using it would leak {fold}'s test set into "
-            f"training; use the upstream fine-tuned for {fold} (FT_DIR/{fold}/{FT_CHECKPOINT})"
+            f"training; use the export fine-tuned for {fold} (FT_DIR/{fold}/)"
         )
-    return path
+
+
+def check_export_fold(path: str | os.PathLike, fold: str | None) -> None:
+    """Apply the fold guard to a checkpoint or encoder directory given by path (``-k``).
+
+    ``hubert_local -k FT_DIR/fold3/upstream.ckpt`` or a text stream pointed at
+    ``FT_DIR/fold3/text_encoder`` bypass the ``*_ft_avg`` entries, so an ``upstream.json``
+    beside ``path`` (or, for a directory, inside it) is checked here. Paths without one
+    (pretrained weights) and ``fold=None`` (inference, no test set) pass.
+
+    Raises:
+        FoldMismatchError: the export was fine-tuned for another fold.
+    """
+    if fold is None:
+        return
+    path = Path(path)
+    candidates = [path.parent / FT_METADATA] + ([path / FT_METADATA] if path.is_dir() else [])
+    for metadata in filter(Path.is_file, candidates):
+        trained_for = json.loads(metadata.read_text(encoding="utf-8")).get("fold")
+        if trained_for is not None:
+            _refuse_other_fold(path, trained_for, fold)
 
 
 def resolve_ft_text_encoder(path: str | os.PathLike, fold: str) -> Path:
@@ -140,14 +165,10 @@ def resolve_ft_text_encoder(path: str | os.PathLike, fold: str) -> Path:
                 f"({metadata.get('base_upstream', '?')}), not a text encoder; give the FT_DIR of "
                 "`python -m upstream_ft -u text`"
             )
-        trained_for = metadata["fold"]
-        if trained_for != fold:
-            raise FoldMismatchError(
-                f"{export} was fine-tuned for {trained_for} (its training data include the test session of "
-                f"{fold}), but it was requested for {fold}: using it would leak {fold}'s test set into training"
-            )
+        _refuse_other_fold(export, metadata["fold"], fold)
         return export / "text_encoder"
     if (path / "config.json").is_file():
+        check_export_fold(path, fold)  # FT_DIR/<fold>/text_encoder given directly
         return path
     exported = sorted(p.parent.name for p in path.glob(f"*/{FT_METADATA}")) if path.is_dir() else []
     raise FileNotFoundError(

@@ -7,7 +7,7 @@ from typing import Optional
 
 from torch import nn
 
-from s3prl_ser.ft_hub import is_ft_avg_entry
+from s3prl_ser.ft_hub import check_export_fold, is_ft_avg_entry
 
 __all__ = ["build_upstream"]
 
@@ -22,10 +22,12 @@ def build_upstream(
     """``s3prl.hub.<name>(ckpt=..., model_config=..., refresh=...)``.
 
     ``<base>_ft_avg`` entries also get ``fold`` (the fold being trained or evaluated), which
-    they check against the fold their upstream was fine-tuned for.
+    they check against the fold their upstream was fine-tuned for; any other entry given an
+    ``upstream_ft`` export as ``ckpt`` gets the same check.
 
     Raises:
         ValueError: ``name`` is not an s3prl hub entry (the closest names are suggested).
+        FoldMismatchError: ``ckpt`` was fine-tuned for a fold other than ``fold``.
     """
     from s3prl import hub
 
@@ -36,4 +38,6 @@ def build_upstream(
     kwargs = dict(ckpt=ckpt, model_config=model_config, refresh=refresh)
     if is_ft_avg_entry(name):
         kwargs["fold"] = fold
+    elif ckpt is not None:
+        check_export_fold(ckpt, fold)
     return entry(**kwargs)

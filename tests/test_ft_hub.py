@@ -42,6 +42,20 @@ def test_fold_guard_names_both_folds(ft_dir, tmp_path):
     assert issubclass(FoldMismatchError, ValueError)
 
 
+def test_local_entries_given_an_export_get_the_fold_guard(ft_dir, tiny_upstreams):
+    from s3prl_ser.upstreams import build_upstream
+    from upstream_ft.upstream import load_upstream
+
+    export = str(ft_dir / "fold1" / "upstream.ckpt")
+    with pytest.raises(FoldMismatchError, match=r"fine-tuned for fold1.*requested for fold3"):
+        build_upstream("hubert_local", export, fold="fold3")
+    with pytest.raises(FoldMismatchError, match=r"fine-tuned for fold1.*requested for fold2"):
+        load_upstream("hubert_local", export, fold="fold2")  # as the start of another fold's fine-tuning
+    assert build_upstream("hubert_local", export, fold="fold1") is not None
+    assert build_upstream("hubert_local", export) is not None  # no fold: inference, no test set
+    assert build_upstream("hubert_local", str(tiny_upstreams["hubert"]), fold="fold3") is not None  # not an export
+
+
 def test_missing_inputs_are_clear_errors(ft_dir, tmp_path):
     with pytest.raises(ValueError, match="needs the fold"):
         resolve_ft_checkpoint(ft_dir, None)

@@ -219,6 +219,10 @@ def test_text_export_fold_guard(text_ft):
         resolve_ft_text_encoder(ft_dir / "fold1", "fold2")
     with pytest.raises(FileNotFoundError, match="no text encoder for fold2.*exported folds: fold1"):
         resolve_ft_text_encoder(ft_dir, "fold2")
+    encoder = ft_dir / "fold1" / "text_encoder"  # the exported encoder given directly
+    with pytest.raises(FoldMismatchError, match="fine-tuned for fold1.*requested for fold4"):
+        resolve_ft_text_encoder(encoder, "fold4")
+    assert resolve_ft_text_encoder(encoder, "fold1") == encoder
 
 
 def test_text_rerun_skips_the_finished_fold(text_ft, tiny_bert, mini_corpus, mini_meta, capsys):

@@ -84,7 +84,7 @@ def run_fold(
         model, base_fields, base_file = _text_model(upstream_ckpt, config, data, device)
         loader = TEXT
     else:
-        loaded = load_upstream(upstream_name, upstream_ckpt)
+        loaded = load_upstream(upstream_name, upstream_ckpt, fold)
         loader = export_loader(loaded)
         base_fields, base_file = read_base_fields(loaded.source_file), loaded.source_file
         configure_feature_encoder(loaded.expert, config["upstream"]["freeze_feature_encoder"])

@@ -10,7 +10,6 @@ checkpoint's ``model_weight``, and the checkpoint's configs come from the file s
 from __future__ import annotations
 
 import contextlib
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -74,21 +73,21 @@ def _recording_converted_loads() -> Iterator[list[Path]]:
             module.load_converted_model = original
 
 
-def load_upstream(name: str, ckpt: str | None = None) -> LoadedUpstream:
+def load_upstream(name: str, ckpt: str | None = None, fold: str | None = None) -> LoadedUpstream:
     """Instantiate the s3prl hub entry ``name`` (with ``ckpt=`` when given), on CPU.
+
+    ``fold`` is the fold about to be fine-tuned: an ``upstream_ft`` export of another fold
+    as the starting point (or a ``*_ft_avg`` entry's) would carry that fold's training data,
+    which include this fold's test session.
 
     Raises:
         ValueError: ``name`` is not an s3prl hub entry (close names are suggested).
+        FoldMismatchError: ``ckpt`` was fine-tuned for another fold.
     """
-    import s3prl.hub as hub
+    from s3prl_ser.upstreams import build_upstream
 
-    entry = getattr(hub, name, None)
-    if entry is None or name.startswith("_") or not callable(entry):
-        close = difflib.get_close_matches(name, hub.options(), n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown upstream {name!r}: not an s3prl hub entry{hint}")
     with _recording_converted_loads() as seen:
-        expert = entry(ckpt=ckpt) if ckpt is not None else entry()
+        expert = build_upstream(name, ckpt, fold=fold)
     return LoadedUpstream(expert, name, ckpt, seen[-1] if seen else None)
 
 
