@@ -5,7 +5,7 @@
 
 trains fold1..fold5 one after the other (each in ``<expdir>/<fold>``, a normal
 ``run_downstream.py`` experiment), skips folds that already finished, resumes a killed fold
-from its last checkpoint, then writes ``results.md``, ``results.json`` and ``confusion.png``
+from its last checkpoint (refusing either if the fold was run with other settings), then writes ``results.md``, ``results.json`` and ``confusion.png``
 into the experiment directory. Arguments not listed below are passed to ``run_downstream.py``
 (e.g. ``-k CKPT``, ``-c CONFIG``, ``-f``, ``--seed``, ``--device``).
 """
@@ -20,18 +20,31 @@ from pathlib import Path
 from s3prl_ser.config import ConfigError
 from s3prl_ser.cv_report import summarize, write_report
 from s3prl_ser.folds import FOLDS, check_fold
+from s3prl_ser.run_identity import differences, run_identity
 from s3prl_ser.runner import FINAL_RECORD
 
 __all__ = ["fold_finished", "cross_validate", "main"]
 
 
-def fold_finished(fold_dir: Path, fold: str) -> dict | None:
-    """The fold's test metrics if its run finished (final model tested), else None."""
+def fold_finished(fold_dir: Path, fold: str, identity: dict | None = None) -> dict | None:
+    """The fold's test metrics if its run finished (final model tested), else None.
+
+    Raises:
+        ConfigError: ``identity`` is given and the finished run's (in ``final.json``) differs.
+    """
     record = fold_dir / FINAL_RECORD
     metrics = fold_dir / f"test_{fold}_metrics.json"
-    if record.is_file() and metrics.is_file():
-        return json.loads(metrics.read_text())
-    return None
+    if not (record.is_file() and metrics.is_file()):
+        return None
+    if identity is not None:
+        changed = differences(json.loads(record.read_text()).get("identity"), identity)
+        if changed:
+            raise ConfigError(
+                f"{fold_dir} finished with other settings ({'; '.join(changed[:5])}"
+                f"{'; ...' if len(changed) > 5 else ''}): reusing it would mix two experiments; "
+                "choose a new -n/-p, or move that fold away to retrain it"
+            )
+    return json.loads(metrics.read_text())
 
 
 def cross_validate(
@@ -51,7 +64,7 @@ def cross_validate(
         overrides: ``-o`` overrides applied to every fold (the fold is set here).
         title: report title (default: the experiment directory's name).
     """
-    from s3prl_ser.run_downstream import get_downstream_args, run
+    from s3prl_ser.run_downstream import get_downstream_args, requested_run, run
     from s3prl_ser.registry import register
 
     register()
@@ -59,13 +72,13 @@ def cross_validate(
     results: dict[str, dict] = {}
     for fold in map(check_fold, folds):
         fold_dir = expdir / fold
-        done = fold_finished(fold_dir, fold)
+        fold_override = f"config.downstream_expert.datarc.test_fold={fold}"
+        argv = ["-m", "train", "-p", str(fold_dir), *run_args,
+                "-o", ",,".join(filter(None, [fold_override, overrides]))]
+        done = fold_finished(fold_dir, fold, run_identity(*requested_run(argv)))
         if done is None:
             print(f"[cross_validate] - {fold}: training in {fold_dir}")
-            fold_override = f"config.downstream_expert.datarc.test_fold={fold}"
-            argv = ["-m", "train", "-p", str(fold_dir), "-a", *run_args,
-                    "-o", ",,".join(filter(None, [fold_override, overrides]))]
-            run(*get_downstream_args(argv))
+            run(*get_downstream_args(["-a", *argv]))
             done = fold_finished(fold_dir, fold)
             if done is None:
                 raise RuntimeError(f"{fold_dir}: training ended without a tested final model")

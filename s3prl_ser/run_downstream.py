@@ -13,6 +13,7 @@ Same flags and behaviour as s3prl's ``run_downstream.py`` (``-m train|evaluate|i
 from __future__ import annotations
 
 import argparse
+import copy
 import glob
 import os
 import platform
@@ -32,8 +33,9 @@ import s3prl_ser
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError, apply_overrides
 from s3prl_ser.registry import default_config, register
+from s3prl_ser.run_identity import RESUMABLE_SECTIONS, RUN_ARGS, differences, previous_run_files
 
-__all__ = ["build_parser", "get_downstream_args", "environment_record", "main"]
+__all__ = ["build_parser", "requested_run", "get_downstream_args", "environment_record", "main"]
 
 # Arguments a resumed run must not take from its checkpoint (as in s3prl).
 _NOT_RESUMED = ("mode", "evaluate_split", "override", "backend", "local_rank", "past_exp", "device")
@@ -84,8 +86,52 @@ def _latest_states(directory: str) -> str | None:
     return max(paths, key=lambda p: int(re.search(r"states-(\d+)\.ckpt$", p).group(1)))
 
 
+def _explicit_args(argv: list[str] | None) -> dict:
+    """The arguments the command line actually gives (defaults left out)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def requested_run(argv: list[str] | None = None) -> tuple[Namespace, dict]:
+    """The args and config a fresh run of ``argv`` would use; reads the config, writes nothing."""
+    args = build_parser().parse_args(argv)
+    if args.downstream is None:
+        raise ConfigError("choose a downstream task with -d (e.g. -d emotion_ecapa)")
+    if args.upstream is None:
+        raise ConfigError("choose an upstream with -u (e.g. -u fbank, -u hubert_local -k CKPT)")
+    args.config = args.config or str(default_config(args.downstream))
+    with open(args.config) as handle:
+        config = yaml.safe_load(handle)
+    if args.override and args.override.lower() != "none":
+        apply_overrides(args.override, args, config)
+    return args, config
+
+
+def _resume_conflicts(ckpt_path: str, trained: Namespace, requested: dict, saved: dict, config: dict) -> None:
+    """Refuse a resumed training whose command line or overrides change the run itself.
+
+    ``trained``/``saved``: the checkpoint's args and config; ``requested``: the run arguments
+    the command asks for; ``config``: the checkpoint's config after this command's overrides.
+    """
+    changed = [f"{key}: {getattr(trained, key, None)!r} -> {value!r}"
+               for key, value in requested.items() if value != getattr(trained, key, None)]
+    changed += [line for line in differences(saved, config, "config")
+                if not line.startswith(tuple(f"config.{section}." for section in RESUMABLE_SECTIONS))]
+    if changed:
+        raise ConfigError(
+            f"{ckpt_path} belongs to a run with other settings ({'; '.join(changed)}); resuming would mix "
+            "two experiments: drop those arguments to resume it, or start a new run with another -p/-n"
+        )
+
+
 def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]:
-    """Parse the command line; resume args/config from a checkpoint; apply overrides."""
+    """Parse the command line; resume args/config from a checkpoint; apply overrides.
+
+    Training refuses to start afresh in a directory holding an earlier run, and refuses to
+    resume a run with arguments or config (outside ``runner``) that differ from its checkpoint's.
+    """
     args = build_parser().parse_args(argv)
     if args.local_rank is None and "LOCAL_RANK" in os.environ:
         args.local_rank = int(os.environ["LOCAL_RANK"])
@@ -97,30 +143,39 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
     if args.auto_resume and os.path.isdir(args.expdir) and _latest_states(args.expdir):
         args.past_exp = args.expdir
 
-    if args.past_exp:
-        ckpt_path = _latest_states(args.past_exp) if os.path.isdir(args.past_exp) else args.past_exp
-        if ckpt_path is None or not os.path.isfile(ckpt_path):
-            raise FileNotFoundError(f"no checkpoint to resume from at {args.past_exp}")
-        print(f"[Runner] - Resume from {ckpt_path}")
-        ckpt = safe_torch_load(ckpt_path)
-        if "Args" not in ckpt or "Config" not in ckpt:
-            raise ValueError(f"{ckpt_path}: not an s3prl runner checkpoint (no Args/Config)")
-        resumed = vars(ckpt["Args"]).copy()
-        resumed.update({k: v for k, v in vars(args).items() if k in _NOT_RESUMED})
-        args = Namespace(**resumed)
-        args.init_ckpt = ckpt_path
-        config = ckpt["Config"]
-    else:
-        if args.downstream is None:
-            raise ConfigError("choose a downstream task with -d (e.g. -d emotion_ecapa)")
-        if args.upstream is None:
-            raise ConfigError("choose an upstream with -u (e.g. -u fbank, -u hubert_local -k CKPT)")
-        args.config = args.config or str(default_config(args.downstream))
-        with open(args.config) as handle:
-            config = yaml.safe_load(handle)
+    if not args.past_exp:
+        local_rank = args.local_rank
+        args, config = requested_run(argv)
+        args.local_rank = local_rank
+        earlier = previous_run_files(args.expdir) if args.mode == "train" else []
+        if earlier:
+            raise ConfigError(
+                f"{args.expdir} already holds a run ({', '.join(earlier[:4])}{', ...' if len(earlier) > 4 else ''}): "
+                "resume it with -a (or -e CKPT), or choose a new -p/-n; nothing was overwritten"
+            )
+        os.makedirs(args.expdir, exist_ok=True)
+        return args, config
 
+    ckpt_path = _latest_states(args.past_exp) if os.path.isdir(args.past_exp) else args.past_exp
+    if ckpt_path is None or not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f"no checkpoint to resume from at {args.past_exp}")
+    print(f"[Runner] - Resume from {ckpt_path}")
+    ckpt = safe_torch_load(ckpt_path)
+    if "Args" not in ckpt or "Config" not in ckpt:
+        raise ValueError(f"{ckpt_path}: not an s3prl runner checkpoint (no Args/Config)")
+    resumed = vars(ckpt["Args"]).copy()
+    resumed.update({k: v for k, v in vars(args).items() if k in _NOT_RESUMED})
+    args = Namespace(**resumed)
+    args.init_ckpt = ckpt_path
+    config = ckpt["Config"]
+    saved = copy.deepcopy(config)
     if args.override and args.override.lower() != "none":
         apply_overrides(args.override, args, config)
+    if args.mode == "train":
+        # Given on the command line (which a resume otherwise ignores) or set by an override.
+        requested = {key: getattr(args, key, None) for key in RUN_ARGS} | {
+            key: value for key, value in _explicit_args(argv).items() if key in RUN_ARGS}
+        _resume_conflicts(ckpt_path, ckpt["Args"], requested, saved, config)
     os.makedirs(args.expdir, exist_ok=True)
     return args, config
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from s3prl_ser import compat
 from s3prl_ser.checkpoint_averaging import average_checkpoint_files
 from s3prl_ser.multi_upstream import build_featurizer, build_upstreams
+from s3prl_ser.run_identity import run_identity
 
 __all__ = ["SERRunner"]
 
@@ -211,6 +212,15 @@ class SERRunner(Runner):
             if hasattr(_unwrap(self.downstream.model), "best"):
                 self.finalize()
 
+    def evaluate(self, split=None, logger=None, global_step=0):
+        """s3prl's; a standalone ``-m evaluate`` (no split/logger given) of an emotion_ecapa
+        checkpoint writes to ``expdir/evaluate_<checkpoint>/`` and selects nothing."""
+        expert = _unwrap(self.downstream.model)
+        if split is None and logger is None and hasattr(expert, "evaluate_separately"):
+            output = expert.evaluate_separately(Path(self.args.init_ckpt or "model").stem)
+            print(f"[SERRunner] - evaluating {self.args.init_ckpt}; results in {output}")
+        return super().evaluate(split, logger, global_step)
+
     def finalize(self) -> Path:
         """Build the reported model from the k best dev checkpoints and score it on test."""
         expert = _unwrap(self.downstream.model)
@@ -243,6 +253,7 @@ class SERRunner(Runner):
             "averaged": expert.averaging.get("average", True),
             "selected": [{"step": e.step, "dev_acc": e.score, "file": e.name} for e in entries],
             "test_metrics": f"test_{expert.fold}_metrics.json",
+            "identity": run_identity(self.args, self.config),
         }
         (expdir / FINAL_RECORD).write_text(json.dumps(record, indent=1))
         print(f"[SERRunner] - reported model {final} ({len(entries)} checkpoint(s), steps "

@@ -31,6 +31,12 @@ def test_runs_folds_writes_report_and_reuses_finished_folds(mini_corpus, meta, t
     assert "fold1: finished earlier" in out and "fold3: finished earlier" in out
     assert (tmp_path / "fold1" / "dev-avg.ckpt").stat().st_mtime_ns == mtime
 
+    changed = argv[:-1] + [argv[-1] + ",,config.optimizer.lr=0.5"]  # same name, another experiment
+    with pytest.raises(SystemExit, match=r"fold1 finished with other settings \(config.optimizer.lr: .* -> 0.5\)"):
+        cross_validate_main(changed)
+    with pytest.raises(SystemExit, match=r"fold1 finished with other settings \(args.upstream: 'fbank' -> 'mfcc'\)"):
+        cross_validate_main([a if a != "fbank" else "mfcc" for a in argv])
+
 
 def test_bad_fold_name_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="invalid fold 'fold0'"):

@@ -149,11 +149,36 @@ def test_inference_api_and_cli(trained, tmp_path, capsys):
     assert result["probabilities"][single.label] == pytest.approx(single.probabilities[single.label], abs=1e-4)
 
 
-def test_evaluate_mode_reuses_final_checkpoint(trained, capsys):
+def test_evaluate_mode_writes_beside_the_run_and_selects_nothing(trained, capsys):
+    training_files = {p.name: p.stat().st_mtime_ns for p in trained.iterdir() if p.is_file()}
     before = json.loads((trained / "test_fold2_metrics.json").read_text())
-    run_downstream(["-m", "evaluate", "-e", str(trained / "dev-avg.ckpt"), "-t", "test", "--device", "cpu"])
-    after = json.loads((trained / "test_fold2_metrics.json").read_text())
-    assert after["confusion"] == before["confusion"]
+    for split in ("test", "dev"):
+        run_downstream(["-m", "evaluate", "-e", str(trained / "dev-avg.ckpt"), "-t", split, "--device", "cpu"])
+    output = trained / "evaluate_dev-avg"
+    assert f"results in {output}" in capsys.readouterr().out
+    after = json.loads((output / "test_fold2_metrics.json").read_text())
+    assert after["confusion"] == before["confusion"]  # the reported model, scored again
+    assert (output / "dev_fold2_predict.txt").is_file()
+    # The training run's predictions, k-best record and checkpoints are untouched.
+    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir() if p.is_file()
+            and not p.name.startswith(("args_", "config_", "versions_"))} == {
+        name: mtime for name, mtime in training_files.items() if not name.startswith(("args_", "config_", "versions_"))}
+
+
+def test_an_experiment_directory_is_never_silently_reused(trained, mini_corpus, meta):
+    final = (trained / "final.json").stat().st_mtime_ns
+    fresh = ["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(trained), "--device", "cpu"]
+    same = overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold2")
+    with pytest.raises(SystemExit, match=r"already holds a run \(dev-avg.ckpt, dev-top.json, .*resume it with -a"):
+        run_downstream(fresh + ["-o", same])
+    resume = ["-m", "train", "-p", str(trained), "-a", "--device", "cpu"]
+    with pytest.raises(SystemExit, match=r"other settings \(upstream: 'fbank' -> 'mfcc'\)"):
+        run_downstream(resume + ["-u", "mfcc"])
+    with pytest.raises(SystemExit, match=r"config.downstream_expert.modelrc.aggregator: 'ecapa' -> 'mean'"):
+        run_downstream(resume + ["-o", "config.downstream_expert.modelrc.aggregator=mean"])
+    with pytest.raises(SystemExit, match=r"seed: 1337 -> 5"):
+        run_downstream(resume + ["-o", "args.seed=5"])
+    assert (trained / "final.json").stat().st_mtime_ns == final
 
 
 def test_config_errors_are_clear(mini_corpus, meta, tmp_path):

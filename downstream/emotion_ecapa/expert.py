@@ -115,6 +115,18 @@ class DownstreamExpert(nn.Module):
         )
         self.objective = nn.CrossEntropyLoss()
         self.best = BestCheckpoints(self.expdir, int(self.averaging.get("best_k", 5)))
+        # Where dev/test predictions go, and whether dev results select checkpoints: a
+        # standalone ``-m evaluate`` writes elsewhere and selects nothing.
+        self.output_dir = self.expdir
+        self.selecting = True
+
+    def evaluate_separately(self, tag: str) -> Path:
+        """Send later logs and predictions to ``expdir/evaluate_<tag>/`` and stop offering dev
+        results to the k best, so evaluating a checkpoint leaves the training run's files alone."""
+        self.output_dir = self.expdir / f"evaluate_{tag}"
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.selecting = False
+        return self.output_dir
 
     def _setup_text(self, meta_dir: Path) -> None:
         """The frozen text encoder over the transcripts (paper experiments 10-11).
@@ -198,18 +210,18 @@ class DownstreamExpert(nn.Module):
             logger.add_scalar(f"{prefix}-{name}", value, global_step=global_step)
         line = f"{mode} at step {global_step}: acc {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}"
         print(f"[Expert] - {line}")
-        with open(self.expdir / "log.log", "a") as log:
+        with open(self.output_dir / "log.log", "a") as log:
             log.write(line + "\n")
 
         save_names: list[str] = []
-        if mode == "dev":
+        if mode == "dev" and self.selecting:
             save_names = self.best.offer(global_step, report.wa)  # dev accuracy only, never test
         if mode in ("dev", "test"):
             for kind in ("predict", "truth"):
                 lines = [f"{f} {e}\n" for f, e in zip(records["filename"], records[kind])]
-                (self.expdir / f"{mode}_{self.fold}_{kind}.txt").write_text("".join(lines))
+                (self.output_dir / f"{mode}_{self.fold}_{kind}.txt").write_text("".join(lines))
             metrics = dict(report.to_dict(), step=global_step, fold=self.fold, loss=loss)
-            (self.expdir / f"{mode}_{self.fold}_metrics.json").write_text(json.dumps(metrics, indent=1))
+            (self.output_dir / f"{mode}_{self.fold}_metrics.json").write_text(json.dumps(metrics, indent=1))
         return save_names
 
     def load_audio(self, path: str | Path) -> torch.Tensor:
