@@ -141,6 +141,12 @@ def test_rerun_skips_exported_folds_and_prints_the_table(runs, tiny_upstreams, m
     assert "already exported" in out and "| fold1 | Session1 |" in out and "earlier run" in out
     assert records["fold1"]["fold"] == "fold1"
     assert (ft_dir / fold / "upstream.ckpt").stat().st_mtime_ns == before
+    with pytest.raises(SystemExit, match=r"exported with other settings \(config.optimizer.upstream_lr: 0.001 -> 0.002\)"):
+        cli("hubert", tiny_upstreams, ft_dir, fold, overrides(mini_corpus, meta, extra="config.optimizer.upstream_lr=2.0e-3"))
+    with pytest.raises(SystemExit, match=r"exported with other settings \(base_ckpt: .*tiny_hubert.pt' -> .*tiny_wav2vec2.pt'"):
+        upstream_ft(["-u", "hubert_local", "-k", str(tiny_upstreams["wav2vec2"]), "--folds", fold, "-p", str(ft_dir),
+                     "--device", "cpu", "-o", overrides(mini_corpus, meta)])
+    assert (ft_dir / fold / "upstream.ckpt").stat().st_mtime_ns == before
 
 
 def test_frozen_transformer_steps_train_only_the_head(tiny_upstreams, mini_corpus, meta, tmp_path):
@@ -174,6 +180,8 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_upstreams, mini_corpus,
     with pytest.raises(KeyboardInterrupt):
         cli("hubert", tiny_upstreams, tmp_path / "resumed", "fold4", opts)
     monkeypatch.undo()
+    with pytest.raises(SystemExit, match=r"states-4.ckpt belongs to a run with other settings \(config.datarc.split"):
+        cli("hubert", tiny_upstreams, tmp_path / "resumed", "fold4", opts + ",,config.datarc.split=speaker")
     cli("hubert", tiny_upstreams, tmp_path / "resumed", "fold4", opts)
 
     log = (tmp_path / "resumed" / "fold4" / "log.log").read_text()

@@ -107,7 +107,8 @@ def _run_folds(
     skipped: set[str] = set()
     for fold in folds:
         fold_dir = args.ft_dir / fold
-        done = exported_metadata(fold_dir)
+        done = exported_metadata(fold_dir, {"base_upstream": args.upstream, "base_ckpt": args.upstream_ckpt,
+                                            "config": config})
         if done is not None:
             if dist.is_leader:
                 print(f"[upstream_ft] {fold}: already exported to {fold_dir / FT_CHECKPOINT}, skipped")

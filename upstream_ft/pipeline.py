@@ -17,6 +17,7 @@ import torch
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.folds import fold_session
 from s3prl_ser.ft_hub import FT_CHECKPOINT, FT_METADATA
+from s3prl_ser.run_identity import differences
 from s3prl_ser.text_encoder import TextEncoder, load_transcripts
 from upstream_ft.data import load_fold_data
 from upstream_ft.distributed import Distributed
@@ -30,12 +31,25 @@ __all__ = ["TEXT", "exported_metadata", "seed_everything", "run_fold"]
 TEXT = "text"  # -u text: fine-tune a Hugging Face text encoder (-k DIR) on the transcripts
 
 
-def exported_metadata(fold_dir: Path) -> dict[str, Any] | None:
-    """The fold's metadata if its export is complete (checkpoint and metadata), else None."""
+def exported_metadata(fold_dir: Path, requested: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The fold's metadata if its export is complete (checkpoint and metadata), else None.
+
+    Args:
+        requested: ``{"base_upstream", "base_ckpt", "config", "seed"}`` of the run asking; an
+            export made with other values raises ``ValueError`` instead of being reused.
+    """
     checkpoint, metadata = fold_dir / FT_CHECKPOINT, fold_dir / FT_METADATA
-    if checkpoint.is_file() and metadata.is_file():
-        return json.loads(metadata.read_text(encoding="utf-8"))
-    return None
+    if not (checkpoint.is_file() and metadata.is_file()):
+        return None
+    record = json.loads(metadata.read_text(encoding="utf-8"))
+    if requested is not None:
+        changed = differences({key: record.get(key) for key in requested}, json.loads(json.dumps(requested)))
+        if changed:
+            raise ValueError(
+                f"{fold_dir} was exported with other settings ({'; '.join(changed[:5])}"
+                f"{'; ...' if len(changed) > 5 else ''}): use another -p FT_DIR, or move that fold away to redo it"
+            )
+    return record
 
 
 def seed_everything(seed: int) -> None:
@@ -89,8 +103,10 @@ def run_fold(
         base_fields, base_file = read_base_fields(loaded.source_file), loaded.source_file
         configure_feature_encoder(loaded.expert, config["upstream"]["freeze_feature_encoder"])
         model = FineTuneModel(loaded.expert, len(data.class_names), config["upstream"]["feature_selection"], device)
+    # The schedule (config.runner) may change on resume, e.g. to train longer; nothing else may.
     identity = {"fold": fold, "upstream": upstream_name, "upstream_ckpt": upstream_ckpt,
-                "world_size": dist.world_size, "seed": seed}
+                "world_size": dist.world_size, "seed": seed,
+                "config": {key: value for key, value in config.items() if key != "runner"}}
     trainer = FoldTrainer(model, data, config, fold_dir, base_fields=base_fields, identity=identity,
                           device=device, dist=dist, seed=seed)
     try:
