@@ -24,6 +24,12 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(np.mean(array)), "std": std}
 
 
+def _nanmean_percent(values: Sequence[float]) -> float:
+    """Mean in % over the folds where the class has a recall; NaN if it has none anywhere."""
+    present = [v for v in values if not np.isnan(v)]
+    return float(np.mean(present) * 100) if present else float("nan")
+
+
 def summarize(fold_metrics: Mapping[str, dict]) -> dict:
     """Summary of ``{fold: metrics}`` where metrics is :meth:`ClassificationReport.to_dict`.
 
@@ -38,11 +44,10 @@ def summarize(fold_metrics: Mapping[str, dict]) -> dict:
         if fold_metrics[fold]["labels"] != labels:
             raise ValueError(f"{fold} uses labels {fold_metrics[fold]['labels']}, {folds[0]} uses {labels}")
     confusion = np.sum([np.asarray(fold_metrics[f]["confusion"]) for f in folds], axis=0)
-    recall = {
-        label: float(np.nanmean([fold_metrics[f]["recall"][label] for f in folds]) * 100)
-        for label in labels
-    }
-    pooled_recall = np.diag(confusion) / np.maximum(confusion.sum(axis=1), 1)
+    recall = {label: _nanmean_percent([fold_metrics[f]["recall"][label] for f in folds]) for label in labels}
+    support = confusion.sum(axis=1)
+    # As in each fold's UA: a class absent from every test set has no recall, not recall 0.
+    pooled_recall = np.diag(confusion)[support > 0] / support[support > 0]
     return {
         "folds": {f: {"wa": fold_metrics[f]["wa"] * 100, "ua": fold_metrics[f]["ua"] * 100,
                       "num_utterances": fold_metrics[f]["num_utterances"]} for f in folds},

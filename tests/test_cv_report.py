@@ -26,6 +26,7 @@ def test_summary_against_hand_computation(tmp_path):
     assert summary["recall"]["sad"] == pytest.approx(50.0)
     assert np.array_equal(summary["confusion"], [[2, 1, 0, 0], [0, 1, 0, 0], [0, 1, 1, 0], [1, 0, 0, 1]])
     assert summary["pooled"]["wa"] == pytest.approx(5 / 8 * 100)
+    assert summary["pooled"]["ua"] == pytest.approx((2 / 3 + 1 + 1 / 2 + 1 / 2) / 4 * 100)
 
     paths = write_report(summary, tmp_path, "demo")
     assert json.loads(paths["json"].read_text())["wa"]["mean"] == pytest.approx(62.5)
@@ -40,3 +41,12 @@ def test_label_mismatch_refused():
         summarize({"fold1": _fold(["neu"], ["neu"]), "fold2": other})
     with pytest.raises(ValueError, match="no fold results"):
         summarize({})
+
+
+def test_class_absent_from_every_test_set_is_not_counted_as_zero_recall(tmp_path):
+    folds = {"fold1": _fold(["neu", "hap"], ["neu", "hap"]), "fold2": _fold(["ang", "neu"], ["ang", "neu"])}
+    summary = summarize(folds)
+    assert summary["ua"]["mean"] == pytest.approx(100.0)
+    assert summary["pooled"]["ua"] == pytest.approx(100.0)  # over neu, hap, ang; sad has no support
+    assert np.isnan(summary["recall"]["sad"])
+    assert "nan" in write_report(summary, tmp_path, "absent")["md"].read_text().lower()
