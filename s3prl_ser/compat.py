@@ -16,6 +16,8 @@ applied by :func:`install` (``import s3prl_ser`` calls it) before s3prl is impor
   else), so loading a checkpoint never executes code from it. :func:`atomic_torch_save`
   writes checkpoints so that a kill mid-write never leaves a truncated file.
   (:class:`s3prl_ser.runner.SERRunner` uses both in place of the runner's own I/O.)
+  s3prl's upstream loaders call ``torch.load`` without ``weights_only``; they are safe through
+  torch's weights-only default, so :func:`install` refuses ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
 """
 
 from __future__ import annotations
@@ -133,6 +135,17 @@ def _patch_huggingface_hub() -> None:
 
 
 def install() -> None:
-    """Make ``import s3prl`` and its runner work; idempotent, so repeated calls are harmless."""
+    """Make ``import s3prl`` and its runner work; idempotent, so repeated calls are harmless.
+
+    Raises:
+        RuntimeError: ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set. s3prl loads upstream
+            checkpoints with ``torch.load``'s default, which that variable turns into full
+            unpickling: a checkpoint could run code.
+    """
+    if os.getenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0") in ("1", "y", "yes", "true"):
+        raise RuntimeError(
+            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set: s3prl's upstream loaders would then unpickle "
+            "checkpoints in full, which can execute code from the file; unset it"
+        )
     _patch_torchaudio()
     _patch_huggingface_hub()

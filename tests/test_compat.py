@@ -66,3 +66,11 @@ def test_safe_load_accepts_namespace_and_refuses_code(tmp_path):
     torch.save({"x": _Evil()}, tmp_path / "evil.ckpt")
     with pytest.raises(RuntimeError, match="cannot load checkpoint .*evil.ckpt"):
         compat.safe_torch_load(tmp_path / "evil.ckpt")
+
+
+def test_install_refuses_forced_full_unpickling(monkeypatch):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(RuntimeError, match="TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set.*execute code"):
+        compat.install()
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0")
+    compat.install()
