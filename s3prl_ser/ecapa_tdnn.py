@@ -2,9 +2,10 @@
 
 Every block takes a (B, 1, T) bool mask of valid frames. Convolutions use zero 'same' padding
 and padded frames are set back to zero after every block, so a valid frame only ever sees valid
-frames and zeros, exactly what it sees when the utterance is run alone; squeeze-excitation and
-pooling statistics are masked. In eval mode an embedding therefore does not depend on what the
-utterance is batched or padded with.
+frames and zeros, exactly what it sees when the utterance is run alone; squeeze-excitation,
+pooling and BatchNorm training statistics are masked. In eval mode an embedding therefore does
+not depend on what the utterance is batched or padded with, and in training the amount of
+padding changes nothing.
 """
 
 from typing import Optional, Sequence
@@ -12,11 +13,12 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from s3prl_ser.masked_batchnorm import MaskedBatchNorm1d
 from s3prl_ser.pooling import AttentiveStatisticsPooling, masked_mean, resolve_mask
 
 
 class TDNNBlock(nn.Module):
-    """Dilated Conv1d (zero 'same' padding) -> ReLU -> BatchNorm1d, padding re-zeroed.
+    """Dilated Conv1d (zero 'same' padding) -> ReLU -> BatchNorm1d over valid frames, padding re-zeroed.
 
     (B, C_in, T) and a (B, 1, T) bool mask -> (B, C_out, T).
     """
@@ -29,12 +31,12 @@ class TDNNBlock(nn.Module):
             in_channels, out_channels, kernel_size, dilation=dilation, padding="same"
         )
         self.activation = nn.ReLU()
-        self.norm = nn.BatchNorm1d(out_channels)
+        self.norm = MaskedBatchNorm1d(out_channels)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         # Conv bias and the BN shift make padded frames non-zero; the next conv must see zeros
         # there, as an utterance run alone sees zero padding past its end.
-        return self.norm(self.activation(self.conv(x))).masked_fill(~mask, 0.0)
+        return self.norm(self.activation(self.conv(x)), mask).masked_fill(~mask, 0.0)
 
 
 class Res2NetBlock(nn.Module):
@@ -132,8 +134,10 @@ class ECAPA_TDNN(nn.Module):
     Differences from ``s3prl.nn.speaker_model.ECAPA_TDNN``: that one defaults to C=1024, returns
     frame-level features (pooling is separate) and applies no length masking at all.
 
-    In train mode BatchNorm uses batch statistics over all B * T positions, zeroed padding
-    included (as in SpeechBrain), so only eval-mode outputs are independent of the batch.
+    Frame-level BatchNorms take their training statistics from valid frames only
+    (:class:`~s3prl_ser.masked_batchnorm.MaskedBatchNorm1d`; SpeechBrain's include padding), so
+    padding changes neither training nor the running statistics. Train-mode outputs still depend
+    on the other utterances of the batch, as with any BatchNorm; eval-mode outputs do not.
 
     Args:
         input_size: D, feature dimension of the input.

@@ -11,6 +11,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from s3prl_ser.masked_batchnorm import MaskedBatchNorm1d
+
 
 def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
     """Turn valid-frame counts into a validity mask.
@@ -100,7 +102,7 @@ class AttentiveStatisticsPooling(nn.Module):
 
     Per channel, an attention distribution over the valid frames is computed from the frame
     itself and (with ``global_context``) the utterance's masked mean and std broadcast over time:
-    1x1 conv + ReLU + BatchNorm -> tanh -> 1x1 conv to C channels -> softmax over time with padded
+    1x1 conv + ReLU + BatchNorm (statistics over valid frames) -> tanh -> 1x1 conv to C channels -> softmax over time with padded
     frames at -inf. The output concatenates the attention-weighted mean and std.
 
     Unlike ``s3prl.nn.pooling.AttentiveStatisticsPooling`` it is batched (no per-sample loop) and
@@ -133,7 +135,7 @@ class AttentiveStatisticsPooling(nn.Module):
         self.tdnn = nn.Sequential(
             nn.Conv1d(in_channels, attention_channels, kernel_size=1),
             nn.ReLU(),
-            nn.BatchNorm1d(attention_channels),
+            MaskedBatchNorm1d(attention_channels),
         )
         self.conv = nn.Conv1d(attention_channels, channels, kernel_size=1)
 
@@ -155,7 +157,8 @@ class AttentiveStatisticsPooling(nn.Module):
         else:
             attention_input = x
 
-        logits = self.conv(torch.tanh(self.tdnn(attention_input)))
+        conv, relu, norm = self.tdnn
+        logits = self.conv(torch.tanh(norm(relu(conv(attention_input)), mask)))
         weights = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=2)
         mean, std = weighted_mean_std(x, weights, self.eps)
         return torch.cat([mean, std], dim=1)

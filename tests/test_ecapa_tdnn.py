@@ -63,6 +63,21 @@ def test_embedding_independent_of_batching_and_padding(overrides: Dict[str, Any]
             torch.testing.assert_close(batched[b : b + 1], alone, atol=1e-5, rtol=1e-5)
 
 
+def test_training_does_not_depend_on_padding() -> None:
+    """Train-mode outputs and the BatchNorm running statistics are the same whether a batch is
+    padded to its longest utterance or by hundreds of frames more (noise in the padding)."""
+    torch.manual_seed(0)
+    lengths = torch.tensor([20, 6, 13])
+    x = torch.randn(3, 20, 8)
+    tight, padded = _small(), _small()
+    padded.load_state_dict(tight.state_dict())
+    long = pad_with_noise(torch.cat([x, torch.zeros(3, 300, 8)], dim=1), lengths)
+    torch.testing.assert_close(tight.train()(x, lengths), padded.train()(long, lengths), atol=1e-5, rtol=1e-4)
+    buffers = dict(padded.named_buffers())
+    for name, value in tight.named_buffers():
+        torch.testing.assert_close(value, buffers[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_blocks_output_zero_on_padding() -> None:
     torch.manual_seed(0)
     model = _small(channels=(16, 32, 48, 32, 96))
