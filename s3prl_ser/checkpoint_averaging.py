@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
+from s3prl_ser.run_identity import RUN_ARGS
 
 __all__ = ["CheckpointMismatchError", "average_state_dicts", "average_checkpoint_files", "main"]
 
@@ -160,15 +161,23 @@ def _average_runner(checkpoints: Sequence[Mapping], names: Sequence[str]) -> dic
                 f"{name} holds sections {other}, {names[0]} holds {sections}"
             )
     _check_equal(checkpoints, names, "Config")
+    _check_equal(checkpoints, names, "ClassNames")
+    # Runs that differ in upstream, features or seed share a Config but not a model.
+    run_args = [{key: getattr(c.get("Args"), key, None) for key in RUN_ARGS} for c in checkpoints]
+    _check_equal([{"Args": a} for a in run_args], names, "Args")
 
     last = checkpoints[-1]
     steps = [checkpoint.get("Step") for checkpoint in checkpoints]
     known_steps = [step for step in steps if step is not None]
     averaged: dict[str, Any] = {
-        key: last[key] for key in ("Epoch", "Args", "Config") if key in last
+        key: last[key] for key in ("Epoch", "Args", "Config", "ClassNames") if key in last
     }
     if known_steps:
-        averaged["Step"] = max(known_steps)
+        # Step and epoch of the latest checkpoint, whatever order the files were given in.
+        latest = max((c for c in checkpoints if c.get("Step") is not None), key=lambda c: c["Step"])
+        averaged["Step"] = latest["Step"]
+        if "Epoch" in latest:
+            averaged["Epoch"] = latest["Epoch"]
     for section in sections:
         averaged[section] = average_state_dicts(
             [checkpoint[section] for checkpoint in checkpoints],

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from s3prl_ser.audio import load_audio
 
-__all__ = ["MetaData", "read_meta_data", "EmotionDataset", "collate"]
+__all__ = ["MetaData", "read_meta_data", "read_fold_meta", "EmotionDataset", "collate"]
 
 
 class MetaData:
@@ -64,6 +64,30 @@ def read_meta_data(path: str | os.PathLike, root: str | os.PathLike | None = Non
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise FileNotFoundError(f"{path}: {len(missing)} audio file(s) missing under {root}: {shown}")
     return MetaData(path, dict(labels), list(items))
+
+
+def read_fold_meta(meta_dir: str | os.PathLike, fold: str, root: str | os.PathLike) -> tuple[MetaData, MetaData]:
+    """The train and test meta data of ``fold`` (``META_DIR/SessionN/{train,test}_meta_data.json``).
+
+    Raises:
+        FileNotFoundError: no meta data for that fold (the folds ``meta_dir`` has are listed).
+        ValueError: the two files define different labels, or any :func:`read_meta_data` error.
+    """
+    from s3prl_ser.folds import fold_session
+
+    meta_dir, session = Path(meta_dir), fold_session(fold)
+    if not (meta_dir / session).is_dir():
+        present = sorted(p.parent.name for p in meta_dir.glob("Session*/train_meta_data.json"))
+        folds = [name.replace("Session", "fold") for name in present]
+        raise FileNotFoundError(
+            f"no meta data for {fold}: {meta_dir / session} does not exist ({meta_dir} has "
+            f"{', '.join(folds) or 'no folds'}; fold N tests on Session N)"
+        )
+    train = read_meta_data(meta_dir / session / "train_meta_data.json", root)
+    test = read_meta_data(meta_dir / session / "test_meta_data.json", root)
+    if train.labels != test.labels:
+        raise ValueError(f"{train.path} and {test.path} define different labels")
+    return train, test
 
 
 class EmotionDataset(Dataset):

@@ -104,6 +104,9 @@ class SERRunner(Runner):
     def _save(self, names: list[str], optimizer, scheduler, step: int, epoch: int) -> None:
         states = {"Optimizer": optimizer.state_dict(), "Step": step, "Epoch": epoch,
                   "Args": self.args, "Config": self.config}
+        class_names = getattr(_unwrap(self.downstream.model), "class_names", None)
+        if class_names is not None:  # inference needs the class order without the corpus at hand
+            states["ClassNames"] = list(class_names)
         for entry in self.all_entries:
             if entry.trainable:
                 states[entry.name] = get_model_state(entry.model)
@@ -236,8 +239,6 @@ class SERRunner(Runner):
         else:
             final = expdir / "dev-best.ckpt"
             state = compat.safe_torch_load(expdir / entries[0].name)
-        # Inference needs the class order without the corpus' meta data at hand.
-        state["ClassNames"] = list(expert.class_names)
         compat.atomic_torch_save(state, final)
         for entry in self.all_entries:
             if entry.name in state:

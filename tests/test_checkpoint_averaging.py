@@ -97,7 +97,7 @@ def runner_ckpt(value: float, step: int, **overrides) -> dict:
         "Scheduler": {"last_epoch": step},
         "Step": step,
         "Epoch": step // 10,
-        "Args": argparse.Namespace(expdir="exp", seed=step),
+        "Args": argparse.Namespace(expdir="exp", seed=0, upstream="fbank", init_ckpt=f"states-{step}.ckpt"),
         "Config": config,
         "Featurizer": {"weights": torch.full((3,), value)},
         "Downstream": toy_state(value, step),
@@ -118,7 +118,8 @@ def test_runner_checkpoints(tmp_path):
     out = tmp_path / "new" / "avg.ckpt"
     averaged = average_checkpoint_files(paths, out)
     assert averaged["Step"] == 50
-    assert averaged["Epoch"] == 2 and averaged["Args"].seed == 20  # from the last path
+    assert averaged["Epoch"] == 5  # of the latest step, whatever the order
+    assert averaged["Args"].init_ckpt == "states-20.ckpt"  # from the last path
     assert "Optimizer" not in averaged and "Scheduler" not in averaged
     assert averaged["Averaged"] == {"paths": [str(p) for p in paths], "steps": [30, 50, 20]}
     assert torch.equal(averaged["Featurizer"]["weights"], torch.full((3,), 3.0))
@@ -138,6 +139,14 @@ def test_runner_checkpoints_refused(tmp_path):
     message = r"b\.ckpt .*different configs: Config differs at runner\.total_steps"
     with pytest.raises(CheckpointMismatchError, match=message):
         average_checkpoint_files([a, b])
+
+    other_run = runner_ckpt(2, 20, Args=argparse.Namespace(expdir="exp", seed=0, upstream="mfcc"))
+    f = write(tmp_path, "f.ckpt", other_run)
+    with pytest.raises(CheckpointMismatchError, match=r"f\.ckpt .*Args differs at upstream"):
+        average_checkpoint_files([a, f])
+    g = write(tmp_path, "g.ckpt", runner_ckpt(2, 20, ClassNames=["neu", "hap"]))
+    with pytest.raises(CheckpointMismatchError, match=r"g\.ckpt .*ClassNames"):
+        average_checkpoint_files([write(tmp_path, "h.ckpt", runner_ckpt(1, 10, ClassNames=["hap", "neu"])), g])
 
     with_upstream = runner_ckpt(2, 20, Upstream={"w": torch.zeros(1)})
     c = write(tmp_path, "c.ckpt", with_upstream)

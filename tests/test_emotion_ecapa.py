@@ -124,6 +124,20 @@ def test_killed_run_resumes(mini_corpus, meta, tmp_path):
     assert (tmp_path / "final.json").is_file()
 
 
+def test_averaging_cli_output_is_a_usable_model(trained, tmp_path):
+    from s3prl_ser.checkpoint_averaging import main as average
+    from s3prl_ser.inference import EmotionRecognizer
+
+    kept = sorted(trained.glob("dev-top-step*.ckpt"))
+    average([*map(str, kept), "-o", str(tmp_path / "avg.ckpt")])
+    ours, reported = safe_torch_load(tmp_path / "avg.ckpt"), safe_torch_load(trained / "dev-avg.ckpt")
+    assert ours["ClassNames"] == reported["ClassNames"] == ["neu", "hap", "ang", "sad"]
+    assert (ours["Step"], ours["Epoch"]) == (reported["Step"], reported["Epoch"])
+    assert all(torch.equal(ours["Downstream"][k], v) for k, v in reported["Downstream"].items())
+    wav = np.random.default_rng(0).uniform(-0.3, 0.3, 16000).astype("float32")
+    assert EmotionRecognizer.from_pretrained(tmp_path / "avg.ckpt").predict(wav, sample_rate=16000).label in ours["ClassNames"]
+
+
 def test_inference_api_and_cli(trained, tmp_path, capsys):
     from s3prl_ser.inference import EmotionRecognizer
 
@@ -189,6 +203,10 @@ def test_config_errors_are_clear(mini_corpus, meta, tmp_path):
         run_downstream(base + [f"config.downstream_expert.datarc.meta_data={meta}"])
     with pytest.raises(Exception, match="invalid fold 'fold9x'"):
         run_downstream(base + [overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold9x")])
+    with pytest.raises(FileNotFoundError, match=r"no meta data for fold9: .*Session9 does not exist .* has fold1, fold2, fold3, fold4, fold5"):
+        run_downstream(base + [overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold9")])
+    with pytest.raises(ValueError, match=r"modelrc.aggregator must be one of mean, ecapa, got 'ecpa'"):
+        run_downstream(base + [overrides(mini_corpus, meta, extra="config.downstream_expert.modelrc.aggregator=ecpa")])
 
 
 def test_stock_emotion_task_still_works(mini_corpus, meta, tmp_path):

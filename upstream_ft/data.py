@@ -20,8 +20,8 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from s3prl_ser.emotion_dataset import EmotionDataset, collate, read_meta_data
-from s3prl_ser.folds import fold_session, speaker_disjoint_split, superb_train_dev_split
+from s3prl_ser.emotion_dataset import EmotionDataset, collate, read_fold_meta
+from s3prl_ser.folds import speaker_disjoint_split, superb_train_dev_split
 
 __all__ = ["FoldData", "load_fold_data", "EpochSampler", "batches_per_epoch", "train_loader", "eval_loader"]
 
@@ -47,11 +47,7 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, read_audio: bool = T
         ValueError: the train and test meta data define different labels.
     """
     root, meta_dir = Path(datarc["root"]), Path(datarc["meta_data"])
-    session = fold_session(fold)
-    train_meta = read_meta_data(meta_dir / session / "train_meta_data.json", root)
-    test_meta = read_meta_data(meta_dir / session / "test_meta_data.json", root)
-    if train_meta.labels != test_meta.labels:
-        raise ValueError(f"{train_meta.path} and {test_meta.path} define different labels")
+    train_meta, test_meta = read_fold_meta(meta_dir, fold, root)
     if datarc["split"] == "superb":
         train_idx, dev_idx = superb_train_dev_split(len(train_meta.items), datarc["valid_ratio"])
     else:

@@ -21,8 +21,9 @@ from torch.utils.data import DataLoader
 
 from s3prl_ser.audio import load_audio
 from s3prl_ser.best_checkpoints import BestCheckpoints
+from s3prl_ser.classifier import AGGREGATORS
 from s3prl_ser.config import check_keys, require
-from s3prl_ser.emotion_dataset import EmotionDataset, collate, read_meta_data
+from s3prl_ser.emotion_dataset import EmotionDataset, collate, read_fold_meta
 from s3prl_ser.folds import check_fold, fold_session, speaker_disjoint_split, superb_train_dev_split
 from s3prl_ser.fusion import EmotionClassifier
 from s3prl_ser.metrics import classification_report
@@ -72,10 +73,7 @@ class DownstreamExpert(nn.Module):
         meta_dir = Path(require(self.datarc, "meta_data", where, "pass -o config.downstream_expert.datarc.meta_data=META_DIR"))
         self.fold = check_fold(self.datarc.get("test_fold") or kwargs.get("downstream_variant") or "fold1")
         session = fold_session(self.fold)
-        train_meta = read_meta_data(meta_dir / session / "train_meta_data.json", root)
-        test_meta = read_meta_data(meta_dir / session / "test_meta_data.json", root)
-        if train_meta.labels != test_meta.labels:
-            raise ValueError(f"{train_meta.path} and {test_meta.path} define different labels")
+        train_meta, test_meta = read_fold_meta(meta_dir, self.fold, root)
         self.class_names = train_meta.class_names
 
         split = self.datarc.get("split", "superb")
@@ -93,7 +91,11 @@ class DownstreamExpert(nn.Module):
         print(f"[Expert] - {self.fold}: test {session} ({len(self.test_dataset)}), "
               f"train {len(self.train_dataset)}, dev {len(self.dev_dataset)} ({split} split)")
 
-        if self.modelrc.get("aggregator", "ecapa") == "ecapa" and self.datarc.get("train_batch_size", 4) < 2:
+        aggregator = self.modelrc.get("aggregator", "ecapa")
+        if aggregator not in AGGREGATORS:
+            raise ValueError(f"downstream_expert.modelrc.aggregator must be one of {', '.join(AGGREGATORS)}, "
+                             f"got {aggregator!r}")
+        if aggregator == "ecapa" and self.datarc.get("train_batch_size", 4) < 2:
             raise ValueError(f"{where}.train_batch_size must be >= 2 for the ecapa aggregator (BatchNorm)")
         self.multi_stream = isinstance(upstream_dim, (list, tuple))
         sizes = list(upstream_dim) if self.multi_stream else [upstream_dim]
