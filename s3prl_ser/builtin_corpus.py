@@ -570,7 +570,7 @@ def _write_labels(utterances: list[_Utterance], durations: dict[str, float], roo
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: generate (or find) the corpus and print its label counts."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.builtin_corpus", description=__doc__.split("\n\n")[0])
     parser.add_argument("root", nargs="?", type=pathlib.Path, default=default_corpus_dir(),
                         help="output directory (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)

@@ -243,7 +243,7 @@ def average_checkpoint_files(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.checkpoint_averaging", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint files to average")
     parser.add_argument("-o", "--output", type=Path, required=True, help="averaged checkpoint")
     args = parser.parse_args(argv)

@@ -93,7 +93,7 @@ def cross_validate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.cross_validate", description=__doc__.split("\n\n")[0],
                                      epilog="Other arguments go to run_downstream.py.")
     parser.add_argument("-n", "--expname", help="experiment name: result/downstream/<expname>")
     parser.add_argument("-p", "--expdir", help="experiment root directory (overrides -n)")

@@ -59,7 +59,7 @@ def _table1(args: argparse.Namespace, corpus: Path, meta: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("result/demo"), help="output directory")
     parser.add_argument("--corpus", type=Path, default=None, help="built-in corpus location (default: cache)")
     parser.add_argument("--folds", default="fold1,fold2,fold3,fold4,fold5")

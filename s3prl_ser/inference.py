@@ -131,7 +131,7 @@ class EmotionRecognizer(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Predict the emotion of audio files.")
+    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.inference", description="Predict the emotion of audio files.")
     parser.add_argument("model", help="experiment (fold) directory or final checkpoint")
     parser.add_argument("audio", nargs="+", help="audio files (any sample rate)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -203,6 +203,7 @@ def prepare(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
+        prog="python -m s3prl_ser.prepare_iemocap",
         description="Write s3prl emotion meta data (leave-one-session-out folds) for IEMOCAP."
     )
     parser.add_argument("root", type=Path, help="IEMOCAP release root (contains Session1..5)")

@@ -244,7 +244,7 @@ def run_table1(out_dir: Path, experiments: list[int], folds: list[str], root: Pa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.table1", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiments", default="1-11")
     parser.add_argument("-p", "--out", type=Path, required=True, help="output directory")
     parser.add_argument("--root", type=Path, required=True, help="IEMOCAP release root")

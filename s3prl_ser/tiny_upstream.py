@@ -115,7 +115,7 @@ def write_tiny_upstream(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.tiny_upstream", description=__doc__.split("\n\n")[0])
     parser.add_argument("arch", choices=["hubert", "wav2vec2"])
     parser.add_argument("path", type=Path)
     parser.add_argument("--layers", type=int, default=2)
