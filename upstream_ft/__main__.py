@@ -39,7 +39,7 @@ __all__ = ["build_parser", "summary_table", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m upstream_ft",
-        prog="python -m upstream_ft", description="Fine-tune, average and export an s3prl upstream for each IEMOCAP fold (paper 2.2-2.3).",
+        description="Fine-tune, average and export an s3prl upstream for each IEMOCAP fold (paper 2.2-2.3).",
     )
     parser.add_argument("-u", "--upstream", required=True, help="s3prl hub entry, e.g. hubert, wav2vec2, hubert_local; "
                         "or text: the Hugging Face text encoder in -k DIR over the transcripts")
