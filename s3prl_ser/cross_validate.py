@@ -68,6 +68,8 @@ def cross_validate(
     from s3prl_ser.registry import register
 
     register()
+    if any(arg in ("-v", "--downstream_variant") or arg.startswith("--downstream_variant=") for arg in run_args):
+        raise ConfigError("cross_validate sets each fold itself; drop -v")
     expdir = Path(expdir)
     results: dict[str, dict] = {}
     for fold in map(check_fold, folds):

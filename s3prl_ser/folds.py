@@ -22,6 +22,7 @@ __all__ = [
     "fold_session",
     "check_fold",
     "utterance_speaker",
+    "resolve_fold",
     "superb_train_dev_split",
     "speaker_disjoint_split",
 ]
@@ -37,6 +38,23 @@ def check_fold(fold: str) -> str:
     if not _FOLD.match(str(fold)):
         raise ValueError(f"invalid fold {fold!r}: expected one of {', '.join(FOLDS)}")
     return fold
+
+
+def resolve_fold(test_fold: str | None, variant: str | None) -> str:
+    """The fold named by ``datarc.test_fold`` or s3prl's ``-v`` (``fold1`` if neither).
+
+    Stock s3prl lets the config's ``test_fold`` win silently, so ``-v fold3`` with a config that
+    says ``fold1`` trains fold1; here that conflict is an error.
+
+    Raises:
+        ValueError: both are given and differ.
+    """
+    if test_fold and variant and test_fold != variant:
+        raise ValueError(
+            f"-v {variant} conflicts with config.downstream_expert.datarc.test_fold={test_fold}; choose the "
+            f"fold with -o config.downstream_expert.datarc.test_fold={variant} (or drop -v)"
+        )
+    return test_fold or variant or "fold1"
 
 
 def fold_session(fold: str) -> str:

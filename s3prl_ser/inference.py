@@ -25,6 +25,7 @@ from torch import nn
 from s3prl_ser.audio import load_audio, prepare_waveform
 from s3prl_ser.fusion import EmotionClassifier
 from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.folds import resolve_fold
 from s3prl_ser.runner import FINAL_RECORD
 from s3prl_ser.multi_upstream import MultiFeaturizer, build_featurizer, build_upstreams
 
@@ -79,7 +80,7 @@ class EmotionRecognizer(nn.Module):
         if (config["downstream_expert"].get("text") or {}).get("encoder"):
             raise ValueError(f"{ckpt_path}: this model also reads transcripts (downstream_expert.text); "
                              "EmotionRecognizer predicts from speech alone")
-        fold = config["downstream_expert"].get("datarc", {}).get("test_fold") or args.downstream_variant
+        fold = resolve_fold(config["downstream_expert"].get("datarc", {}).get("test_fold"), args.downstream_variant)
         upstream = build_upstreams(args.upstream, args.upstream_ckpt, args.upstream_model_config, fold=fold).to(device)
         if "Upstream" in ckpt:
             upstream.load_state_dict(ckpt["Upstream"])

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from s3prl_ser import compat
 from s3prl_ser.checkpoint_averaging import average_checkpoint_files
+from s3prl_ser.folds import resolve_fold
 from s3prl_ser.multi_upstream import build_featurizer, build_upstreams
 from s3prl_ser.run_identity import run_identity
 
@@ -61,7 +62,7 @@ class SERRunner(Runner):
     def test_fold(self) -> str | None:
         """The fold being trained or evaluated, as the expert will read it."""
         datarc = self.config.get("downstream_expert", {}).get("datarc", {})
-        return datarc.get("test_fold") or getattr(self.args, "downstream_variant", None)
+        return resolve_fold(datarc.get("test_fold"), getattr(self.args, "downstream_variant", None))
 
     def _init_model(self, model: nn.Module, name: str, trainable: bool, interfaces=None) -> ModelEntry:
         """s3prl's, except that DDP gets ``device_ids`` only on CUDA (gloo on CPU refuses them)."""

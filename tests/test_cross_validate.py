@@ -41,3 +41,5 @@ def test_runs_folds_writes_report_and_reuses_finished_folds(mini_corpus, meta, t
 def test_bad_fold_name_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="invalid fold 'fold0'"):
         cross_validate_main(["-p", str(tmp_path), "--folds", "fold0", "-u", "fbank", "-d", "emotion_ecapa"])
+    with pytest.raises(SystemExit, match="sets each fold itself; drop -v"):
+        cross_validate_main(["-p", str(tmp_path), "-u", "fbank", "-d", "emotion_ecapa", "-v", "fold2"])

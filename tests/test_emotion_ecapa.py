@@ -30,7 +30,7 @@ def meta(mini_meta):
 def trained(mini_corpus, meta, tmp_path_factory):
     expdir = tmp_path_factory.mktemp("exp") / "fold2"
     run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(expdir), "--device", "cpu",
-                    "-o", overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold2")])
+                    "-v", "fold2", "-o", overrides(mini_corpus, meta)])  # s3prl's -v picks the fold
     return expdir
 
 
@@ -203,6 +203,8 @@ def test_config_errors_are_clear(mini_corpus, meta, tmp_path):
         run_downstream(base + [f"config.downstream_expert.datarc.meta_data={meta}"])
     with pytest.raises(Exception, match="invalid fold 'fold9x'"):
         run_downstream(base + [overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold9x")])
+    with pytest.raises(ValueError, match=r"-v fold3 conflicts with config.downstream_expert.datarc.test_fold=fold1"):
+        run_downstream(base[:-1] + ["-v", "fold3", "-o", overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold1")])
     with pytest.raises(FileNotFoundError, match=r"no meta data for fold9: .*Session9 does not exist .* has fold1, fold2, fold3, fold4, fold5"):
         run_downstream(base + [overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold9")])
     with pytest.raises(ValueError, match=r"modelrc.aggregator must be one of mean, ecapa, got 'ecpa'"):

@@ -6,6 +6,7 @@ import torch
 
 from s3prl_ser.folds import (
     check_fold,
+    resolve_fold,
     fold_session,
     speaker_disjoint_split,
     superb_train_dev_split,
@@ -96,3 +97,11 @@ def test_speaker_disjoint_split_holds_out_one_session():
     assert {utterance_speaker(paths[i].replace("Ses05", "Ses01")) for i in dev5} == {"Ses01F", "Ses01M"}
     with pytest.raises(ValueError, match="contains Session2"):
         speaker_disjoint_split(paths, "fold2")
+
+
+def test_resolve_fold_prefers_what_is_given_and_refuses_a_conflict():
+    assert resolve_fold(None, None) == "fold1"
+    assert resolve_fold("fold2", None) == "fold2" and resolve_fold(None, "fold3") == "fold3"
+    assert resolve_fold("fold4", "fold4") == "fold4"
+    with pytest.raises(ValueError, match=r"-v fold3 conflicts with config.downstream_expert.datarc.test_fold=fold1"):
+        resolve_fold("fold1", "fold3")

@@ -24,7 +24,7 @@ from s3prl_ser.best_checkpoints import BestCheckpoints
 from s3prl_ser.classifier import AGGREGATORS
 from s3prl_ser.config import check_keys, require
 from s3prl_ser.emotion_dataset import EmotionDataset, collate, read_fold_meta
-from s3prl_ser.folds import check_fold, fold_session, speaker_disjoint_split, superb_train_dev_split
+from s3prl_ser.folds import check_fold, fold_session, resolve_fold, speaker_disjoint_split, superb_train_dev_split
 from s3prl_ser.fusion import EmotionClassifier
 from s3prl_ser.metrics import classification_report
 from s3prl_ser.sampler import GlobalBatchSampler
@@ -71,7 +71,7 @@ class DownstreamExpert(nn.Module):
         where = "downstream_expert.datarc"
         root = Path(require(self.datarc, "root", where, "pass -o config.downstream_expert.datarc.root=IEMOCAP_ROOT"))
         meta_dir = Path(require(self.datarc, "meta_data", where, "pass -o config.downstream_expert.datarc.meta_data=META_DIR"))
-        self.fold = check_fold(self.datarc.get("test_fold") or kwargs.get("downstream_variant") or "fold1")
+        self.fold = check_fold(resolve_fold(self.datarc.get("test_fold"), kwargs.get("downstream_variant")))
         session = fold_session(self.fold)
         train_meta, test_meta = read_fold_meta(meta_dir, self.fold, root)
         self.class_names = train_meta.class_names
