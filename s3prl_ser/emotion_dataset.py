@@ -124,8 +124,14 @@ class EmotionDataset(Dataset):
         self.read_audio = read_audio
         self.class_names = self.meta.class_names
         self._cache: list[np.ndarray] | None = None
-        if pre_load and read_audio:
-            self._cache = [self._load(i) for i in tqdm(range(len(self)), desc=f"loading {self.meta.path.parent.name}/{self.meta.path.name}", leave=False)]
+        if pre_load:
+            self.preload()
+
+    def preload(self) -> None:
+        """Read every waveform into memory now (once; later calls do nothing)."""
+        if self._cache is None and self.read_audio:
+            desc = f"loading {self.meta.path.parent.name}/{self.meta.path.name}"
+            self._cache = [self._load(i) for i in tqdm(range(len(self)), desc=desc, leave=False)]
 
     def _load(self, index: int) -> np.ndarray:
         if not self.read_audio:

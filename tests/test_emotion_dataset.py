@@ -30,6 +30,20 @@ def test_dataset_items_follow_the_meta_data(mini_corpus, mini_meta):
     assert labels == tuple(dataset.labels()) and len(wavs) == len(names) == 2
 
 
+def test_preload_reads_once(mini_corpus, mini_meta, monkeypatch):
+    meta = read_meta_data(mini_meta / "Session1" / "test_meta_data.json", mini_corpus)
+    dataset = EmotionDataset(mini_corpus, meta)
+    first = dataset[0][0]
+    dataset.preload()
+
+    def no_audio(path, **_):
+        raise AssertionError(f"read {path} again")
+
+    monkeypatch.setattr("s3prl_ser.emotion_dataset.load_audio", no_audio)
+    dataset.preload()  # already loaded: nothing read
+    assert np.array_equal(dataset[0][0], first) and len(dataset) == len(meta.items)
+
+
 def test_dataset_without_audio_serves_names_and_labels(mini_corpus, mini_meta, monkeypatch):
     def no_audio(path, **_):
         raise AssertionError(f"read {path}")

@@ -138,7 +138,7 @@ def test_averaging_cli_output_is_a_usable_model(trained, tmp_path):
     assert EmotionRecognizer.from_pretrained(tmp_path / "avg.ckpt").predict(wav, sample_rate=16000).label in ours["ClassNames"]
 
 
-def test_inference_api_and_cli(trained, tmp_path, capsys):
+def test_inference_api_and_cli(trained, tmp_path, capsys, monkeypatch):
     from s3prl_ser.inference import EmotionRecognizer
 
     recognizer = EmotionRecognizer.from_pretrained(trained)
@@ -155,6 +155,10 @@ def test_inference_api_and_cli(trained, tmp_path, capsys):
     with pytest.raises(ValueError, match="sample_rate"):
         recognizer.predict(short)
 
+    def no_corpus_audio(path, **_):
+        raise AssertionError(f"-m inference read corpus audio: {path}")
+
+    monkeypatch.setattr("s3prl_ser.emotion_dataset.load_audio", no_corpus_audio)  # nothing pre-loaded
     run_downstream(["-m", "inference", "-e", str(trained / "dev-avg.ckpt"), "-t", str(tmp_path / "a.wav"),
                     "--device", "cpu"])
     line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1]

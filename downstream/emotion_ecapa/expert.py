@@ -84,7 +84,10 @@ class DownstreamExpert(nn.Module):
             train_idx, dev_idx = speaker_disjoint_split(paths, self.fold, self.datarc.get("dev_session"))
         else:
             raise ValueError(f"{where}.split must be 'superb' or 'speaker', got {split!r}")
-        options = dict(pre_load=self.datarc.get("pre_load", True), min_samples=self.datarc.get("min_samples", 400))
+        # Audio is pre-loaded when a split's loader is first asked for, so -m evaluate and
+        # -m inference read only what they use.
+        self.pre_load = self.datarc.get("pre_load", True)
+        options = dict(min_samples=self.datarc.get("min_samples", 400))
         self.train_dataset = EmotionDataset(root, train_meta, indices=train_idx, **options)
         self.dev_dataset = EmotionDataset(root, train_meta, indices=dev_idx, **options)
         self.test_dataset = EmotionDataset(root, test_meta, **options)
@@ -161,6 +164,8 @@ class DownstreamExpert(nn.Module):
 
     # Interface
     def get_dataloader(self, mode: str, epoch: int = 0) -> DataLoader:
+        if self.pre_load and mode in ("train", "dev", "test"):
+            getattr(self, f"{mode}_dataset").preload()
         if mode == "train":
             # The same global batches with one process or several (train_batch_size is the
             # global batch); drop_last, since a trailing one-utterance batch breaks BatchNorm.
