@@ -51,3 +51,21 @@ def test_cumulative_and_exponential_running_averages(momentum):
         masked(x, torch.ones(2, 1, 5, dtype=torch.bool)), plain(x)
     assert torch.allclose(masked.running_mean, plain.running_mean, atol=1e-6)
     assert torch.allclose(masked.running_var, plain.running_var, atol=1e-6)
+
+
+def test_under_autocast_statistics_stay_float32():
+    """AMP feeds half-precision activations; statistics and buffers must stay float32."""
+    masked = MaskedBatchNorm1d(3)
+    conv = nn.Conv1d(2, 3, 1)
+    x = torch.randn(2, 2, 9)
+    mask = lengths_to_mask(torch.tensor([9, 4]), 9).unsqueeze(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = conv(x)
+        out = masked(hidden, mask)
+    assert hidden.dtype == out.dtype == torch.bfloat16
+    assert masked.running_mean.dtype == masked.running_var.dtype == torch.float32
+    out.float().sum().backward()
+    assert torch.isfinite(conv.weight.grad).all() and torch.isfinite(masked.weight.grad).all()
+    reference = MaskedBatchNorm1d(3)
+    reference(hidden.detach().float(), mask)
+    assert torch.allclose(masked.running_mean, reference.running_mean, atol=1e-3)
