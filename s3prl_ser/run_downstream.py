@@ -131,22 +131,23 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
 
     Training refuses to start afresh in a directory holding an earlier run, and refuses to
     resume a run with arguments or config (outside ``runner``) that differ from its checkpoint's.
+    A resumed run works in the directory given by ``-p``/``-n``, else in its checkpoint's
+    directory (s3prl uses the directory stored in the checkpoint, which is wrong once moved).
     """
     args = build_parser().parse_args(argv)
-    if args.local_rank is None and "LOCAL_RANK" in os.environ:
-        args.local_rank = int(os.environ["LOCAL_RANK"])
-    if args.expdir is None:
-        if args.expname is None and args.past_exp is None:
-            raise ConfigError("name the experiment with -n NAME or -p EXPDIR")
-        args.expdir = f"result/downstream/{args.expname}"
+    local_rank = args.local_rank if args.local_rank is not None else (
+        int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None)
+    expdir = args.expdir or (f"result/downstream/{args.expname}" if args.expname else None)
+    if expdir is None and args.past_exp is None:
+        raise ConfigError("name the experiment with -n NAME or -p EXPDIR")
 
-    if args.auto_resume and os.path.isdir(args.expdir) and _latest_states(args.expdir):
-        args.past_exp = args.expdir
+    past_exp = args.past_exp
+    if args.auto_resume and expdir and os.path.isdir(expdir) and _latest_states(expdir):
+        past_exp = expdir
 
-    if not args.past_exp:
-        local_rank = args.local_rank
+    if not past_exp:
         args, config = requested_run(argv)
-        args.local_rank = local_rank
+        args.local_rank, args.expdir = local_rank, expdir
         earlier = previous_run_files(args.expdir) if args.mode == "train" else []
         if earlier:
             raise ConfigError(
@@ -156,9 +157,9 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
         os.makedirs(args.expdir, exist_ok=True)
         return args, config
 
-    ckpt_path = _latest_states(args.past_exp) if os.path.isdir(args.past_exp) else args.past_exp
+    ckpt_path = _latest_states(past_exp) if os.path.isdir(past_exp) else past_exp
     if ckpt_path is None or not os.path.isfile(ckpt_path):
-        raise FileNotFoundError(f"no checkpoint to resume from at {args.past_exp}")
+        raise FileNotFoundError(f"no checkpoint to resume from at {past_exp}")
     print(f"[Runner] - Resume from {ckpt_path}")
     ckpt = safe_torch_load(ckpt_path)
     if "Args" not in ckpt or "Config" not in ckpt:
@@ -166,7 +167,8 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
     resumed = vars(ckpt["Args"]).copy()
     resumed.update({k: v for k, v in vars(args).items() if k in _NOT_RESUMED})
     args = Namespace(**resumed)
-    args.init_ckpt = ckpt_path
+    args.past_exp, args.local_rank, args.init_ckpt = past_exp, local_rank, ckpt_path
+    args.expdir = expdir or os.path.dirname(os.path.abspath(ckpt_path))
     config = ckpt["Config"]
     saved = copy.deepcopy(config)
     if args.override and args.override.lower() != "none":

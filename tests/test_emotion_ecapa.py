@@ -101,6 +101,20 @@ def test_resume_continues_from_last_step(mini_corpus, meta, tmp_path):
     assert safe_torch_load(tmp_path / "states-12.ckpt")["Step"] == 12
 
 
+def test_named_run_resumes_where_it_was_moved(mini_corpus, meta, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-n", "named", "--device", "cpu",
+                    "-o", overrides(mini_corpus, meta, steps=8, every=4)])
+    assert (tmp_path / "result" / "downstream" / "named" / "states-8.ckpt").is_file()
+    shutil.move(tmp_path / "result" / "downstream" / "named", tmp_path / "moved")
+    run_downstream(["-m", "train", "-p", str(tmp_path / "moved"), "-a", "--device", "cpu",
+                    "-o", "config.runner.total_steps=12"])
+    assert safe_torch_load(tmp_path / "moved" / "states-12.ckpt")["Step"] == 12
+    assert not (tmp_path / "result" / "downstream" / "named").exists()  # not the directory stored in the checkpoint
+    run_downstream(["-m", "evaluate", "-e", str(tmp_path / "moved" / "dev-avg.ckpt"), "--device", "cpu"])
+    assert (tmp_path / "moved" / "evaluate_dev-avg" / "test_fold1_metrics.json").is_file()
+
+
 def test_killed_run_resumes(mini_corpus, meta, tmp_path):
     cmd = [sys.executable, str(REPO / "run_downstream.py"), "-m", "train", "-u", "fbank", "-d", "emotion_ecapa",
            "-p", str(tmp_path), "--device", "cpu", "-a",
