@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
-from s3prl_ser.run_identity import RUN_ARGS
+from s3prl_ser.run_identity import run_identity, significant_differences
 
 __all__ = ["CheckpointMismatchError", "average_state_dicts", "average_checkpoint_files", "main"]
 
@@ -160,18 +160,25 @@ def _average_runner(checkpoints: Sequence[Mapping], names: Sequence[str]) -> dic
             raise CheckpointMismatchError(
                 f"{name} holds sections {other}, {names[0]} holds {sections}"
             )
-    _check_equal(checkpoints, names, "Config")
-    _check_equal(checkpoints, names, "ClassNames")
-    # Runs that differ in upstream, features or seed share a Config but not a model.
-    run_args = [{key: getattr(c.get("Args"), key, None) for key in RUN_ARGS} for c in checkpoints]
-    _check_equal([{"Args": a} for a in run_args], names, "Args")
+    # The same run's checkpoints: equal Config and run arguments (upstream, features, seed),
+    # except what a resumed run may change (schedule, data-feeding settings).
+    for name, checkpoint in zip(names[1:], checkpoints[1:]):
+        changed = significant_differences(run_identity(checkpoints[0].get("Args"), checkpoints[0].get("Config")),
+                                          run_identity(checkpoint.get("Args"), checkpoint.get("Config")),
+                                          resuming=True)
+        if changed:
+            raise CheckpointMismatchError(f"{name} and {names[0]} come from different runs: {'; '.join(changed[:3])}")
+    named = [(n, c) for n, c in zip(names, checkpoints) if "ClassNames" in c]
+    _check_equal([c for _, c in named], [n for n, _ in named], "ClassNames")
 
     last = checkpoints[-1]
     steps = [checkpoint.get("Step") for checkpoint in checkpoints]
     known_steps = [step for step in steps if step is not None]
     averaged: dict[str, Any] = {
-        key: last[key] for key in ("Epoch", "Args", "Config", "ClassNames") if key in last
+        key: last[key] for key in ("Epoch", "Args", "Config") if key in last
     }
+    if named:
+        averaged["ClassNames"] = named[-1][1]["ClassNames"]
     if known_steps:
         # Step and epoch of the latest checkpoint, whatever order the files were given in.
         latest = max((c for c in checkpoints if c.get("Step") is not None), key=lambda c: c["Step"])

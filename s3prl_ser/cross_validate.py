@@ -20,7 +20,8 @@ from pathlib import Path
 from s3prl_ser.config import ConfigError
 from s3prl_ser.cv_report import summarize, write_report
 from s3prl_ser.folds import FOLDS, check_fold
-from s3prl_ser.run_identity import differences, run_identity
+from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.run_identity import run_identity, significant_differences
 from s3prl_ser.runner import FINAL_RECORD
 
 __all__ = ["fold_finished", "cross_validate", "main"]
@@ -37,7 +38,11 @@ def fold_finished(fold_dir: Path, fold: str, identity: dict | None = None) -> di
     if not (record.is_file() and metrics.is_file()):
         return None
     if identity is not None:
-        changed = differences(json.loads(record.read_text()).get("identity"), identity)
+        recorded = json.loads(record.read_text()).get("identity")
+        if recorded is None:
+            raise ConfigError(f"{fold_dir} finished before runs recorded their settings (no identity in "
+                              f"{record.name}); it cannot be checked against this command: move it away to retrain it")
+        changed = significant_differences(recorded, identity)
         if changed:
             raise ConfigError(
                 f"{fold_dir} finished with other settings ({'; '.join(changed[:5])}"
@@ -45,6 +50,23 @@ def fold_finished(fold_dir: Path, fold: str, identity: dict | None = None) -> di
                 "choose a new -n/-p, or move that fold away to retrain it"
             )
     return json.loads(metrics.read_text())
+
+
+def _check_unfinished(fold_dir: Path, requested: dict) -> None:
+    """Refuse to resume a killed fold that was started with other settings (the resume
+    itself only sees what the command line states explicitly)."""
+    from s3prl_ser.run_downstream import latest_states
+
+    states = latest_states(str(fold_dir)) if fold_dir.is_dir() else None
+    if states is None:
+        return
+    ckpt = safe_torch_load(states)
+    changed = significant_differences(run_identity(ckpt["Args"], ckpt["Config"]), requested, resuming=True)
+    if changed:
+        raise ConfigError(
+            f"{fold_dir} holds an unfinished run with other settings ({'; '.join(changed[:5])}"
+            f"{'; ...' if len(changed) > 5 else ''}): choose a new -n/-p, or move that fold away"
+        )
 
 
 def cross_validate(
@@ -77,8 +99,10 @@ def cross_validate(
         fold_override = f"config.downstream_expert.datarc.test_fold={fold}"
         argv = ["-m", "train", "-p", str(fold_dir), *run_args,
                 "-o", ",,".join(filter(None, [fold_override, overrides]))]
-        done = fold_finished(fold_dir, fold, run_identity(*requested_run(argv)))
+        requested = run_identity(*requested_run(argv))
+        done = fold_finished(fold_dir, fold, requested)
         if done is None:
+            _check_unfinished(fold_dir, requested)
             print(f"[cross_validate] - {fold}: training in {fold_dir}")
             run(*get_downstream_args(["-a", *argv]))
             done = fold_finished(fold_dir, fold)

@@ -33,7 +33,7 @@ import s3prl_ser
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError, apply_overrides
 from s3prl_ser.registry import default_config, register
-from s3prl_ser.run_identity import RESUMABLE_SECTIONS, RUN_ARGS, differences, previous_run_files
+from s3prl_ser.run_identity import RUN_ARGS, previous_run_files, run_identity, significant_differences
 
 __all__ = ["build_parser", "requested_run", "get_downstream_args", "environment_record", "main"]
 
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _latest_states(directory: str) -> str | None:
+def latest_states(directory: str) -> str | None:
     paths = glob.glob(os.path.join(directory, "states-*.ckpt"))
     if not paths:
         return None
@@ -109,20 +109,35 @@ def requested_run(argv: list[str] | None = None) -> tuple[Namespace, dict]:
     return args, config
 
 
-def _resume_conflicts(ckpt_path: str, trained: Namespace, requested: dict, saved: dict, config: dict) -> None:
-    """Refuse a resumed training whose command line or overrides change the run itself.
+def _check_resume(ckpt_path: str, ckpt: dict, args: Namespace, config: dict, argv: list[str] | None) -> None:
+    """Refuse a resumed training that would not continue the checkpoint's own run.
 
-    ``trained``/``saved``: the checkpoint's args and config; ``requested``: the run arguments
-    the command asks for; ``config``: the checkpoint's config after this command's overrides.
+    ``args``/``config``: the resumed ones after this command's overrides. Run arguments given
+    on the command line (which a resume otherwise ignores), a ``-c`` file, or overrides that
+    change anything outside ``config.runner`` and data-feeding settings are refused, and so is
+    resuming into another directory than the checkpoint's (its k-best record lives there).
     """
-    changed = [f"{key}: {getattr(trained, key, None)!r} -> {value!r}"
-               for key, value in requested.items() if value != getattr(trained, key, None)]
-    changed += [line for line in differences(saved, config, "config")
-                if not line.startswith(tuple(f"config.{section}." for section in RESUMABLE_SECTIONS))]
+    explicit = _explicit_args(argv)
+    requested_args = {key: getattr(args, key, None) for key in RUN_ARGS} | {
+        key: value for key, value in explicit.items() if key in RUN_ARGS}
+    requested_config = config
+    if "config" in explicit:
+        with open(explicit["config"]) as handle:
+            requested_config = yaml.safe_load(handle)
+        if args.override and args.override.lower() != "none":
+            apply_overrides(args.override, Namespace(**vars(args)), requested_config)
+    changed = significant_differences(run_identity(ckpt["Args"], ckpt["Config"]),
+                                      run_identity(requested_args, requested_config), resuming=True)
     if changed:
         raise ConfigError(
             f"{ckpt_path} belongs to a run with other settings ({'; '.join(changed)}); resuming would mix "
             "two experiments: drop those arguments to resume it, or start a new run with another -p/-n"
+        )
+    home = os.path.dirname(os.path.abspath(ckpt_path))
+    if os.path.abspath(args.expdir) != home:
+        raise ConfigError(
+            f"-p/-n {args.expdir} is not the directory of {ckpt_path}: a run resumes where its k-best "
+            f"record is; move the run there first, or resume with -p {home}"
         )
 
 
@@ -142,7 +157,7 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
         raise ConfigError("name the experiment with -n NAME or -p EXPDIR")
 
     past_exp = args.past_exp
-    if args.auto_resume and expdir and os.path.isdir(expdir) and _latest_states(expdir):
+    if args.auto_resume and expdir and os.path.isdir(expdir) and latest_states(expdir):
         past_exp = expdir
 
     if not past_exp:
@@ -157,7 +172,7 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
         os.makedirs(args.expdir, exist_ok=True)
         return args, config
 
-    ckpt_path = _latest_states(past_exp) if os.path.isdir(past_exp) else past_exp
+    ckpt_path = latest_states(past_exp) if os.path.isdir(past_exp) else past_exp
     if ckpt_path is None or not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"no checkpoint to resume from at {past_exp}")
     print(f"[Runner] - Resume from {ckpt_path}")
@@ -169,15 +184,11 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
     args = Namespace(**resumed)
     args.past_exp, args.local_rank, args.init_ckpt = past_exp, local_rank, ckpt_path
     args.expdir = expdir or os.path.dirname(os.path.abspath(ckpt_path))
-    config = ckpt["Config"]
-    saved = copy.deepcopy(config)
+    config = copy.deepcopy(ckpt["Config"])
     if args.override and args.override.lower() != "none":
         apply_overrides(args.override, args, config)
     if args.mode == "train":
-        # Given on the command line (which a resume otherwise ignores) or set by an override.
-        requested = {key: getattr(args, key, None) for key in RUN_ARGS} | {
-            key: value for key, value in _explicit_args(argv).items() if key in RUN_ARGS}
-        _resume_conflicts(ckpt_path, ckpt["Args"], requested, saved, config)
+        _check_resume(ckpt_path, ckpt, args, config, argv)
     os.makedirs(args.expdir, exist_ok=True)
     return args, config
 

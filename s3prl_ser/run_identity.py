@@ -14,7 +14,7 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["RUN_ARGS", "RESUMABLE_SECTIONS", "run_identity", "differences", "previous_run_files"]
+__all__ = ["RUN_ARGS", "RUNTIME_SETTINGS", "run_identity", "differences", "significant_differences", "previous_run_files"]
 
 # Arguments that change what is trained (the rest: where, on which device, how verbose).
 RUN_ARGS = (
@@ -22,16 +22,28 @@ RUN_ARGS = (
     "upstream_feature_selection", "upstream_layer_selection", "upstream_feature_normalize",
     "downstream", "downstream_variant", "seed",
 )
-# Config sections a resumed run may change: schedule length and logging/evaluation cadence.
-RESUMABLE_SECTIONS = ("runner",)
+# Config settings that say how data is fed, not what is learned: they may always change.
+RUNTIME_SETTINGS = frozenset({"num_workers", "eval_batch_size", "pre_load"})
 # Files a training run leaves in its experiment directory.
 _RUN_FILES = ("states-*.ckpt", "dev-top.json", "dev-avg.ckpt", "dev-best.ckpt", "final.json")
 
 
-def run_identity(args: Namespace, config: Mapping[str, Any]) -> dict[str, Any]:
+def run_identity(args: Namespace | Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """``{"args": {RUN_ARGS...}, "config": config}`` as plain JSON values."""
-    identity = {"args": {key: getattr(args, key, None) for key in RUN_ARGS}, "config": config}
+    get = args.get if isinstance(args, Mapping) else lambda key, default: getattr(args, key, default)
+    identity = {"args": {key: get(key, None) for key in RUN_ARGS}, "config": config}
     return json.loads(json.dumps(identity, default=str))
+
+
+def significant_differences(old: Any, new: Any, *, resuming: bool = False) -> list[str]:
+    """:func:`differences` that matter for reusing a run: settings in :data:`RUNTIME_SETTINGS`
+    are left out, and with ``resuming`` so is the ``config.runner`` section (schedule length,
+    logging and evaluation cadence), which a resumed run may change."""
+    lines = differences(json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str)))
+    keys = [line.split(": ", 1)[0] for line in lines]
+    return [line for line, key in zip(lines, keys)
+            if key.rsplit(".", 1)[-1] not in RUNTIME_SETTINGS
+            and not (resuming and key.startswith("config.runner."))]
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:

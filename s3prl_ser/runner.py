@@ -240,6 +240,7 @@ class SERRunner(Runner):
         else:
             final = expdir / "dev-best.ckpt"
             state = compat.safe_torch_load(expdir / entries[0].name)
+        state["ClassNames"] = list(expert.class_names)  # also for checkpoints of older versions
         compat.atomic_torch_save(state, final)
         for entry in self.all_entries:
             if entry.name in state:

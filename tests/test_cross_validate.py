@@ -37,6 +37,16 @@ def test_runs_folds_writes_report_and_reuses_finished_folds(mini_corpus, meta, t
     with pytest.raises(SystemExit, match=r"fold1 finished with other settings \(args.upstream: 'fbank' -> 'mfcc'\)"):
         cross_validate_main([a if a != "fbank" else "mfcc" for a in argv])
 
+    (tmp_path / "fold3" / "final.json").unlink()  # as if killed before the end
+    only_fold3 = [a if a != "fold1,fold3" else "fold3" for a in changed]
+    with pytest.raises(SystemExit, match=r"fold3 holds an unfinished run with other settings \(config.optimizer.lr"):
+        cross_validate_main(only_fold3)
+    legacy = json.loads((tmp_path / "fold1" / "final.json").read_text())
+    del legacy["identity"]
+    (tmp_path / "fold1" / "final.json").write_text(json.dumps(legacy))
+    with pytest.raises(SystemExit, match=r"fold1 finished before runs recorded their settings"):
+        cross_validate_main(argv)
+
 
 def test_bad_fold_name_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="invalid fold 'fold0'"):

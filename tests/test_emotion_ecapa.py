@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
 
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.run_downstream import main as run_downstream
@@ -93,9 +94,12 @@ def test_averaging_off_reports_single_best(mini_corpus, meta, tmp_path):
 
 
 def test_resume_continues_from_last_step(mini_corpus, meta, tmp_path):
+    """A resume may lengthen the schedule and change data-feeding settings; the k best then
+    span both parts and are averaged."""
     args = ["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(tmp_path), "--device", "cpu", "-a"]
-    run_downstream(args + ["-o", overrides(mini_corpus, meta, steps=8, every=4)])
-    run_downstream(args + ["-o", "config.runner.total_steps=12"])
+    run_downstream(args + ["-o", overrides(mini_corpus, meta, steps=8, every=4, k=5)])
+    run_downstream(args + ["-o", "config.runner.total_steps=12,,config.downstream_expert.datarc.eval_batch_size=2"])
+    assert [s["step"] for s in json.loads((tmp_path / "final.json").read_text())["selected"]] == [4, 8, 12]
     dev_steps = [l.split()[3].rstrip(":") for l in (tmp_path / "log.log").read_text().splitlines() if l.startswith("dev")]
     assert dev_steps == ["4", "8", "12"]  # the resumed run did not start over
     assert safe_torch_load(tmp_path / "states-12.ckpt")["Step"] == 12
@@ -204,12 +208,20 @@ def test_an_experiment_directory_is_never_silently_reused(trained, mini_corpus, 
     with pytest.raises(SystemExit, match=r"already holds a run \(dev-avg.ckpt, dev-top.json, .*resume it with -a"):
         run_downstream(fresh + ["-o", same])
     resume = ["-m", "train", "-p", str(trained), "-a", "--device", "cpu"]
-    with pytest.raises(SystemExit, match=r"other settings \(upstream: 'fbank' -> 'mfcc'\)"):
+    with pytest.raises(SystemExit, match=r"other settings \(args.upstream: 'fbank' -> 'mfcc'\)"):
         run_downstream(resume + ["-u", "mfcc"])
     with pytest.raises(SystemExit, match=r"config.downstream_expert.modelrc.aggregator: 'ecapa' -> 'mean'"):
         run_downstream(resume + ["-o", "config.downstream_expert.modelrc.aggregator=mean"])
-    with pytest.raises(SystemExit, match=r"seed: 1337 -> 5"):
+    with pytest.raises(SystemExit, match=r"args.seed: 1337 -> 5"):
         run_downstream(resume + ["-o", "args.seed=5"])
+    other = trained.parent / "other.yaml"
+    config = yaml.safe_load((REPO / "downstream" / "emotion_ecapa" / "config.yaml").read_text())
+    other.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit, match=r"config.downstream_expert.modelrc.ecapa.channels: .*"):
+        run_downstream(resume + ["-c", str(other)])  # a -c file is compared, not ignored
+    elsewhere = trained.parent / "elsewhere"
+    with pytest.raises(SystemExit, match=r"is not the directory of .*states-12.ckpt.*resume with -p"):
+        run_downstream(["-m", "train", "-e", str(trained / "states-12.ckpt"), "-p", str(elsewhere), "--device", "cpu"])
     assert (trained / "final.json").stat().st_mtime_ns == final
 
 

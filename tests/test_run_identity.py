@@ -2,7 +2,7 @@
 
 from argparse import Namespace
 
-from s3prl_ser.run_identity import RUN_ARGS, differences, previous_run_files, run_identity
+from s3prl_ser.run_identity import RUN_ARGS, differences, previous_run_files, run_identity, significant_differences
 
 
 def test_differences_lists_changed_added_and_removed_keys():
@@ -26,3 +26,16 @@ def test_previous_run_files(tmp_path):
     for name in ("states-40.ckpt", "dev-top.json", "args_x.yaml", "log.log"):
         (tmp_path / name).write_text("")
     assert previous_run_files(tmp_path) == ["dev-top.json", "states-40.ckpt"]
+
+
+def test_significant_differences_leave_out_feeding_and_on_resume_the_schedule():
+    old = run_identity({"seed": 1}, {"runner": {"total_steps": 10}, "downstream_expert": {
+        "datarc": {"num_workers": 4, "eval_batch_size": 4, "pre_load": True, "root": "/a"}}})
+    new = run_identity({"seed": 1}, {"runner": {"total_steps": 20}, "downstream_expert": {
+        "datarc": {"num_workers": 0, "eval_batch_size": 2, "pre_load": False, "root": "/a"}}})
+    assert significant_differences(old, new, resuming=True) == []
+    assert significant_differences(old, new) == ["config.runner.total_steps: 10 -> 20"]
+    new["config"]["downstream_expert"]["datarc"]["root"] = "/b"
+    new["args"]["seed"] = 2
+    assert significant_differences(old, new, resuming=True) == [
+        "args.seed: 1 -> 2", "config.downstream_expert.datarc.root: '/a' -> '/b'"]

@@ -17,7 +17,7 @@ import torch
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.folds import fold_session
 from s3prl_ser.ft_hub import FT_CHECKPOINT, FT_METADATA
-from s3prl_ser.run_identity import differences
+from s3prl_ser.run_identity import significant_differences
 from s3prl_ser.text_encoder import TextEncoder, load_transcripts
 from upstream_ft.data import load_fold_data
 from upstream_ft.distributed import Distributed
@@ -43,7 +43,7 @@ def exported_metadata(fold_dir: Path, requested: Mapping[str, Any] | None = None
         return None
     record = json.loads(metadata.read_text(encoding="utf-8"))
     if requested is not None:
-        changed = differences({key: record.get(key) for key in requested}, json.loads(json.dumps(requested)))
+        changed = significant_differences({key: record.get(key) for key in requested}, requested)
         if changed:
             raise ValueError(
                 f"{fold_dir} was exported with other settings ({'; '.join(changed[:5])}"

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from s3prl_ser.best_checkpoints import BestCheckpoints
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
 from s3prl_ser.metrics import ClassificationReport, classification_report
-from s3prl_ser.run_identity import differences
+from s3prl_ser.run_identity import significant_differences
 from upstream_ft.data import FoldData, batches_per_epoch, eval_loader, train_loader
 from upstream_ft.distributed import Distributed
 from upstream_ft.export import converted_checkpoint
@@ -135,7 +135,7 @@ class FoldTrainer:
         if path is None:
             return 0
         states = safe_torch_load(path)
-        changed = differences(states.get("identity"), self.identity)
+        changed = significant_differences(states.get("identity"), self.identity)
         if changed:
             raise ValueError(
                 f"{path} belongs to a run with other settings ({'; '.join(changed[:5])}"
