@@ -48,7 +48,7 @@ from typing import Any
 import torch
 
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
-from s3prl_ser.run_identity import run_identity, significant_differences
+from s3prl_ser.run_identity import describe, run_identity, significant_differences
 
 __all__ = ["CheckpointMismatchError", "average_state_dicts", "average_checkpoint_files", "main"]
 
@@ -167,7 +167,7 @@ def _average_runner(checkpoints: Sequence[Mapping], names: Sequence[str]) -> dic
                                           run_identity(checkpoint.get("Args"), checkpoint.get("Config")),
                                           resuming=True)
         if changed:
-            raise CheckpointMismatchError(f"{name} and {names[0]} come from different runs: {'; '.join(changed[:3])}")
+            raise CheckpointMismatchError(f"{name} and {names[0]} come from different runs: {describe(changed)}")
     named = [(n, c) for n, c in zip(names, checkpoints) if "ClassNames" in c]
     _check_equal([c for _, c in named], [n for n, _ in named], "ClassNames")
 

@@ -21,7 +21,7 @@ from s3prl_ser.config import ConfigError
 from s3prl_ser.cv_report import summarize, write_report
 from s3prl_ser.folds import FOLDS, check_fold
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.run_identity import run_identity, significant_differences
+from s3prl_ser.run_identity import describe, run_identity, significant_differences
 from s3prl_ser.runner import FINAL_RECORD
 
 __all__ = ["fold_finished", "cross_validate", "main"]
@@ -45,9 +45,8 @@ def fold_finished(fold_dir: Path, fold: str, identity: dict | None = None) -> di
         changed = significant_differences(recorded, identity)
         if changed:
             raise ConfigError(
-                f"{fold_dir} finished with other settings ({'; '.join(changed[:5])}"
-                f"{'; ...' if len(changed) > 5 else ''}): reusing it would mix two experiments; "
-                "choose a new -n/-p, or move that fold away to retrain it"
+                f"{fold_dir} finished with other settings ({describe(changed)}): reusing it would mix "
+                "two experiments; choose a new -n/-p, or move that fold away to retrain it"
             )
     return json.loads(metrics.read_text())
 
@@ -64,8 +63,8 @@ def _check_unfinished(fold_dir: Path, requested: dict) -> None:
     changed = significant_differences(run_identity(ckpt["Args"], ckpt["Config"]), requested, resuming=True)
     if changed:
         raise ConfigError(
-            f"{fold_dir} holds an unfinished run with other settings ({'; '.join(changed[:5])}"
-            f"{'; ...' if len(changed) > 5 else ''}): choose a new -n/-p, or move that fold away"
+            f"{fold_dir} holds an unfinished run with other settings ({describe(changed)}): "
+            "choose a new -n/-p, or move that fold away"
         )
 
 

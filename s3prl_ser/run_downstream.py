@@ -33,7 +33,7 @@ import s3prl_ser
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError, apply_overrides
 from s3prl_ser.registry import default_config, register
-from s3prl_ser.run_identity import RUN_ARGS, previous_run_files, run_identity, significant_differences
+from s3prl_ser.run_identity import RUN_ARGS, describe, previous_run_files, run_identity, significant_differences
 
 __all__ = ["build_parser", "requested_run", "get_downstream_args", "environment_record", "main"]
 
@@ -130,7 +130,7 @@ def _check_resume(ckpt_path: str, ckpt: dict, args: Namespace, config: dict, arg
                                       run_identity(requested_args, requested_config), resuming=True)
     if changed:
         raise ConfigError(
-            f"{ckpt_path} belongs to a run with other settings ({'; '.join(changed)}); resuming would mix "
+            f"{ckpt_path} belongs to a run with other settings ({describe(changed)}); resuming would mix "
             "two experiments: drop those arguments to resume it, or start a new run with another -p/-n"
         )
     home = os.path.dirname(os.path.abspath(ckpt_path))

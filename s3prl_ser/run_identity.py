@@ -14,7 +14,7 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["RUN_ARGS", "RUNTIME_SETTINGS", "run_identity", "differences", "significant_differences", "previous_run_files"]
+__all__ = ["RUN_ARGS", "RUNTIME_SETTINGS", "run_identity", "differences", "significant_differences", "describe", "previous_run_files"]
 
 # Arguments that change what is trained (the rest: where, on which device, how verbose).
 RUN_ARGS = (
@@ -55,6 +55,11 @@ def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
             lines += differences(old.get(key, "<absent>"), new.get(key, "<absent>"), name)
         return lines
     return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+def describe(changed: list[str], limit: int = 5) -> str:
+    """Difference lines for an error message: the first ``limit``, then ``...``."""
+    return "; ".join(changed[:limit]) + ("; ..." if len(changed) > limit else "")
 
 
 def previous_run_files(expdir: str | Path) -> list[str]:

@@ -2,7 +2,7 @@
 
 from argparse import Namespace
 
-from s3prl_ser.run_identity import RUN_ARGS, differences, previous_run_files, run_identity, significant_differences
+from s3prl_ser.run_identity import RUN_ARGS, describe, differences, previous_run_files, run_identity, significant_differences
 
 
 def test_differences_lists_changed_added_and_removed_keys():
@@ -39,3 +39,8 @@ def test_significant_differences_leave_out_feeding_and_on_resume_the_schedule():
     new["args"]["seed"] = 2
     assert significant_differences(old, new, resuming=True) == [
         "args.seed: 1 -> 2", "config.downstream_expert.datarc.root: '/a' -> '/b'"]
+
+
+def test_describe_shortens_long_lists():
+    assert describe(["a: 1 -> 2"]) == "a: 1 -> 2"
+    assert describe(["a", "b", "c"], limit=2) == "a; b; ..."

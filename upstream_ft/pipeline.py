@@ -17,7 +17,7 @@ import torch
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.folds import fold_session
 from s3prl_ser.ft_hub import FT_CHECKPOINT, FT_METADATA
-from s3prl_ser.run_identity import significant_differences
+from s3prl_ser.run_identity import describe, significant_differences
 from s3prl_ser.text_encoder import TextEncoder, load_transcripts
 from upstream_ft.data import load_fold_data
 from upstream_ft.distributed import Distributed
@@ -46,8 +46,8 @@ def exported_metadata(fold_dir: Path, requested: Mapping[str, Any] | None = None
         changed = significant_differences({key: record.get(key) for key in requested}, requested)
         if changed:
             raise ValueError(
-                f"{fold_dir} was exported with other settings ({'; '.join(changed[:5])}"
-                f"{'; ...' if len(changed) > 5 else ''}): use another -p FT_DIR, or move that fold away to redo it"
+                f"{fold_dir} was exported with other settings ({describe(changed)}): "
+                "use another -p FT_DIR, or move that fold away to redo it"
             )
     return record
 

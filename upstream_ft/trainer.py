@@ -31,7 +31,7 @@ from tqdm import tqdm
 from s3prl_ser.best_checkpoints import BestCheckpoints
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
 from s3prl_ser.metrics import ClassificationReport, classification_report
-from s3prl_ser.run_identity import significant_differences
+from s3prl_ser.run_identity import describe, significant_differences
 from upstream_ft.data import FoldData, batches_per_epoch, eval_loader, train_loader
 from upstream_ft.distributed import Distributed
 from upstream_ft.export import converted_checkpoint
@@ -138,8 +138,8 @@ class FoldTrainer:
         changed = significant_differences(states.get("identity"), self.identity)
         if changed:
             raise ValueError(
-                f"{path} belongs to a run with other settings ({'; '.join(changed[:5])}"
-                f"{'; ...' if len(changed) > 5 else ''}); use another -p FT_DIR or delete the fold directory"
+                f"{path} belongs to a run with other settings ({describe(changed)}); "
+                "use another -p FT_DIR or delete the fold directory"
             )
         self.model.upstream.load_state_dict(states["upstream"])
         self.model.head.load_state_dict(states["head"])
