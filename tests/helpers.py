@@ -42,3 +42,17 @@ def randomize_batchnorm(module: torch.nn.Module) -> None:
             bn.running_var.uniform_(0.5, 2.0)
             bn.weight.data.uniform_(0.5, 2.0)
             bn.bias.data.normal_()
+
+
+def die_after_saving(monkeypatch, step: int) -> None:
+    """Make upstream_ft's trainer stop like a killed process right after writing step ``step``'s states."""
+    from upstream_ft.trainer import FoldTrainer
+
+    save = FoldTrainer._save_states
+
+    def save_then_die(self, saved_step):
+        save(self, saved_step)
+        if saved_step == step:
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr(FoldTrainer, "_save_states", save_then_die)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from helpers import overrides
+from helpers import die_after_saving, overrides
 from s3prl_ser.builtin_corpus import SENTENCES
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.ft_hub import FoldMismatchError, resolve_ft_text_encoder
@@ -236,16 +236,7 @@ def test_text_rerun_skips_the_finished_fold(text_ft, tiny_bert, mini_corpus, min
 
 def test_interrupted_text_run_resumes_to_the_same_result(text_ft, tiny_bert, mini_corpus, mini_meta, tmp_path,
                                                          monkeypatch):
-    from upstream_ft.trainer import FoldTrainer
-
-    save = FoldTrainer._save_states
-
-    def save_then_die(self, step):
-        save(self, step)
-        if step == 2:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(FoldTrainer, "_save_states", save_then_die)
+    die_after_saving(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         _text_ft(tiny_bert, mini_corpus, mini_meta, tmp_path)
     monkeypatch.undo()

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import die_after_saving
 from s3prl_ser.compat import safe_torch_load
 from upstream_ft.__main__ import main as upstream_ft
-from upstream_ft.trainer import FoldTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 CNN = "feature_extractor."
@@ -169,14 +169,7 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_upstreams, mini_corpus,
     opts = overrides(mini_corpus, meta, steps=8, k=2)
     cli("hubert", tiny_upstreams, tmp_path / "straight", "fold4", opts)
 
-    save = FoldTrainer._save_states
-
-    def save_then_die(self, step):
-        save(self, step)
-        if step == 4:
-            raise KeyboardInterrupt("simulated kill")
-
-    monkeypatch.setattr(FoldTrainer, "_save_states", save_then_die)
+    die_after_saving(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         cli("hubert", tiny_upstreams, tmp_path / "resumed", "fold4", opts)
     monkeypatch.undo()
