@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from s3prl_ser.audio import load_audio
+from s3prl_ser.folds import fold_session
 
 __all__ = ["MetaData", "read_meta_data", "read_fold_meta", "EmotionDataset", "collate"]
 
@@ -73,8 +74,6 @@ def read_fold_meta(meta_dir: str | os.PathLike, fold: str, root: str | os.PathLi
         FileNotFoundError: no meta data for that fold (the folds ``meta_dir`` has are listed).
         ValueError: the two files define different labels, or any :func:`read_meta_data` error.
     """
-    from s3prl_ser.folds import fold_session
-
     meta_dir, session = Path(meta_dir), fold_session(fold)
     if not (meta_dir / session).is_dir():
         present = sorted(p.parent.name for p in meta_dir.glob("Session*/train_meta_data.json"))
