@@ -15,7 +15,7 @@ applied by :func:`install` (``import s3prl_ser`` calls it) before s3prl is impor
   ``weights_only=True`` default refuses; :func:`safe_torch_load` allow-lists it (and nothing
   else), so loading a checkpoint never executes code from it. :func:`atomic_torch_save`
   writes checkpoints so that a kill mid-write never leaves a truncated file.
-  (:class:`s3prl_ser.runner.SERRunner` uses both in place of the runner's own I/O.)
+  (:class:`s3prl_ser.training.runner.SERRunner` uses both in place of the runner's own I/O.)
   s3prl's upstream loaders call ``torch.load`` without ``weights_only``; they are safe through
   torch's weights-only default, so :func:`install` refuses ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
 """

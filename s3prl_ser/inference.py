@@ -22,12 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from s3prl_ser.audio import load_audio, prepare_waveform
-from s3prl_ser.fusion import EmotionClassifier
+from s3prl_ser.data.audio import load_audio, prepare_waveform
+from s3prl_ser.models.fusion import EmotionClassifier
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.folds import resolve_fold
-from s3prl_ser.runner import FINAL_RECORD
-from s3prl_ser.multi_upstream import MultiFeaturizer, build_featurizer, build_upstreams
+from s3prl_ser.data.folds import resolve_fold
+from s3prl_ser.training.runner import FINAL_RECORD
+from s3prl_ser.hub.multi_upstream import MultiFeaturizer, build_featurizer, build_upstreams
 
 __all__ = ["Prediction", "EmotionRecognizer", "resolve_checkpoint"]
 
@@ -67,7 +67,7 @@ class EmotionRecognizer(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> "EmotionRecognizer":
         """Load the final model of an experiment directory or a ``dev-avg``/``dev-best`` checkpoint."""
-        from s3prl_ser.registry import register
+        from s3prl_ser.hub.registry import register
 
         register()
 

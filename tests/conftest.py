@@ -31,7 +31,7 @@ def mini_corpus() -> Path:
 @pytest.fixture(scope="session")
 def mini_meta(mini_corpus, tmp_path_factory) -> Path:
     """Meta data of the mini corpus (prepared once; tests must not modify it)."""
-    from s3prl_ser.prepare_iemocap import prepare
+    from s3prl_ser.data.prepare_iemocap import prepare
 
     out = tmp_path_factory.mktemp("mini_meta")
     with warnings.catch_warnings():
@@ -42,7 +42,7 @@ def mini_meta(mini_corpus, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_upstreams(tmp_path_factory) -> dict[str, Path]:
-    from s3prl_ser.tiny_upstream import write_tiny_upstream
+    from s3prl_ser.toy.tiny_upstream import write_tiny_upstream
 
     root = tmp_path_factory.mktemp("tiny_upstreams")
     return {arch: write_tiny_upstream(arch, root / f"tiny_{arch}.pt") for arch in ("hubert", "wav2vec2")}

@@ -46,7 +46,7 @@ def randomize_batchnorm(module: torch.nn.Module) -> None:
 
 def die_after_saving(monkeypatch, step: int) -> None:
     """Make upstream_ft's trainer stop like a killed process right after writing step ``step``'s states."""
-    from upstream_ft.trainer import FoldTrainer
+    from s3prl_ser.training.finetune_trainer import FoldTrainer
 
     save = FoldTrainer._save_states
 

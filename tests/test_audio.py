@@ -3,7 +3,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from s3prl_ser.audio import SAMPLE_RATE, AudioError, load_audio, prepare_waveform
+from s3prl_ser.data.audio import SAMPLE_RATE, AudioError, load_audio, prepare_waveform
 
 
 def test_stereo_44k_is_downmixed_and_resampled(tmp_path):

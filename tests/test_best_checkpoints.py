@@ -1,6 +1,6 @@
 import pytest
 
-from s3prl_ser.best_checkpoints import BestCheckpoints
+from s3prl_ser.training.best_checkpoints import BestCheckpoints
 
 
 def _save(best, step, score):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from s3prl_ser.builtin_corpus import (
+from s3prl_ser.toy.builtin_corpus import (
     BuiltinCorpusError,
     default_corpus_dir,
     generate_corpus,
@@ -112,7 +112,7 @@ def test_labels_balanced_with_distractors(corpus):
 
 
 def test_prepare_iemocap_reads_the_corpus(corpus):
-    from s3prl_ser.prepare_iemocap import collect_session
+    from s3prl_ser.data.prepare_iemocap import collect_session
 
     expected = sum(t["code"] in MERGE for t in turns(corpus) if t["session"] == "Session1")
     kept = collect_session(corpus, "Session1")

@@ -2,7 +2,7 @@ import argparse
 
 import pytest
 
-from s3prl_ser.config import ConfigError, apply_overrides, check_keys, require
+from s3prl_ser.training.config import ConfigError, apply_overrides, check_keys, require
 
 
 def _config():

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from s3prl_ser.cross_validate import main as cross_validate_main
+from s3prl_ser.cli.cross_validate import main as cross_validate_main
 from helpers import overrides
 
 

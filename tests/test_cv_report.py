@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from s3prl_ser.cv_report import summarize, write_report
-from s3prl_ser.metrics import classification_report
+from s3prl_ser.training.cv_report import summarize, write_report
+from s3prl_ser.training.metrics import classification_report
 
 LABELS = ["neu", "hap", "ang", "sad"]
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from helpers import pad_with_noise, randomize_batchnorm
-from s3prl_ser.ecapa_tdnn import ECAPA_TDNN
-from s3prl_ser.pooling import lengths_to_mask
+from s3prl_ser.models.ecapa_tdnn import ECAPA_TDNN
+from s3prl_ser.models.pooling import lengths_to_mask
 
 SMALL: Dict[str, Any] = dict(
     channels=(32, 32, 32, 32, 96),

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from s3prl_ser.emotion_dataset import EmotionDataset, collate, read_meta_data
+from s3prl_ser.data.emotion_dataset import EmotionDataset, collate, read_meta_data
 
 LABELS = {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
 
@@ -39,7 +39,7 @@ def test_preload_reads_once(mini_corpus, mini_meta, monkeypatch):
     def no_audio(path, **_):
         raise AssertionError(f"read {path} again")
 
-    monkeypatch.setattr("s3prl_ser.emotion_dataset.load_audio", no_audio)
+    monkeypatch.setattr("s3prl_ser.data.emotion_dataset.load_audio", no_audio)
     dataset.preload()  # already loaded: nothing read
     assert np.array_equal(dataset[0][0], first) and len(dataset) == len(meta.items)
 
@@ -48,7 +48,7 @@ def test_dataset_without_audio_serves_names_and_labels(mini_corpus, mini_meta, m
     def no_audio(path, **_):
         raise AssertionError(f"read {path}")
 
-    monkeypatch.setattr("s3prl_ser.emotion_dataset.load_audio", no_audio)
+    monkeypatch.setattr("s3prl_ser.data.emotion_dataset.load_audio", no_audio)
     meta = read_meta_data(mini_meta / "Session1" / "test_meta_data.json", mini_corpus)
     dataset = EmotionDataset(mini_corpus, meta, pre_load=True, read_audio=False)
     wav, label, name = dataset[1]

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.run_downstream import main as run_downstream
+from s3prl_ser.cli.run_downstream import main as run_downstream
 from helpers import overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_killed_run_resumes(mini_corpus, meta, tmp_path):
 
 
 def test_averaging_cli_output_is_a_usable_model(trained, tmp_path):
-    from s3prl_ser.checkpoint_averaging import main as average
+    from s3prl_ser.training.checkpoint_averaging import main as average
     from s3prl_ser.inference import EmotionRecognizer
 
     kept = sorted(trained.glob("dev-top-step*.ckpt"))
@@ -176,7 +176,7 @@ def test_inference_api_and_cli(trained, tmp_path, capsys, monkeypatch):
     def no_corpus_audio(path, **_):
         raise AssertionError(f"-m inference read corpus audio: {path}")
 
-    monkeypatch.setattr("s3prl_ser.emotion_dataset.load_audio", no_corpus_audio)  # nothing pre-loaded
+    monkeypatch.setattr("s3prl_ser.data.emotion_dataset.load_audio", no_corpus_audio)  # nothing pre-loaded
     run_downstream(["-m", "inference", "-e", str(trained / "dev-avg.ckpt"), "-t", str(tmp_path / "a.wav"),
                     "--device", "cpu"])
     line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1]

@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from s3prl_ser.folds import (
+from s3prl_ser.data.folds import (
     check_fold,
     resolve_fold,
     fold_session,
@@ -12,7 +12,7 @@ from s3prl_ser.folds import (
     superb_train_dev_split,
     utterance_speaker,
 )
-from s3prl_ser.prepare_iemocap import prepare
+from s3prl_ser.data.prepare_iemocap import prepare
 
 
 def _s3prl_emotion_expert(root, meta_dir, fold, expdir):

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from s3prl_ser.ft_hub import (
+from s3prl_ser.hub.ft_hub import (
     FoldMismatchError,
     hubert_ft_avg,
     is_ft_avg_entry,
@@ -43,8 +43,8 @@ def test_fold_guard_names_both_folds(ft_dir, tmp_path):
 
 
 def test_local_entries_given_an_export_get_the_fold_guard(ft_dir, tiny_upstreams):
-    from s3prl_ser.upstreams import build_upstream
-    from upstream_ft.upstream import load_upstream
+    from s3prl_ser.hub.upstreams import build_upstream
+    from s3prl_ser.hub.exportable import load_upstream
 
     export = str(ft_dir / "fold1" / "upstream.ckpt")
     with pytest.raises(FoldMismatchError, match=r"fine-tuned for fold1.*requested for fold3"):

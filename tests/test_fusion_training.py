@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.run_downstream import main as run_downstream
+from s3prl_ser.cli.run_downstream import main as run_downstream
 from helpers import overrides
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from s3prl_ser.masked_batchnorm import MaskedBatchNorm1d
-from s3prl_ser.pooling import lengths_to_mask
+from s3prl_ser.models.masked_batchnorm import MaskedBatchNorm1d
+from s3prl_ser.models.pooling import lengths_to_mask
 
 
 def _pair(channels=3):

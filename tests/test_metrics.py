@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from s3prl_ser.metrics import classification_report, confusion_matrix
+from s3prl_ser.training.metrics import classification_report, confusion_matrix
 
 LABELS = ("neu", "hap", "ang", "sad")
 

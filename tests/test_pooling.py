@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from helpers import pad_with_noise, randomize_batchnorm
-from s3prl_ser.pooling import (
+from s3prl_ser.models.pooling import (
     AttentiveStatisticsPooling,
     MeanPooling,
     lengths_to_mask,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from s3prl_ser.prepare_iemocap import PreparationError, main, prepare
+from s3prl_ser.data.prepare_iemocap import PreparationError, main, prepare
 
 # Worked out by hand from tests/data/iemocap_mini (see tests/data/README.md).
 EXPECTED = {

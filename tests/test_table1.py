@@ -3,9 +3,9 @@ import json
 import pytest
 import yaml
 
-from s3prl_ser.config import ConfigError
-from s3prl_ser.registry import DOWNSTREAM_DIR
-from s3prl_ser.table1 import EXPERIMENTS, model_overrides, parse_experiments, write_tables
+from s3prl_ser.training.config import ConfigError
+from s3prl_ser.hub.registry import DOWNSTREAM_DIR
+from s3prl_ser.cli.table1 import EXPERIMENTS, model_overrides, parse_experiments, write_tables
 
 PAPER = DOWNSTREAM_DIR / "emotion_ecapa" / "paper"
 
@@ -58,8 +58,8 @@ def test_tables_list_every_experiment_with_paper_numbers(tmp_path):
 def test_table1_command_runs_both_stages(mini_corpus, mini_meta, tiny_upstreams, tmp_path):
     """Experiments 2 (FT without averaging), 7 (early fusion of two FT upstreams) and 11
     (fbank & fine-tuned BERT) end to end on one fold, then a rerun that reuses everything."""
-    from s3prl_ser.table1 import main as table1
-    from s3prl_ser.text_encoder import write_tiny_bert
+    from s3prl_ser.cli.table1 import main as table1
+    from s3prl_ser.models.text_encoder import write_tiny_bert
 
     bert = write_tiny_bert(tmp_path / "bert")
     argv = ["--experiments", "2,7,11", "--superb", "fbank", "-p", str(tmp_path / "t1"), "--root", str(mini_corpus), "--meta", str(mini_meta),

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from helpers import die_after_saving, overrides
-from s3prl_ser.builtin_corpus import SENTENCES
+from s3prl_ser.toy.builtin_corpus import SENTENCES
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.ft_hub import FoldMismatchError, resolve_ft_text_encoder
-from s3prl_ser.run_downstream import main as run_downstream
-from s3prl_ser.text_encoder import TextEncoder, load_transcripts, main, transcripts_for, write_tiny_bert
+from s3prl_ser.hub.ft_hub import FoldMismatchError, resolve_ft_text_encoder
+from s3prl_ser.cli.run_downstream import main as run_downstream
+from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts, main, transcripts_for, write_tiny_bert
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,7 +69,7 @@ def test_weighted_sum_of_layers(tiny_bert):
 
 
 def test_missing_encoder_files(tiny_bert, tmp_path):
-    with pytest.raises(FileNotFoundError, match="directory not found.*python -m s3prl_ser.text_encoder tiny DIR"):
+    with pytest.raises(FileNotFoundError, match="directory not found.*python -m s3prl_ser.models.text_encoder tiny DIR"):
         TextEncoder(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=f"{tmp_path} has no config.json.*save_pretrained"):
         TextEncoder(tmp_path)
@@ -81,7 +81,7 @@ def test_missing_encoder_files(tiny_bert, tmp_path):
             (broken / name).unlink()
         with pytest.raises(FileNotFoundError, match=re.escape(message)) as error:
             TextEncoder(broken)
-        assert str(broken) in str(error.value) and "python -m s3prl_ser.text_encoder tiny DIR" in str(error.value)
+        assert str(broken) in str(error.value) and "python -m s3prl_ser.models.text_encoder tiny DIR" in str(error.value)
 
 
 def test_transcripts_errors(tmp_path):
@@ -171,7 +171,7 @@ def text_ft(tiny_bert, mini_corpus, mini_meta, tmp_path_factory):
         raise AssertionError(f"text fine-tuning read audio: {path}")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("s3prl_ser.emotion_dataset.load_audio", no_audio)
+        patch.setattr("s3prl_ser.data.emotion_dataset.load_audio", no_audio)
         return ft_dir, _text_ft(tiny_bert, mini_corpus, mini_meta, ft_dir)
 
 

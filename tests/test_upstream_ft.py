@@ -104,7 +104,7 @@ def test_wav2vec2_export_without_averaging_is_the_best_checkpoint(runs):
 def test_export_loads_through_stock_s3prl_and_the_ft_hub_entry(runs, arch):
     import s3prl.hub as hub
 
-    from s3prl_ser.ft_hub import register_ft_avg_entries
+    from s3prl_ser.hub.ft_hub import register_ft_avg_entries
 
     ft_dir, fold = runs[arch]
     register_ft_avg_entries()
@@ -228,7 +228,7 @@ def test_config_errors_are_clear(tiny_upstreams, mini_corpus, meta, tmp_path):
 
 
 def _downstream(ft_dir, corpus, meta, expdir, test_fold):
-    from s3prl_ser.run_downstream import main as run_downstream
+    from s3prl_ser.cli.run_downstream import main as run_downstream
 
     run_downstream(["-m", "train", "-u", "hubert_ft_avg", "-k", str(ft_dir),
                     "-d", "emotion_ecapa", "-c", str(REPO / "downstream/emotion_ecapa/paper/exp4.yaml"),
@@ -253,7 +253,7 @@ def test_export_feeds_emotion_ecapa_through_ft_avg_entry(runs, mini_corpus, meta
 
 
 def test_downstream_refuses_upstream_of_another_fold(runs, mini_corpus, meta, tmp_path):
-    from s3prl_ser.ft_hub import FoldMismatchError
+    from s3prl_ser.hub.ft_hub import FoldMismatchError
 
     ft_dir, fold = runs["hubert"]
     other = "fold2" if fold != "fold2" else "fold3"

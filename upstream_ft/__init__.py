@@ -4,7 +4,7 @@ Per IEMOCAP fold, an s3prl upstream (HuBERT, wav2vec 2.0) is fine-tuned jointly 
 mean pooling + a linear classifier on the fold's train split, the k best checkpoints by dev
 accuracy are averaged, and the result is exported as an s3prl converted checkpoint that
 ``hubert_local`` / ``wav2vec2_local`` load, or ``hubert_ft_avg -k FT_DIR`` for the fold tested
-(:mod:`s3prl_ser.ft_hub`). ``-u text`` does the same for a Hugging Face text encoder (BERT) over
+(:mod:`s3prl_ser.hub.ft_hub`). ``-u text`` does the same for a Hugging Face text encoder (BERT) over
 the transcripts (paper 3.2). Command line: ``python -m upstream_ft`` (see ``__main__``).
 
 Modules: ``config`` (defaults and checks), ``data`` (fold splits, resumable order),

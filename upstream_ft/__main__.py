@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
-from s3prl_ser.config import ConfigError, apply_overrides
-from s3prl_ser.folds import FOLDS, check_fold
-from s3prl_ser.ft_hub import FT_CHECKPOINT
-from s3prl_ser.run_downstream import environment_record
-from upstream_ft.config import load_config, validate_config
-from upstream_ft.distributed import Distributed, setup_distributed
-from upstream_ft.pipeline import exported_metadata, run_fold
+from s3prl_ser.training.config import ConfigError, apply_overrides
+from s3prl_ser.data.folds import FOLDS, check_fold
+from s3prl_ser.hub.ft_hub import FT_CHECKPOINT
+from s3prl_ser.cli.run_downstream import environment_record
+from s3prl_ser.training.finetune_config import load_config, validate_config
+from s3prl_ser.training.distributed import Distributed, setup_distributed
+from s3prl_ser.training.finetune import exported_metadata, run_fold
 
 __all__ = ["build_parser", "summary_table", "main"]
 

@@ -3,7 +3,7 @@
 Drop-in for s3prl's ``emotion`` task (same meta data, same fold naming, same SUPERB dev split),
 with the paper's additions: an ECAPA-TDNN aggregator, early/late fusion of several upstreams
 (``-u NAME1,NAME2``, ``modelrc.fusion``), UA beside WA, the k best checkpoints kept by dev
-accuracy for averaging (done by :class:`s3prl_ser.runner.SERRunner` after training), and
+accuracy for averaging (done by :class:`s3prl_ser.training.runner.SERRunner` after training), and
 test-set predictions written only for the reported model.
 """
 
@@ -19,15 +19,15 @@ from torch import nn
 from torch.distributed import get_rank, get_world_size, is_initialized
 from torch.utils.data import DataLoader
 
-from s3prl_ser.audio import load_audio
-from s3prl_ser.best_checkpoints import BestCheckpoints
-from s3prl_ser.classifier import AGGREGATORS
-from s3prl_ser.config import check_keys, require
-from s3prl_ser.emotion_dataset import EmotionDataset, collate, read_fold_meta
-from s3prl_ser.folds import check_fold, fold_session, resolve_fold, speaker_disjoint_split, superb_train_dev_split
-from s3prl_ser.fusion import EmotionClassifier
-from s3prl_ser.metrics import classification_report
-from s3prl_ser.sampler import GlobalBatchSampler
+from s3prl_ser.data.audio import load_audio
+from s3prl_ser.training.best_checkpoints import BestCheckpoints
+from s3prl_ser.models.classifier import AGGREGATORS
+from s3prl_ser.training.config import check_keys, require
+from s3prl_ser.data.emotion_dataset import EmotionDataset, collate, read_fold_meta
+from s3prl_ser.data.folds import check_fold, fold_session, resolve_fold, speaker_disjoint_split, superb_train_dev_split
+from s3prl_ser.models.fusion import EmotionClassifier
+from s3prl_ser.training.metrics import classification_report
+from s3prl_ser.data.sampler import GlobalBatchSampler
 
 DATARC_KEYS = {
     "root", "meta_data", "test_fold", "split", "valid_ratio", "dev_session", "pre_load",
@@ -141,8 +141,8 @@ class DownstreamExpert(nn.Module):
         encoder is kept out of the module tree: checkpoints then hold only the trained
         downstream, and the encoder is rebuilt from the config.
         """
-        from s3prl_ser.ft_hub import resolve_ft_text_encoder
-        from s3prl_ser.text_encoder import TextEncoder, load_transcripts
+        from s3prl_ser.hub.ft_hub import resolve_ft_text_encoder
+        from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts
 
         encoder_dir = resolve_ft_text_encoder(self.textrc["encoder"], self.fold)
         encoder = TextEncoder(str(encoder_dir))
@@ -152,7 +152,7 @@ class DownstreamExpert(nn.Module):
         self.use_speech = bool(self.textrc.get("speech", True))
 
     def _text_stream(self, filenames: list[str], device: torch.device) -> list[torch.Tensor]:
-        from s3prl_ser.text_encoder import transcripts_for
+        from s3prl_ser.models.text_encoder import transcripts_for
 
         self._text.to(device)
         with torch.no_grad():

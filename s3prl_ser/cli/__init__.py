@@ -1,0 +1,1 @@
+"""Command-line programs (python -m s3prl_ser.cli.<name>)."""

@@ -1,0 +1,286 @@
+"""``run_downstream.py``: s3prl's command line, driving :class:`~s3prl_ser.training.runner.SERRunner`.
+
+Same flags and behaviour as s3prl's ``run_downstream.py`` (``-m train|evaluate|inference``,
+``-u -k -g -r -f -s -l -d -v -c -o -n -p -e -i -a``, ``--seed``, ``--device``, torchrun), with:
+
+* this project's tasks registered (``-d emotion_ecapa``) next to s3prl's;
+* ``-c`` defaulting to ``downstream/<task>/config.yaml`` wherever the task lives;
+* ``-o`` values parsed as YAML and unknown keys refused (a typo is an error, not a new key);
+* checkpoints loaded weights-only, written atomically;
+* the effective config, args and package versions saved in the experiment directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import glob
+import os
+import platform
+import random
+import re
+import subprocess
+import sys
+from argparse import Namespace
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+import s3prl_ser
+from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.training.config import ConfigError, apply_overrides
+from s3prl_ser.hub.registry import default_config, register
+from s3prl_ser.training.run_identity import RUN_ARGS, describe, previous_run_files, run_identity, significant_differences
+
+__all__ = ["build_parser", "requested_run", "get_downstream_args", "environment_record", "main"]
+
+# Arguments a resumed run must not take from its checkpoint (as in s3prl).
+_NOT_RESUMED = ("mode", "evaluate_split", "override", "backend", "local_rank", "past_exp", "device")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train or evaluate an s3prl downstream task (s3prl-ser).")
+    parser.add_argument("-m", "--mode", choices=["train", "evaluate", "inference"], required=True)
+    parser.add_argument("-t", "--evaluate_split", default="test",
+                        help="split for -m evaluate; the audio file for -m inference")
+    parser.add_argument("-o", "--override",
+                        help='overrides, e.g. "config.optimizer.lr=1.0e-3,,args.seed=3"; keys must exist')
+    parser.add_argument("--backend", help="torch.distributed backend (default: nccl on CUDA, gloo on CPU)")
+    parser.add_argument("--local_rank", type=int, help="set by the launcher; torchrun's LOCAL_RANK is read too")
+    parser.add_argument("-e", "--past_exp", metavar="{CKPT_PATH,CKPT_DIR}", help="resume from a checkpoint")
+    parser.add_argument("-i", "--init_ckpt", metavar="CKPT_PATH", help="load weights only (for evaluation)")
+    parser.add_argument("-c", "--config", help="yaml config (default: downstream/<task>/config.yaml)")
+    parser.add_argument("-d", "--downstream", help="downstream task, e.g. emotion_ecapa or emotion")
+    parser.add_argument("-v", "--downstream_variant", help="task variant, e.g. the fold (fold1..fold5)")
+    parser.add_argument("--hub", default="torch", choices=["torch"], help="upstream hub (offline: torch only)")
+    parser.add_argument("-u", "--upstream", help="an s3prl hub entry (see `s3prl.hub.options()`)")
+    parser.add_argument("-k", "--upstream_ckpt", metavar="PATH", help="checkpoint for *_local upstreams")
+    parser.add_argument("-g", "--upstream_model_config", help="config file of the upstream model")
+    parser.add_argument("-r", "--upstream_refresh", action="store_true", help="re-download cached upstreams")
+    parser.add_argument("-f", "--upstream_trainable", action="store_true", help="fine-tune the upstream")
+    parser.add_argument("-s", "--upstream_feature_selection", default="hidden_states")
+    parser.add_argument("-l", "--upstream_layer_selection", type=int)
+    parser.add_argument("--upstream_feature_normalize", action="store_true")
+    parser.add_argument("--upstream_model_name", default="model.pt")
+    parser.add_argument("--upstream_revision")
+    parser.add_argument("-n", "--expname", help="experiment name: result/downstream/<expname>")
+    parser.add_argument("-p", "--expdir", help="experiment directory (overrides -n)")
+    parser.add_argument("-a", "--auto_resume", action="store_true", help="resume if expdir has checkpoints")
+    parser.add_argument("--push_to_hf_hub", default=False, help=argparse.SUPPRESS)
+    parser.add_argument("--hf_hub_org", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", default=1337, type=int)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cache_dir", help="torch hub cache directory")
+    parser.add_argument("--verbose", action="store_true", help="print the models")
+    parser.add_argument("--disable_cudnn", action="store_true")
+    return parser
+
+
+def latest_states(directory: str) -> str | None:
+    paths = glob.glob(os.path.join(directory, "states-*.ckpt"))
+    if not paths:
+        return None
+    return max(paths, key=lambda p: int(re.search(r"states-(\d+)\.ckpt$", p).group(1)))
+
+
+def _explicit_args(argv: list[str] | None) -> dict:
+    """The arguments the command line actually gives (defaults left out)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def requested_run(argv: list[str] | None = None) -> tuple[Namespace, dict]:
+    """The args and config a fresh run of ``argv`` would use; reads the config, writes nothing."""
+    args = build_parser().parse_args(argv)
+    if args.downstream is None:
+        raise ConfigError("choose a downstream task with -d (e.g. -d emotion_ecapa)")
+    if args.upstream is None:
+        raise ConfigError("choose an upstream with -u (e.g. -u fbank, -u hubert_local -k CKPT)")
+    args.config = args.config or str(default_config(args.downstream))
+    with open(args.config) as handle:
+        config = yaml.safe_load(handle)
+    if args.override and args.override.lower() != "none":
+        apply_overrides(args.override, args, config)
+    return args, config
+
+
+def _check_resume(ckpt_path: str, ckpt: dict, args: Namespace, config: dict, argv: list[str] | None) -> None:
+    """Refuse a resumed training that would not continue the checkpoint's own run.
+
+    ``args``/``config``: the resumed ones after this command's overrides. Run arguments given
+    on the command line (which a resume otherwise ignores), a ``-c`` file, or overrides that
+    change anything outside ``config.runner`` and data-feeding settings are refused, and so is
+    resuming into another directory than the checkpoint's (its k-best record lives there).
+    """
+    explicit = _explicit_args(argv)
+    requested_args = {key: getattr(args, key, None) for key in RUN_ARGS} | {
+        key: value for key, value in explicit.items() if key in RUN_ARGS}
+    requested_config = config
+    if "config" in explicit:
+        with open(explicit["config"]) as handle:
+            requested_config = yaml.safe_load(handle)
+        if args.override and args.override.lower() != "none":
+            apply_overrides(args.override, Namespace(**vars(args)), requested_config)
+    changed = significant_differences(run_identity(ckpt["Args"], ckpt["Config"]),
+                                      run_identity(requested_args, requested_config), resuming=True)
+    if changed:
+        raise ConfigError(
+            f"{ckpt_path} belongs to a run with other settings ({describe(changed)}); resuming would mix "
+            "two experiments: drop those arguments to resume it, or start a new run with another -p/-n"
+        )
+    home = os.path.dirname(os.path.abspath(ckpt_path))
+    if os.path.abspath(args.expdir) != home:
+        raise ConfigError(
+            f"-p/-n {args.expdir} is not the directory of {ckpt_path}: a run resumes where its k-best "
+            f"record is; move the run there first, or resume with -p {home}"
+        )
+
+
+def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]:
+    """Parse the command line; resume args/config from a checkpoint; apply overrides.
+
+    Training refuses to start afresh in a directory holding an earlier run, and refuses to
+    resume a run with arguments or config (outside ``runner``) that differ from its checkpoint's.
+    A resumed run works in the directory given by ``-p``/``-n``, else in its checkpoint's
+    directory (s3prl uses the directory stored in the checkpoint, which is wrong once moved).
+    """
+    args = build_parser().parse_args(argv)
+    local_rank = args.local_rank if args.local_rank is not None else (
+        int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None)
+    expdir = args.expdir or (f"result/downstream/{args.expname}" if args.expname else None)
+    if expdir is None and args.past_exp is None:
+        raise ConfigError("name the experiment with -n NAME or -p EXPDIR")
+
+    past_exp = args.past_exp
+    if args.auto_resume and expdir and os.path.isdir(expdir) and latest_states(expdir):
+        past_exp = expdir
+
+    if not past_exp:
+        args, config = requested_run(argv)
+        args.local_rank, args.expdir = local_rank, expdir
+        earlier = previous_run_files(args.expdir) if args.mode == "train" else []
+        if earlier:
+            raise ConfigError(
+                f"{args.expdir} already holds a run ({', '.join(earlier[:4])}{', ...' if len(earlier) > 4 else ''}): "
+                "resume it with -a (or -e CKPT), or choose a new -p/-n; nothing was overwritten"
+            )
+        os.makedirs(args.expdir, exist_ok=True)
+        return args, config
+
+    ckpt_path = latest_states(past_exp) if os.path.isdir(past_exp) else past_exp
+    if ckpt_path is None or not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f"no checkpoint to resume from at {past_exp}")
+    print(f"[Runner] - Resume from {ckpt_path}")
+    ckpt = safe_torch_load(ckpt_path)
+    if "Args" not in ckpt or "Config" not in ckpt:
+        raise ValueError(f"{ckpt_path}: not an s3prl runner checkpoint (no Args/Config)")
+    resumed = vars(ckpt["Args"]).copy()
+    resumed.update({k: v for k, v in vars(args).items() if k in _NOT_RESUMED})
+    args = Namespace(**resumed)
+    args.past_exp, args.local_rank, args.init_ckpt = past_exp, local_rank, ckpt_path
+    args.expdir = expdir or os.path.dirname(os.path.abspath(ckpt_path))
+    config = copy.deepcopy(ckpt["Config"])
+    if args.override and args.override.lower() != "none":
+        apply_overrides(args.override, args, config)
+    if args.mode == "train":
+        _check_resume(ckpt_path, ckpt, args, config, argv)
+    os.makedirs(args.expdir, exist_ok=True)
+    return args, config
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(s3prl_ser.__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_record() -> dict:
+    """Versions of the code and packages that produced a run."""
+    packages = {}
+    for name in ("s3prl-ser", "s3prl", "torch", "torchaudio", "numpy", "soundfile", "tensorboardX"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "git_commit": _git_commit(), "packages": packages,
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "command": sys.argv}
+
+
+def _save_run_record(args: Namespace, config: dict) -> None:
+    from s3prl.utility.helper import get_time_tag
+
+    tag = get_time_tag()
+    with open(os.path.join(args.expdir, f"args_{tag}.yaml"), "w") as handle:
+        yaml.safe_dump(vars(args), handle)
+    with open(os.path.join(args.expdir, f"config_{tag}.yaml"), "w") as handle:
+        yaml.safe_dump(config, handle)
+    with open(os.path.join(args.expdir, f"versions_{tag}.yaml"), "w") as handle:
+        yaml.safe_dump(environment_record(), handle)
+
+
+def _seed_everything(args: Namespace) -> None:
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(args.seed)
+    torch.backends.cudnn.enabled = not args.disable_cudnn
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def run(args: Namespace, config: dict) -> "SERRunner":
+    """Build the runner for parsed ``args``/``config`` and execute ``args.mode``."""
+    from s3prl.utility.helper import is_leader_process
+
+    from s3prl_ser.training.runner import SERRunner
+
+    # s3prl's run_downstream calls hack_isinstance(), a torch<1.8 DDP workaround that wraps
+    # builtins.isinstance again on every call: repeated in-process runs (cross-validation)
+    # would slow every isinstance check. It is not needed on torch >= 1.8, so it is not called.
+    if args.cache_dir is not None:
+        torch.hub.set_dir(args.cache_dir)
+    if args.local_rank is not None and not torch.distributed.is_initialized():
+        if args.device.startswith("cuda"):
+            torch.cuda.set_device(args.local_rank)
+        torch.distributed.init_process_group(args.backend or ("nccl" if args.device.startswith("cuda") else "gloo"))
+    if args.mode == "train" and args.past_exp:
+        ckpt = safe_torch_load(args.init_ckpt)
+        was_ddp = ckpt["Args"].local_rank is not None
+        if was_ddp != torch.distributed.is_initialized():
+            raise ValueError(f"{args.init_ckpt} was trained {'with' if was_ddp else 'without'} DDP; resume it the same way")
+        if was_ddp and ckpt.get("WorldSize") != torch.distributed.get_world_size():
+            raise ValueError(f"{args.init_ckpt} was trained with {ckpt.get('WorldSize')} processes")
+    if is_leader_process():
+        _save_run_record(args, config)
+    _seed_everything(args)
+    runner = SERRunner(args, config)
+    if args.verbose:
+        for entry in runner.all_entries:
+            print(entry.model)
+    getattr(runner, args.mode)()
+    return runner
+
+
+def main(argv: list[str] | None = None) -> None:
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    register()
+    try:
+        args, config = get_downstream_args(argv)
+    except (ConfigError, FileNotFoundError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    run(args, config)
+
+
+if __name__ == "__main__":
+    main()

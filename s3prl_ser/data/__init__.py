@@ -1,0 +1,1 @@
+"""Audio, datasets, folds, the training sampler and corpus preparation."""

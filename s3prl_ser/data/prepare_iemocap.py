@@ -1,0 +1,225 @@
+"""Prepare IEMOCAP's leave-one-session-out meta data, as s3prl's ``IEMOCAP_preprocess.py``.
+
+Usage::
+
+    python -m s3prl_ser.data.prepare_iemocap IEMOCAP_ROOT --out META_DIR
+
+reads the raw release layout::
+
+    IEMOCAP_ROOT/SessionN/dialog/EmoEvaluation/<dialog>.txt     utterance labels
+    IEMOCAP_ROOT/SessionN/dialog/transcriptions/<dialog>.txt    transcripts
+    IEMOCAP_ROOT/SessionN/sentences/wav/<dialog>/<utt>.wav      audio
+
+and writes, for each session N, ``META_DIR/SessionN/{train,test}_meta_data.json`` in the
+schema of s3prl's emotion downstream, plus ``META_DIR/transcripts.json`` (utterance -> text).
+
+Selection is SUPERB's: keep neu/hap/ang/sad/exc, merge exc into hap, drop every other label
+and utterances without audio. Paths are relative to IEMOCAP_ROOT; ``speaker`` is the file-name
+prefix (the dialog owner), exactly as s3prl writes it.
+
+Order matters, because the SUPERB dev split is a seeded permutation of the train list.
+s3prl visits sessions in sorted order but label files in ``os.listdir`` order, which depends
+on the file system. The default here sorts label files, so the output is the same on every
+machine; ``--file-order listdir`` reproduces the JSON stock s3prl writes on this machine.
+To reuse the meta data of an existing SUPERB run, point the downstream at that JSON instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+__all__ = [
+    "LABELS",
+    "IEMOCAP_CODES",
+    "Utterance",
+    "PreparationError",
+    "read_label_file",
+    "read_transcripts",
+    "collect_session",
+    "prepare",
+]
+
+LABELS = {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
+IEMOCAP_CODES = frozenset({"neu", "hap", "exc", "ang", "sad", "fru", "sur", "fea", "dis", "oth", "xxx"})
+_KEEP = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
+_TRANSCRIPT_LINE = re.compile(r"^(\S+)\s+\[[^\]]*\]:\s?(.*)$")
+
+FileOrder = Literal["sorted", "listdir"]
+
+
+class PreparationError(ValueError):
+    """The corpus does not have the expected layout or content; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One kept utterance: ``path`` relative to the corpus root, ``label`` after merging."""
+
+    name: str
+    path: str
+    label: str
+    speaker: str
+
+    def meta(self) -> dict[str, str]:
+        return {"path": self.path, "label": self.label, "speaker": self.speaker}
+
+
+def read_label_file(path: Path) -> list[tuple[str, str]]:
+    """``(utterance, code)`` for every turn line (``[start - end]\\tname\\tcode\\t[v, a, d]``)."""
+    turns = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.startswith("["):
+                continue
+            fields = [f for f in re.split("[\t\n]", line) if f]
+            if len(fields) < 3:
+                raise PreparationError(f"{path}:{number}: malformed label line {line.strip()!r}")
+            name, code = fields[1].strip(), fields[2].strip()
+            if code not in IEMOCAP_CODES:
+                raise PreparationError(
+                    f"{path}:{number}: unknown emotion code {code!r} for {name} "
+                    f"(IEMOCAP codes: {', '.join(sorted(IEMOCAP_CODES))})"
+                )
+            turns.append((name, code))
+    return turns
+
+
+def read_transcripts(session_dir: Path) -> dict[str, str]:
+    """Utterance -> transcript from ``dialog/transcriptions/*.txt`` (non-turn lines skipped)."""
+    texts: dict[str, str] = {}
+    for path in sorted((session_dir / "dialog" / "transcriptions").glob("*.txt")):
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                match = _TRANSCRIPT_LINE.match(line.strip())
+                if match:
+                    texts[match.group(1)] = match.group(2).strip()
+    return texts
+
+
+def _label_files(label_dir: Path, order: FileOrder) -> list[str]:
+    names = [n for n in os.listdir(label_dir) if os.path.splitext(n)[1] == ".txt"]
+    return sorted(names) if order == "sorted" else names
+
+
+def collect_session(root: Path, session: str, order: FileOrder = "sorted") -> list[Utterance]:
+    """Kept utterances of one session, in s3prl's order (label files, then lines)."""
+    session_dir = root / session
+    label_dir = session_dir / "dialog" / "EmoEvaluation"
+    wav_dir = session_dir / "sentences" / "wav"
+    for required in (label_dir, wav_dir):
+        if not required.is_dir():
+            raise PreparationError(f"{required}: directory not found (is {root} an IEMOCAP root?)")
+    wavs = {p.stem: p for p in wav_dir.rglob("*.wav")}
+    kept: list[Utterance] = []
+    missing: list[str] = []
+    for name in _label_files(label_dir, order):
+        for utterance, code in read_label_file(label_dir / name):
+            if code not in _KEEP:
+                continue
+            if utterance not in wavs:
+                missing.append(f"{utterance} ({label_dir / name})")
+                continue
+            relative = wavs[utterance].relative_to(root).as_posix()
+            kept.append(Utterance(utterance, relative, _KEEP[code], utterance.split("_")[0]))
+    if missing:
+        shown = "; ".join(missing[:5]) + (f"; ... {len(missing) - 5} more" if len(missing) > 5 else "")
+        warnings.warn(f"{session}: {len(missing)} labelled utterance(s) have no audio and are dropped: {shown}")
+    if not kept:
+        raise PreparationError(f"{session_dir}: no utterance with a neu/hap/exc/ang/sad label and audio")
+    return kept
+
+
+def _write_json(data: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _count_table(per_session: dict[str, list[Utterance]]) -> str:
+    header = f"{'fold':<7}{'split':<7}" + "".join(f"{l:>7}" for l in LABELS) + f"{'total':>8}"
+    lines = [header, "-" * len(header)]
+    for index, session in enumerate(per_session, start=1):
+        for split in ("train", "test"):
+            items = [u for s, us in per_session.items() if (s == session) == (split == "test") for u in us]
+            counts = Counter(u.label for u in items)
+            lines.append(
+                f"{'fold' + str(index):<7}{split:<7}"
+                + "".join(f"{counts[l]:>7}" for l in LABELS)
+                + f"{len(items):>8}"
+            )
+    everything = Counter(u.label for us in per_session.values() for u in us)
+    total = sum(everything.values())
+    lines.append(f"{'all':<14}" + "".join(f"{everything[l]:>7}" for l in LABELS) + f"{total:>8}")
+    return "\n".join(lines)
+
+
+def prepare(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    sessions: Iterable[int] = (1, 2, 3, 4, 5),
+    order: FileOrder = "sorted",
+) -> dict[str, list[Utterance]]:
+    """Write every fold's meta data and the transcripts; return the kept utterances by session.
+
+    Fold N (``META_DIR/SessionN``) tests on session N and trains on the others, in session
+    order. Raises :class:`PreparationError` naming the file for missing sessions, malformed
+    label lines and unknown codes; warns (naming them) about labelled utterances without audio.
+    """
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise PreparationError(f"{root}: IEMOCAP root directory not found")
+    names = [f"Session{n}" for n in sessions]
+    absent = [n for n in names if not (root / n).is_dir()]
+    if absent:
+        raise PreparationError(f"{root}: missing {', '.join(absent)} (found: "
+                               f"{', '.join(sorted(p.name for p in root.glob('Session*'))) or 'none'})")
+    per_session = {name: collect_session(root, name, order) for name in names}
+    for name in names:
+        train = [u.meta() for s in names if s != name for u in per_session[s]]
+        test = [u.meta() for u in per_session[name]]
+        _write_json({"labels": LABELS, "meta_data": train}, out / name / "train_meta_data.json")
+        _write_json({"labels": LABELS, "meta_data": test}, out / name / "test_meta_data.json")
+    transcripts: dict[str, str] = {}
+    for name in names:
+        texts = read_transcripts(root / name)
+        for utterance in per_session[name]:
+            if utterance.name not in texts:
+                warnings.warn(f"{root / name}/dialog/transcriptions: no transcript for {utterance.name}")
+            transcripts[utterance.name] = texts.get(utterance.name, "")
+    _write_json(transcripts, out / "transcripts.json")
+    return per_session
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m s3prl_ser.data.prepare_iemocap",
+        description="Write s3prl emotion meta data (leave-one-session-out folds) for IEMOCAP."
+    )
+    parser.add_argument("root", type=Path, help="IEMOCAP release root (contains Session1..5)")
+    parser.add_argument("--out", type=Path, required=True, help="output META_DIR")
+    parser.add_argument("--sessions", default="1,2,3,4,5", help="comma-separated session numbers")
+    parser.add_argument("--file-order", choices=["sorted", "listdir"], default="sorted",
+                        help="label-file order; 'listdir' reproduces stock s3prl on this machine")
+    args = parser.parse_args(argv)
+    try:
+        sessions = [int(s) for s in args.sessions.split(",")]
+        per_session = prepare(args.root, args.out, sessions=sessions, order=args.file_order)
+    except (PreparationError, ValueError) as error:
+        sys.exit(f"error: {error}")
+    print(_count_table(per_session))
+    print(f"meta data written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

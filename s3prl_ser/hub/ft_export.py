@@ -1,0 +1,106 @@
+"""Fine-tuned upstreams as s3prl converted checkpoints, and the averaged export of a fold.
+
+A converted checkpoint is what s3prl's ``hubert_local`` / ``wav2vec2_local`` read: the base
+checkpoint's ``task_cfg``, ``model_cfg`` and ``dictionaries_symbols`` plus the fine-tuned
+``model_weight``. Stock s3prl ignores other keys, so the files here also carry the
+fine-tuning head (``ft_head``: Featurizer + classifier state) and, for the export, the class
+order (``ft_class_names``); the head is averaged together with the upstream, so the exported
+file is the complete averaged fine-tuning model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from s3prl_ser.training.best_checkpoints import BestCheckpoints, Entry
+from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files, average_state_dicts
+from s3prl_ser.compat import atomic_torch_save, safe_torch_load
+from s3prl_ser.hub.ft_hub import FT_CHECKPOINT, FT_METADATA
+
+__all__ = [
+    "BASE_FIELDS",
+    "read_base_fields",
+    "converted_checkpoint",
+    "Export",
+    "export_fold",
+    "write_metadata",
+]
+
+BASE_FIELDS = ("task_cfg", "model_cfg", "dictionaries_symbols")
+
+
+def read_base_fields(path: str | os.PathLike) -> dict[str, Any]:
+    """The configs of a converted checkpoint file (``task_cfg``, ``model_cfg``, and
+    ``dictionaries_symbols`` where present), without its weights."""
+    state = safe_torch_load(path)
+    missing = [key for key in ("task_cfg", "model_cfg", "model_weight") if key not in state]
+    if missing:
+        raise ValueError(f"{path}: not an s3prl converted upstream checkpoint (no {', '.join(missing)})")
+    return {key: state[key] for key in BASE_FIELDS if key in state}
+
+
+def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value.detach().cpu().clone() for key, value in state.items()}
+
+
+def converted_checkpoint(
+    base_fields: Mapping[str, Any], model_weight: Mapping[str, torch.Tensor], head: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
+    """A converted checkpoint dict: base configs, ``model_weight`` and ``ft_head`` (CPU copies)."""
+    return {**base_fields, "model_weight": _cpu(model_weight), "ft_head": _cpu(head)}
+
+
+@dataclass(frozen=True)
+class Export:
+    """What :func:`export_fold` wrote: the file and the dev-selected checkpoints it holds."""
+
+    path: Path
+    averaged: bool
+    entries: list[Entry]
+
+
+def export_fold(fold_dir: Path, best_k: int, average: bool, class_names: list[str]) -> Export:
+    """Write ``fold_dir/upstream.ckpt`` from the kept dev-top checkpoints.
+
+    Args:
+        fold_dir: the fold's fine-tuning directory (holds ``dev-top.json`` and the files).
+        best_k: the k the checkpoints were kept with.
+        average: average all kept checkpoints (upstream and head); else copy the best one.
+        class_names: class order of the head's outputs.
+
+    Raises:
+        RuntimeError: no dev checkpoint was kept.
+    """
+    entries = BestCheckpoints(fold_dir, best_k, prefix="dev-top").entries()
+    if not entries:
+        raise RuntimeError(f"{fold_dir}: no dev checkpoint was kept (is runner.eval_step larger than total_steps?)")
+    chosen = entries if average else entries[:1]
+    paths = [fold_dir / entry.name for entry in chosen]
+    if average:
+        state = average_checkpoint_files(paths)
+        # Heads one file at a time: average_checkpoint_files averaged model_weight only.
+        state["ft_head"] = average_state_dicts(
+            [safe_torch_load(path)["ft_head"] for path in paths], [f"{path} [ft_head]" for path in paths]
+        )
+    else:
+        state = safe_torch_load(paths[0])
+    state["Averaged"] = {"paths": [path.name for path in paths], "steps": [entry.step for entry in chosen]}
+    state["ft_class_names"] = list(class_names)
+    output = fold_dir / FT_CHECKPOINT
+    atomic_torch_save(state, output)
+    return Export(output, average, chosen)
+
+
+def write_metadata(fold_dir: Path, record: Mapping[str, Any]) -> Path:
+    """Write ``fold_dir/upstream.json`` atomically (its presence marks the fold as finished)."""
+    path = fold_dir / FT_METADATA
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,78 @@
+"""Several s3prl upstreams in one run: ``-u NAME1,NAME2 -k CKPT1,CKPT2``.
+
+s3prl's runner holds one upstream and one featurizer. :class:`MultiUpstream` holds one
+upstream per name and returns each one's output; :class:`MultiFeaturizer` holds one s3prl
+``Featurizer`` per upstream (its own layer weights) and returns one feature stream per
+upstream. ``output_dim`` and ``downsample_rate`` become lists, which the ``emotion_ecapa``
+expert reads as several streams to fuse.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from torch import Tensor, nn
+
+from s3prl_ser.hub.upstreams import build_upstream
+
+__all__ = ["split_names", "MultiUpstream", "MultiFeaturizer", "build_upstreams", "build_featurizer"]
+
+
+def split_names(upstream: str, ckpt: Optional[str]) -> list[tuple[str, Optional[str]]]:
+    """``"a,b"`` and ``"k1,"`` -> ``[("a", "k1"), ("b", None)]`` (empty checkpoint entries allowed)."""
+    names = [n.strip() for n in upstream.split(",")]
+    ckpts = [c.strip() or None for c in ckpt.split(",")] if ckpt else [None] * len(names)
+    if "" in names:
+        raise ValueError(f"empty upstream name in -u {upstream!r}")
+    if len(ckpts) != len(names):
+        raise ValueError(f"-u names {len(names)} upstreams but -k gives {len(ckpts)} checkpoints: {ckpt!r}")
+    return list(zip(names, ckpts))
+
+
+class MultiUpstream(nn.Module):
+    """Upstreams run on the same waveforms; ``forward`` returns their outputs in order."""
+
+    def __init__(self, upstreams: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.upstreams = nn.ModuleList(upstreams)
+
+    def get_downsample_rates(self, key: str) -> list[int]:
+        return [up.get_downsample_rates(key) for up in self.upstreams]
+
+    def forward(self, wavs: list[Tensor]) -> list[dict[str, Any]]:
+        return [up(wavs) for up in self.upstreams]
+
+
+class MultiFeaturizer(nn.Module):
+    """One s3prl ``Featurizer`` per upstream; returns S streams of B ``(T_{s,b}, D_s)`` tensors."""
+
+    def __init__(self, featurizers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.featurizers = nn.ModuleList(featurizers)
+        self.output_dim = [f.output_dim for f in featurizers]
+        self.downsample_rate = [f.downsample_rate for f in featurizers]
+
+    def forward(self, wavs: list[Tensor], outputs: list[dict[str, Any]]) -> list[list[Tensor]]:
+        return [featurizer(wavs, out) for featurizer, out in zip(self.featurizers, outputs)]
+
+
+def build_upstreams(upstream: str, ckpt: Optional[str], model_config: Optional[str] = None,
+                    refresh: bool = False, fold: Optional[str] = None) -> nn.Module:
+    """One upstream, or a :class:`MultiUpstream` when ``upstream`` names several."""
+    pairs = split_names(upstream, ckpt)
+    modules = [build_upstream(name, path, model_config, refresh, fold) for name, path in pairs]
+    return modules[0] if len(modules) == 1 else MultiUpstream(modules)
+
+
+def build_featurizer(upstream: nn.Module, feature_selection: str, layer_selection: Optional[int],
+                     device: str, normalize: bool) -> nn.Module:
+    """s3prl's ``Featurizer`` for one upstream, a :class:`MultiFeaturizer` for a MultiUpstream."""
+    from s3prl.upstream.interfaces import Featurizer
+
+    def one(module: nn.Module) -> nn.Module:
+        return Featurizer(upstream=module, feature_selection=feature_selection, upstream_device=device,
+                          layer_selection=layer_selection, normalize=normalize)
+
+    if isinstance(upstream, MultiUpstream):
+        return MultiFeaturizer([one(up) for up in upstream.upstreams])
+    return one(upstream)

@@ -1,0 +1,136 @@
+"""Emotion classifiers over one or several feature streams, with early or late fusion.
+
+A *stream* is one upstream's features: a list of ``(T_b, D_s)`` tensors, one per utterance.
+
+* single stream: aggregator (mean or ECAPA-TDNN) + linear (paper experiments 1-6, 9, 10);
+* ``early``: streams aligned frame by frame and concatenated along features before one
+  aggregator (experiment 7: HuBERT + W2V2);
+* ``late``: one aggregator per stream, utterance embeddings concatenated before the linear
+  classifier (experiments 8 and 11: HuBERT & W2V2, fbank & BERT).
+
+Alignment rule for early fusion (:func:`align_streams`): every stream is brought to the
+coarsest frame rate -- the largest downsample rate r_max, in samples per frame -- by
+averaging each run of ``r_max / r_s`` consecutive frames (a trailing partial run is averaged
+over the frames it has), then all streams are cut to the shortest one. The ratios must be
+integers (fbank's 160 and HuBERT's 320 give 2). Upstreams disagree by a frame or two at the
+utterance edges (padding conventions), hence the cut; a larger disagreement means the rates
+are wrong and raises an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
+
+from s3prl_ser.models.classifier import build_aggregator
+
+__all__ = ["FUSIONS", "MAX_FRAME_MISMATCH", "pool_frames", "align_streams", "EmotionClassifier"]
+
+FUSIONS = ("early", "late")
+MAX_FRAME_MISMATCH = 2
+
+
+def pool_frames(frames: Tensor, factor: int) -> Tensor:
+    """Average each run of ``factor`` consecutive frames: ``(T, D) -> (ceil(T / factor), D)``."""
+    if factor == 1:
+        return frames
+    length = frames.shape[0]
+    groups = -(-length // factor)
+    padded = torch.nn.functional.pad(frames, (0, 0, 0, groups * factor - length))
+    counts = torch.full((groups, 1), float(factor), dtype=frames.dtype, device=frames.device)
+    counts[-1] = length - (groups - 1) * factor
+    return padded.view(groups, factor, -1).sum(dim=1) / counts
+
+
+def align_streams(streams: Sequence[Sequence[Tensor]], rates: Sequence[int]) -> list[list[Tensor]]:
+    """Bring streams to a common frame rate and length (see the module docstring).
+
+    Args:
+        streams: S streams, each a list of B tensors ``(T_{s,b}, D_s)``.
+        rates: downsample rate (input samples per frame) of each stream.
+
+    Returns:
+        S lists of B tensors ``(T_b, D_s)``, equal ``T_b`` across streams.
+    """
+    if len(streams) != len(rates):
+        raise ValueError(f"{len(streams)} streams but {len(rates)} downsample rates")
+    coarsest = max(rates)
+    for rate in rates:
+        if coarsest % rate:
+            raise ValueError(
+                f"early fusion needs frame rates that divide each other; downsample rates {list(rates)} do not"
+            )
+    pooled = [[pool_frames(f, coarsest // rate) for f in stream] for stream, rate in zip(streams, rates)]
+    aligned: list[list[Tensor]] = [[] for _ in streams]
+    for b in range(len(streams[0])):
+        lengths = [stream[b].shape[0] for stream in pooled]
+        if max(lengths) - min(lengths) > MAX_FRAME_MISMATCH:
+            raise ValueError(
+                f"utterance {b}: streams have {lengths} frames at {coarsest} samples per frame; "
+                f"more than {MAX_FRAME_MISMATCH} apart, so the downsample rates {list(rates)} are inconsistent"
+            )
+        for s, stream in enumerate(pooled):
+            aligned[s].append(stream[b][: min(lengths)])
+    return aligned
+
+
+def _pad(frames: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    lengths = torch.tensor([f.shape[0] for f in frames], device=frames[0].device)
+    return pad_sequence(list(frames), batch_first=True), lengths
+
+
+class EmotionClassifier(nn.Module):
+    """Aggregator(s) + linear classifier over one or several feature streams.
+
+    Args:
+        input_sizes: feature dimension of each stream.
+        rates: downsample rate of each stream (used by early fusion only).
+        num_classes: number of emotion classes.
+        aggregator: ``"mean"`` or ``"ecapa"``.
+        ecapa: ECAPA-TDNN keyword arguments.
+        fusion: ``None`` for one stream, ``"early"`` or ``"late"`` for several.
+    """
+
+    def __init__(
+        self,
+        input_sizes: Sequence[int],
+        rates: Sequence[int],
+        num_classes: int,
+        aggregator: str = "ecapa",
+        ecapa: Optional[Mapping[str, Any]] = None,
+        fusion: Optional[str] = None,
+    ) -> None:
+        super().__init__()
+        if len(input_sizes) != len(rates) or not input_sizes:
+            raise ValueError(f"need one rate per stream, got sizes {list(input_sizes)} and rates {list(rates)}")
+        if len(input_sizes) > 1 and fusion not in FUSIONS:
+            raise ValueError(f"{len(input_sizes)} feature streams need fusion 'early' or 'late', got {fusion!r}")
+        if fusion == "early" and min(rates) <= 0:
+            raise ValueError("a stream without a frame rate (text) can only be fused late: set fusion: late")
+        if len(input_sizes) == 1 and fusion is not None:
+            raise ValueError(f"fusion {fusion!r} needs several upstreams (-u NAME1,NAME2), got one")
+        self.rates = list(rates)
+        self.fusion = fusion
+        if fusion == "late":
+            self.aggregators = nn.ModuleList(build_aggregator(aggregator, d, ecapa) for d in input_sizes)
+        else:
+            self.aggregators = nn.ModuleList([build_aggregator(aggregator, sum(input_sizes), ecapa)])
+        self.classifier = nn.Linear(sum(a.output_size for a in self.aggregators), num_classes)
+
+    def embed(self, streams: Sequence[Sequence[Tensor]]) -> Tensor:
+        """S streams of B tensors ``(T_{s,b}, D_s)`` -> utterance embeddings ``(B, E)``."""
+        if len(streams) != len(self.rates):
+            raise ValueError(f"expected {len(self.rates)} feature streams, got {len(streams)}")
+        if self.fusion == "late":
+            return torch.cat([agg(*_pad(stream)) for agg, stream in zip(self.aggregators, streams)], dim=-1)
+        if self.fusion == "early":
+            streams = align_streams(streams, self.rates)
+        frames = [torch.cat(parts, dim=-1) for parts in zip(*streams)]
+        return self.aggregators[0](*_pad(frames))
+
+    def forward(self, streams: Sequence[Sequence[Tensor]]) -> Tensor:
+        """S streams of B tensors ``(T_{s,b}, D_s)`` -> logits ``(B, num_classes)``."""
+        return self.classifier(self.embed(streams))

@@ -1,0 +1,1 @@
+"""The training core shared by both stages: loop, states, k-best, averaging, config, metrics."""

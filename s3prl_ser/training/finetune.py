@@ -1,0 +1,150 @@
+"""One fold end to end: fine-tune (or resume), export the k best (averaged), test once, record.
+
+The test split is scored exactly once, on the exported model, after everything it could
+influence is fixed; its numbers go to the metadata only.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.data.folds import fold_session
+from s3prl_ser.hub.ft_hub import FT_CHECKPOINT, FT_METADATA
+from s3prl_ser.training.run_identity import describe, significant_differences
+from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts
+from s3prl_ser.data.fold_data import load_fold_data
+from s3prl_ser.training.distributed import Distributed
+from s3prl_ser.hub.ft_export import export_fold, read_base_fields, write_metadata
+from s3prl_ser.models.finetune import FineTuneModel, TextFineTuneModel, configure_feature_encoder
+from s3prl_ser.training.finetune_trainer import FoldTrainer
+from s3prl_ser.hub.exportable import export_loader, load_upstream
+
+__all__ = ["TEXT", "exported_metadata", "seed_everything", "run_fold"]
+
+TEXT = "text"  # -u text: fine-tune a Hugging Face text encoder (-k DIR) on the transcripts
+
+
+def exported_metadata(fold_dir: Path, requested: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The fold's metadata if its export is complete (checkpoint and metadata), else None.
+
+    Args:
+        requested: ``{"base_upstream", "base_ckpt", "config", "seed"}`` of the run asking; an
+            export made with other values raises ``ValueError`` instead of being reused.
+    """
+    checkpoint, metadata = fold_dir / FT_CHECKPOINT, fold_dir / FT_METADATA
+    if not (checkpoint.is_file() and metadata.is_file()):
+        return None
+    record = json.loads(metadata.read_text(encoding="utf-8"))
+    if requested is not None:
+        changed = significant_differences({key: record.get(key) for key in requested}, requested)
+        if changed:
+            raise ValueError(
+                f"{fold_dir} was exported with other settings ({describe(changed)}): "
+                "use another -p FT_DIR, or move that fold away to redo it"
+            )
+    return record
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _text_model(encoder_dir: str | None, config: Mapping[str, Any], data: Any,
+                device: str) -> tuple[TextFineTuneModel, dict[str, Any], Path]:
+    """The text fine-tuning model and the configs its checkpoints carry (for averaging checks)."""
+    if encoder_dir is None:
+        raise ValueError("-u text needs -k DIR: a local Hugging Face text encoder (e.g. a saved BERT)")
+    datarc = config["datarc"]
+    source = Path(datarc["transcripts"] or Path(datarc["meta_data"]) / "transcripts.json")
+    encoder = TextEncoder(encoder_dir)
+    model = TextFineTuneModel(encoder, load_transcripts(source), str(source), len(data.class_names),
+                              config["upstream"]["feature_selection"], device)
+    model_cfg = json.loads(encoder.model.config.to_json_string())
+    return model, {"task_cfg": {"modality": TEXT, "base": str(encoder_dir)}, "model_cfg": model_cfg}, Path(encoder_dir)
+
+
+def run_fold(
+    upstream_name: str,
+    upstream_ckpt: str | None,
+    fold: str,
+    config: Mapping[str, Any],
+    fold_dir: Path,
+    *,
+    device: str,
+    dist: Distributed,
+    seed: int,
+    environment: Mapping[str, Any],
+) -> dict[str, Any] | None:
+    """Fine-tune, export and test ``fold`` in ``fold_dir``; return its metadata (rank 0; else None).
+
+    Raises:
+        UnsupportedUpstreamError: the upstream cannot be exported (before any training).
+    """
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    data = load_fold_data(config["datarc"], fold, read_audio=upstream_name != TEXT)
+    if upstream_name == TEXT:
+        model, base_fields, base_file = _text_model(upstream_ckpt, config, data, device)
+        loader = TEXT
+    else:
+        loaded = load_upstream(upstream_name, upstream_ckpt, fold)
+        loader = export_loader(loaded)
+        base_fields, base_file = read_base_fields(loaded.source_file), loaded.source_file
+        configure_feature_encoder(loaded.expert, config["upstream"]["freeze_feature_encoder"])
+        model = FineTuneModel(loaded.expert, len(data.class_names), config["upstream"]["feature_selection"], device)
+    # The schedule (config.runner) may change on resume, e.g. to train longer; nothing else may.
+    identity = {"fold": fold, "upstream": upstream_name, "upstream_ckpt": upstream_ckpt,
+                "world_size": dist.world_size, "seed": seed,
+                "config": {key: value for key, value in config.items() if key != "runner"}}
+    trainer = FoldTrainer(model, data, config, fold_dir, base_fields=base_fields, identity=identity,
+                          device=device, dist=dist, seed=seed)
+    try:
+        trainer.log(f"splits: train {len(data.train)}, dev {len(data.dev)} ({config['datarc']['split']} split), "
+                    f"test {fold_session(fold)} ({len(data.test)})")
+        trainer.train()
+        if not dist.is_leader:
+            return None
+        averaging = config["checkpoint_averaging"]
+        export = export_fold(fold_dir, averaging["best_k"], averaging["average"], data.class_names)
+        # Score the file as written, so the reported numbers belong to the exported model.
+        exported = safe_torch_load(export.path)
+        model.upstream.model.load_state_dict(exported["model_weight"])
+        model.head.load_state_dict(exported["ft_head"])
+        if loader == TEXT:  # the downstream's text stream reads a Hugging Face directory
+            model.upstream.model.save_pretrained(str(fold_dir / "text_encoder"))
+            model.upstream.tokenizer.save_pretrained(str(fold_dir / "text_encoder"))
+        report, loss = trainer.evaluate("test")
+        trainer.log(f"test of the exported model ({'average of' if export.averaged else 'best of'} steps "
+                    f"{[e.step for e in export.entries]}): wa {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}")
+        record = {
+            "base_upstream": upstream_name,
+            "base_ckpt": upstream_ckpt,
+            "base_checkpoint_file": str(base_file),
+            "loader": loader,
+            "modality": "text" if loader == TEXT else "speech",
+            "fold": fold,
+            "test_session": fold_session(fold),
+            "averaged": export.averaged,
+            "checkpoints": [{"step": e.step, "dev_wa": e.score, "file": e.name} for e in export.entries],
+            "class_names": data.class_names,
+            "split_sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
+            "test": dict(report.to_dict(), loss=loss),
+            "config": config,
+            "seed": seed,
+            "environment": dict(environment),
+        }
+        write_metadata(fold_dir, record)
+        return record
+    finally:
+        trainer.close()
