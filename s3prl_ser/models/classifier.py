@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -22,11 +23,11 @@ class _Mean(nn.Module):
         self.output_size = input_size
         self.pool = MeanPooling()
 
-    def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         return self.pool(x, lengths)
 
 
-def build_aggregator(kind: str, input_size: int, ecapa: Optional[Mapping[str, Any]] = None) -> nn.Module:
+def build_aggregator(kind: str, input_size: int, ecapa: Mapping[str, Any] | None = None) -> nn.Module:
     """A frame-to-utterance aggregator: ``(B, T, D), (B,) -> (B, output_size)``.
 
     Args:
@@ -34,6 +35,13 @@ def build_aggregator(kind: str, input_size: int, ecapa: Optional[Mapping[str, An
             (ECAPA-TDNN, experiments 5-11).
         input_size: D.
         ecapa: keyword arguments of :class:`~s3prl_ser.models.ecapa_tdnn.ECAPA_TDNN` (ignored for mean).
+
+    Example:
+        >>> build_aggregator("mean", 8).output_size  # D
+        8
+        >>> ecapa = {"channels": (16, 16, 32), "kernel_sizes": (5, 3, 1), "dilations": (1, 2, 1), "lin_neurons": 12}
+        >>> build_aggregator("ecapa", 8, ecapa).output_size  # lin_neurons
+        12
     """
     if kind == "mean":
         return _Mean(input_size)
@@ -50,6 +58,20 @@ class UtteranceClassifier(nn.Module):
         num_classes: number of emotion classes.
         aggregator: ``"mean"`` or ``"ecapa"``.
         ecapa: ECAPA-TDNN keyword arguments.
+
+    Example:
+        >>> import torch
+        >>> _ = torch.manual_seed(0)
+        >>> small = {"channels": (16, 16, 32), "kernel_sizes": (5, 3, 1), "dilations": (1, 2, 1),
+        ...          "attention_channels": 8, "se_channels": 8, "lin_neurons": 12}  # a tiny ECAPA-TDNN
+        >>> model = UtteranceClassifier(input_size=8, num_classes=4, aggregator="ecapa", ecapa=small)
+        >>> features, lengths = torch.randn(2, 30, 8), torch.tensor([30, 17])  # (B, T, D), (B,)
+        >>> model(features, lengths).shape  # (B, num_classes)
+        torch.Size([2, 4])
+        >>> mean = UtteranceClassifier(input_size=8, num_classes=4, aggregator="mean")
+        >>> logits = mean(features, lengths)
+        >>> torch.allclose(logits[1], mean.classifier(features[1, :17].mean(dim=0)))  # valid frames only
+        True
     """
 
     def __init__(
@@ -57,12 +79,12 @@ class UtteranceClassifier(nn.Module):
         input_size: int,
         num_classes: int,
         aggregator: str = "ecapa",
-        ecapa: Optional[Mapping[str, Any]] = None,
+        ecapa: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.aggregator = build_aggregator(aggregator, input_size, ecapa)
         self.classifier = nn.Linear(self.aggregator.output_size, num_classes)
 
-    def forward(self, features: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+    def forward(self, features: Tensor, lengths: Tensor | None = None) -> Tensor:
         """``(B, T, D)`` features and ``(B,)`` valid frame counts -> ``(B, num_classes)`` logits."""
         return self.classifier(self.aggregator(features, lengths))

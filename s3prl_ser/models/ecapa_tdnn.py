@@ -8,7 +8,7 @@ not depend on what the utterance is batched or padded with, and in training the 
 padding changes nothing.
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +57,7 @@ class Res2NetBlock(nn.Module):
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         chunks = x.chunk(self.scale, dim=1)
         outputs = [chunks[0]]
-        y: Optional[Tensor] = None
+        y: Tensor | None = None
         for block, chunk in zip(self.blocks, chunks[1:]):
             y = block(chunk if y is None else chunk + y, mask)
             outputs.append(y)
@@ -149,6 +149,26 @@ class ECAPA_TDNN(nn.Module):
         se_channels: bottleneck width of the squeeze-excitation.
         global_context: give the attention the utterance mean and std.
         lin_neurons: embedding size.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> model = ECAPA_TDNN(
+        ...     16, channels=(16, 16, 16, 32), kernel_sizes=(5, 3, 3, 1), dilations=(1, 2, 3, 1),
+        ...     attention_channels=8, res2net_scale=4, se_channels=8, lin_neurons=12,
+        ... ).eval()
+        >>> x = torch.randn(3, 40, 16)  # (B, T, D)
+        >>> lengths = torch.tensor([40, 25, 9])
+        >>> emb = model(x, lengths)
+        >>> emb.shape  # (B, lin_neurons)
+        torch.Size([3, 12])
+        >>> # An utterance embeds the same alone as in a padded batch, whatever the padding holds.
+        >>> alone = model(x[1:2, :25])
+        >>> torch.allclose(emb[1], alone[0], atol=1e-5)
+        True
+        >>> garbage = x.clone()
+        >>> garbage[1, 25:] = 1e4
+        >>> torch.allclose(model(garbage, lengths), emb, atol=1e-5)
+        True
     """
 
     def __init__(
@@ -218,7 +238,7 @@ class ECAPA_TDNN(nn.Module):
         self.asp_bn = nn.BatchNorm1d(2 * channels[-1])
         self.fc = nn.Conv1d(2 * channels[-1], lin_neurons, kernel_size=1)
 
-    def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """Embed a padded batch.
 
         Args:

@@ -19,7 +19,8 @@ are wrong and raises an error.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +35,13 @@ MAX_FRAME_MISMATCH = 2
 
 
 def pool_frames(frames: Tensor, factor: int) -> Tensor:
-    """Average each run of ``factor`` consecutive frames: ``(T, D) -> (ceil(T / factor), D)``."""
+    """Average each run of ``factor`` consecutive frames: ``(T, D) -> (ceil(T / factor), D)``.
+
+    Example:
+        >>> pool_frames(torch.tensor([[1.0], [3.0], [5.0]]), 2)  # the trailing partial run has one frame
+        tensor([[2.],
+                [5.]])
+    """
     if factor == 1:
         return frames
     length = frames.shape[0]
@@ -54,6 +61,12 @@ def align_streams(streams: Sequence[Sequence[Tensor]], rates: Sequence[int]) -> 
 
     Returns:
         S lists of B tensors ``(T_b, D_s)``, equal ``T_b`` across streams.
+
+    Example:
+        >>> fbank = [torch.zeros(21, 3)]  # 160 samples per frame
+        >>> hubert = [torch.zeros(10, 5)]  # 320 samples per frame
+        >>> [s[0].shape for s in align_streams([fbank, hubert], [160, 320])]  # 21 -> 11 -> cut to 10
+        [torch.Size([10, 3]), torch.Size([10, 5])]
     """
     if len(streams) != len(rates):
         raise ValueError(f"{len(streams)} streams but {len(rates)} downsample rates")
@@ -92,6 +105,24 @@ class EmotionClassifier(nn.Module):
         aggregator: ``"mean"`` or ``"ecapa"``.
         ecapa: ECAPA-TDNN keyword arguments.
         fusion: ``None`` for one stream, ``"early"`` or ``"late"`` for several.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> fbank = [torch.randn(40, 3), torch.randn(26, 3)]  # B=2 utterances, 160 samples per frame
+        >>> hubert = [torch.randn(20, 5), torch.randn(13, 5)]  # the same utterances, 320 per frame
+        >>> small = {"channels": (16, 16, 32), "kernel_sizes": (5, 3, 1), "dilations": (1, 2, 1),
+        ...          "attention_channels": 8, "se_channels": 8, "lin_neurons": 12}  # a tiny ECAPA-TDNN
+        >>> late = EmotionClassifier([3, 5], [160, 320], num_classes=4, ecapa=small, fusion="late")
+        >>> late([fbank, hubert]).shape  # (B, num_classes)
+        torch.Size([2, 4])
+        >>> late.embed([fbank, hubert]).shape  # one ECAPA embedding per stream, concatenated
+        torch.Size([2, 24])
+        >>> early = EmotionClassifier([3, 5], [160, 320], num_classes=4, aggregator="mean", fusion="early")
+        >>> emb = early.embed([fbank, hubert])  # frames aligned, then 3 + 5 features pooled together
+        >>> emb.shape
+        torch.Size([2, 8])
+        >>> torch.allclose(emb[1], torch.cat([fbank[1].mean(0), hubert[1].mean(0)]))  # 26 fbank frames pool to 13
+        True
     """
 
     def __init__(
@@ -100,8 +131,8 @@ class EmotionClassifier(nn.Module):
         rates: Sequence[int],
         num_classes: int,
         aggregator: str = "ecapa",
-        ecapa: Optional[Mapping[str, Any]] = None,
-        fusion: Optional[str] = None,
+        ecapa: Mapping[str, Any] | None = None,
+        fusion: str | None = None,
     ) -> None:
         super().__init__()
         if len(input_sizes) != len(rates) or not input_sizes:

@@ -6,8 +6,6 @@ whatever they contain (padding is removed with ``masked_fill``, not multiplied b
 inf/NaN padding cannot leak). ``lengths=None`` means every frame is valid.
 """
 
-from typing import Optional, Tuple
-
 import torch
 from torch import Tensor, nn
 
@@ -26,6 +24,11 @@ def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
 
     Raises:
         ValueError: if lengths is not a 1-D integer tensor or a value lies outside [1, max_len].
+
+    Example:
+        >>> lengths_to_mask(torch.tensor([3, 1]), 4)
+        tensor([[ True,  True,  True, False],
+                [ True, False, False, False]])
     """
     if lengths.dim() != 1:
         raise ValueError(f"lengths must be 1-D (B,), got shape {tuple(lengths.shape)}")
@@ -45,9 +48,15 @@ def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
 
 
 def resolve_mask(
-    lengths: Optional[Tensor], batch_size: int, max_len: int, device: torch.device
+    lengths: Tensor | None, batch_size: int, max_len: int, device: torch.device
 ) -> Tensor:
-    """Validated (B, T) bool mask for a batch; ``lengths=None`` marks every frame valid."""
+    """Validated (B, T) bool mask for a batch; ``lengths=None`` marks every frame valid.
+
+    Example:
+        >>> resolve_mask(None, 2, 3, torch.device("cpu"))
+        tensor([[True, True, True],
+                [True, True, True]])
+    """
     if lengths is None:
         return torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
     if lengths.dim() == 1 and lengths.shape[0] != batch_size:
@@ -63,13 +72,20 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int, keepdim: bool = False) -> Ten
         mask: bool, broadcastable to x, e.g. (B, T, 1) or (B, 1, T); at least one True per mean.
         dim: the time dimension.
         keepdim: keep ``dim`` with size 1.
+
+    Example:
+        >>> x = torch.tensor([[[1.0], [2.0], [3.0]], [[4.0], [6.0], [float("nan")]]])  # (B=2, T=3, D=1)
+        >>> mask = lengths_to_mask(torch.tensor([3, 2]), 3).unsqueeze(2)  # (B, T, 1)
+        >>> masked_mean(x, mask, dim=1)  # the NaN padding does not leak
+        tensor([[2.],
+                [5.]])
     """
     total = x.masked_fill(~mask, 0.0).sum(dim=dim, keepdim=True)
     mean = total / mask.sum(dim=dim, keepdim=True).to(x.dtype)
     return mean if keepdim else mean.squeeze(dim)
 
 
-def weighted_mean_std(x: Tensor, weights: Tensor, eps: float = 1e-12) -> Tuple[Tensor, Tensor]:
+def weighted_mean_std(x: Tensor, weights: Tensor, eps: float = 1e-12) -> tuple[Tensor, Tensor]:
     """Weighted mean and standard deviation over time.
 
     Args:
@@ -80,6 +96,12 @@ def weighted_mean_std(x: Tensor, weights: Tensor, eps: float = 1e-12) -> Tuple[T
 
     Returns:
         mean, std: each (B, C); std is the biased (population) weighted std.
+
+    Example:
+        >>> x = torch.tensor([[[1.0, 3.0, 0.0]]])  # (B=1, C=1, T=3), last frame padding
+        >>> weights = torch.tensor([[[0.5, 0.5, 0.0]]])
+        >>> weighted_mean_std(x, weights)
+        (tensor([[2.]]), tensor([[1.]]))
     """
     mean = (weights * x).sum(dim=2)
     var = (weights * (x - mean.unsqueeze(2)).pow(2)).sum(dim=2)
@@ -87,9 +109,19 @@ def weighted_mean_std(x: Tensor, weights: Tensor, eps: float = 1e-12) -> Tuple[T
 
 
 class MeanPooling(nn.Module):
-    """Masked mean over time: (B, T, D) features and (B,) lengths -> (B, D)."""
+    """Masked mean over time: (B, T, D) features and (B,) lengths -> (B, D).
 
-    def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(2, 5, 3)  # (B, T, D)
+        >>> pooled = MeanPooling()(x, torch.tensor([5, 2]))
+        >>> pooled.shape
+        torch.Size([2, 3])
+        >>> torch.allclose(pooled[1], x[1, :2].mean(dim=0))  # mean of the 2 valid frames
+        True
+    """
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x: (B, T, D); lengths: (B,) integer valid-frame counts or None. Returns (B, D)."""
         if x.dim() != 3:
             raise ValueError(f"expected (B, T, D) input, got shape {tuple(x.shape)}")
@@ -102,8 +134,9 @@ class AttentiveStatisticsPooling(nn.Module):
 
     Per channel, an attention distribution over the valid frames is computed from the frame
     itself and (with ``global_context``) the utterance's masked mean and std broadcast over time:
-    1x1 conv + ReLU + BatchNorm (statistics over valid frames) -> tanh -> 1x1 conv to C channels -> softmax over time with padded
-    frames at -inf. The output concatenates the attention-weighted mean and std.
+    1x1 conv + ReLU + BatchNorm (statistics over valid frames) -> tanh -> 1x1 conv to C channels
+    -> softmax over time with padded frames at -inf. The output concatenates the
+    attention-weighted mean and std.
 
     Unlike ``s3prl.nn.pooling.AttentiveStatisticsPooling`` it is batched (no per-sample loop) and
     has the global context; it matches SpeechBrain's module except that lengths are absolute
@@ -114,6 +147,16 @@ class AttentiveStatisticsPooling(nn.Module):
         attention_channels: hidden width of the attention network.
         global_context: feed the utterance mean and std to the attention network.
         eps: variance clamp of the std (see :func:`weighted_mean_std`).
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> asp = AttentiveStatisticsPooling(channels=4, attention_channels=8).eval()
+        >>> x = torch.randn(2, 4, 10)  # (B, C, T)
+        >>> out = asp(x, torch.tensor([10, 6]))
+        >>> out.shape  # attention-weighted mean and std: (B, 2C)
+        torch.Size([2, 8])
+        >>> torch.allclose(out[1], asp(x[1:, :, :6])[0], atol=1e-6)  # same as unpadded
+        True
     """
 
     def __init__(
@@ -139,7 +182,7 @@ class AttentiveStatisticsPooling(nn.Module):
         )
         self.conv = nn.Conv1d(attention_channels, channels, kernel_size=1)
 
-    def forward(self, x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x: (B, C, T); lengths: (B,) integer valid-frame counts or None. Returns (B, 2C)."""
         if x.dim() != 3 or x.shape[1] != self.channels:
             raise ValueError(
