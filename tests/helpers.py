@@ -50,9 +50,9 @@ def die_after_saving(monkeypatch, step: int) -> None:
 
     save = FoldTrainer._save_states
 
-    def save_then_die(self, saved_step):
-        save(self, saved_step)
-        if saved_step == step:
+    def save_then_die(self, progress):
+        save(self, progress)
+        if progress.step == step:
             raise KeyboardInterrupt("simulated kill")
 
     monkeypatch.setattr(FoldTrainer, "_save_states", save_then_die)

@@ -15,9 +15,9 @@ import soundfile as sf
 import torch
 import yaml
 
-from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.cli.run_downstream import main as run_downstream
 from helpers import overrides
+from s3prl_ser.cli.run_downstream import main as run_downstream
+from s3prl_ser.compat import safe_torch_load
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def test_resume_continues_from_last_step(mini_corpus, meta, tmp_path):
     run_downstream(args + ["-o", overrides(mini_corpus, meta, steps=8, every=4, k=5)])
     run_downstream(args + ["-o", "config.runner.total_steps=12,,config.downstream_expert.datarc.eval_batch_size=2"])
     assert [s["step"] for s in json.loads((tmp_path / "final.json").read_text())["selected"]] == [4, 8, 12]
-    dev_steps = [l.split()[3].rstrip(":") for l in (tmp_path / "log.log").read_text().splitlines() if l.startswith("dev")]
+    dev_steps = [s.split()[3].rstrip(":") for s in (tmp_path / "log.log").read_text().splitlines() if s.startswith("dev")]
     assert dev_steps == ["4", "8", "12"]  # the resumed run did not start over
     assert safe_torch_load(tmp_path / "states-12.ckpt")["Step"] == 12
 
@@ -143,14 +143,14 @@ def test_killed_run_resumes(mini_corpus, meta, tmp_path):
 
 
 def test_averaging_cli_output_is_a_usable_model(trained, tmp_path):
-    from s3prl_ser.training.checkpoint_averaging import main as average
     from s3prl_ser.inference import EmotionRecognizer
+    from s3prl_ser.training.checkpoint_averaging import main as average
 
     kept = sorted(trained.glob("dev-top-step*.ckpt"))
     average([*map(str, kept), "-o", str(tmp_path / "avg.ckpt")])
     ours, reported = safe_torch_load(tmp_path / "avg.ckpt"), safe_torch_load(trained / "dev-avg.ckpt")
     assert ours["ClassNames"] == reported["ClassNames"] == ["neu", "hap", "ang", "sad"]
-    assert (ours["Step"], ours["Epoch"]) == (reported["Step"], reported["Epoch"])
+    assert (ours["Step"], ours["Micro"]) == (reported["Step"], reported["Micro"])
     assert all(torch.equal(ours["Downstream"][k], v) for k, v in reported["Downstream"].items())
     wav = np.random.default_rng(0).uniform(-0.3, 0.3, 16000).astype("float32")
     assert EmotionRecognizer.from_pretrained(tmp_path / "avg.ckpt").predict(wav, sample_rate=16000).label in ours["ClassNames"]
@@ -179,7 +179,7 @@ def test_inference_api_and_cli(trained, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("s3prl_ser.data.emotion_dataset.load_audio", no_corpus_audio)  # nothing pre-loaded
     run_downstream(["-m", "inference", "-e", str(trained / "dev-avg.ckpt"), "-t", str(tmp_path / "a.wav"),
                     "--device", "cpu"])
-    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("{")][-1]
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("{")][-1]
     result = json.loads(line)
     assert result["file"] == "a" and result["label"] == single.label
     assert result["probabilities"][single.label] == pytest.approx(single.probabilities[single.label], abs=1e-4)

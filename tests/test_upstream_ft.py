@@ -280,3 +280,36 @@ def test_paper_configs(number):
     assert expert["modelrc"]["aggregator"] == ("ecapa" if number >= 5 else "mean")
     assert expert["checkpoint_averaging"]["average"] is (number >= 3)
     assert ("config.checkpoint_averaging.average=false" in text) is (number <= 2)  # FT stage averaging
+
+
+def test_two_processes_fine_tune_like_one(tiny_upstreams, mini_corpus, meta, tmp_path):
+    """torchrun with 2 gloo processes takes half of every global batch each: the update, and so
+    the export, is the single-process one. Dropout is off (the processes draw other masks),
+    and the CNN normalises each frame (layer_norm mode): the default mode's GroupNorm spans
+    the padding, which differs between a batch of 4 and two batches of 2. SGD, not Adam: Adam
+    turns float noise in a zero gradient (HuBERT's key biases) into full-size steps."""
+    base = safe_torch_load(tiny_upstreams["hubert"])
+    for key in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "dropout_input",
+                "dropout_features"):
+        base["model_cfg"][key] = 0.0
+    base["model_cfg"]["extractor_mode"] = "layer_norm"
+    from s3prl_ser.toy.tiny_upstream import _build
+    torch.manual_seed(0)
+    base["model_weight"] = _build("hubert", base["model_cfg"], base["task_cfg"], base["dictionaries_symbols"]).state_dict()
+    torch.save(base, tmp_path / "no_dropout.pt")
+    argv = ["-u", "hubert_local", "-k", str(tmp_path / "no_dropout.pt"), "--folds", "fold2", "--device", "cpu",
+            "-o", overrides(mini_corpus, meta, steps=4, every=2, k=2, extra="config.optimizer.name=SGD")]
+    upstream_ft(argv + ["-p", str(tmp_path / "one")])
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29578", "-m", "upstream_ft", *argv, "-p", str(tmp_path / "two")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one, other = (safe_torch_load(tmp_path / run / "fold2" / "upstream.ckpt") for run in ("one", "two"))
+    assert not torch.equal(one["model_weight"]["encoder.layers.0.fc1.weight"],
+                           base["model_weight"]["encoder.layers.0.fc1.weight"])  # it trained
+    for section in ("model_weight", "ft_head"):
+        for key in one[section]:
+            assert torch.allclose(one[section][key], other[section][key], atol=1e-5), (section, key)
+    records = [json.loads((tmp_path / run / "fold2" / "upstream.json").read_text()) for run in ("one", "two")]
+    assert records[0]["test"]["confusion"] == records[1]["test"]["confusion"]

@@ -20,14 +20,13 @@ from torch.distributed import get_rank, get_world_size, is_initialized
 from torch.utils.data import DataLoader
 
 from s3prl_ser.data.audio import load_audio
-from s3prl_ser.training.best_checkpoints import BestCheckpoints
+from s3prl_ser.data.fold_data import eval_loader, load_fold_data, train_loader
+from s3prl_ser.data.folds import check_fold, fold_session, resolve_fold
 from s3prl_ser.models.classifier import AGGREGATORS
-from s3prl_ser.training.config import check_keys, require
-from s3prl_ser.data.emotion_dataset import EmotionDataset, collate, read_fold_meta
-from s3prl_ser.data.folds import check_fold, fold_session, resolve_fold, speaker_disjoint_split, superb_train_dev_split
 from s3prl_ser.models.fusion import EmotionClassifier
+from s3prl_ser.training.best_checkpoints import BestCheckpoints
+from s3prl_ser.training.config import check_keys
 from s3prl_ser.training.metrics import classification_report
-from s3prl_ser.data.sampler import GlobalBatchSampler
 
 DATARC_KEYS = {
     "root", "meta_data", "test_fold", "split", "valid_ratio", "dev_session", "pre_load",
@@ -69,30 +68,15 @@ class DownstreamExpert(nn.Module):
         self.seed = int(kwargs.get("seed", 0))
 
         where = "downstream_expert.datarc"
-        root = Path(require(self.datarc, "root", where, "pass -o config.downstream_expert.datarc.root=IEMOCAP_ROOT"))
-        meta_dir = Path(require(self.datarc, "meta_data", where, "pass -o config.downstream_expert.datarc.meta_data=META_DIR"))
         self.fold = check_fold(resolve_fold(self.datarc.get("test_fold"), kwargs.get("downstream_variant")))
-        session = fold_session(self.fold)
-        train_meta, test_meta = read_fold_meta(meta_dir, self.fold, root)
-        self.class_names = train_meta.class_names
-
-        split = self.datarc.get("split", "superb")
-        if split == "superb":
-            train_idx, dev_idx = superb_train_dev_split(len(train_meta.items), self.datarc.get("valid_ratio", 0.2))
-        elif split == "speaker":
-            paths = [item["path"] for item in train_meta.items]
-            train_idx, dev_idx = speaker_disjoint_split(paths, self.fold, self.datarc.get("dev_session"))
-        else:
-            raise ValueError(f"{where}.split must be 'superb' or 'speaker', got {split!r}")
         # Audio is pre-loaded when a split's loader is first asked for, so -m evaluate and
         # -m inference read only what they use.
-        self.pre_load = self.datarc.get("pre_load", True)
-        options = dict(min_samples=self.datarc.get("min_samples", 400))
-        self.train_dataset = EmotionDataset(root, train_meta, indices=train_idx, **options)
-        self.dev_dataset = EmotionDataset(root, train_meta, indices=dev_idx, **options)
-        self.test_dataset = EmotionDataset(root, test_meta, **options)
-        print(f"[Expert] - {self.fold}: test {session} ({len(self.test_dataset)}), "
-              f"train {len(self.train_dataset)}, dev {len(self.dev_dataset)} ({split} split)")
+        data = load_fold_data(self.datarc, self.fold, where=where)
+        meta_dir = Path(self.datarc["meta_data"])
+        self.class_names = data.class_names
+        self.train_dataset, self.dev_dataset, self.test_dataset = data.train, data.dev, data.test
+        print(f"[Expert] - {self.fold}: test {fold_session(self.fold)} ({len(self.test_dataset)}), "
+              f"train {len(self.train_dataset)}, dev {len(self.dev_dataset)} ({data.split} split)")
 
         aggregator = self.modelrc.get("aggregator", "ecapa")
         if aggregator not in AGGREGATORS:
@@ -163,26 +147,17 @@ class DownstreamExpert(nn.Module):
         return self.fold.replace("fold", "emotion")
 
     # Interface
-    def get_dataloader(self, mode: str, epoch: int = 0) -> DataLoader:
-        if self.pre_load and mode in ("train", "dev", "test"):
-            getattr(self, f"{mode}_dataset").preload()
+    def get_dataloader(self, mode: str, epoch: int = 0, start: int = 0) -> DataLoader:
+        """``train``: this process's batches of ``epoch`` from global batch ``start`` on
+        (:func:`~s3prl_ser.data.fold_data.train_loader`); ``dev`` / ``test``: the whole split."""
         if mode == "train":
-            # The same global batches with one process or several (train_batch_size is the
-            # global batch); drop_last, since a trailing one-utterance batch breaks BatchNorm.
-            sampler = GlobalBatchSampler(
-                len(self.train_dataset), self.datarc.get("train_batch_size", 4), seed=self.seed, epoch=epoch,
-                rank=get_rank() if is_initialized() else 0,
-                world_size=get_world_size() if is_initialized() else 1,
-            )
-            return DataLoader(self.train_dataset, batch_sampler=sampler,
-                              num_workers=self.datarc.get("num_workers", 4), collate_fn=collate)
+            return train_loader(self.train_dataset, self.datarc, seed=self.seed, epoch=epoch, start=start,
+                                rank=get_rank() if is_initialized() else 0,
+                                world_size=get_world_size() if is_initialized() else 1)
         datasets = {"dev": self.dev_dataset, "test": self.test_dataset}
         if mode not in datasets:
             raise ValueError(f"unknown split {mode!r}; expected train, dev or test")
-        return DataLoader(
-            datasets[mode], batch_size=self.datarc.get("eval_batch_size", 4), shuffle=False,
-            num_workers=self.datarc.get("num_workers", 4), collate_fn=collate,
-        )
+        return eval_loader(datasets[mode], self.datarc)
 
     def _logits(self, features: list, filenames: list[str]) -> torch.Tensor:
         """Per-utterance ``(T, D)`` tensors, or one such list per upstream -> ``(B, C)`` logits."""

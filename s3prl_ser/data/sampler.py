@@ -1,20 +1,33 @@
-"""Training batches that are the same whether one process or several take them.
+"""Training batches that are the same whether one process or several take them, and that a
+resumed run can re-enter at any batch.
 
 Every epoch draws one permutation from ``(seed, epoch)`` and cuts it into global batches of
 ``batch_size`` utterances; under DDP each of the W processes takes its contiguous
 ``batch_size / W`` slice of every global batch. With DDP's gradient averaging, a step then
 sees exactly the utterances it sees in a single process (torch's ``DistributedSampler``
-instead deals a different permutation and multiplies the batch by W).
+instead deals a different permutation and multiplies the batch by W). The order depends on
+nothing but ``(seed, epoch)``, so a run resumed after ``b`` batches of an epoch starts at
+batch ``b`` (``start=b``) and sees what the killed run would have seen next.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["GlobalBatchSampler"]
+__all__ = ["GlobalBatchSampler", "global_batches_per_epoch"]
+
+
+def global_batches_per_epoch(num_items: int, batch_size: int, drop_last: bool = True) -> int:
+    """Global batches in one epoch of ``num_items`` utterances.
+
+    Example:
+        >>> global_batches_per_epoch(10, 4), global_batches_per_epoch(10, 4, drop_last=False)
+        (2, 3)
+    """
+    return num_items // batch_size if drop_last else -(-num_items // batch_size)
 
 
 class GlobalBatchSampler(Sampler[list[int]]):
@@ -27,17 +40,34 @@ class GlobalBatchSampler(Sampler[list[int]]):
         seed: base seed of the permutation.
         epoch: the epoch, mixed into the seed so every epoch is shuffled differently.
         rank, world_size: this process and the number of processes.
-        drop_last: drop the last incomplete global batch.
+        drop_last: drop the last incomplete global batch (a one-utterance batch breaks
+            BatchNorm's training statistics).
+        start: global batches of the epoch to skip (where a resumed run re-enters it).
+
+    Example:
+        >>> one = list(GlobalBatchSampler(10, 4, seed=0))
+        >>> [len(batch) for batch in one]
+        [4, 4]
+        >>> halves = [list(GlobalBatchSampler(10, 4, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+        >>> [a + b for a, b in zip(*halves)] == one  # two processes see the same global batches
+        True
+        >>> list(GlobalBatchSampler(10, 4, seed=0, start=1)) == one[1:]  # resumed after one batch
+        True
     """
 
     def __init__(self, num_items: int, batch_size: int, *, seed: int = 0, epoch: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True) -> None:
+                 rank: int = 0, world_size: int = 1, drop_last: bool = True, start: int = 0) -> None:
         if batch_size % world_size:
             raise ValueError(f"train batch size {batch_size} is not divisible by the {world_size} processes")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside [0, {world_size})")
+        if global_batches_per_epoch(num_items, batch_size, drop_last) < 1:
+            raise ValueError(
+                f"the training split has {num_items} utterance(s), fewer than one batch of {batch_size}: "
+                "lower train_batch_size"
+            )
         self.num_items, self.batch_size, self.drop_last = num_items, batch_size, drop_last
-        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.seed, self.epoch, self.rank, self.world_size, self.start = seed, epoch, rank, world_size, start
 
     def _global_batches(self) -> list[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -45,7 +75,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         batches = [order[i : i + self.batch_size] for i in range(0, self.num_items, self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
-        return batches
+        return batches[self.start :]
 
     def __iter__(self) -> Iterator[list[int]]:
         share = self.batch_size // self.world_size

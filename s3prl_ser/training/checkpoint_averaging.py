@@ -31,16 +31,13 @@ Two file formats are understood (all files of one call must share the format):
 Either result records its inputs under ``Averaged`` (``{"paths": [...], "steps": [...]}``).
 Files are read with weights-only loading only, so a checkpoint can never execute code.
 
-CLI::
-
-    python -m s3prl_ser.training.checkpoint_averaging dev-top-step*.ckpt -o averaged.ckpt
+Command line: ``python -m s3prl_ser.cli.average_checkpoints dev-top-step*.ckpt -o averaged.ckpt``
+(:mod:`s3prl_ser.cli.average_checkpoints`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +47,7 @@ import torch
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
 from s3prl_ser.training.run_identity import describe, run_identity, significant_differences
 
-__all__ = ["CheckpointMismatchError", "average_state_dicts", "average_checkpoint_files", "main"]
+__all__ = ["CheckpointMismatchError", "average_state_dicts", "average_checkpoint_files"]
 
 RUNNER_SECTIONS = ("Upstream", "Featurizer", "Downstream")
 CONVERTED_CONFIGS = ("task_cfg", "model_cfg")
@@ -72,6 +69,17 @@ def average_state_dicts(
     Raises:
         CheckpointMismatchError: the state dicts differ in keys, shapes or dtypes.
         TypeError: a value is not a tensor.
+
+    Example:
+        >>> a = {"weight": torch.tensor([1.0, 2.0]), "num_batches_tracked": torch.tensor(4)}
+        >>> b = {"weight": torch.tensor([3.0, 6.0]), "num_batches_tracked": torch.tensor(7)}
+        >>> average_state_dicts([a, b])  # float mean; integers: floor of the mean, (4 + 7) // 2
+        {'weight': tensor([2., 4.]), 'num_batches_tracked': tensor(5)}
+        >>> try:  # checkpoints of different models are refused
+        ...     average_state_dicts([a, dict(b, weight=torch.zeros(3))])
+        ... except CheckpointMismatchError as error:
+        ...     print(error)
+        checkpoint 1: weight has shape (3,), checkpoint 0 has (2,)
     """
     if not state_dicts:
         raise ValueError("nothing to average: no state dicts given")
@@ -175,16 +183,15 @@ def _average_runner(checkpoints: Sequence[Mapping], names: Sequence[str]) -> dic
     steps = [checkpoint.get("Step") for checkpoint in checkpoints]
     known_steps = [step for step in steps if step is not None]
     averaged: dict[str, Any] = {
-        key: last[key] for key in ("Epoch", "Args", "Config") if key in last
+        key: last[key] for key in ("Args", "Config") if key in last
     }
     if named:
         averaged["ClassNames"] = named[-1][1]["ClassNames"]
     if known_steps:
-        # Step and epoch of the latest checkpoint, whatever order the files were given in.
+        # Position of the latest checkpoint (the micro-batches, or stock s3prl's epoch,
+        # consumed), whatever order the files were given in.
         latest = max((c for c in checkpoints if c.get("Step") is not None), key=lambda c: c["Step"])
-        averaged["Step"] = latest["Step"]
-        if "Epoch" in latest:
-            averaged["Epoch"] = latest["Epoch"]
+        averaged.update({key: latest[key] for key in ("Step", "Micro", "Epoch") if key in latest})
     for section in sections:
         averaged[section] = average_state_dicts(
             [checkpoint[section] for checkpoint in checkpoints],
@@ -223,6 +230,17 @@ def average_checkpoint_files(
         FileNotFoundError: a path is not a file.
         RuntimeError: a file cannot be loaded (corrupt, or not weights-only loadable).
         CheckpointMismatchError: the files differ in format, sections, configs or weights layout.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:  # two converted-upstream checkpoints
+        ...     paths = [Path(tmp, f"step{i}.ckpt") for i in (1, 2)]
+        ...     for path, w in zip(paths, (1.0, 3.0)):
+        ...         torch.save({"task_cfg": {}, "model_cfg": {}, "model_weight": {"w": torch.full((2,), w)}}, path)
+        ...     averaged = average_checkpoint_files(paths, Path(tmp, "avg.ckpt"))
+        ...     reloaded = torch.load(Path(tmp, "avg.ckpt"), weights_only=True)
+        >>> averaged["model_weight"]["w"], reloaded["model_weight"]["w"]
+        (tensor([2., 2.]), tensor([2., 2.]))
     """
     if not paths:
         raise ValueError("nothing to average: no checkpoint paths given")
@@ -247,27 +265,3 @@ def average_checkpoint_files(
         output.parent.mkdir(parents=True, exist_ok=True)
         atomic_torch_save(averaged, output)
     return averaged
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.training.checkpoint_averaging", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint files to average")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="averaged checkpoint")
-    args = parser.parse_args(argv)
-    try:
-        averaged = average_checkpoint_files(args.checkpoints, args.output)
-    except (OSError, RuntimeError, ValueError, TypeError) as error:
-        sys.exit(f"error: {error}")
-
-    sections = [s for s in (*RUNNER_SECTIONS, "model_weight") if s in averaged]
-    steps = averaged["Averaged"]["steps"]
-    known = any(step is not None for step in steps)
-    shown_steps = ", ".join(str(step) for step in steps) if known else "unknown"
-    print(
-        f"averaged {len(steps)} checkpoint(s) (steps: {shown_steps}; "
-        f"sections: {', '.join(sections)}) -> {args.output}"
-    )
-
-
-if __name__ == "__main__":
-    main()

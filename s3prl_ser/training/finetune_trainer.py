@@ -2,25 +2,25 @@
 
 Files in the fold directory:
 
-* ``states-<step>.ckpt``: everything a killed run needs to continue (model, optimizer,
-  scheduler, grad scaler, step, RNG states, config); only the latest is kept. A new run in
-  the same directory resumes from it: the step count continues, the data order is rebuilt
-  from (seed, epoch) (:mod:`s3prl_ser.data.fold_data`) and the RNG that drives dropout is restored.
+* ``states-<step>.ckpt``: everything a killed run needs to continue (model, and the training
+  core's optimizer, scheduler, grad scaler, position and RNG states, see
+  :mod:`s3prl_ser.training.states`); only the latest is kept. A new run in the same
+  directory resumes from it exactly: the interrupted epoch at its next batch.
 * ``dev-top-step<N>.ckpt`` + ``dev-top.json``: the ``best_k`` checkpoints by dev WA, each an
   s3prl converted upstream checkpoint with the head beside it (:mod:`s3prl_ser.hub.ft_export`; for
   text, ``model_weight`` is the Hugging Face encoder's state dict).
 * ``log.log`` and TensorBoard events: train loss / lr, dev WA / UA / loss.
 
+Training runs in the loop shared with the downstream stage (:mod:`s3prl_ser.training.loop`).
 Dev is evaluated every ``eval_step`` updates before the states are saved, so a kill between
 the two is re-evaluated by the resumed run. The test split plays no part here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from tensorboardX import SummaryWriter
@@ -28,25 +28,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from s3prl_ser.training.best_checkpoints import BestCheckpoints
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
-from s3prl_ser.training.metrics import ClassificationReport, classification_report
-from s3prl_ser.training.run_identity import describe, significant_differences
-from s3prl_ser.data.fold_data import FoldData, batches_per_epoch, eval_loader, train_loader
-from s3prl_ser.training.distributed import Distributed
+from s3prl_ser.data.fold_data import FoldData, eval_loader, train_loader
+from s3prl_ser.data.sampler import global_batches_per_epoch
 from s3prl_ser.hub.ft_export import converted_checkpoint
 from s3prl_ser.models.finetune import AnyFineTuneModel
+from s3prl_ser.training.best_checkpoints import BestCheckpoints
+from s3prl_ser.training.distributed import Distributed
+from s3prl_ser.training.loop import OptimizerStep, Schedule, TrainingLoop, UpdateResult
+from s3prl_ser.training.metrics import ClassificationReport, classification_report
 from s3prl_ser.training.optim import build_optimizer, warmup_linear_decay
+from s3prl_ser.training.run_identity import describe, significant_differences
+from s3prl_ser.training.states import Progress, StatesFiles, restore_progress, training_state
 
-__all__ = ["FoldTrainer", "latest_states"]
-
-_STATES = re.compile(r"^states-(\d+)\.ckpt$")
-
-
-def latest_states(fold_dir: Path) -> Path | None:
-    """The states file with the highest step in ``fold_dir``, or None."""
-    found = [(int(m.group(1)), p) for p in fold_dir.glob("states-*.ckpt") if (m := _STATES.match(p.name))]
-    return max(found)[1] if found else None
+__all__ = ["FoldTrainer"]
 
 
 class FoldTrainer:
@@ -80,15 +75,19 @@ class FoldTrainer:
         self.model, self.data, self.config = model, data, config
         self.fold_dir, self.base_fields, self.identity = fold_dir, base_fields, dict(identity)
         self.device, self.dist, self.seed = torch.device(device), dist, seed
-        runner = config["runner"]
-        self.optimizer = build_optimizer(model, config["optimizer"])
-        self.scheduler = warmup_linear_decay(self.optimizer, config["scheduler"]["warmup_steps"], runner["total_steps"])
-        self.fp16 = bool(runner["fp16"])
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.fp16)
+        self.schedule = Schedule.from_runner(config["runner"])
+        optimizer = build_optimizer(model, config["optimizer"])
+        self.optimizer_step = OptimizerStep(
+            optimizer, warmup_linear_decay(optimizer, config["scheduler"]["warmup_steps"], self.schedule.total_steps),
+            clipping=self.schedule.clipping, accumulate=self.schedule.accumulate,
+            amp=bool(config["runner"]["fp16"]), device_type=self.device.type,
+        )
+        self.states = StatesFiles(fold_dir, keep=1)
         self.best = BestCheckpoints(fold_dir, config["checkpoint_averaging"]["best_k"], prefix="dev-top")
         self.objective = nn.CrossEntropyLoss()
-        self.trainable = [p for group in self.optimizer.param_groups for p in group["params"]]
         self.writer = SummaryWriter(str(fold_dir)) if dist.is_leader else None
+        self.losses: list[float] = []
+        self.last_update: UpdateResult | None = None
 
     # ---------------------------------------------------------------- bookkeeping
     def log(self, line: str) -> None:
@@ -108,54 +107,37 @@ class FoldTrainer:
             self.writer.close()
 
     # ---------------------------------------------------------------- states
-    def _save_states(self, step: int) -> None:
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+    def _save_states(self, progress: Progress) -> None:
         states = {
-            "step": step,
-            "upstream": self.model.upstream.state_dict(),
-            "head": self.model.head.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng,
-            "config": dict(self.config),
-            "identity": self.identity,
+            **training_state(progress, self.optimizer_step),
+            "Upstream": self.model.upstream.state_dict(),
+            "Head": self.model.head.state_dict(),
+            "Config": dict(self.config),
+            "Identity": self.identity,
         }
-        path = self.fold_dir / f"states-{step}.ckpt"
-        atomic_torch_save(states, path)
-        for older in self.fold_dir.glob("states-*.ckpt"):
-            if older != path and _STATES.match(older.name):
-                older.unlink()
+        self.states.save(progress.step, states)
 
-    def _resume(self) -> int:
-        """Load the latest states file if any; return the number of updates already done."""
-        path = latest_states(self.fold_dir)
+    def _resume(self) -> Progress:
+        """Load the latest states file if any; return where the run stands."""
+        path = self.states.latest()
         if path is None:
-            return 0
+            return Progress()
         states = safe_torch_load(path)
-        changed = significant_differences(states.get("identity"), self.identity)
+        if "Identity" not in states:
+            raise ValueError(f"{path} was written by an older version of upstream_ft; move the fold directory away")
+        changed = significant_differences(states["Identity"], self.identity)
         if changed:
             raise ValueError(
                 f"{path} belongs to a run with other settings ({describe(changed)}); "
                 "use another -p FT_DIR or delete the fold directory"
             )
-        self.model.upstream.load_state_dict(states["upstream"])
-        self.model.head.load_state_dict(states["head"])
-        self.optimizer.load_state_dict(states["optimizer"])
-        self.scheduler.load_state_dict(states["scheduler"])
-        self.scaler.load_state_dict(states["scaler"])
-        torch.set_rng_state(states["rng"]["torch"])
-        if "cuda" in states["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["rng"]["cuda"])
-        self.log(f"resumed from {path} at step {states['step']}")
-        return int(states["step"])
+        self.model.upstream.load_state_dict(states["Upstream"])
+        self.model.head.load_state_dict(states["Head"])
+        progress = restore_progress(states, self.optimizer_step, self.schedule.accumulate)
+        self.log(f"resumed from {path} at step {progress.step}")
+        return progress
 
     # ---------------------------------------------------------------- evaluation
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16)
-
     @torch.no_grad()
     def evaluate(self, split: str) -> tuple[ClassificationReport, float]:
         """WA/UA report and mean cross-entropy of ``split`` (``dev`` or ``test``), in one process."""
@@ -164,7 +146,7 @@ class FoldTrainer:
         truth, predicted, losses = [], [], []
         try:
             for wavs, labels, names in tqdm(eval_loader(dataset, self.config["datarc"]), desc=split, leave=False):
-                with self._autocast():
+                with self.optimizer_step.autocast():
                     logits = self.model(wavs, names).float()
                 labels_t = torch.as_tensor(labels, device=logits.device)
                 losses.append(self.objective(logits, labels_t).item() * len(labels))
@@ -175,7 +157,19 @@ class FoldTrainer:
         report = classification_report(truth, predicted, self.data.class_names)
         return report, sum(losses) / len(truth)
 
-    def _evaluate_dev(self, step: int) -> None:
+    # ---------------------------------------------------------------- loop hooks
+    def after_update(self, step: int, result: UpdateResult) -> None:
+        self.last_update = result
+
+    def log_train(self, step: int) -> None:
+        """The mean training loss since the last such line, and this update's learning rates."""
+        lrs, norm = self.last_update.lrs, self.last_update.grad_norm
+        mean_loss = sum(self.losses) / len(self.losses)
+        self.losses.clear()
+        self._scalars("train", {"loss": mean_loss, "lr_upstream": lrs[0], "lr_head": lrs[1], "grad_norm": norm}, step)
+        self.log(f"train at step {step}: loss {mean_loss:.4f} lr {lrs[0]:.2e}/{lrs[1]:.2e}")
+
+    def evaluate_dev(self, step: int) -> list[str]:
         report, loss = self.evaluate("dev")
         self._scalars("dev", {"wa": report.wa, "ua": report.ua, "loss": loss}, step)
         self.log(f"dev at step {step}: wa {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}")
@@ -183,29 +177,20 @@ class FoldTrainer:
             state = converted_checkpoint(self.base_fields, self.model.upstream.model.state_dict(),
                                          self.model.head.state_dict())
             atomic_torch_save(state, self.fold_dir / name)
+        return []  # the dev-top files are written above, in the converted format
+
+    def save(self, progress: Progress, names: list[str], states: bool) -> None:
+        if states:
+            self._save_states(progress)
 
     # ---------------------------------------------------------------- training
-    def _update(self) -> float:
-        """Clip, step (skipped on a non-finite gradient norm), schedule; return the grad norm."""
-        self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.config["runner"]["gradient_clipping"])
-        if torch.isfinite(norm) or self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # an enabled scaler skips non-finite steps itself
-        else:
-            self.log(f"non-finite gradient norm {float(norm)}: update skipped")
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        return float(norm)
-
     def train(self) -> None:
         """Run (or finish) ``total_steps`` updates; evaluate/save every ``eval_step``/``save_step``
         and at the last step. Returns at once when the states file already holds the last step."""
-        runner = self.config["runner"]
-        total, accumulate = runner["total_steps"], runner["gradient_accumulate_steps"]
-        freeze_steps = self.config["upstream"]["freeze_transformer_steps"]
-        step = self._resume()
-        if step >= total:
+        if self.dist.is_leader:
+            self.states.remove_leftovers()
+        progress = self._resume()
+        if progress.step >= self.schedule.total_steps:
             return
         self.model.train()
         # find_unused_parameters: pretraining-only modules (HuBERT's final_proj, wav2vec 2.0's
@@ -215,45 +200,30 @@ class FoldTrainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=True)
         datarc = self.config["datarc"]
-        per_epoch = batches_per_epoch(len(self.data.train), datarc["train_batch_size"], self.dist.world_size)
-        micro = step * accumulate  # micro-batches consumed so far
-        losses: list[float] = []
-        bar = tqdm(total=total, initial=step, desc=f"fine-tuning {self.data.fold}", disable=not self.dist.is_leader)
-        while step < total:
-            epoch, skip = divmod(micro, per_epoch)
-            loader = train_loader(self.data.train, datarc, seed=self.seed, epoch=epoch, skip_batches=skip,
-                                  rank=self.dist.rank, world_size=self.dist.world_size)
-            for wavs, labels, names in loader:
-                micro += 1
-                last_micro = micro % accumulate == 0
-                # Gradients are all-reduced once per update, on its last micro-batch.
-                sync = contextlib.nullcontext() if last_micro or not self.dist.enabled else model.no_sync()
-                with sync:
-                    with self._autocast():
-                        logits = model(wavs, names, train_upstream=step >= freeze_steps).float()
-                        loss = self.objective(logits, torch.as_tensor(labels, device=logits.device))
-                    self.scaler.scale(loss / accumulate).backward()
-                losses.append(loss.item())
-                if not last_micro:
-                    continue
-                lrs = [group["lr"] for group in self.optimizer.param_groups]  # this update's
-                norm = self._update()
-                step += 1
-                bar.update()
-                if step % runner["log_step"] == 0:
-                    mean_loss = sum(losses) / len(losses)
-                    self._scalars("train", {"loss": mean_loss, "lr_upstream": lrs[0], "lr_head": lrs[1],
-                                            "grad_norm": norm}, step)
-                    self.log(f"train at step {step}: loss {mean_loss:.4f} lr {lrs[0]:.2e}/{lrs[1]:.2e}")
-                    losses.clear()
-                if step % runner["eval_step"] == 0 or step == total:
-                    if self.dist.is_leader:
-                        self._evaluate_dev(step)
-                    self.dist.barrier()
-                if step % runner["save_step"] == 0 or step == total:
-                    if self.dist.is_leader:
-                        self._save_states(step)
-                    self.dist.barrier()
-                if step == total:
-                    break
-        bar.close()
+        freeze_steps = self.config["upstream"]["freeze_transformer_steps"]
+
+        def compute_loss(batch: tuple, step: int) -> torch.Tensor:
+            wavs, labels, names = batch
+            logits = model(wavs, names, train_upstream=step >= freeze_steps).float()
+            loss = self.objective(logits, torch.as_tensor(labels, device=logits.device))
+            self.losses.append(loss.item())
+            return loss
+
+        loop = TrainingLoop(
+            self.schedule, self.optimizer_step,
+            batches=lambda epoch, start: train_loader(self.data.train, datarc, seed=self.seed, epoch=epoch,
+                                                      start=start, rank=self.dist.rank,
+                                                      world_size=self.dist.world_size),
+            batches_per_epoch=global_batches_per_epoch(len(self.data.train), datarc["train_batch_size"]),
+            ddp_modules=[model] if self.dist.enabled else [], leader=self.dist.is_leader,
+            barrier=self.dist.barrier, description=f"fine-tuning {self.data.fold}",
+        )
+        loop.run(progress, compute_loss, _Hooks(self))
+
+
+class _Hooks:
+    """The loop's hooks (:class:`~s3prl_ser.training.loop.LoopHooks`) of a :class:`FoldTrainer`."""
+
+    def __init__(self, trainer: FoldTrainer) -> None:
+        self.after_update, self.log = trainer.after_update, trainer.log_train
+        self.evaluate, self.save = trainer.evaluate_dev, trainer.save

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+from transformers import get_linear_schedule_with_warmup
 
-from s3prl_ser.training.config import ConfigError
 from s3prl_ser.models.finetune import AnyFineTuneModel
+from s3prl_ser.training.config import ConfigError
 
 __all__ = ["build_optimizer", "warmup_linear_decay"]
 
@@ -32,12 +34,6 @@ def build_optimizer(model: AnyFineTuneModel, optimizer_config: Mapping[str, Any]
 
 
 def warmup_linear_decay(optimizer: Optimizer, warmup_steps: int, total_steps: int) -> LambdaLR:
-    """Scale every group's lr by ``(s + 1) / warmup_steps`` for updates ``s < warmup_steps``, then
-    by ``(total_steps - s) / (total_steps - warmup_steps)``: peak after warm-up, never exactly 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / (total_steps - warmup_steps))
-
-    return LambdaLR(optimizer, factor)
+    """Every group's lr rises linearly from 0 over ``warmup_steps`` updates to its peak, then
+    decays linearly to 0 at ``total_steps`` (``transformers.get_linear_schedule_with_warmup``)."""
+    return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)

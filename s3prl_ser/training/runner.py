@@ -1,9 +1,12 @@
 """s3prl's Runner plus the paper's final step: average the k best checkpoints, then test once.
 
-The training loop is s3prl's (evaluate on dev, save whatever the expert asks for; the
-``emotion_ecapa`` expert asks for the k best by dev accuracy), with three fixes that need
-the loop itself: under DDP, s3prl 0.4.18 advances the step counter on rank 0 only, so the
-other ranks never stop; checkpoints are written atomically; AMP uses ``torch.amp``. After
+Training runs in the project's loop (:mod:`s3prl_ser.training.loop`, shared with the
+fine-tuning stage) instead of s3prl's: it evaluates dev and saves whatever the expert asks
+for (the ``emotion_ecapa`` expert asks for the k best by dev accuracy), like s3prl's, and
+also resumes exactly (the interrupted epoch at its next batch, every RNG restored), stops
+every DDP rank together (s3prl 0.4.18 advances the step on rank 0 only), writes checkpoints
+atomically and refuses AMP off CUDA. Dev is also evaluated, and states saved, at the last
+update. After
 training, :meth:`SERRunner.finalize` averages the k best (or takes the best one when averaging
 is off), saves the result as a runner checkpoint (``dev-avg.ckpt`` / ``dev-best.ckpt``, usable
 with ``-e`` / ``-i``), loads it and evaluates the test split exactly once. The test set takes
@@ -12,17 +15,18 @@ no part in any choice.
 
 from __future__ import annotations
 
-import glob
 import inspect
+import itertools
 import json
-import math
 import os
-import re
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from s3prl.downstream.runner import ModelEntry, Runner
+from s3prl.optimizers import get_optimizer
+from s3prl.schedulers import get_scheduler
 from s3prl.utility.helper import get_model_state, is_leader_process
 from tensorboardX import SummaryWriter
 from torch import nn
@@ -32,14 +36,62 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from s3prl_ser import compat
-from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files
 from s3prl_ser.data.folds import resolve_fold
 from s3prl_ser.hub.multi_upstream import build_featurizer, build_upstreams
+from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files
+from s3prl_ser.training.loop import OptimizerStep, Schedule, TrainingLoop, UpdateResult
 from s3prl_ser.training.run_identity import run_identity
+from s3prl_ser.training.states import Progress, StatesFiles, restore_progress, training_state
 
 __all__ = ["SERRunner"]
 
 FINAL_RECORD = "final.json"
+
+
+class _RunnerHooks:
+    """The downstream stage's side of the loop: s3prl's logging, dev evaluation (the expert
+    keeps the k best) and runner checkpoints."""
+
+    def __init__(self, runner: SERRunner, split: str, optimizer_step: OptimizerStep, schedule: Schedule,
+                 leader: bool) -> None:
+        self.runner, self.split, self.optimizer_step = runner, split, optimizer_step
+        self.leader = leader
+        self.states = StatesFiles(runner.args.expdir, keep=runner.config["runner"].get("max_keep", 1))
+        self.logger = SummaryWriter(runner.args.expdir) if leader else None
+        self.records: defaultdict = defaultdict(list)
+        self.batch_ids: list[int] = []
+        if leader:
+            self.states.remove_leftovers()
+
+    def after_update(self, step: int, result: UpdateResult) -> None:
+        if not self.leader:  # only the leader logs
+            self.records, self.batch_ids = defaultdict(list), []
+
+    def log(self, step: int) -> None:
+        if self.leader:
+            self.runner.downstream.model.log_records(
+                self.split, records=self.records, logger=self.logger, global_step=step,
+                batch_ids=self.batch_ids, total_batch_num=len(self.batch_ids))
+            self.records, self.batch_ids = defaultdict(list), []
+
+    def evaluate(self, step: int) -> list[str]:
+        names = []
+        for split in self.runner.config["runner"]["eval_dataloaders"]:
+            names += self.runner.evaluate(split, self.logger, step)
+        return names
+
+    def save(self, progress: Progress, names: list[str], states: bool) -> None:
+        checkpoint = self.runner._states(progress, self.optimizer_step)
+        for name in names:
+            path = os.path.join(self.runner.args.expdir, name)
+            tqdm.write(f"[Runner] - Save the checkpoint to: {path}")
+            compat.atomic_torch_save(checkpoint, path)
+        if states:
+            tqdm.write(f"[Runner] - Save the states to: {self.states.save(progress.step, checkpoint)}")
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -102,119 +154,92 @@ class SERRunner(Runner):
         return self._init_model(model=model, name="Featurizer", trainable=True,
                                 interfaces=["output_dim", "downsample_rate"])
 
-    def _save(self, names: list[str], optimizer, scheduler, step: int, epoch: int) -> None:
-        states = {"Optimizer": optimizer.state_dict(), "Step": step, "Epoch": epoch,
-                  "Args": self.args, "Config": self.config}
+    def _train_batches(self, split: str, epoch: int, start: int) -> Iterable:
+        """This process's batches of ``epoch`` from global batch ``start`` on."""
+        expert = self.downstream.model
+        if "start" in inspect.signature(expert.get_dataloader).parameters:
+            return expert.get_dataloader(split, epoch=epoch, start=start)
+        # A stock s3prl expert deals its own order: re-entering an epoch skips its first
+        # ``start`` batches, which is the same data only if that order is fixed per epoch.
+        dataloader = expert.get_dataloader(split)
+        if isinstance(getattr(dataloader, "sampler", None), DistributedSampler):
+            dataloader.sampler.set_epoch(epoch)
+        return itertools.islice(dataloader, start, None)
+
+    def _batches_per_epoch(self, split: str) -> int:
+        expert = self.downstream.model
+        if "start" in inspect.signature(expert.get_dataloader).parameters:
+            return len(expert.get_dataloader(split, epoch=0, start=0))
+        return len(expert.get_dataloader(split))
+
+    def _states(self, progress: Progress, optimizer_step: OptimizerStep) -> dict:
+        """A runner checkpoint: s3prl's (Args, Config, trainable models' weights) plus the
+        training core's exact-resume state (:func:`~s3prl_ser.training.states.training_state`)."""
+        states = {**training_state(progress, optimizer_step), "Args": self.args, "Config": self.config}
         class_names = getattr(_unwrap(self.downstream.model), "class_names", None)
         if class_names is not None:  # inference needs the class order without the corpus at hand
             states["ClassNames"] = list(class_names)
         for entry in self.all_entries:
             if entry.trainable:
                 states[entry.name] = get_model_state(entry.model)
-        if scheduler:
-            states["Scheduler"] = scheduler.state_dict()
         if is_initialized():
             states["WorldSize"] = get_world_size()
-        for name in names:
-            path = os.path.join(self.args.expdir, name)
-            tqdm.write(f"[Runner] - Save the checkpoint to: {path}")
-            compat.atomic_torch_save(states, path)
-
-    def _prune_states(self) -> None:
-        """Keep at most ``max_keep - 1`` states files before the next one is written."""
-        paths = glob.glob(os.path.join(self.args.expdir, "states-*.ckpt"))
-        paths.sort(key=lambda p: int(re.search(r"states-(\d+)\.ckpt$", p).group(1)))
-        for path in paths[: max(len(paths) - self.config["runner"]["max_keep"] + 1, 0)]:
-            os.remove(path)
+        return states
 
     def train(self) -> None:
-        """s3prl's training loop (see the module docstring for what differs), then :meth:`finalize`."""
+        """The project's training loop (:mod:`s3prl_ser.training.loop`), then :meth:`finalize`."""
         runner = self.config["runner"]
+        schedule = Schedule.from_runner(runner)
         device = torch.device(self.args.device)
-        trainable_models, trainable_params = [], []
+        trainable_models = []
         for entry in self.all_entries:
             if entry.trainable:
                 entry.model.train()
                 trainable_models.append(entry.model)
-                trainable_params += list(entry.model.parameters())
             else:
                 entry.model.eval()
-        amp = bool(runner.get("fp16", False)) and device.type == "cuda"
-        scaler = torch.amp.GradScaler("cuda", enabled=amp)
-        optimizer = self._get_optimizer(trainable_models)
-        scheduler = self._get_scheduler(optimizer) if self.config.get("scheduler") else None
+        optimizer = get_optimizer(trainable_models, schedule.total_steps, self.config["optimizer"])
+        scheduler = (get_scheduler(optimizer, schedule.total_steps, self.config["scheduler"])
+                     if self.config.get("scheduler") else None)
+        optimizer_step = OptimizerStep(optimizer, scheduler, clipping=schedule.clipping, accumulate=schedule.accumulate,
+                                       amp=bool(runner.get("fp16", False)), device_type=device.type)
+        progress = Progress()
+        if "Step" in self.init_ckpt:  # resuming (-e / -a): a states or dev-top checkpoint
+            progress = restore_progress(self.init_ckpt, optimizer_step, schedule.accumulate)
         specaug = None
         if self.config.get("specaug"):
             from s3prl.downstream.specaug import SpecAug
 
             specaug = SpecAug(**self.config["specaug"])
-        leader = is_leader_process()
-        logger = SummaryWriter(self.args.expdir) if leader else None
-        step, epoch = self.init_ckpt.get("Step", 0), self.init_ckpt.get("Epoch", 0)
-        total, accumulate = runner["total_steps"], runner.get("gradient_accumulate_steps", 1)
         split = runner.get("train_dataloader", "train")
-        pbar = tqdm(total=total, initial=step, desc="overall", dynamic_ncols=True, disable=not leader)
-        records, batch_ids, backward_steps = defaultdict(list), [], 0
-        takes_epoch = "epoch" in inspect.signature(self.downstream.model.get_dataloader).parameters
-        while step < total:
-            if takes_epoch:
-                dataloader = self.downstream.model.get_dataloader(split, epoch=epoch)
-            else:  # stock s3prl experts
-                dataloader = self.downstream.model.get_dataloader(split)
-                if isinstance(getattr(dataloader, "sampler", None), DistributedSampler):
-                    dataloader.sampler.set_epoch(epoch)
-            for batch_id, (wavs, *others) in enumerate(
-                tqdm(dataloader, desc="train", dynamic_ncols=True, leave=False, disable=not leader)
-            ):
-                if step >= total:
-                    break
-                wavs = [torch.as_tensor(wav, dtype=torch.float32, device=device) for wav in wavs]
-                with torch.autocast(device.type, enabled=amp):
-                    with torch.set_grad_enabled(self.upstream.trainable):
-                        features = self.upstream.model(wavs)
-                    features = self.featurizer.model(wavs, features)
-                    if specaug:
-                        features, _ = specaug(features)
-                    loss = self.downstream.model(split, features, *others, records=records)
-                batch_ids.append(batch_id)
-                scaler.scale(loss / accumulate).backward()
-                backward_steps += 1
-                if backward_steps % accumulate:
-                    continue
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable_params, runner["gradient_clipping"])
-                if amp or math.isfinite(grad_norm):
-                    scaler.step(optimizer)  # with AMP, the scaler itself skips non-finite steps
-                else:
-                    tqdm.write(f"[Runner] - grad norm is {grad_norm} at step {step + 1}; update skipped")
-                scaler.update()
-                optimizer.zero_grad()
-                if scheduler:
-                    scheduler.step()
-                step += 1  # on every rank: all of them must leave the loop together
-                pbar.update(1)
-                if not leader:
-                    records, batch_ids = defaultdict(list), []
-                    continue
-                if step % runner["log_step"] == 0:
-                    self.downstream.model.log_records(split, records=records, logger=logger, global_step=step,
-                                                      batch_ids=batch_ids, total_batch_num=len(dataloader))
-                    records, batch_ids = defaultdict(list), []
-                save_names = []
-                if step % runner["eval_step"] == 0:
-                    for eval_split in runner["eval_dataloaders"]:
-                        save_names += self.evaluate(eval_split, logger, step)
-                if step % runner["save_step"] == 0:
-                    self._prune_states()
-                    save_names.append(f"states-{step}.ckpt")
-                if save_names:
-                    self._save(save_names, optimizer, scheduler, step, epoch)
-            epoch += 1
-        pbar.close()
-        if leader:
-            logger.close()
-            if hasattr(_unwrap(self.downstream.model), "best"):
-                self.finalize()
+        leader = is_leader_process()
+        hooks = _RunnerHooks(self, split, optimizer_step, schedule, leader)
+        expert = self.downstream.model
+
+        def compute_loss(batch: tuple, step: int) -> torch.Tensor:
+            wavs, *others = batch
+            wavs = [torch.as_tensor(wav, dtype=torch.float32, device=device) for wav in wavs]
+            with torch.set_grad_enabled(self.upstream.trainable):
+                features = self.upstream.model(wavs)
+            features = self.featurizer.model(wavs, features)
+            if specaug:
+                features, _ = specaug(features)
+            hooks.batch_ids.append(len(hooks.batch_ids))
+            return expert(split, features, *others, records=hooks.records)
+
+        loop = TrainingLoop(
+            schedule, optimizer_step,
+            batches=lambda epoch, start: self._train_batches(split, epoch, start),
+            batches_per_epoch=self._batches_per_epoch(split),
+            ddp_modules=[m for m in trainable_models if isinstance(m, DistributedDataParallel)],
+            leader=leader, barrier=barrier if is_initialized() else (lambda: None), description="overall",
+        )
+        try:
+            loop.run(progress, compute_loss, hooks)
+        finally:
+            hooks.close()
+        if leader and hasattr(_unwrap(expert), "best"):
+            self.finalize()
 
     def evaluate(self, split=None, logger=None, global_step=0):
         """s3prl's; a standalone ``-m evaluate`` (no split/logger given) of an emotion_ecapa
