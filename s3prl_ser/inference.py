@@ -5,29 +5,28 @@
     recognizer.predict("speech.flac")            # any sample rate / channel count
     # Prediction(label='ang', probabilities={'neu': 0.1, 'hap': 0.05, 'ang': 0.8, 'sad': 0.05})
 
-Command line: ``python -m s3prl_ser.inference EXPDIR_OR_CKPT AUDIO [AUDIO ...]`` prints one
-JSON line per file.
+Command line: ``python -m s3prl_ser.cli.inference EXPDIR_OR_CKPT AUDIO [AUDIO ...]`` prints one
+JSON line per file (:mod:`s3prl_ser.cli.inference`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from s3prl_ser.data.audio import load_audio, prepare_waveform
-from s3prl_ser.models.fusion import EmotionClassifier
 from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.data.audio import load_audio, prepare_waveform
 from s3prl_ser.data.folds import resolve_fold
-from s3prl_ser.training.runner import FINAL_RECORD
 from s3prl_ser.hub.multi_upstream import MultiFeaturizer, build_featurizer, build_upstreams
+from s3prl_ser.models.fusion import EmotionClassifier
+from s3prl_ser.training.runner import FINAL_RECORD
 
 __all__ = ["Prediction", "EmotionRecognizer", "resolve_checkpoint"]
 
@@ -65,7 +64,7 @@ class EmotionRecognizer(nn.Module):
         self.eval()
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> "EmotionRecognizer":
+    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> EmotionRecognizer:
         """Load the final model of an experiment directory or a ``dev-avg``/``dev-best`` checkpoint."""
         from s3prl_ser.hub.registry import register
 
@@ -129,20 +128,3 @@ class EmotionRecognizer(nn.Module):
                 sample_rate: int | None = None) -> Prediction:
         """Predict one file path or waveform (then ``sample_rate`` is required)."""
         return self.predict_batch([audio], sample_rate)[0]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.inference", description="Predict the emotion of audio files.")
-    parser.add_argument("model", help="experiment (fold) directory or final checkpoint")
-    parser.add_argument("audio", nargs="+", help="audio files (any sample rate)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    recognizer = EmotionRecognizer.from_pretrained(args.model, device=args.device)
-    for path in args.audio:
-        prediction = recognizer.predict(path)
-        print(json.dumps({"file": path, "label": prediction.label,
-                          "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()}}))
-
-
-if __name__ == "__main__":
-    main()

@@ -3,13 +3,13 @@ import argparse
 import pytest
 import torch
 
+from s3prl_ser.cli.average_checkpoints import main
+from s3prl_ser.toy.tiny_upstream import write_tiny_upstream
 from s3prl_ser.training.checkpoint_averaging import (
     CheckpointMismatchError,
     average_checkpoint_files,
     average_state_dicts,
-    main,
 )
-from s3prl_ser.toy.tiny_upstream import write_tiny_upstream
 
 
 class Toy(torch.nn.Module):

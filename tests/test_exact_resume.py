@@ -4,6 +4,7 @@ states, or halfway through writing a states file, and resumed with the documente
 checkpoints, the same reported model, the same test metrics."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,10 @@ KILLS = {
 
 
 def kill(moment: str, n: int, command: str, argv: list[str]) -> None:
-    process = subprocess.run([sys.executable, str(KILL_AT), moment, str(n), command, *argv], cwd=REPO,
+    # One thread, as the in-process runs (one_thread): float sums split across threads add up
+    # in another order, which is a different run.
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.run([sys.executable, str(KILL_AT), moment, str(n), command, *argv], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=600)
     assert process.returncode == -9, process.stderr[-3000:]
 

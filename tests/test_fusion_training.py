@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.cli.run_downstream import main as run_downstream
 from helpers import overrides
+from s3prl_ser.cli.run_downstream import main as run_downstream
+from s3prl_ser.compat import safe_torch_load
 
 REPO = Path(__file__).resolve().parents[1]
 

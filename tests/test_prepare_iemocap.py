@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from s3prl_ser.data.prepare_iemocap import PreparationError, main, prepare
+from s3prl_ser.cli.prepare_iemocap import main
+from s3prl_ser.data.prepare_iemocap import PreparationError, prepare
 
 # Worked out by hand from tests/data/iemocap_mini (see tests/data/README.md).
 EXPECTED = {

@@ -1,11 +1,11 @@
 import json
 
 import pytest
-import yaml
 
-from s3prl_ser.training.config import ConfigError
-from s3prl_ser.hub.registry import DOWNSTREAM_DIR
+from s3prl_ser.cli.run_downstream import load_task_config
 from s3prl_ser.cli.table1 import EXPERIMENTS, model_overrides, parse_experiments, write_tables
+from s3prl_ser.hub.registry import DOWNSTREAM_DIR, register
+from s3prl_ser.training.config import ConfigError
 
 PAPER = DOWNSTREAM_DIR / "emotion_ecapa" / "paper"
 
@@ -23,7 +23,9 @@ def test_parse_experiments():
 @pytest.mark.parametrize("number", range(1, 12))
 def test_paper_config_matches_table_row(number):
     experiment = EXPERIMENTS[number]
-    config = yaml.safe_load((PAPER / f"exp{number}.yaml").read_text())["downstream_expert"]
+    register()
+    # The experiment as run_downstream.py runs it: the file merged over emotion_ecapa's defaults.
+    config = load_task_config("emotion_ecapa", str(PAPER / f"exp{number}.yaml"))["downstream_expert"]
     assert (PAPER / f"exp{number}.yaml").read_text().startswith(f"# Paper Table 1, experiment {number}:")
     assert config["modelrc"]["aggregator"] == experiment.aggregator.lower()
     assert config["checkpoint_averaging"]["average"] is experiment.downstream_avg
@@ -40,6 +42,9 @@ def test_model_overrides_carry_the_experiment_keys():
     assert "config.downstream_expert.text.transcripts=null" in overrides
     assert "config.downstream_expert.modelrc.fusion=early" in model_overrides(PAPER / "exp7.yaml")
     assert "config.downstream_expert.checkpoint_averaging.average=false" in model_overrides(PAPER / "exp1.yaml")
+    # Keys a paper file leaves to the defaults are carried too, so --base-config cannot change them.
+    assert {"config.downstream_expert.modelrc.fusion=null",
+            "config.downstream_expert.text.speech=true"} <= set(model_overrides(PAPER / "exp5.yaml"))
 
 
 def test_tables_list_every_experiment_with_paper_numbers(tmp_path):
@@ -59,7 +64,7 @@ def test_table1_command_runs_both_stages(mini_corpus, mini_meta, tiny_upstreams,
     """Experiments 2 (FT without averaging), 7 (early fusion of two FT upstreams) and 11
     (fbank & fine-tuned BERT) end to end on one fold, then a rerun that reuses everything."""
     from s3prl_ser.cli.table1 import main as table1
-    from s3prl_ser.models.text_encoder import write_tiny_bert
+    from s3prl_ser.toy.tiny_bert import write_tiny_bert
 
     bert = write_tiny_bert(tmp_path / "bert")
     argv = ["--experiments", "2,7,11", "--superb", "fbank", "-p", str(tmp_path / "t1"), "--root", str(mini_corpus), "--meta", str(mini_meta),

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from helpers import die_after_saving, overrides
-from s3prl_ser.toy.builtin_corpus import SENTENCES
+from s3prl_ser.cli.run_downstream import main as run_downstream
+from s3prl_ser.cli.tiny_bert import main as tiny_bert_cli
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.hub.ft_hub import FoldMismatchError, resolve_ft_text_encoder
-from s3prl_ser.cli.run_downstream import main as run_downstream
-from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts, main, transcripts_for, write_tiny_bert
-
+from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts, transcripts_for
+from s3prl_ser.toy.builtin_corpus import SENTENCES
+from s3prl_ser.toy.tiny_bert import write_tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,7 +45,7 @@ def test_tiny_bert_round_trip(tiny_bert):
 def test_tiny_bert_is_deterministic_by_seed(tiny_bert, tmp_path):
     weights = lambda path: (path / "model.safetensors").read_bytes()  # noqa: E731
     assert weights(write_tiny_bert(tmp_path / "again")) == weights(tiny_bert)
-    main(["tiny", str(tmp_path / "seed1"), "--seed", "1"])  # the CLI
+    tiny_bert_cli([str(tmp_path / "seed1"), "--seed", "1"])
     assert weights(write_tiny_bert(tmp_path / "seed1_again", seed=1)) == weights(tmp_path / "seed1")
     assert weights(tmp_path / "seed1") != weights(tiny_bert)
     assert (tmp_path / "seed1" / "vocab.txt").read_text() == (tiny_bert / "vocab.txt").read_text()
@@ -69,7 +70,7 @@ def test_weighted_sum_of_layers(tiny_bert):
 
 
 def test_missing_encoder_files(tiny_bert, tmp_path):
-    with pytest.raises(FileNotFoundError, match="directory not found.*python -m s3prl_ser.models.text_encoder tiny DIR"):
+    with pytest.raises(FileNotFoundError, match="directory not found.*python -m s3prl_ser.cli.tiny_bert DIR"):
         TextEncoder(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match=f"{tmp_path} has no config.json.*save_pretrained"):
         TextEncoder(tmp_path)
@@ -81,7 +82,7 @@ def test_missing_encoder_files(tiny_bert, tmp_path):
             (broken / name).unlink()
         with pytest.raises(FileNotFoundError, match=re.escape(message)) as error:
             TextEncoder(broken)
-        assert str(broken) in str(error.value) and "python -m s3prl_ser.models.text_encoder tiny DIR" in str(error.value)
+        assert str(broken) in str(error.value) and "python -m s3prl_ser.cli.tiny_bert DIR" in str(error.value)
 
 
 def test_transcripts_errors(tmp_path):
@@ -147,7 +148,7 @@ def test_text_cannot_be_fused_early(tiny_bert, mini_corpus, mini_meta, tmp_path)
 
 
 def _text_ft(tiny_bert, corpus, meta, ft_dir, extra=""):
-    from upstream_ft.__main__ import main as upstream_ft
+    from s3prl_ser.cli.finetune import main as upstream_ft
 
     return upstream_ft(["-u", "text", "-k", str(tiny_bert), "-p", str(ft_dir), "--folds", "fold1", "--device", "cpu",
                         "-o", f"config.datarc.root={corpus},,config.datarc.meta_data={meta},,"
@@ -202,13 +203,13 @@ def test_text_finetuning_exports_the_average_of_the_kept_checkpoints(text_ft, ti
 
 
 def test_text_finetuning_refuses_a_missing_encoder(mini_corpus, mini_meta, tmp_path):
-    from upstream_ft.__main__ import main as upstream_ft
+    from s3prl_ser.cli.finetune import main as upstream_ft
 
     opts = ["--folds", "fold1", "--device", "cpu", "-o", f"config.datarc.root={mini_corpus},,"
             f"config.datarc.meta_data={mini_meta},,config.datarc.num_workers=0"]
     with pytest.raises(SystemExit, match="-u text needs -k DIR"):
         upstream_ft(["-u", "text", "-p", str(tmp_path / "ft"), *opts])
-    with pytest.raises(SystemExit, match=f"{re.escape(str(tmp_path / 'nowhere'))}.*text_encoder tiny DIR"):
+    with pytest.raises(SystemExit, match=f"{re.escape(str(tmp_path / 'nowhere'))}.*cli.tiny_bert DIR"):
         upstream_ft(["-u", "text", "-k", str(tmp_path / "nowhere"), "-p", str(tmp_path / "ft"), *opts])
     assert not (tmp_path / "ft" / "fold1" / "log.log").exists()  # refused before any training
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from s3prl_ser.toy.tiny_upstream import main, write_tiny_upstream
+from s3prl_ser.cli.tiny_upstream import main
+from s3prl_ser.toy.tiny_upstream import write_tiny_upstream
 
 
 @pytest.mark.parametrize("arch", ["hubert", "wav2vec2"])

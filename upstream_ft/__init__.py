@@ -5,11 +5,9 @@ mean pooling + a linear classifier on the fold's train split, the k best checkpo
 accuracy are averaged, and the result is exported as an s3prl converted checkpoint that
 ``hubert_local`` / ``wav2vec2_local`` load, or ``hubert_ft_avg -k FT_DIR`` for the fold tested
 (:mod:`s3prl_ser.hub.ft_hub`). ``-u text`` does the same for a Hugging Face text encoder (BERT) over
-the transcripts (paper 3.2). Command line: ``python -m upstream_ft`` (see ``__main__``).
-
-Modules: ``config`` (defaults and checks), ``data`` (fold splits, resumable order),
-``upstream`` (hub loading, exportability), ``model``, ``optim``, ``distributed``,
-``trainer`` (the loop), ``export`` (converted checkpoints, averaging), ``pipeline`` (one fold).
+the transcripts (paper 3.2). ``python -m upstream_ft`` is a thin entry to
+:mod:`s3prl_ser.cli.finetune`; the stage's logic lives in :mod:`s3prl_ser.training` (``finetune``,
+``finetune_config``, the shared config system and training loop).
 """
 
 import s3prl_ser  # noqa: F401  (s3prl compatibility fixes must precede any s3prl import)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
+from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.data.folds import FOLDS, check_fold
 from s3prl_ser.training.config import ConfigError
 from s3prl_ser.training.cv_report import summarize, write_report
-from s3prl_ser.data.folds import FOLDS, check_fold
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.training.run_identity import describe, run_identity, significant_differences
 from s3prl_ser.training.runner import FINAL_RECORD
 
@@ -71,7 +72,7 @@ def _check_unfinished(fold_dir: Path, requested: dict) -> None:
 def cross_validate(
     expdir: str | Path,
     run_args: list[str],
-    folds: list[str] = list(FOLDS),
+    folds: Sequence[str] = FOLDS,
     overrides: str = "",
     title: str | None = None,
 ) -> dict:
@@ -128,10 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.expdir or args.expname):
         parser.error("name the experiment with -n NAME or -p EXPDIR")
     expdir = Path(args.expdir or f"result/downstream/{args.expname}")
-    try:
+    with exit_on_error():
         cross_validate(expdir, run_args, args.folds.split(","), args.override)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

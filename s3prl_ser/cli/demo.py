@@ -22,10 +22,11 @@ import argparse
 import warnings
 from pathlib import Path
 
-from s3prl_ser.toy.builtin_corpus import default_corpus_dir, generate_corpus
 from s3prl_ser.cli.cross_validate import cross_validate
+from s3prl_ser.cli.errors import EXPECTED_ERRORS, exit_on_error
 from s3prl_ser.data.prepare_iemocap import prepare
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR
+from s3prl_ser.toy.builtin_corpus import BuiltinCorpusError, default_corpus_dir, generate_corpus
 from s3prl_ser.toy.tiny_upstream import write_tiny_upstream
 
 UPSTREAM_FT_DIR = Path(__file__).resolve().parents[2] / "upstream_ft"
@@ -35,7 +36,7 @@ __all__ = ["main"]
 
 def _table1(args: argparse.Namespace, corpus: Path, meta: Path) -> None:
     from s3prl_ser.cli.table1 import run_table1
-    from s3prl_ser.models.text_encoder import write_tiny_bert
+    from s3prl_ser.toy.tiny_bert import write_tiny_bert
 
     bases = args.out / "tiny_upstreams"
     for arch in ("wav2vec2", "hubert"):
@@ -58,6 +59,7 @@ def _table1(args: argparse.Namespace, corpus: Path, meta: Path) -> None:
     )
 
 
+@exit_on_error(BuiltinCorpusError, *EXPECTED_ERRORS)  # e.g. espeak-ng missing, a bad --folds
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m s3prl_ser.cli.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("result/demo"), help="output directory")
@@ -80,15 +82,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.pipeline == "fbank":
         expdir, upstream, title = args.out / "fbank_ecapa", ["-u", "fbank"], "fbank + ECAPA-TDNN"
     else:
-        from upstream_ft.__main__ import main as upstream_ft
+        from s3prl_ser.cli.finetune import main as finetune
 
         tiny = args.out / "tiny_hubert.pt"
         if not tiny.is_file():
             write_tiny_upstream("hubert", tiny)
         ft_dir = args.out / "upstream_ft" / "tiny_hubert"
-        upstream_ft(["-u", "hubert_local", "-k", str(tiny), "-p", str(ft_dir), "--folds", args.folds,
-                     "--device", args.device, "-c", str(UPSTREAM_FT_DIR / "config_builtin.yaml"),
-                     "-o", f"config.datarc.root={corpus.resolve()},,config.datarc.meta_data={meta.resolve()}"])
+        finetune(["-u", "hubert_local", "-k", str(tiny), "-p", str(ft_dir), "--folds", args.folds,
+                  "--device", args.device, "-c", str(UPSTREAM_FT_DIR / "config_builtin.yaml"),
+                  "-o", f"config.datarc.root={corpus.resolve()},,config.datarc.meta_data={meta.resolve()}"])
         print(f"[demo] - fine-tuned upstreams: {ft_dir}/<fold>/upstream.ckpt")
         expdir = args.out / "hubert_ft_ecapa"
         upstream = ["-u", "hubert_ft_avg", "-k", str(ft_dir)]

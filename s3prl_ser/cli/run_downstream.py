@@ -4,8 +4,11 @@ Same flags and behaviour as s3prl's ``run_downstream.py`` (``-m train|evaluate|i
 ``-u -k -g -r -f -s -l -d -v -c -o -n -p -e -i -a``, ``--seed``, ``--device``, torchrun), with:
 
 * this project's tasks registered (``-d emotion_ecapa``) next to s3prl's;
-* ``-c`` defaulting to ``downstream/<task>/config.yaml`` wherever the task lives;
-* ``-o`` values parsed as YAML and unknown keys refused (a typo is an error, not a new key);
+* ``-c`` merged over the task's defaults, ``downstream/<task>/config.yaml`` wherever the task
+  lives, so a ``-c`` file may hold only what differs (:mod:`s3prl_ser.training.config`);
+* ``-c`` and ``-o`` keys the defaults lack refused (a typo is an error, not a new key), ``-o``
+  values parsed as YAML;
+* ``config.runner.fp16`` refused for training on a device other than CUDA (s3prl ignores it);
 * checkpoints loaded weights-only, written atomically;
 * the effective config, args and package versions saved in the experiment directory.
 """
@@ -24,18 +27,36 @@ import sys
 from argparse import Namespace
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import yaml
 
 import s3prl_ser
+from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.training.config import ConfigError, apply_overrides
-from s3prl_ser.hub.registry import default_config, register
-from s3prl_ser.training.run_identity import RUN_ARGS, describe, previous_run_files, run_identity, significant_differences
+from s3prl_ser.hub.registry import default_config, is_project_task, register
+from s3prl_ser.training.config import (
+    S3PRL_FREE_FORM,
+    ConfigError,
+    apply_overrides,
+    check_fp16,
+    load_config,
+    read_yaml,
+)
+from s3prl_ser.training.run_identity import (
+    RUN_ARGS,
+    describe,
+    previous_run_files,
+    run_identity,
+    significant_differences,
+)
 
-__all__ = ["build_parser", "requested_run", "get_downstream_args", "environment_record", "main"]
+if TYPE_CHECKING:  # the runner imports s3prl's; loaded only when a run starts
+    from s3prl_ser.training.runner import SERRunner
+
+__all__ = ["build_parser", "load_task_config", "requested_run", "get_downstream_args", "environment_record", "main"]
 
 # Arguments a resumed run must not take from its checkpoint (as in s3prl).
 _NOT_RESUMED = ("mode", "evaluate_split", "override", "backend", "local_rank", "past_exp", "device")
@@ -52,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local_rank", type=int, help="set by the launcher; torchrun's LOCAL_RANK is read too")
     parser.add_argument("-e", "--past_exp", metavar="{CKPT_PATH,CKPT_DIR}", help="resume from a checkpoint")
     parser.add_argument("-i", "--init_ckpt", metavar="CKPT_PATH", help="load weights only (for evaluation)")
-    parser.add_argument("-c", "--config", help="yaml config (default: downstream/<task>/config.yaml)")
+    parser.add_argument("-c", "--config",
+                        help="yaml config merged over downstream/<task>/config.yaml (may hold only what differs)")
     parser.add_argument("-d", "--downstream", help="downstream task, e.g. emotion_ecapa or emotion")
     parser.add_argument("-v", "--downstream_variant", help="task variant, e.g. the fold (fold1..fold5)")
     parser.add_argument("--hub", default="torch", choices=["torch"], help="upstream hub (offline: torch only)")
@@ -94,18 +116,56 @@ def _explicit_args(argv: list[str] | None) -> dict:
     return vars(parser.parse_args(argv))
 
 
+def _free_form(task: str) -> tuple[str, ...]:
+    """The config sections of ``task`` that a ``-c`` file or ``-o`` replaces whole instead of merging."""
+    if is_project_task(task):
+        return S3PRL_FREE_FORM
+    # s3prl's own experts read modelrc[modelrc["select"]]: one section per selectable model class.
+    return (*S3PRL_FREE_FORM, "downstream_expert.modelrc")
+
+
+def load_task_config(task: str, path: str | None = None) -> dict:
+    """``downstream/<task>/config.yaml`` with the ``-c`` file ``path`` (if any) merged over it.
+
+    A stock s3prl task without shipped defaults (the wheel has none) takes the ``-c`` file as is.
+
+    Raises:
+        FileNotFoundError: a file is missing, or neither defaults nor ``path`` exist.
+        ConfigError: ``path`` has a key the defaults lack (named, with the closest known key).
+    """
+    try:
+        defaults = default_config(task)
+    except FileNotFoundError:
+        if path is None:
+            raise
+        return read_yaml(path)
+    return load_config(defaults, path, free_form=_free_form(task))
+
+
+def _apply_overrides(args: Namespace, config: dict) -> None:
+    """``-o`` on ``config`` (and ``args``), unless absent or s3prl's ``none``."""
+    if args.override and args.override.lower() != "none":
+        apply_overrides(args.override, args, config, free_form=_free_form(args.downstream))
+
+
 def requested_run(argv: list[str] | None = None) -> tuple[Namespace, dict]:
-    """The args and config a fresh run of ``argv`` would use; reads the config, writes nothing."""
+    """The args and config a fresh run of ``argv`` would use; reads the config, writes nothing.
+
+    Raises:
+        ConfigError: no ``-d``/``-u``, an unknown key in ``-c``/``-o``, or ``config.runner.fp16``
+            for training on a device other than CUDA.
+        FileNotFoundError: a config file is missing.
+    """
     args = build_parser().parse_args(argv)
     if args.downstream is None:
         raise ConfigError("choose a downstream task with -d (e.g. -d emotion_ecapa)")
     if args.upstream is None:
         raise ConfigError("choose an upstream with -u (e.g. -u fbank, -u hubert_local -k CKPT)")
+    config = load_task_config(args.downstream, args.config)
     args.config = args.config or str(default_config(args.downstream))
-    with open(args.config) as handle:
-        config = yaml.safe_load(handle)
-    if args.override and args.override.lower() != "none":
-        apply_overrides(args.override, args, config)
+    _apply_overrides(args, config)
+    if args.mode == "train":
+        check_fp16(config, args.device)
     return args, config
 
 
@@ -122,10 +182,8 @@ def _check_resume(ckpt_path: str, ckpt: dict, args: Namespace, config: dict, arg
         key: value for key, value in explicit.items() if key in RUN_ARGS}
     requested_config = config
     if "config" in explicit:
-        with open(explicit["config"]) as handle:
-            requested_config = yaml.safe_load(handle)
-        if args.override and args.override.lower() != "none":
-            apply_overrides(args.override, Namespace(**vars(args)), requested_config)
+        requested_config = load_task_config(args.downstream, explicit["config"])
+        _apply_overrides(Namespace(**vars(args)), requested_config)
     changed = significant_differences(run_identity(ckpt["Args"], ckpt["Config"]),
                                       run_identity(requested_args, requested_config), resuming=True)
     if changed:
@@ -185,9 +243,9 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
     args.past_exp, args.local_rank, args.init_ckpt = past_exp, local_rank, ckpt_path
     args.expdir = expdir or os.path.dirname(os.path.abspath(ckpt_path))
     config = copy.deepcopy(ckpt["Config"])
-    if args.override and args.override.lower() != "none":
-        apply_overrides(args.override, args, config)
+    _apply_overrides(args, config)
     if args.mode == "train":
+        check_fp16(config, args.device)
         _check_resume(ckpt_path, ckpt, args, config, argv)
     os.makedirs(args.expdir, exist_ok=True)
     return args, config
@@ -239,7 +297,7 @@ def _seed_everything(args: Namespace) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def run(args: Namespace, config: dict) -> "SERRunner":
+def run(args: Namespace, config: dict) -> SERRunner:
     """Build the runner for parsed ``args``/``config`` and execute ``args.mode``."""
     from s3prl.utility.helper import is_leader_process
 
@@ -275,10 +333,8 @@ def run(args: Namespace, config: dict) -> "SERRunner":
 def main(argv: list[str] | None = None) -> None:
     torch.multiprocessing.set_sharing_strategy("file_system")
     register()
-    try:
+    with exit_on_error():
         args, config = get_downstream_args(argv)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
     run(args, config)
 
 

@@ -26,16 +26,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import yaml
 
-from s3prl_ser.training.config import ConfigError
+from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.data.folds import FOLDS
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR
+from s3prl_ser.training.config import ConfigError, load_config
 
 __all__ = ["Experiment", "EXPERIMENTS", "SUPERB_ER", "parse_experiments", "model_overrides", "main"]
 
@@ -103,8 +103,8 @@ def _yaml(value: object) -> str:
 
 
 def model_overrides(config_path: Path) -> list[str]:
-    """The experiment-defining keys of an ``exp<N>.yaml`` as ``-o`` overrides."""
-    expert = yaml.safe_load(config_path.read_text())["downstream_expert"]
+    """The experiment-defining keys of an ``exp<N>.yaml`` (merged over the task's defaults) as ``-o`` overrides."""
+    expert = load_config(DOWNSTREAM_DIR / "emotion_ecapa" / "config.yaml", config_path)["downstream_expert"]
     keys = {"modelrc.aggregator": expert["modelrc"]["aggregator"],
             "modelrc.fusion": expert["modelrc"].get("fusion"),
             "checkpoint_averaging.average": expert["checkpoint_averaging"]["average"]}
@@ -112,14 +112,14 @@ def model_overrides(config_path: Path) -> list[str]:
     return [f"config.downstream_expert.{key}={_yaml(value)}" for key, value in keys.items()]
 
 
-def _entry(spec: str) -> tuple[str, Optional[str]]:
+def _entry(spec: str) -> tuple[str, str | None]:
     name, _, ckpt = spec.partition(":")
     return name, ckpt or None
 
 
 def _finetune(base: str, spec: str, ft_dir: Path, folds: list[str], average: bool, datarc: str,
-              ft_config: Optional[str], device: str) -> None:
-    from upstream_ft.__main__ import main as upstream_ft
+              ft_config: str | None, device: str) -> None:
+    from s3prl_ser.cli.finetune import main as finetune
 
     name, ckpt = ("text", spec) if base == "bert" else _entry(spec)
     argv = ["-u", name, "-p", str(ft_dir), "--folds", ",".join(folds), "--device", device,
@@ -128,10 +128,10 @@ def _finetune(base: str, spec: str, ft_dir: Path, folds: list[str], average: boo
         argv[2:2] = ["-k", ckpt]
     if ft_config:
         argv += ["-c", ft_config]
-    upstream_ft(argv)
+    finetune(argv)
 
 
-def _row(experiment: Experiment, summary: Optional[dict]) -> str:
+def _row(experiment: Experiment, summary: dict | None) -> str:
     yes = lambda flag: "yes" if flag else "no"  # noqa: E731
     ours = (f"{summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f} | {summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f}"
             if summary else "not run | not run")
@@ -144,8 +144,8 @@ SUPERB_PROTOCOL = ["config.downstream_expert.modelrc.aggregator=mean", "config.d
                    "config.downstream_expert.checkpoint_averaging.average=false"]
 
 
-def write_tables(out_dir: Path, summaries: dict[int, Optional[dict]], note: str,
-                 superb: Optional[dict[str, dict]] = None) -> dict[str, Path]:
+def write_tables(out_dir: Path, summaries: dict[int, dict | None], note: str,
+                 superb: dict[str, dict] | None = None) -> dict[str, Path]:
     """``table1.md``/``table1.json`` (every experiment, run or not) and ``superb_er.md``
     (the SUPERB-protocol runs in ``superb``: upstream name -> summary)."""
     lines = ["# Table 1 (Morais et al., ICASSP 2022) reproduced", "", note, "",
@@ -176,7 +176,7 @@ def write_tables(out_dir: Path, summaries: dict[int, Optional[dict]], note: str,
 
 def run_table1(out_dir: Path, experiments: list[int], folds: list[str], root: Path, meta: Path,
                overrides: str = "", *, wav2vec2: str = "wav2vec2", hubert: str = "hubert",
-               bert: Optional[str] = None, base_config: Optional[str] = None, ft_config: Optional[str] = None,
+               bert: str | None = None, base_config: str | None = None, ft_config: str | None = None,
                ft_overrides: str = "", device: str = "cpu", note: str = "",
                superb: Sequence[str] = ()) -> dict[int, dict]:
     """Run (or resume) the experiments and write the tables; return the summaries run.
@@ -260,15 +260,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--superb", default="", help="stock upstreams (NAME or NAME:CKPT) to run with SUPERB's ER protocol")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_error():
         experiments = parse_experiments(args.experiments)
         run_table1(args.out, experiments, args.folds.split(","), args.root, args.meta, args.override,
                    wav2vec2=args.wav2vec2,
                    hubert=args.hubert, bert=args.bert, base_config=args.base_config, ft_config=args.ft_config,
                    ft_overrides=args.ft_override, device=args.device, note=f"Folds: {args.folds}.",
                    superb=[s for s in args.superb.split(",") if s])
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

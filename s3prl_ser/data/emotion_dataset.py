@@ -41,7 +41,7 @@ def read_meta_data(path: str | os.PathLike, root: str | os.PathLike | None = Non
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"meta data not found: {path} (run `python -m s3prl_ser.data.prepare_iemocap ROOT --out META_DIR`)"
+            f"meta data not found: {path} (run `python -m s3prl_ser.cli.prepare_iemocap ROOT --out META_DIR`)"
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -1,10 +1,7 @@
 """Prepare IEMOCAP's leave-one-session-out meta data, as s3prl's ``IEMOCAP_preprocess.py``.
 
-Usage::
-
-    python -m s3prl_ser.data.prepare_iemocap IEMOCAP_ROOT --out META_DIR
-
-reads the raw release layout::
+Command line: ``python -m s3prl_ser.cli.prepare_iemocap IEMOCAP_ROOT --out META_DIR``
+(:mod:`s3prl_ser.cli.prepare_iemocap`). :func:`prepare` reads the raw release layout::
 
     IEMOCAP_ROOT/SessionN/dialog/EmoEvaluation/<dialog>.txt     utterance labels
     IEMOCAP_ROOT/SessionN/dialog/transcriptions/<dialog>.txt    transcripts
@@ -26,16 +23,14 @@ To reuse the meta data of an existing SUPERB run, point the downstream at that J
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
 import warnings
-from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 __all__ = [
     "LABELS",
@@ -145,24 +140,6 @@ def _write_json(data: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _count_table(per_session: dict[str, list[Utterance]]) -> str:
-    header = f"{'fold':<7}{'split':<7}" + "".join(f"{l:>7}" for l in LABELS) + f"{'total':>8}"
-    lines = [header, "-" * len(header)]
-    for index, session in enumerate(per_session, start=1):
-        for split in ("train", "test"):
-            items = [u for s, us in per_session.items() if (s == session) == (split == "test") for u in us]
-            counts = Counter(u.label for u in items)
-            lines.append(
-                f"{'fold' + str(index):<7}{split:<7}"
-                + "".join(f"{counts[l]:>7}" for l in LABELS)
-                + f"{len(items):>8}"
-            )
-    everything = Counter(u.label for us in per_session.values() for u in us)
-    total = sum(everything.values())
-    lines.append(f"{'all':<14}" + "".join(f"{everything[l]:>7}" for l in LABELS) + f"{total:>8}")
-    return "\n".join(lines)
-
-
 def prepare(
     root: str | os.PathLike,
     out: str | os.PathLike,
@@ -199,27 +176,3 @@ def prepare(
             transcripts[utterance.name] = texts.get(utterance.name, "")
     _write_json(transcripts, out / "transcripts.json")
     return per_session
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m s3prl_ser.data.prepare_iemocap",
-        description="Write s3prl emotion meta data (leave-one-session-out folds) for IEMOCAP."
-    )
-    parser.add_argument("root", type=Path, help="IEMOCAP release root (contains Session1..5)")
-    parser.add_argument("--out", type=Path, required=True, help="output META_DIR")
-    parser.add_argument("--sessions", default="1,2,3,4,5", help="comma-separated session numbers")
-    parser.add_argument("--file-order", choices=["sorted", "listdir"], default="sorted",
-                        help="label-file order; 'listdir' reproduces stock s3prl on this machine")
-    args = parser.parse_args(argv)
-    try:
-        sessions = [int(s) for s in args.sessions.split(",")]
-        per_session = prepare(args.root, args.out, sessions=sessions, order=args.file_order)
-    except (PreparationError, ValueError) as error:
-        sys.exit(f"error: {error}")
-    print(_count_table(per_session))
-    print(f"meta data written to {args.out}")
-
-
-if __name__ == "__main__":
-    main()

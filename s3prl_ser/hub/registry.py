@@ -13,7 +13,7 @@ from pathlib import Path
 
 from s3prl_ser.hub.ft_hub import register_ft_avg_entries
 
-__all__ = ["DOWNSTREAM_DIR", "register", "default_config"]
+__all__ = ["DOWNSTREAM_DIR", "register", "default_config", "is_project_task"]
 
 DOWNSTREAM_DIR = Path(__file__).resolve().parents[2] / "downstream"
 
@@ -43,3 +43,8 @@ def default_config(task: str) -> Path:
     raise FileNotFoundError(
         f"no config.yaml for downstream task {task!r} (the s3prl wheel ships none for stock tasks); pass -c CONFIG"
     )
+
+
+def is_project_task(task: str) -> bool:
+    """Whether ``-d task`` runs this project's expert (``downstream/<task>/expert.py``), not s3prl's."""
+    return (DOWNSTREAM_DIR / task / "expert.py").is_file()

@@ -1,13 +1,12 @@
 """Token-level features of transcripts from a Hugging Face encoder (the paper's BERT, exp. 10-11).
 
 The encoder is read from a local directory (``save_pretrained`` layout); nothing is downloaded.
-For tests and demos, ``python -m s3prl_ser.models.text_encoder tiny DIR`` writes a tiny random-init
-BERT with a word-level WordPiece vocabulary covering the built-in corpus's sentences.
+For tests and demos, ``python -m s3prl_ser.cli.tiny_bert DIR`` writes a tiny random-init BERT
+(:mod:`s3prl_ser.toy.tiny_bert`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -20,7 +19,6 @@ __all__ = [
     "FEATURE_SELECTIONS",
     "LayerSelection",
     "TextEncoder",
-    "write_tiny_bert",
     "load_transcripts",
     "transcripts_for",
 ]
@@ -30,7 +28,7 @@ FEATURE_SELECTIONS = ("last_hidden_state", "hidden_states")
 # builds a tokenizer that maps every word to [UNK], so their absence is checked up front.
 _VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
                      "tokenizer.model")
-_HOW_TO_MAKE = ("write a tiny one with `python -m s3prl_ser.models.text_encoder tiny DIR`, or `save_pretrained` "
+_HOW_TO_MAKE = ("write a tiny one with `python -m s3prl_ser.cli.tiny_bert DIR`, or `save_pretrained` "
                 "a real BERT's model and tokenizer there")
 
 
@@ -128,51 +126,6 @@ class TextEncoder(nn.Module):
         return self.featurizer(layers), lengths
 
 
-_WORDS = (
-    "i you he she it we they me my your his her our their this that these those the a an and or but not no "
-    "yes is are was were be been will would can could do did have has had to of in on at for with from by "
-    "about as what where when who why how there here all some one two nine six last new other again day "
-    "morning tomorrow yesterday home city car bus train door table keys box salt book letter shop meeting "
-    "friday dinner corner drawer brother excuse left comes called need talk put raining bought open pass "
-    "moved another works downtown think closes sit over read had late turn let see saw forms problem line "
-    "told get let's know just right okay well really go going want like time"
-)
-
-
-def write_tiny_bert(path: str | os.PathLike, *, seed: int = 0, hidden_size: int = 32, layers: int = 2,
-                    heads: int = 2) -> Path:
-    """Write a random-init BERT and its tokenizer to ``path`` (``save_pretrained`` layout).
-
-    The vocabulary holds the special tokens, single characters and a few hundred common
-    English words (every word of the built-in corpus), so texts rarely fall back to [UNK].
-    The weights depend on ``seed`` only (the global RNG is left untouched).
-    """
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    from s3prl_ser.toy.builtin_corpus import SENTENCES
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    corpus_words = {w.strip(".,?!'").lower() for sentence in SENTENCES for w in sentence.split()}
-    words = sorted(set(_WORDS.split()) | corpus_words - {""})
-    characters = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,?!'-"))
-    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + characters
-                               + [f"##{c}" for c in characters] + words))
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    # Positional: the argument is `vocab_file` in transformers 4 and `vocab` in 5.
-    tokenizer = BertTokenizerFast(str(path / "vocab.txt"), do_lower_case=True)
-    if len(tokenizer) != len(vocab):
-        raise RuntimeError(f"tokenizer built from {path / 'vocab.txt'} has {len(tokenizer)} tokens, "
-                           f"expected {len(vocab)}")
-    tokenizer.save_pretrained(str(path))
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=2 * hidden_size, max_position_embeddings=128)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        BertModel(config).save_pretrained(str(path))
-    return path
-
-
 def load_transcripts(path: str | os.PathLike) -> dict[str, str]:
     """``META_DIR/transcripts.json`` (utterance name -> text) written by ``prepare_iemocap``.
 
@@ -182,7 +135,7 @@ def load_transcripts(path: str | os.PathLike) -> dict[str, str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"transcripts not found: {path} (written by `python -m s3prl_ser.data.prepare_iemocap`)")
+        raise FileNotFoundError(f"transcripts not found: {path} (written by `python -m s3prl_ser.cli.prepare_iemocap`)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -198,17 +151,3 @@ def transcripts_for(names: Sequence[str], transcripts: Mapping[str, str], source
     if missing:
         raise KeyError(f"{source}: no transcript for {', '.join(missing[:3])}")
     return [transcripts[name] for name in names]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.models.text_encoder",
-                                     description="Write a tiny random-init BERT for tests and demos.")
-    parser.add_argument("command", choices=["tiny"])
-    parser.add_argument("path", type=Path)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(f"wrote tiny BERT to {write_tiny_bert(args.path, seed=args.seed)}")
-
-
-if __name__ == "__main__":
-    main()

@@ -15,14 +15,12 @@ Everything random comes from one ``numpy.random.Generator(seed)``, drawn in a
 fixed order before any audio is rendered, and sox runs without dither, so the
 same seed and tool versions give byte-identical files.
 
-Usage::
-
-    python -m s3prl_ser.toy.builtin_corpus [ROOT] [--seed N] [--utterances-per-speaker N]
+Command line: ``python -m s3prl_ser.cli.builtin_corpus [ROOT] [--seed N]
+[--utterances-per-speaker N]`` (:mod:`s3prl_ser.cli.builtin_corpus`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -31,7 +29,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -43,7 +40,6 @@ __all__ = [
     "default_corpus_dir",
     "generate_corpus",
     "load_manifest",
-    "main",
 ]
 
 FORMAT_VERSION = 1
@@ -563,38 +559,3 @@ def _write_labels(utterances: list[_Utterance], durations: dict[str, float], roo
         for sub, lines in (("EmoEvaluation", emo), ("transcriptions", transcript)):
             (session_dir / sub).mkdir(parents=True, exist_ok=True)
             (session_dir / sub / f"{dialog}.txt").write_text("\n".join(lines) + "\n")
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: generate (or find) the corpus and print its label counts."""
-    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.toy.builtin_corpus", description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", nargs="?", type=pathlib.Path, default=default_corpus_dir(),
-                        help="output directory (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--utterances-per-speaker", type=int, default=28)
-    parser.add_argument("--overwrite", action="store_true", help="replace whatever is at ROOT")
-    args = parser.parse_args(argv)
-
-    started = time.perf_counter()
-    try:
-        root = generate_corpus(
-            args.root,
-            seed=args.seed,
-            utterances_per_speaker=args.utterances_per_speaker,
-            overwrite=args.overwrite,
-        )
-    except (BuiltinCorpusError, ValueError) as err:
-        parser.exit(1, f"error: {err}\n")
-    manifest = load_manifest(root)
-    print(f"Corpus at {root} ({manifest['n_utterances']} utterances, "
-          f"{manifest['total_seconds'] / 60:.1f} min; {time.perf_counter() - started:.1f} s)")
-    print(f"{'':10}" + "".join(f"{label:>6}" for label in LABELS) + f"{'total':>7}")
-    for session, row in manifest["counts"].items():
-        cells = "".join(f"{row.get(label, 0):6d}" for label in LABELS)
-        print(f"{session:10}{cells}{sum(row.values()):7d}")
-
-if __name__ == "__main__":
-    main()

@@ -9,14 +9,12 @@ dicts), so stock s3prl loads them with ``hubert_local`` / ``wav2vec2_local`` and
 The feature encoder keeps the real models' total stride (320 samples = 20 ms at 16 kHz) and
 receptive field (400 samples), so frame counts and length checks behave as with real weights.
 
-CLI::
-
-    python -m s3prl_ser.toy.tiny_upstream hubert tiny_hubert.pt [--layers 2 --dim 48 --seed 0]
+Command line: ``python -m s3prl_ser.cli.tiny_upstream hubert tiny_hubert.pt [--layers 2 --dim 48
+--seed 0]`` (:mod:`s3prl_ser.cli.tiny_upstream`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -112,22 +110,3 @@ def write_tiny_upstream(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(state, path)
     return path
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.toy.tiny_upstream", description=__doc__.split("\n\n")[0])
-    parser.add_argument("arch", choices=["hubert", "wav2vec2"])
-    parser.add_argument("path", type=Path)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--dim", type=int, default=48)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    path = write_tiny_upstream(
-        args.arch, args.path, layers=args.layers, dim=args.dim, heads=args.heads, seed=args.seed
-    )
-    print(f"wrote tiny {args.arch} checkpoint to {path} (load with -u {args.arch}_local -k {path})")
-
-
-if __name__ == "__main__":
-    main()
