@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from s3prl_ser.cli.errors import EXPECTED_ERRORS, exit_on_error
-from s3prl_ser.training.config import ConfigError
+from s3prl_ser.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,8 +20,8 @@ def test_s3prl_hub_and_runner_import():
 
 
 def test_removed_apis_raise_only_when_called():
-    from torchaudio.sox_effects import apply_effects_tensor
     import huggingface_hub
+    from torchaudio.sox_effects import apply_effects_tensor
 
     torchaudio.set_audio_backend("sox_io")  # called by s3prl at import time: must be harmless
     with pytest.raises(compat.RemovedAPIError, match="sox_effects.apply_effects_tensor was removed"):

@@ -7,8 +7,7 @@ import yaml
 
 from s3prl_ser.cli.run_downstream import load_task_config, requested_run
 from s3prl_ser.cli.run_downstream import main as run_downstream
-from s3prl_ser.hub.registry import DOWNSTREAM_DIR, register
-from s3prl_ser.training.config import (
+from s3prl_ser.config import (
     S3PRL_FREE_FORM,
     ConfigError,
     apply_overrides,
@@ -19,6 +18,7 @@ from s3prl_ser.training.config import (
     read_yaml,
     require,
 )
+from s3prl_ser.hub.registry import DOWNSTREAM_DIR, register
 from s3prl_ser.training.finetune_config import DEFAULT_CONFIG as FINETUNE_DEFAULTS
 from s3prl_ser.training.finetune_config import validate_config
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from s3prl_ser.cli.cross_validate import main as cross_validate_main
 from helpers import overrides
+from s3prl_ser.cli.cross_validate import main as cross_validate_main
 
 
 @pytest.fixture(scope="module")

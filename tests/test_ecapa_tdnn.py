@@ -1,4 +1,4 @@
-from typing import Any, Dict
+from typing import Any
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ from helpers import pad_with_noise, randomize_batchnorm
 from s3prl_ser.models.ecapa_tdnn import ECAPA_TDNN
 from s3prl_ser.models.pooling import lengths_to_mask
 
-SMALL: Dict[str, Any] = dict(
+SMALL: dict[str, Any] = dict(
     channels=(32, 32, 32, 32, 96),
     res2net_scale=4,
     attention_channels=16,
@@ -49,7 +49,7 @@ def test_default_config_shape_and_size() -> None:
         dict(channels=(16, 32, 48, 32, 96), kernel_sizes=(5, 3, 3, 3, 3), global_context=False),
     ],
 )
-def test_embedding_independent_of_batching_and_padding(overrides: Dict[str, Any]) -> None:
+def test_embedding_independent_of_batching_and_padding(overrides: dict[str, Any]) -> None:
     torch.manual_seed(0)
     model = _small(**overrides)
     randomize_batchnorm(model)
@@ -121,7 +121,7 @@ def test_gradients_flow_in_train_mode(lengths: list, num_frames: int) -> None:
         (dict(lin_neurons=0), "lin_neurons"),
     ],
 )
-def test_rejects_bad_constructor_arguments(overrides: Dict[str, Any], match: str) -> None:
+def test_rejects_bad_constructor_arguments(overrides: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _small(**overrides)
 

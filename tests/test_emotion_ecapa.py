@@ -143,8 +143,8 @@ def test_killed_run_resumes(mini_corpus, meta, tmp_path):
 
 
 def test_averaging_cli_output_is_a_usable_model(trained, tmp_path):
-    from s3prl_ser.inference import EmotionRecognizer
     from s3prl_ser.cli.average_checkpoints import main as average
+    from s3prl_ser.inference import EmotionRecognizer
 
     kept = sorted(trained.glob("dev-top-step*.ckpt"))
     average([*map(str, kept), "-o", str(tmp_path / "avg.ckpt")])

@@ -6,8 +6,8 @@ import torch
 
 from s3prl_ser.data.folds import (
     check_fold,
-    resolve_fold,
     fold_session,
+    resolve_fold,
     speaker_disjoint_split,
     superb_train_dev_split,
     utterance_speaker,

@@ -43,8 +43,8 @@ def test_fold_guard_names_both_folds(ft_dir, tmp_path):
 
 
 def test_local_entries_given_an_export_get_the_fold_guard(ft_dir, tiny_upstreams):
-    from s3prl_ser.hub.upstreams import build_upstream
     from s3prl_ser.hub.exportable import load_upstream
+    from s3prl_ser.hub.upstreams import build_upstream
 
     export = str(ft_dir / "fold1" / "upstream.ckpt")
     with pytest.raises(FoldMismatchError, match=r"fine-tuned for fold1.*requested for fold3"):
@@ -76,7 +76,7 @@ def test_registered_entries_load_through_the_hub(ft_dir):
     assert register_ft_avg_entries() == ["hubert_ft_avg", "wav2vec2_ft_avg"]
     assert {"hubert_ft_avg", "wav2vec2_ft_avg"} <= set(hub.options())
     # keyword arguments s3prl's runner passes go through to hubert_local
-    upstream = getattr(hub, "hubert_ft_avg")(ckpt=str(ft_dir), fold="fold2", model_config=None, refresh=False)
+    upstream = hub.hubert_ft_avg(ckpt=str(ft_dir), fold="fold2", model_config=None, refresh=False)
     with torch.no_grad():
         hidden = upstream.eval()([torch.randn(8000)])["hidden_states"]
     assert hidden[-1].shape == (1, 24, 48)

@@ -38,7 +38,7 @@ def test_class_absent_from_references_is_left_out_of_ua():
 
 
 def test_single_class_predictor_on_balanced_set_is_chance():
-    truth = [l for l in LABELS for _ in range(5)]
+    truth = [label for label in LABELS for _ in range(5)]
     report = classification_report(truth, ["neu"] * len(truth), LABELS)
     assert report.wa == pytest.approx(0.25) and report.ua == pytest.approx(0.25)
 

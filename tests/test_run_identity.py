@@ -2,7 +2,14 @@
 
 from argparse import Namespace
 
-from s3prl_ser.training.run_identity import RUN_ARGS, describe, differences, previous_run_files, run_identity, significant_differences
+from s3prl_ser.training.run_identity import (
+    RUN_ARGS,
+    describe,
+    differences,
+    previous_run_files,
+    run_identity,
+    significant_differences,
+)
 
 
 def test_differences_lists_changed_added_and_removed_keys():

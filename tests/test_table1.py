@@ -4,8 +4,8 @@ import pytest
 
 from s3prl_ser.cli.run_downstream import load_task_config
 from s3prl_ser.cli.table1 import EXPERIMENTS, model_overrides, parse_experiments, write_tables
+from s3prl_ser.config import ConfigError
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR, register
-from s3prl_ser.training.config import ConfigError
 
 PAPER = DOWNSTREAM_DIR / "emotion_ecapa" / "paper"
 

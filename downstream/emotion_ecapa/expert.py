@@ -19,13 +19,13 @@ from torch import nn
 from torch.distributed import get_rank, get_world_size, is_initialized
 from torch.utils.data import DataLoader
 
+from s3prl_ser.config import check_keys
 from s3prl_ser.data.audio import load_audio
 from s3prl_ser.data.fold_data import eval_loader, load_fold_data, train_loader
 from s3prl_ser.data.folds import check_fold, fold_session, resolve_fold
 from s3prl_ser.models.classifier import AGGREGATORS
 from s3prl_ser.models.fusion import EmotionClassifier
 from s3prl_ser.training.best_checkpoints import BestCheckpoints
-from s3prl_ser.training.config import check_keys
 from s3prl_ser.training.metrics import classification_report
 
 DATARC_KEYS = {

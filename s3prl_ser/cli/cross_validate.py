@@ -19,8 +19,8 @@ from pathlib import Path
 
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.config import ConfigError
 from s3prl_ser.data.folds import FOLDS, check_fold
-from s3prl_ser.training.config import ConfigError
 from s3prl_ser.training.cv_report import summarize, write_report
 from s3prl_ser.training.run_identity import describe, run_identity, significant_differences
 from s3prl_ser.training.runner import FINAL_RECORD

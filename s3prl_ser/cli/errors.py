@@ -6,7 +6,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from s3prl_ser.training.config import ConfigError
+from s3prl_ser.config import ConfigError
 
 __all__ = ["EXPECTED_ERRORS", "exit_on_error"]
 

@@ -26,9 +26,9 @@ import torch
 
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.cli.run_downstream import environment_record
+from s3prl_ser.config import apply_overrides, load_config
 from s3prl_ser.data.folds import FOLDS, check_fold
 from s3prl_ser.hub.ft_hub import FT_CHECKPOINT
-from s3prl_ser.training.config import apply_overrides, load_config
 from s3prl_ser.training.distributed import Distributed, setup_distributed
 from s3prl_ser.training.finetune import exported_metadata, run_fold
 from s3prl_ser.training.finetune_config import DEFAULT_CONFIG, validate_config

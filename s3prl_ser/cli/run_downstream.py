@@ -5,7 +5,7 @@ Same flags and behaviour as s3prl's ``run_downstream.py`` (``-m train|evaluate|i
 
 * this project's tasks registered (``-d emotion_ecapa``) next to s3prl's;
 * ``-c`` merged over the task's defaults, ``downstream/<task>/config.yaml`` wherever the task
-  lives, so a ``-c`` file may hold only what differs (:mod:`s3prl_ser.training.config`);
+  lives, so a ``-c`` file may hold only what differs (:mod:`s3prl_ser.config`);
 * ``-c`` and ``-o`` keys the defaults lack refused (a typo is an error, not a new key), ``-o``
   values parsed as YAML;
 * ``config.runner.fp16`` refused for training on a device other than CUDA (s3prl ignores it);
@@ -36,8 +36,7 @@ import yaml
 import s3prl_ser
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.hub.registry import default_config, is_project_task, register
-from s3prl_ser.training.config import (
+from s3prl_ser.config import (
     S3PRL_FREE_FORM,
     ConfigError,
     apply_overrides,
@@ -45,6 +44,7 @@ from s3prl_ser.training.config import (
     load_config,
     read_yaml,
 )
+from s3prl_ser.hub.registry import default_config, is_project_task, register
 from s3prl_ser.training.run_identity import (
     RUN_ARGS,
     describe,

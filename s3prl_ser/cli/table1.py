@@ -33,9 +33,9 @@ from pathlib import Path
 import yaml
 
 from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.config import ConfigError, load_config
 from s3prl_ser.data.folds import FOLDS
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR
-from s3prl_ser.training.config import ConfigError, load_config
 
 __all__ = ["Experiment", "EXPERIMENTS", "SUPERB_ER", "parse_experiments", "model_overrides", "main"]
 

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from s3prl_ser.config import ConfigError, require
 from s3prl_ser.data.emotion_dataset import EmotionDataset, collate, read_fold_meta
 from s3prl_ser.data.folds import speaker_disjoint_split, superb_train_dev_split
 from s3prl_ser.data.sampler import GlobalBatchSampler
-from s3prl_ser.training.config import ConfigError, require
 
 __all__ = ["SPLITS", "FoldData", "load_fold_data", "train_loader", "eval_loader"]
 

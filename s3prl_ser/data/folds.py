@@ -12,8 +12,8 @@ leaderboard, which uses the former.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import PurePath
-from typing import Sequence
 
 import torch
 

@@ -127,7 +127,7 @@ def collect_session(root: Path, session: str, order: FileOrder = "sorted") -> li
             kept.append(Utterance(utterance, relative, _KEEP[code], utterance.split("_")[0]))
     if missing:
         shown = "; ".join(missing[:5]) + (f"; ... {len(missing) - 5} more" if len(missing) > 5 else "")
-        warnings.warn(f"{session}: {len(missing)} labelled utterance(s) have no audio and are dropped: {shown}")
+        warnings.warn(f"{session}: {len(missing)} labelled utterance(s) have no audio and are dropped: {shown}", stacklevel=2)
     if not kept:
         raise PreparationError(f"{session_dir}: no utterance with a neu/hap/exc/ang/sad label and audio")
     return kept
@@ -172,7 +172,7 @@ def prepare(
         texts = read_transcripts(root / name)
         for utterance in per_session[name]:
             if utterance.name not in texts:
-                warnings.warn(f"{root / name}/dialog/transcriptions: no transcript for {utterance.name}")
+                warnings.warn(f"{root / name}/dialog/transcriptions: no transcript for {utterance.name}", stacklevel=2)
             transcripts[utterance.name] = texts.get(utterance.name, "")
     _write_json(transcripts, out / "transcripts.json")
     return per_session

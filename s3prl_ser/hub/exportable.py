@@ -10,9 +10,9 @@ checkpoint's ``model_weight``, and the checkpoint's configs come from the file s
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from torch import nn
 

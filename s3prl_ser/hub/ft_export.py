@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
-from s3prl_ser.training.best_checkpoints import BestCheckpoints, Entry
-from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files, average_state_dicts
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
 from s3prl_ser.hub.ft_hub import FT_CHECKPOINT, FT_METADATA
+from s3prl_ser.training.best_checkpoints import BestCheckpoints, Entry
+from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files, average_state_dicts
 
 __all__ = [
     "BASE_FIELDS",

@@ -9,7 +9,8 @@ expert reads as several streams to fuse.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -18,7 +19,7 @@ from s3prl_ser.hub.upstreams import build_upstream
 __all__ = ["split_names", "MultiUpstream", "MultiFeaturizer", "build_upstreams", "build_featurizer"]
 
 
-def split_names(upstream: str, ckpt: Optional[str]) -> list[tuple[str, Optional[str]]]:
+def split_names(upstream: str, ckpt: str | None) -> list[tuple[str, str | None]]:
     """``"a,b"`` and ``"k1,"`` -> ``[("a", "k1"), ("b", None)]`` (empty checkpoint entries allowed)."""
     names = [n.strip() for n in upstream.split(",")]
     ckpts = [c.strip() or None for c in ckpt.split(",")] if ckpt else [None] * len(names)
@@ -56,15 +57,15 @@ class MultiFeaturizer(nn.Module):
         return [featurizer(wavs, out) for featurizer, out in zip(self.featurizers, outputs)]
 
 
-def build_upstreams(upstream: str, ckpt: Optional[str], model_config: Optional[str] = None,
-                    refresh: bool = False, fold: Optional[str] = None) -> nn.Module:
+def build_upstreams(upstream: str, ckpt: str | None, model_config: str | None = None,
+                    refresh: bool = False, fold: str | None = None) -> nn.Module:
     """One upstream, or a :class:`MultiUpstream` when ``upstream`` names several."""
     pairs = split_names(upstream, ckpt)
     modules = [build_upstream(name, path, model_config, refresh, fold) for name, path in pairs]
     return modules[0] if len(modules) == 1 else MultiUpstream(modules)
 
 
-def build_featurizer(upstream: nn.Module, feature_selection: str, layer_selection: Optional[int],
+def build_featurizer(upstream: nn.Module, feature_selection: str, layer_selection: int | None,
                      device: str, normalize: bool) -> nn.Module:
     """s3prl's ``Featurizer`` for one upstream, a :class:`MultiFeaturizer` for a MultiUpstream."""
     from s3prl.upstream.interfaces import Featurizer

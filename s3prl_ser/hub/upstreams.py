@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-from typing import Optional
 
 from torch import nn
 
@@ -14,10 +13,10 @@ __all__ = ["build_upstream"]
 
 def build_upstream(
     name: str,
-    ckpt: Optional[str] = None,
-    model_config: Optional[str] = None,
+    ckpt: str | None = None,
+    model_config: str | None = None,
     refresh: bool = False,
-    fold: Optional[str] = None,
+    fold: str | None = None,
 ) -> nn.Module:
     """``s3prl.hub.<name>(ckpt=..., model_config=..., refresh=...)``.
 

@@ -12,7 +12,7 @@ relies on, so one loop serves both modalities:
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,8 +20,8 @@ from s3prl.upstream.interfaces import Featurizer
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
+from s3prl_ser.config import ConfigError
 from s3prl_ser.models.classifier import UtteranceClassifier
-from s3prl_ser.training.config import ConfigError
 from s3prl_ser.models.text_encoder import LayerSelection, TextEncoder, transcripts_for
 
 __all__ = ["FineTuneModel", "TextFineTuneModel", "AnyFineTuneModel", "configure_feature_encoder"]
@@ -121,4 +121,4 @@ class TextFineTuneModel(nn.Module):
         return self.head["classifier"](self.head["featurizer"](layers), lengths)
 
 
-AnyFineTuneModel = Union[FineTuneModel, TextFineTuneModel]
+AnyFineTuneModel = FineTuneModel | TextFineTuneModel

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -101,7 +101,7 @@ def write_report(summary: dict, out_dir: str | os.PathLike, title: str) -> dict[
     lines.append(f"| **mean ± std** | | **{summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f}** "
                  f"| **{summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f}** |")
     lines += ["", "Per-class recall, mean over folds (%): "
-              + ", ".join(f"{l} {summary['recall'][l]:.2f}" for l in labels), "",
+              + ", ".join(f"{label} {summary['recall'][label]:.2f}" for label in labels), "",
               "Confusion matrix summed over folds (rows: reference, columns: predicted):", "",
               "| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for label, row in zip(labels, summary["confusion"]):

@@ -1,7 +1,7 @@
 """Stage 1's config: the defaults file and the value checks of ``python -m upstream_ft``.
 
 ``upstream_ft/config.yaml`` is the schema; a ``-c`` file is merged over it and ``-o`` applied by
-the config system both stages share (:mod:`s3prl_ser.training.config`), so every key exists by
+the config system both stages share (:mod:`s3prl_ser.config`), so every key exists by
 construction. :func:`validate_config` then checks the values.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from s3prl_ser.training.config import ConfigError, check_fp16
+from s3prl_ser.config import ConfigError, check_fp16
 
 __all__ = ["DEFAULT_CONFIG", "FEATURE_SELECTIONS", "validate_config"]
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from tqdm import tqdm
 
-from s3prl_ser.training.config import ConfigError
+from s3prl_ser.config import ConfigError
 from s3prl_ser.training.states import Progress
 
 __all__ = ["Schedule", "UpdateResult", "OptimizerStep", "LoopHooks", "TrainingLoop", "check_amp_device"]

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 from argparse import Namespace
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["RUN_ARGS", "RUNTIME_SETTINGS", "run_identity", "differences", "significant_differences", "describe", "previous_run_files"]
 

@@ -137,7 +137,7 @@ def merge_config(
         >>> merge_config(defaults, {"runner": {"total_step": 600}})
         Traceback (most recent call last):
         ...
-        s3prl_ser.training.config.ConfigError: unknown config key config.runner.total_step; did you mean 'total_steps'? (known: fp16, total_steps)
+        s3prl_ser.config.ConfigError: unknown config key config.runner.total_step; did you mean 'total_steps'? (known: fp16, total_steps)
     """
     free_form = tuple(free_form)
     check_keys(user, defaults.keys(), f"config.{path}" if path else "config")
