@@ -138,3 +138,30 @@ def test_finetuning_resumes_bit_identically(finetune, moment, n, resumes_at):
             assert_same_tensors(a[section], b[section], f"{name} [{section}]")
     tested = [json.loads((d / "upstream.json").read_text())["test"] for d in (straight, fold)]
     assert tested[0] == tested[1]
+
+
+def test_two_process_run_resumes_bit_identically(mini_corpus, mini_meta, tmp_path):
+    """Under torchrun (2 gloo processes) each process resumes with its own RNG states: with
+    SpecAugment drawing different masks on each, the resumed run is the uninterrupted one."""
+    opts = downstream_overrides(mini_corpus, mini_meta, steps=8, every=2, k=2, extra=SPECAUG)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def torchrun(script: Path, *args: str, name: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_port", "29579", str(script), *args, "-m", "train", "-u", "fbank",
+                               "-d", "emotion_ecapa", "-p", str(tmp_path / name), "--device", "cpu", "-a", "-o", opts],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+    straight = torchrun(REPO / "run_downstream.py", name="straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    killed = torchrun(KILL_AT, "update", "5", "run_downstream", name="resumed")
+    assert killed.returncode != 0 and states_steps(tmp_path / "resumed") == [4]
+    assert len(safe_torch_load(tmp_path / "resumed" / "states-4.ckpt")["RNG"]) == 2  # one per process
+    resumed = torchrun(REPO / "run_downstream.py", name="resumed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for name in ("dev-avg.ckpt", "states-8.ckpt"):
+        a, b = (safe_torch_load(tmp_path / run / name) for run in ("straight", "resumed"))
+        for section in ("Downstream", "Featurizer"):
+            assert_same_tensors(a[section], b[section], f"{name} [{section}]")
+    metrics = [json.loads((tmp_path / run / "test_fold1_metrics.json").read_text()) for run in ("straight", "resumed")]
+    assert metrics[0] == metrics[1]

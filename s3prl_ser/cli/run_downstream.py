@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import glob
 import os
 import platform
 import random
-import re
 import subprocess
 import sys
 from argparse import Namespace
@@ -52,6 +50,7 @@ from s3prl_ser.training.run_identity import (
     run_identity,
     significant_differences,
 )
+from s3prl_ser.training.states import StatesFiles
 
 if TYPE_CHECKING:  # the runner imports s3prl's; loaded only when a run starts
     from s3prl_ser.training.runner import SERRunner
@@ -102,10 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def latest_states(directory: str) -> str | None:
-    paths = glob.glob(os.path.join(directory, "states-*.ckpt"))
-    if not paths:
-        return None
-    return max(paths, key=lambda p: int(re.search(r"states-(\d+)\.ckpt$", p).group(1)))
+    """The newest ``states-<N>.ckpt`` in ``directory``, or None."""
+    path = StatesFiles(directory).latest()
+    return str(path) if path else None
 
 
 def _explicit_args(argv: list[str] | None) -> dict:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Distributed", "setup_distributed"]
+__all__ = ["Distributed", "setup_distributed", "all_gather"]
+
+
+def all_gather(value: Any) -> list[Any]:
+    """Every process's picklable ``value``, in rank order (the process group must exist)."""
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,10 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value``, in rank order (``[value]`` in one process)."""
+        return all_gather(value) if self.enabled else [value]
 
     def close(self) -> None:
         """Leave the process group (torchrun launches only)."""

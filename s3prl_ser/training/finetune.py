@@ -19,12 +19,12 @@ from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.fold_data import load_fold_data
 from s3prl_ser.data.folds import fold_session
 from s3prl_ser.hub.exportable import export_loader, load_upstream
-from s3prl_ser.hub.ft_export import export_fold, read_base_fields, write_metadata
 from s3prl_ser.hub.ft_hub import FT_CHECKPOINT, FT_METADATA
 from s3prl_ser.models.finetune import FineTuneModel, TextFineTuneModel, configure_feature_encoder
 from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts
 from s3prl_ser.training.distributed import Distributed
 from s3prl_ser.training.finetune_trainer import FoldTrainer
+from s3prl_ser.training.ft_export import export_fold, read_base_fields, write_metadata
 from s3prl_ser.training.run_identity import describe, significant_differences
 
 __all__ = ["TEXT", "exported_metadata", "seed_everything", "run_fold"]

@@ -7,7 +7,7 @@ Files in the fold directory:
   :mod:`s3prl_ser.training.states`); only the latest is kept. A new run in the same
   directory resumes from it exactly: the interrupted epoch at its next batch.
 * ``dev-top-step<N>.ckpt`` + ``dev-top.json``: the ``best_k`` checkpoints by dev WA, each an
-  s3prl converted upstream checkpoint with the head beside it (:mod:`s3prl_ser.hub.ft_export`; for
+  s3prl converted upstream checkpoint with the head beside it (:mod:`s3prl_ser.training.ft_export`; for
   text, ``model_weight`` is the Hugging Face encoder's state dict).
 * ``log.log`` and TensorBoard events: train loss / lr, dev WA / UA / loss.
 
@@ -31,10 +31,10 @@ from tqdm import tqdm
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
 from s3prl_ser.data.fold_data import FoldData, eval_loader, train_loader
 from s3prl_ser.data.sampler import global_batches_per_epoch
-from s3prl_ser.hub.ft_export import converted_checkpoint
 from s3prl_ser.models.finetune import AnyFineTuneModel
 from s3prl_ser.training.best_checkpoints import BestCheckpoints
 from s3prl_ser.training.distributed import Distributed
+from s3prl_ser.training.ft_export import converted_checkpoint
 from s3prl_ser.training.loop import OptimizerStep, Schedule, TrainingLoop, UpdateResult
 from s3prl_ser.training.metrics import ClassificationReport, classification_report
 from s3prl_ser.training.optim import build_optimizer, warmup_linear_decay
@@ -133,7 +133,7 @@ class FoldTrainer:
             )
         self.model.upstream.load_state_dict(states["Upstream"])
         self.model.head.load_state_dict(states["Head"])
-        progress = restore_progress(states, self.optimizer_step, self.schedule.accumulate)
+        progress = restore_progress(states, self.optimizer_step, self.schedule.accumulate, rank=self.dist.rank)
         self.log(f"resumed from {path} at step {progress.step}")
         return progress
 
@@ -216,7 +216,7 @@ class FoldTrainer:
                                                       world_size=self.dist.world_size),
             batches_per_epoch=global_batches_per_epoch(len(self.data.train), datarc["train_batch_size"]),
             ddp_modules=[model] if self.dist.enabled else [], leader=self.dist.is_leader,
-            barrier=self.dist.barrier, description=f"fine-tuning {self.data.fold}",
+            barrier=self.dist.barrier, gather=self.dist.gather, description=f"fine-tuning {self.data.fold}",
         )
         loop.run(progress, compute_loss, _Hooks(self))
 

@@ -32,7 +32,7 @@ from torch.optim import Optimizer
 from tqdm import tqdm
 
 from s3prl_ser.config import ConfigError
-from s3prl_ser.training.states import Progress
+from s3prl_ser.training.states import Progress, capture_rng
 
 __all__ = ["Schedule", "UpdateResult", "OptimizerStep", "LoopHooks", "TrainingLoop", "check_amp_device"]
 
@@ -203,18 +203,21 @@ class TrainingLoop:
             on its last micro-batch.
         leader: this process evaluates and saves (rank 0).
         barrier: waits for every process (a no-op in one process).
+        gather: every process's value of its argument, in rank order (``[value]`` in one
+            process); collects the RNG states that checkpoints store.
         description: the progress bar's label.
     """
 
     def __init__(self, schedule: Schedule, optimizer_step: OptimizerStep, *,
                  batches: Callable[[int, int], Iterable[Any]], batches_per_epoch: int,
                  ddp_modules: Sequence[nn.Module] = (), leader: bool = True,
-                 barrier: Callable[[], None] = lambda: None, description: str = "train") -> None:
+                 barrier: Callable[[], None] = lambda: None,
+                 gather: Callable[[Any], list[Any]] = lambda value: [value], description: str = "train") -> None:
         if batches_per_epoch < 1:
             raise ValueError("the training split yields no batch")
         self.schedule, self.optimizer_step = schedule, optimizer_step
         self.batches, self.batches_per_epoch = batches, batches_per_epoch
-        self.ddp_modules, self.leader, self.barrier = list(ddp_modules), leader, barrier
+        self.ddp_modules, self.leader, self.barrier, self.gather = list(ddp_modules), leader, barrier, gather
         self.description = description
 
     def _no_sync(self) -> contextlib.ExitStack:
@@ -261,8 +264,9 @@ class TrainingLoop:
         evaluates, saves = schedule.evaluates(step), schedule.saves(step)
         if not (evaluates or saves):
             return
-        if self.leader:
-            names = hooks.evaluate(step) if evaluates else []
-            if names or saves:
-                hooks.save(progress, names, saves)
+        names = hooks.evaluate(step) if evaluates and self.leader else []
+        # Every process's RNG after the leader's evaluation: each resumes with its own draws.
+        progress.rng = self.gather(capture_rng())
+        if self.leader and (names or saves):
+            hooks.save(progress, names, saves)
         self.barrier()

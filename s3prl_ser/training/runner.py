@@ -39,6 +39,7 @@ from s3prl_ser import compat
 from s3prl_ser.data.folds import resolve_fold
 from s3prl_ser.hub.multi_upstream import build_featurizer, build_upstreams
 from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files
+from s3prl_ser.training.distributed import all_gather
 from s3prl_ser.training.loop import OptimizerStep, Schedule, TrainingLoop, UpdateResult
 from s3prl_ser.training.run_identity import run_identity
 from s3prl_ser.training.states import Progress, StatesFiles, restore_progress, training_state
@@ -205,7 +206,8 @@ class SERRunner(Runner):
                                        amp=bool(runner.get("fp16", False)), device_type=device.type)
         progress = Progress()
         if "Step" in self.init_ckpt:  # resuming (-e / -a): a states or dev-top checkpoint
-            progress = restore_progress(self.init_ckpt, optimizer_step, schedule.accumulate)
+            progress = restore_progress(self.init_ckpt, optimizer_step, schedule.accumulate,
+                                        rank=get_rank() if is_initialized() else 0)
         specaug = None
         if self.config.get("specaug"):
             from s3prl.downstream.specaug import SpecAug
@@ -232,7 +234,8 @@ class SERRunner(Runner):
             batches=lambda epoch, start: self._train_batches(split, epoch, start),
             batches_per_epoch=self._batches_per_epoch(split),
             ddp_modules=[m for m in trainable_models if isinstance(m, DistributedDataParallel)],
-            leader=leader, barrier=barrier if is_initialized() else (lambda: None), description="overall",
+            leader=leader, barrier=barrier if is_initialized() else (lambda: None),
+            gather=all_gather if is_initialized() else (lambda value: [value]), description="overall",
         )
         try:
             loop.run(progress, compute_loss, hooks)
@@ -248,7 +251,16 @@ class SERRunner(Runner):
         if split is None and logger is None and hasattr(expert, "evaluate_separately"):
             output = expert.evaluate_separately(Path(self.args.init_ckpt or "model").stem)
             print(f"[SERRunner] - evaluating {self.args.init_ckpt}; results in {output}")
-        return super().evaluate(split, logger, global_step)
+        # Only the leader evaluates: through DDP's wrapper, a forward would wait for the other
+        # processes to broadcast buffers (BatchNorm statistics) with it, and never return.
+        wrapped = [entry.model for entry in self.all_entries]
+        for entry in self.all_entries:
+            entry.model = _unwrap(entry.model)
+        try:
+            return super().evaluate(split, logger, global_step)
+        finally:
+            for entry, model in zip(self.all_entries, wrapped):
+                entry.model = model
 
     def finalize(self) -> Path:
         """Build the reported model from the k best dev checkpoints and score it on test."""

@@ -17,7 +17,7 @@ import os
 import random
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,12 @@ _STATES = re.compile(r"^states-(\d+)\.ckpt$")
 
 @dataclass
 class Progress:
-    """How far a run is: optimizer updates done, global micro-batches consumed."""
+    """How far a run is: optimizer updates done, global micro-batches consumed, and every
+    process's RNG states (rank order) as the loop gathered them for the latest checkpoint."""
 
     step: int = 0
     micro: int = 0
+    rng: list[dict[str, Any]] = field(default_factory=list)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -74,22 +76,30 @@ def _as_python_state(state: Any) -> tuple:
 
 
 def training_state(progress: Progress, optimizer_step: Any) -> dict[str, Any]:
-    """The core of a states file: position, optimizer/scheduler/scaler and RNG states.
+    """The core of a states file: position, optimizer/scheduler/scaler and RNG states (one
+    per process, this process's alone when the loop gathered none).
 
     ``optimizer_step`` is the run's :class:`~s3prl_ser.training.loop.OptimizerStep`.
     """
-    return {"Step": progress.step, "Micro": progress.micro, "RNG": capture_rng(), **optimizer_step.state_dict()}
+    rng = progress.rng or [capture_rng()]
+    return {"Step": progress.step, "Micro": progress.micro, "RNG": rng, **optimizer_step.state_dict()}
 
 
-def restore_progress(states: Mapping[str, Any], optimizer_step: Any, accumulate: int) -> Progress:
-    """Load a states file's core into ``optimizer_step`` and the RNGs; return its position.
+def restore_progress(states: Mapping[str, Any], optimizer_step: Any, accumulate: int, rank: int = 0) -> Progress:
+    """Load a states file's core into ``optimizer_step`` and process ``rank``'s RNGs; return
+    the position.
 
     A states file without ``Micro`` (an older version's) resumes at the start of the update
     after its ``Step``, with the RNG it finds.
     """
     optimizer_step.load_state_dict(states)
-    if "RNG" in states:
-        restore_rng(states["RNG"])
+    rng = states.get("RNG")
+    if isinstance(rng, Mapping):  # one process's, as written before per-rank states
+        restore_rng(rng)
+    elif rng:
+        if rank >= len(rng):
+            raise ValueError(f"the states file holds the RNG states of {len(rng)} process(es), not of rank {rank}")
+        restore_rng(rng[rank])
     step = int(states["Step"])
     return Progress(step=step, micro=int(states.get("Micro", step * accumulate)))
 
