@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""s3prl's run_downstream.py with this project's tasks and hub entries; see s3prl_ser/run_downstream.py."""
+"""s3prl's run_downstream.py with this project's tasks and hub entries; see s3prl_ser/cli/run_downstream.py."""
 
 from s3prl_ser.cli.run_downstream import main
 

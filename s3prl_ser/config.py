@@ -54,6 +54,7 @@ __all__ = [
     "merge_config",
     "load_config",
     "apply_overrides",
+    "check_int",
     "check_fp16",
 ]
 
@@ -207,13 +208,30 @@ def apply_overrides(
             raise ConfigError(f"override key {key!r} must start with 'config.' or 'args.'")
 
 
-def check_fp16(config: Mapping[str, Any], device: str) -> None:
-    """Refuse ``config.runner.fp16`` (AMP, both stages) unless ``device`` is CUDA.
+def check_int(value: Any, where: str, minimum: int = 1) -> int:
+    """``value`` if it is an integer >= ``minimum``, else a :class:`ConfigError` naming ``where``.
+
+    Example:
+        >>> check_int(3, "config.runner.eval_step")
+        3
+        >>> check_int(0, "config.runner.eval_step")
+        Traceback (most recent call last):
+        ...
+        s3prl_ser.config.ConfigError: config.runner.eval_step must be an integer >= 1, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{where} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_fp16(fp16: bool, device: Any) -> None:
+    """Refuse ``config.runner.fp16`` (AMP with a grad scaler, both stages) unless ``device``
+    (a name or ``torch.device``) is CUDA.
 
     Raises:
         ConfigError: ``fp16`` is on and ``device`` is not ``cuda``/``cuda:N``.
     """
-    if (config.get("runner") or {}).get("fp16") and not str(device).startswith("cuda"):
+    if fp16 and not str(device).startswith("cuda"):
         raise ConfigError(
             f"config.runner.fp16=True (mixed precision) needs a CUDA device, got --device {device}: "
             "drop it or run with --device cuda"

@@ -301,4 +301,7 @@ def test_stage_1_accepts_fp16_on_cuda_and_refuses_it_on_cpu(tmp_path):
         finetune(["-u", "hubert", "-p", str(tmp_path / "ft"), "--device", "cpu",
                   "-o", "config.runner.fp16=True,,config.datarc.root=/c,,config.datarc.meta_data=/m"])
     assert not (tmp_path / "ft").exists()
-    check_fp16({"runner": {"fp16": False}}, "cpu")
+    check_fp16(False, "cpu")
+    check_fp16(True, "cuda:1")
+    with pytest.raises(ConfigError, match="needs a CUDA device, got --device mps"):
+        check_fp16(True, "mps")

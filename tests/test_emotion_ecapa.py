@@ -177,8 +177,10 @@ def test_inference_api_and_cli(trained, tmp_path, capsys, monkeypatch):
         raise AssertionError(f"-m inference read corpus audio: {path}")
 
     monkeypatch.setattr("s3prl_ser.data.emotion_dataset.load_audio", no_corpus_audio)  # nothing pre-loaded
+    files = sorted(p.name for p in trained.iterdir())
     run_downstream(["-m", "inference", "-e", str(trained / "dev-avg.ckpt"), "-t", str(tmp_path / "a.wav"),
                     "--device", "cpu"])
+    assert sorted(p.name for p in trained.iterdir()) == files  # no run record added to the training directory
     line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("{")][-1]
     result = json.loads(line)
     assert result["file"] == "a" and result["label"] == single.label
@@ -195,10 +197,17 @@ def test_evaluate_mode_writes_beside_the_run_and_selects_nothing(trained, capsys
     after = json.loads((output / "test_fold2_metrics.json").read_text())
     assert after["confusion"] == before["confusion"]  # the reported model, scored again
     assert (output / "dev_fold2_predict.txt").is_file()
-    # The training run's predictions, k-best record and checkpoints are untouched.
-    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir() if p.is_file()
-            and not p.name.startswith(("args_", "config_", "versions_"))} == {
-        name: mtime for name, mtime in training_files.items() if not name.startswith(("args_", "config_", "versions_"))}
+    # The training run's files are untouched, and none is added (not even a run record).
+    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir() if p.is_file()} == training_files
+
+
+def test_training_cannot_continue_from_the_reported_model(trained):
+    """dev-avg.ckpt holds averaged weights and no optimizer state: -m train -e refuses it
+    before touching the finished run."""
+    files = {p.name: p.stat().st_mtime_ns for p in trained.iterdir() if p.is_file()}
+    with pytest.raises(SystemExit, match=r"^error: .*dev-avg.ckpt is a reported \(averaged\) model, not a training state"):
+        run_downstream(["-m", "train", "-e", str(trained / "dev-avg.ckpt"), "--device", "cpu"])
+    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir() if p.is_file()} == files
 
 
 def test_an_experiment_directory_is_never_silently_reused(trained, mini_corpus, meta):
@@ -229,15 +238,16 @@ def test_config_errors_are_clear(mini_corpus, meta, tmp_path):
     base = ["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(tmp_path), "--device", "cpu", "-o"]
     with pytest.raises(SystemExit, match="datarc.rot.*did you mean 'root'"):
         run_downstream(base + ["config.downstream_expert.datarc.rot=/x"])
-    with pytest.raises(Exception, match="datarc.root is not set"):
+    with pytest.raises(SystemExit, match="^error: .*datarc.root is not set"):
         run_downstream(base + [f"config.downstream_expert.datarc.meta_data={meta}"])
-    with pytest.raises(Exception, match="invalid fold 'fold9x'"):
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+    with pytest.raises(SystemExit, match="^error: .*invalid fold 'fold9x'"):
         run_downstream(base + [overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold9x")])
-    with pytest.raises(ValueError, match=r"-v fold3 conflicts with config.downstream_expert.datarc.test_fold=fold1"):
+    with pytest.raises(SystemExit, match=r"^error: -v fold3 conflicts with config.downstream_expert.datarc.test_fold=fold1"):
         run_downstream(base[:-1] + ["-v", "fold3", "-o", overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold1")])
-    with pytest.raises(FileNotFoundError, match=r"no meta data for fold9: .*Session9 does not exist .* has fold1, fold2, fold3, fold4, fold5"):
+    with pytest.raises(SystemExit, match=r"^error: no meta data for fold9: .*Session9 does not exist .* has fold1, fold2, fold3, fold4, fold5"):
         run_downstream(base + [overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold9")])
-    with pytest.raises(ValueError, match=r"modelrc.aggregator must be one of mean, ecapa, got 'ecpa'"):
+    with pytest.raises(SystemExit, match=r"^error: .*modelrc.aggregator must be one of mean, ecapa, got 'ecpa'"):
         run_downstream(base + [overrides(mini_corpus, meta, extra="config.downstream_expert.modelrc.aggregator=ecpa")])
 
 

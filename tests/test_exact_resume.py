@@ -29,13 +29,16 @@ SPECAUG = ("config.specaug={apply_time_warp: true, time_warp_window: 2, apply_fr
            "time_mask_width_range: [0, 5], num_time_mask: 1}")
 # Stage 2 (1 micro-batch an update, states every 2 updates): update 5 dies after the states
 # of update 4 (micro-batch 4: inside epoch 1); update 7 after those of update 6 (micro-batch
-# 6: the end of epoch 1); states-10 dies while saving, after those of update 8 (inside epoch 2).
+# 6: the end of epoch 1); states-10 dies while saving, after those of update 8 (inside epoch 2);
+# states-2 dies while saving the first states after training began, when the first dev
+# evaluation has already written the k-best record: the run resumes from states-0.
 # Stage 1 (2 micro-batches an update, so updates straddle epochs; states every 2 updates):
 # update 3 after states-2 (micro-batch 4: inside epoch 1), update 7 after states-6
-# (micro-batch 12: the end of epoch 3), states-4 dies while saving, after states-2.
+# (micro-batch 12: the end of epoch 3), states-4 dies while saving, after states-2; states-2
+# as in stage 2.
 KILLS = {
-    "downstream": [("update", 5, 4), ("update", 7, 6), ("save", 10, 8)],
-    "finetune": [("update", 3, 2), ("update", 7, 6), ("save", 4, 2)],
+    "downstream": [("update", 5, 4), ("update", 7, 6), ("save", 10, 8), ("save", 2, 0)],
+    "finetune": [("update", 3, 2), ("update", 7, 6), ("save", 4, 2), ("save", 2, 0)],
 }
 
 
@@ -148,7 +151,7 @@ def test_two_process_run_resumes_bit_identically(mini_corpus, mini_meta, tmp_pat
 
     def torchrun(script: Path, *args: str, name: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                               "--master_port", "29579", str(script), *args, "-m", "train", "-u", "fbank",
+                               "--standalone", str(script), *args, "-m", "train", "-u", "fbank",
                                "-d", "emotion_ecapa", "-p", str(tmp_path / name), "--device", "cpu", "-a", "-o", opts],
                               cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 

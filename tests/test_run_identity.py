@@ -51,3 +51,11 @@ def test_significant_differences_leave_out_feeding_and_on_resume_the_schedule():
 def test_describe_shortens_long_lists():
     assert describe(["a: 1 -> 2"]) == "a: 1 -> 2"
     assert describe(["a", "b", "c"], limit=2) == "a; b; ..."
+
+
+def test_a_resume_may_not_change_the_gradient_accumulation():
+    """A resumed run's position is counted in micro-batches: another accumulation would cut
+    its updates elsewhere."""
+    old = run_identity({"seed": 1}, {"runner": {"total_steps": 10, "gradient_accumulate_steps": 2}})
+    new = run_identity({"seed": 1}, {"runner": {"total_steps": 20, "gradient_accumulate_steps": 4}})
+    assert significant_differences(old, new, resuming=True) == ["config.runner.gradient_accumulate_steps: 2 -> 4"]

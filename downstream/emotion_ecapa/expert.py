@@ -82,8 +82,12 @@ class DownstreamExpert(nn.Module):
         if aggregator not in AGGREGATORS:
             raise ValueError(f"downstream_expert.modelrc.aggregator must be one of {', '.join(AGGREGATORS)}, "
                              f"got {aggregator!r}")
-        if aggregator == "ecapa" and self.datarc.get("train_batch_size", 4) < 2:
-            raise ValueError(f"{where}.train_batch_size must be >= 2 for the ecapa aggregator (BatchNorm)")
+        processes = get_world_size() if is_initialized() else 1
+        if aggregator == "ecapa" and self.datarc.get("train_batch_size", 4) // processes < 2:
+            raise ValueError(
+                f"{where}.train_batch_size ({self.datarc.get('train_batch_size', 4)}, the global batch) must give "
+                f"each of the {processes} process(es) >= 2 utterances for the ecapa aggregator (BatchNorm)"
+            )
         self.multi_stream = isinstance(upstream_dim, (list, tuple))
         sizes = list(upstream_dim) if self.multi_stream else [upstream_dim]
         rates = list(upstream_rate) if self.multi_stream else [upstream_rate]

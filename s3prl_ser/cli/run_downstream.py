@@ -19,7 +19,6 @@ import argparse
 import copy
 import os
 import platform
-import random
 import subprocess
 import sys
 from argparse import Namespace
@@ -27,7 +26,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 import yaml
 
@@ -50,12 +48,13 @@ from s3prl_ser.training.run_identity import (
     run_identity,
     significant_differences,
 )
-from s3prl_ser.training.states import StatesFiles
+from s3prl_ser.training.states import StatesFiles, seed_everything
 
 if TYPE_CHECKING:  # the runner imports s3prl's; loaded only when a run starts
     from s3prl_ser.training.runner import SERRunner
 
-__all__ = ["build_parser", "load_task_config", "requested_run", "get_downstream_args", "environment_record", "main"]
+__all__ = ["build_parser", "load_task_config", "requested_run", "get_downstream_args", "environment_record",
+           "build_runner", "run", "main"]
 
 # Arguments a resumed run must not take from its checkpoint (as in s3prl).
 _NOT_RESUMED = ("mode", "evaluate_split", "override", "backend", "local_rank", "past_exp", "device")
@@ -163,7 +162,7 @@ def requested_run(argv: list[str] | None = None) -> tuple[Namespace, dict]:
     args.config = args.config or str(default_config(args.downstream))
     _apply_overrides(args, config)
     if args.mode == "train":
-        check_fp16(config, args.device)
+        check_fp16((config.get("runner") or {}).get("fp16", False), args.device)
     return args, config
 
 
@@ -235,6 +234,11 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
     ckpt = safe_torch_load(ckpt_path)
     if "Args" not in ckpt or "Config" not in ckpt:
         raise ValueError(f"{ckpt_path}: not an s3prl runner checkpoint (no Args/Config)")
+    if args.mode == "train" and "Optimizer" not in ckpt:
+        raise ConfigError(
+            f"{ckpt_path} is a reported (averaged) model, not a training state: training cannot continue from "
+            "it; resume the run from its states-<N>.ckpt (-a -p DIR), or evaluate this file with -m evaluate"
+        )
     resumed = vars(ckpt["Args"]).copy()
     resumed.update({k: v for k, v in vars(args).items() if k in _NOT_RESUMED})
     args = Namespace(**resumed)
@@ -243,7 +247,7 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
     config = copy.deepcopy(ckpt["Config"])
     _apply_overrides(args, config)
     if args.mode == "train":
-        check_fp16(config, args.device)
+        check_fp16((config.get("runner") or {}).get("fp16", False), args.device)
         _check_resume(ckpt_path, ckpt, args, config, argv)
     os.makedirs(args.expdir, exist_ok=True)
     return args, config
@@ -285,18 +289,20 @@ def _save_run_record(args: Namespace, config: dict) -> None:
 
 
 def _seed_everything(args: Namespace) -> None:
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(args.seed)
+    seed_everything(args.seed)
     torch.backends.cudnn.enabled = not args.disable_cudnn
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
 
 
-def run(args: Namespace, config: dict) -> SERRunner:
-    """Build the runner for parsed ``args``/``config`` and execute ``args.mode``."""
+def build_runner(args: Namespace, config: dict) -> SERRunner:
+    """Join the process group (torchrun), check a resumed checkpoint's launch, seed, and build
+    the runner for parsed ``args``/``config``; a training run then records its config, args
+    and versions in its directory.
+
+    Raises:
+        ConfigError, FileNotFoundError, ValueError: bad settings, data or checkpoints.
+    """
     from s3prl.utility.helper import is_leader_process
 
     from s3prl_ser.training.runner import SERRunner
@@ -317,13 +323,19 @@ def run(args: Namespace, config: dict) -> SERRunner:
             raise ValueError(f"{args.init_ckpt} was trained {'with' if was_ddp else 'without'} DDP; resume it the same way")
         if was_ddp and ckpt.get("WorldSize") != torch.distributed.get_world_size():
             raise ValueError(f"{args.init_ckpt} was trained with {ckpt.get('WorldSize')} processes")
-    if is_leader_process():
-        _save_run_record(args, config)
     _seed_everything(args)
     runner = SERRunner(args, config)
+    if args.mode == "train" and is_leader_process():
+        _save_run_record(args, config)
     if args.verbose:
         for entry in runner.all_entries:
             print(entry.model)
+    return runner
+
+
+def run(args: Namespace, config: dict) -> SERRunner:
+    """Build the runner for parsed ``args``/``config`` and execute ``args.mode``."""
+    runner = build_runner(args, config)
     getattr(runner, args.mode)()
     return runner
 
@@ -333,7 +345,8 @@ def main(argv: list[str] | None = None) -> None:
     register()
     with exit_on_error():
         args, config = get_downstream_args(argv)
-    run(args, config)
+        runner = build_runner(args, config)
+    getattr(runner, args.mode)()
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from s3prl_ser.config import ConfigError, require
 from s3prl_ser.data.emotion_dataset import EmotionDataset, collate, read_fold_meta
 from s3prl_ser.data.folds import speaker_disjoint_split, superb_train_dev_split
-from s3prl_ser.data.sampler import GlobalBatchSampler
+from s3prl_ser.data.sampler import GlobalBatchSampler, epoch_seed
 
 __all__ = ["SPLITS", "FoldData", "load_fold_data", "train_loader", "eval_loader"]
 
@@ -93,7 +93,7 @@ def train_loader(dataset: EmotionDataset, datarc: Mapping[str, Any], *, seed: in
     # A private generator: making the loader (its worker seeds) must not draw from the
     # global RNG, which drives dropout and is restored on resume.
     return DataLoader(dataset, batch_sampler=sampler, num_workers=datarc.get("num_workers", 4), collate_fn=collate,
-                      generator=torch.Generator().manual_seed(seed + epoch))
+                      generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
 
 
 def eval_loader(dataset: EmotionDataset, datarc: Mapping[str, Any]) -> DataLoader:

@@ -1,7 +1,7 @@
 """Training batches that are the same whether one process or several take them, and that a
 resumed run can re-enter at any batch.
 
-Every epoch draws one permutation from ``(seed, epoch)`` and cuts it into global batches of
+Every epoch draws one permutation from ``(seed, epoch)`` (:func:`epoch_seed`) and cuts it into global batches of
 ``batch_size`` utterances; under DDP each of the W processes takes its contiguous
 ``batch_size / W`` slice of every global batch. With DDP's gradient averaging, a step then
 sees exactly the utterances it sees in a single process (torch's ``DistributedSampler``
@@ -14,10 +14,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["GlobalBatchSampler", "global_batches_per_epoch"]
+__all__ = ["GlobalBatchSampler", "global_batches_per_epoch", "epoch_seed"]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s order: (seed, epoch) mixed, so that seed s and seed s + 1
+    do not deal the same orders one epoch apart (as ``seed + epoch`` would).
+
+    Example:
+        >>> epoch_seed(0, 1) == epoch_seed(1, 0)
+        False
+    """
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def global_batches_per_epoch(num_items: int, batch_size: int, drop_last: bool = True) -> int:
@@ -70,7 +82,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
         self.seed, self.epoch, self.rank, self.world_size, self.start = seed, epoch, rank, world_size, start
 
     def _global_batches(self) -> list[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(self.num_items, generator=generator).tolist()
         batches = [order[i : i + self.batch_size] for i in range(0, self.num_items, self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:

@@ -7,13 +7,9 @@ influence is fixed; its numbers go to the metadata only.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.fold_data import load_fold_data
@@ -26,8 +22,9 @@ from s3prl_ser.training.distributed import Distributed
 from s3prl_ser.training.finetune_trainer import FoldTrainer
 from s3prl_ser.training.ft_export import export_fold, read_base_fields, write_metadata
 from s3prl_ser.training.run_identity import describe, significant_differences
+from s3prl_ser.training.states import seed_everything
 
-__all__ = ["TEXT", "exported_metadata", "seed_everything", "run_fold"]
+__all__ = ["TEXT", "exported_metadata", "run_fold"]
 
 TEXT = "text"  # -u text: fine-tune a Hugging Face text encoder (-k DIR) on the transcripts
 
@@ -51,14 +48,6 @@ def exported_metadata(fold_dir: Path, requested: Mapping[str, Any] | None = None
                 "use another -p FT_DIR, or move that fold away to redo it"
             )
     return record
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
 
 
 def _text_model(encoder_dir: str | None, config: Mapping[str, Any], data: Any,
@@ -104,9 +93,11 @@ def run_fold(
         base_fields, base_file = read_base_fields(loaded.source_file), loaded.source_file
         configure_feature_encoder(loaded.expert, config["upstream"]["freeze_feature_encoder"])
         model = FineTuneModel(loaded.expert, len(data.class_names), config["upstream"]["feature_selection"], device)
-    # The schedule (config.runner) may change on resume, e.g. to train longer; nothing else may.
+    # The schedule (config.runner) may change on resume, e.g. to train longer; nothing else may,
+    # nor the accumulation, since the saved position counts micro-batches.
     identity = {"fold": fold, "upstream": upstream_name, "upstream_ckpt": upstream_ckpt,
                 "world_size": dist.world_size, "seed": seed,
+                "gradient_accumulate_steps": config["runner"]["gradient_accumulate_steps"],
                 "config": {key: value for key, value in config.items() if key != "runner"}}
     trainer = FoldTrainer(model, data, config, fold_dir, base_fields=base_fields, identity=identity,
                           device=device, dist=dist, seed=seed)

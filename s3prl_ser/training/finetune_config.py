@@ -11,18 +11,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from s3prl_ser.config import ConfigError, check_fp16
+from s3prl_ser.config import ConfigError, check_fp16, check_int
+from s3prl_ser.data.fold_data import SPLITS
+from s3prl_ser.models.text_encoder import FEATURE_SELECTIONS
+from s3prl_ser.training.loop import Schedule
 
-__all__ = ["DEFAULT_CONFIG", "FEATURE_SELECTIONS", "validate_config"]
+__all__ = ["DEFAULT_CONFIG", "validate_config"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "upstream_ft" / "config.yaml"
-FEATURE_SELECTIONS = ("last_hidden_state", "hidden_states")
 
 
 def _positive_int(config: Mapping[str, Any], section: str, key: str, minimum: int = 1) -> None:
-    value = config[section][key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"config.{section}.{key} must be an integer >= {minimum}, got {value!r}")
+    check_int(config[section][key], f"config.{section}.{key}", minimum)
 
 
 def validate_config(config: Mapping[str, Any], device: str) -> None:
@@ -31,8 +31,7 @@ def validate_config(config: Mapping[str, Any], device: str) -> None:
     Raises:
         ConfigError: naming the first bad value and what it must be.
     """
-    for key in ("total_steps", "gradient_accumulate_steps", "log_step", "eval_step", "save_step"):
-        _positive_int(config, "runner", key)
+    Schedule.from_runner(config["runner"])  # the loop's own checks of the runner section
     _positive_int(config, "scheduler", "warmup_steps", minimum=0)
     _positive_int(config, "upstream", "freeze_transformer_steps", minimum=0)
     _positive_int(config, "checkpoint_averaging", "best_k")
@@ -46,7 +45,7 @@ def validate_config(config: Mapping[str, Any], device: str) -> None:
             f"config.scheduler.warmup_steps ({config['scheduler']['warmup_steps']}) must be smaller "
             f"than config.runner.total_steps ({runner['total_steps']})"
         )
-    check_fp16(config, device)
+    check_fp16(config["runner"]["fp16"], device)
     selection = config["upstream"]["feature_selection"]
     if selection not in FEATURE_SELECTIONS:
         raise ConfigError(
@@ -58,8 +57,8 @@ def validate_config(config: Mapping[str, Any], device: str) -> None:
             hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) else ""
             raise ConfigError(f"config.optimizer.{key} must be a number >= 0, got {value!r}{hint}")
     split = config["datarc"]["split"]
-    if split not in ("superb", "speaker"):
-        raise ConfigError(f"config.datarc.split must be 'superb' or 'speaker', got {split!r}")
+    if split not in SPLITS:
+        raise ConfigError(f"config.datarc.split must be one of {', '.join(SPLITS)}, got {split!r}")
     for key in ("root", "meta_data"):
         if config["datarc"][key] is None:
             raise ConfigError(

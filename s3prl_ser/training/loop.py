@@ -11,7 +11,9 @@ downstream (``run_downstream.py -d emotion_ecapa``).
   interrupted epoch at the very next batch. It calls the stage's hooks to log, evaluate dev
   (which keeps the k best) and save states, on the leader process only, with barriers under DDP.
   ``train_batch_size`` is the global batch: under DDP each process takes its share of every
-  global batch, and DDP's gradient averaging makes the update the single-process one.
+  global batch, and DDP's gradient averaging makes the update the single-process one up to
+  float rounding, for models whose outputs do not depend on the other utterances in the
+  batch (BatchNorm statistics are per process) and that draw no random numbers (dropout).
 
 What differs between the stages is only what a batch's loss is (``compute_loss``, which also
 receives the update count, e.g. to keep the upstream frozen for its first updates) and what
@@ -31,19 +33,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from tqdm import tqdm
 
-from s3prl_ser.config import ConfigError
+from s3prl_ser.config import check_fp16, check_int
 from s3prl_ser.training.states import Progress, capture_rng
 
-__all__ = ["Schedule", "UpdateResult", "OptimizerStep", "LoopHooks", "TrainingLoop", "check_amp_device"]
-
-
-def check_amp_device(fp16: bool, device: str | torch.device) -> None:
-    """``runner.fp16`` is AMP with a grad scaler, which needs CUDA: refuse it elsewhere."""
-    if fp16 and torch.device(device).type != "cuda":
-        raise ConfigError(
-            f"config.runner.fp16 (mixed precision) needs a CUDA device, but the device is {device!s}: "
-            "set config.runner.fp16=false or use --device cuda"
-        )
+__all__ = ["Schedule", "UpdateResult", "OptimizerStep", "LoopHooks", "TrainingLoop"]
 
 
 @dataclass(frozen=True)
@@ -68,9 +61,7 @@ class Schedule:
 
     def __post_init__(self) -> None:
         for name in ("total_steps", "accumulate", "log_step", "eval_step", "save_step"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"config.runner.{_RUNNER_KEYS.get(name, name)} must be an integer >= 1, got {value!r}")
+            check_int(getattr(self, name), f"config.runner.{_RUNNER_KEYS.get(name, name)}")
 
     @classmethod
     def from_runner(cls, runner: Mapping[str, Any]) -> Schedule:
@@ -131,7 +122,7 @@ class OptimizerStep:
 
     def __init__(self, optimizer: Optimizer, scheduler: Any | None = None, *, clipping: float,
                  accumulate: int = 1, amp: bool = False, device_type: str = "cpu") -> None:
-        check_amp_device(amp, device_type)
+        check_fp16(amp, device_type)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.clipping, self.accumulate = clipping, accumulate
         self.device_type = device_type
@@ -230,6 +221,13 @@ class TrainingLoop:
         """Train until ``total_steps`` updates; ``compute_loss(batch, step)`` is a micro-batch's
         mean loss, ``step`` the number of updates done before it. Returns the final progress."""
         schedule = self.schedule
+        if progress.step == 0 and progress.micro == 0:
+            # states-0 before the first update: a kill at any later moment (e.g. while the first
+            # dev evaluation's k-best record is written) leaves a states file to resume from.
+            progress.rng = self.gather(capture_rng())
+            if self.leader:
+                hooks.save(progress, [], True)
+            self.barrier()
         bar = tqdm(total=schedule.total_steps, initial=progress.step, desc=self.description,
                    dynamic_ncols=True, disable=not self.leader)
         try:

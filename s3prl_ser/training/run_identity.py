@@ -25,6 +25,7 @@ RUN_ARGS = (
 )
 # Config settings that say how data is fed, not what is learned: they may always change.
 RUNTIME_SETTINGS = frozenset({"num_workers", "eval_batch_size", "pre_load"})
+_ACCUMULATION = "config.runner.gradient_accumulate_steps"
 # Files a training run leaves in its experiment directory.
 _RUN_FILES = ("states-*.ckpt", "dev-top.json", "dev-avg.ckpt", "dev-best.ckpt", "final.json")
 
@@ -39,12 +40,13 @@ def run_identity(args: Namespace | Mapping[str, Any], config: Mapping[str, Any])
 def significant_differences(old: Any, new: Any, *, resuming: bool = False) -> list[str]:
     """:func:`differences` that matter for reusing a run: settings in :data:`RUNTIME_SETTINGS`
     are left out, and with ``resuming`` so is the ``config.runner`` section (schedule length,
-    logging and evaluation cadence), which a resumed run may change."""
+    logging and evaluation cadence), which a resumed run may change, except the gradient
+    accumulation: a resumed run's position is counted in micro-batches."""
     lines = differences(json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str)))
     keys = [line.split(": ", 1)[0] for line in lines]
     return [line for line, key in zip(lines, keys)
             if key.rsplit(".", 1)[-1] not in RUNTIME_SETTINGS
-            and not (resuming and key.startswith("config.runner."))]
+            and not (resuming and key.startswith("config.runner.") and key != _ACCUMULATION)]
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -53,8 +53,7 @@ class _RunnerHooks:
     """The downstream stage's side of the loop: s3prl's logging, dev evaluation (the expert
     keeps the k best) and runner checkpoints."""
 
-    def __init__(self, runner: SERRunner, split: str, optimizer_step: OptimizerStep, schedule: Schedule,
-                 leader: bool) -> None:
+    def __init__(self, runner: SERRunner, split: str, optimizer_step: OptimizerStep, leader: bool) -> None:
         self.runner, self.split, self.optimizer_step = runner, split, optimizer_step
         self.leader = leader
         self.states = StatesFiles(runner.args.expdir, keep=runner.config["runner"].get("max_keep", 1))
@@ -205,7 +204,7 @@ class SERRunner(Runner):
         optimizer_step = OptimizerStep(optimizer, scheduler, clipping=schedule.clipping, accumulate=schedule.accumulate,
                                        amp=bool(runner.get("fp16", False)), device_type=device.type)
         progress = Progress()
-        if "Step" in self.init_ckpt:  # resuming (-e / -a): a states or dev-top checkpoint
+        if "Step" in self.init_ckpt:  # resuming (-e / -a): a states or dev-top checkpoint (checked by the CLI)
             progress = restore_progress(self.init_ckpt, optimizer_step, schedule.accumulate,
                                         rank=get_rank() if is_initialized() else 0)
         specaug = None
@@ -215,7 +214,7 @@ class SERRunner(Runner):
             specaug = SpecAug(**self.config["specaug"])
         split = runner.get("train_dataloader", "train")
         leader = is_leader_process()
-        hooks = _RunnerHooks(self, split, optimizer_step, schedule, leader)
+        hooks = _RunnerHooks(self, split, optimizer_step, leader)
         expert = self.downstream.model
 
         def compute_loss(batch: tuple, step: int) -> torch.Tensor:

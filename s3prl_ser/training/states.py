@@ -26,7 +26,8 @@ import torch
 
 from s3prl_ser.compat import atomic_torch_save
 
-__all__ = ["Progress", "StatesFiles", "capture_rng", "restore_rng", "training_state", "restore_progress"]
+__all__ = ["Progress", "StatesFiles", "seed_everything", "capture_rng", "restore_rng", "training_state",
+           "restore_progress"]
 
 _STATES = re.compile(r"^states-(\d+)\.ckpt$")
 
@@ -39,6 +40,15 @@ class Progress:
     step: int = 0
     micro: int = 0
     rng: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator :func:`capture_rng` captures (torch, CUDA, Python, NumPy)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -89,14 +99,18 @@ def restore_progress(states: Mapping[str, Any], optimizer_step: Any, accumulate:
     """Load a states file's core into ``optimizer_step`` and process ``rank``'s RNGs; return
     the position.
 
-    A states file without ``Micro`` (an older version's) resumes at the start of the update
-    after its ``Step``, with the RNG it finds.
+    A states file of an earlier version (no ``Micro``, no ``RNG``) resumes at the start of the
+    update after its ``Step``, with the RNG as it is.
+
+    Raises:
+        ValueError: ``states`` is no training state (an averaged model has no optimizer
+            state), or holds the RNG states of fewer processes than ``rank + 1``.
     """
+    if "Optimizer" not in states:
+        raise ValueError("not a training state (no optimizer state): an averaged or exported model cannot be resumed")
     optimizer_step.load_state_dict(states)
     rng = states.get("RNG")
-    if isinstance(rng, Mapping):  # one process's, as written before per-rank states
-        restore_rng(rng)
-    elif rng:
+    if rng:
         if rank >= len(rng):
             raise ValueError(f"the states file holds the RNG states of {len(rng)} process(es), not of rank {rank}")
         restore_rng(rng[rank])
