@@ -35,8 +35,9 @@ def _test_report(expdir: Path, fold: str):
         lines = (expdir / f"test_{fold}_{kind}.txt").read_text().split("\n")
         rows[kind] = dict(line.split() for line in lines if line)
     names = sorted(rows["truth"])
-    return classification_report([rows["truth"][n] for n in names], [rows["predict"][n] for n in names],
-                                 ["neu", "hap", "ang", "sad"])
+    return classification_report(
+        [rows["truth"][n] for n in names], [rows["predict"][n] for n in names], ["neu", "hap", "ang", "sad"]
+    )
 
 
 def main() -> None:
@@ -60,12 +61,14 @@ def main() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             prepare(root, meta)
-    shared = (f"config.downstream_expert.datarc.root={root},,config.downstream_expert.datarc.meta_data={meta},,"
-              f"config.downstream_expert.datarc.test_fold={args.fold},,config.runner.total_steps={args.steps},,"
-              f"config.runner.eval_step={args.eval_step},,config.runner.save_step={args.eval_step},,"
-              f"config.runner.log_step={args.eval_step},,config.runner.gradient_accumulate_steps=1,,"
-              "config.downstream_expert.datarc.train_batch_size=8,,config.downstream_expert.datarc.num_workers=0,,"
-              "config.optimizer.lr=1.0e-3")
+    shared = (
+        f"config.downstream_expert.datarc.root={root},,config.downstream_expert.datarc.meta_data={meta},,"
+        f"config.downstream_expert.datarc.test_fold={args.fold},,config.runner.total_steps={args.steps},,"
+        f"config.runner.eval_step={args.eval_step},,config.runner.save_step={args.eval_step},,"
+        f"config.runner.log_step={args.eval_step},,config.runner.gradient_accumulate_steps=1,,"
+        "config.downstream_expert.datarc.train_batch_size=8,,config.downstream_expert.datarc.num_workers=0,,"
+        "config.optimizer.lr=1.0e-3"
+    )
     tasks = {
         "emotion (s3prl stock, mean)": ("emotion", None, ""),
         "emotion_ecapa mean": ("emotion_ecapa", BUILTIN, "config.downstream_expert.modelrc.aggregator=mean"),
@@ -74,8 +77,20 @@ def main() -> None:
     rows = []
     for label, (task, config, extra) in tasks.items():
         expdir = work / task / label.split()[-1]
-        argv = ["-m", "train", "-u", args.upstream, "-d", task, "-p", str(expdir), "--device", args.device,
-                "-o", ",,".join(filter(None, [shared, extra]))]
+        argv = [
+            "-m",
+            "train",
+            "-u",
+            args.upstream,
+            "-d",
+            task,
+            "-p",
+            str(expdir),
+            "--device",
+            args.device,
+            "-o",
+            ",,".join(filter(None, [shared, extra])),
+        ]
         if config:
             argv += ["-c", str(config)]
         if args.upstream_ckpt:

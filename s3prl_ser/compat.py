@@ -101,9 +101,7 @@ def soundfile_load(
 ) -> tuple[torch.Tensor, int]:
     """Drop-in for ``torchaudio.load`` backed by soundfile (returns float32 in [-1, 1])."""
     stop = None if num_frames < 0 else frame_offset + num_frames
-    data, sample_rate = soundfile.read(
-        os.fspath(uri), start=frame_offset, stop=stop, dtype="float32", always_2d=True
-    )
+    data, sample_rate = soundfile.read(os.fspath(uri), start=frame_offset, stop=stop, dtype="float32", always_2d=True)
     wav = torch.from_numpy(data)  # (frames, channels)
     return (wav.T.contiguous() if channels_first else wav), sample_rate
 

@@ -188,15 +188,19 @@ def apply_overrides(
         first, *path = key.split(".")
         if first == "args":
             if len(path) != 1 or not hasattr(args, path[0]):
-                raise ConfigError(f"unknown argument in override {key!r}{_suggest(path[-1] if path else '', vars(args))}")
+                raise ConfigError(
+                    f"unknown argument in override {key!r}{_suggest(path[-1] if path else '', vars(args))}"
+                )
             setattr(args, path[0], value)
         elif first == "config" and path:
             target: Any = config
             for depth, name in enumerate(path):
                 where = ".".join(path[:depth]) or "config"
                 if target is None:
-                    raise ConfigError(f"unknown config key {key!r}: config.{where} is null; set it whole, "
-                                      f"e.g. -o \"config.{where}={{{name}: ...}}\"")
+                    raise ConfigError(
+                        f"unknown config key {key!r}: config.{where} is null; set it whole, "
+                        f'e.g. -o "config.{where}={{{name}: ...}}"'
+                    )
                 if not isinstance(target, MutableMapping) or name not in target:
                     known = target.keys() if isinstance(target, Mapping) else []
                     raise ConfigError(f"unknown config key {key!r}: no {name!r} in {where}{_suggest(name, known)}")

@@ -53,8 +53,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 class EmotionRecognizer(nn.Module):
     """Upstream + featurizer + classifier of an ``emotion_ecapa`` experiment, in eval mode."""
 
-    def __init__(self, upstream: nn.Module, featurizer: nn.Module, classifier: nn.Module,
-                 class_names: Sequence[str], min_samples: int = 400) -> None:
+    def __init__(
+        self,
+        upstream: nn.Module,
+        featurizer: nn.Module,
+        classifier: nn.Module,
+        class_names: Sequence[str],
+        min_samples: int = 400,
+    ) -> None:
         super().__init__()
         self.upstream = upstream
         self.featurizer = featurizer
@@ -77,22 +83,31 @@ class EmotionRecognizer(nn.Module):
             raise ValueError(f"{ckpt_path}: not a final emotion_ecapa checkpoint (missing {', '.join(missing)})")
         args, config = ckpt["Args"], ckpt["Config"]
         if (config["downstream_expert"].get("text") or {}).get("encoder"):
-            raise ValueError(f"{ckpt_path}: this model also reads transcripts (downstream_expert.text); "
-                             "EmotionRecognizer predicts from speech alone")
+            raise ValueError(
+                f"{ckpt_path}: this model also reads transcripts (downstream_expert.text); "
+                "EmotionRecognizer predicts from speech alone"
+            )
         fold = resolve_fold(config["downstream_expert"].get("datarc", {}).get("test_fold"), args.downstream_variant)
         upstream = build_upstreams(args.upstream, args.upstream_ckpt, args.upstream_model_config, fold=fold).to(device)
         if "Upstream" in ckpt:
             upstream.load_state_dict(ckpt["Upstream"])
-        featurizer = build_featurizer(upstream, args.upstream_feature_selection, args.upstream_layer_selection,
-                                      device, args.upstream_feature_normalize).to(device)
+        featurizer = build_featurizer(
+            upstream,
+            args.upstream_feature_selection,
+            args.upstream_layer_selection,
+            device,
+            args.upstream_feature_normalize,
+        ).to(device)
         featurizer.load_state_dict(ckpt["Featurizer"])
         modelrc = config["downstream_expert"].get("modelrc", {})
         multi = isinstance(featurizer.output_dim, list)
         classifier = EmotionClassifier(
             featurizer.output_dim if multi else [featurizer.output_dim],
             featurizer.downsample_rate if multi else [featurizer.downsample_rate],
-            len(ckpt["ClassNames"]), aggregator=modelrc.get("aggregator", "ecapa"),
-            ecapa=modelrc.get("ecapa"), fusion=modelrc.get("fusion"),
+            len(ckpt["ClassNames"]),
+            aggregator=modelrc.get("aggregator", "ecapa"),
+            ecapa=modelrc.get("ecapa"),
+            fusion=modelrc.get("fusion"),
         )
         classifier.load_state_dict(
             {k.removeprefix("model."): v for k, v in ckpt["Downstream"].items() if k.startswith("model.")}
@@ -112,8 +127,9 @@ class EmotionRecognizer(nn.Module):
         return prepare_waveform(audio, sample_rate, min_samples=self.min_samples)
 
     @torch.no_grad()
-    def predict_batch(self, audios: Sequence[str | os.PathLike | np.ndarray | torch.Tensor],
-                      sample_rate: int | None = None) -> list[Prediction]:
+    def predict_batch(
+        self, audios: Sequence[str | os.PathLike | np.ndarray | torch.Tensor], sample_rate: int | None = None
+    ) -> list[Prediction]:
         """Predict several files or waveforms (batched; results do not depend on batching)."""
         wavs = [self._waveform(a, sample_rate).to(self.device) for a in audios]
         features = self.featurizer(wavs, self.upstream(wavs))
@@ -124,7 +140,8 @@ class EmotionRecognizer(nn.Module):
             for p in probabilities
         ]
 
-    def predict(self, audio: str | os.PathLike | np.ndarray | torch.Tensor,
-                sample_rate: int | None = None) -> Prediction:
+    def predict(
+        self, audio: str | os.PathLike | np.ndarray | torch.Tensor, sample_rate: int | None = None
+    ) -> Prediction:
         """Predict one file path or waveform (then ``sample_rate`` is required)."""
         return self.predict_batch([audio], sample_rate)[0]

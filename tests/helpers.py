@@ -13,16 +13,24 @@ TINY_ECAPA = (
 
 def overrides(root, meta, steps=12, every=4, k=2, extra=""):
     """``-o`` overrides for a short emotion_ecapa run with a tiny ECAPA-TDNN."""
-    return ",,".join(filter(None, [
-        f"config.downstream_expert.datarc.root={root}",
-        f"config.downstream_expert.datarc.meta_data={meta}",
-        f"config.runner.total_steps={steps}", f"config.runner.eval_step={every}",
-        f"config.runner.save_step={every}", f"config.runner.log_step={every}",
-        "config.runner.gradient_accumulate_steps=1",
-        "config.downstream_expert.datarc.num_workers=0",
-        f"config.downstream_expert.checkpoint_averaging.best_k={k}",
-        TINY_ECAPA, extra,
-    ]))
+    return ",,".join(
+        filter(
+            None,
+            [
+                f"config.downstream_expert.datarc.root={root}",
+                f"config.downstream_expert.datarc.meta_data={meta}",
+                f"config.runner.total_steps={steps}",
+                f"config.runner.eval_step={every}",
+                f"config.runner.save_step={every}",
+                f"config.runner.log_step={every}",
+                "config.runner.gradient_accumulate_steps=1",
+                "config.downstream_expert.datarc.num_workers=0",
+                f"config.downstream_expert.checkpoint_averaging.best_k={k}",
+                TINY_ECAPA,
+                extra,
+            ],
+        )
+    )
 
 
 def pad_with_noise(x: torch.Tensor, lengths: torch.Tensor, time_dim: int = 1) -> torch.Tensor:

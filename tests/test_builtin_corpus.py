@@ -48,8 +48,14 @@ def turns(root: Path) -> list[dict]:
                 assert match, line
                 start, end, name, code = match.groups()
                 found.append(
-                    {"session": path.parts[-4], "dialog": path.stem, "name": name, "code": code,
-                     "start": float(start), "end": float(end)}
+                    {
+                        "session": path.parts[-4],
+                        "dialog": path.stem,
+                        "name": name,
+                        "code": code,
+                        "start": float(start),
+                        "end": float(end),
+                    }
                 )
     return found
 

@@ -22,13 +22,26 @@ def test_short_fbank_ecapa_training_beats_chance(tmp_path):
         warnings.simplefilter("ignore")
         prepare(corpus, tmp_path / "meta")
     expdir = tmp_path / "exp"
-    run_downstream([
-        "-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(expdir), "--device", "cpu",
-        "-c", str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
-        "-o", f"config.downstream_expert.datarc.root={corpus},,config.downstream_expert.datarc.meta_data={tmp_path / 'meta'},,"
-              "config.runner.total_steps=200,,config.downstream_expert.datarc.test_fold=fold3,,"
-              "config.downstream_expert.checkpoint_averaging.best_k=3",
-    ])
+    run_downstream(
+        [
+            "-m",
+            "train",
+            "-u",
+            "fbank",
+            "-d",
+            "emotion_ecapa",
+            "-p",
+            str(expdir),
+            "--device",
+            "cpu",
+            "-c",
+            str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
+            "-o",
+            f"config.downstream_expert.datarc.root={corpus},,config.downstream_expert.datarc.meta_data={tmp_path / 'meta'},,"
+            "config.runner.total_steps=200,,config.downstream_expert.datarc.test_fold=fold3,,"
+            "config.downstream_expert.checkpoint_averaging.best_k=3",
+        ]
+    )
     metrics = json.loads((expdir / "test_fold3_metrics.json").read_text())
     assert metrics["num_utterances"] == 50
     assert metrics["ua"] > UA_THRESHOLD, metrics

@@ -53,8 +53,20 @@ def test_every_cli_reports_expected_errors_the_same_way(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"^error: checkpoint not found: .*nope\.ckpt"):
         inference([str(tmp_path / "nope.ckpt"), "speech.wav", "--device", "cpu"])
     with pytest.raises(SystemExit, match=r"^error: config file not found: .*missing\.yaml"):
-        run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-c", str(tmp_path / "missing.yaml"),
-                        "-p", str(tmp_path / "run")])
+        run_downstream(
+            [
+                "-m",
+                "train",
+                "-u",
+                "fbank",
+                "-d",
+                "emotion_ecapa",
+                "-c",
+                str(tmp_path / "missing.yaml"),
+                "-p",
+                str(tmp_path / "run"),
+            ]
+        )
     with pytest.raises(SystemExit, match=r"^error: dim \(30\) must be divisible by heads \(4\)"):
         tiny_upstream(["hubert", str(tmp_path / "t.pt"), "--dim", "30"])
 
@@ -64,7 +76,9 @@ def test_library_never_imports_a_cli_module():
     for path in sorted((REPO / "s3prl_ser").rglob("*.py")):
         if "cli" in path.relative_to(REPO / "s3prl_ser").parts:
             continue
-        if re.search(r"^\s*(from|import)\s+s3prl_ser\.cli\b|^\s*from\s+s3prl_ser\s+import\s+cli\b", path.read_text(), re.M):
+        if re.search(
+            r"^\s*(from|import)\s+s3prl_ser\.cli\b|^\s*from\s+s3prl_ser\s+import\s+cli\b", path.read_text(), re.M
+        ):
             offenders.append(str(path.relative_to(REPO)))
     assert not offenders
 
@@ -74,6 +88,7 @@ def test_upstream_ft_is_a_thin_entry_to_the_cli():
     from s3prl_ser.cli import finetune
 
     assert entry.main is finetune.main
-    help_text = subprocess.run([sys.executable, "-m", "upstream_ft", "--help"], cwd=REPO, capture_output=True,
-                               text=True, check=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "upstream_ft", "--help"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     assert help_text.startswith("usage: python -m upstream_ft") and "--folds" in help_text

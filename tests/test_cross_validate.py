@@ -12,8 +12,20 @@ def meta(mini_meta):
 
 
 def test_runs_folds_writes_report_and_reuses_finished_folds(mini_corpus, meta, tmp_path, capsys):
-    argv = ["-p", str(tmp_path), "--folds", "fold1,fold3", "-u", "fbank", "-d", "emotion_ecapa",
-            "--device", "cpu", "-o", overrides(mini_corpus, meta, steps=4, every=2)]
+    argv = [
+        "-p",
+        str(tmp_path),
+        "--folds",
+        "fold1,fold3",
+        "-u",
+        "fbank",
+        "-d",
+        "emotion_ecapa",
+        "--device",
+        "cpu",
+        "-o",
+        overrides(mini_corpus, meta, steps=4, every=2),
+    ]
     cross_validate_main(argv)
     results = json.loads((tmp_path / "results.json").read_text())
     assert sorted(results["folds"]) == ["fold1", "fold3"]

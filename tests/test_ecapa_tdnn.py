@@ -137,9 +137,7 @@ def test_rejects_bad_constructor_arguments(overrides: dict[str, Any], match: str
         (torch.randn(2, 10, 8), torch.tensor([1.0, 0.5]), "integer"),
     ],
 )
-def test_rejects_bad_forward_arguments(
-    x: torch.Tensor, lengths: torch.Tensor, match: str
-) -> None:
+def test_rejects_bad_forward_arguments(x: torch.Tensor, lengths: torch.Tensor, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _small()(x, lengths)
 

@@ -68,6 +68,11 @@ def test_meta_data_errors_name_the_file_and_the_problem(mini_corpus, tmp_path):
         read_meta_data(_write(tmp_path / "unknown.json", unknown))
     with pytest.raises(ValueError, match="lists no utterances"):
         read_meta_data(_write(tmp_path / "empty.json", {"labels": LABELS, "meta_data": []}))
-    missing = {"labels": LABELS, "meta_data": [{"path": f"gone{i}.wav", "label": "neu", "speaker": "x"} for i in range(5)]}
-    with pytest.raises(FileNotFoundError, match=r"5 audio file\(s\) missing under .*gone0\.wav, gone1\.wav, gone2\.wav and 2 more"):
+    missing = {
+        "labels": LABELS,
+        "meta_data": [{"path": f"gone{i}.wav", "label": "neu", "speaker": "x"} for i in range(5)],
+    }
+    with pytest.raises(
+        FileNotFoundError, match=r"5 audio file\(s\) missing under .*gone0\.wav, gone1\.wav, gone2\.wav and 2 more"
+    ):
         read_meta_data(_write(tmp_path / "missing.json", missing), mini_corpus)

@@ -30,8 +30,24 @@ def meta(mini_meta):
 @pytest.fixture(scope="module")
 def trained(mini_corpus, meta, tmp_path_factory):
     expdir = tmp_path_factory.mktemp("exp") / "fold2"
-    run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(expdir), "--device", "cpu",
-                    "-v", "fold2", "-o", overrides(mini_corpus, meta)])  # s3prl's -v picks the fold
+    run_downstream(
+        [
+            "-m",
+            "train",
+            "-u",
+            "fbank",
+            "-d",
+            "emotion_ecapa",
+            "-p",
+            str(expdir),
+            "--device",
+            "cpu",
+            "-v",
+            "fold2",
+            "-o",
+            overrides(mini_corpus, meta),
+        ]
+    )  # s3prl's -v picks the fold
     return expdir
 
 
@@ -72,8 +88,22 @@ def test_test_set_never_selects(mini_corpus, meta, tmp_path):
     runs = {}
     for name, meta_dir in (("original", meta), ("scrambled", scrambled)):
         expdir = tmp_path / name
-        run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(expdir), "--device", "cpu",
-                        "-o", overrides(mini_corpus, meta_dir, extra="config.downstream_expert.datarc.test_fold=fold2")])
+        run_downstream(
+            [
+                "-m",
+                "train",
+                "-u",
+                "fbank",
+                "-d",
+                "emotion_ecapa",
+                "-p",
+                str(expdir),
+                "--device",
+                "cpu",
+                "-o",
+                overrides(mini_corpus, meta_dir, extra="config.downstream_expert.datarc.test_fold=fold2"),
+            ]
+        )
         runs[name] = expdir
     assert (runs["original"] / "dev-top.json").read_text() == (runs["scrambled"] / "dev-top.json").read_text()
     a = safe_torch_load(runs["original"] / "dev-avg.ckpt")["Downstream"]
@@ -84,8 +114,22 @@ def test_test_set_never_selects(mini_corpus, meta, tmp_path):
 
 
 def test_averaging_off_reports_single_best(mini_corpus, meta, tmp_path):
-    run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(tmp_path), "--device", "cpu",
-                    "-o", overrides(mini_corpus, meta, steps=8, extra="config.downstream_expert.checkpoint_averaging.average=false")])
+    run_downstream(
+        [
+            "-m",
+            "train",
+            "-u",
+            "fbank",
+            "-d",
+            "emotion_ecapa",
+            "-p",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "-o",
+            overrides(mini_corpus, meta, steps=8, extra="config.downstream_expert.checkpoint_averaging.average=false"),
+        ]
+    )
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["checkpoint"] == "dev-best.ckpt" and not final["averaged"]
     best = safe_torch_load(tmp_path / "dev-best.ckpt")
@@ -100,19 +144,36 @@ def test_resume_continues_from_last_step(mini_corpus, meta, tmp_path):
     run_downstream(args + ["-o", overrides(mini_corpus, meta, steps=8, every=4, k=5)])
     run_downstream(args + ["-o", "config.runner.total_steps=12,,config.downstream_expert.datarc.eval_batch_size=2"])
     assert [s["step"] for s in json.loads((tmp_path / "final.json").read_text())["selected"]] == [4, 8, 12]
-    dev_steps = [s.split()[3].rstrip(":") for s in (tmp_path / "log.log").read_text().splitlines() if s.startswith("dev")]
+    dev_steps = [
+        s.split()[3].rstrip(":") for s in (tmp_path / "log.log").read_text().splitlines() if s.startswith("dev")
+    ]
     assert dev_steps == ["4", "8", "12"]  # the resumed run did not start over
     assert safe_torch_load(tmp_path / "states-12.ckpt")["Step"] == 12
 
 
 def test_named_run_resumes_where_it_was_moved(mini_corpus, meta, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-n", "named", "--device", "cpu",
-                    "-o", overrides(mini_corpus, meta, steps=8, every=4)])
+    run_downstream(
+        [
+            "-m",
+            "train",
+            "-u",
+            "fbank",
+            "-d",
+            "emotion_ecapa",
+            "-n",
+            "named",
+            "--device",
+            "cpu",
+            "-o",
+            overrides(mini_corpus, meta, steps=8, every=4),
+        ]
+    )
     assert (tmp_path / "result" / "downstream" / "named" / "states-8.ckpt").is_file()
     shutil.move(tmp_path / "result" / "downstream" / "named", tmp_path / "moved")
-    run_downstream(["-m", "train", "-p", str(tmp_path / "moved"), "-a", "--device", "cpu",
-                    "-o", "config.runner.total_steps=12"])
+    run_downstream(
+        ["-m", "train", "-p", str(tmp_path / "moved"), "-a", "--device", "cpu", "-o", "config.runner.total_steps=12"]
+    )
     assert safe_torch_load(tmp_path / "moved" / "states-12.ckpt")["Step"] == 12
     assert not (tmp_path / "result" / "downstream" / "named").exists()  # not the directory stored in the checkpoint
     run_downstream(["-m", "evaluate", "-e", str(tmp_path / "moved" / "dev-avg.ckpt"), "--device", "cpu"])
@@ -120,9 +181,23 @@ def test_named_run_resumes_where_it_was_moved(mini_corpus, meta, tmp_path, monke
 
 
 def test_killed_run_resumes(mini_corpus, meta, tmp_path):
-    cmd = [sys.executable, str(REPO / "run_downstream.py"), "-m", "train", "-u", "fbank", "-d", "emotion_ecapa",
-           "-p", str(tmp_path), "--device", "cpu", "-a",
-           "-o", overrides(mini_corpus, meta, steps=400, every=2, extra="config.runner.max_keep=2")]
+    cmd = [
+        sys.executable,
+        str(REPO / "run_downstream.py"),
+        "-m",
+        "train",
+        "-u",
+        "fbank",
+        "-d",
+        "emotion_ecapa",
+        "-p",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "-a",
+        "-o",
+        overrides(mini_corpus, meta, steps=400, every=2, extra="config.runner.max_keep=2"),
+    ]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
     while not list(tmp_path.glob("states-*.ckpt")) and time.time() < deadline:
@@ -135,8 +210,9 @@ def test_killed_run_resumes(mini_corpus, meta, tmp_path):
     for path in tmp_path.glob("states-*.ckpt"):
         safe_torch_load(path)  # every checkpoint on disk is complete (atomic saves)
     last = saved[-1]
-    resume = subprocess.run(cmd[:-2] + ["-o", f"config.runner.total_steps={last + 4}"],
-                            capture_output=True, text=True, timeout=300)
+    resume = subprocess.run(
+        cmd[:-2] + ["-o", f"config.runner.total_steps={last + 4}"], capture_output=True, text=True, timeout=300
+    )
     assert resume.returncode == 0, resume.stderr[-2000:]
     assert f"Resume from {tmp_path / f'states-{last}.ckpt'}" in resume.stdout
     assert (tmp_path / "final.json").is_file()
@@ -153,7 +229,10 @@ def test_averaging_cli_output_is_a_usable_model(trained, tmp_path):
     assert (ours["Step"], ours["Micro"]) == (reported["Step"], reported["Micro"])
     assert all(torch.equal(ours["Downstream"][k], v) for k, v in reported["Downstream"].items())
     wav = np.random.default_rng(0).uniform(-0.3, 0.3, 16000).astype("float32")
-    assert EmotionRecognizer.from_pretrained(tmp_path / "avg.ckpt").predict(wav, sample_rate=16000).label in ours["ClassNames"]
+    assert (
+        EmotionRecognizer.from_pretrained(tmp_path / "avg.ckpt").predict(wav, sample_rate=16000).label
+        in ours["ClassNames"]
+    )
 
 
 def test_inference_api_and_cli(trained, tmp_path, capsys, monkeypatch):
@@ -178,8 +257,9 @@ def test_inference_api_and_cli(trained, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr("s3prl_ser.data.emotion_dataset.load_audio", no_corpus_audio)  # nothing pre-loaded
     files = sorted(p.name for p in trained.iterdir())
-    run_downstream(["-m", "inference", "-e", str(trained / "dev-avg.ckpt"), "-t", str(tmp_path / "a.wav"),
-                    "--device", "cpu"])
+    run_downstream(
+        ["-m", "inference", "-e", str(trained / "dev-avg.ckpt"), "-t", str(tmp_path / "a.wav"), "--device", "cpu"]
+    )
     assert sorted(p.name for p in trained.iterdir()) == files  # no run record added to the training directory
     line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("{")][-1]
     result = json.loads(line)
@@ -205,7 +285,9 @@ def test_training_cannot_continue_from_the_reported_model(trained):
     """dev-avg.ckpt holds averaged weights and no optimizer state: -m train -e refuses it
     before touching the finished run."""
     files = {p.name: p.stat().st_mtime_ns for p in trained.iterdir() if p.is_file()}
-    with pytest.raises(SystemExit, match=r"^error: .*dev-avg.ckpt is a reported \(averaged\) model, not a training state"):
+    with pytest.raises(
+        SystemExit, match=r"^error: .*dev-avg.ckpt is a reported \(averaged\) model, not a training state"
+    ):
         run_downstream(["-m", "train", "-e", str(trained / "dev-avg.ckpt"), "--device", "cpu"])
     assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir() if p.is_file()} == files
 
@@ -243,19 +325,46 @@ def test_config_errors_are_clear(mini_corpus, meta, tmp_path):
     assert not list(tmp_path.iterdir())  # refused before anything was written
     with pytest.raises(SystemExit, match="^error: .*invalid fold 'fold9x'"):
         run_downstream(base + [overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold9x")])
-    with pytest.raises(SystemExit, match=r"^error: -v fold3 conflicts with config.downstream_expert.datarc.test_fold=fold1"):
-        run_downstream(base[:-1] + ["-v", "fold3", "-o", overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold1")])
-    with pytest.raises(SystemExit, match=r"^error: no meta data for fold9: .*Session9 does not exist .* has fold1, fold2, fold3, fold4, fold5"):
+    with pytest.raises(
+        SystemExit, match=r"^error: -v fold3 conflicts with config.downstream_expert.datarc.test_fold=fold1"
+    ):
+        run_downstream(
+            base[:-1]
+            + [
+                "-v",
+                "fold3",
+                "-o",
+                overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold1"),
+            ]
+        )
+    with pytest.raises(
+        SystemExit,
+        match=r"^error: no meta data for fold9: .*Session9 does not exist .* has fold1, fold2, fold3, fold4, fold5",
+    ):
         run_downstream(base + [overrides(mini_corpus, meta, extra="config.downstream_expert.datarc.test_fold=fold9")])
     with pytest.raises(SystemExit, match=r"^error: .*modelrc.aggregator must be one of mean, ecapa, got 'ecpa'"):
         run_downstream(base + [overrides(mini_corpus, meta, extra="config.downstream_expert.modelrc.aggregator=ecpa")])
 
 
 def test_stock_emotion_task_still_works(mini_corpus, meta, tmp_path):
-    run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion", "-p", str(tmp_path), "--device", "cpu", "-o",
-                    f"config.downstream_expert.datarc.root={mini_corpus},,config.downstream_expert.datarc.meta_data={meta},,"
-                    "config.runner.total_steps=4,,config.runner.eval_step=4,,config.runner.save_step=4,,"
-                    "config.runner.log_step=4,,config.downstream_expert.datarc.num_workers=0"])
+    run_downstream(
+        [
+            "-m",
+            "train",
+            "-u",
+            "fbank",
+            "-d",
+            "emotion",
+            "-p",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "-o",
+            f"config.downstream_expert.datarc.root={mini_corpus},,config.downstream_expert.datarc.meta_data={meta},,"
+            "config.runner.total_steps=4,,config.runner.eval_step=4,,config.runner.save_step=4,,"
+            "config.runner.log_step=4,,config.downstream_expert.datarc.num_workers=0",
+        ]
+    )
     assert (tmp_path / "dev-best.ckpt").is_file() and (tmp_path / "test_fold1_predict.txt").is_file()
 
 

@@ -24,9 +24,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 # fold1 trains on 13 utterances: 3 global batches of 4 an epoch (the 13th is dropped).
 # SpecAugment draws from Python's and torch's RNGs, so only a restored RNG resumes exactly.
-SPECAUG = ("config.specaug={apply_time_warp: true, time_warp_window: 2, apply_freq_mask: true, "
-           "freq_mask_width_range: [0, 8], num_freq_mask: 1, apply_time_mask: true, "
-           "time_mask_width_range: [0, 5], num_time_mask: 1}")
+SPECAUG = (
+    "config.specaug={apply_time_warp: true, time_warp_window: 2, apply_freq_mask: true, "
+    "freq_mask_width_range: [0, 8], num_freq_mask: 1, apply_time_mask: true, "
+    "time_mask_width_range: [0, 5], num_time_mask: 1}"
+)
 # Stage 2 (1 micro-batch an update, states every 2 updates): update 5 dies after the states
 # of update 4 (micro-batch 4: inside epoch 1); update 7 after those of update 6 (micro-batch
 # 6: the end of epoch 1); states-10 dies while saving, after those of update 8 (inside epoch 2);
@@ -46,8 +48,14 @@ def kill(moment: str, n: int, command: str, argv: list[str]) -> None:
     # One thread, as the in-process runs (one_thread): float sums split across threads add up
     # in another order, which is a different run.
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.run([sys.executable, str(KILL_AT), moment, str(n), command, *argv], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=600)
+    process = subprocess.run(
+        [sys.executable, str(KILL_AT), moment, str(n), command, *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert process.returncode == -9, process.stderr[-3000:]
 
 
@@ -67,8 +75,21 @@ def downstream(mini_corpus, mini_meta, tmp_path_factory):
     opts = downstream_overrides(mini_corpus, mini_meta, steps=12, every=2, k=3, extra=SPECAUG)
 
     def argv(name: str) -> list[str]:
-        return ["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(root / name), "--device", "cpu",
-                "-a", "-o", opts]
+        return [
+            "-m",
+            "train",
+            "-u",
+            "fbank",
+            "-d",
+            "emotion_ecapa",
+            "-p",
+            str(root / name),
+            "--device",
+            "cpu",
+            "-a",
+            "-o",
+            opts,
+        ]
 
     run_downstream(argv("straight"))
     return root, argv
@@ -99,13 +120,23 @@ def test_downstream_resumes_bit_identically(downstream, moment, n, resumes_at, c
 
 
 def finetune_overrides(corpus: Path, meta: Path) -> str:
-    return ",,".join([
-        f"config.datarc.root={corpus}", f"config.datarc.meta_data={meta}",
-        "config.runner.total_steps=8", "config.runner.eval_step=2", "config.runner.save_step=2",
-        "config.runner.log_step=2", "config.runner.gradient_accumulate_steps=2", "config.scheduler.warmup_steps=2",
-        "config.upstream.freeze_transformer_steps=1", "config.optimizer.upstream_lr=1.0e-3",
-        "config.datarc.num_workers=0", "config.datarc.train_batch_size=4", "config.checkpoint_averaging.best_k=2",
-    ])
+    return ",,".join(
+        [
+            f"config.datarc.root={corpus}",
+            f"config.datarc.meta_data={meta}",
+            "config.runner.total_steps=8",
+            "config.runner.eval_step=2",
+            "config.runner.save_step=2",
+            "config.runner.log_step=2",
+            "config.runner.gradient_accumulate_steps=2",
+            "config.scheduler.warmup_steps=2",
+            "config.upstream.freeze_transformer_steps=1",
+            "config.optimizer.upstream_lr=1.0e-3",
+            "config.datarc.num_workers=0",
+            "config.datarc.train_batch_size=4",
+            "config.checkpoint_averaging.best_k=2",
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +144,20 @@ def finetune(tiny_upstreams, mini_corpus, mini_meta, tmp_path_factory):
     root = tmp_path_factory.mktemp("exact_finetune")
 
     def argv(name: str) -> list[str]:
-        return ["-u", "hubert_local", "-k", str(tiny_upstreams["hubert"]), "--folds", "fold1", "-p", str(root / name),
-                "--device", "cpu", "-o", finetune_overrides(mini_corpus, mini_meta)]
+        return [
+            "-u",
+            "hubert_local",
+            "-k",
+            str(tiny_upstreams["hubert"]),
+            "--folds",
+            "fold1",
+            "-p",
+            str(root / name),
+            "--device",
+            "cpu",
+            "-o",
+            finetune_overrides(mini_corpus, mini_meta),
+        ]
 
     upstream_ft(argv("straight"))
     return root, argv
@@ -150,10 +193,36 @@ def test_two_process_run_resumes_bit_identically(mini_corpus, mini_meta, tmp_pat
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
     def torchrun(script: Path, *args: str, name: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                               "--standalone", str(script), *args, "-m", "train", "-u", "fbank",
-                               "-d", "emotion_ecapa", "-p", str(tmp_path / name), "--device", "cpu", "-a", "-o", opts],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--standalone",
+                str(script),
+                *args,
+                "-m",
+                "train",
+                "-u",
+                "fbank",
+                "-d",
+                "emotion_ecapa",
+                "-p",
+                str(tmp_path / name),
+                "--device",
+                "cpu",
+                "-a",
+                "-o",
+                opts,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     straight = torchrun(REPO / "run_downstream.py", name="straight")
     assert straight.returncode == 0, straight.stderr[-3000:]

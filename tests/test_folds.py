@@ -20,11 +20,17 @@ def _s3prl_emotion_expert(root, meta_dir, fold, expdir):
     from s3prl.downstream.emotion.expert import DownstreamExpert
 
     downstream_expert = {
-        "datarc": {"root": str(root), "meta_data": str(meta_dir), "test_fold": fold,
-                   "pre_load": False, "train_batch_size": 4, "eval_batch_size": 4,
-                   "num_workers": 0, "valid_ratio": 0.2},
-        "modelrc": {"projector_dim": 8, "select": "UtteranceLevel",
-                    "UtteranceLevel": {"pooling": "MeanPooling"}},
+        "datarc": {
+            "root": str(root),
+            "meta_data": str(meta_dir),
+            "test_fold": fold,
+            "pre_load": False,
+            "train_batch_size": 4,
+            "eval_batch_size": 4,
+            "num_workers": 0,
+            "valid_ratio": 0.2,
+        },
+        "modelrc": {"projector_dim": 8, "select": "UtteranceLevel", "UtteranceLevel": {"pooling": "MeanPooling"}},
     }
     return DownstreamExpert(upstream_dim=8, downstream_expert=downstream_expert, expdir=str(expdir))
 
@@ -45,8 +51,10 @@ def test_split_identical_to_s3prl_expert_on_prepared_corpus(mini_corpus, tmp_pat
 @pytest.mark.parametrize("n", [4446, 4290, 4500])  # IEMOCAP's real fold sizes: 5531 - 1085, ...
 def test_split_identical_to_s3prl_expert_at_iemocap_size(mini_corpus, tmp_path, n):
     wav = "Session2/sentences/wav/Ses02F_impro02/Ses02F_impro02_F000.wav"
-    meta = {"labels": {"neu": 0, "hap": 1, "ang": 2, "sad": 3},
-            "meta_data": [{"path": wav, "label": "neu", "speaker": "Ses02F"}] * n}
+    meta = {
+        "labels": {"neu": 0, "hap": 1, "ang": 2, "sad": 3},
+        "meta_data": [{"path": wav, "label": "neu", "speaker": "Ses02F"}] * n,
+    }
     (tmp_path / "meta" / "Session1").mkdir(parents=True)
     for split in ("train", "test"):
         (tmp_path / "meta" / "Session1" / f"{split}_meta_data.json").write_text(json.dumps(meta))

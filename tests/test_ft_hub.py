@@ -23,8 +23,9 @@ def ft_dir(tiny_upstreams, tmp_path_factory):
     for fold in ("fold1", "fold2"):
         (root / fold).mkdir()
         shutil.copy(tiny_upstreams["hubert"], root / fold / "upstream.ckpt")
-        (root / fold / "upstream.json").write_text(json.dumps(
-            {"fold": fold, "loader": "hubert_local", "base_upstream": "hubert_local"}))
+        (root / fold / "upstream.json").write_text(
+            json.dumps({"fold": fold, "loader": "hubert_local", "base_upstream": "hubert_local"})
+        )
     return root
 
 

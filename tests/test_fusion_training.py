@@ -22,9 +22,24 @@ def meta(mini_meta):
 
 @pytest.mark.parametrize("fusion", ["early", "late"])
 def test_fbank_and_hubert_fusion_trains_and_averages(fusion, mini_corpus, meta, tiny_upstreams, tmp_path):
-    run_downstream(["-m", "train", "-u", "fbank,hubert_local", "-k", f",{tiny_upstreams['hubert']}",
-                    "-d", "emotion_ecapa", "-p", str(tmp_path), "--device", "cpu",
-                    "-o", overrides(mini_corpus, meta, steps=8, extra=f"config.downstream_expert.modelrc.fusion={fusion}")])
+    run_downstream(
+        [
+            "-m",
+            "train",
+            "-u",
+            "fbank,hubert_local",
+            "-k",
+            f",{tiny_upstreams['hubert']}",
+            "-d",
+            "emotion_ecapa",
+            "-p",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "-o",
+            overrides(mini_corpus, meta, steps=8, extra=f"config.downstream_expert.modelrc.fusion={fusion}"),
+        ]
+    )
     final = json.loads((tmp_path / "final.json").read_text())
     averaged = safe_torch_load(tmp_path / "dev-avg.ckpt")
     kept = [safe_torch_load(tmp_path / s["file"]) for s in final["selected"]]
@@ -43,20 +58,60 @@ def test_fbank_and_hubert_fusion_trains_and_averages(fusion, mini_corpus, meta, 
 
 def test_early_fusion_of_fbank_alone_is_refused(mini_corpus, meta, tmp_path):
     with pytest.raises(SystemExit, match="^error: .*needs several upstreams"):
-        run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(tmp_path), "--device", "cpu",
-                        "-o", overrides(mini_corpus, meta, extra="config.downstream_expert.modelrc.fusion=early")])
+        run_downstream(
+            [
+                "-m",
+                "train",
+                "-u",
+                "fbank",
+                "-d",
+                "emotion_ecapa",
+                "-p",
+                str(tmp_path),
+                "--device",
+                "cpu",
+                "-o",
+                overrides(mini_corpus, meta, extra="config.downstream_expert.modelrc.fusion=early"),
+            ]
+        )
 
 
 def test_two_processes_match_one(mini_corpus, meta, tiny_upstreams, tmp_path):
     """torchrun with 2 gloo processes on CPU trains the same model as 1 process (mean pooling:
     no BatchNorm, whose train-mode statistics are per process on CPU)."""
     opts = overrides(mini_corpus, meta, steps=8, every=4, extra="config.downstream_expert.modelrc.aggregator=mean")
-    args = ["-m", "train", "-u", "hubert_local", "-k", str(tiny_upstreams["hubert"]), "-d", "emotion_ecapa",
-            "--device", "cpu", "-o", opts]
+    args = [
+        "-m",
+        "train",
+        "-u",
+        "hubert_local",
+        "-k",
+        str(tiny_upstreams["hubert"]),
+        "-d",
+        "emotion_ecapa",
+        "--device",
+        "cpu",
+        "-o",
+        opts,
+    ]
     run_downstream(args + ["-p", str(tmp_path / "one")])
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--standalone", str(REPO / "run_downstream.py"), *args, "-p", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=600)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            str(REPO / "run_downstream.py"),
+            *args,
+            "-p",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a = safe_torch_load(tmp_path / "one" / "dev-avg.ckpt")
     b = safe_torch_load(tmp_path / "two" / "dev-avg.ckpt")

@@ -26,7 +26,9 @@ def test_training_statistics_come_from_valid_frames_only():
     out = masked(x, mask)
     valid = torch.cat([x[b, :, :n] for b, n in enumerate(lengths.tolist())], dim=1).unsqueeze(0)  # (1, C, 14)
     expected = plain(valid)[0]
-    assert torch.allclose(torch.cat([out[b, :, :n] for b, n in enumerate(lengths.tolist())], dim=1), expected, atol=1e-5)
+    assert torch.allclose(
+        torch.cat([out[b, :, :n] for b, n in enumerate(lengths.tolist())], dim=1), expected, atol=1e-5
+    )
     assert torch.allclose(masked.running_mean, plain.running_mean, atol=1e-6)
     assert torch.allclose(masked.running_var, plain.running_var, atol=1e-5)  # unbiased, as BatchNorm1d
     assert masked.num_batches_tracked.item() == plain.num_batches_tracked.item() == 1

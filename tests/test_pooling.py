@@ -12,9 +12,7 @@ from s3prl_ser.models.pooling import (
 
 def test_lengths_to_mask() -> None:
     mask = lengths_to_mask(torch.tensor([3, 1, 4]), 4)
-    expected = torch.tensor(
-        [[True, True, True, False], [True, False, False, False], [True, True, True, True]]
-    )
+    expected = torch.tensor([[True, True, True, False], [True, False, False, False], [True, True, True, True]])
     assert mask.dtype == torch.bool
     assert torch.equal(mask, expected)
 
@@ -74,9 +72,7 @@ def test_asp_with_constant_attention_gives_plain_mean_and_std() -> None:
         frames = x[b, :, :length]
         torch.testing.assert_close(out[b, :5], frames.mean(dim=1))
         # Population std; a single frame gives sqrt(eps) = 1e-6.
-        torch.testing.assert_close(
-            out[b, 5:], frames.std(dim=1, correction=0), atol=1e-5, rtol=1e-5
-        )
+        torch.testing.assert_close(out[b, 5:], frames.std(dim=1, correction=0), atol=1e-5, rtol=1e-5)
 
 
 def test_weighted_mean_std_matches_hand_computed() -> None:

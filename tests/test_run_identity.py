@@ -36,16 +36,28 @@ def test_previous_run_files(tmp_path):
 
 
 def test_significant_differences_leave_out_feeding_and_on_resume_the_schedule():
-    old = run_identity({"seed": 1}, {"runner": {"total_steps": 10}, "downstream_expert": {
-        "datarc": {"num_workers": 4, "eval_batch_size": 4, "pre_load": True, "root": "/a"}}})
-    new = run_identity({"seed": 1}, {"runner": {"total_steps": 20}, "downstream_expert": {
-        "datarc": {"num_workers": 0, "eval_batch_size": 2, "pre_load": False, "root": "/a"}}})
+    old = run_identity(
+        {"seed": 1},
+        {
+            "runner": {"total_steps": 10},
+            "downstream_expert": {"datarc": {"num_workers": 4, "eval_batch_size": 4, "pre_load": True, "root": "/a"}},
+        },
+    )
+    new = run_identity(
+        {"seed": 1},
+        {
+            "runner": {"total_steps": 20},
+            "downstream_expert": {"datarc": {"num_workers": 0, "eval_batch_size": 2, "pre_load": False, "root": "/a"}},
+        },
+    )
     assert significant_differences(old, new, resuming=True) == []
     assert significant_differences(old, new) == ["config.runner.total_steps: 10 -> 20"]
     new["config"]["downstream_expert"]["datarc"]["root"] = "/b"
     new["args"]["seed"] = 2
     assert significant_differences(old, new, resuming=True) == [
-        "args.seed: 1 -> 2", "config.downstream_expert.datarc.root: '/a' -> '/b'"]
+        "args.seed: 1 -> 2",
+        "config.downstream_expert.datarc.root: '/a' -> '/b'",
+    ]
 
 
 def test_describe_shortens_long_lists():

@@ -43,8 +43,9 @@ def test_model_overrides_carry_the_experiment_keys():
     assert "config.downstream_expert.modelrc.fusion=early" in model_overrides(PAPER / "exp7.yaml")
     assert "config.downstream_expert.checkpoint_averaging.average=false" in model_overrides(PAPER / "exp1.yaml")
     # Keys a paper file leaves to the defaults are carried too, so --base-config cannot change them.
-    assert {"config.downstream_expert.modelrc.fusion=null",
-            "config.downstream_expert.text.speech=true"} <= set(model_overrides(PAPER / "exp5.yaml"))
+    assert {"config.downstream_expert.modelrc.fusion=null", "config.downstream_expert.text.speech=true"} <= set(
+        model_overrides(PAPER / "exp5.yaml")
+    )
 
 
 def test_tables_list_every_experiment_with_paper_numbers(tmp_path):
@@ -52,7 +53,9 @@ def test_tables_list_every_experiment_with_paper_numbers(tmp_path):
     paths = write_tables(tmp_path, {9: summary}, "Folds: fold1.", {"fbank": summary, "hubert_local": summary})
     md = paths["md"].read_text()
     assert "| 2 | 9 | S | Fbank | no | no | ECAPA | Linear | yes | 60.00 ± 1.50 | 61.25 ± 2.00 | 56.52 | 57.60 |" in md
-    assert "| 1.B | 7 | S | huBERT + W2V2 | yes | yes | ECAPA | Linear | yes | not run | not run | 77.36 | 77.76 |" in md
+    assert (
+        "| 1.B | 7 | S | huBERT + W2V2 | yes | yes | ECAPA | Linear | yes | not run | not run | 77.36 | 77.76 |" in md
+    )
     data = json.loads(paths["json"].read_text())
     assert data["9"]["ours"]["wa"]["mean"] == 60.0 and data["1"]["ours"] is None
     superb = paths["superb"].read_text()
@@ -67,17 +70,39 @@ def test_table1_command_runs_both_stages(mini_corpus, mini_meta, tiny_upstreams,
     from s3prl_ser.toy.tiny_bert import write_tiny_bert
 
     bert = write_tiny_bert(tmp_path / "bert")
-    argv = ["--experiments", "2,7,11", "--superb", "fbank", "-p", str(tmp_path / "t1"), "--root", str(mini_corpus), "--meta", str(mini_meta),
-            "--folds", "fold1", "--wav2vec2", f"wav2vec2_local:{tiny_upstreams['wav2vec2']}",
-            "--hubert", f"hubert_local:{tiny_upstreams['hubert']}", "--bert", str(bert),
-            "--base-config", str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
-            "-o", "config.runner.total_steps=4,,config.runner.eval_step=2,,config.runner.save_step=2,,"
-                  "config.downstream_expert.datarc.train_batch_size=4",
-            "--ft-override", "config.runner.total_steps=4,,config.runner.eval_step=2,,config.runner.save_step=2,,"
-                             "config.scheduler.warmup_steps=1,,config.datarc.num_workers=0,,config.datarc.train_batch_size=4"]
+    argv = [
+        "--experiments",
+        "2,7,11",
+        "--superb",
+        "fbank",
+        "-p",
+        str(tmp_path / "t1"),
+        "--root",
+        str(mini_corpus),
+        "--meta",
+        str(mini_meta),
+        "--folds",
+        "fold1",
+        "--wav2vec2",
+        f"wav2vec2_local:{tiny_upstreams['wav2vec2']}",
+        "--hubert",
+        f"hubert_local:{tiny_upstreams['hubert']}",
+        "--bert",
+        str(bert),
+        "--base-config",
+        str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
+        "-o",
+        "config.runner.total_steps=4,,config.runner.eval_step=2,,config.runner.save_step=2,,"
+        "config.downstream_expert.datarc.train_batch_size=4",
+        "--ft-override",
+        "config.runner.total_steps=4,,config.runner.eval_step=2,,config.runner.save_step=2,,"
+        "config.scheduler.warmup_steps=1,,config.datarc.num_workers=0,,config.datarc.train_batch_size=4",
+    ]
     table1(argv)
     out = tmp_path / "t1"
-    assert json.loads((out / "upstream_ft" / "hubert_best" / "fold1" / "upstream.json").read_text())["averaged"] is False
+    assert (
+        json.loads((out / "upstream_ft" / "hubert_best" / "fold1" / "upstream.json").read_text())["averaged"] is False
+    )
     for base in ("hubert_avg", "wav2vec2_avg", "bert_avg"):
         assert json.loads((out / "upstream_ft" / base / "fold1" / "upstream.json").read_text())["averaged"] is True
     assert json.loads((out / "exp2" / "fold1" / "final.json").read_text())["checkpoint"] == "dev-best.ckpt"

@@ -28,8 +28,9 @@ def test_tiny_bert_round_trip(tiny_bert):
     from transformers import AutoModel
 
     encoder = TextEncoder(tiny_bert).eval()
-    assert encoder.output_size == 32 and isinstance(AutoModel.from_pretrained(tiny_bert, local_files_only=True),
-                                                    type(encoder.model))
+    assert encoder.output_size == 32 and isinstance(
+        AutoModel.from_pretrained(tiny_bert, local_files_only=True), type(encoder.model)
+    )
     texts = ["Excuse me.", "I left the keys on the table.", ""]
     with torch.no_grad():
         features, lengths = encoder(texts)
@@ -75,8 +76,10 @@ def test_missing_encoder_files(tiny_bert, tmp_path):
     with pytest.raises(FileNotFoundError, match=f"{tmp_path} has no config.json.*save_pretrained"):
         TextEncoder(tmp_path)
     # Without a vocabulary AutoTokenizer would silently map every word to [UNK].
-    for files, message in ((("vocab.txt", "tokenizer.json"), "has no tokenizer vocabulary"),
-                           (("model.safetensors",), "cannot load the text encoder in")):
+    for files, message in (
+        (("vocab.txt", "tokenizer.json"), "has no tokenizer vocabulary"),
+        (("model.safetensors",), "cannot load the text encoder in"),
+    ):
         broken = shutil.copytree(tiny_bert, tmp_path / files[0])
         for name in files:
             (broken / name).unlink()
@@ -113,8 +116,7 @@ def test_resolve_text_encoder_fold_guard(tiny_bert, tmp_path):
         resolve_ft_text_encoder(tmp_path / "ft", "fold3")
     speech = tmp_path / "speech" / "fold1"
     speech.mkdir(parents=True)
-    (speech / "upstream.json").write_text(json.dumps({"fold": "fold1", "loader": "hubert_local",
-                                                      "modality": "speech"}))
+    (speech / "upstream.json").write_text(json.dumps({"fold": "fold1", "loader": "hubert_local", "modality": "speech"}))
     with pytest.raises(ValueError, match="fine-tuned speech upstream.*not a text encoder"):
         resolve_ft_text_encoder(speech.parent, "fold1")
 
@@ -126,8 +128,22 @@ def test_text_stream_in_emotion_ecapa(experiment, tiny_bert, mini_corpus, mini_m
         extra.append("config.downstream_expert.text.speech=false")
     else:
         extra.append("config.downstream_expert.modelrc.fusion=late")
-    run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(tmp_path), "--device", "cpu",
-                    "-o", overrides(mini_corpus, mini_meta, steps=8, extra=",,".join(extra))])
+    run_downstream(
+        [
+            "-m",
+            "train",
+            "-u",
+            "fbank",
+            "-d",
+            "emotion_ecapa",
+            "-p",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "-o",
+            overrides(mini_corpus, mini_meta, steps=8, extra=",,".join(extra)),
+        ]
+    )
     averaged = safe_torch_load(tmp_path / "dev-avg.ckpt")
     aggregators = {k.split(".")[2] for k in averaged["Downstream"] if k.startswith("model.aggregators.")}
     assert aggregators == ({"0"} if experiment == "text_only" else {"0", "1"})
@@ -142,22 +158,54 @@ def test_text_stream_in_emotion_ecapa(experiment, tiny_bert, mini_corpus, mini_m
 
 def test_text_cannot_be_fused_early(tiny_bert, mini_corpus, mini_meta, tmp_path):
     with pytest.raises(SystemExit, match="^error: .*can only be fused late"):
-        run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(tmp_path), "--device", "cpu",
-                        "-o", overrides(mini_corpus, mini_meta, extra=f"config.downstream_expert.text.encoder={tiny_bert},,"
-                                        "config.downstream_expert.modelrc.fusion=early")])
+        run_downstream(
+            [
+                "-m",
+                "train",
+                "-u",
+                "fbank",
+                "-d",
+                "emotion_ecapa",
+                "-p",
+                str(tmp_path),
+                "--device",
+                "cpu",
+                "-o",
+                overrides(
+                    mini_corpus,
+                    mini_meta,
+                    extra=f"config.downstream_expert.text.encoder={tiny_bert},,"
+                    "config.downstream_expert.modelrc.fusion=early",
+                ),
+            ]
+        )
 
 
 def _text_ft(tiny_bert, corpus, meta, ft_dir, extra=""):
     from s3prl_ser.cli.finetune import main as upstream_ft
 
-    return upstream_ft(["-u", "text", "-k", str(tiny_bert), "-p", str(ft_dir), "--folds", "fold1", "--device", "cpu",
-                        "-o", f"config.datarc.root={corpus},,config.datarc.meta_data={meta},,"
-                              "config.runner.total_steps=6,,config.runner.eval_step=2,,config.runner.save_step=2,,"
-                              "config.runner.log_step=2,,config.scheduler.warmup_steps=1,,"
-                              "config.datarc.num_workers=0,,config.datarc.train_batch_size=4,,"
-                              "config.upstream.freeze_transformer_steps=0,,"
-                              "config.upstream.feature_selection=hidden_states,,"
-                              "config.optimizer.upstream_lr=1.0e-3,,config.checkpoint_averaging.best_k=2" + extra])
+    return upstream_ft(
+        [
+            "-u",
+            "text",
+            "-k",
+            str(tiny_bert),
+            "-p",
+            str(ft_dir),
+            "--folds",
+            "fold1",
+            "--device",
+            "cpu",
+            "-o",
+            f"config.datarc.root={corpus},,config.datarc.meta_data={meta},,"
+            "config.runner.total_steps=6,,config.runner.eval_step=2,,config.runner.save_step=2,,"
+            "config.runner.log_step=2,,config.scheduler.warmup_steps=1,,"
+            "config.datarc.num_workers=0,,config.datarc.train_batch_size=4,,"
+            "config.upstream.freeze_transformer_steps=0,,"
+            "config.upstream.feature_selection=hidden_states,,"
+            "config.optimizer.upstream_lr=1.0e-3,,config.checkpoint_averaging.best_k=2" + extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +240,9 @@ def test_text_finetuning_exports_the_average_of_the_kept_checkpoints(text_ft, ti
     for key, value in exported.items():
         average = (kept[0]["model_weight"][key].double() + kept[1]["model_weight"][key].double()) / 2
         assert torch.allclose(value.double(), average, atol=1e-6), key
-    assert not torch.allclose(exported["encoder.layer.0.attention.self.query.weight"],
-                              base["encoder.layer.0.attention.self.query.weight"])  # fine-tuning changed it
+    assert not torch.allclose(
+        exported["encoder.layer.0.attention.self.query.weight"], base["encoder.layer.0.attention.self.query.weight"]
+    )  # fine-tuning changed it
     head = safe_torch_load(fold_dir / "upstream.ckpt")["ft_head"]  # the layer weights were trained and averaged
     layer_weights = [k["ft_head"]["featurizer.weights"] for k in kept]
     assert torch.allclose(head["featurizer.weights"], (layer_weights[0] + layer_weights[1]) / 2)
@@ -205,8 +254,14 @@ def test_text_finetuning_exports_the_average_of_the_kept_checkpoints(text_ft, ti
 def test_text_finetuning_refuses_a_missing_encoder(mini_corpus, mini_meta, tmp_path):
     from s3prl_ser.cli.finetune import main as upstream_ft
 
-    opts = ["--folds", "fold1", "--device", "cpu", "-o", f"config.datarc.root={mini_corpus},,"
-            f"config.datarc.meta_data={mini_meta},,config.datarc.num_workers=0"]
+    opts = [
+        "--folds",
+        "fold1",
+        "--device",
+        "cpu",
+        "-o",
+        f"config.datarc.root={mini_corpus},,config.datarc.meta_data={mini_meta},,config.datarc.num_workers=0",
+    ]
     with pytest.raises(SystemExit, match="-u text needs -k DIR"):
         upstream_ft(["-u", "text", "-p", str(tmp_path / "ft"), *opts])
     with pytest.raises(SystemExit, match=f"{re.escape(str(tmp_path / 'nowhere'))}.*cli.tiny_bert DIR"):
@@ -235,8 +290,9 @@ def test_text_rerun_skips_the_finished_fold(text_ft, tiny_bert, mini_corpus, min
     assert (ft_dir / "fold1" / "text_encoder" / "model.safetensors").stat().st_mtime_ns == before
 
 
-def test_interrupted_text_run_resumes_to_the_same_result(text_ft, tiny_bert, mini_corpus, mini_meta, tmp_path,
-                                                         monkeypatch):
+def test_interrupted_text_run_resumes_to_the_same_result(
+    text_ft, tiny_bert, mini_corpus, mini_meta, tmp_path, monkeypatch
+):
     die_after_saving(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         _text_ft(tiny_bert, mini_corpus, mini_meta, tmp_path)
@@ -250,14 +306,34 @@ def test_interrupted_text_run_resumes_to_the_same_result(text_ft, tiny_bert, min
 
 def test_text_export_feeds_the_downstream_text_stream(text_ft, mini_corpus, mini_meta, tmp_path):
     ft_dir, _ = text_ft
-    def downstream(expdir, extra):
-        run_downstream(["-m", "train", "-u", "fbank", "-d", "emotion_ecapa", "-p", str(expdir), "--device", "cpu",
-                        "-o", overrides(mini_corpus, mini_meta, steps=4, every=2, extra=extra)])
 
-    downstream(tmp_path / "exp10", f"config.downstream_expert.text.encoder={ft_dir},,"
-                                   "config.downstream_expert.text.speech=false")
+    def downstream(expdir, extra):
+        run_downstream(
+            [
+                "-m",
+                "train",
+                "-u",
+                "fbank",
+                "-d",
+                "emotion_ecapa",
+                "-p",
+                str(expdir),
+                "--device",
+                "cpu",
+                "-o",
+                overrides(mini_corpus, mini_meta, steps=4, every=2, extra=extra),
+            ]
+        )
+
+    downstream(
+        tmp_path / "exp10",
+        f"config.downstream_expert.text.encoder={ft_dir},,config.downstream_expert.text.speech=false",
+    )
     assert (tmp_path / "exp10" / "final.json").is_file()
     # fold1's export for fold2's test session
     with pytest.raises(SystemExit, match="^error: .*fine-tuned for fold1.*requested for fold2"):
-        downstream(tmp_path / "leak", f"config.downstream_expert.text.encoder={ft_dir / 'fold1'},,"
-                                      "config.downstream_expert.datarc.test_fold=fold2")
+        downstream(
+            tmp_path / "leak",
+            f"config.downstream_expert.text.encoder={ft_dir / 'fold1'},,"
+            "config.downstream_expert.datarc.test_fold=fold2",
+        )

@@ -28,20 +28,46 @@ def meta(mini_meta):
 
 
 def overrides(corpus, meta, steps=8, every=2, k=2, extra=""):
-    return ",,".join(filter(None, [
-        f"config.datarc.root={corpus}", f"config.datarc.meta_data={meta}",
-        f"config.runner.total_steps={steps}", f"config.runner.eval_step={every}",
-        f"config.runner.save_step={every}", f"config.runner.log_step={every}",
-        "config.runner.gradient_accumulate_steps=2", "config.scheduler.warmup_steps=1",
-        "config.upstream.freeze_transformer_steps=0", "config.optimizer.upstream_lr=1.0e-3",
-        "config.datarc.num_workers=0", "config.datarc.train_batch_size=4",
-        f"config.checkpoint_averaging.best_k={k}", extra,
-    ]))
+    return ",,".join(
+        filter(
+            None,
+            [
+                f"config.datarc.root={corpus}",
+                f"config.datarc.meta_data={meta}",
+                f"config.runner.total_steps={steps}",
+                f"config.runner.eval_step={every}",
+                f"config.runner.save_step={every}",
+                f"config.runner.log_step={every}",
+                "config.runner.gradient_accumulate_steps=2",
+                "config.scheduler.warmup_steps=1",
+                "config.upstream.freeze_transformer_steps=0",
+                "config.optimizer.upstream_lr=1.0e-3",
+                "config.datarc.num_workers=0",
+                "config.datarc.train_batch_size=4",
+                f"config.checkpoint_averaging.best_k={k}",
+                extra,
+            ],
+        )
+    )
 
 
 def cli(arch, tiny, ft_dir, fold, opts):
-    return upstream_ft(["-u", f"{arch}_local", "-k", str(tiny[arch]), "--folds", fold, "-p", str(ft_dir),
-                        "--device", "cpu", "-o", opts])
+    return upstream_ft(
+        [
+            "-u",
+            f"{arch}_local",
+            "-k",
+            str(tiny[arch]),
+            "--folds",
+            fold,
+            "-p",
+            str(ft_dir),
+            "--device",
+            "cpu",
+            "-o",
+            opts,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +75,17 @@ def runs(tiny_upstreams, mini_corpus, meta, tmp_path_factory):
     """HuBERT fold1 (last layer, 2 best averaged) and wav2vec 2.0 fold2 (weighted sum, best only)."""
     root = tmp_path_factory.mktemp("ft")
     cli("hubert", tiny_upstreams, root / "hubert", "fold1", overrides(mini_corpus, meta))
-    cli("wav2vec2", tiny_upstreams, root / "wav2vec2", "fold2", overrides(mini_corpus, meta, extra=(
-        "config.upstream.feature_selection=hidden_states,,config.checkpoint_averaging.average=false")))
+    cli(
+        "wav2vec2",
+        tiny_upstreams,
+        root / "wav2vec2",
+        "fold2",
+        overrides(
+            mini_corpus,
+            meta,
+            extra=("config.upstream.feature_selection=hidden_states,,config.checkpoint_averaging.average=false"),
+        ),
+    )
     return {"hubert": (root / "hubert", "fold1"), "wav2vec2": (root / "wav2vec2", "fold2")}
 
 
@@ -79,8 +114,10 @@ def test_hubert_export_is_the_average_of_the_kept_checkpoints(runs):
     assert [c["step"] for c in record["checkpoints"]] == [e["step"] for e in kept]
     states = [safe_torch_load(fold_dir / e["name"]) for e in kept]
     exported = safe_torch_load(fold_dir / "upstream.ckpt")
-    assert not torch.equal(states[0]["model_weight"]["encoder.layers.0.fc1.weight"],
-                           states[1]["model_weight"]["encoder.layers.0.fc1.weight"])
+    assert not torch.equal(
+        states[0]["model_weight"]["encoder.layers.0.fc1.weight"],
+        states[1]["model_weight"]["encoder.layers.0.fc1.weight"],
+    )
     for section in ("model_weight", "ft_head"):
         for key, value in exported[section].items():
             expected = (states[0][section][key].double() + states[1][section][key].double()) / 2
@@ -141,24 +178,58 @@ def test_rerun_skips_exported_folds_and_prints_the_table(runs, tiny_upstreams, m
     assert "already exported" in out and "| fold1 | Session1 |" in out and "earlier run" in out
     assert records["fold1"]["fold"] == "fold1"
     assert (ft_dir / fold / "upstream.ckpt").stat().st_mtime_ns == before
-    with pytest.raises(SystemExit, match=r"exported with other settings \(config.optimizer.upstream_lr: 0.001 -> 0.002\)"):
-        cli("hubert", tiny_upstreams, ft_dir, fold, overrides(mini_corpus, meta, extra="config.optimizer.upstream_lr=2.0e-3"))
-    with pytest.raises(SystemExit, match=r"exported with other settings \(base_ckpt: .*tiny_hubert.pt' -> .*tiny_wav2vec2.pt'"):
-        upstream_ft(["-u", "hubert_local", "-k", str(tiny_upstreams["wav2vec2"]), "--folds", fold, "-p", str(ft_dir),
-                     "--device", "cpu", "-o", overrides(mini_corpus, meta)])
+    with pytest.raises(
+        SystemExit, match=r"exported with other settings \(config.optimizer.upstream_lr: 0.001 -> 0.002\)"
+    ):
+        cli(
+            "hubert",
+            tiny_upstreams,
+            ft_dir,
+            fold,
+            overrides(mini_corpus, meta, extra="config.optimizer.upstream_lr=2.0e-3"),
+        )
+    with pytest.raises(
+        SystemExit, match=r"exported with other settings \(base_ckpt: .*tiny_hubert.pt' -> .*tiny_wav2vec2.pt'"
+    ):
+        upstream_ft(
+            [
+                "-u",
+                "hubert_local",
+                "-k",
+                str(tiny_upstreams["wav2vec2"]),
+                "--folds",
+                fold,
+                "-p",
+                str(ft_dir),
+                "--device",
+                "cpu",
+                "-o",
+                overrides(mini_corpus, meta),
+            ]
+        )
     assert (ft_dir / fold / "upstream.ckpt").stat().st_mtime_ns == before
 
 
 def test_frozen_transformer_steps_train_only_the_head(tiny_upstreams, mini_corpus, meta, tmp_path):
-    cli("hubert", tiny_upstreams, tmp_path, "fold3", overrides(
-        mini_corpus, meta, steps=2, k=1, extra="config.upstream.freeze_transformer_steps=2"))
+    cli(
+        "hubert",
+        tiny_upstreams,
+        tmp_path,
+        "fold3",
+        overrides(mini_corpus, meta, steps=2, k=1, extra="config.upstream.freeze_transformer_steps=2"),
+    )
     base, tuned = weights(tiny_upstreams["hubert"]), weights(tmp_path / "fold3" / "upstream.ckpt")
     assert all(torch.equal(base[key], tuned[key]) for key in base)
 
 
 def test_unfrozen_feature_encoder_is_trained(tiny_upstreams, mini_corpus, meta, tmp_path):
-    cli("wav2vec2", tiny_upstreams, tmp_path, "fold3", overrides(
-        mini_corpus, meta, steps=2, k=1, extra="config.upstream.freeze_feature_encoder=false"))
+    cli(
+        "wav2vec2",
+        tiny_upstreams,
+        tmp_path,
+        "fold3",
+        overrides(mini_corpus, meta, steps=2, k=1, extra="config.upstream.freeze_feature_encoder=false"),
+    )
     base, tuned = weights(tiny_upstreams["wav2vec2"]), weights(tmp_path / "fold3" / "upstream.ckpt")
     key = CNN + "conv_layers.0.0.weight"
     assert key in base and not torch.equal(base[key], tuned[key])
@@ -187,11 +258,29 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_upstreams, mini_corpus,
 
 
 def test_killed_process_resumes_and_finishes(tiny_upstreams, mini_corpus, meta, tmp_path):
-    argv = ["-u", "hubert_local", "-k", str(tiny_upstreams["hubert"]), "--folds", "fold5", "-p", str(tmp_path),
-            "--device", "cpu", "-o", overrides(mini_corpus, meta, steps=300, k=2)]
+    argv = [
+        "-u",
+        "hubert_local",
+        "-k",
+        str(tiny_upstreams["hubert"]),
+        "--folds",
+        "fold5",
+        "-p",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "-o",
+        overrides(mini_corpus, meta, steps=300, k=2),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-m", "upstream_ft", *argv], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "upstream_ft", *argv],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     fold_dir = tmp_path / "fold5"
     deadline = time.time() + 120
     while not list(fold_dir.glob("states-*.ckpt")) and time.time() < deadline and process.poll() is None:
@@ -206,8 +295,9 @@ def test_killed_process_resumes_and_finishes(tiny_upstreams, mini_corpus, meta, 
     upstream_ft(argv)  # the same command again
     log = (fold_dir / "log.log").read_text()
     assert f"resumed from {fold_dir / f'states-{saved[0]}.ckpt'} at step {saved[0]}" in log
-    dev_steps = [int(line.split()[3].rstrip(":")) for line in log.split("resumed from")[1].splitlines()
-                 if line.startswith("dev")]
+    dev_steps = [
+        int(line.split()[3].rstrip(":")) for line in log.split("resumed from")[1].splitlines() if line.startswith("dev")
+    ]
     assert dev_steps[0] == saved[0] + 2 and dev_steps[-1] == 300
     assert json.loads((fold_dir / "upstream.json").read_text())["fold"] == "fold5"
 
@@ -222,23 +312,58 @@ def test_config_errors_are_clear(tiny_upstreams, mini_corpus, meta, tmp_path):
     with pytest.raises(SystemExit, match="datarc.root is not set"):
         upstream_ft(["-u", "hubert", "-p", str(tmp_path)])
     with pytest.raises(SystemExit, match="cannot export a fine-tuned 'fbank'"):
-        upstream_ft(["-u", "fbank", "-p", str(tmp_path), "--folds", "fold1", "--device", "cpu",
-                     "-o", overrides(mini_corpus, meta)])
+        upstream_ft(
+            [
+                "-u",
+                "fbank",
+                "-p",
+                str(tmp_path),
+                "--folds",
+                "fold1",
+                "--device",
+                "cpu",
+                "-o",
+                overrides(mini_corpus, meta),
+            ]
+        )
     assert not (tmp_path / "fold1" / "log.log").exists()  # refused before any training
 
 
 def _downstream(ft_dir, corpus, meta, expdir, test_fold):
     from s3prl_ser.cli.run_downstream import main as run_downstream
 
-    run_downstream(["-m", "train", "-u", "hubert_ft_avg", "-k", str(ft_dir),
-                    "-d", "emotion_ecapa", "-c", str(REPO / "downstream/emotion_ecapa/paper/exp4.yaml"),
-                    "-p", str(expdir), "--device", "cpu", "-o", ",,".join([
-                        f"config.downstream_expert.datarc.root={corpus}",
-                        f"config.downstream_expert.datarc.meta_data={meta}",
-                        f"config.downstream_expert.datarc.test_fold={test_fold}",
-                        "config.downstream_expert.datarc.num_workers=0", "config.runner.total_steps=4",
-                        "config.runner.eval_step=2", "config.runner.save_step=2", "config.runner.log_step=2",
-                        "config.runner.gradient_accumulate_steps=1"])])
+    run_downstream(
+        [
+            "-m",
+            "train",
+            "-u",
+            "hubert_ft_avg",
+            "-k",
+            str(ft_dir),
+            "-d",
+            "emotion_ecapa",
+            "-c",
+            str(REPO / "downstream/emotion_ecapa/paper/exp4.yaml"),
+            "-p",
+            str(expdir),
+            "--device",
+            "cpu",
+            "-o",
+            ",,".join(
+                [
+                    f"config.downstream_expert.datarc.root={corpus}",
+                    f"config.downstream_expert.datarc.meta_data={meta}",
+                    f"config.downstream_expert.datarc.test_fold={test_fold}",
+                    "config.downstream_expert.datarc.num_workers=0",
+                    "config.runner.total_steps=4",
+                    "config.runner.eval_step=2",
+                    "config.runner.save_step=2",
+                    "config.runner.log_step=2",
+                    "config.runner.gradient_accumulate_steps=1",
+                ]
+            ),
+        ]
+    )
 
 
 def test_export_feeds_emotion_ecapa_through_ft_avg_entry(runs, mini_corpus, meta, tmp_path):
@@ -287,25 +412,62 @@ def test_two_processes_fine_tune_like_one(tiny_upstreams, mini_corpus, meta, tmp
     the padding, which differs between a batch of 4 and two batches of 2. SGD, not Adam: Adam
     turns float noise in a zero gradient (HuBERT's key biases) into full-size steps."""
     base = safe_torch_load(tiny_upstreams["hubert"])
-    for key in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "dropout_input",
-                "dropout_features"):
+    for key in (
+        "dropout",
+        "attention_dropout",
+        "activation_dropout",
+        "encoder_layerdrop",
+        "dropout_input",
+        "dropout_features",
+    ):
         base["model_cfg"][key] = 0.0
     base["model_cfg"]["extractor_mode"] = "layer_norm"
     from s3prl_ser.toy.tiny_upstream import _build
+
     torch.manual_seed(0)
-    base["model_weight"] = _build("hubert", base["model_cfg"], base["task_cfg"], base["dictionaries_symbols"]).state_dict()
+    base["model_weight"] = _build(
+        "hubert", base["model_cfg"], base["task_cfg"], base["dictionaries_symbols"]
+    ).state_dict()
     torch.save(base, tmp_path / "no_dropout.pt")
-    argv = ["-u", "hubert_local", "-k", str(tmp_path / "no_dropout.pt"), "--folds", "fold2", "--device", "cpu",
-            "-o", overrides(mini_corpus, meta, steps=4, every=2, k=2, extra="config.optimizer.name=SGD")]
+    argv = [
+        "-u",
+        "hubert_local",
+        "-k",
+        str(tmp_path / "no_dropout.pt"),
+        "--folds",
+        "fold2",
+        "--device",
+        "cpu",
+        "-o",
+        overrides(mini_corpus, meta, steps=4, every=2, k=2, extra="config.optimizer.name=SGD"),
+    ]
     upstream_ft(argv + ["-p", str(tmp_path / "one")])
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                          "-m", "upstream_ft", *argv, "-p", str(tmp_path / "two")],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    two = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--standalone",
+            "-m",
+            "upstream_ft",
+            *argv,
+            "-p",
+            str(tmp_path / "two"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     one, other = (safe_torch_load(tmp_path / run / "fold2" / "upstream.ckpt") for run in ("one", "two"))
-    assert not torch.equal(one["model_weight"]["encoder.layers.0.fc1.weight"],
-                           base["model_weight"]["encoder.layers.0.fc1.weight"])  # it trained
+    assert not torch.equal(
+        one["model_weight"]["encoder.layers.0.fc1.weight"], base["model_weight"]["encoder.layers.0.fc1.weight"]
+    )  # it trained
     for section in ("model_weight", "ft_head"):
         for key in one[section]:
             assert torch.allclose(one[section][key], other[section][key], atol=1e-5), (section, key)

@@ -29,8 +29,17 @@ from s3prl_ser.training.best_checkpoints import BestCheckpoints
 from s3prl_ser.training.metrics import classification_report
 
 DATARC_KEYS = {
-    "root", "meta_data", "test_fold", "split", "valid_ratio", "dev_session", "pre_load",
-    "train_batch_size", "eval_batch_size", "num_workers", "min_samples",
+    "root",
+    "meta_data",
+    "test_fold",
+    "split",
+    "valid_ratio",
+    "dev_session",
+    "pre_load",
+    "train_batch_size",
+    "eval_batch_size",
+    "num_workers",
+    "min_samples",
 }
 MODELRC_KEYS = {"aggregator", "ecapa", "fusion"}
 AVERAGING_KEYS = {"best_k", "average"}
@@ -52,8 +61,14 @@ class DownstreamExpert(nn.Module):
             which seeds the training order).
     """
 
-    def __init__(self, upstream_dim: int | list[int], downstream_expert: dict, expdir: str,
-                 upstream_rate: int | list[int] = 160, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        upstream_dim: int | list[int],
+        downstream_expert: dict,
+        expdir: str,
+        upstream_rate: int | list[int] = 160,
+        **kwargs: Any,
+    ) -> None:
         super().__init__()
         check_keys(downstream_expert, {"datarc", "modelrc", "checkpoint_averaging", "text"}, "downstream_expert")
         self.datarc = dict(downstream_expert.get("datarc", {}))
@@ -75,13 +90,16 @@ class DownstreamExpert(nn.Module):
         meta_dir = Path(self.datarc["meta_data"])
         self.class_names = data.class_names
         self.train_dataset, self.dev_dataset, self.test_dataset = data.train, data.dev, data.test
-        print(f"[Expert] - {self.fold}: test {fold_session(self.fold)} ({len(self.test_dataset)}), "
-              f"train {len(self.train_dataset)}, dev {len(self.dev_dataset)} ({data.split} split)")
+        print(
+            f"[Expert] - {self.fold}: test {fold_session(self.fold)} ({len(self.test_dataset)}), "
+            f"train {len(self.train_dataset)}, dev {len(self.dev_dataset)} ({data.split} split)"
+        )
 
         aggregator = self.modelrc.get("aggregator", "ecapa")
         if aggregator not in AGGREGATORS:
-            raise ValueError(f"downstream_expert.modelrc.aggregator must be one of {', '.join(AGGREGATORS)}, "
-                             f"got {aggregator!r}")
+            raise ValueError(
+                f"downstream_expert.modelrc.aggregator must be one of {', '.join(AGGREGATORS)}, got {aggregator!r}"
+            )
         processes = get_world_size() if is_initialized() else 1
         if aggregator == "ecapa" and self.datarc.get("train_batch_size", 4) // processes < 2:
             raise ValueError(
@@ -155,9 +173,15 @@ class DownstreamExpert(nn.Module):
         """``train``: this process's batches of ``epoch`` from global batch ``start`` on
         (:func:`~s3prl_ser.data.fold_data.train_loader`); ``dev`` / ``test``: the whole split."""
         if mode == "train":
-            return train_loader(self.train_dataset, self.datarc, seed=self.seed, epoch=epoch, start=start,
-                                rank=get_rank() if is_initialized() else 0,
-                                world_size=get_world_size() if is_initialized() else 1)
+            return train_loader(
+                self.train_dataset,
+                self.datarc,
+                seed=self.seed,
+                epoch=epoch,
+                start=start,
+                rank=get_rank() if is_initialized() else 0,
+                world_size=get_world_size() if is_initialized() else 1,
+            )
         datasets = {"dev": self.dev_dataset, "test": self.test_dataset}
         if mode not in datasets:
             raise ValueError(f"unknown split {mode!r}; expected train, dev or test")
@@ -172,8 +196,15 @@ class DownstreamExpert(nn.Module):
         return self.model(streams)
 
     # Interface
-    def forward(self, mode: str, features: list, labels: tuple[int, ...],
-                filenames: tuple[str, ...], records: defaultdict, **kwargs: Any) -> torch.Tensor:
+    def forward(
+        self,
+        mode: str,
+        features: list,
+        labels: tuple[int, ...],
+        filenames: tuple[str, ...],
+        records: defaultdict,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         """``features``: per-utterance ``(T_i, D)`` tensors (one list per upstream with several)
         -> cross-entropy loss."""
         logits = self._logits(features, filenames)

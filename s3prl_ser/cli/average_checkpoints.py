@@ -16,8 +16,10 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.cli.average_checkpoints",
-                                     description="Average model checkpoints (paper 2.3: the 5 best by dev accuracy).")
+    parser = argparse.ArgumentParser(
+        prog="python -m s3prl_ser.cli.average_checkpoints",
+        description="Average model checkpoints (paper 2.3: the 5 best by dev accuracy).",
+    )
     parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint files to average")
     parser.add_argument("-o", "--output", type=Path, required=True, help="averaged checkpoint")
     args = parser.parse_args(argv)
@@ -30,8 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     known = any(step is not None for step in steps)
     shown_steps = ", ".join(str(step) for step in steps) if known else "unknown"
     print(
-        f"averaged {len(steps)} checkpoint(s) (steps: {shown_steps}; "
-        f"sections: {', '.join(sections)}) -> {args.output}"
+        f"averaged {len(steps)} checkpoint(s) (steps: {shown_steps}; sections: {', '.join(sections)}) -> {args.output}"
     )
 
 

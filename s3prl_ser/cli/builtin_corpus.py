@@ -20,8 +20,13 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m s3prl_ser.cli.builtin_corpus",
         description="Generate the deterministic synthetic emotional speech corpus in IEMOCAP's raw layout.",
     )
-    parser.add_argument("root", nargs="?", type=pathlib.Path, default=default_corpus_dir(),
-                        help="output directory (default: %(default)s)")
+    parser.add_argument(
+        "root",
+        nargs="?",
+        type=pathlib.Path,
+        default=default_corpus_dir(),
+        help="output directory (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--utterances-per-speaker", type=int, default=28)
     parser.add_argument("--overwrite", action="store_true", help="replace whatever is at ROOT")
@@ -36,8 +41,10 @@ def main(argv: list[str] | None = None) -> None:
             overwrite=args.overwrite,
         )
     manifest = load_manifest(root)
-    print(f"Corpus at {root} ({manifest['n_utterances']} utterances, "
-          f"{manifest['total_seconds'] / 60:.1f} min; {time.perf_counter() - started:.1f} s)")
+    print(
+        f"Corpus at {root} ({manifest['n_utterances']} utterances, "
+        f"{manifest['total_seconds'] / 60:.1f} min; {time.perf_counter() - started:.1f} s)"
+    )
     print(f"{'':10}" + "".join(f"{label:>6}" for label in LABELS) + f"{'total':>7}")
     for session, row in manifest["counts"].items():
         cells = "".join(f"{row.get(label, 0):6d}" for label in LABELS)

@@ -41,8 +41,10 @@ def fold_finished(fold_dir: Path, fold: str, identity: dict | None = None) -> di
     if identity is not None:
         recorded = json.loads(record.read_text()).get("identity")
         if recorded is None:
-            raise ConfigError(f"{fold_dir} finished before runs recorded their settings (no identity in "
-                              f"{record.name}); it cannot be checked against this command: move it away to retrain it")
+            raise ConfigError(
+                f"{fold_dir} finished before runs recorded their settings (no identity in "
+                f"{record.name}); it cannot be checked against this command: move it away to retrain it"
+            )
         changed = significant_differences(recorded, identity)
         if changed:
             raise ConfigError(
@@ -97,8 +99,15 @@ def cross_validate(
     for fold in map(check_fold, folds):
         fold_dir = expdir / fold
         fold_override = f"config.downstream_expert.datarc.test_fold={fold}"
-        argv = ["-m", "train", "-p", str(fold_dir), *run_args,
-                "-o", ",,".join(filter(None, [fold_override, overrides]))]
+        argv = [
+            "-m",
+            "train",
+            "-p",
+            str(fold_dir),
+            *run_args,
+            "-o",
+            ",,".join(filter(None, [fold_override, overrides])),
+        ]
         requested = run_identity(*requested_run(argv))
         done = fold_finished(fold_dir, fold, requested)
         if done is None:
@@ -119,8 +128,11 @@ def cross_validate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.cli.cross_validate", description=__doc__.split("\n\n")[0],
-                                     epilog="Other arguments go to run_downstream.py.")
+    parser = argparse.ArgumentParser(
+        prog="python -m s3prl_ser.cli.cross_validate",
+        description=__doc__.split("\n\n")[0],
+        epilog="Other arguments go to run_downstream.py.",
+    )
     parser.add_argument("-n", "--expname", help="experiment name: result/downstream/<expname>")
     parser.add_argument("-p", "--expdir", help="experiment root directory (overrides -n)")
     parser.add_argument("--folds", default=",".join(FOLDS), help="comma-separated folds")

@@ -46,16 +46,23 @@ def _table1(args: argparse.Namespace, corpus: Path, meta: Path) -> None:
         write_tiny_bert(bases / "tiny_bert")
     every = max(args.steps // 6, 1)
     run_table1(
-        args.out / "table1", list(range(1, 12)), args.folds.split(","), corpus, meta,
+        args.out / "table1",
+        list(range(1, 12)),
+        args.folds.split(","),
+        corpus,
+        meta,
         f"config.runner.total_steps={args.steps},,config.runner.eval_step={every},,config.runner.save_step={every}",
-        wav2vec2=f"wav2vec2_local:{bases / 'tiny_wav2vec2.pt'}", hubert=f"hubert_local:{bases / 'tiny_hubert.pt'}",
-        bert=str(bases / "tiny_bert"), base_config=str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
+        wav2vec2=f"wav2vec2_local:{bases / 'tiny_wav2vec2.pt'}",
+        hubert=f"hubert_local:{bases / 'tiny_hubert.pt'}",
+        bert=str(bases / "tiny_bert"),
+        base_config=str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
         ft_config=str(UPSTREAM_FT_DIR / "config_builtin.yaml"),
         ft_overrides=f"config.runner.total_steps={args.steps},,config.runner.eval_step={every},,"
-                     f"config.runner.save_step={every},,config.scheduler.warmup_steps={every}",
-        device=args.device, superb=["fbank"],
+        f"config.runner.save_step={every},,config.scheduler.warmup_steps={every}",
+        device=args.device,
+        superb=["fbank"],
         note=f"Built-in synthetic corpus, tiny random-init upstreams, {args.steps} steps per stage, folds "
-             f"{args.folds}: a run of the whole pipeline, not a reproduction of the paper's numbers.",
+        f"{args.folds}: a run of the whole pipeline, not a reproduction of the paper's numbers.",
     )
 
 
@@ -88,24 +95,48 @@ def main(argv: list[str] | None = None) -> None:
         if not tiny.is_file():
             write_tiny_upstream("hubert", tiny)
         ft_dir = args.out / "upstream_ft" / "tiny_hubert"
-        finetune(["-u", "hubert_local", "-k", str(tiny), "-p", str(ft_dir), "--folds", args.folds,
-                  "--device", args.device, "-c", str(UPSTREAM_FT_DIR / "config_builtin.yaml"),
-                  "-o", f"config.datarc.root={corpus.resolve()},,config.datarc.meta_data={meta.resolve()}"])
+        finetune(
+            [
+                "-u",
+                "hubert_local",
+                "-k",
+                str(tiny),
+                "-p",
+                str(ft_dir),
+                "--folds",
+                args.folds,
+                "--device",
+                args.device,
+                "-c",
+                str(UPSTREAM_FT_DIR / "config_builtin.yaml"),
+                "-o",
+                f"config.datarc.root={corpus.resolve()},,config.datarc.meta_data={meta.resolve()}",
+            ]
+        )
         print(f"[demo] - fine-tuned upstreams: {ft_dir}/<fold>/upstream.ckpt")
         expdir = args.out / "hubert_ft_ecapa"
         upstream = ["-u", "hubert_ft_avg", "-k", str(ft_dir)]
         title = "tiny HuBERT FT+AVG + ECAPA-TDNN"
     summary = cross_validate(
         expdir,
-        [*upstream, "-d", "emotion_ecapa", "-c", str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
-         "--device", args.device],
+        [
+            *upstream,
+            "-d",
+            "emotion_ecapa",
+            "-c",
+            str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
+            "--device",
+            args.device,
+        ],
         folds=args.folds.split(","),
         overrides=f"config.downstream_expert.datarc.root={corpus.resolve()},,"
-                  f"config.downstream_expert.datarc.meta_data={meta.resolve()}",
+        f"config.downstream_expert.datarc.meta_data={meta.resolve()}",
         title=f"{title} (5-best averaged), built-in corpus",
     )
-    print(f"[demo] - WA {summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f}, "
-          f"UA {summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f} over {len(summary['folds'])} folds")
+    print(
+        f"[demo] - WA {summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f}, "
+        f"UA {summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f} over {len(summary['folds'])} folds"
+    )
     print(f"[demo] - results: {(expdir / 'results.md').resolve()}")
 
 

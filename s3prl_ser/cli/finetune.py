@@ -41,15 +41,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m upstream_ft",
         description="Fine-tune, average and export an s3prl upstream for each IEMOCAP fold (paper 2.2-2.3).",
     )
-    parser.add_argument("-u", "--upstream", required=True, help="s3prl hub entry, e.g. hubert, wav2vec2, hubert_local; "
-                        "or text: the Hugging Face text encoder in -k DIR over the transcripts")
-    parser.add_argument("-k", "--upstream_ckpt", metavar="CKPT",
-                        help="checkpoint for *_local entries; the encoder directory for -u text")
+    parser.add_argument(
+        "-u",
+        "--upstream",
+        required=True,
+        help="s3prl hub entry, e.g. hubert, wav2vec2, hubert_local; "
+        "or text: the Hugging Face text encoder in -k DIR over the transcripts",
+    )
+    parser.add_argument(
+        "-k",
+        "--upstream_ckpt",
+        metavar="CKPT",
+        help="checkpoint for *_local entries; the encoder directory for -u text",
+    )
     parser.add_argument("--folds", default=",".join(FOLDS), help="comma-separated folds (default: all five)")
     parser.add_argument("-p", "--ft_dir", required=True, type=Path, help="output: FT_DIR/<fold>/upstream.ckpt")
     parser.add_argument("-c", "--config", help="yaml config merged over upstream_ft/config.yaml")
-    parser.add_argument("-o", "--override", default="",
-                        help='overrides, e.g. "config.runner.total_steps=500,,config.datarc.root=/data"; keys must exist')
+    parser.add_argument(
+        "-o",
+        "--override",
+        default="",
+        help='overrides, e.g. "config.runner.total_steps=500,,config.datarc.root=/data"; keys must exist',
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, help="overrides config.runner.seed")
     return parser
@@ -57,8 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def summary_table(records: dict[str, dict[str, Any]], skipped: set[str]) -> str:
     """Markdown table: one row per fold (test WA/UA of the export, the steps it holds)."""
-    lines = ["| fold | test session | test WA | test UA | model | steps (dev WA) | |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| fold | test session | test WA | test UA | model | steps (dev WA) | |", "|---|---|---|---|---|---|---|"]
     for fold, record in records.items():
         steps = ", ".join(f"{c['step']} ({c['dev_wa']:.3f})" for c in record["checkpoints"])
         lines.append(
@@ -105,16 +117,26 @@ def _run_folds(
     skipped: set[str] = set()
     for fold in folds:
         fold_dir = args.ft_dir / fold
-        done = exported_metadata(fold_dir, {"base_upstream": args.upstream, "base_ckpt": args.upstream_ckpt,
-                                            "config": config})
+        done = exported_metadata(
+            fold_dir, {"base_upstream": args.upstream, "base_ckpt": args.upstream_ckpt, "config": config}
+        )
         if done is not None:
             if dist.is_leader:
                 print(f"[upstream_ft] {fold}: already exported to {fold_dir / FT_CHECKPOINT}, skipped")
             records[fold] = done
             skipped.add(fold)
             continue
-        record = run_fold(args.upstream, args.upstream_ckpt, fold, config, fold_dir, device=device, dist=dist,
-                          seed=config["runner"]["seed"], environment=environment)
+        record = run_fold(
+            args.upstream,
+            args.upstream_ckpt,
+            fold,
+            config,
+            fold_dir,
+            device=device,
+            dist=dist,
+            seed=config["runner"]["seed"],
+            environment=environment,
+        )
         dist.barrier()
         if record is not None:
             records[fold] = record

@@ -18,8 +18,9 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.cli.inference",
-                                     description="Predict the emotion of audio files.")
+    parser = argparse.ArgumentParser(
+        prog="python -m s3prl_ser.cli.inference", description="Predict the emotion of audio files."
+    )
     parser.add_argument("model", help="experiment (fold) directory or final checkpoint")
     parser.add_argument("audio", nargs="+", help="audio files (any sample rate)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -28,8 +29,15 @@ def main(argv: list[str] | None = None) -> None:
         recognizer = EmotionRecognizer.from_pretrained(args.model, device=args.device)
         for path in args.audio:
             prediction = recognizer.predict(path)
-            print(json.dumps({"file": path, "label": prediction.label,
-                              "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()}}))
+            print(
+                json.dumps(
+                    {
+                        "file": path,
+                        "label": prediction.label,
+                        "probabilities": {k: round(v, 6) for k, v in prediction.probabilities.items()},
+                    }
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -38,13 +38,17 @@ def count_table(per_session: dict[str, list[Utterance]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m s3prl_ser.cli.prepare_iemocap",
-        description="Write s3prl emotion meta data (leave-one-session-out folds) for IEMOCAP."
+        description="Write s3prl emotion meta data (leave-one-session-out folds) for IEMOCAP.",
     )
     parser.add_argument("root", type=Path, help="IEMOCAP release root (contains Session1..5)")
     parser.add_argument("--out", type=Path, required=True, help="output META_DIR")
     parser.add_argument("--sessions", default="1,2,3,4,5", help="comma-separated session numbers")
-    parser.add_argument("--file-order", choices=["sorted", "listdir"], default="sorted",
-                        help="label-file order; 'listdir' reproduces stock s3prl on this machine")
+    parser.add_argument(
+        "--file-order",
+        choices=["sorted", "listdir"],
+        default="sorted",
+        help="label-file order; 'listdir' reproduces stock s3prl on this machine",
+    )
     args = parser.parse_args(argv)
     with exit_on_error():  # PreparationError is a ValueError
         sessions = [int(s) for s in args.sessions.split(",")]

@@ -53,8 +53,16 @@ from s3prl_ser.training.states import StatesFiles, seed_everything
 if TYPE_CHECKING:  # the runner imports s3prl's; loaded only when a run starts
     from s3prl_ser.training.runner import SERRunner
 
-__all__ = ["build_parser", "load_task_config", "requested_run", "get_downstream_args", "environment_record",
-           "build_runner", "run", "main"]
+__all__ = [
+    "build_parser",
+    "load_task_config",
+    "requested_run",
+    "get_downstream_args",
+    "environment_record",
+    "build_runner",
+    "run",
+    "main",
+]
 
 # Arguments a resumed run must not take from its checkpoint (as in s3prl).
 _NOT_RESUMED = ("mode", "evaluate_split", "override", "backend", "local_rank", "past_exp", "device")
@@ -63,16 +71,19 @@ _NOT_RESUMED = ("mode", "evaluate_split", "override", "backend", "local_rank", "
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Train or evaluate an s3prl downstream task (s3prl-ser).")
     parser.add_argument("-m", "--mode", choices=["train", "evaluate", "inference"], required=True)
-    parser.add_argument("-t", "--evaluate_split", default="test",
-                        help="split for -m evaluate; the audio file for -m inference")
-    parser.add_argument("-o", "--override",
-                        help='overrides, e.g. "config.optimizer.lr=1.0e-3,,args.seed=3"; keys must exist')
+    parser.add_argument(
+        "-t", "--evaluate_split", default="test", help="split for -m evaluate; the audio file for -m inference"
+    )
+    parser.add_argument(
+        "-o", "--override", help='overrides, e.g. "config.optimizer.lr=1.0e-3,,args.seed=3"; keys must exist'
+    )
     parser.add_argument("--backend", help="torch.distributed backend (default: nccl on CUDA, gloo on CPU)")
     parser.add_argument("--local_rank", type=int, help="set by the launcher; torchrun's LOCAL_RANK is read too")
     parser.add_argument("-e", "--past_exp", metavar="{CKPT_PATH,CKPT_DIR}", help="resume from a checkpoint")
     parser.add_argument("-i", "--init_ckpt", metavar="CKPT_PATH", help="load weights only (for evaluation)")
-    parser.add_argument("-c", "--config",
-                        help="yaml config merged over downstream/<task>/config.yaml (may hold only what differs)")
+    parser.add_argument(
+        "-c", "--config", help="yaml config merged over downstream/<task>/config.yaml (may hold only what differs)"
+    )
     parser.add_argument("-d", "--downstream", help="downstream task, e.g. emotion_ecapa or emotion")
     parser.add_argument("-v", "--downstream_variant", help="task variant, e.g. the fold (fold1..fold5)")
     parser.add_argument("--hub", default="torch", choices=["torch"], help="upstream hub (offline: torch only)")
@@ -176,13 +187,15 @@ def _check_resume(ckpt_path: str, ckpt: dict, args: Namespace, config: dict, arg
     """
     explicit = _explicit_args(argv)
     requested_args = {key: getattr(args, key, None) for key in RUN_ARGS} | {
-        key: value for key, value in explicit.items() if key in RUN_ARGS}
+        key: value for key, value in explicit.items() if key in RUN_ARGS
+    }
     requested_config = config
     if "config" in explicit:
         requested_config = load_task_config(args.downstream, explicit["config"])
         _apply_overrides(Namespace(**vars(args)), requested_config)
-    changed = significant_differences(run_identity(ckpt["Args"], ckpt["Config"]),
-                                      run_identity(requested_args, requested_config), resuming=True)
+    changed = significant_differences(
+        run_identity(ckpt["Args"], ckpt["Config"]), run_identity(requested_args, requested_config), resuming=True
+    )
     if changed:
         raise ConfigError(
             f"{ckpt_path} belongs to a run with other settings ({describe(changed)}); resuming would mix "
@@ -205,8 +218,11 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
     directory (s3prl uses the directory stored in the checkpoint, which is wrong once moved).
     """
     args = build_parser().parse_args(argv)
-    local_rank = args.local_rank if args.local_rank is not None else (
-        int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None)
+    local_rank = (
+        args.local_rank
+        if args.local_rank is not None
+        else (int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None)
+    )
     expdir = args.expdir or (f"result/downstream/{args.expname}" if args.expname else None)
     if expdir is None and args.past_exp is None:
         raise ConfigError("name the experiment with -n NAME or -p EXPDIR")
@@ -255,8 +271,9 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(s3prl_ser.__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(s3prl_ser.__file__).parent, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -270,10 +287,14 @@ def environment_record() -> dict:
             packages[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             packages[name] = None
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "git_commit": _git_commit(), "packages": packages,
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-            "command": sys.argv}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": _git_commit(),
+        "packages": packages,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "command": sys.argv,
+    }
 
 
 def _save_run_record(args: Namespace, config: dict) -> None:
@@ -320,7 +341,9 @@ def build_runner(args: Namespace, config: dict) -> SERRunner:
         ckpt = safe_torch_load(args.init_ckpt)
         was_ddp = ckpt["Args"].local_rank is not None
         if was_ddp != torch.distributed.is_initialized():
-            raise ValueError(f"{args.init_ckpt} was trained {'with' if was_ddp else 'without'} DDP; resume it the same way")
+            raise ValueError(
+                f"{args.init_ckpt} was trained {'with' if was_ddp else 'without'} DDP; resume it the same way"
+            )
         if was_ddp and ckpt.get("WorldSize") != torch.distributed.get_world_size():
             raise ValueError(f"{args.init_ckpt} was trained with {ckpt.get('WorldSize')} processes")
     _seed_everything(args)

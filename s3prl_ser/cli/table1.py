@@ -59,24 +59,33 @@ class Experiment:
     streams: tuple[str, ...]
 
 
-EXPERIMENTS = {e.number: e for e in (
-    Experiment(1, "1.A", "S", "W2V2", True, False, "Mean", False, 74.09, 74.56, ("wav2vec2",)),
-    Experiment(2, "1.A", "S", "huBERT", True, False, "Mean", False, 72.99, 73.45, ("hubert",)),
-    Experiment(3, "1.A", "S", "W2V2", True, True, "Mean", True, 76.47, 76.86, ("wav2vec2",)),
-    Experiment(4, "1.A", "S", "huBERT", True, True, "Mean", True, 75.20, 75.80, ("hubert",)),
-    Experiment(5, "1.B", "S", "W2V2", True, True, "ECAPA", True, 76.58, 77.07, ("wav2vec2",)),
-    Experiment(6, "1.B", "S", "huBERT", True, True, "ECAPA", True, 75.56, 76.78, ("hubert",)),
-    Experiment(7, "1.B", "S", "huBERT + W2V2", True, True, "ECAPA", True, 77.36, 77.76, ("hubert", "wav2vec2")),
-    Experiment(8, "1.B", "S", "huBERT & W2V2", True, True, "ECAPA", True, 77.04, 77.52, ("hubert", "wav2vec2")),
-    Experiment(9, "2", "S", "Fbank", False, False, "ECAPA", True, 56.52, 57.60, ("fbank",)),
-    Experiment(10, "2", "T", "BERT", True, True, "ECAPA", True, 69.34, 70.07, ("bert",)),
-    Experiment(11, "2", "S + T", "Fbank & BERT", True, True, "ECAPA", True, 70.56, 71.46, ("fbank", "bert")),
-)}
+EXPERIMENTS = {
+    e.number: e
+    for e in (
+        Experiment(1, "1.A", "S", "W2V2", True, False, "Mean", False, 74.09, 74.56, ("wav2vec2",)),
+        Experiment(2, "1.A", "S", "huBERT", True, False, "Mean", False, 72.99, 73.45, ("hubert",)),
+        Experiment(3, "1.A", "S", "W2V2", True, True, "Mean", True, 76.47, 76.86, ("wav2vec2",)),
+        Experiment(4, "1.A", "S", "huBERT", True, True, "Mean", True, 75.20, 75.80, ("hubert",)),
+        Experiment(5, "1.B", "S", "W2V2", True, True, "ECAPA", True, 76.58, 77.07, ("wav2vec2",)),
+        Experiment(6, "1.B", "S", "huBERT", True, True, "ECAPA", True, 75.56, 76.78, ("hubert",)),
+        Experiment(7, "1.B", "S", "huBERT + W2V2", True, True, "ECAPA", True, 77.36, 77.76, ("hubert", "wav2vec2")),
+        Experiment(8, "1.B", "S", "huBERT & W2V2", True, True, "ECAPA", True, 77.04, 77.52, ("hubert", "wav2vec2")),
+        Experiment(9, "2", "S", "Fbank", False, False, "ECAPA", True, 56.52, 57.60, ("fbank",)),
+        Experiment(10, "2", "T", "BERT", True, True, "ECAPA", True, 69.34, 70.07, ("bert",)),
+        Experiment(11, "2", "S + T", "Fbank & BERT", True, True, "ECAPA", True, 70.56, 71.46, ("fbank", "bert")),
+    )
+}
 
 # SUPERB ER leaderboard (Oct 2021) and the WavLM paper, Table 3: accuracy = WA, frozen upstreams.
 SUPERB_ER = {
-    "fbank": 35.39, "wav2vec2": 63.43, "wav2vec2_large_ll60k": 65.64, "hubert": 64.92,
-    "hubert_large_ll60k": 67.62, "wavlm_base": 65.94, "wavlm_base_plus": 67.98, "wavlm_large": 70.03,
+    "fbank": 35.39,
+    "wav2vec2": 63.43,
+    "wav2vec2_large_ll60k": 65.64,
+    "hubert": 64.92,
+    "hubert_large_ll60k": 67.62,
+    "wavlm_base": 65.94,
+    "wavlm_base_plus": 67.98,
+    "wavlm_large": 70.03,
     "distilhubert": 63.02,
 }
 
@@ -105,9 +114,11 @@ def _yaml(value: object) -> str:
 def model_overrides(config_path: Path) -> list[str]:
     """The experiment-defining keys of an ``exp<N>.yaml`` (merged over the task's defaults) as ``-o`` overrides."""
     expert = load_config(DOWNSTREAM_DIR / "emotion_ecapa" / "config.yaml", config_path)["downstream_expert"]
-    keys = {"modelrc.aggregator": expert["modelrc"]["aggregator"],
-            "modelrc.fusion": expert["modelrc"].get("fusion"),
-            "checkpoint_averaging.average": expert["checkpoint_averaging"]["average"]}
+    keys = {
+        "modelrc.aggregator": expert["modelrc"]["aggregator"],
+        "modelrc.fusion": expert["modelrc"].get("fusion"),
+        "checkpoint_averaging.average": expert["checkpoint_averaging"]["average"],
+    }
     keys.update({f"text.{k}": v for k, v in (expert.get("text") or {}).items() if k != "encoder"})
     return [f"config.downstream_expert.{key}={_yaml(value)}" for key, value in keys.items()]
 
@@ -117,13 +128,24 @@ def _entry(spec: str) -> tuple[str, str | None]:
     return name, ckpt or None
 
 
-def _finetune(base: str, spec: str, ft_dir: Path, folds: list[str], average: bool, datarc: str,
-              ft_config: str | None, device: str) -> None:
+def _finetune(
+    base: str, spec: str, ft_dir: Path, folds: list[str], average: bool, datarc: str, ft_config: str | None, device: str
+) -> None:
     from s3prl_ser.cli.finetune import main as finetune
 
     name, ckpt = ("text", spec) if base == "bert" else _entry(spec)
-    argv = ["-u", name, "-p", str(ft_dir), "--folds", ",".join(folds), "--device", device,
-            "-o", ",,".join(filter(None, [datarc, "" if average else "config.checkpoint_averaging.average=false"]))]
+    argv = [
+        "-u",
+        name,
+        "-p",
+        str(ft_dir),
+        "--folds",
+        ",".join(folds),
+        "--device",
+        device,
+        "-o",
+        ",,".join(filter(None, [datarc, "" if average else "config.checkpoint_averaging.average=false"])),
+    ]
     if ckpt:
         argv[2:2] = ["-k", ckpt]
     if ft_config:
@@ -133,52 +155,97 @@ def _finetune(base: str, spec: str, ft_dir: Path, folds: list[str], average: boo
 
 def _row(experiment: Experiment, summary: dict | None) -> str:
     yes = lambda flag: "yes" if flag else "no"  # noqa: E731
-    ours = (f"{summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f} | {summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f}"
-            if summary else "not run | not run")
-    return (f"| {experiment.set} | {experiment.number} | {experiment.modality} | {experiment.feature} | "
-            f"{yes(experiment.ft)} | {yes(experiment.upstream_avg)} | {experiment.aggregator} | Linear | "
-            f"{yes(experiment.downstream_avg)} | {ours} | {experiment.paper_wa:.2f} | {experiment.paper_ua:.2f} |")
+    ours = (
+        f"{summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f} | {summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f}"
+        if summary
+        else "not run | not run"
+    )
+    return (
+        f"| {experiment.set} | {experiment.number} | {experiment.modality} | {experiment.feature} | "
+        f"{yes(experiment.ft)} | {yes(experiment.upstream_avg)} | {experiment.aggregator} | Linear | "
+        f"{yes(experiment.downstream_avg)} | {ours} | {experiment.paper_wa:.2f} | {experiment.paper_ua:.2f} |"
+    )
 
 
-SUPERB_PROTOCOL = ["config.downstream_expert.modelrc.aggregator=mean", "config.downstream_expert.modelrc.fusion=null",
-                   "config.downstream_expert.checkpoint_averaging.average=false"]
+SUPERB_PROTOCOL = [
+    "config.downstream_expert.modelrc.aggregator=mean",
+    "config.downstream_expert.modelrc.fusion=null",
+    "config.downstream_expert.checkpoint_averaging.average=false",
+]
 
 
-def write_tables(out_dir: Path, summaries: dict[int, dict | None], note: str,
-                 superb: dict[str, dict] | None = None) -> dict[str, Path]:
+def write_tables(
+    out_dir: Path, summaries: dict[int, dict | None], note: str, superb: dict[str, dict] | None = None
+) -> dict[str, Path]:
     """``table1.md``/``table1.json`` (every experiment, run or not) and ``superb_er.md``
     (the SUPERB-protocol runs in ``superb``: upstream name -> summary)."""
-    lines = ["# Table 1 (Morais et al., ICASSP 2022) reproduced", "", note, "",
-             "| Set | # | Input | Feature | FT | AVG | AGG | Classifier | AVG | WA (%) | UA (%) | paper WA | paper UA |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Table 1 (Morais et al., ICASSP 2022) reproduced",
+        "",
+        note,
+        "",
+        "| Set | # | Input | Feature | FT | AVG | AGG | Classifier | AVG | WA (%) | UA (%) | paper WA | paper UA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     lines += [_row(EXPERIMENTS[n], summaries.get(n)) for n in sorted(EXPERIMENTS)]
     lines += ["", "WA/UA: mean ± sample std over the folds run (5-fold leave-one-session-out).", ""]
     paths = {"md": out_dir / "table1.md", "json": out_dir / "table1.json", "superb": out_dir / "superb_er.md"}
     paths["md"].write_text("\n".join(lines))
-    paths["json"].write_text(json.dumps({
-        str(n): {"experiment": vars(EXPERIMENTS[n]), "ours": summaries.get(n)} for n in sorted(EXPERIMENTS)
-    }, indent=1))
+    paths["json"].write_text(
+        json.dumps(
+            {str(n): {"experiment": vars(EXPERIMENTS[n]), "ours": summaries.get(n)} for n in sorted(EXPERIMENTS)},
+            indent=1,
+        )
+    )
     superb = superb or {}
-    lines = ["# SUPERB ER view (frozen upstream, accuracy = WA)", "", note, "",
-             "| upstream | SUPERB ER acc | this project, SUPERB protocol (WA) | UA |", "|---|---|---|---|"]
+    lines = [
+        "# SUPERB ER view (frozen upstream, accuracy = WA)",
+        "",
+        note,
+        "",
+        "| upstream | SUPERB ER acc | this project, SUPERB protocol (WA) | UA |",
+        "|---|---|---|---|",
+    ]
     for name in list(SUPERB_ER) + sorted(set(superb) - set(SUPERB_ER)):
         ours = superb.get(name)
         leaderboard = f"{SUPERB_ER[name]:.2f}" if name in SUPERB_ER else "-"
-        lines.append(f"| {name} | {leaderboard} | "
-                     + (f"{ours['wa']['mean']:.2f} ± {ours['wa']['std']:.2f} | {ours['ua']['mean']:.2f} |" if ours
-                        else "not run | |"))
-    lines += ["", "SUPERB protocol: frozen upstream, weighted sum of layers, mean pooling + linear, best dev "
-              "checkpoint, no averaging, 5-fold mean. s3prl's fbank is normalised per utterance, so mean pooling "
-              "sees a constant and predicts one class.", ""]
+        lines.append(
+            f"| {name} | {leaderboard} | "
+            + (
+                f"{ours['wa']['mean']:.2f} ± {ours['wa']['std']:.2f} | {ours['ua']['mean']:.2f} |"
+                if ours
+                else "not run | |"
+            )
+        )
+    lines += [
+        "",
+        "SUPERB protocol: frozen upstream, weighted sum of layers, mean pooling + linear, best dev "
+        "checkpoint, no averaging, 5-fold mean. s3prl's fbank is normalised per utterance, so mean pooling "
+        "sees a constant and predicts one class.",
+        "",
+    ]
     paths["superb"].write_text("\n".join(lines))
     return paths
 
 
-def run_table1(out_dir: Path, experiments: list[int], folds: list[str], root: Path, meta: Path,
-               overrides: str = "", *, wav2vec2: str = "wav2vec2", hubert: str = "hubert",
-               bert: str | None = None, base_config: str | None = None, ft_config: str | None = None,
-               ft_overrides: str = "", device: str = "cpu", note: str = "",
-               superb: Sequence[str] = ()) -> dict[int, dict]:
+def run_table1(
+    out_dir: Path,
+    experiments: list[int],
+    folds: list[str],
+    root: Path,
+    meta: Path,
+    overrides: str = "",
+    *,
+    wav2vec2: str = "wav2vec2",
+    hubert: str = "hubert",
+    bert: str | None = None,
+    base_config: str | None = None,
+    ft_config: str | None = None,
+    ft_overrides: str = "",
+    device: str = "cpu",
+    note: str = "",
+    superb: Sequence[str] = (),
+) -> dict[int, dict]:
     """Run (or resume) the experiments and write the tables; return the summaries run.
 
     ``overrides`` go to every stage-2 run, ``ft_overrides`` to every stage-1 run; the corpus
@@ -187,10 +254,19 @@ def run_table1(out_dir: Path, experiments: list[int], folds: list[str], root: Pa
     from s3prl_ser.cli.cross_validate import cross_validate
 
     root, meta = Path(root).resolve(), Path(meta).resolve()
-    overrides = ",,".join(filter(None, [f"config.downstream_expert.datarc.root={root}",
-                                        f"config.downstream_expert.datarc.meta_data={meta}", overrides]))
-    ft_overrides = ",,".join(filter(None, [f"config.datarc.root={root}", f"config.datarc.meta_data={meta}",
-                                           ft_overrides]))
+    overrides = ",,".join(
+        filter(
+            None,
+            [
+                f"config.downstream_expert.datarc.root={root}",
+                f"config.downstream_expert.datarc.meta_data={meta}",
+                overrides,
+            ],
+        )
+    )
+    ft_overrides = ",,".join(
+        filter(None, [f"config.datarc.root={root}", f"config.datarc.meta_data={meta}", ft_overrides])
+    )
 
     bases = {"wav2vec2": wav2vec2, "hubert": hubert, "bert": bert}
     summaries: dict[int, dict] = {}
@@ -223,19 +299,40 @@ def run_table1(out_dir: Path, experiments: list[int], folds: list[str], root: Pa
             run_args += ["-c", str(config)]
         if text_dir is not None:
             exp_overrides.append(f"config.downstream_expert.text.encoder={text_dir}")
-        summaries[number] = cross_validate(out_dir / f"exp{number}", run_args, folds, ",,".join(filter(None, exp_overrides)),
-                                           title=f"Table 1, experiment {number}: {experiment.feature}")
+        summaries[number] = cross_validate(
+            out_dir / f"exp{number}",
+            run_args,
+            folds,
+            ",,".join(filter(None, exp_overrides)),
+            title=f"Table 1, experiment {number}: {experiment.feature}",
+        )
     for spec in superb:
         name, ckpt = _entry(spec)
-        run_args = ["-u", name, "-d", "emotion_ecapa", "--device", device,
-                    "-c", base_config or str(DOWNSTREAM_DIR / "emotion_ecapa" / "config.yaml")]
+        run_args = [
+            "-u",
+            name,
+            "-d",
+            "emotion_ecapa",
+            "--device",
+            device,
+            "-c",
+            base_config or str(DOWNSTREAM_DIR / "emotion_ecapa" / "config.yaml"),
+        ]
         if ckpt:
             run_args += ["-k", ckpt]
-        cross_validate(out_dir / "superb" / name, run_args, folds, ",,".join([overrides] + SUPERB_PROTOCOL),
-                       title=f"SUPERB ER protocol: {name}")
+        cross_validate(
+            out_dir / "superb" / name,
+            run_args,
+            folds,
+            ",,".join([overrides] + SUPERB_PROTOCOL),
+            title=f"SUPERB ER protocol: {name}",
+        )
     # Runs finished by earlier invocations in out_dir join the tables too.
-    everything = {n: json.loads((out_dir / f"exp{n}" / "results.json").read_text())
-                  for n in EXPERIMENTS if (out_dir / f"exp{n}" / "results.json").is_file()}
+    everything = {
+        n: json.loads((out_dir / f"exp{n}" / "results.json").read_text())
+        for n in EXPERIMENTS
+        if (out_dir / f"exp{n}" / "results.json").is_file()
+    }
     superb_runs = {p.parent.name: json.loads(p.read_text()) for p in sorted(out_dir.glob("superb/*/results.json"))}
     paths = write_tables(out_dir, everything, note, superb_runs)
     print(paths["md"].read_text())
@@ -257,16 +354,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bert", help="base text encoder directory (Hugging Face format)")
     parser.add_argument("--base-config", help="runner/optimizer/sizes for every experiment (model keys kept)")
     parser.add_argument("--ft-config", help="upstream_ft config for stage 1")
-    parser.add_argument("--superb", default="", help="stock upstreams (NAME or NAME:CKPT) to run with SUPERB's ER protocol")
+    parser.add_argument(
+        "--superb", default="", help="stock upstreams (NAME or NAME:CKPT) to run with SUPERB's ER protocol"
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     with exit_on_error():
         experiments = parse_experiments(args.experiments)
-        run_table1(args.out, experiments, args.folds.split(","), args.root, args.meta, args.override,
-                   wav2vec2=args.wav2vec2,
-                   hubert=args.hubert, bert=args.bert, base_config=args.base_config, ft_config=args.ft_config,
-                   ft_overrides=args.ft_override, device=args.device, note=f"Folds: {args.folds}.",
-                   superb=[s for s in args.superb.split(",") if s])
+        run_table1(
+            args.out,
+            experiments,
+            args.folds.split(","),
+            args.root,
+            args.meta,
+            args.override,
+            wav2vec2=args.wav2vec2,
+            hubert=args.hubert,
+            bert=args.bert,
+            base_config=args.base_config,
+            ft_config=args.ft_config,
+            ft_overrides=args.ft_override,
+            device=args.device,
+            note=f"Folds: {args.folds}.",
+            superb=[s for s in args.superb.split(",") if s],
+        )
 
 
 if __name__ == "__main__":

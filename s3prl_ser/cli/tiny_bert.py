@@ -15,8 +15,9 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m s3prl_ser.cli.tiny_bert",
-                                     description="Write a tiny random-init BERT for tests and demos.")
+    parser = argparse.ArgumentParser(
+        prog="python -m s3prl_ser.cli.tiny_bert", description="Write a tiny random-init BERT for tests and demos."
+    )
     parser.add_argument("path", type=Path, help="output directory (save_pretrained layout)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

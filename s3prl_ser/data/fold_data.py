@@ -42,8 +42,7 @@ class FoldData:
     split: str
 
 
-def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc",
-                   read_audio: bool = True) -> FoldData:
+def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc", read_audio: bool = True) -> FoldData:
     """Read ``META_DIR/SessionN/{train,test}_meta_data.json`` and split train into train/dev.
 
     Args:
@@ -82,23 +81,48 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
     )
 
 
-def train_loader(dataset: EmotionDataset, datarc: Mapping[str, Any], *, seed: int, epoch: int, start: int = 0,
-                 rank: int = 0, world_size: int = 1) -> DataLoader:
+def train_loader(
+    dataset: EmotionDataset,
+    datarc: Mapping[str, Any],
+    *,
+    seed: int,
+    epoch: int,
+    start: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
     """This process's ``(wavs, labels, names)`` batches of epoch ``epoch`` from global batch
     ``start`` on; ``datarc.train_batch_size`` is the global batch."""
     if datarc.get("pre_load", False):
         dataset.preload()
-    sampler = GlobalBatchSampler(len(dataset), datarc.get("train_batch_size", 4), seed=seed, epoch=epoch,
-                                 rank=rank, world_size=world_size, start=start)
+    sampler = GlobalBatchSampler(
+        len(dataset),
+        datarc.get("train_batch_size", 4),
+        seed=seed,
+        epoch=epoch,
+        rank=rank,
+        world_size=world_size,
+        start=start,
+    )
     # A private generator: making the loader (its worker seeds) must not draw from the
     # global RNG, which drives dropout and is restored on resume.
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=datarc.get("num_workers", 4), collate_fn=collate,
-                      generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)))
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=datarc.get("num_workers", 4),
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),
+    )
 
 
 def eval_loader(dataset: EmotionDataset, datarc: Mapping[str, Any]) -> DataLoader:
     """The whole split in order, ``datarc.eval_batch_size`` at a time (one process)."""
     if datarc.get("pre_load", False):
         dataset.preload()
-    return DataLoader(dataset, batch_size=datarc.get("eval_batch_size", 4), shuffle=False,
-                      num_workers=datarc.get("num_workers", 4), collate_fn=collate)
+    return DataLoader(
+        dataset,
+        batch_size=datarc.get("eval_batch_size", 4),
+        shuffle=False,
+        num_workers=datarc.get("num_workers", 4),
+        collate_fn=collate,
+    )

@@ -76,9 +76,7 @@ def utterance_speaker(path: str) -> str:
     return f"Ses{match.group(1)}{match.group(2)}"
 
 
-def superb_train_dev_split(
-    num_utterances: int, valid_ratio: float = 0.2, seed: int = 0
-) -> tuple[list[int], list[int]]:
+def superb_train_dev_split(num_utterances: int, valid_ratio: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
     """Indices of the train and dev parts of a fold's train list, as s3prl's emotion expert.
 
     Uses a private generator seeded like s3prl's global ``torch.manual_seed(0)``, so the
@@ -114,9 +112,7 @@ def speaker_disjoint_split(
         later = [s for s in available if s > test_session]
         dev_session = later[0] if later else available[0]
     if dev_session not in available or len(available) < 2:
-        raise ValueError(
-            f"cannot hold out Session{dev_session}: train sessions are {available}"
-        )
+        raise ValueError(f"cannot hold out Session{dev_session}: train sessions are {available}")
     train = [i for i, s in enumerate(sessions) if s != dev_session]
     dev = [i for i, s in enumerate(sessions) if s == dev_session]
     return train, dev

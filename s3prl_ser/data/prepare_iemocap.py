@@ -127,7 +127,9 @@ def collect_session(root: Path, session: str, order: FileOrder = "sorted") -> li
             kept.append(Utterance(utterance, relative, _KEEP[code], utterance.split("_")[0]))
     if missing:
         shown = "; ".join(missing[:5]) + (f"; ... {len(missing) - 5} more" if len(missing) > 5 else "")
-        warnings.warn(f"{session}: {len(missing)} labelled utterance(s) have no audio and are dropped: {shown}", stacklevel=2)
+        warnings.warn(
+            f"{session}: {len(missing)} labelled utterance(s) have no audio and are dropped: {shown}", stacklevel=2
+        )
     if not kept:
         raise PreparationError(f"{session_dir}: no utterance with a neu/hap/exc/ang/sad label and audio")
     return kept
@@ -159,8 +161,10 @@ def prepare(
     names = [f"Session{n}" for n in sessions]
     absent = [n for n in names if not (root / n).is_dir()]
     if absent:
-        raise PreparationError(f"{root}: missing {', '.join(absent)} (found: "
-                               f"{', '.join(sorted(p.name for p in root.glob('Session*'))) or 'none'})")
+        raise PreparationError(
+            f"{root}: missing {', '.join(absent)} (found: "
+            f"{', '.join(sorted(p.name for p in root.glob('Session*'))) or 'none'})"
+        )
     per_session = {name: collect_session(root, name, order) for name in names}
     for name in names:
         train = [u.meta() for s in names if s != name for u in per_session[s]]

@@ -67,8 +67,18 @@ class GlobalBatchSampler(Sampler[list[int]]):
         True
     """
 
-    def __init__(self, num_items: int, batch_size: int, *, seed: int = 0, epoch: int = 0,
-                 rank: int = 0, world_size: int = 1, drop_last: bool = True, start: int = 0) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+        start: int = 0,
+    ) -> None:
         if batch_size % world_size:
             raise ValueError(f"train batch size {batch_size} is not divisible by the {world_size} processes")
         if not 0 <= rank < world_size:

@@ -89,9 +89,7 @@ def resolve_ft_checkpoint(ckpt: str | os.PathLike | None, fold: str | None) -> P
     from s3prl_ser.data.folds import check_fold
 
     if ckpt is None:
-        raise ValueError(
-            "a fine-tuned upstream needs -k FT_DIR: the directory `python -m upstream_ft -p FT_DIR` wrote"
-        )
+        raise ValueError("a fine-tuned upstream needs -k FT_DIR: the directory `python -m upstream_ft -p FT_DIR` wrote")
     if fold is None:
         raise ValueError(
             f"loading the fine-tuned upstream in {ckpt} needs the fold being trained or evaluated "

@@ -57,22 +57,29 @@ class MultiFeaturizer(nn.Module):
         return [featurizer(wavs, out) for featurizer, out in zip(self.featurizers, outputs)]
 
 
-def build_upstreams(upstream: str, ckpt: str | None, model_config: str | None = None,
-                    refresh: bool = False, fold: str | None = None) -> nn.Module:
+def build_upstreams(
+    upstream: str, ckpt: str | None, model_config: str | None = None, refresh: bool = False, fold: str | None = None
+) -> nn.Module:
     """One upstream, or a :class:`MultiUpstream` when ``upstream`` names several."""
     pairs = split_names(upstream, ckpt)
     modules = [build_upstream(name, path, model_config, refresh, fold) for name, path in pairs]
     return modules[0] if len(modules) == 1 else MultiUpstream(modules)
 
 
-def build_featurizer(upstream: nn.Module, feature_selection: str, layer_selection: int | None,
-                     device: str, normalize: bool) -> nn.Module:
+def build_featurizer(
+    upstream: nn.Module, feature_selection: str, layer_selection: int | None, device: str, normalize: bool
+) -> nn.Module:
     """s3prl's ``Featurizer`` for one upstream, a :class:`MultiFeaturizer` for a MultiUpstream."""
     from s3prl.upstream.interfaces import Featurizer
 
     def one(module: nn.Module) -> nn.Module:
-        return Featurizer(upstream=module, feature_selection=feature_selection, upstream_device=device,
-                          layer_selection=layer_selection, normalize=normalize)
+        return Featurizer(
+            upstream=module,
+            feature_selection=feature_selection,
+            upstream_device=device,
+            layer_selection=layer_selection,
+            normalize=normalize,
+        )
 
     if isinstance(upstream, MultiUpstream):
         return MultiFeaturizer([one(up) for up in upstream.upstreams])

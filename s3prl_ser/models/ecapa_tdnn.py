@@ -23,13 +23,9 @@ class TDNNBlock(nn.Module):
     (B, C_in, T) and a (B, 1, T) bool mask -> (B, C_out, T).
     """
 
-    def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, dilation: int
-    ) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, dilation: int) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(
-            in_channels, out_channels, kernel_size, dilation=dilation, padding="same"
-        )
+        self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, dilation=dilation, padding="same")
         self.activation = nn.ReLU()
         self.norm = MaskedBatchNorm1d(out_channels)
 
@@ -50,9 +46,7 @@ class Res2NetBlock(nn.Module):
         super().__init__()
         self.scale = scale
         width = channels // scale
-        self.blocks = nn.ModuleList(
-            TDNNBlock(width, width, kernel_size, dilation) for _ in range(scale - 1)
-        )
+        self.blocks = nn.ModuleList(TDNNBlock(width, width, kernel_size, dilation) for _ in range(scale - 1))
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         chunks = x.chunk(self.scale, dim=1)
@@ -96,11 +90,7 @@ class SERes2NetBlock(nn.Module):
         dilation: int,
     ) -> None:
         super().__init__()
-        self.shortcut = (
-            nn.Conv1d(in_channels, out_channels, kernel_size=1)
-            if in_channels != out_channels
-            else None
-        )
+        self.shortcut = nn.Conv1d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels else None
         self.tdnn1 = TDNNBlock(in_channels, out_channels, kernel_size=1, dilation=1)
         self.res2net = Res2NetBlock(out_channels, res2net_scale, kernel_size, dilation)
         self.tdnn2 = TDNNBlock(out_channels, out_channels, kernel_size=1, dilation=1)
@@ -213,15 +203,11 @@ class ECAPA_TDNN(nn.Module):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         for i, width in enumerate(channels[1:-1], start=1):
             if width % res2net_scale:
-                raise ValueError(
-                    f"channels[{i}]={width} is not divisible by res2net_scale={res2net_scale}"
-                )
+                raise ValueError(f"channels[{i}]={width} is not divisible by res2net_scale={res2net_scale}")
 
         self.input_size = input_size
         self.output_size = lin_neurons
-        self.blocks = nn.ModuleList(
-            [TDNNBlock(input_size, channels[0], kernel_sizes[0], dilations[0])]
-        )
+        self.blocks = nn.ModuleList([TDNNBlock(input_size, channels[0], kernel_sizes[0], dilations[0])])
         for i in range(1, len(channels) - 1):
             self.blocks.append(
                 SERes2NetBlock(
@@ -249,9 +235,7 @@ class ECAPA_TDNN(nn.Module):
             (B, lin_neurons) utterance embeddings.
         """
         if x.dim() != 3 or x.shape[2] != self.input_size:
-            raise ValueError(
-                f"expected (B, T, {self.input_size}) features, got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected (B, T, {self.input_size}) features, got shape {tuple(x.shape)}")
         mask = resolve_mask(lengths, x.shape[0], x.shape[1], x.device).unsqueeze(1)  # (B, 1, T)
         x = x.transpose(1, 2).masked_fill(~mask, 0.0)
 

@@ -72,8 +72,9 @@ class FineTuneModel(nn.Module):
         classifier = UtteranceClassifier(featurizer.output_dim, num_classes, aggregator="mean")
         self.head = nn.ModuleDict({"featurizer": featurizer, "classifier": classifier}).to(device)
 
-    def forward(self, wavs: Sequence[np.ndarray | Tensor], names: Sequence[str] = (),
-                train_upstream: bool = True) -> Tensor:
+    def forward(
+        self, wavs: Sequence[np.ndarray | Tensor], names: Sequence[str] = (), train_upstream: bool = True
+    ) -> Tensor:
         """``wavs``: B waveforms ``(T_i,)`` at 16 kHz -> logits ``(B, C)`` (``names`` unused).
 
         ``train_upstream=False`` runs the upstream without autograd (its frozen phase), so
@@ -104,8 +105,15 @@ class TextFineTuneModel(nn.Module):
         device: where the model lives.
     """
 
-    def __init__(self, encoder: TextEncoder, transcripts: Mapping[str, str], source: str,
-                 num_classes: int, feature_selection: str, device: str) -> None:
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        transcripts: Mapping[str, str],
+        source: str,
+        num_classes: int,
+        feature_selection: str,
+        device: str,
+    ) -> None:
         super().__init__()
         self.upstream = encoder.to(device)
         self.transcripts, self.source = transcripts, source
@@ -113,8 +121,7 @@ class TextFineTuneModel(nn.Module):
         classifier = UtteranceClassifier(encoder.output_size, num_classes, aggregator="mean")
         self.head = nn.ModuleDict({"featurizer": featurizer, "classifier": classifier}).to(device)
 
-    def forward(self, wavs: Sequence[np.ndarray | Tensor], names: Sequence[str],
-                train_upstream: bool = True) -> Tensor:
+    def forward(self, wavs: Sequence[np.ndarray | Tensor], names: Sequence[str], train_upstream: bool = True) -> Tensor:
         """The transcripts of the B utterances ``names`` -> logits ``(B, C)`` (``wavs`` unused)."""
         with torch.set_grad_enabled(train_upstream and torch.is_grad_enabled()):
             layers, lengths = self.upstream.hidden_states(transcripts_for(list(names), self.transcripts, self.source))

@@ -47,9 +47,7 @@ def lengths_to_mask(lengths: Tensor, max_len: int) -> Tensor:
     return torch.arange(max_len, device=lengths.device) < lengths.unsqueeze(1)
 
 
-def resolve_mask(
-    lengths: Tensor | None, batch_size: int, max_len: int, device: torch.device
-) -> Tensor:
+def resolve_mask(lengths: Tensor | None, batch_size: int, max_len: int, device: torch.device) -> Tensor:
     """Validated (B, T) bool mask for a batch; ``lengths=None`` marks every frame valid.
 
     Example:
@@ -168,9 +166,7 @@ class AttentiveStatisticsPooling(nn.Module):
     ) -> None:
         super().__init__()
         if channels < 1 or attention_channels < 1:
-            raise ValueError(
-                f"channels ({channels}) and attention_channels ({attention_channels}) must be >= 1"
-            )
+            raise ValueError(f"channels ({channels}) and attention_channels ({attention_channels}) must be >= 1")
         self.channels = channels
         self.global_context = global_context
         self.eps = eps
@@ -185,9 +181,7 @@ class AttentiveStatisticsPooling(nn.Module):
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         """x: (B, C, T); lengths: (B,) integer valid-frame counts or None. Returns (B, 2C)."""
         if x.dim() != 3 or x.shape[1] != self.channels:
-            raise ValueError(
-                f"expected (B, {self.channels}, T) input, got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected (B, {self.channels}, T) input, got shape {tuple(x.shape)}")
         num_frames = x.shape[2]
         mask = resolve_mask(lengths, x.shape[0], num_frames, x.device).unsqueeze(1)  # (B, 1, T)
         x = x.masked_fill(~mask, 0.0)

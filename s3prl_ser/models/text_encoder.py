@@ -26,10 +26,18 @@ __all__ = [
 FEATURE_SELECTIONS = ("last_hidden_state", "hidden_states")
 # Files any one of which holds a tokenizer's vocabulary. Without one, AutoTokenizer silently
 # builds a tokenizer that maps every word to [UNK], so their absence is checked up front.
-_VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                     "tokenizer.model")
-_HOW_TO_MAKE = ("write a tiny one with `python -m s3prl_ser.cli.tiny_bert DIR`, or `save_pretrained` "
-                "a real BERT's model and tokenizer there")
+_VOCABULARY_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+_HOW_TO_MAKE = (
+    "write a tiny one with `python -m s3prl_ser.cli.tiny_bert DIR`, or `save_pretrained` "
+    "a real BERT's model and tokenizer there"
+)
 
 
 class LayerSelection(nn.Module):
@@ -44,8 +52,9 @@ class LayerSelection(nn.Module):
     def __init__(self, num_layers: int, feature_selection: str = "last_hidden_state") -> None:
         super().__init__()
         if feature_selection not in FEATURE_SELECTIONS:
-            raise ValueError(f"feature_selection must be one of {', '.join(FEATURE_SELECTIONS)}, "
-                             f"got {feature_selection!r}")
+            raise ValueError(
+                f"feature_selection must be one of {', '.join(FEATURE_SELECTIONS)}, got {feature_selection!r}"
+            )
         self.num_layers, self.feature_selection = num_layers, feature_selection
         self.weights = nn.Parameter(torch.zeros(num_layers)) if feature_selection == "hidden_states" else None
 
@@ -66,8 +75,9 @@ def _check_encoder_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"text encoder {path} has no config.json ({_HOW_TO_MAKE})")
     if not any((path / name).is_file() for name in _VOCABULARY_FILES):
-        raise FileNotFoundError(f"text encoder {path} has no tokenizer vocabulary (one of "
-                                f"{', '.join(_VOCABULARY_FILES)}; {_HOW_TO_MAKE})")
+        raise FileNotFoundError(
+            f"text encoder {path} has no tokenizer vocabulary (one of {', '.join(_VOCABULARY_FILES)}; {_HOW_TO_MAKE})"
+        )
 
 
 class TextEncoder(nn.Module):
@@ -89,8 +99,9 @@ class TextEncoder(nn.Module):
         FileNotFoundError: the directory, its config, vocabulary or weights are missing.
     """
 
-    def __init__(self, name_or_path: str | os.PathLike, feature_selection: str = "last_hidden_state",
-                 max_length: int = 128) -> None:
+    def __init__(
+        self, name_or_path: str | os.PathLike, feature_selection: str = "last_hidden_state", max_length: int = 128
+    ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -115,8 +126,9 @@ class TextEncoder(nn.Module):
             (CLS and SEP included, so an empty text has 2).
         """
         device = next(self.model.parameters()).device
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt").to(device)
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(device)
         output = self.model(**batch, output_hidden_states=True)
         return tuple(output.hidden_states), batch["attention_mask"].sum(dim=1)
 

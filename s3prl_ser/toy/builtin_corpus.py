@@ -146,9 +146,7 @@ class _Prosody:
 
     def mix(self, other: _Prosody, weight: float) -> _Prosody:
         """Interpolate (or extrapolate) from self towards other."""
-        return _Prosody(
-            *(a + weight * (b - a) for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other)))
-        )
+        return _Prosody(*(a + weight * (b - a) for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
 
 
 _PROSODY = {
@@ -164,14 +162,24 @@ _PROSODY = {
 _JITTER = _Prosody(0.05, 0.20, 0.06, 2.0, 0.25, 0.10, 1.0, 0.25, 2.0, 0.6)
 
 _CATEGORY_NAMES = {
-    "neu": "Neutral", "hap": "Happiness", "exc": "Excited", "ang": "Anger",
-    "sad": "Sadness", "fru": "Frustration", "sur": "Surprise",
+    "neu": "Neutral",
+    "hap": "Happiness",
+    "exc": "Excited",
+    "ang": "Anger",
+    "sad": "Sadness",
+    "fru": "Frustration",
+    "sur": "Surprise",
 }
 # Mean valence, activation, dominance (1..5) of the evaluator ratings.
 _VAD = {
-    "neu": (3.0, 2.5, 2.5), "hap": (4.0, 3.2, 3.0), "exc": (4.0, 3.8, 3.2),
-    "ang": (1.8, 4.0, 4.0), "sad": (1.8, 2.0, 2.0), "fru": (2.0, 3.2, 3.0),
-    "sur": (3.2, 3.6, 2.8), "xxx": (2.8, 3.0, 3.0),
+    "neu": (3.0, 2.5, 2.5),
+    "hap": (4.0, 3.2, 3.0),
+    "exc": (4.0, 3.8, 3.2),
+    "ang": (1.8, 4.0, 4.0),
+    "sad": (1.8, 2.0, 2.0),
+    "fru": (2.0, 3.2, 3.0),
+    "sur": (3.2, 3.6, 2.8),
+    "xxx": (2.8, 3.0, 3.0),
 }
 
 
@@ -247,7 +255,9 @@ def generate_corpus(
         raise ValueError("utterances_per_speaker must be >= 5 (4 classes and a distractor)")
     root = pathlib.Path(root).expanduser().absolute()
     params = {
-        "format_version": FORMAT_VERSION, "seed": seed, "utterances_per_speaker": utterances_per_speaker,
+        "format_version": FORMAT_VERSION,
+        "seed": seed,
+        "utterances_per_speaker": utterances_per_speaker,
     }
 
     manifest = load_manifest(root)
@@ -385,8 +395,12 @@ def _speaker_labels(rng: np.random.Generator, n: int, speaker_index: int) -> lis
     # Rotate the distractor kinds over speakers so that all of them occur.
     distractors = [DISTRACTORS[(speaker_index * n_distractors + i) % 3] for i in range(n_distractors)]
     return (
-        ["neu"] * n_neu + ["hap"] * (n_happy - n_exc) + ["exc"] * n_exc
-        + ["ang"] * n_ang + ["sad"] * n_sad + distractors
+        ["neu"] * n_neu
+        + ["hap"] * (n_happy - n_exc)
+        + ["exc"] * n_exc
+        + ["ang"] * n_ang
+        + ["sad"] * n_sad
+        + distractors
     )
 
 
@@ -488,9 +502,18 @@ def _render(u: _Utterance, root: pathlib.Path, scratch: pathlib.Path) -> int:
     raw = scratch / f"{u.name}.wav"
     _run(
         [
-            "espeak-ng", f"--path={scratch}", "-v", f"{u.speaker.language}+{u.name}",
-            "-s", str(round(u.speaker.wpm * u.prosody.rate)), "-g", str(round(u.prosody.word_gap)),
-            "-z", "-w", str(raw), u.text,
+            "espeak-ng",
+            f"--path={scratch}",
+            "-v",
+            f"{u.speaker.language}+{u.name}",
+            "-s",
+            str(round(u.speaker.wpm * u.prosody.rate)),
+            "-g",
+            str(round(u.prosody.word_gap)),
+            "-z",
+            "-w",
+            str(raw),
+            u.text,
         ]
     )
     # Squeeze the speech only if it would not fit the utterance length limit.
@@ -500,15 +523,40 @@ def _render(u: _Utterance, root: pathlib.Path, scratch: pathlib.Path) -> int:
     effects = [
         *(["tempo", "-s", f"{tempo:.4f}"] if tempo > 1 else []),
         *(["overdrive", f"{u.prosody.drive_db:.2f}", "20"] if u.prosody.drive_db >= 0.5 else []),
-        "highpass", f"{hp:.1f}",
-        "equalizer", f"{eq_hz:.1f}", "1.2q", f"{eq_db:.2f}",
-        "reverb", f"{u.room.reverberance:.1f}", "50", f"{u.room.room_scale:.1f}", "100", "0",
+        "highpass",
+        f"{hp:.1f}",
+        "equalizer",
+        f"{eq_hz:.1f}",
+        "1.2q",
+        f"{eq_db:.2f}",
+        "reverb",
+        f"{u.room.reverberance:.1f}",
+        "50",
+        f"{u.room.room_scale:.1f}",
+        "100",
+        "0",
         f"{u.room.wet_db:.2f}",
     ]
     # -D: no dither, which would otherwise add unseeded noise.
     out = _run(
-        ["sox", "-D", "-V1", str(raw), "-t", "raw", "-e", "floating-point", "-b", "32",
-         "-c", "1", "-r", str(SAMPLE_RATE), "-", *effects]
+        [
+            "sox",
+            "-D",
+            "-V1",
+            str(raw),
+            "-t",
+            "raw",
+            "-e",
+            "floating-point",
+            "-b",
+            "32",
+            "-c",
+            "1",
+            "-r",
+            str(SAMPLE_RATE),
+            "-",
+            *effects,
+        ]
     )
     speech = np.frombuffer(out, dtype=np.float32).astype(np.float64)
     rms = np.sqrt(np.mean(speech**2))

@@ -27,8 +27,9 @@ _WORDS = (
 )
 
 
-def write_tiny_bert(path: str | os.PathLike, *, seed: int = 0, hidden_size: int = 32, layers: int = 2,
-                    heads: int = 2) -> Path:
+def write_tiny_bert(
+    path: str | os.PathLike, *, seed: int = 0, hidden_size: int = 32, layers: int = 2, heads: int = 2
+) -> Path:
     """Write a random-init BERT and its tokenizer to ``path`` (``save_pretrained`` layout).
 
     The vocabulary holds the special tokens, single characters and a few hundred common
@@ -42,17 +43,27 @@ def write_tiny_bert(path: str | os.PathLike, *, seed: int = 0, hidden_size: int 
     corpus_words = {w.strip(".,?!'").lower() for sentence in SENTENCES for w in sentence.split()}
     words = sorted(set(_WORDS.split()) | corpus_words - {""})
     characters = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,?!'-"))
-    vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + characters
-                               + [f"##{c}" for c in characters] + words))
+    vocab = list(
+        dict.fromkeys(
+            ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + characters + [f"##{c}" for c in characters] + words
+        )
+    )
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     # Positional: the argument is `vocab_file` in transformers 4 and `vocab` in 5.
     tokenizer = BertTokenizerFast(str(path / "vocab.txt"), do_lower_case=True)
     if len(tokenizer) != len(vocab):
-        raise RuntimeError(f"tokenizer built from {path / 'vocab.txt'} has {len(tokenizer)} tokens, "
-                           f"expected {len(vocab)}")
+        raise RuntimeError(
+            f"tokenizer built from {path / 'vocab.txt'} has {len(tokenizer)} tokens, expected {len(vocab)}"
+        )
     tokenizer.save_pretrained(str(path))
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden_size, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=2 * hidden_size, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=128,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         BertModel(config).save_pretrained(str(path))

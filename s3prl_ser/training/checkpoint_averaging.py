@@ -102,8 +102,7 @@ def average_state_dicts(
             reference = first[key]
             if value.shape != reference.shape:
                 raise CheckpointMismatchError(
-                    f"{name}: {key} has shape {tuple(value.shape)}, "
-                    f"{names[0]} has {tuple(reference.shape)}"
+                    f"{name}: {key} has shape {tuple(value.shape)}, {names[0]} has {tuple(reference.shape)}"
                 )
             if value.dtype != reference.dtype:
                 raise CheckpointMismatchError(
@@ -155,9 +154,7 @@ def _format(checkpoint: Any, name: str) -> str:
             return "runner"
         if all(key in checkpoint for key in (*CONVERTED_CONFIGS, "model_weight")):
             return "converted upstream"
-    raise CheckpointMismatchError(
-        f"{name} is neither an s3prl runner checkpoint nor a converted upstream checkpoint"
-    )
+    raise CheckpointMismatchError(f"{name} is neither an s3prl runner checkpoint nor a converted upstream checkpoint")
 
 
 def _average_runner(checkpoints: Sequence[Mapping], names: Sequence[str]) -> dict[str, Any]:
@@ -165,15 +162,15 @@ def _average_runner(checkpoints: Sequence[Mapping], names: Sequence[str]) -> dic
     for name, checkpoint in zip(names[1:], checkpoints[1:]):
         other = [s for s in RUNNER_SECTIONS if s in checkpoint]
         if other != sections:
-            raise CheckpointMismatchError(
-                f"{name} holds sections {other}, {names[0]} holds {sections}"
-            )
+            raise CheckpointMismatchError(f"{name} holds sections {other}, {names[0]} holds {sections}")
     # The same run's checkpoints: equal Config and run arguments (upstream, features, seed),
     # except what a resumed run may change (schedule, data-feeding settings).
     for name, checkpoint in zip(names[1:], checkpoints[1:]):
-        changed = significant_differences(run_identity(checkpoints[0].get("Args"), checkpoints[0].get("Config")),
-                                          run_identity(checkpoint.get("Args"), checkpoint.get("Config")),
-                                          resuming=True)
+        changed = significant_differences(
+            run_identity(checkpoints[0].get("Args"), checkpoints[0].get("Config")),
+            run_identity(checkpoint.get("Args"), checkpoint.get("Config")),
+            resuming=True,
+        )
         if changed:
             raise CheckpointMismatchError(f"{name} and {names[0]} come from different runs: {describe(changed)}")
     named = [(n, c) for n, c in zip(names, checkpoints) if "ClassNames" in c]
@@ -182,9 +179,7 @@ def _average_runner(checkpoints: Sequence[Mapping], names: Sequence[str]) -> dic
     last = checkpoints[-1]
     steps = [checkpoint.get("Step") for checkpoint in checkpoints]
     known_steps = [step for step in steps if step is not None]
-    averaged: dict[str, Any] = {
-        key: last[key] for key in ("Args", "Config") if key in last
-    }
+    averaged: dict[str, Any] = {key: last[key] for key in ("Args", "Config") if key in last}
     if named:
         averaged["ClassNames"] = named[-1][1]["ClassNames"]
     if known_steps:
@@ -254,9 +249,7 @@ def average_checkpoint_files(
     for name, checkpoint in zip(names[1:], checkpoints[1:]):
         other = _format(checkpoint, name)
         if other != kind:
-            raise CheckpointMismatchError(
-                f"{name} is a {other} checkpoint but {names[0]} is a {kind} checkpoint"
-            )
+            raise CheckpointMismatchError(f"{name} is a {other} checkpoint but {names[0]} is a {kind} checkpoint")
     average = _average_runner if kind == "runner" else _average_converted
     averaged = average(checkpoints, names)
 

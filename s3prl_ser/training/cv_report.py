@@ -49,20 +49,26 @@ def summarize(fold_metrics: Mapping[str, dict]) -> dict:
     # As in each fold's UA: a class absent from every test set has no recall, not recall 0.
     pooled_recall = np.diag(confusion)[support > 0] / support[support > 0]
     return {
-        "folds": {f: {"wa": fold_metrics[f]["wa"] * 100, "ua": fold_metrics[f]["ua"] * 100,
-                      "num_utterances": fold_metrics[f]["num_utterances"]} for f in folds},
+        "folds": {
+            f: {
+                "wa": fold_metrics[f]["wa"] * 100,
+                "ua": fold_metrics[f]["ua"] * 100,
+                "num_utterances": fold_metrics[f]["num_utterances"],
+            }
+            for f in folds
+        },
         "wa": _mean_std([fold_metrics[f]["wa"] * 100 for f in folds]),
         "ua": _mean_std([fold_metrics[f]["ua"] * 100 for f in folds]),
         "recall": recall,
         "labels": labels,
         "confusion": confusion.tolist(),
-        "pooled": {"wa": float(np.trace(confusion) / confusion.sum() * 100),
-                   "ua": float(np.mean(pooled_recall) * 100)},
+        "pooled": {"wa": float(np.trace(confusion) / confusion.sum() * 100), "ua": float(np.mean(pooled_recall) * 100)},
     }
 
 
-def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], path: str | os.PathLike,
-                   title: str = "") -> Path:
+def plot_confusion(
+    confusion: Sequence[Sequence[int]], labels: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> Path:
     """Row-normalised confusion matrix with counts, saved as PNG."""
     import matplotlib
 
@@ -75,8 +81,15 @@ def plot_confusion(confusion: Sequence[Sequence[int]], labels: Sequence[str], pa
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, f"{rates[i, j]:.2f}\n({counts[i, j]})", ha="center", va="center",
-                    fontsize=8, color="white" if rates[i, j] > 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{rates[i, j]:.2f}\n({counts[i, j]})",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if rates[i, j] > 0.6 else "black",
+            )
     ax.set_xticks(range(len(labels)), labels)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
@@ -98,17 +111,30 @@ def write_report(summary: dict, out_dir: str | os.PathLike, title: str) -> dict[
     lines = [f"# {title}", "", "| fold | utterances | WA (%) | UA (%) |", "|---|---|---|---|"]
     for fold, m in summary["folds"].items():
         lines.append(f"| {fold} | {m['num_utterances']} | {m['wa']:.2f} | {m['ua']:.2f} |")
-    lines.append(f"| **mean ± std** | | **{summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f}** "
-                 f"| **{summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f}** |")
-    lines += ["", "Per-class recall, mean over folds (%): "
-              + ", ".join(f"{label} {summary['recall'][label]:.2f}" for label in labels), "",
-              "Confusion matrix summed over folds (rows: reference, columns: predicted):", "",
-              "| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    lines.append(
+        f"| **mean ± std** | | **{summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f}** "
+        f"| **{summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f}** |"
+    )
+    lines += [
+        "",
+        "Per-class recall, mean over folds (%): "
+        + ", ".join(f"{label} {summary['recall'][label]:.2f}" for label in labels),
+        "",
+        "Confusion matrix summed over folds (rows: reference, columns: predicted):",
+        "",
+        "| | " + " | ".join(labels) + " |",
+        "|---" * (len(labels) + 1) + "|",
+    ]
     for label, row in zip(labels, summary["confusion"]):
         lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
-    lines += ["", f"Pooled over all test utterances: WA {summary['pooled']['wa']:.2f}, "
-              f"UA {summary['pooled']['ua']:.2f}. Std is the sample std over folds.", "",
-              "![confusion matrix](confusion.png)", ""]
+    lines += [
+        "",
+        f"Pooled over all test utterances: WA {summary['pooled']['wa']:.2f}, "
+        f"UA {summary['pooled']['ua']:.2f}. Std is the sample std over folds.",
+        "",
+        "![confusion matrix](confusion.png)",
+        "",
+    ]
     paths = {"json": out_dir / "results.json", "md": out_dir / "results.md", "png": out_dir / "confusion.png"}
     paths["json"].write_text(json.dumps(summary, indent=1))
     paths["md"].write_text("\n".join(lines))

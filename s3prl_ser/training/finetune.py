@@ -50,16 +50,23 @@ def exported_metadata(fold_dir: Path, requested: Mapping[str, Any] | None = None
     return record
 
 
-def _text_model(encoder_dir: str | None, config: Mapping[str, Any], data: Any,
-                device: str) -> tuple[TextFineTuneModel, dict[str, Any], Path]:
+def _text_model(
+    encoder_dir: str | None, config: Mapping[str, Any], data: Any, device: str
+) -> tuple[TextFineTuneModel, dict[str, Any], Path]:
     """The text fine-tuning model and the configs its checkpoints carry (for averaging checks)."""
     if encoder_dir is None:
         raise ValueError("-u text needs -k DIR: a local Hugging Face text encoder (e.g. a saved BERT)")
     datarc = config["datarc"]
     source = Path(datarc["transcripts"] or Path(datarc["meta_data"]) / "transcripts.json")
     encoder = TextEncoder(encoder_dir)
-    model = TextFineTuneModel(encoder, load_transcripts(source), str(source), len(data.class_names),
-                              config["upstream"]["feature_selection"], device)
+    model = TextFineTuneModel(
+        encoder,
+        load_transcripts(source),
+        str(source),
+        len(data.class_names),
+        config["upstream"]["feature_selection"],
+        device,
+    )
     model_cfg = json.loads(encoder.model.config.to_json_string())
     return model, {"task_cfg": {"modality": TEXT, "base": str(encoder_dir)}, "model_cfg": model_cfg}, Path(encoder_dir)
 
@@ -95,15 +102,23 @@ def run_fold(
         model = FineTuneModel(loaded.expert, len(data.class_names), config["upstream"]["feature_selection"], device)
     # The schedule (config.runner) may change on resume, e.g. to train longer; nothing else may,
     # nor the accumulation, since the saved position counts micro-batches.
-    identity = {"fold": fold, "upstream": upstream_name, "upstream_ckpt": upstream_ckpt,
-                "world_size": dist.world_size, "seed": seed,
-                "gradient_accumulate_steps": config["runner"]["gradient_accumulate_steps"],
-                "config": {key: value for key, value in config.items() if key != "runner"}}
-    trainer = FoldTrainer(model, data, config, fold_dir, base_fields=base_fields, identity=identity,
-                          device=device, dist=dist, seed=seed)
+    identity = {
+        "fold": fold,
+        "upstream": upstream_name,
+        "upstream_ckpt": upstream_ckpt,
+        "world_size": dist.world_size,
+        "seed": seed,
+        "gradient_accumulate_steps": config["runner"]["gradient_accumulate_steps"],
+        "config": {key: value for key, value in config.items() if key != "runner"},
+    }
+    trainer = FoldTrainer(
+        model, data, config, fold_dir, base_fields=base_fields, identity=identity, device=device, dist=dist, seed=seed
+    )
     try:
-        trainer.log(f"splits: train {len(data.train)}, dev {len(data.dev)} ({config['datarc']['split']} split), "
-                    f"test {fold_session(fold)} ({len(data.test)})")
+        trainer.log(
+            f"splits: train {len(data.train)}, dev {len(data.dev)} ({config['datarc']['split']} split), "
+            f"test {fold_session(fold)} ({len(data.test)})"
+        )
         trainer.train()
         if not dist.is_leader:
             return None
@@ -117,8 +132,10 @@ def run_fold(
             model.upstream.model.save_pretrained(str(fold_dir / "text_encoder"))
             model.upstream.tokenizer.save_pretrained(str(fold_dir / "text_encoder"))
         report, loss = trainer.evaluate("test")
-        trainer.log(f"test of the exported model ({'average of' if export.averaged else 'best of'} steps "
-                    f"{[e.step for e in export.entries]}): wa {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}")
+        trainer.log(
+            f"test of the exported model ({'average of' if export.averaged else 'best of'} steps "
+            f"{[e.step for e in export.entries]}): wa {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}"
+        )
         record = {
             "base_upstream": upstream_name,
             "base_ckpt": upstream_ckpt,

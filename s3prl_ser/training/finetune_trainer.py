@@ -78,9 +78,12 @@ class FoldTrainer:
         self.schedule = Schedule.from_runner(config["runner"])
         optimizer = build_optimizer(model, config["optimizer"])
         self.optimizer_step = OptimizerStep(
-            optimizer, warmup_linear_decay(optimizer, config["scheduler"]["warmup_steps"], self.schedule.total_steps),
-            clipping=self.schedule.clipping, accumulate=self.schedule.accumulate,
-            amp=bool(config["runner"]["fp16"]), device_type=self.device.type,
+            optimizer,
+            warmup_linear_decay(optimizer, config["scheduler"]["warmup_steps"], self.schedule.total_steps),
+            clipping=self.schedule.clipping,
+            accumulate=self.schedule.accumulate,
+            amp=bool(config["runner"]["fp16"]),
+            device_type=self.device.type,
         )
         self.states = StatesFiles(fold_dir, keep=1)
         self.best = BestCheckpoints(fold_dir, config["checkpoint_averaging"]["best_k"], prefix="dev-top")
@@ -174,8 +177,9 @@ class FoldTrainer:
         self._scalars("dev", {"wa": report.wa, "ua": report.ua, "loss": loss}, step)
         self.log(f"dev at step {step}: wa {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}")
         for name in self.best.offer(step, report.wa):  # dev accuracy only, never test
-            state = converted_checkpoint(self.base_fields, self.model.upstream.model.state_dict(),
-                                         self.model.head.state_dict())
+            state = converted_checkpoint(
+                self.base_fields, self.model.upstream.model.state_dict(), self.model.head.state_dict()
+            )
             atomic_torch_save(state, self.fold_dir / name)
         return []  # the dev-top files are written above, in the converted format
 
@@ -210,13 +214,23 @@ class FoldTrainer:
             return loss
 
         loop = TrainingLoop(
-            self.schedule, self.optimizer_step,
-            batches=lambda epoch, start: train_loader(self.data.train, datarc, seed=self.seed, epoch=epoch,
-                                                      start=start, rank=self.dist.rank,
-                                                      world_size=self.dist.world_size),
+            self.schedule,
+            self.optimizer_step,
+            batches=lambda epoch, start: train_loader(
+                self.data.train,
+                datarc,
+                seed=self.seed,
+                epoch=epoch,
+                start=start,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+            ),
             batches_per_epoch=global_batches_per_epoch(len(self.data.train), datarc["train_batch_size"]),
-            ddp_modules=[model] if self.dist.enabled else [], leader=self.dist.is_leader,
-            barrier=self.dist.barrier, gather=self.dist.gather, description=f"fine-tuning {self.data.fold}",
+            ddp_modules=[model] if self.dist.enabled else [],
+            leader=self.dist.is_leader,
+            barrier=self.dist.barrier,
+            gather=self.dist.gather,
+            description=f"fine-tuning {self.data.fold}",
         )
         loop.run(progress, compute_loss, _Hooks(self))
 

@@ -120,8 +120,16 @@ class OptimizerStep:
         (False, True, True)
     """
 
-    def __init__(self, optimizer: Optimizer, scheduler: Any | None = None, *, clipping: float,
-                 accumulate: int = 1, amp: bool = False, device_type: str = "cpu") -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        scheduler: Any | None = None,
+        *,
+        clipping: float,
+        accumulate: int = 1,
+        amp: bool = False,
+        device_type: str = "cpu",
+    ) -> None:
         check_fp16(amp, device_type)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.clipping, self.accumulate = clipping, accumulate
@@ -199,11 +207,19 @@ class TrainingLoop:
         description: the progress bar's label.
     """
 
-    def __init__(self, schedule: Schedule, optimizer_step: OptimizerStep, *,
-                 batches: Callable[[int, int], Iterable[Any]], batches_per_epoch: int,
-                 ddp_modules: Sequence[nn.Module] = (), leader: bool = True,
-                 barrier: Callable[[], None] = lambda: None,
-                 gather: Callable[[Any], list[Any]] = lambda value: [value], description: str = "train") -> None:
+    def __init__(
+        self,
+        schedule: Schedule,
+        optimizer_step: OptimizerStep,
+        *,
+        batches: Callable[[int, int], Iterable[Any]],
+        batches_per_epoch: int,
+        ddp_modules: Sequence[nn.Module] = (),
+        leader: bool = True,
+        barrier: Callable[[], None] = lambda: None,
+        gather: Callable[[Any], list[Any]] = lambda value: [value],
+        description: str = "train",
+    ) -> None:
         if batches_per_epoch < 1:
             raise ValueError("the training split yields no batch")
         self.schedule, self.optimizer_step = schedule, optimizer_step
@@ -228,8 +244,13 @@ class TrainingLoop:
             if self.leader:
                 hooks.save(progress, [], True)
             self.barrier()
-        bar = tqdm(total=schedule.total_steps, initial=progress.step, desc=self.description,
-                   dynamic_ncols=True, disable=not self.leader)
+        bar = tqdm(
+            total=schedule.total_steps,
+            initial=progress.step,
+            desc=self.description,
+            dynamic_ncols=True,
+            disable=not self.leader,
+        )
         try:
             while progress.step < schedule.total_steps:
                 epoch, start = divmod(progress.micro, self.batches_per_epoch)

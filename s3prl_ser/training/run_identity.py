@@ -15,13 +15,28 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RUN_ARGS", "RUNTIME_SETTINGS", "run_identity", "differences", "significant_differences", "describe", "previous_run_files"]
+__all__ = [
+    "RUN_ARGS",
+    "RUNTIME_SETTINGS",
+    "run_identity",
+    "differences",
+    "significant_differences",
+    "describe",
+    "previous_run_files",
+]
 
 # Arguments that change what is trained (the rest: where, on which device, how verbose).
 RUN_ARGS = (
-    "upstream", "upstream_ckpt", "upstream_model_config", "upstream_trainable",
-    "upstream_feature_selection", "upstream_layer_selection", "upstream_feature_normalize",
-    "downstream", "downstream_variant", "seed",
+    "upstream",
+    "upstream_ckpt",
+    "upstream_model_config",
+    "upstream_trainable",
+    "upstream_feature_selection",
+    "upstream_layer_selection",
+    "upstream_feature_normalize",
+    "downstream",
+    "downstream_variant",
+    "seed",
 )
 # Config settings that say how data is fed, not what is learned: they may always change.
 RUNTIME_SETTINGS = frozenset({"num_workers", "eval_batch_size", "pre_load"})
@@ -44,9 +59,12 @@ def significant_differences(old: Any, new: Any, *, resuming: bool = False) -> li
     accumulation: a resumed run's position is counted in micro-batches."""
     lines = differences(json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str)))
     keys = [line.split(": ", 1)[0] for line in lines]
-    return [line for line, key in zip(lines, keys)
-            if key.rsplit(".", 1)[-1] not in RUNTIME_SETTINGS
-            and not (resuming and key.startswith("config.runner.") and key != _ACCUMULATION)]
+    return [
+        line
+        for line, key in zip(lines, keys)
+        if key.rsplit(".", 1)[-1] not in RUNTIME_SETTINGS
+        and not (resuming and key.startswith("config.runner.") and key != _ACCUMULATION)
+    ]
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -70,8 +70,13 @@ class _RunnerHooks:
     def log(self, step: int) -> None:
         if self.leader:
             self.runner.downstream.model.log_records(
-                self.split, records=self.records, logger=self.logger, global_step=step,
-                batch_ids=self.batch_ids, total_batch_num=len(self.batch_ids))
+                self.split,
+                records=self.records,
+                logger=self.logger,
+                global_step=step,
+                batch_ids=self.batch_ids,
+                total_batch_num=len(self.batch_ids),
+            )
             self.records, self.batch_ids = defaultdict(list), []
 
     def evaluate(self, step: int) -> list[str]:
@@ -142,17 +147,23 @@ class SERRunner(Runner):
         if is_initialized() and get_rank() == 0:
             barrier()
         return self._init_model(
-            model=model, name="Upstream", trainable=self.args.upstream_trainable,
+            model=model,
+            name="Upstream",
+            trainable=self.args.upstream_trainable,
             interfaces=["get_downsample_rates"],
         )
 
     def _get_featurizer(self):
         model = build_featurizer(
-            _unwrap(self.upstream.model), self.args.upstream_feature_selection, self.args.upstream_layer_selection,
-            self.args.device, self.args.upstream_feature_normalize,
+            _unwrap(self.upstream.model),
+            self.args.upstream_feature_selection,
+            self.args.upstream_layer_selection,
+            self.args.device,
+            self.args.upstream_feature_normalize,
         ).to(self.args.device)
-        return self._init_model(model=model, name="Featurizer", trainable=True,
-                                interfaces=["output_dim", "downsample_rate"])
+        return self._init_model(
+            model=model, name="Featurizer", trainable=True, interfaces=["output_dim", "downsample_rate"]
+        )
 
     def _train_batches(self, split: str, epoch: int, start: int) -> Iterable:
         """This process's batches of ``epoch`` from global batch ``start`` on."""
@@ -199,14 +210,24 @@ class SERRunner(Runner):
             else:
                 entry.model.eval()
         optimizer = get_optimizer(trainable_models, schedule.total_steps, self.config["optimizer"])
-        scheduler = (get_scheduler(optimizer, schedule.total_steps, self.config["scheduler"])
-                     if self.config.get("scheduler") else None)
-        optimizer_step = OptimizerStep(optimizer, scheduler, clipping=schedule.clipping, accumulate=schedule.accumulate,
-                                       amp=bool(runner.get("fp16", False)), device_type=device.type)
+        scheduler = (
+            get_scheduler(optimizer, schedule.total_steps, self.config["scheduler"])
+            if self.config.get("scheduler")
+            else None
+        )
+        optimizer_step = OptimizerStep(
+            optimizer,
+            scheduler,
+            clipping=schedule.clipping,
+            accumulate=schedule.accumulate,
+            amp=bool(runner.get("fp16", False)),
+            device_type=device.type,
+        )
         progress = Progress()
         if "Step" in self.init_ckpt:  # resuming (-e / -a): a states or dev-top checkpoint (checked by the CLI)
-            progress = restore_progress(self.init_ckpt, optimizer_step, schedule.accumulate,
-                                        rank=get_rank() if is_initialized() else 0)
+            progress = restore_progress(
+                self.init_ckpt, optimizer_step, schedule.accumulate, rank=get_rank() if is_initialized() else 0
+            )
         specaug = None
         if self.config.get("specaug"):
             from s3prl.downstream.specaug import SpecAug
@@ -229,12 +250,15 @@ class SERRunner(Runner):
             return expert(split, features, *others, records=hooks.records)
 
         loop = TrainingLoop(
-            schedule, optimizer_step,
+            schedule,
+            optimizer_step,
             batches=lambda epoch, start: self._train_batches(split, epoch, start),
             batches_per_epoch=self._batches_per_epoch(split),
             ddp_modules=[m for m in trainable_models if isinstance(m, DistributedDataParallel)],
-            leader=leader, barrier=barrier if is_initialized() else (lambda: None),
-            gather=all_gather if is_initialized() else (lambda value: [value]), description="overall",
+            leader=leader,
+            barrier=barrier if is_initialized() else (lambda: None),
+            gather=all_gather if is_initialized() else (lambda value: [value]),
+            description="overall",
         )
         try:
             loop.run(progress, compute_loss, hooks)
@@ -295,6 +319,8 @@ class SERRunner(Runner):
             "identity": run_identity(self.args, self.config),
         }
         (expdir / FINAL_RECORD).write_text(json.dumps(record, indent=1))
-        print(f"[SERRunner] - reported model {final} ({len(entries)} checkpoint(s), steps "
-              f"{sorted(e.step for e in entries)}); test results in {expdir / record['test_metrics']}")
+        print(
+            f"[SERRunner] - reported model {final} ({len(entries)} checkpoint(s), steps "
+            f"{sorted(e.step for e in entries)}); test results in {expdir / record['test_metrics']}"
+        )
         return final

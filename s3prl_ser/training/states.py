@@ -26,8 +26,15 @@ import torch
 
 from s3prl_ser.compat import atomic_torch_save
 
-__all__ = ["Progress", "StatesFiles", "seed_everything", "capture_rng", "restore_rng", "training_state",
-           "restore_progress"]
+__all__ = [
+    "Progress",
+    "StatesFiles",
+    "seed_everything",
+    "capture_rng",
+    "restore_rng",
+    "training_state",
+    "restore_progress",
+]
 
 _STATES = re.compile(r"^states-(\d+)\.ckpt$")
 
