@@ -1,5 +1,8 @@
 """Helpers shared by the tests (plain functions; fixtures live in conftest.py)."""
 
+import subprocess
+import sys
+
 import torch
 
 TINY_ECAPA = (
@@ -31,6 +34,31 @@ def overrides(root, meta, steps=12, every=4, k=2, extra=""):
             ],
         )
     )
+
+
+def train_args(expdir, opts=None, *, upstream="fbank", ckpt=None, task="emotion_ecapa", extra=()):
+    """run_downstream argv: ``-m train -u UPSTREAM [-k CKPT] -d TASK [-p EXPDIR] --device cpu *EXTRA [-o OPTS]``.
+
+    ``expdir=None`` leaves out ``-p`` and ``opts=None`` leaves out ``-o``; ``-o`` always comes last.
+    """
+    argv = ["-m", "train", "-u", upstream]
+    if ckpt is not None:
+        argv += ["-k", str(ckpt)]
+    argv += ["-d", task]
+    if expdir is not None:
+        argv += ["-p", str(expdir)]
+    argv += ["--device", "cpu", *extra]
+    if opts is not None:
+        argv += ["-o", opts]
+    return argv
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
+
+
+def torchrun(*args, **subprocess_kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` of torchrun with 2 processes on this machine: ``TORCHRUN + [*args]``."""
+    return subprocess.run([*TORCHRUN, *args], **subprocess_kwargs)
 
 
 def pad_with_noise(x: torch.Tensor, lengths: torch.Tensor, time_dim: int = 1) -> torch.Tensor:

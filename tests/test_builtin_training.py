@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 
+from helpers import train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.data.prepare_iemocap import prepare
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR
@@ -23,24 +24,13 @@ def test_short_fbank_ecapa_training_beats_chance(tmp_path):
         prepare(corpus, tmp_path / "meta")
     expdir = tmp_path / "exp"
     run_downstream(
-        [
-            "-m",
-            "train",
-            "-u",
-            "fbank",
-            "-d",
-            "emotion_ecapa",
-            "-p",
-            str(expdir),
-            "--device",
-            "cpu",
-            "-c",
-            str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
-            "-o",
+        train_args(
+            expdir,
             f"config.downstream_expert.datarc.root={corpus},,config.downstream_expert.datarc.meta_data={tmp_path / 'meta'},,"
             "config.runner.total_steps=200,,config.downstream_expert.datarc.test_fold=fold3,,"
             "config.downstream_expert.checkpoint_averaging.best_k=3",
-        ]
+            extra=("-c", str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml")),
+        )
     )
     metrics = json.loads((expdir / "test_fold3_metrics.json").read_text())
     assert metrics["num_utterances"] == 50

@@ -5,6 +5,7 @@ import argparse
 import pytest
 import yaml
 
+from helpers import train_args
 from s3prl_ser.cli.run_downstream import load_task_config, requested_run
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.config import (
@@ -218,24 +219,14 @@ def test_stock_s3prl_emotion_config_merges_as_itself(tmp_path):
 @pytest.mark.usefixtures("one_thread")
 def test_stock_s3prl_emotion_config_trains(mini_corpus, mini_meta, tmp_path):
     run_downstream(
-        [
-            "-m",
-            "train",
-            "-u",
-            "fbank",
-            "-d",
-            "emotion",
-            "-c",
-            str(_write(tmp_path, STOCK_EMOTION)),
-            "-p",
-            str(tmp_path / "run"),
-            "--device",
-            "cpu",
-            "-o",
+        train_args(
+            tmp_path / "run",
             f"config.downstream_expert.datarc.root={mini_corpus},,config.downstream_expert.datarc.meta_data={mini_meta},,"
             "config.runner.total_steps=2,,config.runner.eval_step=2,,config.runner.save_step=2,,"
             "config.runner.log_step=2,,config.downstream_expert.datarc.num_workers=0",
-        ]
+            task="emotion",
+            extra=("-c", str(_write(tmp_path, STOCK_EMOTION))),
+        )
     )
     assert (tmp_path / "run" / "dev-best.ckpt").is_file() and (tmp_path / "run" / "test_fold1_predict.txt").is_file()
 

@@ -15,7 +15,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from helpers import overrides
+from helpers import overrides, train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.compat import safe_torch_load
 
@@ -30,24 +30,7 @@ def meta(mini_meta):
 @pytest.fixture(scope="module")
 def trained(mini_corpus, meta, tmp_path_factory):
     expdir = tmp_path_factory.mktemp("exp") / "fold2"
-    run_downstream(
-        [
-            "-m",
-            "train",
-            "-u",
-            "fbank",
-            "-d",
-            "emotion_ecapa",
-            "-p",
-            str(expdir),
-            "--device",
-            "cpu",
-            "-v",
-            "fold2",
-            "-o",
-            overrides(mini_corpus, meta),
-        ]
-    )  # s3prl's -v picks the fold
+    run_downstream(train_args(expdir, overrides(mini_corpus, meta), extra=("-v", "fold2")))  # s3prl's -v picks the fold
     return expdir
 
 
@@ -89,20 +72,9 @@ def test_test_set_never_selects(mini_corpus, meta, tmp_path):
     for name, meta_dir in (("original", meta), ("scrambled", scrambled)):
         expdir = tmp_path / name
         run_downstream(
-            [
-                "-m",
-                "train",
-                "-u",
-                "fbank",
-                "-d",
-                "emotion_ecapa",
-                "-p",
-                str(expdir),
-                "--device",
-                "cpu",
-                "-o",
-                overrides(mini_corpus, meta_dir, extra="config.downstream_expert.datarc.test_fold=fold2"),
-            ]
+            train_args(
+                expdir, overrides(mini_corpus, meta_dir, extra="config.downstream_expert.datarc.test_fold=fold2")
+            )
         )
         runs[name] = expdir
     assert (runs["original"] / "dev-top.json").read_text() == (runs["scrambled"] / "dev-top.json").read_text()
@@ -115,20 +87,10 @@ def test_test_set_never_selects(mini_corpus, meta, tmp_path):
 
 def test_averaging_off_reports_single_best(mini_corpus, meta, tmp_path):
     run_downstream(
-        [
-            "-m",
-            "train",
-            "-u",
-            "fbank",
-            "-d",
-            "emotion_ecapa",
-            "-p",
-            str(tmp_path),
-            "--device",
-            "cpu",
-            "-o",
+        train_args(
+            tmp_path,
             overrides(mini_corpus, meta, steps=8, extra="config.downstream_expert.checkpoint_averaging.average=false"),
-        ]
+        )
     )
     final = json.loads((tmp_path / "final.json").read_text())
     assert final["checkpoint"] == "dev-best.ckpt" and not final["averaged"]
@@ -153,22 +115,7 @@ def test_resume_continues_from_last_step(mini_corpus, meta, tmp_path):
 
 def test_named_run_resumes_where_it_was_moved(mini_corpus, meta, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    run_downstream(
-        [
-            "-m",
-            "train",
-            "-u",
-            "fbank",
-            "-d",
-            "emotion_ecapa",
-            "-n",
-            "named",
-            "--device",
-            "cpu",
-            "-o",
-            overrides(mini_corpus, meta, steps=8, every=4),
-        ]
-    )
+    run_downstream(train_args(None, overrides(mini_corpus, meta, steps=8, every=4), extra=("-n", "named")))
     assert (tmp_path / "result" / "downstream" / "named" / "states-8.ckpt").is_file()
     shutil.move(tmp_path / "result" / "downstream" / "named", tmp_path / "moved")
     run_downstream(
@@ -184,19 +131,9 @@ def test_killed_run_resumes(mini_corpus, meta, tmp_path):
     cmd = [
         sys.executable,
         str(REPO / "run_downstream.py"),
-        "-m",
-        "train",
-        "-u",
-        "fbank",
-        "-d",
-        "emotion_ecapa",
-        "-p",
-        str(tmp_path),
-        "--device",
-        "cpu",
-        "-a",
-        "-o",
-        overrides(mini_corpus, meta, steps=400, every=2, extra="config.runner.max_keep=2"),
+        *train_args(
+            tmp_path, overrides(mini_corpus, meta, steps=400, every=2, extra="config.runner.max_keep=2"), extra=("-a",)
+        ),
     ]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
@@ -348,22 +285,13 @@ def test_config_errors_are_clear(mini_corpus, meta, tmp_path):
 
 def test_stock_emotion_task_still_works(mini_corpus, meta, tmp_path):
     run_downstream(
-        [
-            "-m",
-            "train",
-            "-u",
-            "fbank",
-            "-d",
-            "emotion",
-            "-p",
-            str(tmp_path),
-            "--device",
-            "cpu",
-            "-o",
+        train_args(
+            tmp_path,
             f"config.downstream_expert.datarc.root={mini_corpus},,config.downstream_expert.datarc.meta_data={meta},,"
             "config.runner.total_steps=4,,config.runner.eval_step=4,,config.runner.save_step=4,,"
             "config.runner.log_step=4,,config.downstream_expert.datarc.num_workers=0",
-        ]
+            task="emotion",
+        )
     )
     assert (tmp_path / "dev-best.ckpt").is_file() and (tmp_path / "test_fold1_predict.txt").is_file()
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from helpers import overrides as downstream_overrides
+from helpers import torchrun, train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.compat import safe_torch_load
 from upstream_ft.__main__ import main as upstream_ft
@@ -75,21 +76,7 @@ def downstream(mini_corpus, mini_meta, tmp_path_factory):
     opts = downstream_overrides(mini_corpus, mini_meta, steps=12, every=2, k=3, extra=SPECAUG)
 
     def argv(name: str) -> list[str]:
-        return [
-            "-m",
-            "train",
-            "-u",
-            "fbank",
-            "-d",
-            "emotion_ecapa",
-            "-p",
-            str(root / name),
-            "--device",
-            "cpu",
-            "-a",
-            "-o",
-            opts,
-        ]
+        return train_args(root / name, opts, extra=("-a",))
 
     run_downstream(argv("straight"))
     return root, argv
@@ -192,31 +179,11 @@ def test_two_process_run_resumes_bit_identically(mini_corpus, mini_meta, tmp_pat
     opts = downstream_overrides(mini_corpus, mini_meta, steps=8, every=2, k=2, extra=SPECAUG)
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
-    def torchrun(script: Path, *args: str, name: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "torch.distributed.run",
-                "--nproc_per_node",
-                "2",
-                "--standalone",
-                str(script),
-                *args,
-                "-m",
-                "train",
-                "-u",
-                "fbank",
-                "-d",
-                "emotion_ecapa",
-                "-p",
-                str(tmp_path / name),
-                "--device",
-                "cpu",
-                "-a",
-                "-o",
-                opts,
-            ],
+    def two_processes(script: Path, *args: str, name: str) -> subprocess.CompletedProcess:
+        return torchrun(
+            str(script),
+            *args,
+            *train_args(tmp_path / name, opts, extra=("-a",)),
             cwd=REPO,
             env=env,
             capture_output=True,
@@ -224,12 +191,12 @@ def test_two_process_run_resumes_bit_identically(mini_corpus, mini_meta, tmp_pat
             timeout=600,
         )
 
-    straight = torchrun(REPO / "run_downstream.py", name="straight")
+    straight = two_processes(REPO / "run_downstream.py", name="straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = torchrun(KILL_AT, "update", "5", "run_downstream", name="resumed")
+    killed = two_processes(KILL_AT, "update", "5", "run_downstream", name="resumed")
     assert killed.returncode != 0 and states_steps(tmp_path / "resumed") == [4]
     assert len(safe_torch_load(tmp_path / "resumed" / "states-4.ckpt")["RNG"]) == 2  # one per process
-    resumed = torchrun(REPO / "run_downstream.py", name="resumed")
+    resumed = two_processes(REPO / "run_downstream.py", name="resumed")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     for name in ("dev-avg.ckpt", "states-8.ckpt"):
         a, b = (safe_torch_load(tmp_path / run / name) for run in ("straight", "resumed"))

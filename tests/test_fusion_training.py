@@ -1,14 +1,12 @@
 """Several upstreams in one run, early and late fusion, and DDP with 2 processes on CPU."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import overrides
+from helpers import overrides, torchrun, train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.compat import safe_torch_load
 
@@ -23,22 +21,12 @@ def meta(mini_meta):
 @pytest.mark.parametrize("fusion", ["early", "late"])
 def test_fbank_and_hubert_fusion_trains_and_averages(fusion, mini_corpus, meta, tiny_upstreams, tmp_path):
     run_downstream(
-        [
-            "-m",
-            "train",
-            "-u",
-            "fbank,hubert_local",
-            "-k",
-            f",{tiny_upstreams['hubert']}",
-            "-d",
-            "emotion_ecapa",
-            "-p",
-            str(tmp_path),
-            "--device",
-            "cpu",
-            "-o",
+        train_args(
+            tmp_path,
             overrides(mini_corpus, meta, steps=8, extra=f"config.downstream_expert.modelrc.fusion={fusion}"),
-        ]
+            upstream="fbank,hubert_local",
+            ckpt=f",{tiny_upstreams['hubert']}",
+        )
     )
     final = json.loads((tmp_path / "final.json").read_text())
     averaged = safe_torch_load(tmp_path / "dev-avg.ckpt")
@@ -59,20 +47,7 @@ def test_fbank_and_hubert_fusion_trains_and_averages(fusion, mini_corpus, meta, 
 def test_early_fusion_of_fbank_alone_is_refused(mini_corpus, meta, tmp_path):
     with pytest.raises(SystemExit, match="^error: .*needs several upstreams"):
         run_downstream(
-            [
-                "-m",
-                "train",
-                "-u",
-                "fbank",
-                "-d",
-                "emotion_ecapa",
-                "-p",
-                str(tmp_path),
-                "--device",
-                "cpu",
-                "-o",
-                overrides(mini_corpus, meta, extra="config.downstream_expert.modelrc.fusion=early"),
-            ]
+            train_args(tmp_path, overrides(mini_corpus, meta, extra="config.downstream_expert.modelrc.fusion=early"))
         )
 
 
@@ -80,34 +55,13 @@ def test_two_processes_match_one(mini_corpus, meta, tiny_upstreams, tmp_path):
     """torchrun with 2 gloo processes on CPU trains the same model as 1 process (mean pooling:
     no BatchNorm, whose train-mode statistics are per process on CPU)."""
     opts = overrides(mini_corpus, meta, steps=8, every=4, extra="config.downstream_expert.modelrc.aggregator=mean")
-    args = [
-        "-m",
-        "train",
-        "-u",
-        "hubert_local",
-        "-k",
-        str(tiny_upstreams["hubert"]),
-        "-d",
-        "emotion_ecapa",
-        "--device",
-        "cpu",
-        "-o",
-        opts,
-    ]
+    args = train_args(None, opts, upstream="hubert_local", ckpt=tiny_upstreams["hubert"])
     run_downstream(args + ["-p", str(tmp_path / "one")])
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--standalone",
-            str(REPO / "run_downstream.py"),
-            *args,
-            "-p",
-            str(tmp_path / "two"),
-        ],
+    two = torchrun(
+        str(REPO / "run_downstream.py"),
+        *args,
+        "-p",
+        str(tmp_path / "two"),
         capture_output=True,
         text=True,
         timeout=600,

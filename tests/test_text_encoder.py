@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from helpers import die_after_saving, overrides
+from helpers import die_after_saving, overrides, train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.cli.tiny_bert import main as tiny_bert_cli
 from s3prl_ser.compat import safe_torch_load
@@ -128,22 +128,7 @@ def test_text_stream_in_emotion_ecapa(experiment, tiny_bert, mini_corpus, mini_m
         extra.append("config.downstream_expert.text.speech=false")
     else:
         extra.append("config.downstream_expert.modelrc.fusion=late")
-    run_downstream(
-        [
-            "-m",
-            "train",
-            "-u",
-            "fbank",
-            "-d",
-            "emotion_ecapa",
-            "-p",
-            str(tmp_path),
-            "--device",
-            "cpu",
-            "-o",
-            overrides(mini_corpus, mini_meta, steps=8, extra=",,".join(extra)),
-        ]
-    )
+    run_downstream(train_args(tmp_path, overrides(mini_corpus, mini_meta, steps=8, extra=",,".join(extra))))
     averaged = safe_torch_load(tmp_path / "dev-avg.ckpt")
     aggregators = {k.split(".")[2] for k in averaged["Downstream"] if k.startswith("model.aggregators.")}
     assert aggregators == ({"0"} if experiment == "text_only" else {"0", "1"})
@@ -159,25 +144,15 @@ def test_text_stream_in_emotion_ecapa(experiment, tiny_bert, mini_corpus, mini_m
 def test_text_cannot_be_fused_early(tiny_bert, mini_corpus, mini_meta, tmp_path):
     with pytest.raises(SystemExit, match="^error: .*can only be fused late"):
         run_downstream(
-            [
-                "-m",
-                "train",
-                "-u",
-                "fbank",
-                "-d",
-                "emotion_ecapa",
-                "-p",
-                str(tmp_path),
-                "--device",
-                "cpu",
-                "-o",
+            train_args(
+                tmp_path,
                 overrides(
                     mini_corpus,
                     mini_meta,
                     extra=f"config.downstream_expert.text.encoder={tiny_bert},,"
                     "config.downstream_expert.modelrc.fusion=early",
                 ),
-            ]
+            )
         )
 
 
@@ -308,22 +283,7 @@ def test_text_export_feeds_the_downstream_text_stream(text_ft, mini_corpus, mini
     ft_dir, _ = text_ft
 
     def downstream(expdir, extra):
-        run_downstream(
-            [
-                "-m",
-                "train",
-                "-u",
-                "fbank",
-                "-d",
-                "emotion_ecapa",
-                "-p",
-                str(expdir),
-                "--device",
-                "cpu",
-                "-o",
-                overrides(mini_corpus, mini_meta, steps=4, every=2, extra=extra),
-            ]
-        )
+        run_downstream(train_args(expdir, overrides(mini_corpus, mini_meta, steps=4, every=2, extra=extra)))
 
     downstream(
         tmp_path / "exp10",

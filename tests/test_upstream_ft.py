@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import die_after_saving
+from helpers import die_after_saving, torchrun, train_args
 from s3prl_ser.compat import safe_torch_load
 from upstream_ft.__main__ import main as upstream_ft
 
@@ -333,22 +333,8 @@ def _downstream(ft_dir, corpus, meta, expdir, test_fold):
     from s3prl_ser.cli.run_downstream import main as run_downstream
 
     run_downstream(
-        [
-            "-m",
-            "train",
-            "-u",
-            "hubert_ft_avg",
-            "-k",
-            str(ft_dir),
-            "-d",
-            "emotion_ecapa",
-            "-c",
-            str(REPO / "downstream/emotion_ecapa/paper/exp4.yaml"),
-            "-p",
-            str(expdir),
-            "--device",
-            "cpu",
-            "-o",
+        train_args(
+            expdir,
             ",,".join(
                 [
                     f"config.downstream_expert.datarc.root={corpus}",
@@ -362,7 +348,10 @@ def _downstream(ft_dir, corpus, meta, expdir, test_fold):
                     "config.runner.gradient_accumulate_steps=1",
                 ]
             ),
-        ]
+            upstream="hubert_ft_avg",
+            ckpt=ft_dir,
+            extra=("-c", str(REPO / "downstream/emotion_ecapa/paper/exp4.yaml")),
+        )
     )
 
 
@@ -443,20 +432,12 @@ def test_two_processes_fine_tune_like_one(tiny_upstreams, mini_corpus, meta, tmp
     ]
     upstream_ft(argv + ["-p", str(tmp_path / "one")])
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    two = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--standalone",
-            "-m",
-            "upstream_ft",
-            *argv,
-            "-p",
-            str(tmp_path / "two"),
-        ],
+    two = torchrun(
+        "-m",
+        "upstream_ft",
+        *argv,
+        "-p",
+        str(tmp_path / "two"),
         cwd=REPO,
         env=env,
         capture_output=True,
