@@ -53,6 +53,14 @@ def train_args(expdir, opts=None, *, upstream="fbank", ckpt=None, task="emotion_
     return argv
 
 
+def finetune_args(upstream, ckpt, fold, ft_dir, opts):
+    """``python -m upstream_ft`` argv: ``-u UPSTREAM [-k CKPT] --folds FOLD [-p FT_DIR] --device cpu -o OPTS``
+    (``ckpt=None`` leaves out ``-k``, ``ft_dir=None`` leaves out ``-p``)."""
+    argv = ["-u", upstream] + (["-k", str(ckpt)] if ckpt is not None else []) + ["--folds", fold]
+    argv += ["-p", str(ft_dir)] if ft_dir is not None else []
+    return argv + ["--device", "cpu", "-o", opts]
+
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
 
 

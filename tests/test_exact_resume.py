@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import finetune_args, torchrun, train_args
 from helpers import overrides as downstream_overrides
-from helpers import torchrun, train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.compat import safe_torch_load
 from upstream_ft.__main__ import main as upstream_ft
@@ -131,20 +131,9 @@ def finetune(tiny_upstreams, mini_corpus, mini_meta, tmp_path_factory):
     root = tmp_path_factory.mktemp("exact_finetune")
 
     def argv(name: str) -> list[str]:
-        return [
-            "-u",
-            "hubert_local",
-            "-k",
-            str(tiny_upstreams["hubert"]),
-            "--folds",
-            "fold1",
-            "-p",
-            str(root / name),
-            "--device",
-            "cpu",
-            "-o",
-            finetune_overrides(mini_corpus, mini_meta),
-        ]
+        return finetune_args(
+            "hubert_local", tiny_upstreams["hubert"], "fold1", root / name, finetune_overrides(mini_corpus, mini_meta)
+        )
 
     upstream_ft(argv("straight"))
     return root, argv

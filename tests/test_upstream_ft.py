@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import die_after_saving, torchrun, train_args
+from helpers import die_after_saving, finetune_args, torchrun, train_args
 from s3prl_ser.compat import safe_torch_load
 from upstream_ft.__main__ import main as upstream_ft
 
@@ -52,22 +52,7 @@ def overrides(corpus, meta, steps=8, every=2, k=2, extra=""):
 
 
 def cli(arch, tiny, ft_dir, fold, opts):
-    return upstream_ft(
-        [
-            "-u",
-            f"{arch}_local",
-            "-k",
-            str(tiny[arch]),
-            "--folds",
-            fold,
-            "-p",
-            str(ft_dir),
-            "--device",
-            "cpu",
-            "-o",
-            opts,
-        ]
-    )
+    return upstream_ft(finetune_args(f"{arch}_local", tiny[arch], fold, ft_dir, opts))
 
 
 @pytest.fixture(scope="module")
@@ -192,20 +177,7 @@ def test_rerun_skips_exported_folds_and_prints_the_table(runs, tiny_upstreams, m
         SystemExit, match=r"exported with other settings \(base_ckpt: .*tiny_hubert.pt' -> .*tiny_wav2vec2.pt'"
     ):
         upstream_ft(
-            [
-                "-u",
-                "hubert_local",
-                "-k",
-                str(tiny_upstreams["wav2vec2"]),
-                "--folds",
-                fold,
-                "-p",
-                str(ft_dir),
-                "--device",
-                "cpu",
-                "-o",
-                overrides(mini_corpus, meta),
-            ]
+            finetune_args("hubert_local", tiny_upstreams["wav2vec2"], fold, ft_dir, overrides(mini_corpus, meta))
         )
     assert (ft_dir / fold / "upstream.ckpt").stat().st_mtime_ns == before
 
@@ -258,20 +230,9 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_upstreams, mini_corpus,
 
 
 def test_killed_process_resumes_and_finishes(tiny_upstreams, mini_corpus, meta, tmp_path):
-    argv = [
-        "-u",
-        "hubert_local",
-        "-k",
-        str(tiny_upstreams["hubert"]),
-        "--folds",
-        "fold5",
-        "-p",
-        str(tmp_path),
-        "--device",
-        "cpu",
-        "-o",
-        overrides(mini_corpus, meta, steps=300, k=2),
-    ]
+    argv = finetune_args(
+        "hubert_local", tiny_upstreams["hubert"], "fold5", tmp_path, overrides(mini_corpus, meta, steps=300, k=2)
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     process = subprocess.Popen(
         [sys.executable, "-m", "upstream_ft", *argv],
@@ -377,13 +338,15 @@ def test_downstream_refuses_upstream_of_another_fold(runs, mini_corpus, meta, tm
 
 @pytest.mark.parametrize("number", range(1, 7))
 def test_paper_configs(number):
-    import yaml
-
     from downstream.emotion_ecapa.expert import AVERAGING_KEYS, DATARC_KEYS, MODELRC_KEYS
+    from s3prl_ser.cli.run_downstream import load_task_config
+    from s3prl_ser.hub.registry import register
 
     path = REPO / "downstream/emotion_ecapa/paper" / f"exp{number}.yaml"
     text = path.read_text()
-    expert = yaml.safe_load(text)["downstream_expert"]
+    register()
+    # The experiment as run_downstream.py runs it: the file merged over emotion_ecapa's defaults.
+    expert = load_task_config("emotion_ecapa", str(path))["downstream_expert"]
     assert set(expert["datarc"]) <= DATARC_KEYS and set(expert["modelrc"]) <= MODELRC_KEYS
     assert set(expert["checkpoint_averaging"]) <= AVERAGING_KEYS
     assert f"Table 1, experiment {number}:" in text.splitlines()[0]
@@ -391,6 +354,7 @@ def test_paper_configs(number):
     assert f"-u {base}_ft_avg" in text and f"python -m upstream_ft -u {base} " in text
     assert expert["modelrc"]["aggregator"] == ("ecapa" if number >= 5 else "mean")
     assert expert["checkpoint_averaging"]["average"] is (number >= 3)
+    assert expert["datarc"]["split"] == "superb"  # as stage 1's default: dev never seen by the upstream
     assert ("config.checkpoint_averaging.average=false" in text) is (number <= 2)  # FT stage averaging
 
 
@@ -418,18 +382,8 @@ def test_two_processes_fine_tune_like_one(tiny_upstreams, mini_corpus, meta, tmp
         "hubert", base["model_cfg"], base["task_cfg"], base["dictionaries_symbols"]
     ).state_dict()
     torch.save(base, tmp_path / "no_dropout.pt")
-    argv = [
-        "-u",
-        "hubert_local",
-        "-k",
-        str(tmp_path / "no_dropout.pt"),
-        "--folds",
-        "fold2",
-        "--device",
-        "cpu",
-        "-o",
-        overrides(mini_corpus, meta, steps=4, every=2, k=2, extra="config.optimizer.name=SGD"),
-    ]
+    opts = overrides(mini_corpus, meta, steps=4, every=2, k=2, extra="config.optimizer.name=SGD")
+    argv = finetune_args("hubert_local", tmp_path / "no_dropout.pt", "fold2", None, opts)
     upstream_ft(argv + ["-p", str(tmp_path / "one")])
     env = dict(os.environ, OMP_NUM_THREADS="1")
     two = torchrun(
