@@ -34,16 +34,31 @@ def trained(mini_corpus, meta, tmp_path_factory):
     return expdir
 
 
-def test_training_writes_reported_model_and_predictions(trained):
+def _labels(path):
+    """``<utterance> <label>`` lines (s3prl's format) -> [(utterance, label), ...]."""
+    return [tuple(line.split()) for line in path.read_text().splitlines()]
+
+
+def test_training_writes_reported_model_and_predictions(trained, meta):
     final = json.loads((trained / "final.json").read_text())
     assert final["checkpoint"] == "dev-avg.ckpt" and final["averaged"] is True
     assert len(final["selected"]) == 2
-    truth = (trained / "test_fold2_truth.txt").read_text().splitlines()
-    predict = (trained / "test_fold2_predict.txt").read_text().splitlines()
+    truth = _labels(trained / "test_fold2_truth.txt")
+    predict = _labels(trained / "test_fold2_predict.txt")
     assert len(truth) == len(predict) == 5  # Session2 of the mini corpus
-    assert [t.split()[0] for t in truth] == [p.split()[0] for p in predict]
+    assert [t[0] for t in truth] == [p[0] for p in predict]
+    items = json.loads((meta / "Session2" / "test_meta_data.json").read_text())["meta_data"]
+    assert truth == [(Path(item["path"]).stem, item["label"]) for item in items]
     metrics = json.loads((trained / "test_fold2_metrics.json").read_text())
-    assert metrics["num_utterances"] == 5 and 0 <= metrics["ua"] <= 1
+    assert metrics["num_utterances"] == 5
+    pairs = [(t[1], p[1]) for t, p in zip(truth, predict)]
+    assert metrics["wa"] == pytest.approx(sum(t == p for t, p in pairs) / len(pairs))
+    present = sorted({t for t, _ in pairs})
+    recall = {c: sum(t == p == c for t, p in pairs) / sum(t == c for t, _ in pairs) for c in present}
+    assert metrics["ua"] == pytest.approx(sum(recall.values()) / len(recall))
+    assert {c: metrics["recall"][c] for c in present} == pytest.approx(recall)
+    classes = metrics["labels"]
+    assert metrics["confusion"] == [[sum(pair == (t, p) for pair in pairs) for p in classes] for t in classes]
     assert list(trained.glob("config_*.yaml")) and list(trained.glob("versions_*.yaml"))
     assert list(trained.glob("events.out.tfevents.*"))
 
@@ -52,9 +67,28 @@ def test_averaged_model_is_the_mean_of_the_k_best(trained):
     final = json.loads((trained / "final.json").read_text())
     states = [safe_torch_load(trained / s["file"]) for s in final["selected"]]
     averaged = safe_torch_load(trained / "dev-avg.ckpt")
-    key = "model.classifier.weight"
-    expected = sum(s["Downstream"][key] for s in states) / len(states)
-    assert torch.allclose(averaged["Downstream"][key], expected, atol=1e-6)
+    assert len(states) == 2
+    sections = [name for name in ("Upstream", "Featurizer", "Downstream") if name in states[0]]
+    assert "Downstream" in sections and "Featurizer" in sections  # fbank: an empty Featurizer state
+    assert all([name for name in ("Upstream", "Featurizer", "Downstream") if name in s] == sections for s in states)
+    assert [name for name in ("Upstream", "Featurizer", "Downstream") if name in averaged] == sections
+    keys = list(states[0]["Downstream"])
+    for suffix in ("running_mean", "running_var", "num_batches_tracked"):  # ECAPA's BatchNorm buffers
+        assert any(key.endswith(f".norm.{suffix}") for key in keys), suffix
+    counts = [[int(s["Downstream"][k]) for s in states] for k in keys if k.endswith("num_batches_tracked")]
+    assert any(len(set(c)) > 1 for c in counts)  # the integer rule's "differ" case is exercised
+    for section in sections:
+        assert list(averaged[section]) == list(states[0][section])
+        assert all(set(s[section]) == set(states[0][section]) for s in states)
+        for key, got in averaged[section].items():
+            values = [s[section][key] for s in states]
+            assert got.dtype == values[0].dtype and got.shape == values[0].shape, key
+            if values[0].is_floating_point():
+                expected = (sum(v.double() for v in values) / len(values)).to(values[0].dtype)
+                torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7, msg=key)
+            else:  # integers: the floor of the mean (which keeps identical values as they are)
+                columns = zip(*(v.flatten().tolist() for v in values))
+                assert got.flatten().tolist() == [sum(column) // len(column) for column in columns], key
     assert averaged["ClassNames"] == ["neu", "hap", "ang", "sad"]
     assert averaged["Averaged"]["steps"] == [s["step"] for s in final["selected"]]
 
@@ -172,7 +206,7 @@ def test_averaging_cli_output_is_a_usable_model(trained, tmp_path):
     )
 
 
-def test_inference_api_and_cli(trained, tmp_path, capsys, monkeypatch):
+def test_inference_api_and_cli(trained, mini_corpus, meta, tmp_path, capsys, monkeypatch):
     from s3prl_ser.inference import EmotionRecognizer
 
     recognizer = EmotionRecognizer.from_pretrained(trained)
@@ -180,7 +214,12 @@ def test_inference_api_and_cli(trained, tmp_path, capsys, monkeypatch):
     stereo_44k = rng.uniform(-0.3, 0.3, size=(44100, 2)).astype("float32")
     sf.write(tmp_path / "a.wav", stereo_44k, 44100)
     single = recognizer.predict(tmp_path / "a.wav")
-    assert single.label in ("neu", "hap", "ang", "sad")
+    assert list(single.probabilities) == ["neu", "hap", "ang", "sad"]
+    assert single.label == max(single.probabilities, key=single.probabilities.get)
+    items = json.loads((meta / "Session2" / "test_meta_data.json").read_text())["meta_data"]
+    test_set = recognizer.predict_batch([mini_corpus / item["path"] for item in items])
+    predicted = [(Path(item["path"]).stem, p.label) for item, p in zip(items, test_set)]
+    assert predicted == _labels(trained / "test_fold2_predict.txt")  # what the run wrote for the same model
     assert sum(single.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     short = rng.uniform(-0.3, 0.3, 8000).astype("float32")
     batch = recognizer.predict_batch([tmp_path / "a.wav", short], sample_rate=16000)

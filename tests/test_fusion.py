@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from helpers import randomize_batchnorm
 from s3prl_ser.data.sampler import GlobalBatchSampler
 from s3prl_ser.hub.multi_upstream import split_names
 from s3prl_ser.models.fusion import EmotionClassifier, align_streams, pool_frames
@@ -44,6 +45,42 @@ def test_fusion_is_independent_of_batching(fusion):
         alone = torch.cat([model([[f], [h]]) for f, h in zip(fbank, hubert)])
     assert batched.shape == (3, 4)
     assert torch.allclose(batched, alone, atol=1e-5)
+
+
+def _pool_pairs_by_hand(frames, length):
+    """Frame j of the 20 ms stream: the mean of 10 ms frames 2j and 2j+1 (only 2j if 2j+1 is past the end)."""
+    out = []
+    for j in range(length):
+        run = [frames[i] for i in (2 * j, 2 * j + 1) if i < frames.shape[0]]
+        out.append(sum(run) / len(run))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("aggregator", ["ecapa", "mean"])
+def test_early_fusion_is_the_aggregator_over_aligned_concatenated_frames(aggregator):
+    torch.manual_seed(0)
+    model = EmotionClassifier([6, 4], [160, 320], 4, aggregator=aggregator, ecapa=SMALL_ECAPA, fusion="early")
+    randomize_batchnorm(model)
+    model.eval()
+    # (10 ms frames, 20 ms frames): fbank pools to one frame more (hubert's length kept), the same
+    # count with a one-frame trailing run, one frame fewer (hubert cut), two more (fbank cut).
+    frame_counts = [(19, 9), (11, 6), (22, 12), (13, 5)]
+    fbank = [torch.randn(n_fbank, 6) for n_fbank, _ in frame_counts]
+    hubert = [torch.randn(n_hubert, 4) for _, n_hubert in frame_counts]
+
+    lengths = [min(-(-n_fbank // 2), n_hubert) for n_fbank, n_hubert in frame_counts]
+    assert lengths == [9, 6, 11, 5]
+    padded = torch.zeros(len(lengths), max(lengths), 6 + 4)
+    for b, length in enumerate(lengths):
+        padded[b, :length, :6] = _pool_pairs_by_hand(fbank[b], length)
+        padded[b, :length, 6:] = hubert[b][:length]
+    assert torch.equal(padded[1, 5, :6], fbank[1][10])  # the trailing run of one frame is that frame
+    with torch.no_grad():
+        expected = model.aggregators[0](padded, torch.tensor(lengths))
+        embedding = model.embed([fbank, hubert])
+        logits = model([fbank, hubert])
+    torch.testing.assert_close(embedding, expected)
+    torch.testing.assert_close(logits, model.classifier(expected))
 
 
 def test_late_fusion_concatenates_embeddings():
