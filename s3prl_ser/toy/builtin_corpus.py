@@ -449,8 +449,9 @@ def _render_all(utterances: list[_Utterance], root: pathlib.Path, data_dir: str)
     """Render all wavs concurrently; return each utterance's duration in seconds."""
     with tempfile.TemporaryDirectory() as scratch:
         scratch = pathlib.Path(scratch)
-        variants = _espeak_overlay(pathlib.Path(data_dir), scratch)
         for u in utterances:
+            # One overlay per utterance: espeak-ng lists every variant of its folder and stops at 349.
+            variants = _espeak_overlay(pathlib.Path(data_dir), scratch / u.name)
             base = (pathlib.Path(data_dir) / "voices" / "!v" / u.speaker.variant).read_text()
             (variants / u.name).write_text(_variant_file(u, base))
             (root / f"Session{u.session}" / "sentences" / "wav" / u.dialog).mkdir(parents=True, exist_ok=True)
@@ -503,7 +504,7 @@ def _render(u: _Utterance, root: pathlib.Path, scratch: pathlib.Path) -> int:
     _run(
         [
             "espeak-ng",
-            f"--path={scratch}",
+            f"--path={scratch / u.name}",
             "-v",
             f"{u.speaker.language}+{u.name}",
             "-s",
