@@ -1,19 +1,46 @@
-"""Hub entries for fine-tuned upstreams: FT_DIR/<fold> resolution, the fold guard, registration."""
+"""Hub entries for fine-tuned upstreams: FT_DIR/<fold> resolution, the fold guard, registration.
+
+The guard's end-to-end behaviour on real stage-1 files is in test_protocol.py; here its rules
+on checkpoints stamped by hand.
+"""
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
 
+from s3prl_ser.data.protocol import FoldProtocol, ProtocolMismatchError
 from s3prl_ser.hub.ft_hub import (
+    LOADER_KEY,
+    PROTOCOL_KEY,
     FoldMismatchError,
+    check_fine_tuned,
     hubert_ft_avg,
     is_ft_avg_entry,
     make_ft_avg_entry,
+    recorded_protocol,
     register_ft_avg_entries,
     resolve_ft_checkpoint,
 )
+
+
+def protocol(fold: str) -> FoldProtocol:
+    split = {"rule": "superb", "valid_ratio": 0.2, "seed": 0, "file_order": "sorted"}
+    return FoldProtocol(fold, "corpus-digest", split, "dev-digest", {"train": 8, "dev": 2, "test": 5})
+
+
+def stamp(src, dst, fold=None, loader="hubert_local"):
+    """A copy of the converted checkpoint ``src`` as stage 1 writes it: head, loader and (for
+    ``fold``) the fold protocol; ``fold=None`` leaves the protocol out (an older export)."""
+    state = torch.load(src, weights_only=True)
+    state.update({"ft_head": {"linear.weight": torch.zeros(4, 2)}, LOADER_KEY: loader})
+    if fold is not None:
+        state[PROTOCOL_KEY] = protocol(fold).to_dict()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, dst)
+    return dst
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +48,8 @@ def ft_dir(tiny_upstreams, tmp_path_factory):
     """FT_DIR laid out as `python -m upstream_ft` writes it: HuBERT for fold1 and fold2."""
     root = tmp_path_factory.mktemp("ft_dir")
     for fold in ("fold1", "fold2"):
-        (root / fold).mkdir()
-        shutil.copy(tiny_upstreams["hubert"], root / fold / "upstream.ckpt")
-        (root / fold / "upstream.json").write_text(
-            json.dumps({"fold": fold, "loader": "hubert_local", "base_upstream": "hubert_local"})
-        )
+        stamp(tiny_upstreams["hubert"], root / fold / "upstream.ckpt", fold)
+        (root / fold / "upstream.json").write_text(json.dumps({"fold": fold, "base_upstream": "hubert_local"}))
     return root
 
 
@@ -66,9 +90,56 @@ def test_missing_inputs_are_clear_errors(ft_dir, tmp_path):
         resolve_ft_checkpoint(ft_dir, "fold4")
     with pytest.raises(ValueError, match="invalid fold"):
         resolve_ft_checkpoint(ft_dir, "Session1")
-    shutil.copy(ft_dir / "fold1" / "upstream.ckpt", tmp_path / "upstream.ckpt")
-    with pytest.raises(FileNotFoundError, match="upstream.json not found"):
-        resolve_ft_checkpoint(tmp_path / "upstream.ckpt", "fold1")
+
+
+def test_the_guard_travels_inside_the_checkpoint(ft_dir, tmp_path):
+    """A fine-tuned upstream.ckpt copied without its upstream.json keeps its fold."""
+    alone = tmp_path / "copied.ckpt"
+    shutil.copy(ft_dir / "fold1" / "upstream.ckpt", alone)
+    assert recorded_protocol(alone) == (protocol("fold1").to_dict(), True)
+    with pytest.raises(FoldMismatchError, match=r"fine-tuned for fold1.*requested for fold3"):
+        resolve_ft_checkpoint(alone, "fold3")
+    with pytest.raises(FoldMismatchError, match=r"fine-tuned for fold1.*requested for fold3"):
+        check_fine_tuned(alone, "fold3")
+    assert resolve_ft_checkpoint(alone, "fold1") == alone
+
+
+def test_fine_tuned_without_a_record_is_refused(tiny_upstreams, tmp_path):
+    """An older export (head, no protocol) could hold any fold's test session: refused for every fold."""
+    old = stamp(tiny_upstreams["hubert"], tmp_path / "old.ckpt")
+    for fold in ("fold1", "fold4"):
+        with pytest.raises(FoldMismatchError, match="fine-tuned checkpoint .* records no fold"):
+            check_fine_tuned(old, fold)
+    check_fine_tuned(old, None)  # inference: no test set to leak
+    plain = tmp_path / "sub" / "pretrained.ckpt"
+    plain.parent.mkdir()
+    shutil.copy(tiny_upstreams["hubert"], plain)
+    check_fine_tuned(plain, "fold4")  # pretrained weights: nothing recorded, nothing claimed
+    (plain.parent / "upstream.json").write_text("{}")  # ...unless upstream_ft metadata lies beside it
+    with pytest.raises(FoldMismatchError, match="records no fold"):
+        check_fine_tuned(plain, "fold4")
+    with pytest.raises(FoldMismatchError, match="not an export of `python -m upstream_ft`"):
+        resolve_ft_checkpoint(tiny_upstreams["hubert"], "fold1")
+
+
+def test_another_split_or_corpus_is_refused(ft_dir):
+    export = ft_dir / "fold1" / "upstream.ckpt"
+    same = protocol("fold1")
+    check_fine_tuned(export, same)
+    speaker = replace(same, split={"rule": "speaker", "dev_sessions": ["Ses02"], "file_order": "sorted"})
+    with pytest.raises(
+        ProtocolMismatchError, match=r"split rule: 'superb' vs 'speaker'.*split valid_ratio: 0.2 vs None"
+    ):
+        check_fine_tuned(export, speaker)
+    listdir = replace(same, split={**same.split, "file_order": "listdir"}, dev="other-dev")
+    with pytest.raises(ProtocolMismatchError, match="split file_order: 'sorted' vs 'listdir'"):
+        check_fine_tuned(export, listdir)
+    with pytest.raises(ProtocolMismatchError, match="another dev set with the same settings"):
+        check_fine_tuned(export, replace(same, dev="other-dev"))
+    with pytest.raises(ProtocolMismatchError, match="other meta data"):
+        check_fine_tuned(export, replace(same, corpus="other-corpus"))
+    with pytest.raises(FoldMismatchError):  # the fold is checked first
+        check_fine_tuned(export, replace(speaker, fold="fold2"))
 
 
 def test_registered_entries_load_through_the_hub(ft_dir):
@@ -88,7 +159,7 @@ def test_registered_entries_load_through_the_hub(ft_dir):
 
 
 def test_entry_refuses_another_family_and_unknown_bases(ft_dir):
-    with pytest.raises(ValueError, match="not a wav2vec2 upstream.*-u hubert_ft_avg"):
+    with pytest.raises(ValueError, match="loaded by hubert_local, not a wav2vec2 upstream.*-u hubert_ft_avg"):
         make_ft_avg_entry("wav2vec2")(ckpt=str(ft_dir), fold="fold1")
     with pytest.raises(ValueError, match="no nosuchmodel_local entry"):
         make_ft_avg_entry("nosuchmodel")

@@ -106,8 +106,10 @@ def test_transcripts_errors(tmp_path):
 def test_resolve_text_encoder_fold_guard(tiny_bert, tmp_path):
     assert resolve_ft_text_encoder(tiny_bert, "fold2") == tiny_bert  # not fine-tuned: no fold
     export = tmp_path / "ft" / "fold1"
-    export.mkdir(parents=True)
+    (export / "text_encoder").mkdir(parents=True)
     (export / "upstream.json").write_text(json.dumps({"fold": "fold1", "loader": "text", "modality": "text"}))
+    record = {"fold": "fold1", "corpus": "c", "split": {"rule": "superb"}, "dev": "d", "sizes": {}}
+    (export / "text_encoder" / "config.json").write_text(json.dumps({"ser_protocol": record}))
     assert resolve_ft_text_encoder(tmp_path / "ft", "fold1") == export / "text_encoder"
     assert resolve_ft_text_encoder(export, "fold1") == export / "text_encoder"
     with pytest.raises(FoldMismatchError, match="fine-tuned for fold1.*requested for fold3"):
@@ -119,6 +121,9 @@ def test_resolve_text_encoder_fold_guard(tiny_bert, tmp_path):
     (speech / "upstream.json").write_text(json.dumps({"fold": "fold1", "loader": "hubert_local", "modality": "speech"}))
     with pytest.raises(ValueError, match="fine-tuned speech upstream.*not a text encoder"):
         resolve_ft_text_encoder(speech.parent, "fold1")
+    (export / "text_encoder" / "config.json").write_text("{}")  # an export that records no fold
+    with pytest.raises(FoldMismatchError, match="records no fold"):
+        resolve_ft_text_encoder(export, "fold1")
 
 
 @pytest.mark.parametrize("experiment", ["text_only", "fbank_and_text"])
@@ -297,3 +302,27 @@ def test_text_export_feeds_the_downstream_text_stream(text_ft, mini_corpus, mini
             f"config.downstream_expert.text.encoder={ft_dir / 'fold1'},,"
             "config.downstream_expert.datarc.test_fold=fold2",
         )
+
+
+@pytest.mark.parametrize("selection", ["last_hidden_state", "hidden_states"])
+def test_text_stream_layer_is_configured_in_one_place(selection, tiny_bert, mini_corpus, mini_meta, tmp_path):
+    """``text.feature_selection``: the frozen encoder's last layer, or the equal-weight mean of all layers."""
+    import importlib
+
+    from s3prl_ser.cli.run_downstream import load_task_config
+    from s3prl_ser.hub.registry import register
+
+    register()
+    DownstreamExpert = importlib.import_module("s3prl.downstream.emotion_ecapa.expert").DownstreamExpert
+    expert_config = load_task_config("emotion_ecapa")["downstream_expert"]
+    expert_config["datarc"].update(root=str(mini_corpus), meta_data=str(mini_meta), num_workers=0)
+    expert_config["text"].update(encoder=str(tiny_bert), feature_selection=selection, speech=False)
+    expert = DownstreamExpert(16, expert_config, str(tmp_path), upstream_rate=160)
+    names = [name for _, _, name in [expert.test_dataset[i] for i in range(2)]]
+    streams = expert._text_stream(names, torch.device("cpu"))
+    reference = TextEncoder(tiny_bert).eval()
+    with torch.no_grad():
+        layers, lengths = reference.hidden_states(transcripts_for(names, expert.transcripts, expert.transcripts_path))
+    expected = layers[-1] if selection == "last_hidden_state" else torch.stack(layers).mean(dim=0)
+    for stream, full, length in zip(streams, expected, lengths.tolist()):
+        torch.testing.assert_close(stream, full[:length], atol=1e-5, rtol=1e-5)

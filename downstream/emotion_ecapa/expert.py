@@ -43,7 +43,7 @@ DATARC_KEYS = {
 }
 MODELRC_KEYS = {"aggregator", "ecapa", "fusion"}
 AVERAGING_KEYS = {"best_k", "average"}
-TEXT_KEYS = {"encoder", "transcripts", "speech"}
+TEXT_KEYS = {"encoder", "transcripts", "speech", "feature_selection"}
 
 
 class DownstreamExpert(nn.Module):
@@ -89,6 +89,7 @@ class DownstreamExpert(nn.Module):
         data = load_fold_data(self.datarc, self.fold, where=where)
         meta_dir = Path(self.datarc["meta_data"])
         self.class_names = data.class_names
+        self.protocol = data.protocol
         self.train_dataset, self.dev_dataset, self.test_dataset = data.train, data.dev, data.test
         print(
             f"[Expert] - {self.fold}: test {fold_session(self.fold)} ({len(self.test_dataset)}), "
@@ -143,15 +144,16 @@ class DownstreamExpert(nn.Module):
         """The frozen text encoder over the transcripts (paper experiments 10-11).
 
         ``text.encoder`` is a Hugging Face encoder directory, or the FT_DIR of ``python -m
-        upstream_ft -u text``, whose per-fold export for this fold is used (fold-checked). The
+        upstream_ft -u text``, whose per-fold export for this fold is used (checked against this
+        fold, corpus and split). The
         encoder is kept out of the module tree: checkpoints then hold only the trained
         downstream, and the encoder is rebuilt from the config.
         """
         from s3prl_ser.hub.ft_hub import resolve_ft_text_encoder
         from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts
 
-        encoder_dir = resolve_ft_text_encoder(self.textrc["encoder"], self.fold)
-        encoder = TextEncoder(str(encoder_dir))
+        encoder_dir = resolve_ft_text_encoder(self.textrc["encoder"], self.protocol)
+        encoder = TextEncoder(str(encoder_dir), self.textrc.get("feature_selection", "last_hidden_state"))
         object.__setattr__(self, "_text", encoder.eval().requires_grad_(False))
         self.transcripts_path = Path(self.textrc.get("transcripts") or meta_dir / "transcripts.json")
         self.transcripts = load_transcripts(self.transcripts_path)

@@ -4,7 +4,10 @@
         -o "config.datarc.root=IEMOCAP_ROOT,,config.datarc.meta_data=META_DIR"
 
 writes ``FT_DIR/<fold>/upstream.ckpt`` (loadable with ``-u hubert_local -k`` that file, or
-``-u hubert_ft_avg -k FT_DIR`` for the fold being tested) and ``upstream.json`` beside it.
+``-u hubert_ft_avg -k FT_DIR`` for the fold being tested) and ``upstream.json`` beside it;
+with ``config.checkpoint_averaging.export_best`` also the same run's single best checkpoint
+in ``FT_DIR/best/<fold>/`` (``-k FT_DIR/best``). Each checkpoint records the fold, corpus and
+train/dev split it was trained on; stage 2 refuses it for any other.
 ``-u text -k HF_DIR`` fine-tunes a local Hugging Face text encoder (BERT) on the transcripts
 instead (``config.datarc.transcripts``, default ``META_DIR/transcripts.json``) and also writes
 ``FT_DIR/<fold>/text_encoder/`` (``save_pretrained``), which ``TextEncoder`` and the
@@ -30,7 +33,7 @@ from s3prl_ser.config import apply_overrides, load_config
 from s3prl_ser.data.folds import FOLDS, check_fold
 from s3prl_ser.hub.ft_hub import FT_CHECKPOINT
 from s3prl_ser.training.distributed import Distributed, setup_distributed
-from s3prl_ser.training.finetune import exported_metadata, run_fold
+from s3prl_ser.training.finetune import best_export_dir, exported_metadata, run_fold
 from s3prl_ser.training.finetune_config import DEFAULT_CONFIG, validate_config
 
 __all__ = ["build_parser", "summary_table", "main"]
@@ -117,9 +120,10 @@ def _run_folds(
     skipped: set[str] = set()
     for fold in folds:
         fold_dir = args.ft_dir / fold
-        done = exported_metadata(
-            fold_dir, {"base_upstream": args.upstream, "base_ckpt": args.upstream_ckpt, "config": config}
-        )
+        requested = {"base_upstream": args.upstream, "base_ckpt": args.upstream_ckpt, "config": config}
+        done = exported_metadata(fold_dir, requested)
+        if config["checkpoint_averaging"]["export_best"] and exported_metadata(best_export_dir(fold_dir)) is None:
+            done = None  # killed between the two exports: the resumed fold writes both
         if done is not None:
             if dist.is_leader:
                 print(f"[upstream_ft] {fold}: already exported to {fold_dir / FT_CHECKPOINT}, skipped")

@@ -18,12 +18,15 @@ __all__ = ["MetaData", "read_meta_data", "read_fold_meta", "EmotionDataset", "co
 
 
 class MetaData:
-    """A validated meta-data file: class names by id and the utterance list."""
+    """A validated meta-data file: class names by id, the utterance list, and the order the
+    list was written in (``file_order``, as ``prepare_iemocap`` records it; ``None`` when the
+    file does not say, e.g. stock s3prl's JSON)."""
 
-    def __init__(self, path: Path, labels: dict[str, int], items: list[dict]) -> None:
+    def __init__(self, path: Path, labels: dict[str, int], items: list[dict], file_order: str | None = None) -> None:
         self.path = path
         self.labels = labels
         self.items = items
+        self.file_order = file_order
 
     @property
     def class_names(self) -> list[str]:
@@ -64,7 +67,7 @@ def read_meta_data(path: str | os.PathLike, root: str | os.PathLike | None = Non
         if missing:
             shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
             raise FileNotFoundError(f"{path}: {len(missing)} audio file(s) missing under {root}: {shown}")
-    return MetaData(path, dict(labels), list(items))
+    return MetaData(path, dict(labels), list(items), data.get("file_order"))
 
 
 def read_fold_meta(meta_dir: str | os.PathLike, fold: str, root: str | os.PathLike) -> tuple[MetaData, MetaData]:

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 
 from s3prl_ser.config import ConfigError, require
 from s3prl_ser.data.emotion_dataset import EmotionDataset, collate, read_fold_meta
-from s3prl_ser.data.folds import speaker_disjoint_split, superb_train_dev_split
+from s3prl_ser.data.folds import SUPERB_SPLIT_SEED, speaker_disjoint_split, superb_train_dev_split, utterance_speaker
+from s3prl_ser.data.protocol import FoldProtocol, digest
 from s3prl_ser.data.sampler import GlobalBatchSampler, epoch_seed
 
 __all__ = ["SPLITS", "FoldData", "load_fold_data", "train_loader", "eval_loader"]
@@ -32,7 +33,8 @@ SPLITS = ("superb", "speaker")
 @dataclass(frozen=True)
 class FoldData:
     """The three splits of one fold; ``class_names[i]`` is class id ``i``; ``split`` names the
-    rule that carved dev out of the training sessions."""
+    rule that carved dev out of the training sessions; ``protocol`` identifies all of it
+    (what stage 1 records in its checkpoints)."""
 
     fold: str
     class_names: list[str]
@@ -40,6 +42,7 @@ class FoldData:
     dev: EmotionDataset
     test: EmotionDataset
     split: str
+    protocol: FoldProtocol
 
 
 def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc", read_audio: bool = True) -> FoldData:
@@ -63,14 +66,24 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
     meta_dir = Path(require(datarc, "meta_data", where, f"pass -o config.{where}.meta_data=META_DIR"))
     train_meta, test_meta = read_fold_meta(meta_dir, fold, root)
     split = datarc.get("split", "superb")
+    paths = [item["path"] for item in train_meta.items]
     if split == "superb":
-        train_idx, dev_idx = superb_train_dev_split(len(train_meta.items), datarc.get("valid_ratio", 0.2))
+        valid_ratio = datarc.get("valid_ratio", 0.2)
+        train_idx, dev_idx = superb_train_dev_split(len(paths), valid_ratio)
+        rule = {"rule": split, "valid_ratio": valid_ratio, "seed": SUPERB_SPLIT_SEED}
     elif split == "speaker":
-        paths = [item["path"] for item in train_meta.items]
         train_idx, dev_idx = speaker_disjoint_split(paths, fold, datarc.get("dev_session"))
+        rule = {"rule": split, "dev_sessions": sorted({utterance_speaker(paths[i])[:5] for i in dev_idx})}
     else:
         raise ConfigError(f"{where}.split must be one of {', '.join(SPLITS)}, got {split!r}")
     options = dict(min_samples=datarc.get("min_samples", 400), read_audio=read_audio)
+    protocol = FoldProtocol(
+        fold=fold,
+        corpus=digest(f"{item['path']}\t{item['label']}" for item in train_meta.items + test_meta.items),
+        split={**rule, "file_order": train_meta.file_order},
+        dev=digest(paths[i] for i in dev_idx),
+        sizes={"train": len(train_idx), "dev": len(dev_idx), "test": len(test_meta.items)},
+    )
     return FoldData(
         fold=fold,
         class_names=train_meta.class_names,
@@ -78,6 +91,7 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
         dev=EmotionDataset(root, train_meta, indices=dev_idx, **options),
         test=EmotionDataset(root, test_meta, **options),
         split=split,
+        protocol=protocol,
     )
 
 

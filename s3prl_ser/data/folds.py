@@ -19,6 +19,7 @@ import torch
 
 __all__ = [
     "FOLDS",
+    "SUPERB_SPLIT_SEED",
     "fold_session",
     "check_fold",
     "utterance_speaker",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 FOLDS = ("fold1", "fold2", "fold3", "fold4", "fold5")
+SUPERB_SPLIT_SEED = 0  # s3prl's emotion expert: torch.manual_seed(0) before random_split
 _FOLD = re.compile(r"^fold([1-9][0-9]*)$")
 # e.g. Ses01F_impro01_M000, Ses03M_script02_1_F012
 _UTTERANCE = re.compile(r"^Ses(\d\d)[FM]_.*_([FM])\d+$")
@@ -76,7 +78,9 @@ def utterance_speaker(path: str) -> str:
     return f"Ses{match.group(1)}{match.group(2)}"
 
 
-def superb_train_dev_split(num_utterances: int, valid_ratio: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
+def superb_train_dev_split(
+    num_utterances: int, valid_ratio: float = 0.2, seed: int = SUPERB_SPLIT_SEED
+) -> tuple[list[int], list[int]]:
     """Indices of the train and dev parts of a fold's train list, as s3prl's emotion expert.
 
     Uses a private generator seeded like s3prl's global ``torch.manual_seed(0)``, so the

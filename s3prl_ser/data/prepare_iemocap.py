@@ -169,8 +169,11 @@ def prepare(
     for name in names:
         train = [u.meta() for s in names if s != name for u in per_session[s]]
         test = [u.meta() for u in per_session[name]]
-        _write_json({"labels": LABELS, "meta_data": train}, out / name / "train_meta_data.json")
-        _write_json({"labels": LABELS, "meta_data": test}, out / name / "test_meta_data.json")
+        # file_order: stock s3prl reads only labels and meta_data, so the extra key is harmless.
+        for split, items in (("train", train), ("test", test)):
+            _write_json(
+                {"labels": LABELS, "meta_data": items, "file_order": order}, out / name / f"{split}_meta_data.json"
+            )
     transcripts: dict[str, str] = {}
     for name in names:
         texts = read_transcripts(root / name)

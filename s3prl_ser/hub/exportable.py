@@ -16,6 +16,8 @@ from pathlib import Path
 
 from torch import nn
 
+from s3prl_ser.hub.ft_hub import FoldSpec
+
 __all__ = ["UnsupportedUpstreamError", "LoadedUpstream", "load_upstream", "export_loader"]
 
 
@@ -73,16 +75,18 @@ def _recording_converted_loads() -> Iterator[list[Path]]:
             module.load_converted_model = original
 
 
-def load_upstream(name: str, ckpt: str | None = None, fold: str | None = None) -> LoadedUpstream:
+def load_upstream(name: str, ckpt: str | None = None, fold: FoldSpec | None = None) -> LoadedUpstream:
     """Instantiate the s3prl hub entry ``name`` (with ``ckpt=`` when given), on CPU.
 
-    ``fold`` is the fold about to be fine-tuned: an ``upstream_ft`` export of another fold
-    as the starting point (or a ``*_ft_avg`` entry's) would carry that fold's training data,
-    which include this fold's test session.
+    ``fold`` is the fold about to be fine-tuned, or its protocol: an ``upstream_ft`` export
+    of another fold as the starting point (or a ``*_ft_avg`` entry's) would carry that fold's
+    training data, which include this fold's test session; one of another split, this
+    fold's dev utterances.
 
     Raises:
         ValueError: ``name`` is not an s3prl hub entry (close names are suggested).
-        FoldMismatchError: ``ckpt`` was fine-tuned for another fold.
+        FoldMismatchError: ``ckpt`` was fine-tuned for another fold, or records none.
+        ProtocolMismatchError: ``ckpt`` was fine-tuned on another corpus or split.
     """
     from s3prl_ser.hub.upstreams import build_upstream
 

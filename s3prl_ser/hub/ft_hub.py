@@ -1,19 +1,27 @@
-"""Hub entries for fine-tuned and averaged upstreams: ``hubert_ft_avg``, ``wav2vec2_ft_avg``, ...
+"""Hub entries for fine-tuned and averaged upstreams (``hubert_ft_avg``, ...) and the fold guard.
 
 ``python -m upstream_ft -u hubert -p FT_DIR`` writes one upstream per fold::
 
     FT_DIR/<fold>/upstream.ckpt    s3prl converted checkpoint (hubert_local / wav2vec2_local)
-    FT_DIR/<fold>/upstream.json    metadata: base upstream, fold, loader, dev selection, ...
+    FT_DIR/<fold>/upstream.json    human-readable metadata: base upstream, dev selection, test, ...
 
-``<base>_ft_avg(ckpt=FT_DIR, fold=FOLD)`` loads ``FT_DIR/FOLD/upstream.ckpt`` through the
-loader named in the metadata (``ckpt`` may also be the ``upstream.ckpt`` file itself). Each
-fold's upstream was fine-tuned on that fold's training sessions only; using it for another
-fold's test session would evaluate on utterances it was trained on, so a fold that differs
-from the metadata's raises :class:`FoldMismatchError`, and the fold must always be given.
+``<base>_ft_avg(ckpt=FT_DIR, fold=FOLD)`` loads ``FT_DIR/FOLD/upstream.ckpt`` (``ckpt`` may also
+be the file itself) through the loader the checkpoint names.
 
-Wiring into a runner is one call, with the fold being trained or evaluated::
+**The fold guard.** Every checkpoint stage 1 writes (states, dev-top, export; for text, the
+exported encoder's ``config.json``) carries the :class:`~s3prl_ser.data.protocol.FoldProtocol`
+it was trained under, under :data:`PROTOCOL_KEY`. Before a checkpoint is used for a fold,
+:func:`check_fine_tuned` compares that record with the fold (and, where the caller knows them,
+the corpus and the split) it is about to be trained or evaluated on: another fold would leak
+that fold's test session, another split or corpus would leak dev utterances. A checkpoint
+that claims to be fine-tuned (it carries a fine-tuning head, or an ``upstream.json`` lies
+beside it) but records no protocol is refused too. Files without either (pretrained
+weights) pass. The guard reads the checkpoint itself, so copying ``upstream.ckpt`` without its
+``upstream.json`` keeps it.
 
-    upstream = getattr(s3prl.hub, name)(ckpt=args.upstream_ckpt, fold=test_fold, **kwargs)
+Wiring into a runner is one call, with the fold (or its full protocol) being trained or evaluated::
+
+    upstream = getattr(s3prl.hub, name)(ckpt=args.upstream_ckpt, fold=protocol)
 """
 
 from __future__ import annotations
@@ -24,12 +32,20 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.data.folds import check_fold
+from s3prl_ser.data.protocol import FoldProtocol, ProtocolMismatchError, protocol_differences
+
 __all__ = [
     "FT_CHECKPOINT",
     "FT_METADATA",
     "FT_SUFFIX",
+    "LOADER_KEY",
+    "PROTOCOL_KEY",
     "FoldMismatchError",
-    "check_export_fold",
+    "FoldSpec",
+    "recorded_protocol",
+    "check_fine_tuned",
     "is_ft_avg_entry",
     "read_ft_metadata",
     "resolve_ft_checkpoint",
@@ -43,10 +59,16 @@ __all__ = [
 FT_CHECKPOINT = "upstream.ckpt"
 FT_METADATA = "upstream.json"
 FT_SUFFIX = "_ft_avg"
+PROTOCOL_KEY = "ser_protocol"  # in checkpoints and in an exported text encoder's config.json
+LOADER_KEY = "ft_loader"  # the hub entry that loads an exported upstream.ckpt
+
+FoldSpec = str | FoldProtocol
+"""What a consumer states about its data: the fold alone, or its full protocol."""
 
 
-class FoldMismatchError(ValueError):
-    """A fine-tuned upstream was requested for a fold other than the one it was fine-tuned for."""
+class FoldMismatchError(ProtocolMismatchError):
+    """A fine-tuned upstream was requested for a fold other than the one it was fine-tuned for,
+    or it claims to be fine-tuned but records no fold."""
 
 
 def is_ft_avg_entry(name: str) -> bool:
@@ -54,40 +76,110 @@ def is_ft_avg_entry(name: str) -> bool:
     return name.endswith(FT_SUFFIX) and len(name) > len(FT_SUFFIX)
 
 
+def _fold_name(fold: FoldSpec) -> str:
+    return check_fold(fold.fold if isinstance(fold, FoldProtocol) else fold)
+
+
 def read_ft_metadata(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """The ``upstream.json`` beside an exported ``upstream.ckpt``.
+    """The ``upstream.json`` beside an exported ``upstream.ckpt`` (for its human-readable fields).
 
     Raises:
         FileNotFoundError: no metadata beside the checkpoint.
-        ValueError: the metadata lacks ``fold`` or ``loader``.
     """
     path = Path(checkpoint).with_name(FT_METADATA)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: {checkpoint} is not an export of `python -m upstream_ft` "
-            "(its metadata names the fold and the loader)"
+        raise FileNotFoundError(f"{path} not found: {checkpoint} is not an export of `python -m upstream_ft`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _checkpoint_fields(path: Path) -> dict[str, Any]:
+    """The non-weight fields of a checkpoint file (memory-mapped: weights are not read);
+    ``{}`` for a file that is not a weights-only torch checkpoint (not one stage 1 wrote)."""
+    try:
+        state = safe_torch_load(path, mmap=True)
+    except (RuntimeError, OSError):
+        return {}
+    if not isinstance(state, dict):
+        return {}
+    return {key: state[key] for key in (PROTOCOL_KEY, LOADER_KEY, "ft_head") if key in state}
+
+
+def recorded_protocol(path: str | os.PathLike) -> tuple[dict[str, Any] | None, bool]:
+    """The fold protocol recorded in a checkpoint file or an exported text encoder directory,
+    and whether the path claims to be fine-tuned (a fine-tuning head, a recorded protocol, or
+    an ``upstream.json`` beside it).
+
+    Example:
+        >>> recorded_protocol("pretrained-weights-that-do-not-exist.pt")
+        (None, False)
+    """
+    path = Path(path)
+    sidecars = [path.parent / FT_METADATA] + ([path / FT_METADATA] if path.is_dir() else [])
+    beside = any(p.is_file() for p in sidecars)
+    if path.is_dir():
+        config = path / "config.json"
+        record = json.loads(config.read_text(encoding="utf-8")).get(PROTOCOL_KEY) if config.is_file() else None
+        return record, beside or record is not None
+    fields = _checkpoint_fields(path) if path.is_file() else {}
+    record = fields.get(PROTOCOL_KEY)
+    return record, beside or record is not None or "ft_head" in fields
+
+
+def check_fine_tuned(path: str | os.PathLike, fold: FoldSpec | None) -> None:
+    """The fold guard for a checkpoint file or encoder directory about to serve ``fold``.
+
+    Args:
+        path: an upstream checkpoint (``-k``) or a text encoder directory.
+        fold: the fold being trained or evaluated, or its full protocol (then the corpus and
+            the split are compared too); ``None`` (inference: no test set) checks nothing.
+
+    Raises:
+        FoldMismatchError: fine-tuned for another fold, or fine-tuned without a record.
+        ProtocolMismatchError: fine-tuned on other meta data or another train/dev split.
+    """
+    if fold is None:
+        return
+    fold_name = _fold_name(fold)
+    record, fine_tuned = recorded_protocol(path)
+    if record is None:
+        if fine_tuned:
+            raise FoldMismatchError(
+                f"{path} is a fine-tuned checkpoint (upstream_ft head or metadata) that records no fold: it may "
+                f"have been trained on {fold_name}'s test session; re-export it with this version of "
+                "`python -m upstream_ft`"
+            )
+        return
+    trained_for = record.get("fold")
+    if trained_for != fold_name:
+        raise FoldMismatchError(
+            f"{path} was fine-tuned for {trained_for} (its training data include the test session of "
+            f"{fold_name}), but it was requested for {fold_name}: using it would leak {fold_name}'s test set "
+            f"into training; use the export fine-tuned for {fold_name} (FT_DIR/{fold_name}/)"
         )
-    metadata = json.loads(path.read_text(encoding="utf-8"))
-    missing = [key for key in ("fold", "loader") if key not in metadata]
-    if missing:
-        raise ValueError(f"{path}: metadata lacks {', '.join(missing)}")
-    return metadata
+    if isinstance(fold, FoldProtocol):
+        differences = protocol_differences(record, fold)
+        if differences:
+            raise ProtocolMismatchError(
+                f"{path} was fine-tuned for {fold_name} on other data than this run's {fold_name}: "
+                + "; ".join(differences)
+                + ". Its training utterances may be in this run's dev set; use the same meta data and split "
+                "(datarc.split, valid_ratio, dev_session) in both stages"
+            )
 
 
-def resolve_ft_checkpoint(ckpt: str | os.PathLike | None, fold: str | None) -> Path:
-    """The exported checkpoint for ``fold``, after checking it was fine-tuned for that fold.
+def resolve_ft_checkpoint(ckpt: str | os.PathLike | None, fold: FoldSpec | None) -> Path:
+    """The exported checkpoint for ``fold``, after the fold guard (:func:`check_fine_tuned`).
 
     Args:
         ckpt: FT_DIR (the ``-p`` of ``python -m upstream_ft``), or an ``upstream.ckpt`` file.
-        fold: the fold whose test session the caller evaluates on, e.g. ``fold1``.
+        fold: the fold whose test session the caller evaluates on, e.g. ``fold1``, or its protocol.
 
     Raises:
         ValueError: ``ckpt`` or ``fold`` is missing.
         FileNotFoundError: no export for ``fold`` (the message lists the folds exported).
-        FoldMismatchError: the checkpoint was fine-tuned for another fold.
+        FoldMismatchError: the checkpoint was fine-tuned for another fold, or records none.
+        ProtocolMismatchError: fine-tuned on another corpus or split.
     """
-    from s3prl_ser.data.folds import check_fold
-
     if ckpt is None:
         raise ValueError("a fine-tuned upstream needs -k FT_DIR: the directory `python -m upstream_ft -p FT_DIR` wrote")
     if fold is None:
@@ -95,67 +187,37 @@ def resolve_ft_checkpoint(ckpt: str | os.PathLike | None, fold: str | None) -> P
             f"loading the fine-tuned upstream in {ckpt} needs the fold being trained or evaluated "
             "(fold=...): each fold has its own upstream, fine-tuned without that fold's test session"
         )
-    check_fold(fold)
+    fold_name = _fold_name(fold)
     ckpt = Path(ckpt)
-    path = ckpt / fold / FT_CHECKPOINT if ckpt.is_dir() else ckpt
+    path = ckpt / fold_name / FT_CHECKPOINT if ckpt.is_dir() else ckpt
     if not path.is_file():
         exported = sorted(p.parent.name for p in ckpt.glob(f"*/{FT_CHECKPOINT}")) if ckpt.is_dir() else []
         raise FileNotFoundError(
-            f"no fine-tuned upstream for {fold}: {path} does not exist (exported folds: "
-            f"{', '.join(exported) or 'none'}); run `python -m upstream_ft -u BASE -p {ckpt} --folds {fold}`"
+            f"no fine-tuned upstream for {fold_name}: {path} does not exist (exported folds: "
+            f"{', '.join(exported) or 'none'}); run `python -m upstream_ft -u BASE -p {ckpt} --folds {fold_name}`"
         )
-    _refuse_other_fold(path, read_ft_metadata(path)["fold"], fold)
+    if not recorded_protocol(path)[1]:
+        raise FoldMismatchError(f"{path} is not an export of `python -m upstream_ft`: it records no fold")
+    check_fine_tuned(path, fold)
     return path
 
 
-def _refuse_other_fold(path: Path, trained_for: str, fold: str) -> None:
-    if trained_for != fold:
-        raise FoldMismatchError(
-            f"{path} was fine-tuned for {trained_for} (its training data include the test session of "
-            f"{fold}), but it was requested for {fold}: using it would leak {fold}'s test set into "
-            f"training; use the export fine-tuned for {fold} (FT_DIR/{fold}/)"
-        )
-
-
-def check_export_fold(path: str | os.PathLike, fold: str | None) -> None:
-    """Apply the fold guard to a checkpoint or encoder directory given by path (``-k``).
-
-    ``hubert_local -k FT_DIR/fold3/upstream.ckpt`` or a text stream pointed at
-    ``FT_DIR/fold3/text_encoder`` bypass the ``*_ft_avg`` entries, so an ``upstream.json``
-    beside ``path`` (or, for a directory, inside it) is checked here. Paths without one
-    (pretrained weights) and ``fold=None`` (inference, no test set) pass.
-
-    Raises:
-        FoldMismatchError: the export was fine-tuned for another fold.
-    """
-    if fold is None:
-        return
-    path = Path(path)
-    candidates = [path.parent / FT_METADATA] + ([path / FT_METADATA] if path.is_dir() else [])
-    for metadata in filter(Path.is_file, candidates):
-        trained_for = json.loads(metadata.read_text(encoding="utf-8")).get("fold")
-        if trained_for is not None:
-            _refuse_other_fold(path, trained_for, fold)
-
-
-def resolve_ft_text_encoder(path: str | os.PathLike, fold: str) -> Path:
+def resolve_ft_text_encoder(path: str | os.PathLike, fold: FoldSpec) -> Path:
     """The text encoder directory to use for ``fold``.
 
     ``path`` is either a plain Hugging Face encoder directory (used as is: not fine-tuned on
     IEMOCAP, so no fold to check), or the FT_DIR of ``python -m upstream_ft -u text`` (or one
-    fold's directory in it), whose ``<fold>/text_encoder`` is returned after the fold guard of
-    :func:`resolve_ft_checkpoint`.
+    fold's directory in it), whose ``<fold>/text_encoder`` is returned after the fold guard.
 
     Raises:
-        FoldMismatchError: the export was fine-tuned for another fold.
+        FoldMismatchError: the export was fine-tuned for another fold, or records none.
+        ProtocolMismatchError: fine-tuned on another corpus or split.
         ValueError: the export is a speech upstream.
         FileNotFoundError: neither an encoder directory nor an export for ``fold``.
     """
-    from s3prl_ser.data.folds import check_fold
-
-    check_fold(fold)
+    fold_name = _fold_name(fold)
     path = Path(path)
-    export = path / fold if (path / fold / FT_METADATA).is_file() else path
+    export = path / fold_name if (path / fold_name / FT_METADATA).is_file() else path
     if (export / FT_METADATA).is_file():
         metadata = read_ft_metadata(export / FT_CHECKPOINT)
         if metadata.get("modality") != "text":
@@ -164,15 +226,15 @@ def resolve_ft_text_encoder(path: str | os.PathLike, fold: str) -> Path:
                 f"({metadata.get('base_upstream', '?')}), not a text encoder; give the FT_DIR of "
                 "`python -m upstream_ft -u text`"
             )
-        _refuse_other_fold(export, metadata["fold"], fold)
+        check_fine_tuned(export / "text_encoder", fold)
         return export / "text_encoder"
     if (path / "config.json").is_file():
-        check_export_fold(path, fold)  # FT_DIR/<fold>/text_encoder given directly
+        check_fine_tuned(path, fold)  # FT_DIR/<fold>/text_encoder given directly, or a plain encoder
         return path
     exported = sorted(p.parent.name for p in path.glob(f"*/{FT_METADATA}")) if path.is_dir() else []
     raise FileNotFoundError(
-        f"no text encoder for {fold} at {path}: neither a Hugging Face encoder directory nor an "
-        f"upstream_ft export for {fold} (exported folds: {', '.join(exported) or 'none'})"
+        f"no text encoder for {fold_name} at {path}: neither a Hugging Face encoder directory nor an "
+        f"upstream_ft export for {fold_name} (exported folds: {', '.join(exported) or 'none'})"
     )
 
 
@@ -188,13 +250,13 @@ def make_ft_avg_entry(base: str) -> Callable[..., Any]:
     if not callable(getattr(hub, loader, None)):
         raise ValueError(f"cannot make {base}{FT_SUFFIX}: s3prl has no {loader} entry to load its exports")
 
-    def entry(ckpt: str | None = None, fold: str | None = None, **kwargs: Any) -> Any:
+    def entry(ckpt: str | None = None, fold: FoldSpec | None = None, **kwargs: Any) -> Any:
         path = resolve_ft_checkpoint(ckpt, fold)
-        metadata = read_ft_metadata(path)
-        if metadata["loader"] != loader:
+        recorded = _checkpoint_fields(path).get(LOADER_KEY)
+        if recorded != loader:
             raise ValueError(
-                f"{path} holds a fine-tuned {metadata.get('base_upstream', '?')} loaded by "
-                f"{metadata['loader']}, not a {base} upstream; use -u {metadata['loader'].removesuffix('_local')}{FT_SUFFIX}"
+                f"{path} holds a fine-tuned upstream loaded by {recorded}, not a {base} upstream; "
+                f"use -u {str(recorded).removesuffix('_local')}{FT_SUFFIX}"
             )
         return getattr(hub, loader)(ckpt=str(path), **kwargs)
 
@@ -221,11 +283,11 @@ def register_ft_avg_entries(names: Iterable[str] = ("hubert", "wav2vec2")) -> li
     return registered
 
 
-def hubert_ft_avg(ckpt: str | None = None, fold: str | None = None, **kwargs: Any) -> Any:
+def hubert_ft_avg(ckpt: str | None = None, fold: FoldSpec | None = None, **kwargs: Any) -> Any:
     """HuBERT fine-tuned for ``fold`` and averaged: ``ckpt`` = FT_DIR or its ``<fold>/upstream.ckpt``."""
     return make_ft_avg_entry("hubert")(ckpt, fold, **kwargs)
 
 
-def wav2vec2_ft_avg(ckpt: str | None = None, fold: str | None = None, **kwargs: Any) -> Any:
+def wav2vec2_ft_avg(ckpt: str | None = None, fold: FoldSpec | None = None, **kwargs: Any) -> Any:
     """wav2vec 2.0 fine-tuned for ``fold`` and averaged: ``ckpt`` = FT_DIR or its ``<fold>/upstream.ckpt``."""
     return make_ft_avg_entry("wav2vec2")(ckpt, fold, **kwargs)

@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from s3prl_ser.hub.ft_hub import FoldSpec
 from s3prl_ser.hub.upstreams import build_upstream
 
 __all__ = ["split_names", "MultiUpstream", "MultiFeaturizer", "build_upstreams", "build_featurizer"]
@@ -58,9 +59,14 @@ class MultiFeaturizer(nn.Module):
 
 
 def build_upstreams(
-    upstream: str, ckpt: str | None, model_config: str | None = None, refresh: bool = False, fold: str | None = None
+    upstream: str,
+    ckpt: str | None,
+    model_config: str | None = None,
+    refresh: bool = False,
+    fold: FoldSpec | None = None,
 ) -> nn.Module:
-    """One upstream, or a :class:`MultiUpstream` when ``upstream`` names several."""
+    """One upstream, or a :class:`MultiUpstream` when ``upstream`` names several; ``fold``
+    (the fold or its protocol) guards each fine-tuned one (:func:`~s3prl_ser.hub.upstreams.build_upstream`)."""
     pairs = split_names(upstream, ckpt)
     modules = [build_upstream(name, path, model_config, refresh, fold) for name, path in pairs]
     return modules[0] if len(modules) == 1 else MultiUpstream(modules)

@@ -6,7 +6,7 @@ import difflib
 
 from torch import nn
 
-from s3prl_ser.hub.ft_hub import check_export_fold, is_ft_avg_entry
+from s3prl_ser.hub.ft_hub import FoldSpec, check_fine_tuned, is_ft_avg_entry
 
 __all__ = ["build_upstream"]
 
@@ -16,17 +16,19 @@ def build_upstream(
     ckpt: str | None = None,
     model_config: str | None = None,
     refresh: bool = False,
-    fold: str | None = None,
+    fold: FoldSpec | None = None,
 ) -> nn.Module:
     """``s3prl.hub.<name>(ckpt=..., model_config=..., refresh=...)``.
 
-    ``<base>_ft_avg`` entries also get ``fold`` (the fold being trained or evaluated), which
-    they check against the fold their upstream was fine-tuned for; any other entry given an
-    ``upstream_ft`` export as ``ckpt`` gets the same check.
+    ``fold`` is the fold being trained or evaluated, or its full
+    :class:`~s3prl_ser.data.protocol.FoldProtocol`. ``<base>_ft_avg`` entries get it and check
+    it against what their upstream was fine-tuned on; any other entry given a checkpoint
+    (``ckpt``) gets the same check (:func:`~s3prl_ser.hub.ft_hub.check_fine_tuned`).
 
     Raises:
         ValueError: ``name`` is not an s3prl hub entry (the closest names are suggested).
-        FoldMismatchError: ``ckpt`` was fine-tuned for a fold other than ``fold``.
+        FoldMismatchError: ``ckpt`` was fine-tuned for a fold other than ``fold``, or records none.
+        ProtocolMismatchError: ``ckpt`` was fine-tuned on another corpus or train/dev split.
     """
     from s3prl import hub
 
@@ -38,5 +40,5 @@ def build_upstream(
     if is_ft_avg_entry(name):
         kwargs["fold"] = fold
     elif ckpt is not None:
-        check_export_fold(ckpt, fold)
+        check_fine_tuned(ckpt, fold)
     return entry(**kwargs)

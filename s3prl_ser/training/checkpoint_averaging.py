@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
+from s3prl_ser.hub.ft_hub import LOADER_KEY, PROTOCOL_KEY
 from s3prl_ser.training.run_identity import describe, run_identity, significant_differences
 
 __all__ = ["CheckpointMismatchError", "average_state_dicts", "average_checkpoint_files"]
@@ -197,7 +198,8 @@ def _average_runner(checkpoints: Sequence[Mapping], names: Sequence[str]) -> dic
 
 
 def _average_converted(checkpoints: Sequence[Mapping], names: Sequence[str]) -> dict[str, Any]:
-    for key in CONVERTED_CONFIGS:
+    # Fine-tuned files also record their fold and split: averaging two folds' would mix their data.
+    for key in (*CONVERTED_CONFIGS, PROTOCOL_KEY, LOADER_KEY):
         _check_equal(checkpoints, names, key)
     averaged = dict(checkpoints[-1])
     averaged["model_weight"] = average_state_dicts(

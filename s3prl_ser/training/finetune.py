@@ -15,7 +15,7 @@ from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.fold_data import load_fold_data
 from s3prl_ser.data.folds import fold_session
 from s3prl_ser.hub.exportable import export_loader, load_upstream
-from s3prl_ser.hub.ft_hub import FT_CHECKPOINT, FT_METADATA
+from s3prl_ser.hub.ft_hub import FT_CHECKPOINT, FT_METADATA, LOADER_KEY, PROTOCOL_KEY, check_fine_tuned
 from s3prl_ser.models.finetune import FineTuneModel, TextFineTuneModel, configure_feature_encoder
 from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts
 from s3prl_ser.training.distributed import Distributed
@@ -24,7 +24,7 @@ from s3prl_ser.training.ft_export import export_fold, read_base_fields, write_me
 from s3prl_ser.training.run_identity import describe, significant_differences
 from s3prl_ser.training.states import seed_everything
 
-__all__ = ["TEXT", "exported_metadata", "run_fold"]
+__all__ = ["TEXT", "exported_metadata", "best_export_dir", "run_fold"]
 
 TEXT = "text"  # -u text: fine-tune a Hugging Face text encoder (-k DIR) on the transcripts
 
@@ -71,6 +71,12 @@ def _text_model(
     return model, {"task_cfg": {"modality": TEXT, "base": str(encoder_dir)}, "model_cfg": model_cfg}, Path(encoder_dir)
 
 
+def best_export_dir(fold_dir: Path) -> Path:
+    """Where ``checkpoint_averaging.export_best`` writes the single best checkpoint of the run in
+    ``fold_dir``: ``FT_DIR/best/<fold>/``, so ``-u <base>_ft_avg -k FT_DIR/best`` loads it."""
+    return fold_dir.parent / "best" / fold_dir.name
+
+
 def run_fold(
     upstream_name: str,
     upstream_ckpt: str | None,
@@ -85,25 +91,35 @@ def run_fold(
 ) -> dict[str, Any] | None:
     """Fine-tune, export and test ``fold`` in ``fold_dir``; return its metadata (rank 0; else None).
 
+    With ``checkpoint_averaging.export_best`` (and ``average``), the same run's single best
+    checkpoint is exported and tested too, in :func:`best_export_dir`.
+
     Raises:
         UnsupportedUpstreamError: the upstream cannot be exported (before any training).
+        FoldMismatchError, ProtocolMismatchError: the starting checkpoint was fine-tuned on
+            another fold, corpus or split.
     """
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     data = load_fold_data(config["datarc"], fold, read_audio=upstream_name != TEXT)
     if upstream_name == TEXT:
+        if upstream_ckpt is not None:
+            check_fine_tuned(upstream_ckpt, data.protocol)  # e.g. another fold's text export
         model, base_fields, base_file = _text_model(upstream_ckpt, config, data, device)
         loader = TEXT
     else:
-        loaded = load_upstream(upstream_name, upstream_ckpt, fold)
+        loaded = load_upstream(upstream_name, upstream_ckpt, data.protocol)
         loader = export_loader(loaded)
         base_fields, base_file = read_base_fields(loaded.source_file), loaded.source_file
         configure_feature_encoder(loaded.expert, config["upstream"]["freeze_feature_encoder"])
         model = FineTuneModel(loaded.expert, len(data.class_names), config["upstream"]["feature_selection"], device)
+    # Every checkpoint of the fold carries what it was trained on: the fold guard reads it.
+    stamp = {PROTOCOL_KEY: data.protocol.to_dict(), LOADER_KEY: loader}
     # The schedule (config.runner) may change on resume, e.g. to train longer; nothing else may,
     # nor the accumulation, since the saved position counts micro-batches.
     identity = {
         "fold": fold,
+        "protocol": data.protocol.to_dict(),
         "upstream": upstream_name,
         "upstream_ckpt": upstream_ckpt,
         "world_size": dist.world_size,
@@ -112,7 +128,15 @@ def run_fold(
         "config": {key: value for key, value in config.items() if key != "runner"},
     }
     trainer = FoldTrainer(
-        model, data, config, fold_dir, base_fields=base_fields, identity=identity, device=device, dist=dist, seed=seed
+        model,
+        data,
+        config,
+        fold_dir,
+        base_fields={**base_fields, **stamp},
+        identity=identity,
+        device=device,
+        dist=dist,
+        seed=seed,
     )
     try:
         trainer.log(
@@ -123,20 +147,7 @@ def run_fold(
         if not dist.is_leader:
             return None
         averaging = config["checkpoint_averaging"]
-        export = export_fold(fold_dir, averaging["best_k"], averaging["average"], data.class_names)
-        # Score the file as written, so the reported numbers belong to the exported model.
-        exported = safe_torch_load(export.path)
-        model.upstream.model.load_state_dict(exported["model_weight"])
-        model.head.load_state_dict(exported["ft_head"])
-        if loader == TEXT:  # the downstream's text stream reads a Hugging Face directory
-            model.upstream.model.save_pretrained(str(fold_dir / "text_encoder"))
-            model.upstream.tokenizer.save_pretrained(str(fold_dir / "text_encoder"))
-        report, loss = trainer.evaluate("test")
-        trainer.log(
-            f"test of the exported model ({'average of' if export.averaged else 'best of'} steps "
-            f"{[e.step for e in export.entries]}): wa {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}"
-        )
-        record = {
+        provenance = {
             "base_upstream": upstream_name,
             "base_ckpt": upstream_ckpt,
             "base_checkpoint_file": str(base_file),
@@ -144,16 +155,49 @@ def run_fold(
             "modality": "text" if loader == TEXT else "speech",
             "fold": fold,
             "test_session": fold_session(fold),
-            "averaged": export.averaged,
-            "checkpoints": [{"step": e.step, "dev_wa": e.score, "file": e.name} for e in export.entries],
+            "protocol": data.protocol.to_dict(),
             "class_names": data.class_names,
             "split_sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
-            "test": dict(report.to_dict(), loss=loss),
             "config": config,
             "seed": seed,
             "environment": dict(environment),
         }
-        write_metadata(fold_dir, record)
-        return record
+        # The extra export first: the main upstream.json, written last, marks the fold finished.
+        if averaging["average"] and averaging["export_best"]:
+            _export_and_test(trainer, False, stamp, provenance, best_export_dir(fold_dir))
+        return _export_and_test(trainer, averaging["average"], stamp, provenance, fold_dir)
     finally:
         trainer.close()
+
+
+def _export_and_test(
+    trainer: FoldTrainer, average: bool, stamp: Mapping[str, Any], provenance: Mapping[str, Any], out_dir: Path
+) -> dict[str, Any]:
+    """Export the run's k best (averaged) or its best to ``out_dir``, score the test split once on
+    the file as written, and record both in ``out_dir/upstream.json``."""
+    model, config, data = trainer.model, trainer.config, trainer.data
+    export = export_fold(
+        trainer.fold_dir, config["checkpoint_averaging"]["best_k"], average, data.class_names, stamp, out_dir
+    )
+    # Score the file as written, so the reported numbers belong to the exported model.
+    exported = safe_torch_load(export.path)
+    model.upstream.model.load_state_dict(exported["model_weight"])
+    model.head.load_state_dict(exported["ft_head"])
+    if provenance["loader"] == TEXT:  # the downstream's text stream reads a Hugging Face directory
+        encoder = model.upstream.model
+        encoder.config.update({PROTOCOL_KEY: stamp[PROTOCOL_KEY]})  # the fold guard reads config.json
+        encoder.save_pretrained(str(out_dir / "text_encoder"))
+        model.upstream.tokenizer.save_pretrained(str(out_dir / "text_encoder"))
+    report, loss = trainer.evaluate("test")
+    trainer.log(
+        f"test of the exported model in {out_dir} ({'average of' if export.averaged else 'best of'} steps "
+        f"{[e.step for e in export.entries]}): wa {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}"
+    )
+    record = {
+        **provenance,
+        "averaged": export.averaged,
+        "checkpoints": [{"step": e.step, "dev_wa": e.score, "file": e.name} for e in export.entries],
+        "test": dict(report.to_dict(), loss=loss),
+    }
+    write_metadata(out_dir, record)
+    return record

@@ -56,6 +56,15 @@ def validate_config(config: Mapping[str, Any], device: str) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) else ""
             raise ConfigError(f"config.optimizer.{key} must be a number >= 0, got {value!r}{hint}")
+    averaging = config["checkpoint_averaging"]
+    for key in ("average", "export_best"):
+        if not isinstance(averaging[key], bool):
+            raise ConfigError(f"config.checkpoint_averaging.{key} must be true or false, got {averaging[key]!r}")
+    if averaging["export_best"] and not averaging["average"]:
+        raise ConfigError(
+            "config.checkpoint_averaging.export_best adds the single best export beside the averaged one; "
+            "with average: false the export already is the single best (set export_best: false)"
+        )
     split = config["datarc"]["split"]
     if split not in SPLITS:
         raise ConfigError(f"config.datarc.split must be one of {', '.join(SPLITS)}, got {split!r}")

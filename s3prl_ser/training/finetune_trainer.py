@@ -52,7 +52,8 @@ class FoldTrainer:
         data: the fold's splits.
         config: the validated config (all sections).
         fold_dir: output directory of this fold.
-        base_fields: configs of the base converted checkpoint (for the dev-top files).
+        base_fields: what every dev-top file carries besides the weights: the base converted
+            checkpoint's configs, the fold protocol and the loader (the fold guard reads them).
         identity: what a states file must match to be resumed here (fold, upstream, ...).
         device: torch device string.
         dist: the process group (rank 0 evaluates, saves and logs).

@@ -66,14 +66,23 @@ class Export:
     entries: list[Entry]
 
 
-def export_fold(fold_dir: Path, best_k: int, average: bool, class_names: list[str]) -> Export:
-    """Write ``fold_dir/upstream.ckpt`` from the kept dev-top checkpoints.
+def export_fold(
+    fold_dir: Path,
+    best_k: int,
+    average: bool,
+    class_names: list[str],
+    stamp: Mapping[str, Any],
+    output_dir: Path | None = None,
+) -> Export:
+    """Write ``upstream.ckpt`` from the kept dev-top checkpoints of ``fold_dir``.
 
     Args:
         fold_dir: the fold's fine-tuning directory (holds ``dev-top.json`` and the files).
         best_k: the k the checkpoints were kept with.
         average: average all kept checkpoints (upstream and head); else copy the best one.
         class_names: class order of the head's outputs.
+        stamp: fields the export carries whatever the files hold (the fold protocol, the loader).
+        output_dir: where to write (default ``fold_dir``), e.g. a second export of the same run.
 
     Raises:
         RuntimeError: no dev checkpoint was kept.
@@ -93,13 +102,15 @@ def export_fold(fold_dir: Path, best_k: int, average: bool, class_names: list[st
         state = safe_torch_load(paths[0])
     state["Averaged"] = {"paths": [path.name for path in paths], "steps": [entry.step for entry in chosen]}
     state["ft_class_names"] = list(class_names)
-    output = fold_dir / FT_CHECKPOINT
+    state.update(stamp)
+    output = (output_dir or fold_dir) / FT_CHECKPOINT
+    output.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(state, output)
     return Export(output, average, chosen)
 
 
 def write_metadata(fold_dir: Path, record: Mapping[str, Any]) -> Path:
-    """Write ``fold_dir/upstream.json`` atomically (its presence marks the fold as finished)."""
+    """Write ``fold_dir/upstream.json`` atomically (its presence marks the export as finished)."""
     path = fold_dir / FT_METADATA
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")

@@ -36,7 +36,9 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from s3prl_ser import compat
-from s3prl_ser.data.folds import resolve_fold
+from s3prl_ser.data.fold_data import load_fold_data
+from s3prl_ser.data.folds import check_fold, resolve_fold
+from s3prl_ser.hub.ft_hub import FoldSpec
 from s3prl_ser.hub.multi_upstream import build_featurizer, build_upstreams
 from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files
 from s3prl_ser.training.distributed import all_gather
@@ -121,6 +123,15 @@ class SERRunner(Runner):
         datarc = self.config.get("downstream_expert", {}).get("datarc", {})
         return resolve_fold(datarc.get("test_fold"), getattr(self.args, "downstream_variant", None))
 
+    def fold_protocol(self) -> FoldSpec:
+        """The fold's full protocol (corpus, split) when the config names meta data in the
+        emotion layout, which fine-tuned upstreams are checked against; else the fold alone."""
+        datarc = self.config.get("downstream_expert", {}).get("datarc", {})
+        fold = check_fold(self.test_fold())
+        if datarc.get("root") is None or datarc.get("meta_data") is None:
+            return fold
+        return load_fold_data(datarc, fold, where="downstream_expert.datarc", read_audio=False).protocol
+
     def _init_model(self, model: nn.Module, name: str, trainable: bool, interfaces=None) -> ModelEntry:
         """s3prl's, except that DDP gets ``device_ids`` only on CUDA (gloo on CPU refuses them)."""
         for interface in interfaces or []:
@@ -135,14 +146,14 @@ class SERRunner(Runner):
         return ModelEntry(model, name, trainable, interfaces)
 
     def _get_upstream(self):
-        """s3prl's upstream construction (torch hub only) for one or several upstreams,
-        passing the fold to ``*_ft_avg`` entries."""
+        """s3prl's upstream construction (torch hub only) for one or several upstreams, each
+        fine-tuned one checked against this run's fold, corpus and split."""
         refresh = self.args.upstream_refresh
         if is_initialized() and get_rank() > 0:
             barrier()  # rank 0 downloads/converts first
             refresh = False
         model = build_upstreams(
-            self.args.upstream, self.args.upstream_ckpt, self.args.upstream_model_config, refresh, self.test_fold()
+            self.args.upstream, self.args.upstream_ckpt, self.args.upstream_model_config, refresh, self.fold_protocol()
         ).to(self.args.device)
         if is_initialized() and get_rank() == 0:
             barrier()
