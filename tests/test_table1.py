@@ -41,11 +41,35 @@ def test_model_overrides_carry_the_experiment_keys():
     assert "config.downstream_expert.text.speech=false" in overrides
     assert "config.downstream_expert.text.transcripts=null" in overrides
     assert "config.downstream_expert.modelrc.fusion=early" in model_overrides(PAPER / "exp7.yaml")
-    assert "config.downstream_expert.checkpoint_averaging.average=false" in model_overrides(PAPER / "exp1.yaml")
+    exp1 = model_overrides(PAPER / "exp1.yaml")
+    assert "config.downstream_expert.checkpoint_averaging.average=false" in exp1
+    assert "config.downstream_expert.checkpoint_averaging.best_k=1" in exp1  # the file's own key survives
+    assert "config.downstream_expert.checkpoint_averaging.best_k=5" in model_overrides(PAPER / "exp3.yaml")
     # Keys a paper file leaves to the defaults are carried too, so --base-config cannot change them.
     assert {"config.downstream_expert.modelrc.fusion=null", "config.downstream_expert.text.speech=true"} <= set(
         model_overrides(PAPER / "exp5.yaml")
     )
+
+
+def test_paper_upstreams_by_default_and_base_one_flag_away(monkeypatch, tmp_path):
+    import s3prl_ser.cli.table1 as table1
+
+    calls = []
+    monkeypatch.setattr(table1, "run_table1", lambda *args, **kwargs: calls.append(kwargs))
+    argv = ["-p", str(tmp_path), "--root", str(tmp_path), "--meta", str(tmp_path)]
+    table1.main(argv)
+    table1.main([*argv, "--base"])
+    table1.main([*argv, "--base", "--hubert", "hubert_local:x.pt"])
+    chosen = [(c["wav2vec2"], c["hubert"]) for c in calls]
+    assert chosen == [
+        ("wav2vec2_large_lv60_cv_swbd_fsh", "hubert_large_ll60k"),
+        ("wav2vec2", "hubert"),
+        ("wav2vec2", "hubert_local:x.pt"),
+    ]
+    register()
+    import s3prl.hub as hub
+
+    assert all(callable(getattr(hub, name)) for name in chosen[0])  # s3prl knows them
 
 
 def test_tables_list_every_experiment_with_paper_numbers(tmp_path):
@@ -100,12 +124,16 @@ def test_table1_command_runs_both_stages(mini_corpus, mini_meta, tiny_upstreams,
     ]
     table1(argv)
     out = tmp_path / "t1"
-    assert (
-        json.loads((out / "upstream_ft" / "hubert_best" / "fold1" / "upstream.json").read_text())["averaged"] is False
-    )
-    for base in ("hubert_avg", "wav2vec2_avg", "bert_avg"):
+    # One stage-1 run per base model: experiment 2's single best comes from the run experiment 7 averages.
+    assert sorted(p.name for p in (out / "upstream_ft").iterdir()) == ["bert", "hubert", "wav2vec2"]
+    hubert = out / "upstream_ft" / "hubert"
+    best = json.loads((hubert / "best" / "fold1" / "upstream.json").read_text())
+    kept = json.loads((hubert / "fold1" / "dev-top.json").read_text())
+    assert best["averaged"] is False and [c["step"] for c in best["checkpoints"]] == [kept[0]["step"]]
+    for base in ("hubert", "wav2vec2", "bert"):
         assert json.loads((out / "upstream_ft" / base / "fold1" / "upstream.json").read_text())["averaged"] is True
-    assert json.loads((out / "exp2" / "fold1" / "final.json").read_text())["checkpoint"] == "dev-best.ckpt"
+    final2 = json.loads((out / "exp2" / "fold1" / "final.json").read_text())
+    assert final2["checkpoint"] == "dev-best.ckpt" and len(final2["selected"]) == 1  # best_k 1 kept over --base-config
     data = json.loads((out / "table1.json").read_text())
     assert {n for n, row in data.items() if row["ours"]} == {"2", "7", "11"}
     assert data["7"]["ours"]["folds"]["fold1"]["num_utterances"] == 7

@@ -9,10 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+import s3prl.hub
 import torch
 
 from helpers import die_after_saving, finetune_args, torchrun, train_args
 from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.data.audio import load_audio
+from s3prl_ser.models.finetune import FineTuneModel
 from upstream_ft.__main__ import main as upstream_ft
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,7 +148,20 @@ def test_metadata_records_provenance_and_a_single_test(runs, tiny_upstreams):
     assert record["base_upstream"] == "hubert_local" and record["loader"] == "hubert_local"
     assert record["base_ckpt"] == str(tiny_upstreams["hubert"])
     assert record["fold"] == "fold1" and record["test_session"] == "Session1"
-    assert record["test"]["num_utterances"] == 7 and 0 <= record["test"]["ua"] <= 1
+    assert record["test"]["num_utterances"] == 7
+    exported = ft_dir / fold / "upstream.ckpt"  # scored again by hand: stage 1 writes no per-utterance output
+    datarc, classes = record["config"]["datarc"], record["class_names"]
+    upstream = getattr(s3prl.hub, record["loader"])(ckpt=str(exported))
+    model = FineTuneModel(upstream, len(classes), record["config"]["upstream"]["feature_selection"], "cpu").eval()
+    model.head.load_state_dict(safe_torch_load(exported)["ft_head"])
+    items = json.loads((Path(datarc["meta_data"]) / "Session1" / "test_meta_data.json").read_text())["meta_data"]
+    with torch.no_grad():
+        logits = model([load_audio(Path(datarc["root"]) / item["path"], min_samples=400) for item in items])
+    pairs = [(item["label"], classes[i]) for item, i in zip(items, logits.argmax(dim=-1).tolist())]
+    recall = [sum(t == p == c for t, p in pairs) / sum(t == c for t, _ in pairs) for c in {t for t, _ in pairs}]
+    assert record["test"]["wa"] == pytest.approx(sum(t == p for t, p in pairs) / len(pairs))
+    assert record["test"]["ua"] == pytest.approx(sum(recall) / len(recall))
+    assert record["test"]["confusion"] == [[pairs.count((t, p)) for p in classes] for t in classes]
     assert all("dev_wa" in c for c in record["checkpoints"])
     assert record["config"]["runner"]["total_steps"] == 8
     assert record["environment"]["packages"]["s3prl"] == "0.4.18"
@@ -324,7 +340,12 @@ def test_export_feeds_emotion_ecapa_through_ft_avg_entry(runs, mini_corpus, meta
     from s3prl_ser.inference import EmotionRecognizer
 
     recognizer = EmotionRecognizer.from_pretrained(tmp_path)  # resolves the same fold's upstream
-    assert recognizer.predict(torch.zeros(8000), sample_rate=16000).label in ("neu", "hap", "ang", "sad")
+    silence = recognizer.predict(torch.zeros(8000), sample_rate=16000)
+    assert silence.label == max(silence.probabilities, key=silence.probabilities.get)
+    items = json.loads((meta / "Session1" / "test_meta_data.json").read_text())["meta_data"]
+    test_set = recognizer.predict_batch([mini_corpus / item["path"] for item in items])
+    written = [line.split() for line in (tmp_path / f"test_{fold}_predict.txt").read_text().splitlines()]
+    assert [[Path(item["path"]).stem, p.label] for item, p in zip(items, test_set)] == written
 
 
 def test_downstream_refuses_upstream_of_another_fold(runs, mini_corpus, meta, tmp_path):
@@ -351,11 +372,15 @@ def test_paper_configs(number):
     assert set(expert["checkpoint_averaging"]) <= AVERAGING_KEYS
     assert f"Table 1, experiment {number}:" in text.splitlines()[0]
     base = "wav2vec2" if number % 2 else "hubert"  # W2V2 odd, HuBERT even
-    assert f"-u {base}_ft_avg" in text and f"python -m upstream_ft -u {base} " in text
+    large = {"wav2vec2": "wav2vec2_large_lv60_cv_swbd_fsh", "hubert": "hubert_large_ll60k"}[base]  # the paper's
+    assert f"python -m upstream_ft -u {large} -p result/upstream_ft/{base} " in text
+    # One stage-1 run: experiments 1-2 take its single best, 3-6 its 5-best average.
+    ft_dir = f"result/upstream_ft/{base}" + ("/best" if number <= 2 else "")
+    assert f"-u {base}_ft_avg -k {ft_dir} " in text
     assert expert["modelrc"]["aggregator"] == ("ecapa" if number >= 5 else "mean")
     assert expert["checkpoint_averaging"]["average"] is (number >= 3)
     assert expert["datarc"]["split"] == "superb"  # as stage 1's default: dev never seen by the upstream
-    assert ("config.checkpoint_averaging.average=false" in text) is (number <= 2)  # FT stage averaging
+    assert "config.checkpoint_averaging.export_best=true" in text
 
 
 def test_two_processes_fine_tune_like_one(tiny_upstreams, mini_corpus, meta, tmp_path):

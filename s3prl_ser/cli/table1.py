@@ -1,13 +1,17 @@
 """The paper's Table 1 in one command: experiments 1-11, 5-fold CV each, beside the paper's numbers.
 
     python -m s3prl_ser.cli.table1 --experiments 1-11 -p OUT_DIR --root IEMOCAP --meta META \\
-        [--folds fold1,...] [-o overrides] [--wav2vec2 wav2vec2] [--hubert hubert] [--bert BERT_DIR]
+        [--folds fold1,...] [-o overrides] [--base] [--wav2vec2 NAME] [--hubert NAME] [--bert BERT_DIR]
 
+The speech upstreams default to the paper's: Robust wav2vec 2.0 Large
+(``wav2vec2_large_lv60_cv_swbd_fsh``, the paper's ref. [14]) and HuBERT Large
+(``hubert_large_ll60k``; the paper names no size); ``--base`` takes ``wav2vec2`` and ``hubert``.
 For every experiment it runs what the experiment needs, skipping what already finished:
 
-1. stage 1, ``python -m upstream_ft`` per fold (``OUT_DIR/upstream_ft/<base>_{avg,best}``):
-   W2V2 / HuBERT / BERT fine-tuned with mean pooling + linear, the 5 best dev checkpoints
-   averaged (``avg``) or the single best kept (``best``, experiments 1-2);
+1. stage 1, ``python -m upstream_ft`` per fold, once per base model (``OUT_DIR/upstream_ft/<base>``):
+   W2V2 / HuBERT / BERT fine-tuned with mean pooling + linear; the 5 best dev checkpoints
+   averaged (``<base>/<fold>``, experiments 3-11) and the same run's single best
+   (``<base>/best/<fold>``, experiments 1-2), as in the paper;
 2. stage 2, ``s3prl_ser.cli.cross_validate`` with ``downstream/emotion_ecapa/paper/exp<N>.yaml``
    on the fold's own fine-tuned upstream(s) (``OUT_DIR/exp<N>``);
 
@@ -17,8 +21,8 @@ SUPERB's ER protocol for stock upstreams (frozen, mean pooling + linear, best de
 averaging; ``OUT_DIR/superb/<name>``), and ``OUT_DIR/superb_er.md`` puts every WA run so far
 beside the public SUPERB ER leaderboard. Upstreams are s3prl hub entries (``NAME`` or
 ``NAME:CKPT``, e.g. ``hubert_local:tiny.pt``); ``--base-config`` replaces each experiment's
-runner/optimizer/size settings by another config's (e.g. ``config_builtin.yaml``), keeping the
-experiment's model keys.
+runner/optimizer/size settings by another config's (e.g. ``config_builtin.yaml``), keeping every
+key the experiment's file sets and its aggregator, fusion, averaging and text settings.
 """
 
 from __future__ import annotations
@@ -33,13 +37,26 @@ from pathlib import Path
 import yaml
 
 from s3prl_ser.cli.errors import exit_on_error
-from s3prl_ser.config import ConfigError, load_config
+from s3prl_ser.config import ConfigError, load_config, read_yaml
 from s3prl_ser.data.folds import FOLDS
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR
 
-__all__ = ["Experiment", "EXPERIMENTS", "SUPERB_ER", "parse_experiments", "model_overrides", "main"]
+__all__ = [
+    "Experiment",
+    "EXPERIMENTS",
+    "SUPERB_ER",
+    "PAPER_UPSTREAMS",
+    "BASE_UPSTREAMS",
+    "parse_experiments",
+    "model_overrides",
+    "main",
+]
 
 PAPER_DIR = DOWNSTREAM_DIR / "emotion_ecapa" / "paper"
+# The paper's "latest release of Wav2Vec 2.0 [14]" is Robust wav2vec 2.0; it names no HuBERT
+# size, and its state-of-the-art claim suggests Large.
+PAPER_UPSTREAMS = {"wav2vec2": "wav2vec2_large_lv60_cv_swbd_fsh", "hubert": "hubert_large_ll60k"}
+BASE_UPSTREAMS = {"wav2vec2": "wav2vec2", "hubert": "hubert"}
 
 
 @dataclass(frozen=True)
@@ -111,16 +128,31 @@ def _yaml(value: object) -> str:
     return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
 
 
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and non-dicts are leaves)."""
+    leaves: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
 def model_overrides(config_path: Path) -> list[str]:
-    """The experiment-defining keys of an ``exp<N>.yaml`` (merged over the task's defaults) as ``-o`` overrides."""
+    """An ``exp<N>.yaml`` as ``-o`` overrides that survive ``--base-config``: every key the file
+    sets, and the experiment-defining keys it leaves to the task's defaults (aggregator,
+    fusion, checkpoint averaging, the text stream but its encoder)."""
+    own = read_yaml(config_path)
     expert = load_config(DOWNSTREAM_DIR / "emotion_ecapa" / "config.yaml", config_path)["downstream_expert"]
     keys = {
-        "modelrc.aggregator": expert["modelrc"]["aggregator"],
-        "modelrc.fusion": expert["modelrc"].get("fusion"),
-        "checkpoint_averaging.average": expert["checkpoint_averaging"]["average"],
+        "downstream_expert.modelrc.aggregator": expert["modelrc"]["aggregator"],
+        "downstream_expert.modelrc.fusion": expert["modelrc"].get("fusion"),
     }
-    keys.update({f"text.{k}": v for k, v in (expert.get("text") or {}).items() if k != "encoder"})
-    return [f"config.downstream_expert.{key}={_yaml(value)}" for key, value in keys.items()]
+    keys.update({f"downstream_expert.checkpoint_averaging.{k}": v for k, v in expert["checkpoint_averaging"].items()})
+    keys.update({f"downstream_expert.text.{k}": v for k, v in (expert.get("text") or {}).items() if k != "encoder"})
+    keys.update(_leaves(own))
+    return [f"config.{key}={_yaml(value)}" for key, value in keys.items()]
 
 
 def _entry(spec: str) -> tuple[str, str | None]:
@@ -129,23 +161,15 @@ def _entry(spec: str) -> tuple[str, str | None]:
 
 
 def _finetune(
-    base: str, spec: str, ft_dir: Path, folds: list[str], average: bool, datarc: str, ft_config: str | None, device: str
+    base: str, spec: str, ft_dir: Path, folds: list[str], datarc: str, ft_config: str | None, device: str
 ) -> None:
+    """Stage 1 for one base model: the k best averaged in ``ft_dir/<fold>`` and, from the same
+    run, the single best in ``ft_dir/best/<fold>``."""
     from s3prl_ser.cli.finetune import main as finetune
 
     name, ckpt = ("text", spec) if base == "bert" else _entry(spec)
-    argv = [
-        "-u",
-        name,
-        "-p",
-        str(ft_dir),
-        "--folds",
-        ",".join(folds),
-        "--device",
-        device,
-        "-o",
-        ",,".join(filter(None, [datarc, "" if average else "config.checkpoint_averaging.average=false"])),
-    ]
+    argv = ["-u", name, "-p", str(ft_dir), "--folds", ",".join(folds), "--device", device]
+    argv += ["-o", ",,".join(filter(None, [datarc, "config.checkpoint_averaging.export_best=true"]))]
     if ckpt:
         argv[2:2] = ["-k", ckpt]
     if ft_config:
@@ -236,8 +260,8 @@ def run_table1(
     meta: Path,
     overrides: str = "",
     *,
-    wav2vec2: str = "wav2vec2",
-    hubert: str = "hubert",
+    wav2vec2: str = PAPER_UPSTREAMS["wav2vec2"],
+    hubert: str = PAPER_UPSTREAMS["hubert"],
     bert: str | None = None,
     base_config: str | None = None,
     ft_config: str | None = None,
@@ -281,8 +305,10 @@ def run_table1(
                 continue
             if bases[stream] is None:
                 raise ConfigError(f"experiment {number} needs --{stream} (a base model to fine-tune)")
-            ft_dir = out_dir / "upstream_ft" / f"{stream}_{'avg' if experiment.upstream_avg else 'best'}"
-            _finetune(stream, bases[stream], ft_dir, folds, experiment.upstream_avg, ft_overrides, ft_config, device)
+            ft_dir = out_dir / "upstream_ft" / stream
+            _finetune(stream, bases[stream], ft_dir, folds, ft_overrides, ft_config, device)
+            if not experiment.upstream_avg:
+                ft_dir = ft_dir / "best"
             if stream == "bert":
                 text_dir = ft_dir
             else:
@@ -349,8 +375,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", default=",".join(FOLDS))
     parser.add_argument("-o", "--override", default="", help="run_downstream.py overrides for every experiment")
     parser.add_argument("--ft-override", default="", help="python -m upstream_ft overrides for stage 1")
-    parser.add_argument("--wav2vec2", default="wav2vec2", help="base W2V2 hub entry, NAME or NAME:CKPT")
-    parser.add_argument("--hubert", default="hubert", help="base HuBERT hub entry, NAME or NAME:CKPT")
+    parser.add_argument(
+        "--base", action="store_true", help="Base models (wav2vec2, hubert) instead of the paper's Large ones"
+    )
+    parser.add_argument(
+        "--wav2vec2",
+        help=f"W2V2 hub entry, NAME or NAME:CKPT (default {PAPER_UPSTREAMS['wav2vec2']}; --base: wav2vec2)",
+    )
+    parser.add_argument(
+        "--hubert", help=f"HuBERT hub entry, NAME or NAME:CKPT (default {PAPER_UPSTREAMS['hubert']}; --base: hubert)"
+    )
     parser.add_argument("--bert", help="base text encoder directory (Hugging Face format)")
     parser.add_argument("--base-config", help="runner/optimizer/sizes for every experiment (model keys kept)")
     parser.add_argument("--ft-config", help="upstream_ft config for stage 1")
@@ -359,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    defaults = BASE_UPSTREAMS if args.base else PAPER_UPSTREAMS
     with exit_on_error():
         experiments = parse_experiments(args.experiments)
         run_table1(
@@ -368,8 +403,8 @@ def main(argv: list[str] | None = None) -> None:
             args.root,
             args.meta,
             args.override,
-            wav2vec2=args.wav2vec2,
-            hubert=args.hubert,
+            wav2vec2=args.wav2vec2 or defaults["wav2vec2"],
+            hubert=args.hubert or defaults["hubert"],
             bert=args.bert,
             base_config=args.base_config,
             ft_config=args.ft_config,
