@@ -118,3 +118,31 @@ def test_global_batches_are_split_across_processes():
     assert list(GlobalBatchSampler(10, 4, seed=3, epoch=2)) != one  # reshuffled every epoch
     with pytest.raises(ValueError, match="not divisible by the 3 processes"):
         GlobalBatchSampler(10, 4, world_size=3)
+
+
+def test_projector_before_the_aggregator_ignores_padding():
+    """projector_dim (SUPERB's emotion downstream): a frame-wise linear layer, then the aggregator
+    over valid frames only; for mean pooling, the projection of the mean of the valid frames."""
+    torch.manual_seed(0)
+    model = EmotionClassifier([6], [160], num_classes=4, aggregator="mean", projector_dim=5).eval()
+    frames = [torch.randn(9, 6), torch.randn(4, 6)]
+    projector = model.aggregators[0].projector
+    with torch.no_grad():
+        embedding = model.embed([frames])
+        expected = torch.stack([projector(f.mean(dim=0)) for f in frames])
+        torch.testing.assert_close(embedding, expected, atol=1e-6, rtol=1e-6)
+        alone = model.embed([[frames[1]]])  # the 4-frame utterance without 5 frames of padding
+        torch.testing.assert_close(alone[0], embedding[1], atol=1e-6, rtol=1e-6)
+    assert model.aggregators[0].output_size == 5 and model.classifier.in_features == 5
+    with pytest.raises(ValueError, match="projector_dim must be a positive integer"):
+        EmotionClassifier([6], [160], num_classes=4, aggregator="mean", projector_dim=0)
+
+
+def test_projector_with_ecapa_is_independent_of_batching():
+    torch.manual_seed(0)
+    small = {"channels": (16, 16, 32), "kernel_sizes": (5, 3, 1), "dilations": (1, 2, 1), "lin_neurons": 12}
+    model = EmotionClassifier([6], [160], num_classes=4, ecapa=small, projector_dim=5).eval()
+    randomize_batchnorm(model)
+    frames = [torch.randn(30, 6), torch.randn(11, 6)]
+    with torch.no_grad():
+        torch.testing.assert_close(model.embed([frames])[1], model.embed([[frames[1]]])[0], atol=1e-5, rtol=1e-5)

@@ -4,6 +4,7 @@ import pytest
 
 from s3prl_ser.cli.run_downstream import load_task_config
 from s3prl_ser.cli.table1 import EXPERIMENTS, model_overrides, parse_experiments, write_tables
+from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR, register
 
@@ -140,6 +141,8 @@ def test_table1_command_runs_both_stages(mini_corpus, mini_meta, tiny_upstreams,
     superb = json.loads((out / "superb" / "fbank" / "results.json").read_text())
     assert superb["folds"]["fold1"]["num_utterances"] == 7
     assert json.loads((out / "superb" / "fbank" / "fold1" / "final.json").read_text())["checkpoint"] == "dev-best.ckpt"
+    superb_model = safe_torch_load(out / "superb" / "fbank" / "fold1" / "dev-best.ckpt")["Downstream"]
+    assert superb_model["model.aggregators.0.projector.weight"].shape == (256, 240)  # s3prl's projector on fbank
     assert "| fbank | 35.39 |" in (out / "superb_er.md").read_text()
     mtime = (out / "exp7" / "fold1" / "dev-avg.ckpt").stat().st_mtime_ns
     table1(argv)  # everything finished: reused, not retrained

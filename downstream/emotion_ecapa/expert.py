@@ -41,7 +41,7 @@ DATARC_KEYS = {
     "num_workers",
     "min_samples",
 }
-MODELRC_KEYS = {"aggregator", "ecapa", "fusion"}
+MODELRC_KEYS = {"aggregator", "ecapa", "fusion", "projector_dim"}
 AVERAGING_KEYS = {"best_k", "average"}
 TEXT_KEYS = {"encoder", "transcripts", "speech", "feature_selection"}
 
@@ -124,6 +124,7 @@ class DownstreamExpert(nn.Module):
             aggregator=self.modelrc.get("aggregator", "ecapa"),
             ecapa=self.modelrc.get("ecapa"),
             fusion=self.modelrc.get("fusion"),
+            projector_dim=self.modelrc.get("projector_dim"),
         )
         self.objective = nn.CrossEntropyLoss()
         self.best = BestCheckpoints(self.expdir, int(self.averaging.get("best_k", 5)))

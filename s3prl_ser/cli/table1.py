@@ -17,7 +17,7 @@ For every experiment it runs what the experiment needs, skipping what already fi
 
 then writes ``OUT_DIR/table1.md`` and ``OUT_DIR/table1.json``: WA/UA mean ± std over folds per
 experiment, with the paper's WA/UA in adjacent columns. ``--superb fbank,hubert,...`` also runs
-SUPERB's ER protocol for stock upstreams (frozen, mean pooling + linear, best dev checkpoint, no
+SUPERB's ER protocol for stock upstreams (frozen, 256-d projector, mean pooling + linear, best dev checkpoint, no
 averaging; ``OUT_DIR/superb/<name>``), and ``OUT_DIR/superb_er.md`` puts every WA run so far
 beside the public SUPERB ER leaderboard. Upstreams are s3prl hub entries (``NAME`` or
 ``NAME:CKPT``, e.g. ``hubert_local:tiny.pt``); ``--base-config`` replaces each experiment's
@@ -193,6 +193,7 @@ def _row(experiment: Experiment, summary: dict | None) -> str:
 
 SUPERB_PROTOCOL = [
     "config.downstream_expert.modelrc.aggregator=mean",
+    "config.downstream_expert.modelrc.projector_dim=256",  # s3prl's emotion downstream
     "config.downstream_expert.modelrc.fusion=null",
     "config.downstream_expert.checkpoint_averaging.average=false",
 ]
@@ -243,7 +244,7 @@ def write_tables(
         )
     lines += [
         "",
-        "SUPERB protocol: frozen upstream, weighted sum of layers, mean pooling + linear, best dev "
+        "SUPERB protocol: frozen upstream, weighted sum of layers, 256-d projector, mean pooling + linear, best dev "
         "checkpoint, no averaging, 5-fold mean. s3prl's fbank is normalised per utterance, so mean pooling "
         "sees a constant and predicts one class.",
         "",

@@ -118,7 +118,8 @@ def recorded_protocol(path: str | os.PathLike) -> tuple[dict[str, Any] | None, b
     beside = any(p.is_file() for p in sidecars)
     if path.is_dir():
         config = path / "config.json"
-        record = json.loads(config.read_text(encoding="utf-8")).get(PROTOCOL_KEY) if config.is_file() else None
+        fields = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+        record = fields.get(PROTOCOL_KEY) if isinstance(fields, dict) else None
         return record, beside or record is not None
     fields = _checkpoint_fields(path) if path.is_file() else {}
     record = fields.get(PROTOCOL_KEY)

@@ -15,6 +15,20 @@ __all__ = ["AGGREGATORS", "build_aggregator", "UtteranceClassifier"]
 AGGREGATORS = ("mean", "ecapa")
 
 
+class _Projected(nn.Module):
+    """A frame-wise linear projection, then an aggregator (s3prl's ``projector`` of SUPERB's
+    emotion downstream). The bias makes padded frames non-zero; both aggregators mask them."""
+
+    def __init__(self, input_size: int, projector_dim: int, aggregator: nn.Module) -> None:
+        super().__init__()
+        self.projector = nn.Linear(input_size, projector_dim)
+        self.aggregator = aggregator
+        self.output_size = aggregator.output_size
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        return self.aggregator(self.projector(x), lengths)
+
+
 class _Mean(nn.Module):
     """Masked mean pooling with the aggregator interface (``output_size``)."""
 
@@ -27,7 +41,9 @@ class _Mean(nn.Module):
         return self.pool(x, lengths)
 
 
-def build_aggregator(kind: str, input_size: int, ecapa: Mapping[str, Any] | None = None) -> nn.Module:
+def build_aggregator(
+    kind: str, input_size: int, ecapa: Mapping[str, Any] | None = None, projector_dim: int | None = None
+) -> nn.Module:
     """A frame-to-utterance aggregator: ``(B, T, D), (B,) -> (B, output_size)``.
 
     Args:
@@ -35,14 +51,22 @@ def build_aggregator(kind: str, input_size: int, ecapa: Mapping[str, Any] | None
             (ECAPA-TDNN, experiments 5-11).
         input_size: D.
         ecapa: keyword arguments of :class:`~s3prl_ser.models.ecapa_tdnn.ECAPA_TDNN` (ignored for mean).
+        projector_dim: P, a frame-wise linear projection D -> P first (SUPERB's emotion
+            downstream uses 256); ``None``: none.
 
     Example:
         >>> build_aggregator("mean", 8).output_size  # D
         8
+        >>> build_aggregator("mean", 8, projector_dim=6).output_size  # P
+        6
         >>> ecapa = {"channels": (16, 16, 32), "kernel_sizes": (5, 3, 1), "dilations": (1, 2, 1), "lin_neurons": 12}
         >>> build_aggregator("ecapa", 8, ecapa).output_size  # lin_neurons
         12
     """
+    if projector_dim is not None:
+        if isinstance(projector_dim, bool) or not isinstance(projector_dim, int) or projector_dim < 1:
+            raise ValueError(f"projector_dim must be a positive integer or null, got {projector_dim!r}")
+        return _Projected(input_size, projector_dim, build_aggregator(kind, projector_dim, ecapa))
     if kind == "mean":
         return _Mean(input_size)
     if kind == "ecapa":

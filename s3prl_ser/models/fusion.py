@@ -105,6 +105,8 @@ class EmotionClassifier(nn.Module):
         aggregator: ``"mean"`` or ``"ecapa"``.
         ecapa: ECAPA-TDNN keyword arguments.
         fusion: ``None`` for one stream, ``"early"`` or ``"late"`` for several.
+        projector_dim: a frame-wise linear projection to this size before each aggregator
+            (SUPERB's emotion downstream: 256); ``None``: none.
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -133,6 +135,7 @@ class EmotionClassifier(nn.Module):
         aggregator: str = "ecapa",
         ecapa: Mapping[str, Any] | None = None,
         fusion: str | None = None,
+        projector_dim: int | None = None,
     ) -> None:
         super().__init__()
         if len(input_sizes) != len(rates) or not input_sizes:
@@ -146,9 +149,9 @@ class EmotionClassifier(nn.Module):
         self.rates = list(rates)
         self.fusion = fusion
         if fusion == "late":
-            self.aggregators = nn.ModuleList(build_aggregator(aggregator, d, ecapa) for d in input_sizes)
+            self.aggregators = nn.ModuleList(build_aggregator(aggregator, d, ecapa, projector_dim) for d in input_sizes)
         else:
-            self.aggregators = nn.ModuleList([build_aggregator(aggregator, sum(input_sizes), ecapa)])
+            self.aggregators = nn.ModuleList([build_aggregator(aggregator, sum(input_sizes), ecapa, projector_dim)])
         self.classifier = nn.Linear(sum(a.output_size for a in self.aggregators), num_classes)
 
     def embed(self, streams: Sequence[Sequence[Tensor]]) -> Tensor:
