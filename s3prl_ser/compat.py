@@ -16,16 +16,25 @@ applied by :func:`install` (``import s3prl_ser`` calls it) before s3prl is impor
   else), so loading a checkpoint never executes code from it. :func:`atomic_torch_save`
   writes checkpoints so that a kill mid-write never leaves a truncated file.
   (:class:`s3prl_ser.training.runner.SERRunner` uses both in place of the runner's own I/O.)
-  s3prl's upstream loaders call ``torch.load`` without ``weights_only``; they are safe through
-  torch's weights-only default, so :func:`install` refuses ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``.
+* No checkpoint may run code. Most of s3prl's upstream loaders call ``torch.load`` with
+  torch's weights-only default, but the ``tera``/``mockingjay``/``distiller`` (and ``roberta``)
+  loaders ask for ``weights_only=False``, i.e. full unpickling. :func:`install` wraps
+  ``torch.load`` once so that every load is weights-only: a call asking for full unpickling
+  (``weights_only=False`` or a ``pickle_module``) gets a weights-only load that also accepts
+  ``argparse.Namespace`` (s3prl's checkpoints store one), and a file that does not load that
+  way raises :class:`UnsafeCheckpointError` naming it and saying how to convert it. Explicit
+  ``weights_only=True`` also makes ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` moot, which
+  :func:`install` refuses all the same.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import os
+import pickle
 import sys
 import tempfile
 import types
@@ -39,6 +48,7 @@ import torchaudio
 
 __all__ = [
     "RemovedAPIError",
+    "UnsafeCheckpointError",
     "install",
     "atomic_torch_save",
     "safe_torch_load",
@@ -48,6 +58,14 @@ __all__ = [
 
 class RemovedAPIError(RuntimeError):
     """A library API that s3prl references no longer exists on this stack."""
+
+
+class UnsafeCheckpointError(ValueError, RuntimeError):
+    """A checkpoint that does not load weights-only: unpickling it in full could run code from it.
+
+    A ``ValueError``, so the command-line programs end with ``error: ...``, and a
+    ``RuntimeError`` like any other failed checkpoint load, so existing handlers keep working.
+    """
 
 
 def _removed(qualified_name: str, hint: str) -> Callable[..., Any]:
@@ -85,10 +103,65 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", **kwargs
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location=map_location, weights_only=True, **kwargs)
-    except FileNotFoundError:
+    except (FileNotFoundError, UnsafeCheckpointError):
         raise
     except Exception as error:  # unpickling errors come in many types; name the file
         raise RuntimeError(f"cannot load checkpoint {path}: {error}") from error
+
+
+_CONVERT_HINT = (
+    "s3prl-ser loads every checkpoint weights-only, since unpickling one in full can run code stored in it. "
+    "If you trust the file, convert it once in a separate Python session without s3prl_ser: "
+    "`ckpt = torch.load(PATH, weights_only=False)`, then `torch.save` a copy holding only tensors, state_dicts "
+    "and plain values (dict, list, str, int, float, bool, None; argparse.Namespace is accepted too) and use "
+    "that copy; for tera/mockingjay/distiller files keep what their loader reads: `torch.save({k: ckpt[k] for k "
+    "in ('Config', 'Upstream_Config', 'Transformer', 'SpecHead', 'Distiller') if k in ckpt}, NEW_PATH)`"
+)
+
+
+def _load_failure(f: Any, error: Exception, full_unpickling: bool, caller: str) -> UnsafeCheckpointError:
+    name = os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None) or "<in-memory file>"
+    text = str(error).split("WeightsUnpickler error:", 1)[-1]
+    reason = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    reason = reason.split(" Please use", 1)[0].rstrip(".")  # drop torch's advice to allow-list the global
+    asked = " asking for full unpickling (weights_only=False)" if full_unpickling else ""
+    read_by = f" (read by {caller}{asked})" if caller != __name__ else ""
+    return UnsafeCheckpointError(
+        f"cannot load checkpoint {name}{read_by}: it does not load weights-only (torch: {reason}). {_CONVERT_HINT}"
+    )
+
+
+def _weights_only_torch_load(original: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.load`` that is always weights-only (see the module docstring)."""
+
+    def load(
+        f: Any,
+        map_location: Any = None,
+        pickle_module: Any = None,
+        *,
+        weights_only: bool | None = None,
+        mmap: bool | None = None,
+        **pickle_load_args: Any,
+    ) -> Any:
+        full_unpickling = weights_only is False or pickle_module is not None
+        namespaces = torch.serialization.safe_globals([argparse.Namespace])
+        try:
+            with namespaces if full_unpickling else contextlib.nullcontext():
+                return original(f, map_location, weights_only=True, mmap=mmap, **pickle_load_args)
+        except pickle.UnpicklingError as error:
+            caller = sys._getframe(1).f_globals.get("__name__", "?")
+            raise _load_failure(f, error, full_unpickling, caller) from error
+
+    load.__doc__ = original.__doc__
+    load.__wrapped__ = original
+    load.s3prl_ser_weights_only = True
+    return load
+
+
+def _force_weights_only_loads() -> None:
+    if getattr(torch.load, "s3prl_ser_weights_only", False):
+        return
+    torch.load = torch.serialization.load = _weights_only_torch_load(torch.load)
 
 
 def soundfile_load(
@@ -137,14 +210,15 @@ def install() -> None:
     """Make ``import s3prl`` and its runner work; idempotent, so repeated calls are harmless.
 
     Raises:
-        RuntimeError: ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set. s3prl loads upstream
-            checkpoints with ``torch.load``'s default, which that variable turns into full
-            unpickling: a checkpoint could run code.
+        RuntimeError: ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set. It asks for full unpickling
+            of every checkpoint, which could run code; the wrapped ``torch.load`` ignores it,
+            but a process that sets it expects otherwise.
     """
     if os.getenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "0") in ("1", "y", "yes", "true"):
         raise RuntimeError(
-            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set: s3prl's upstream loaders would then unpickle "
-            "checkpoints in full, which can execute code from the file; unset it"
+            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set: it asks torch.load to unpickle checkpoints in full, "
+            "which can execute code from the file; s3prl-ser loads them weights-only regardless: unset it"
         )
+    _force_weights_only_loads()
     _patch_torchaudio()
     _patch_huggingface_hub()
