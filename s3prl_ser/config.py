@@ -55,6 +55,7 @@ __all__ = [
     "load_config",
     "apply_overrides",
     "check_int",
+    "check_positive",
     "check_fp16",
 ]
 
@@ -225,6 +226,23 @@ def check_int(value: Any, where: str, minimum: int = 1) -> int:
     """
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{where} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_positive(value: Any, where: str) -> float:
+    """``value`` if it is a number > 0, else a :class:`ConfigError` naming ``where``.
+
+    Example:
+        >>> check_positive(0.5, "config.runner.gradient_clipping")
+        0.5
+        >>> check_positive("1e-3", "config.optimizer.lr")
+        Traceback (most recent call last):
+        ...
+        s3prl_ser.config.ConfigError: config.optimizer.lr must be a number > 0, got '1e-3' (YAML reads 1e-3 as text: write 1.0e-3)
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        hint = " (YAML reads 1e-3 as text: write 1.0e-3)" if isinstance(value, str) and _FLOAT.fullmatch(value) else ""
+        raise ConfigError(f"{where} must be a number > 0, got {value!r}{hint}")
     return value
 
 

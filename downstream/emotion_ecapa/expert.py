@@ -19,7 +19,7 @@ from torch import nn
 from torch.distributed import get_rank, get_world_size, is_initialized
 from torch.utils.data import DataLoader
 
-from s3prl_ser.config import check_keys
+from s3prl_ser.config import check_int, check_keys
 from s3prl_ser.data.audio import load_audio
 from s3prl_ser.data.fold_data import eval_loader, load_fold_data, train_loader
 from s3prl_ser.data.folds import check_fold, fold_session, resolve_fold
@@ -40,6 +40,9 @@ DATARC_KEYS = {
     "eval_batch_size",
     "num_workers",
     "min_samples",
+    "allow_outside_root",
+    "max_seconds",
+    "max_eval_seconds",
 }
 MODELRC_KEYS = {"aggregator", "ecapa", "fusion", "projector_dim"}
 AVERAGING_KEYS = {"best_k", "average"}
@@ -57,8 +60,9 @@ class DownstreamExpert(nn.Module):
             checkpoint_averaging).
         expdir: experiment directory.
         **kwargs: the runner's remaining config sections and command-line args (used here:
-            ``downstream_variant``, which selects the fold like s3prl's ``-v``, and ``seed``,
-            which seeds the training order).
+            ``downstream_variant``, which selects the fold like s3prl's ``-v``, ``seed``,
+            which seeds the training order, and ``mode``: in ``train`` with ``datarc.pre_load``,
+            the train and dev audio are read at construction).
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class DownstreamExpert(nn.Module):
         check_keys(self.datarc, DATARC_KEYS, "downstream_expert.datarc")
         check_keys(self.modelrc, MODELRC_KEYS, "downstream_expert.modelrc")
         check_keys(self.averaging, AVERAGING_KEYS, "downstream_expert.checkpoint_averaging")
+        best_k = check_int(self.averaging.get("best_k", 5), "config.downstream_expert.checkpoint_averaging.best_k")
         self.textrc = dict(downstream_expert.get("text") or {})
         check_keys(self.textrc, TEXT_KEYS, "downstream_expert.text")
         self.expdir = Path(expdir)
@@ -84,9 +89,7 @@ class DownstreamExpert(nn.Module):
 
         where = "downstream_expert.datarc"
         self.fold = check_fold(resolve_fold(self.datarc.get("test_fold"), kwargs.get("downstream_variant")))
-        # Audio is pre-loaded when a split's loader is first asked for, so -m evaluate and
-        # -m inference read only what they use.
-        data = load_fold_data(self.datarc, self.fold, where=where)
+        data = load_fold_data(self.datarc, self.fold, where=where)  # checks every audio header
         meta_dir = Path(self.datarc["meta_data"])
         self.class_names = data.class_names
         self.protocol = data.protocol
@@ -127,11 +130,18 @@ class DownstreamExpert(nn.Module):
             projector_dim=self.modelrc.get("projector_dim"),
         )
         self.objective = nn.CrossEntropyLoss()
-        self.best = BestCheckpoints(self.expdir, int(self.averaging.get("best_k", 5)))
+        self.best = BestCheckpoints(self.expdir, best_k)
         # Where dev/test predictions go, and whether dev results select checkpoints: a
         # standalone ``-m evaluate`` writes elsewhere and selects nothing.
         self.output_dir = self.expdir
         self.selecting = True
+        # With pre_load, training decodes train and dev now, after the config checks above,
+        # so a file only decoding can reject (NaN samples) stops the run at start-up rather
+        # than at a batch or dev evaluation. Other splits and modes load when their loader is
+        # first asked for, so -m evaluate and -m inference read only what they use.
+        if kwargs.get("mode") == "train" and self.datarc.get("pre_load", False):
+            self.train_dataset.preload()
+            self.dev_dataset.preload()
 
     def evaluate_separately(self, tag: str) -> Path:
         """Send later logs and predictions to ``expdir/evaluate_<tag>/`` and stop offering dev

@@ -1,8 +1,17 @@
-"""Audio loading for every dataset and inference path: soundfile, mono, 16 kHz, validated."""
+"""Audio loading for every dataset and inference path: soundfile, mono, 16 kHz, validated.
+
+Another sample rate or channel count is not an error: audio is resampled to 16 kHz and
+averaged to mono by design. What cannot be used is: a file soundfile cannot open, no samples,
+a WAV shorter than its header says (a cut-off copy, which soundfile reads silently as a shorter
+clip), fewer than ``min_samples`` samples after resampling, and non-finite samples.
+:func:`audio_file_problem` finds all but the last from the header, without decoding;
+:func:`load_audio` checks everything when it decodes.
+"""
 
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +19,7 @@ import soundfile
 import torch
 import torchaudio.functional as AF
 
-__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "prepare_waveform"]
+__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "prepare_waveform", "audio_file_problem"]
 
 SAMPLE_RATE = 16000
 
@@ -59,12 +68,16 @@ def prepare_waveform(
     if sample_rate != SAMPLE_RATE:
         wav = AF.resample(wav, sample_rate, SAMPLE_RATE)
     if wav.numel() < min_samples:
-        raise AudioError(
-            f"{source}: clip is {wav.numel()} samples ({wav.numel() / SAMPLE_RATE * 1000:.1f} ms) "
-            f"at {SAMPLE_RATE} Hz, shorter than the required {min_samples} samples "
-            "(the upstream's receptive field)"
-        )
+        raise AudioError(f"{source}: {_too_short(wav.numel(), min_samples, sample_rate != SAMPLE_RATE)}")
     return wav.contiguous()
+
+
+def _too_short(samples: int, min_samples: int, resampled: bool) -> str:
+    return (
+        f"clip is {samples} samples ({samples / SAMPLE_RATE * 1000:.1f} ms) at {SAMPLE_RATE} Hz"
+        f"{' after resampling' if resampled else ''}, shorter than the required {min_samples} samples "
+        "(the upstream's receptive field)"
+    )
 
 
 def load_audio(path: str | os.PathLike, *, min_samples: int = 1) -> torch.Tensor:
@@ -72,14 +85,75 @@ def load_audio(path: str | os.PathLike, *, min_samples: int = 1) -> torch.Tensor
 
     Raises:
         FileNotFoundError: the file does not exist.
-        AudioError: the file cannot be decoded, is empty, has non-finite samples, or is
-            shorter than ``min_samples`` after resampling. The message names the file.
+        AudioError: the file cannot be decoded, is a WAV shorter than its header says, is
+            empty, has non-finite samples, or is shorter than ``min_samples`` after
+            resampling. The message names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
+    truncated = _truncation(path)
+    if truncated:
+        raise AudioError(f"{path}: {truncated}")
     try:
         data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
         raise AudioError(f"{path}: cannot decode audio ({error})") from error
     return prepare_waveform(data, sample_rate, source=str(path), min_samples=min_samples)
+
+
+def audio_file_problem(path: str | os.PathLike, *, min_samples: int = 1, max_samples: int | None = None) -> str | None:
+    """Why an existing audio file cannot be used, judged from its header alone, or None.
+
+    Reads the header (and, for a WAV, its chunk sizes) without decoding, so every file of a
+    corpus can be checked before training. Non-finite samples show only when decoding
+    (:func:`load_audio`); a compressed file cut short (FLAC) only when decoding too.
+
+    Returns:
+        ``"cannot read: ..."``, ``"audio is empty (0 samples)"``, ``"truncated: ..."`` or
+        ``"clip is N samples ..."`` (shorter than ``min_samples``, or longer than
+        ``max_samples``, after resampling to 16 kHz).
+    """
+    try:
+        info = soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+        return f"cannot read: {getattr(error, 'error_string', error)}"
+    truncated = _truncation(Path(path))
+    if truncated:
+        return truncated
+    if info.frames <= 0:
+        return "audio is empty (0 samples)"
+    # torchaudio's resampling yields ceil(frames * 16000 / rate) samples.
+    samples = -(-info.frames * SAMPLE_RATE // info.samplerate)
+    if samples < min_samples:
+        return _too_short(samples, min_samples, info.samplerate != SAMPLE_RATE)
+    if max_samples is not None and samples > max_samples:
+        return (
+            f"clip is {samples / SAMPLE_RATE:.1f} s, longer than the evaluation limit of "
+            f"{max_samples / SAMPLE_RATE:g} s (datarc.max_eval_seconds; memory grows with the clip)"
+        )
+    return None
+
+
+def _truncation(path: Path) -> str | None:
+    """``"truncated: ..."`` for a RIFF WAV whose file ends before the data size its header
+    declares (soundfile reads it silently as a shorter clip); None otherwise, for other
+    formats, and for a streamed WAV (its writer could not seek back to fill the size in:
+    0xFFFFFFFF)."""
+    with open(path, "rb") as handle:
+        header = handle.read(12)
+        if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
+            return None
+        order = "<" if header[:4] == b"RIFF" else ">"
+        size = os.fstat(handle.fileno()).st_size
+        offset = 12
+        while offset + 8 <= size:
+            handle.seek(offset)
+            chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
+            if chunk == b"data":
+                present = size - offset - 8
+                if length == 0xFFFFFFFF or present >= length:
+                    return None
+                return f"truncated: its header declares {length} data bytes, the file holds {present}"
+            offset += 8 + length + (length & 1)  # chunks are padded to an even size
+    return None

@@ -34,12 +34,28 @@ class MetaData:
         return [name for name, _ in sorted(self.labels.items(), key=lambda kv: kv[1])]
 
 
-def read_meta_data(path: str | os.PathLike, root: str | os.PathLike | None = None) -> MetaData:
+def _outside_root(path: str) -> bool:
+    """Whether a meta-data path leaves the corpus root: absolute, or ``..`` leads out of it
+    (judged on the text, so a corpus of symbolic links stays inside)."""
+    normal = os.path.normpath(path)
+    return os.path.isabs(normal) or normal == os.pardir or normal.startswith(os.pardir + os.sep)
+
+
+def read_meta_data(
+    path: str | os.PathLike, root: str | os.PathLike | None = None, *, allow_outside_root: bool = False
+) -> MetaData:
     """Read and validate a meta-data JSON; with ``root``, also check every audio file exists.
+
+    Args:
+        path: the JSON file.
+        root: the corpus root its paths are relative to.
+        allow_outside_root: accept absolute paths and paths that ``..`` leads out of the root
+            (refused by default: stock meta data hold paths inside it).
 
     Raises:
         FileNotFoundError: the JSON, or audio files it lists (the first few are named).
-        ValueError: malformed JSON, or an entry with a label outside ``labels``.
+        ValueError: malformed JSON, an item that is not an object or has no ``path`` (its
+            index is named), a path outside the root, or a label outside ``labels``.
     """
     path = Path(path)
     if not path.is_file():
@@ -51,10 +67,22 @@ def read_meta_data(path: str | os.PathLike, root: str | os.PathLike | None = Non
         labels, items = data["labels"], data["meta_data"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{path}: not an s3prl emotion meta-data file ({error})") from error
+    if not isinstance(labels, dict) or not isinstance(items, list):
+        raise ValueError(f"{path}: not an s3prl emotion meta-data file (labels must be an object, meta_data a list)")
     ids = sorted(labels.values())
     if ids != list(range(len(ids))):
         raise ValueError(f"{path}: label ids must be 0..{len(ids) - 1}, got {labels}")
-    for item in items:
+    for index, item in enumerate(items):
+        where = f"{path}: meta_data[{index}]"
+        if not isinstance(item, dict):
+            raise ValueError(f'{where} is not an object {{"path": ..., "label": ...}}: {item!r}')
+        if not isinstance(item.get("path"), str) or not item["path"]:
+            raise ValueError(f"{where} has no 'path' (the audio file, relative to the corpus root): {item!r}")
+        if not allow_outside_root and _outside_root(item["path"]):
+            raise ValueError(
+                f"{where}: path {item['path']!r} is outside the corpus root{f' {root}' if root else ''} "
+                "(absolute, or .. leads out of it); if that is intended, set the datarc key allow_outside_root: true"
+            )
         if item.get("label") not in labels:
             raise ValueError(
                 f"{path}: utterance {item.get('path')} has unknown label {item.get('label')!r} "
@@ -70,8 +98,11 @@ def read_meta_data(path: str | os.PathLike, root: str | os.PathLike | None = Non
     return MetaData(path, dict(labels), list(items), data.get("file_order"))
 
 
-def read_fold_meta(meta_dir: str | os.PathLike, fold: str, root: str | os.PathLike) -> tuple[MetaData, MetaData]:
-    """The train and test meta data of ``fold`` (``META_DIR/SessionN/{train,test}_meta_data.json``).
+def read_fold_meta(
+    meta_dir: str | os.PathLike, fold: str, root: str | os.PathLike, *, allow_outside_root: bool = False
+) -> tuple[MetaData, MetaData]:
+    """The train and test meta data of ``fold`` (``META_DIR/SessionN/{train,test}_meta_data.json``);
+    ``allow_outside_root`` as in :func:`read_meta_data`.
 
     Raises:
         FileNotFoundError: no meta data for that fold (the folds ``meta_dir`` has are listed).
@@ -85,8 +116,8 @@ def read_fold_meta(meta_dir: str | os.PathLike, fold: str, root: str | os.PathLi
             f"no meta data for {fold}: {meta_dir / session} does not exist ({meta_dir} has "
             f"{', '.join(folds) or 'no folds'}; fold N tests on Session N)"
         )
-    train = read_meta_data(meta_dir / session / "train_meta_data.json", root)
-    test = read_meta_data(meta_dir / session / "test_meta_data.json", root)
+    train = read_meta_data(meta_dir / session / "train_meta_data.json", root, allow_outside_root=allow_outside_root)
+    test = read_meta_data(meta_dir / session / "test_meta_data.json", root, allow_outside_root=allow_outside_root)
     if train.labels != test.labels:
         raise ValueError(f"{train.path} and {test.path} define different labels")
     return train, test

@@ -6,26 +6,30 @@ Fold N tests on Session N; its train list is split into train and dev by s3prl's
 
 Training batches come from :class:`~s3prl_ser.data.sampler.GlobalBatchSampler`:
 ``train_batch_size`` is the global batch in both stages, and a resumed run re-enters an
-epoch at any batch.
+epoch at any batch. Memory is bounded by clip length, so training clips longer than
+``datarc.max_seconds`` are randomly cropped (:class:`RandomCrop`) and dev/test clips longer
+than ``datarc.max_eval_seconds`` are refused when the fold is loaded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from s3prl_ser.config import ConfigError, require
+from s3prl_ser.data.audio import SAMPLE_RATE, AudioError, audio_file_problem
 from s3prl_ser.data.emotion_dataset import EmotionDataset, collate, read_fold_meta
 from s3prl_ser.data.folds import SUPERB_SPLIT_SEED, speaker_disjoint_split, superb_train_dev_split, utterance_speaker
 from s3prl_ser.data.protocol import FoldProtocol, digest
 from s3prl_ser.data.sampler import GlobalBatchSampler, epoch_seed
 
-__all__ = ["SPLITS", "FoldData", "load_fold_data", "train_loader", "eval_loader"]
+__all__ = ["SPLITS", "FoldData", "load_fold_data", "RandomCrop", "train_loader", "eval_loader"]
 
 SPLITS = ("superb", "speaker")
 
@@ -50,21 +54,33 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
 
     Args:
         datarc: the ``datarc`` config section (``root``, ``meta_data``, ``split``,
-            ``valid_ratio``, ``dev_session``, ``min_samples``).
+            ``valid_ratio``, ``dev_session``, ``min_samples``, ``allow_outside_root``).
         fold: ``fold1`` .. ``fold5``.
         where: the section's name in error messages.
         read_audio: ``False`` serves empty waveforms (text models need only utterance names).
 
-    Audio is read lazily, or all at once by the loaders when ``datarc.pre_load`` is set.
+    With ``read_audio``, the header of every audio file of the fold (train, dev and test) is
+    checked now (:func:`~s3prl_ser.data.audio.audio_file_problem`), so a bad file stops the run
+    before training rather than when its split is first read. Audio is read lazily, or all at
+    once by the loaders when ``datarc.pre_load`` is set.
 
     Raises:
-        ConfigError: root/meta_data unset, or an unknown split rule.
+        ConfigError: root/meta_data unset, an unknown split rule, or a non-boolean
+            ``allow_outside_root``.
         FileNotFoundError: meta data or audio files are missing (named in the message).
-        ValueError: the train and test meta data define different labels.
+        AudioError: audio files that cannot be used (the first few named, with the cause).
+        ValueError: malformed meta data (file and item named), or the train and test meta data
+            define different labels.
     """
     root = Path(require(datarc, "root", where, f"pass -o config.{where}.root=IEMOCAP_ROOT"))
     meta_dir = Path(require(datarc, "meta_data", where, f"pass -o config.{where}.meta_data=META_DIR"))
-    train_meta, test_meta = read_fold_meta(meta_dir, fold, root)
+    outside = datarc.get("allow_outside_root", False)
+    if not isinstance(outside, bool):
+        raise ConfigError(f"{where}.allow_outside_root must be true or false, got {outside!r}")
+    train_meta, test_meta = read_fold_meta(meta_dir, fold, root, allow_outside_root=outside)
+    min_samples = datarc.get("min_samples", 400)
+    _seconds(datarc, "max_seconds", where)  # applied per epoch by train_loader
+    max_eval = _seconds(datarc, "max_eval_seconds", where)
     split = datarc.get("split", "superb")
     paths = [item["path"] for item in train_meta.items]
     if split == "superb":
@@ -76,7 +92,14 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
         rule = {"rule": split, "dev_sessions": sorted({utterance_speaker(paths[i])[:5] for i in dev_idx})}
     else:
         raise ConfigError(f"{where}.split must be one of {', '.join(SPLITS)}, got {split!r}")
-    options = dict(min_samples=datarc.get("min_samples", 400), read_audio=read_audio)
+    if read_audio:
+        # Training clips are cropped to max_seconds (train_loader); dev (decided from here on)
+        # and test clips are scored whole, so longer ones are refused up front.
+        dev_paths = [paths[i] for i in dev_idx]
+        train_paths = [paths[i] for i in train_idx]
+        eval_paths = dev_paths + [item["path"] for item in test_meta.items]
+        _check_audio(root, fold, train_paths, eval_paths, min_samples, max_eval)
+    options = dict(min_samples=min_samples, read_audio=read_audio)
     protocol = FoldProtocol(
         fold=fold,
         corpus=digest(f"{item['path']}\t{item['label']}" for item in train_meta.items + test_meta.items),
@@ -95,6 +118,65 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
     )
 
 
+def _seconds(datarc: Mapping[str, Any], key: str, where: str) -> float | None:
+    """``datarc[key]``: a positive number of seconds, or None (no limit).
+
+    Raises:
+        ConfigError: anything else.
+    """
+    value = datarc.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        raise ConfigError(f"{where}.{key} must be a positive number of seconds or null, got {value!r}")
+    return value
+
+
+def _check_audio(
+    root: Path, fold: str, train: list[str], evaluated: list[str], min_samples: int, max_eval: float | None
+) -> None:
+    """Raise :class:`AudioError` naming the first few files (paths relative to ``root``) whose
+    header shows them unusable, and how many there are; ``evaluated`` files (dev, test) may
+    also not be longer than ``max_eval`` seconds."""
+    limit = None if max_eval is None else int(max_eval * SAMPLE_RATE)
+    bad = [
+        f"{path}: {problem}"
+        for paths, max_samples in ((train, None), (evaluated, limit))
+        for path in paths
+        if (problem := audio_file_problem(root / path, min_samples=min_samples, max_samples=max_samples))
+    ]
+    if bad:
+        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        total = len(train) + len(evaluated)
+        raise AudioError(f"{root}: {len(bad)} of the {total} audio files of {fold} cannot be used: {shown}")
+
+
+class RandomCrop(Dataset):
+    """A training view of ``dataset`` whose clips longer than ``max_samples`` are cut to a window
+    of that length at a random offset, drawn from ``(seed, epoch, index)``: the same crop in
+    every worker and after a resume, another one each epoch. Memory then stays bounded by
+    ``max_samples`` whatever the corpus holds.
+
+    Example:
+        >>> import numpy as np
+        >>> clips = [(np.arange(10, dtype=np.float32), 0, "long"), (np.arange(3, dtype=np.float32), 1, "short")]
+        >>> view = RandomCrop(clips, max_samples=4, seed=0, epoch=0)
+        >>> len(view[0][0]), view[1][0].tolist(), view[0][0].tolist() == RandomCrop(clips, 4, 0, 0)[0][0].tolist()
+        (4, [0.0, 1.0, 2.0], True)
+    """
+
+    def __init__(self, dataset: Sequence, max_samples: int, seed: int, epoch: int) -> None:
+        self.dataset, self.max_samples, self.seed, self.epoch = dataset, max_samples, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
+        wav, label, name = self.dataset[index]
+        if len(wav) > self.max_samples:
+            start = int(np.random.default_rng([self.seed, self.epoch, index]).integers(len(wav) - self.max_samples + 1))
+            wav = wav[start : start + self.max_samples]
+        return wav, label, name
+
+
 def train_loader(
     dataset: EmotionDataset,
     datarc: Mapping[str, Any],
@@ -106,9 +188,12 @@ def train_loader(
     world_size: int = 1,
 ) -> DataLoader:
     """This process's ``(wavs, labels, names)`` batches of epoch ``epoch`` from global batch
-    ``start`` on; ``datarc.train_batch_size`` is the global batch."""
+    ``start`` on; ``datarc.train_batch_size`` is the global batch, and clips are cropped to
+    ``datarc.max_seconds`` (:class:`RandomCrop`) when it is set."""
     if datarc.get("pre_load", False):
         dataset.preload()
+    max_seconds = datarc.get("max_seconds")
+    source = dataset if max_seconds is None else RandomCrop(dataset, int(max_seconds * SAMPLE_RATE), seed, epoch)
     sampler = GlobalBatchSampler(
         len(dataset),
         datarc.get("train_batch_size", 4),
@@ -121,7 +206,7 @@ def train_loader(
     # A private generator: making the loader (its worker seeds) must not draw from the
     # global RNG, which drives dropout and is restored on resume.
     return DataLoader(
-        dataset,
+        source,
         batch_sampler=sampler,
         num_workers=datarc.get("num_workers", 4),
         collate_fn=collate,

@@ -69,11 +69,22 @@ class Utterance:
 
 
 def read_label_file(path: Path) -> list[tuple[str, str]]:
-    """``(utterance, code)`` for every turn line (``[start - end]\\tname\\tcode\\t[v, a, d]``)."""
+    """``(utterance, code)`` for every turn line (``[start - end]\\tname\\tcode\\t[v, a, d]``).
+
+    Raises:
+        PreparationError: naming ``path:line``, for a turn line that is malformed, has an
+            unknown code, or starts with whitespace (stock s3prl skips such a line silently,
+            so accepting it would select other utterances than SUPERB's).
+    """
     turns = []
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.startswith("["):
+                if line.lstrip().startswith("["):
+                    raise PreparationError(
+                        f"{path}:{number}: label line starts with whitespace ({line.strip()!r}); stock s3prl's "
+                        "preprocessing would drop this utterance silently: remove the whitespace or the line"
+                    )
                 continue
             fields = [f for f in re.split("[\t\n]", line) if f]
             if len(fields) < 3:

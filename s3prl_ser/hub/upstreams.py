@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 
 from torch import nn
 
@@ -26,7 +27,9 @@ def build_upstream(
     (``ckpt``) gets the same check (:func:`~s3prl_ser.hub.ft_hub.check_fine_tuned`).
 
     Raises:
-        ValueError: ``name`` is not an s3prl hub entry (the closest names are suggested).
+        ValueError: ``name`` is not an s3prl hub entry (the closest names are suggested), or
+            the entry cannot load ``ckpt`` (a file of another kind; the cause is quoted).
+        FileNotFoundError: ``ckpt`` is a path (not an ``http`` URL) that does not exist.
         FoldMismatchError: ``ckpt`` was fine-tuned for a fold other than ``fold``, or records none.
         ProtocolMismatchError: ``ckpt`` was fine-tuned on another corpus or train/dev split.
     """
@@ -36,9 +39,23 @@ def build_upstream(
     if not callable(entry) or name.startswith("_"):
         close = difflib.get_close_matches(name, hub.options(), n=3)
         raise ValueError(f"unknown upstream {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    if ckpt is not None and not ckpt.startswith("http") and not os.path.exists(ckpt):
+        raise FileNotFoundError(f"-k {ckpt}: checkpoint of upstream {name!r} not found")
     kwargs = dict(ckpt=ckpt, model_config=model_config, refresh=refresh)
     if is_ft_avg_entry(name):
         kwargs["fold"] = fold
     elif ckpt is not None:
         check_fine_tuned(ckpt, fold)
-    return entry(**kwargs)
+    try:
+        return entry(**kwargs)
+    except (ValueError, OSError):  # this project's and the OS's errors already name the file
+        raise
+    except Exception as error:
+        if ckpt is None:
+            raise
+        # s3prl's loaders fail on a file of another kind with whatever unpickling or lookup
+        # error comes first (KeyError: 101, AssertionError, ...), naming neither file nor entry.
+        raise ValueError(
+            f"upstream {name!r} cannot load -k {ckpt} ({type(error).__name__}: {error}): "
+            "is it a checkpoint of that upstream?"
+        ) from error

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from tqdm import tqdm
 
-from s3prl_ser.config import check_fp16, check_int
+from s3prl_ser.config import check_fp16, check_int, check_positive
 from s3prl_ser.training.states import Progress, capture_rng
 
 __all__ = ["Schedule", "UpdateResult", "OptimizerStep", "LoopHooks", "TrainingLoop"]
@@ -45,6 +45,10 @@ class Schedule:
 
     Dev is evaluated and states are saved every ``eval_step`` / ``save_step`` updates and at
     the last one, so the final model is always a candidate and a finished run is resumable.
+
+    Raises:
+        ConfigError: a step count that is not an integer >= 1, or a clipping norm that is not
+            a number > 0 (the message names the ``config.runner`` key).
 
     Example:
         >>> s = Schedule(total_steps=10, accumulate=2, clipping=1.0, log_step=5, eval_step=4, save_step=4)
@@ -62,14 +66,15 @@ class Schedule:
     def __post_init__(self) -> None:
         for name in ("total_steps", "accumulate", "log_step", "eval_step", "save_step"):
             check_int(getattr(self, name), f"config.runner.{_RUNNER_KEYS.get(name, name)}")
+        check_positive(self.clipping, "config.runner.gradient_clipping")
 
     @classmethod
     def from_runner(cls, runner: Mapping[str, Any]) -> Schedule:
-        """From a config's ``runner`` section (s3prl's key names)."""
+        """From a config's ``runner`` section (s3prl's key names), checked as the class says."""
         return cls(
             total_steps=runner["total_steps"],
             accumulate=runner.get("gradient_accumulate_steps", 1),
-            clipping=float(runner["gradient_clipping"]),
+            clipping=runner["gradient_clipping"],
             log_step=runner["log_step"],
             eval_step=runner["eval_step"],
             save_step=runner["save_step"],

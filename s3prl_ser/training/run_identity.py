@@ -38,8 +38,8 @@ RUN_ARGS = (
     "downstream_variant",
     "seed",
 )
-# Config settings that say how data is fed, not what is learned: they may always change.
-RUNTIME_SETTINGS = frozenset({"num_workers", "eval_batch_size", "pre_load"})
+# Config settings that say how data is fed or checked, not what is learned: they may always change.
+RUNTIME_SETTINGS = frozenset({"num_workers", "eval_batch_size", "pre_load", "allow_outside_root", "max_eval_seconds"})
 _ACCUMULATION = "config.runner.gradient_accumulate_steps"
 # Files a training run leaves in its experiment directory.
 _RUN_FILES = ("states-*.ckpt", "dev-top.json", "dev-avg.ckpt", "dev-best.ckpt", "final.json")
