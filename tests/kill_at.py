@@ -1,27 +1,44 @@
 """Run a training command in this process and SIGKILL it at a chosen moment: a real kill of a
-real process, placed exactly, for the exact-resume tests.
+real process, placed exactly, for the exact-resume and kill-loop tests.
 
-    python tests/kill_at.py update N   run_downstream ARGS...   # dies right after update N
-    python tests/kill_at.py save N     upstream_ft ARGS...      # dies halfway through writing states-N
+    python tests/kill_at.py update N         run_downstream ARGS...  # dies right after update N
+    python tests/kill_at.py save N           upstream_ft ARGS...     # dies halfway through writing states-N
+    python tests/kill_at.py write NAME:K     run_downstream ARGS...  # dies halfway through the K-th write of NAME
+    python tests/kill_at.py stop N           run_downstream ARGS...  # stops (SIGSTOP) right after update N
 
 ``update N``: the process dies after the N-th optimizer update, before anything of that
 update is evaluated or saved. ``save N``: it dies with half of ``states-N.ckpt`` written to
-the temporary file that the atomic save would have renamed.
+the temporary file that the atomic save would have renamed (``write states-N.ckpt:1``).
+``write NAME:K``: the same for the K-th write of any file the run writes with
+``atomic_torch_save`` or ``Path.write_text`` (a checkpoint, ``dev-top.json`` through its
+temporary file, ``final.json``, metrics, ...). ``stop N``: the process stops after update N,
+holding its files and locks, until it is killed.
+
+:func:`fork_run` runs the same in a forked child of a process that has run the command before
+(its imports warm): about a second instead of a fresh interpreter's ten on a busy machine.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import pathlib
 import signal
 import sys
 import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import s3prl_ser  # noqa: F401  (s3prl compatibility before anything imports s3prl)
-from s3prl_ser.training import loop, states
+from s3prl_ser import compat
+from s3prl_ser.training import loop
+
+PROJECT_PACKAGES = frozenset({"s3prl_ser", "s3prl", "downstream", "upstream_ft", "tests", "helpers", "kill_at"})
 
 
 def die() -> None:
@@ -29,26 +46,51 @@ def die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def kill_after_update(n: int) -> None:
+def after_update(n: int, then: Callable[[], None]) -> None:
+    """Call ``then`` right after the ``n``-th optimizer update."""
     update = loop.OptimizerStep.update
     done = [0]
 
-    def update_then_die(self: loop.OptimizerStep) -> loop.UpdateResult:
+    def update_then(self: loop.OptimizerStep) -> loop.UpdateResult:
         result = update(self)
         done[0] += 1
         if done[0] == n:
-            die()
+            then()
         return result
 
-    loop.OptimizerStep.update = update_then_die
+    loop.OptimizerStep.update = update_then
 
 
-def kill_while_saving(n: int) -> None:
-    save = states.atomic_torch_save
+def stop() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGSTOP)
 
-    def save_half_then_die(obj: object, path: str | os.PathLike, **kwargs: object) -> None:
+
+def logical_name(path: Path) -> str:
+    """The file a write is for: ``.NAME.tmp`` (an atomic text write's temporary file) is NAME."""
+    name = path.name
+    return name[1:-4] if name.startswith(".") and name.endswith(".tmp") else name
+
+
+def intercept_writes(halfway: Callable[[str, int], bool]) -> Callable[[], None]:
+    """Ask ``halfway(name, k)`` before the ``k``-th write of each file ``name`` (checkpoints
+    through ``atomic_torch_save``, text through ``Path.write_text``); where it answers True,
+    write half of the content where the write would go, then die. Returns the undo.
+
+    Every loaded module's ``atomic_torch_save`` is replaced, and ``compat``'s, which modules
+    imported later take (the runner looks it up there at each save).
+    """
+    save, write_text = compat.atomic_torch_save, pathlib.Path.write_text
+    counts: Counter[str] = Counter()
+
+    def ask(path: Path) -> bool:
+        name = logical_name(path)
+        counts[name] += 1
+        return halfway(name, counts[name])
+
+    def save_or_die(obj: object, path: str | os.PathLike, **kwargs: object) -> None:
         path = Path(path)
-        if path.name != f"states-{n}.ckpt":
+        if not ask(path):
             return save(obj, path, **kwargs)
         buffer = io.BytesIO()
         torch.save(obj, buffer)
@@ -57,17 +99,90 @@ def kill_while_saving(n: int) -> None:
         os.fsync(fd)
         die()
 
-    states.atomic_torch_save = save_half_then_die
+    def write_or_die(self: pathlib.Path, data: str, *args: object, **kwargs: object) -> int:
+        if not ask(self):
+            return write_text(self, data, *args, **kwargs)
+        write_text(self, data[: len(data) // 2], *args, **kwargs)
+        die()
+
+    def replace(old: Callable[..., None], new: Callable[..., None]) -> None:
+        # Only the project's modules import atomic_torch_save; others may be lazy modules that
+        # import (and fail) on attribute access, e.g. speechbrain's.
+        for name, module in list(sys.modules.items()):
+            if name.split(".")[0] in PROJECT_PACKAGES and getattr(module, "atomic_torch_save", None) is old:
+                module.atomic_torch_save = new
+
+    replace(save, save_or_die)
+    pathlib.Path.write_text = write_or_die
+
+    def undo() -> None:
+        replace(save_or_die, save)  # also in the modules imported since
+        pathlib.Path.write_text = write_text
+
+    return undo
 
 
-def main() -> None:
-    moment, n, command, *argv = sys.argv[1:]
-    {"update": kill_after_update, "save": kill_while_saving}[moment](int(n))
+def arm(moment: str, at: str) -> None:
+    """Set up the kill (or stop) of ``moment`` at ``at`` (see the module docstring)."""
+    if moment == "update":
+        after_update(int(at), die)
+    elif moment == "stop":
+        after_update(int(at), stop)
+    else:
+        target = f"states-{at}.ckpt:1" if moment == "save" else at
+        name, k = target.rsplit(":", 1)
+        intercept_writes(lambda written, count: (written, count) == (name, int(k)))
+
+
+def run_command(command: str, argv: list[str]) -> None:
     if command == "run_downstream":
         from s3prl_ser.cli.run_downstream import main as run
     else:
         from s3prl_ser.cli.finetune import main as run
     run(argv)
+
+
+def fork_run(moment: str, at: str, command: str, argv: list[str]) -> int:
+    """Run ``command argv`` with ``moment at`` armed in a forked child; return its pid.
+
+    The child never returns to the caller: it dies at the kill point, or exits with status 3
+    (the run ended first, or failed: the traceback goes to stderr). The kill points lie outside
+    tqdm, whose inter-process lock the child shares with this process.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        arm(moment, at)
+        run_command(command, argv)
+        print("kill_at: the run finished before the kill point", file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stderr.flush()
+        os._exit(3)
+
+
+def wait(pid: int, *, stopped: bool = False, timeout: float = 300) -> int:
+    """Wait for child ``pid`` to end (or, with ``stopped``, to stop); return its wait status.
+    A child still running after ``timeout`` seconds is killed and AssertionError raised."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG | (os.WUNTRACED if stopped else 0))
+        if done:
+            return status
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"child {pid} still running after {timeout} s")
+
+
+def main() -> None:
+    moment, at, command, *argv = sys.argv[1:]
+    arm(moment, at)
+    run_command(command, argv)
     sys.exit("the run finished before the kill point")
 
 

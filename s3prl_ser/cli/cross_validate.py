@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from s3prl_ser.cli.errors import exit_on_error
@@ -23,6 +24,7 @@ from s3prl_ser.config import ConfigError
 from s3prl_ser.data.folds import FOLDS, check_fold
 from s3prl_ser.training.cv_report import summarize, write_report
 from s3prl_ser.training.run_identity import describe, run_identity, significant_differences
+from s3prl_ser.training.run_lock import leader_lock
 from s3prl_ser.training.runner import FINAL_RECORD
 
 __all__ = ["fold_finished", "cross_validate", "main"]
@@ -80,6 +82,10 @@ def cross_validate(
 ) -> dict:
     """Run (or resume) every fold, then write and return the summary.
 
+    The experiment root and the folds' directories are locked for the whole run
+    (:mod:`s3prl_ser.training.run_lock`): another cross-validation into the same root, or a
+    training in one of its folds, is refused, and so is this one while either runs.
+
     Args:
         expdir: experiment root; fold N lives in ``expdir/foldN``.
         run_args: ``run_downstream.py`` arguments (``-u``, ``-d``, ``-k``, ...) without
@@ -87,16 +93,32 @@ def cross_validate(
         folds: folds to run.
         overrides: ``-o`` overrides applied to every fold (the fold is set here).
         title: report title (default: the experiment directory's name).
+
+    Raises:
+        DirectoryInUseError: another process holds the root or a fold's directory.
     """
-    from s3prl_ser.cli.run_downstream import get_downstream_args, requested_run, run
     from s3prl_ser.hub.registry import register
 
     register()
     if any(arg in ("-v", "--downstream_variant") or arg.startswith("--downstream_variant=") for arg in run_args):
         raise ConfigError("cross_validate sets each fold itself; drop -v")
+    folds = [check_fold(fold) for fold in folds]
     expdir = Path(expdir)
+    with ExitStack() as locks:
+        # The root first: a second cross-validation is refused before it touches any fold.
+        # Each fold's own training takes its fold's lock again, re-entrantly.
+        for directory in [expdir, *(expdir / fold for fold in folds)]:
+            directory.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(leader_lock(directory))
+        return _run_folds(expdir, run_args, folds, overrides, title)
+
+
+def _run_folds(expdir: Path, run_args: list[str], folds: list[str], overrides: str, title: str | None) -> dict:
+    """:func:`cross_validate`'s work, with the directories locked."""
+    from s3prl_ser.cli.run_downstream import get_downstream_args, requested_run, run
+
     results: dict[str, dict] = {}
-    for fold in map(check_fold, folds):
+    for fold in folds:
         fold_dir = expdir / fold
         fold_override = f"config.downstream_expert.datarc.test_fold={fold}"
         argv = [

@@ -35,6 +35,7 @@ from s3prl_ser.hub.ft_hub import FT_CHECKPOINT
 from s3prl_ser.training.distributed import Distributed, setup_distributed
 from s3prl_ser.training.finetune import best_export_dir, exported_metadata, run_fold
 from s3prl_ser.training.finetune_config import DEFAULT_CONFIG, validate_config
+from s3prl_ser.training.run_lock import leader_lock
 
 __all__ = ["build_parser", "summary_table", "main"]
 
@@ -120,28 +121,31 @@ def _run_folds(
     skipped: set[str] = set()
     for fold in folds:
         fold_dir = args.ft_dir / fold
-        requested = {"base_upstream": args.upstream, "base_ckpt": args.upstream_ckpt, "config": config}
-        done = exported_metadata(fold_dir, requested)
-        if config["checkpoint_averaging"]["export_best"] and exported_metadata(best_export_dir(fold_dir)) is None:
-            done = None  # killed between the two exports: the resumed fold writes both
-        if done is not None:
-            if dist.is_leader:
-                print(f"[upstream_ft] {fold}: already exported to {fold_dir / FT_CHECKPOINT}, skipped")
-            records[fold] = done
-            skipped.add(fold)
-            continue
-        record = run_fold(
-            args.upstream,
-            args.upstream_ckpt,
-            fold,
-            config,
-            fold_dir,
-            device=device,
-            dist=dist,
-            seed=config["runner"]["seed"],
-            environment=environment,
-        )
-        dist.barrier()
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        # Per fold, not FT_DIR: folds may run side by side (one command each), a fold only once.
+        with leader_lock(fold_dir):
+            requested = {"base_upstream": args.upstream, "base_ckpt": args.upstream_ckpt, "config": config}
+            done = exported_metadata(fold_dir, requested)
+            if config["checkpoint_averaging"]["export_best"] and exported_metadata(best_export_dir(fold_dir)) is None:
+                done = None  # killed between the two exports: the resumed fold writes both
+            if done is not None:
+                if dist.is_leader:
+                    print(f"[upstream_ft] {fold}: already exported to {fold_dir / FT_CHECKPOINT}, skipped")
+                records[fold] = done
+                skipped.add(fold)
+                continue
+            record = run_fold(
+                args.upstream,
+                args.upstream_ckpt,
+                fold,
+                config,
+                fold_dir,
+                device=device,
+                dist=dist,
+                seed=config["runner"]["seed"],
+                environment=environment,
+            )
+            dist.barrier()
         if record is not None:
             records[fold] = record
     return records, skipped

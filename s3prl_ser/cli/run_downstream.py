@@ -8,8 +8,11 @@ Same flags and behaviour as s3prl's ``run_downstream.py`` (``-m train|evaluate|i
   lives, so a ``-c`` file may hold only what differs (:mod:`s3prl_ser.config`);
 * ``-c`` and ``-o`` keys the defaults lack refused (a typo is an error, not a new key), ``-o``
   values parsed as YAML;
-* ``config.runner.fp16`` refused for training on a device other than CUDA (s3prl ignores it);
+* ``config.runner.fp16`` refused for training on a device other than CUDA (s3prl ignores it),
+  and the ``runner`` section's values checked before anything is built;
+* a missing ``-m inference -t`` file named (s3prl: a bare ``AssertionError``);
 * checkpoints loaded weights-only, written atomically;
+* one training at a time in an experiment directory (:mod:`s3prl_ser.training.run_lock`);
 * the effective config, args and package versions saved in the experiment directory.
 """
 
@@ -22,6 +25,7 @@ import platform
 import subprocess
 import sys
 from argparse import Namespace
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +45,7 @@ from s3prl_ser.config import (
     read_yaml,
 )
 from s3prl_ser.hub.registry import default_config, is_project_task, register
+from s3prl_ser.training.loop import Schedule
 from s3prl_ser.training.run_identity import (
     RUN_ARGS,
     describe,
@@ -48,6 +53,7 @@ from s3prl_ser.training.run_identity import (
     run_identity,
     significant_differences,
 )
+from s3prl_ser.training.run_lock import leader_lock
 from s3prl_ser.training.states import StatesFiles, seed_everything
 
 if TYPE_CHECKING:  # the runner imports s3prl's; loaded only when a run starts
@@ -160,8 +166,8 @@ def requested_run(argv: list[str] | None = None) -> tuple[Namespace, dict]:
     """The args and config a fresh run of ``argv`` would use; reads the config, writes nothing.
 
     Raises:
-        ConfigError: no ``-d``/``-u``, an unknown key in ``-c``/``-o``, or ``config.runner.fp16``
-            for training on a device other than CUDA.
+        ConfigError: no ``-d``/``-u``, an unknown key in ``-c``/``-o``, and for training an
+            invalid ``config.runner`` value or ``config.runner.fp16`` on a device other than CUDA.
         FileNotFoundError: a config file is missing.
     """
     args = build_parser().parse_args(argv)
@@ -173,8 +179,16 @@ def requested_run(argv: list[str] | None = None) -> tuple[Namespace, dict]:
     args.config = args.config or str(default_config(args.downstream))
     _apply_overrides(args, config)
     if args.mode == "train":
-        check_fp16((config.get("runner") or {}).get("fp16", False), args.device)
+        _check_runner(config, args.device)
     return args, config
+
+
+def _check_runner(config: dict, device: str) -> None:
+    """Refuse, before anything is built or written, a ``runner`` section that training would
+    refuse (the loop's own checks) or ``fp16`` off CUDA."""
+    runner = config.get("runner") or {}
+    check_fp16(runner.get("fp16", False), device)
+    Schedule.from_runner(runner)
 
 
 def _check_resume(ckpt_path: str, ckpt: dict, args: Namespace, config: dict, argv: list[str] | None) -> None:
@@ -216,8 +230,15 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
     resume a run with arguments or config (outside ``runner``) that differ from its checkpoint's.
     A resumed run works in the directory given by ``-p``/``-n``, else in its checkpoint's
     directory (s3prl uses the directory stored in the checkpoint, which is wrong once moved).
+
+    Raises:
+        ConfigError, FileNotFoundError, ValueError: bad arguments or config (as
+            :func:`requested_run`), a run that cannot be resumed or reused, or a missing
+            ``-t`` audio file for ``-m inference``.
     """
     args = build_parser().parse_args(argv)
+    if args.mode == "inference" and not os.path.isfile(args.evaluate_split):
+        raise FileNotFoundError(f"-t {args.evaluate_split}: audio file for -m inference not found")
     local_rank = (
         args.local_rank
         if args.local_rank is not None
@@ -263,7 +284,7 @@ def get_downstream_args(argv: list[str] | None = None) -> tuple[Namespace, dict]
     config = copy.deepcopy(ckpt["Config"])
     _apply_overrides(args, config)
     if args.mode == "train":
-        check_fp16((config.get("runner") or {}).get("fp16", False), args.device)
+        _check_runner(config, args.device)
         _check_resume(ckpt_path, ckpt, args, config, argv)
     os.makedirs(args.expdir, exist_ok=True)
     return args, config
@@ -356,20 +377,32 @@ def build_runner(args: Namespace, config: dict) -> SERRunner:
     return runner
 
 
+def _experiment_lock(args: Namespace) -> AbstractContextManager[object]:
+    """The lock of ``args.expdir`` that a training holds in its leader process (entering it
+    raises :class:`~s3prl_ser.training.run_lock.DirectoryInUseError` while another process
+    trains there). Evaluation and inference take none, so a checkpoint can be checked while its
+    run trains: emotion_ecapa's evaluation writes only to its own ``evaluate_<checkpoint>/``."""
+    return leader_lock(args.expdir) if args.mode == "train" else nullcontext()
+
+
 def run(args: Namespace, config: dict) -> SERRunner:
-    """Build the runner for parsed ``args``/``config`` and execute ``args.mode``."""
-    runner = build_runner(args, config)
-    getattr(runner, args.mode)()
+    """Build the runner for parsed ``args``/``config`` and execute ``args.mode``, holding
+    :func:`_experiment_lock`."""
+    with _experiment_lock(args):
+        runner = build_runner(args, config)
+        getattr(runner, args.mode)()
     return runner
 
 
 def main(argv: list[str] | None = None) -> None:
     torch.multiprocessing.set_sharing_strategy("file_system")
     register()
-    with exit_on_error():
-        args, config = get_downstream_args(argv)
-        runner = build_runner(args, config)
-    getattr(runner, args.mode)()
+    with ExitStack() as lock:
+        with exit_on_error():
+            args, config = get_downstream_args(argv)
+            lock.enter_context(_experiment_lock(args))
+            runner = build_runner(args, config)
+        getattr(runner, args.mode)()
 
 
 if __name__ == "__main__":

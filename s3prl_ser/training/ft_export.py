@@ -105,6 +105,10 @@ def export_fold(
     state.update(stamp)
     output = (output_dir or fold_dir) / FT_CHECKPOINT
     output.parent.mkdir(parents=True, exist_ok=True)
+    # A kill mid-export leaves the temporary file: the fold's directory is cleaned when its
+    # training resumes, a second export's (FT_DIR/best/<fold>) only here.
+    for leftover in output.parent.glob(f".{output.name}.*.tmp"):
+        leftover.unlink()
     atomic_torch_save(state, output)
     return Export(output, average, chosen)
 

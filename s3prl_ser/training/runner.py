@@ -329,7 +329,11 @@ class SERRunner(Runner):
             "test_metrics": f"test_{expert.fold}_metrics.json",
             "identity": run_identity(self.args, self.config),
         }
-        (expdir / FINAL_RECORD).write_text(json.dumps(record, indent=1))
+        # Atomically: its presence marks the run finished (cross_validate reads it), so a kill
+        # mid-write must leave none, and the resumed run finalizes again.
+        tmp = expdir / f".{FINAL_RECORD}.tmp"
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, expdir / FINAL_RECORD)
         print(
             f"[SERRunner] - reported model {final} ({len(entries)} checkpoint(s), steps "
             f"{sorted(e.step for e in entries)}); test results in {expdir / record['test_metrics']}"
