@@ -130,3 +130,11 @@ def test_listdir_order_reproduces_stock_s3prl_preprocessing(mini_corpus, tmp_pat
             ours = json.loads((tmp_path / "ours" / session / f"{split}_meta_data.json").read_text())
             assert ours.pop("file_order") == "listdir"  # an extra key stock s3prl ignores
             assert ours == stock, (session, split)
+    # A stock run's own JSON, read as is, gives that run's split; its file order is unrecorded.
+    from s3prl_ser.data.fold_data import load_fold_data
+
+    datarc = {"root": str(corpus), "meta_data": str(corpus / "meta_data")}
+    stock_fold = load_fold_data(datarc, "fold2", read_audio=False)
+    ours_fold = load_fold_data({**datarc, "meta_data": str(tmp_path / "ours")}, "fold2", read_audio=False)
+    assert stock_fold.protocol.split["file_order"] is None and ours_fold.protocol.split["file_order"] == "listdir"
+    assert stock_fold.protocol.dev == ours_fold.protocol.dev  # the same dev utterances
