@@ -92,3 +92,18 @@ def test_upstream_ft_is_a_thin_entry_to_the_cli():
         [sys.executable, "-m", "upstream_ft", "--help"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     assert help_text.startswith("usage: python -m upstream_ft") and "--folds" in help_text
+
+
+def test_demo_seeds():
+    from s3prl_ser.cli.demo import _seeds
+    from s3prl_ser.cli.demo import main as demo
+
+    assert _seeds(None, "fbank") == [0, 1, 2] and _seeds("7,8", "fbank") == [7, 8]
+    assert _seeds(None, "finetune") == [None] and _seeds("5", "finetune") == [5]
+    for argv, message in (
+        (["--pipeline", "table1", "--seeds", "3"], "table1 none"),
+        (["--pipeline", "finetune", "--seeds", "3,4"], "finetune one"),
+        (["--seeds", "a,b"], "comma-separated integers, got 'a,b'"),
+    ):
+        with pytest.raises(SystemExit, match=f"^error: --seeds.*{message}"):
+            demo(argv)  # refused before the corpus is generated

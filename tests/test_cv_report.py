@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from s3prl_ser.training.cv_report import summarize, write_report
+from s3prl_ser.training.cv_report import summarize, summarize_seeds, write_report, write_seed_report
 from s3prl_ser.training.metrics import classification_report
 
 LABELS = ["neu", "hap", "ang", "sad"]
@@ -50,3 +50,25 @@ def test_class_absent_from_every_test_set_is_not_counted_as_zero_recall(tmp_path
     assert summary["pooled"]["ua"] == pytest.approx(100.0)  # over neu, hap, ang; sad has no support
     assert np.isnan(summary["recall"]["sad"])
     assert "nan" in write_report(summary, tmp_path, "absent")["md"].read_text().lower()
+
+
+def test_seeds_combine_the_5_fold_means(tmp_path):
+    """The main job's headline: mean and sample std over seeds of each seed's fold mean."""
+    runs = {
+        0: summarize({"fold1": _fold(["neu", "hap"], ["neu", "hap"]), "fold2": _fold(["ang", "sad"], ["ang", "neu"])}),
+        1: summarize({"fold1": _fold(["neu", "hap"], ["neu", "neu"]), "fold2": _fold(["ang", "sad"], ["ang", "sad"])}),
+        2: summarize({"fold1": _fold(["neu", "hap"], ["hap", "neu"]), "fold2": _fold(["ang", "sad"], ["sad", "ang"])}),
+    }
+    combined = summarize_seeds(runs)
+    assert [combined["seeds"][s]["wa"] for s in (0, 1, 2)] == pytest.approx([75.0, 75.0, 0.0])
+    assert combined["wa"]["mean"] == pytest.approx(50.0)
+    assert combined["wa"]["std"] == pytest.approx(np.std([75, 75, 0], ddof=1))
+    assert combined["folds"]["fold1"]["wa"] == pytest.approx((100 + 50 + 0) / 3)
+    assert np.array_equal(np.asarray(combined["confusion"]).sum(), 12)  # 3 seeds x 4 utterances
+    paths = write_seed_report(combined, tmp_path, "main job")
+    md = paths["md"].read_text()
+    assert "| **mean ± std over 3 seeds** | **50.00 ± 43.30**" in md and "| 2 | 0.00 | 0.00 |" in md
+    assert json.loads(paths["json"].read_text())["ua"]["mean"] == pytest.approx(combined["ua"]["mean"])
+    assert paths["png"].stat().st_size > 0
+    with pytest.raises(ValueError, match="seed 1 ran other folds"):
+        summarize_seeds({0: runs[0], 1: summarize({"fold1": _fold(["neu"], ["neu"])})})

@@ -5,7 +5,9 @@
 1. generates the built-in synthetic corpus in IEMOCAP's raw layout (cached, deterministic);
 2. prepares its leave-one-session-out meta data exactly as for real IEMOCAP;
 3. ``--pipeline fbank`` (default): 5-fold cross-validation of ``fbank`` + ``emotion_ecapa``
-   (ECAPA-TDNN, 5-best averaging) with ``downstream/emotion_ecapa/config_builtin.yaml``;
+   (ECAPA-TDNN, 5-best averaging) with ``downstream/emotion_ecapa/config_builtin.yaml``, once
+   for each of 3 seeds, reported as the mean over seeds: one seed's 5-fold mean moves by
+   several points with the seed (and the CPU), the mean of three by less;
    ``--pipeline finetune``: the paper's two stages with a tiny random-init HuBERT in place of
    pretrained weights -- ``python -m upstream_ft`` fine-tunes, averages and exports it for each
    fold, then ``emotion_ecapa`` runs 5-fold on ``-u hubert_ft_avg -k FT_DIR``;
@@ -24,10 +26,12 @@ from pathlib import Path
 
 from s3prl_ser.cli.cross_validate import cross_validate
 from s3prl_ser.cli.errors import EXPECTED_ERRORS, exit_on_error
+from s3prl_ser.config import ConfigError
 from s3prl_ser.data.prepare_iemocap import prepare
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR
 from s3prl_ser.toy.builtin_corpus import BuiltinCorpusError, default_corpus_dir, generate_corpus
 from s3prl_ser.toy.tiny_upstream import write_tiny_upstream
+from s3prl_ser.training.cv_report import summarize_seeds, write_seed_report
 
 UPSTREAM_FT_DIR = Path(__file__).resolve().parents[2] / "upstream_ft"
 
@@ -66,6 +70,26 @@ def _table1(args: argparse.Namespace, corpus: Path, meta: Path) -> None:
     )
 
 
+MAIN_JOB_SEEDS = (0, 1, 2)
+
+
+def _seeds(spec: str | None, pipeline: str) -> list[int | None]:
+    """The training seeds of a pipeline; ``[None]``: each command's default seed.
+
+    Raises:
+        ConfigError: not integers, or more than one seed where a pipeline runs one.
+    """
+    if spec is None:
+        return list(MAIN_JOB_SEEDS) if pipeline == "fbank" else [None]
+    try:
+        seeds = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds takes comma-separated integers, got {spec!r}") from None
+    if (pipeline != "fbank" and len(seeds) > 1) or pipeline == "table1" or not seeds:
+        raise ConfigError(f"--seeds: the fbank pipeline takes several seeds, finetune one, table1 none; got {spec!r}")
+    return seeds
+
+
 @exit_on_error(BuiltinCorpusError, *EXPECTED_ERRORS)  # e.g. espeak-ng missing, a bad --folds
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m s3prl_ser.cli.demo", description=__doc__.split("\n\n")[0])
@@ -74,8 +98,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", default="fold1,fold2,fold3,fold4,fold5")
     parser.add_argument("--pipeline", choices=["fbank", "finetune", "table1"], default="fbank")
     parser.add_argument("--steps", type=int, default=150, help="training steps per stage (table1 only)")
+    parser.add_argument(
+        "--seeds",
+        help="training seeds: fbank runs the cross-validation once per seed and reports the mean over seeds "
+        f"(default {','.join(map(str, MAIN_JOB_SEEDS))}); finetune takes one (default: each command's own)",
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    seeds = _seeds(args.seeds, args.pipeline)
 
     corpus = generate_corpus(args.corpus or default_corpus_dir())
     print(f"[demo] - built-in corpus: {corpus}")
@@ -111,31 +141,43 @@ def main(argv: list[str] | None = None) -> None:
                 str(UPSTREAM_FT_DIR / "config_builtin.yaml"),
                 "-o",
                 f"config.datarc.root={corpus.resolve()},,config.datarc.meta_data={meta.resolve()}",
+                *(["--seed", str(seeds[0])] if seeds[0] is not None else []),
             ]
         )
         print(f"[demo] - fine-tuned upstreams: {ft_dir}/<fold>/upstream.ckpt")
         expdir = args.out / "hubert_ft_ecapa"
         upstream = ["-u", "hubert_ft_avg", "-k", str(ft_dir)]
         title = "tiny HuBERT FT+AVG + ECAPA-TDNN"
-    summary = cross_validate(
-        expdir,
-        [
-            *upstream,
-            "-d",
-            "emotion_ecapa",
-            "-c",
-            str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
-            "--device",
-            args.device,
-        ],
-        folds=args.folds.split(","),
-        overrides=f"config.downstream_expert.datarc.root={corpus.resolve()},,"
-        f"config.downstream_expert.datarc.meta_data={meta.resolve()}",
-        title=f"{title} (5-best averaged), built-in corpus",
-    )
+    title = f"{title} (5-best averaged), built-in corpus"
+    summaries = {}
+    for seed in seeds:
+        summaries[seed] = cross_validate(
+            expdir / f"seed{seed}" if seed is not None and len(seeds) > 1 else expdir,
+            [
+                *upstream,
+                "-d",
+                "emotion_ecapa",
+                "-c",
+                str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"),
+                "--device",
+                args.device,
+                *(["--seed", str(seed)] if seed is not None else []),
+            ],
+            folds=args.folds.split(","),
+            overrides=f"config.downstream_expert.datarc.root={corpus.resolve()},,"
+            f"config.downstream_expert.datarc.meta_data={meta.resolve()}",
+            title=title + (f", seed {seed}" if seed is not None else ""),
+        )
+    if len(seeds) > 1:
+        combined = summarize_seeds(summaries)
+        write_seed_report(combined, expdir, title)
+        spread = f"mean ± std over {len(seeds)} seeds of the {len(args.folds.split(','))}-fold means"
+    else:
+        combined = next(iter(summaries.values()))
+        spread = f"mean ± std over {len(combined['folds'])} folds"
     print(
-        f"[demo] - WA {summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f}, "
-        f"UA {summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f} over {len(summary['folds'])} folds"
+        f"[demo] - WA {combined['wa']['mean']:.2f} ± {combined['wa']['std']:.2f}, "
+        f"UA {combined['ua']['mean']:.2f} ± {combined['ua']['std']:.2f} ({spread})"
     )
     print(f"[demo] - results: {(expdir / 'results.md').resolve()}")
 

@@ -2,7 +2,9 @@
 
 The paper reports the mean over the 5 folds; the standard deviation is the sample std
 (ddof=1) over folds. The confusion matrix is summed over folds (every utterance is tested
-exactly once in leave-one-session-out CV).
+exactly once in leave-one-session-out CV). Several cross-validations of the same setup with
+other seeds are combined by :func:`summarize_seeds`: the mean over seeds of the 5-fold means,
+and the sample std over seeds of those means.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["summarize", "write_report", "plot_confusion"]
+__all__ = ["summarize", "summarize_seeds", "write_report", "write_seed_report", "plot_confusion"]
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -63,6 +65,41 @@ def summarize(fold_metrics: Mapping[str, dict]) -> dict:
         "labels": labels,
         "confusion": confusion.tolist(),
         "pooled": {"wa": float(np.trace(confusion) / confusion.sum() * 100), "ua": float(np.mean(pooled_recall) * 100)},
+    }
+
+
+def summarize_seeds(summaries: Mapping[int, dict]) -> dict:
+    """Combine :func:`summarize` results of runs that differ only in their seed.
+
+    Returns, in %: ``wa``/``ua`` as the mean over seeds of the 5-fold means with the sample std
+    over seeds; ``seeds`` (each seed's 5-fold means); ``folds`` (each fold's mean over seeds);
+    ``labels`` and the confusion matrix summed over seeds and folds.
+
+    Example:
+        >>> one = lambda ua: {"wa": {"mean": ua}, "ua": {"mean": ua}, "folds": {"fold1": {"wa": ua, "ua": ua}},
+        ...                   "labels": ["a", "b"], "confusion": [[1, 0], [0, 1]]}
+        >>> combined = summarize_seeds({0: one(70.0), 1: one(74.0)})
+        >>> combined["ua"]["mean"], round(combined["ua"]["std"], 3), combined["confusion"]
+        (72.0, 2.828, [[2, 0], [0, 2]])
+    """
+    if not summaries:
+        raise ValueError("no seed results to combine")
+    seeds = sorted(summaries)
+    labels = summaries[seeds[0]]["labels"]
+    folds = sorted(summaries[seeds[0]]["folds"])
+    for seed in seeds:
+        if summaries[seed]["labels"] != labels or sorted(summaries[seed]["folds"]) != folds:
+            raise ValueError(f"seed {seed} ran other folds or labels than seed {seeds[0]}")
+    return {
+        "seeds": {seed: {m: summaries[seed][m]["mean"] for m in ("wa", "ua")} for seed in seeds},
+        "wa": _mean_std([summaries[seed]["wa"]["mean"] for seed in seeds]),
+        "ua": _mean_std([summaries[seed]["ua"]["mean"] for seed in seeds]),
+        "folds": {
+            f: {m: float(np.mean([summaries[seed]["folds"][f][m] for seed in seeds])) for m in ("wa", "ua")}
+            for f in folds
+        },
+        "labels": labels,
+        "confusion": np.sum([np.asarray(summaries[seed]["confusion"]) for seed in seeds], axis=0).tolist(),
     }
 
 
@@ -132,11 +169,34 @@ def write_report(summary: dict, out_dir: str | os.PathLike, title: str) -> dict[
         f"Pooled over all test utterances: WA {summary['pooled']['wa']:.2f}, "
         f"UA {summary['pooled']['ua']:.2f}. Std is the sample std over folds.",
         "",
-        "![confusion matrix](confusion.png)",
-        "",
     ]
+    return _write(out_dir, summary, lines, f"{title}: summed over folds")
+
+
+def _write(out_dir: Path, summary: dict, lines: list[str], confusion_title: str) -> dict[str, Path]:
+    """``results.json`` (``summary``), ``results.md`` (``lines`` and the plot) and ``confusion.png``."""
     paths = {"json": out_dir / "results.json", "md": out_dir / "results.md", "png": out_dir / "confusion.png"}
     paths["json"].write_text(json.dumps(summary, indent=1))
-    paths["md"].write_text("\n".join(lines))
-    plot_confusion(summary["confusion"], labels, paths["png"], title=f"{title}: summed over folds")
+    paths["md"].write_text("\n".join(lines + ["", "![confusion matrix](confusion.png)", ""]))
+    plot_confusion(summary["confusion"], summary["labels"], paths["png"], title=confusion_title)
     return paths
+
+
+def write_seed_report(combined: dict, out_dir: str | os.PathLike, title: str) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and ``confusion.png`` of :func:`summarize_seeds` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = len(combined["seeds"])
+    lines = [f"# {title}", "", "| seed | WA (%), 5-fold mean | UA (%), 5-fold mean |", "|---|---|---|"]
+    lines += [f"| {seed} | {m['wa']:.2f} | {m['ua']:.2f} |" for seed, m in combined["seeds"].items()]
+    lines.append(
+        f"| **mean ± std over {n} seeds** | **{combined['wa']['mean']:.2f} ± {combined['wa']['std']:.2f}** "
+        f"| **{combined['ua']['mean']:.2f} ± {combined['ua']['std']:.2f}** |"
+    )
+    lines += ["", "| fold | WA (%), mean over seeds | UA (%), mean over seeds |", "|---|---|---|"]
+    lines += [f"| {fold} | {m['wa']:.2f} | {m['ua']:.2f} |" for fold, m in combined["folds"].items()]
+    lines += [
+        "",
+        "Each seed's folds are in `seed<N>/results.md`. Std is the sample std over seeds of the 5-fold means.",
+    ]
+    return _write(out_dir, combined, lines, f"{title}: summed over seeds and folds")
