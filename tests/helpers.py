@@ -36,6 +36,31 @@ def overrides(root, meta, steps=12, every=4, k=2, extra=""):
     )
 
 
+def finetune_overrides(root, meta, steps=6, every=2, k=2, accumulate=1, warmup=1, freeze=0, extra=""):
+    """``-o`` overrides for a short ``python -m upstream_ft`` run on a tiny upstream."""
+    return ",,".join(
+        filter(
+            None,
+            [
+                f"config.datarc.root={root}",
+                f"config.datarc.meta_data={meta}",
+                f"config.runner.total_steps={steps}",
+                f"config.runner.eval_step={every}",
+                f"config.runner.save_step={every}",
+                f"config.runner.log_step={every}",
+                f"config.runner.gradient_accumulate_steps={accumulate}",
+                f"config.scheduler.warmup_steps={warmup}",
+                f"config.upstream.freeze_transformer_steps={freeze}",
+                "config.optimizer.upstream_lr=1.0e-3",
+                "config.datarc.num_workers=0",
+                "config.datarc.train_batch_size=4",
+                f"config.checkpoint_averaging.best_k={k}",
+                extra,
+            ],
+        )
+    )
+
+
 def train_args(expdir, opts=None, *, upstream="fbank", ckpt=None, task="emotion_ecapa", extra=()):
     """run_downstream argv: ``-m train -u UPSTREAM [-k CKPT] -d TASK [-p EXPDIR] --device cpu *EXTRA [-o OPTS]``.
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from helpers import finetune_args, overrides, train_args
+from helpers import finetune_args, finetune_overrides, overrides, train_args
 from s3prl_ser.cli.prepare_iemocap import main as prepare_iemocap
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.data.audio import AudioError, load_audio
@@ -67,22 +67,7 @@ class Case:
 
     def finetune(self) -> None:
         """Stage 1: a 2-step fine-tuning of the tiny HuBERT on fold1 into ``ft_dir``."""
-        opts = ",,".join(
-            [
-                f"config.datarc.root={self.corpus}",
-                f"config.datarc.meta_data={self.meta}",
-                "config.runner.total_steps=2",
-                "config.runner.eval_step=2",
-                "config.runner.save_step=2",
-                "config.runner.log_step=2",
-                "config.runner.gradient_accumulate_steps=1",
-                "config.scheduler.warmup_steps=1",
-                "config.upstream.freeze_transformer_steps=0",
-                "config.datarc.num_workers=0",
-                "config.datarc.train_batch_size=4",
-                "config.checkpoint_averaging.best_k=1",
-            ]
-        )
+        opts = finetune_overrides(self.corpus, self.meta, steps=2, k=1)
         upstream_ft(finetune_args("hubert_local", self.tiny["hubert"], FOLD, self.ft_dir, opts))
 
     def resume(self, extra: str) -> None:

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from helpers import finetune_args, overrides, train_args
+from helpers import finetune_args, finetune_overrides, overrides, train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.fold_data import load_fold_data
@@ -22,27 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stage1_opts(corpus, meta, extra=""):
-    return ",,".join(
-        filter(
-            None,
-            [
-                f"config.datarc.root={corpus}",
-                f"config.datarc.meta_data={meta}",
-                "config.runner.total_steps=6",
-                "config.runner.eval_step=2",
-                "config.runner.save_step=2",
-                "config.runner.log_step=2",
-                "config.runner.gradient_accumulate_steps=1",
-                "config.scheduler.warmup_steps=1",
-                "config.upstream.freeze_transformer_steps=0",
-                "config.optimizer.upstream_lr=1.0e-3",
-                "config.datarc.num_workers=0",
-                "config.datarc.train_batch_size=4",
-                "config.checkpoint_averaging.best_k=2",
-                "config.checkpoint_averaging.export_best=true",
-                extra,
-            ],
-        )
+    return finetune_overrides(
+        corpus, meta, extra=",,".join(filter(None, ["config.checkpoint_averaging.export_best=true", extra]))
     )
 
 

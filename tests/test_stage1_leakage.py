@@ -6,31 +6,11 @@ import shutil
 import pytest
 import torch
 
-from helpers import finetune_args
+from helpers import finetune_args, finetune_overrides
 from s3prl_ser.cli.finetune import main as upstream_ft
 from s3prl_ser.compat import safe_torch_load
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _overrides(corpus, meta):
-    return ",,".join(
-        [
-            f"config.datarc.root={corpus}",
-            f"config.datarc.meta_data={meta}",
-            "config.runner.total_steps=6",
-            "config.runner.eval_step=2",
-            "config.runner.save_step=2",
-            "config.runner.log_step=2",
-            "config.runner.gradient_accumulate_steps=1",
-            "config.scheduler.warmup_steps=1",
-            "config.upstream.freeze_transformer_steps=0",
-            "config.optimizer.upstream_lr=1.0e-3",
-            "config.datarc.num_workers=0",
-            "config.datarc.train_batch_size=4",
-            "config.checkpoint_averaging.best_k=2",
-        ]
-    )
 
 
 def test_test_set_never_selects(tiny_upstreams, mini_corpus, mini_meta, tmp_path):
@@ -48,7 +28,11 @@ def test_test_set_never_selects(tiny_upstreams, mini_corpus, mini_meta, tmp_path
     folds = {}
     for name, meta_dir in (("original", mini_meta), ("relabelled", relabelled)):
         argv = finetune_args(
-            "hubert_local", tiny_upstreams["hubert"], "fold2", tmp_path / name, _overrides(mini_corpus, meta_dir)
+            "hubert_local",
+            tiny_upstreams["hubert"],
+            "fold2",
+            tmp_path / name,
+            finetune_overrides(mini_corpus, meta_dir),
         )
         upstream_ft(argv)
         folds[name] = tmp_path / name / "fold2"

@@ -12,7 +12,7 @@ import pytest
 import s3prl.hub
 import torch
 
-from helpers import die_after_saving, finetune_args, torchrun, train_args
+from helpers import die_after_saving, finetune_args, finetune_overrides, torchrun, train_args
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.audio import load_audio
 from s3prl_ser.models.finetune import FineTuneModel
@@ -31,27 +31,7 @@ def meta(mini_meta):
 
 
 def overrides(corpus, meta, steps=8, every=2, k=2, extra=""):
-    return ",,".join(
-        filter(
-            None,
-            [
-                f"config.datarc.root={corpus}",
-                f"config.datarc.meta_data={meta}",
-                f"config.runner.total_steps={steps}",
-                f"config.runner.eval_step={every}",
-                f"config.runner.save_step={every}",
-                f"config.runner.log_step={every}",
-                "config.runner.gradient_accumulate_steps=2",
-                "config.scheduler.warmup_steps=1",
-                "config.upstream.freeze_transformer_steps=0",
-                "config.optimizer.upstream_lr=1.0e-3",
-                "config.datarc.num_workers=0",
-                "config.datarc.train_batch_size=4",
-                f"config.checkpoint_averaging.best_k={k}",
-                extra,
-            ],
-        )
-    )
+    return finetune_overrides(corpus, meta, steps=steps, every=every, k=k, accumulate=2, extra=extra)
 
 
 def cli(arch, tiny, ft_dir, fold, opts):
