@@ -98,7 +98,7 @@ def test_demo_seeds():
     from s3prl_ser.cli.demo import _seeds
     from s3prl_ser.cli.demo import main as demo
 
-    assert _seeds(None, "fbank") == [0, 1, 2] and _seeds("7,8", "fbank") == [7, 8]
+    assert _seeds(None, "fbank") == [0, 1, 2, 3, 4] and _seeds("7,8", "fbank") == [7, 8]
     assert _seeds(None, "finetune") == [None] and _seeds("5", "finetune") == [5]
     for argv, message in (
         (["--pipeline", "table1", "--seeds", "3"], "table1 none"),

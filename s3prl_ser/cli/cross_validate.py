@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
+import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.compat import safe_torch_load
@@ -27,7 +33,7 @@ from s3prl_ser.training.run_identity import describe, run_identity, significant_
 from s3prl_ser.training.run_lock import leader_lock
 from s3prl_ser.training.runner import FINAL_RECORD
 
-__all__ = ["fold_finished", "cross_validate", "main"]
+__all__ = ["fold_finished", "FoldRun", "train_in_workers", "cross_validate", "main"]
 
 
 def fold_finished(fold_dir: Path, fold: str, identity: dict | None = None) -> dict | None:
@@ -73,12 +79,146 @@ def _check_unfinished(fold_dir: Path, requested: dict) -> None:
         )
 
 
+@dataclass(frozen=True)
+class FoldRun:
+    """One fold of a cross-validation: a ``run_downstream.py`` training in ``expdir/fold``.
+
+    Args:
+        expdir: the cross-validation's root.
+        run_args: ``run_downstream.py`` arguments without ``-m``, ``-p``, ``-n`` and ``-o``.
+        fold: the test fold.
+        overrides: ``-o`` overrides (the fold's own is added).
+
+    Example:
+        >>> FoldRun(Path("exp"), ("-u", "fbank"), "fold2").argv()[-2:]
+        ['-o', 'config.downstream_expert.datarc.test_fold=fold2']
+    """
+
+    expdir: Path
+    run_args: tuple[str, ...]
+    fold: str
+    overrides: str = ""
+
+    @property
+    def fold_dir(self) -> Path:
+        return self.expdir / self.fold
+
+    def argv(self) -> list[str]:
+        """The fold's ``run_downstream.py`` command line (training mode)."""
+        fold_override = f"config.downstream_expert.datarc.test_fold={self.fold}"
+        return [
+            "-m",
+            "train",
+            "-p",
+            str(self.fold_dir),
+            *self.run_args,
+            "-o",
+            ",,".join(filter(None, [fold_override, self.overrides])),
+        ]
+
+    def finished(self) -> dict | None:
+        """The fold's test metrics if it finished with these settings, else None.
+
+        Raises:
+            ConfigError: it finished, or stopped unfinished, with other settings.
+        """
+        from s3prl_ser.cli.run_downstream import requested_run
+
+        requested = run_identity(*requested_run(self.argv()))
+        done = fold_finished(self.fold_dir, self.fold, requested)
+        if done is None:
+            _check_unfinished(self.fold_dir, requested)
+        return done
+
+
+def _train(run: FoldRun) -> dict:
+    """Train (or resume, or reuse) one fold in this process; its test metrics."""
+    from s3prl_ser.cli.run_downstream import get_downstream_args
+    from s3prl_ser.cli.run_downstream import run as run_downstream
+
+    done = run.finished()
+    if done is not None:
+        print(f"[cross_validate] - {run.fold}: finished earlier, reusing {run.fold_dir}")
+        return done
+    print(f"[cross_validate] - {run.fold}: training in {run.fold_dir}")
+    run_downstream(*get_downstream_args(["-a", *run.argv()]))
+    done = fold_finished(run.fold_dir, run.fold)
+    if done is None:
+        raise RuntimeError(f"{run.fold_dir}: training ended without a tested final model")
+    return done
+
+
+WORKER_LOG = "worker.log"
+
+
+def _train_in_worker(run: FoldRun) -> tuple[FoldRun, dict]:
+    """A worker process's task: one fold on one thread, its output into ``fold_dir/worker.log``."""
+    from s3prl_ser.hub.registry import register
+
+    torch.set_num_threads(1)
+    register()
+    run.fold_dir.mkdir(parents=True, exist_ok=True)
+    with open(run.fold_dir / WORKER_LOG, "a") as log:
+        sys.stdout.flush(), sys.stderr.flush()
+        # The descriptors, not only sys.stdout: progress bars and C-level output go there too.
+        # The process serves this one task (maxtasksperchild=1), so nothing needs restoring.
+        os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+        return run, _train(run)
+
+
+def train_in_workers(runs: Sequence[FoldRun], workers: int) -> dict[FoldRun, dict]:
+    """Train ``runs`` in ``workers`` processes of one thread each; their test metrics.
+
+    A fold trained on one thread computes the same floats whatever the machine's core count
+    and however many workers run beside it, so the results depend on the seed and the CPU
+    only (a multi-threaded run's reductions change with the thread count). Folds that
+    finished with the same settings are reused without a worker; a killed run resumes as in
+    :func:`cross_validate`. Each worker is a fresh ``spawn`` process per fold, writing its
+    output to ``<fold_dir>/worker.log``; a bar counts the folds.
+
+    Raises:
+        DirectoryInUseError: another process holds a root or a fold's directory.
+        ConfigError: a fold finished (or stopped) with other settings; a worker's own error
+            (the first to end) is raised here too.
+    """
+    from tqdm import tqdm
+
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    for run in runs:
+        check_fold(run.fold)
+    results: dict[FoldRun, dict] = {}
+    with ExitStack() as locks:
+        # The roots only: each worker takes its fold's lock itself.
+        for root in dict.fromkeys(run.expdir for run in runs):
+            root.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(leader_lock(root))
+        pending = []
+        for run in runs:
+            done = run.finished()
+            if done is None:
+                pending.append(run)
+            else:
+                results[run] = done
+        if not pending:
+            return results
+        print(f"[cross_validate] - {len(pending)} folds to train in {min(workers, len(pending))} single-thread workers")
+        context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and locks
+        with context.Pool(min(workers, len(pending)), maxtasksperchild=1) as pool:
+            bar = tqdm(pool.imap_unordered(_train_in_worker, pending), total=len(pending), desc="folds", unit="fold")
+            for run, metrics in bar:
+                results[run] = metrics
+                bar.write(f"[cross_validate] - {run.fold_dir}: UA {100 * metrics['ua']:.2f} (log: {WORKER_LOG})")
+    return results
+
+
 def cross_validate(
     expdir: str | Path,
     run_args: list[str],
     folds: Sequence[str] = FOLDS,
     overrides: str = "",
     title: str | None = None,
+    workers: int = 0,
 ) -> dict:
     """Run (or resume) every fold, then write and return the summary.
 
@@ -93,6 +233,8 @@ def cross_validate(
         folds: folds to run.
         overrides: ``-o`` overrides applied to every fold (the fold is set here).
         title: report title (default: the experiment directory's name).
+        workers: ``0``: the folds one after the other in this process; ``N``: in N
+            single-thread processes (:func:`train_in_workers`).
 
     Raises:
         DirectoryInUseError: another process holds the root or a fold's directory.
@@ -104,44 +246,22 @@ def cross_validate(
         raise ConfigError("cross_validate sets each fold itself; drop -v")
     folds = [check_fold(fold) for fold in folds]
     expdir = Path(expdir)
+    runs = [FoldRun(expdir, tuple(run_args), fold, overrides) for fold in folds]
     with ExitStack() as locks:
         # The root first: a second cross-validation is refused before it touches any fold.
+        expdir.mkdir(parents=True, exist_ok=True)
+        locks.enter_context(leader_lock(expdir))
+        if workers:
+            train_in_workers(runs, workers)
         # Each fold's own training takes its fold's lock again, re-entrantly.
-        for directory in [expdir, *(expdir / fold for fold in folds)]:
-            directory.mkdir(parents=True, exist_ok=True)
-            locks.enter_context(leader_lock(directory))
-        return _run_folds(expdir, run_args, folds, overrides, title)
+        for run in runs:
+            run.fold_dir.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(leader_lock(run.fold_dir))
+        return _report({run.fold: _train(run) for run in runs}, expdir, title)
 
 
-def _run_folds(expdir: Path, run_args: list[str], folds: list[str], overrides: str, title: str | None) -> dict:
-    """:func:`cross_validate`'s work, with the directories locked."""
-    from s3prl_ser.cli.run_downstream import get_downstream_args, requested_run, run
-
-    results: dict[str, dict] = {}
-    for fold in folds:
-        fold_dir = expdir / fold
-        fold_override = f"config.downstream_expert.datarc.test_fold={fold}"
-        argv = [
-            "-m",
-            "train",
-            "-p",
-            str(fold_dir),
-            *run_args,
-            "-o",
-            ",,".join(filter(None, [fold_override, overrides])),
-        ]
-        requested = run_identity(*requested_run(argv))
-        done = fold_finished(fold_dir, fold, requested)
-        if done is None:
-            _check_unfinished(fold_dir, requested)
-            print(f"[cross_validate] - {fold}: training in {fold_dir}")
-            run(*get_downstream_args(["-a", *argv]))
-            done = fold_finished(fold_dir, fold)
-            if done is None:
-                raise RuntimeError(f"{fold_dir}: training ended without a tested final model")
-        else:
-            print(f"[cross_validate] - {fold}: finished earlier, reusing {fold_dir}")
-        results[fold] = done
+def _report(results: dict[str, dict], expdir: Path, title: str | None) -> dict:
+    """Summarize the folds' test metrics and write the report files."""
     summary = summarize(results)
     paths = write_report(summary, expdir, title or expdir.name)
     print(Path(paths["md"]).read_text())
@@ -159,12 +279,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-p", "--expdir", help="experiment root directory (overrides -n)")
     parser.add_argument("--folds", default=",".join(FOLDS), help="comma-separated folds")
     parser.add_argument("-o", "--override", default="", help="run_downstream.py overrides for every fold")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="train the folds in N single-thread processes at once (default 0: one after the other, here)",
+    )
     args, run_args = parser.parse_known_args(argv)
     if not (args.expdir or args.expname):
         parser.error("name the experiment with -n NAME or -p EXPDIR")
     expdir = Path(args.expdir or f"result/downstream/{args.expname}")
     with exit_on_error():
-        cross_validate(expdir, run_args, args.folds.split(","), args.override)
+        cross_validate(expdir, run_args, args.folds.split(","), args.override, workers=args.workers)
 
 
 if __name__ == "__main__":

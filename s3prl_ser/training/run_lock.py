@@ -57,6 +57,10 @@ class DirectoryInUseError(ValueError):
             "files: wait for that run to end (or stop it), or choose another directory"
         )
 
+    def __reduce__(self) -> tuple:
+        # Rebuilt from its attributes, so it crosses from a worker process to its parent.
+        return type(self), (self.directory, self.holder)
+
 
 @dataclass
 class _Held:
