@@ -183,6 +183,9 @@ def train_in_workers(runs: Sequence[FoldRun], workers: int) -> dict[FoldRun, dic
     """
     from tqdm import tqdm
 
+    from s3prl_ser.hub.registry import register
+
+    register()  # the settings check below reads emotion_ecapa's defaults
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
     for run in runs:
