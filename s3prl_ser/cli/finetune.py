@@ -30,7 +30,8 @@ import torch
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.cli.run_downstream import environment_record
 from s3prl_ser.config import apply_overrides, load_config
-from s3prl_ser.data.folds import FOLDS, check_fold
+from s3prl_ser.data.emotion_dataset import corpus_folds
+from s3prl_ser.data.folds import check_fold
 from s3prl_ser.hub.ft_hub import FT_CHECKPOINT
 from s3prl_ser.training.distributed import Distributed, setup_distributed
 from s3prl_ser.training.finetune import best_export_dir, exported_metadata, run_fold
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CKPT",
         help="checkpoint for *_local entries; the encoder directory for -u text",
     )
-    parser.add_argument("--folds", default=",".join(FOLDS), help="comma-separated folds (default: all five)")
+    parser.add_argument("--folds", help="comma-separated folds (default: every fold of config.datarc.meta_data)")
     parser.add_argument("-p", "--ft_dir", required=True, type=Path, help="output: FT_DIR/<fold>/upstream.ckpt")
     parser.add_argument("-c", "--config", help="yaml config merged over upstream_ft/config.yaml")
     parser.add_argument(
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         if args.seed is not None:
             config["runner"]["seed"] = args.seed
         validate_config(config, args.device)
-        folds = [check_fold(fold) for fold in args.folds.split(",") if fold]
+        names = args.folds.split(",") if args.folds else corpus_folds(config["datarc"]["meta_data"])
+        folds = [check_fold(fold) for fold in names if fold]
     dist, device = setup_distributed(args.device)
     try:
         with exit_on_error():  # incl. UnsupportedUpstreamError

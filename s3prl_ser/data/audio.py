@@ -80,14 +80,28 @@ def _too_short(samples: int, min_samples: int, resampled: bool) -> str:
     )
 
 
-def load_audio(path: str | os.PathLike, *, min_samples: int = 1) -> torch.Tensor:
-    """Read an audio file as a mono 16 kHz float32 tensor ``(T,)``.
+def load_audio(
+    path: str | os.PathLike,
+    *,
+    min_samples: int = 1,
+    start: float | None = None,
+    end: float | None = None,
+    channel: int | None = None,
+) -> torch.Tensor:
+    """Read an audio file (or the ``start``..``end`` seconds of it) as a mono 16 kHz float32 tensor ``(T,)``.
+
+    Args:
+        path: WAV, FLAC, OGG or any format soundfile reads, at any sample rate.
+        min_samples: shortest accepted result after resampling.
+        start, end: a segment in seconds (a long recording cut at load time); only the
+            segment's frames are decoded.
+        channel: 1-based channel to keep; ``None`` averages all channels.
 
     Raises:
         FileNotFoundError: the file does not exist.
         AudioError: the file cannot be decoded, is a WAV shorter than its header says, is
-            empty, has non-finite samples, or is shorter than ``min_samples`` after
-            resampling. The message names the file.
+            empty, has non-finite samples, is shorter than ``min_samples`` after
+            resampling, or has no such segment or channel. The message names the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -95,22 +109,57 @@ def load_audio(path: str | os.PathLike, *, min_samples: int = 1) -> torch.Tensor
     truncated = _truncation(path)
     if truncated:
         raise AudioError(f"{path}: {truncated}")
+    source = (
+        str(path) if start is None and end is None else f"{path} [{start or 0:g}-{end if end is not None else 'end'} s]"
+    )
     try:
-        data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        frames = {}
+        if start is not None or end is not None:
+            info = soundfile.info(str(path))
+            problem = _segment_problem(info, start, end)
+            if problem:
+                raise AudioError(f"{path}: {problem}")
+            frames = {"start": int(round((start or 0) * info.samplerate))}
+            if end is not None:
+                frames["stop"] = min(int(round(end * info.samplerate)), info.frames)
+        data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True, **frames)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
         raise AudioError(f"{path}: cannot decode audio ({error})") from error
-    return prepare_waveform(data, sample_rate, source=str(path), min_samples=min_samples)
+    if channel is not None:
+        if not 1 <= channel <= data.shape[1]:
+            raise AudioError(f"{path}: channel {channel} requested, the file has {data.shape[1]}")
+        data = data[:, channel - 1]
+    return prepare_waveform(data, sample_rate, source=source, min_samples=min_samples)
 
 
-def audio_file_problem(path: str | os.PathLike, *, min_samples: int = 1, max_samples: int | None = None) -> str | None:
-    """Why an existing audio file cannot be used, judged from its header alone, or None.
+def _segment_problem(info: soundfile._SoundFileInfo, start: float | None, end: float | None) -> str | None:
+    """Why ``start``..``end`` (seconds) is not a segment of the file described by ``info``."""
+    duration = info.frames / info.samplerate
+    # Annotation times are rounded; half a 10 ms frame past the end is still the end.
+    if (start or 0) >= duration or (end is not None and end > duration + 0.005):
+        return f"segment {start or 0:g}-{end if end is not None else 'end'} s lies outside the recording ({duration:.3f} s)"
+    return None
+
+
+def audio_file_problem(
+    path: str | os.PathLike,
+    *,
+    min_samples: int = 1,
+    max_samples: int | None = None,
+    start: float | None = None,
+    end: float | None = None,
+    channel: int | None = None,
+) -> str | None:
+    """Why an existing audio file (or its ``start``..``end`` segment, or its ``channel``) cannot
+    be used, judged from its header alone, or None.
 
     Reads the header (and, for a WAV, its chunk sizes) without decoding, so every file of a
     corpus can be checked before training. Non-finite samples show only when decoding
     (:func:`load_audio`); a compressed file cut short (FLAC) only when decoding too.
 
     Returns:
-        ``"cannot read: ..."``, ``"audio is empty (0 samples)"``, ``"truncated: ..."`` or
+        ``"cannot read: ..."``, ``"audio is empty (0 samples)"``, ``"truncated: ..."``,
+        ``"segment ... lies outside the recording"``, ``"channel N requested ..."`` or
         ``"clip is N samples ..."`` (shorter than ``min_samples``, or longer than
         ``max_samples``, after resampling to 16 kHz).
     """
@@ -123,8 +172,17 @@ def audio_file_problem(path: str | os.PathLike, *, min_samples: int = 1, max_sam
         return truncated
     if info.frames <= 0:
         return "audio is empty (0 samples)"
+    if channel is not None and not 1 <= channel <= info.channels:
+        return f"channel {channel} requested, the file has {info.channels}"
+    frames = info.frames
+    if start is not None or end is not None:
+        problem = _segment_problem(info, start, end)
+        if problem:
+            return problem
+        stop = info.frames if end is None else min(int(round(end * info.samplerate)), info.frames)
+        frames = stop - int(round((start or 0) * info.samplerate))
     # torchaudio's resampling yields ceil(frames * 16000 / rate) samples.
-    samples = -(-info.frames * SAMPLE_RATE // info.samplerate)
+    samples = -(-frames * SAMPLE_RATE // info.samplerate)
     if samples < min_samples:
         return _too_short(samples, min_samples, info.samplerate != SAMPLE_RATE)
     if max_samples is not None and samples > max_samples:

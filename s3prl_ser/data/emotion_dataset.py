@@ -1,10 +1,19 @@
-"""Utterance datasets over s3prl emotion meta data (``{"labels": ..., "meta_data": [...]}``)."""
+"""Utterance datasets over a fold's lists, from any of the three sources a ``META_DIR`` can be:
+
+* s3prl's emotion meta data (``SessionN/{train,test}_meta_data.json``, ``{"labels": ...,
+  "meta_data": [...]}``; what ``prepare_iemocap`` writes and SUPERB runs used);
+* a corpus-neutral manifest (``manifest.json``, :mod:`s3prl_ser.data.manifest`);
+* an EmoBox corpus directory (``fold_N/<corpus>_{train,test}_fold_N.jsonl``), read as is.
+
+:func:`read_fold_lists` reads any of them into the same :class:`FoldLists`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +21,33 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from s3prl_ser.data.audio import load_audio
-from s3prl_ser.data.folds import fold_session
+from s3prl_ser.data.folds import FOLDS, check_fold, fold_session
+from s3prl_ser.data.manifest import MANIFEST_NAME, LabelRules, Manifest, read_manifest
 
-__all__ = ["MetaData", "read_meta_data", "read_fold_meta", "EmotionDataset", "collate"]
+__all__ = [
+    "MetaData",
+    "FoldLists",
+    "read_meta_data",
+    "read_fold_meta",
+    "read_fold_lists",
+    "available_folds",
+    "corpus_folds",
+    "apply_label_rules",
+    "EmotionDataset",
+    "utterance_key",
+    "collate",
+]
 
 
 class MetaData:
     """A validated meta-data file: class names by id, the utterance list, and the order the
     list was written in (``file_order``, as ``prepare_iemocap`` records it; ``None`` when the
-    file does not say, e.g. stock s3prl's JSON)."""
+    file does not say, e.g. stock s3prl's JSON).
+
+    Example:
+        >>> MetaData(Path("train.json"), {"sad": 1, "neu": 0}, [{"path": "a.wav", "label": "sad"}]).class_names
+        ['neu', 'sad']
+    """
 
     def __init__(self, path: Path, labels: dict[str, int], items: list[dict], file_order: str | None = None) -> None:
         self.path = path
@@ -39,6 +66,36 @@ def _outside_root(path: str) -> bool:
     (judged on the text, so a corpus of symbolic links stays inside)."""
     normal = os.path.normpath(path)
     return os.path.isabs(normal) or normal == os.pardir or normal.startswith(os.pardir + os.sep)
+
+
+def _check_items(
+    path: Path, labels: dict[str, int], items: list, root: str | os.PathLike | None, allow_outside_root: bool
+) -> None:
+    """Raise naming ``path`` and the item for a malformed item, a path outside the root, an
+    unknown label or (with ``root``) missing audio files."""
+    for index, item in enumerate(items):
+        where = f"{path}: meta_data[{index}]"
+        if not isinstance(item, dict):
+            raise ValueError(f'{where} is not an object {{"path": ..., "label": ...}}: {item!r}')
+        if not isinstance(item.get("path"), str) or not item["path"]:
+            raise ValueError(f"{where} has no 'path' (the audio file, relative to the corpus root): {item!r}")
+        if not allow_outside_root and _outside_root(item["path"]):
+            raise ValueError(
+                f"{where}: path {item['path']!r} is outside the corpus root{f' {root}' if root else ''} "
+                "(absolute, or .. leads out of it); if that is intended, set the datarc key allow_outside_root: true"
+            )
+        if item.get("label") not in labels:
+            raise ValueError(
+                f"{path}: utterance {item.get('path')} has unknown label {item.get('label')!r} "
+                f"(known: {', '.join(labels)})"
+            )
+    if not items:
+        raise ValueError(f"{path}: lists no utterances")
+    if root is not None:
+        missing = [item["path"] for item in items if not (Path(root) / item["path"]).is_file()]
+        if missing:
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            raise FileNotFoundError(f"{path}: {len(missing)} audio file(s) missing under {root}: {shown}")
 
 
 def read_meta_data(
@@ -72,29 +129,7 @@ def read_meta_data(
     ids = sorted(labels.values())
     if ids != list(range(len(ids))):
         raise ValueError(f"{path}: label ids must be 0..{len(ids) - 1}, got {labels}")
-    for index, item in enumerate(items):
-        where = f"{path}: meta_data[{index}]"
-        if not isinstance(item, dict):
-            raise ValueError(f'{where} is not an object {{"path": ..., "label": ...}}: {item!r}')
-        if not isinstance(item.get("path"), str) or not item["path"]:
-            raise ValueError(f"{where} has no 'path' (the audio file, relative to the corpus root): {item!r}")
-        if not allow_outside_root and _outside_root(item["path"]):
-            raise ValueError(
-                f"{where}: path {item['path']!r} is outside the corpus root{f' {root}' if root else ''} "
-                "(absolute, or .. leads out of it); if that is intended, set the datarc key allow_outside_root: true"
-            )
-        if item.get("label") not in labels:
-            raise ValueError(
-                f"{path}: utterance {item.get('path')} has unknown label {item.get('label')!r} "
-                f"(known: {', '.join(labels)})"
-            )
-    if not items:
-        raise ValueError(f"{path}: lists no utterances")
-    if root is not None:
-        missing = [item["path"] for item in items if not (Path(root) / item["path"]).is_file()]
-        if missing:
-            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
-            raise FileNotFoundError(f"{path}: {len(missing)} audio file(s) missing under {root}: {shown}")
+    _check_items(path, labels, items, root, allow_outside_root)
     return MetaData(path, dict(labels), list(items), data.get("file_order"))
 
 
@@ -123,6 +158,153 @@ def read_fold_meta(
     return train, test
 
 
+@dataclass(frozen=True)
+class FoldLists:
+    """One fold's lists from any source: ``train`` and ``test``, ``dev`` when the source lists
+    one (then no rule carves dev out of train), and the corpus's identity.
+
+    Attributes:
+        corpus: the corpus's name (``IEMOCAP`` for s3prl's meta data).
+        protocol: how the folds were made, for reports.
+        official_test: the name of the corpus's official test set, or None (cross-validation).
+        num_folds: how many folds the source has.
+        kind: ``s3prl`` (emotion meta data), ``manifest`` or ``emobox``.
+
+    Example:
+        >>> meta = MetaData(Path("m.json"), {"a": 0}, [{"path": "u.wav", "label": "a"}])
+        >>> FoldLists(meta, meta, None, "toy", "one fold", "test", 1, "manifest").official_test
+        'test'
+    """
+
+    train: MetaData
+    test: MetaData
+    dev: MetaData | None
+    corpus: str
+    protocol: str
+    official_test: str | None
+    num_folds: int
+    kind: str
+
+
+def _source_kind(meta_dir: Path) -> str:
+    from s3prl_ser.data.corpora.emobox import is_emobox_dir
+
+    if (meta_dir / MANIFEST_NAME).is_file():
+        return "manifest"
+    if is_emobox_dir(meta_dir):
+        return "emobox"
+    return "s3prl"
+
+
+def _read_manifest_source(meta_dir: Path) -> Manifest:
+    from s3prl_ser.data.corpora.emobox import read_emobox
+
+    return read_manifest(meta_dir) if _source_kind(meta_dir) == "manifest" else read_emobox(meta_dir)
+
+
+def available_folds(meta_dir: str | os.PathLike) -> list[str]:
+    """The folds ``meta_dir`` defines, in order (``fold1``.. for s3prl's ``SessionN`` directories).
+
+    Raises:
+        FileNotFoundError: ``meta_dir`` defines none.
+    """
+    meta_dir = Path(meta_dir)
+    if _source_kind(meta_dir) != "s3prl":
+        return list(_read_manifest_source(meta_dir).folds)
+    sessions = sorted(
+        int(p.parent.name[7:]) for p in meta_dir.glob("Session*/train_meta_data.json") if p.parent.name[7:].isdigit()
+    )
+    if not sessions:
+        raise FileNotFoundError(
+            f"{meta_dir}: no folds (neither manifest.json, EmoBox fold_N lists, nor s3prl SessionN meta data)"
+        )
+    return [f"fold{n}" for n in sessions]
+
+
+def corpus_folds(meta_dir: str | os.PathLike) -> list[str]:
+    """:func:`available_folds`, or IEMOCAP's five when ``meta_dir`` defines none yet (the run
+    itself then names what is missing)."""
+    try:
+        return available_folds(meta_dir)
+    except FileNotFoundError:
+        return list(FOLDS)
+
+
+def apply_label_rules(meta: MetaData, rules: LabelRules) -> MetaData:
+    """``meta`` with ``rules`` applied: utterances relabelled or dropped, classes renumbered in
+    their order (no rules: ``meta`` itself, untouched).
+
+    Raises:
+        ValueError: nothing is left, naming the file.
+    """
+    if not rules:
+        return meta
+    classes = rules.classes(meta.class_names)
+    items = [dict(item, label=label) for item in meta.items if (label := rules.apply(item["label"])) is not None]
+    if not items:
+        raise ValueError(f"{meta.path}: the label rules {rules.to_dict()} leave no utterance")
+    return MetaData(meta.path, {name: i for i, name in enumerate(classes)}, items, meta.file_order)
+
+
+def read_fold_lists(
+    meta_dir: str | os.PathLike,
+    fold: str,
+    root: str | os.PathLike,
+    *,
+    allow_outside_root: bool = False,
+    label_rules: LabelRules | None = None,
+) -> FoldLists:
+    """``fold``'s lists from ``meta_dir``, whichever source it is (see the module docstring),
+    with ``label_rules`` applied; every audio file must exist under ``root``.
+
+    s3prl's meta data come back exactly as :func:`read_fold_meta` reads them (no dev list:
+    the SUPERB rule carves it, as in s3prl).
+
+    Raises:
+        FileNotFoundError: no such fold (the ones there are listed), or missing audio files.
+        ValueError: malformed lists (file and item named), or labels that differ between the
+            train and test meta data.
+    """
+    meta_dir, rules = Path(meta_dir), label_rules or LabelRules()
+    check_fold(fold)
+    kind = _source_kind(meta_dir)
+    if kind == "s3prl":
+        train, test = read_fold_meta(meta_dir, fold, root, allow_outside_root=allow_outside_root)
+        train, test = apply_label_rules(train, rules), apply_label_rules(test, rules)
+        folds = len(list(meta_dir.glob("Session*/train_meta_data.json")))
+        return FoldLists(train, test, None, "IEMOCAP", "leave-one-session-out (s3prl meta data)", None, folds, kind)
+    manifest = _read_manifest_source(meta_dir)
+    if fold not in manifest.folds:
+        raise FileNotFoundError(
+            f"no {fold} in {manifest.source}: the corpus {manifest.corpus} has {', '.join(manifest.folds)}"
+        )
+    lists = manifest.folds[fold]
+    classes = rules.classes(manifest.labels)
+    labels = {name: i for i, name in enumerate(classes)}
+
+    def meta(ids: tuple[str, ...], split: str) -> MetaData:
+        items = [
+            dict(row, label=label) for row in manifest.rows(ids) if (label := rules.apply(row["label"])) is not None
+        ]
+        source = Path(f"{manifest.source}#{fold}/{split}")
+        if not items:
+            raise ValueError(f"{source}: no utterance left after the label rules {rules.to_dict()}")
+        _check_items(source, labels, items, root, allow_outside_root)
+        return MetaData(source, labels, items)
+
+    dev = meta(lists.dev, "dev") if lists.dev is not None else None
+    return FoldLists(
+        meta(lists.train, "train"),
+        meta(lists.test, "test"),
+        dev,
+        manifest.corpus,
+        manifest.protocol,
+        manifest.official_test,
+        len(manifest.folds),
+        kind,
+    )
+
+
 class EmotionDataset(Dataset):
     """Utterances of one meta-data file.
 
@@ -138,6 +320,16 @@ class EmotionDataset(Dataset):
             receptive field); shorter clips raise an error naming the file.
         read_audio: ``False`` yields an empty waveform instead of reading the file, for
             models that only use the utterance name (the transcript-based text encoder).
+
+    Items of a manifest carry their ``id`` (the utterance name) and may be segments
+    (``start``/``end``) or one channel of a file, cut when read; :meth:`key` names exactly
+    what an item reads.
+
+    Example:
+        >>> items = [{"id": "t1", "path": "talk.wav", "label": "a", "start": 1.0, "end": 2.5}]
+        >>> data = EmotionDataset("/corpus", MetaData(Path("m.json"), {"a": 0}, items), read_audio=False)
+        >>> data[0][1:], data.key(0)
+        ((0, 't1'), 'talk.wav@1-2.5')
     """
 
     def __init__(
@@ -169,7 +361,14 @@ class EmotionDataset(Dataset):
     def _load(self, index: int) -> np.ndarray:
         if not self.read_audio:
             return np.zeros(0, dtype=np.float32)
-        wav = load_audio(self.root / self.items[index]["path"], min_samples=self.min_samples)
+        item = self.items[index]
+        wav = load_audio(
+            self.root / item["path"],
+            min_samples=self.min_samples,
+            start=item.get("start"),
+            end=item.get("end"),
+            channel=item.get("channel"),
+        )
         return wav.numpy()
 
     def __len__(self) -> int:
@@ -178,11 +377,36 @@ class EmotionDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
         item = self.items[index]
         wav = self._cache[index] if self._cache is not None else self._load(index)
-        return wav, self.meta.labels[item["label"]], Path(item["path"]).stem
+        return wav, self.meta.labels[item["label"]], self.name(index)
+
+    def name(self, index: int) -> str:
+        """The utterance's name: the manifest's ``id``, else the file name's stem (s3prl's)."""
+        item = self.items[index]
+        return item.get("id") or Path(item["path"]).stem
+
+    def key(self, index: int) -> str:
+        """:func:`utterance_key` of item ``index`` (e.g. for caches keyed by utterance)."""
+        return utterance_key(self.items[index])
 
     def labels(self) -> list[int]:
         """Class id of every item, in order (no audio is read)."""
         return [self.meta.labels[item["label"]] for item in self.items]
+
+
+def utterance_key(item: dict) -> str:
+    """A stable identifier of the audio an item reads: its path, plus the segment and channel
+    when the item has them (a plain s3prl item's key is its path).
+
+    Example:
+        >>> utterance_key({"path": "a.wav"}), utterance_key({"path": "a.wav", "start": 1.5, "end": 3, "channel": 2})
+        ('a.wav', 'a.wav@1.5-3#ch2')
+    """
+    key = item["path"]
+    if item.get("start") is not None or item.get("end") is not None:
+        key += f"@{item.get('start') or 0:g}-{item.get('end') if item.get('end') is not None else 'end'}"
+    if item.get("channel") is not None:
+        key += f"#ch{item['channel']}"
+    return key
 
 
 def collate(samples: list[tuple[np.ndarray, int, str]]) -> tuple[tuple, ...]:

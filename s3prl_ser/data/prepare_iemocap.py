@@ -10,9 +10,10 @@ Command line: ``python -m s3prl_ser.cli.prepare_iemocap IEMOCAP_ROOT --out META_
 and writes, for each session N, ``META_DIR/SessionN/{train,test}_meta_data.json`` in the
 schema of s3prl's emotion downstream, plus ``META_DIR/transcripts.json`` (utterance -> text).
 
-Selection is SUPERB's: keep neu/hap/ang/sad/exc, merge exc into hap, drop every other label
-and utterances without audio. Paths are relative to IEMOCAP_ROOT; ``speaker`` is the file-name
-prefix (the dialog owner), exactly as s3prl writes it.
+Selection is SUPERB's, written as label rules (:data:`LABEL_RULES`,
+:class:`~s3prl_ser.data.manifest.LabelRules`): merge exc into hap, drop every other label than
+neu/hap/ang/sad, and drop utterances without audio. Paths are relative to IEMOCAP_ROOT;
+``speaker`` is the file-name prefix (the dialog owner), exactly as s3prl writes it.
 
 Order matters, because the SUPERB dev split is a seeded permutation of the train list.
 s3prl visits sessions in sorted order but label files in ``os.listdir`` order, which depends
@@ -32,9 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from s3prl_ser.data.corpora.common import PreparationError
+from s3prl_ser.data.manifest import LabelRules
+
 __all__ = [
     "LABELS",
     "IEMOCAP_CODES",
+    "LABEL_RULES",
     "Utterance",
     "PreparationError",
     "read_label_file",
@@ -45,14 +50,11 @@ __all__ = [
 
 LABELS = {"neu": 0, "hap": 1, "ang": 2, "sad": 3}
 IEMOCAP_CODES = frozenset({"neu", "hap", "exc", "ang", "sad", "fru", "sur", "fea", "dis", "oth", "xxx"})
-_KEEP = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
+# SUPERB's selection: exc counts as hap; the other codes are left out.
+LABEL_RULES = LabelRules(merge={"exc": "hap"}, drop=("fru", "sur", "fea", "dis", "oth", "xxx"))
 _TRANSCRIPT_LINE = re.compile(r"^(\S+)\s+\[[^\]]*\]:\s?(.*)$")
 
 FileOrder = Literal["sorted", "listdir"]
-
-
-class PreparationError(ValueError):
-    """The corpus does not have the expected layout or content; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -129,13 +131,14 @@ def collect_session(root: Path, session: str, order: FileOrder = "sorted") -> li
     missing: list[str] = []
     for name in _label_files(label_dir, order):
         for utterance, code in read_label_file(label_dir / name):
-            if code not in _KEEP:
+            label = LABEL_RULES.apply(code)
+            if label is None:
                 continue
             if utterance not in wavs:
                 missing.append(f"{utterance} ({label_dir / name})")
                 continue
             relative = wavs[utterance].relative_to(root).as_posix()
-            kept.append(Utterance(utterance, relative, _KEEP[code], utterance.split("_")[0]))
+            kept.append(Utterance(utterance, relative, label, utterance.split("_")[0]))
     if missing:
         shown = "; ".join(missing[:5]) + (f"; ... {len(missing) - 5} more" if len(missing) > 5 else "")
         warnings.warn(

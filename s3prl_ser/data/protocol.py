@@ -11,6 +11,10 @@ the dev utterances' paths. ``split`` states the rule that carved dev out: its ki
 and seed of the SUPERB permutation or the held-out session, and the file order the meta data
 were written in (the SUPERB permutation is of the train list's order, so the order decides
 which utterances are dev).
+
+It also names the corpus and its classes (``corpus_name``, ``class_names``, ``num_folds``,
+``official_test``), so checkpoints and reports say what they were trained on; records written
+before these fields existed read back with them unset.
 """
 
 from __future__ import annotations
@@ -43,13 +47,19 @@ class FoldProtocol:
     """What a fold's model was (or is about to be) trained and selected on.
 
     Attributes:
-        fold: ``fold1`` .. ``fold5``; its session is the test set.
+        fold: ``fold1`` .. ``fold5``; its session is the test set. ``deploy``: a deployment
+            run, trained on every fold's utterances (no test set; the fold guard refuses it for
+            every fold, :func:`s3prl_ser.hub.ft_hub.check_protocol_record`).
         corpus: :func:`digest` of the fold's train and test ``path<TAB>label`` lines.
         split: the dev rule: ``rule`` (``superb`` / ``speaker``), ``valid_ratio`` and
             ``seed`` (superb), ``dev_sessions`` (speaker), ``file_order`` (as the meta data
             record it; ``None`` for meta data that do not, e.g. stock s3prl's JSON).
         dev: :func:`digest` of the dev utterances' paths.
         sizes: utterances in train, dev and test (for messages).
+        corpus_name: the corpus's name (``IEMOCAP``, ``RAVDESS``, ...); None in old records.
+        class_names: the classes in id order; None in old records.
+        num_folds: how many folds the corpus's protocol has; None in old records.
+        official_test: the name of the corpus's official test set, None for cross-validation.
 
     Example:
         >>> p = FoldProtocol("fold1", "c0ffee", {"rule": "superb", "valid_ratio": 0.2}, "d1", {"dev": 2})
@@ -64,6 +74,10 @@ class FoldProtocol:
     split: dict[str, Any]
     dev: str
     sizes: dict[str, int]
+    corpus_name: str | None = None
+    class_names: list[str] | None = None
+    num_folds: int | None = None
+    official_test: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-compatible dict (what checkpoints store)."""
@@ -79,7 +93,18 @@ class FoldProtocol:
         missing = [name for name in ("fold", "corpus", "split", "dev", "sizes") if name not in record]
         if missing:
             raise ValueError(f"a fold protocol record lacks {', '.join(missing)}")
-        return cls(record["fold"], record["corpus"], dict(record["split"]), record["dev"], dict(record["sizes"]))
+        names = record.get("class_names")
+        return cls(
+            record["fold"],
+            record["corpus"],
+            dict(record["split"]),
+            record["dev"],
+            dict(record["sizes"]),
+            record.get("corpus_name"),
+            list(names) if names is not None else None,
+            record.get("num_folds"),
+            record.get("official_test"),
+        )
 
 
 def protocol_differences(recorded: Mapping[str, Any], current: FoldProtocol) -> list[str]:
@@ -99,6 +124,9 @@ def protocol_differences(recorded: Mapping[str, Any], current: FoldProtocol) -> 
     for key in sorted(set(split) | set(current.split)):
         if split.get(key) != current.split.get(key):
             found.append(f"split {key}: {split.get(key)!r} vs {current.split.get(key)!r}")
+    names = recorded.get("class_names")
+    if names is not None and current.class_names is not None and list(names) != list(current.class_names):
+        found.append(f"classes {list(names)} vs {list(current.class_names)}")
     if not found and recorded.get("dev") != current.dev:
         found.append(f"another dev set with the same settings (dev digest {recorded.get('dev')} vs {current.dev})")
     return found

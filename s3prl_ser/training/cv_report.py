@@ -1,7 +1,11 @@
 """Aggregate per-fold test metrics into a cross-validation report (JSON, Markdown, PNG).
 
 The paper reports the mean over the 5 folds; the standard deviation is the sample std
-(ddof=1) over folds. The confusion matrix is summed over folds (every utterance is tested
+(ddof=1) over folds. Other corpora report over their own folds, named with the corpus (each
+fold's metrics carry a ``corpus`` record); a corpus evaluated on its official test set (one
+fold) reports that set's numbers, with no std over folds. WA, UA and macro-F1 throughout.
+
+The confusion matrix is summed over folds (every utterance is tested
 exactly once in leave-one-session-out CV). Several cross-validations of the same setup with
 other seeds are combined by :func:`summarize_seeds`: the mean over seeds of the 5-fold means,
 and the sample std over seeds of those means.
@@ -16,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from s3prl_ser.training.metrics import ClassificationReport
 
 __all__ = ["summarize", "summarize_seeds", "write_report", "write_seed_report", "plot_confusion"]
 
@@ -50,22 +56,53 @@ def summarize(fold_metrics: Mapping[str, dict]) -> dict:
     support = confusion.sum(axis=1)
     # As in each fold's UA: a class absent from every test set has no recall, not recall 0.
     pooled_recall = np.diag(confusion)[support > 0] / support[support > 0]
+    # From the confusion matrix, so metrics written before F1 was recorded report it too.
+    f1 = {
+        f: ClassificationReport(tuple(labels), np.asarray(fold_metrics[f]["confusion"])).macro_f1 * 100 for f in folds
+    }
     return {
         "folds": {
             f: {
                 "wa": fold_metrics[f]["wa"] * 100,
                 "ua": fold_metrics[f]["ua"] * 100,
+                "macro_f1": f1[f],
                 "num_utterances": fold_metrics[f]["num_utterances"],
             }
             for f in folds
         },
+        "corpus": _corpus(fold_metrics, folds),
         "wa": _mean_std([fold_metrics[f]["wa"] * 100 for f in folds]),
         "ua": _mean_std([fold_metrics[f]["ua"] * 100 for f in folds]),
+        "macro_f1": _mean_std([f1[f] for f in folds]),
         "recall": recall,
         "labels": labels,
         "confusion": confusion.tolist(),
-        "pooled": {"wa": float(np.trace(confusion) / confusion.sum() * 100), "ua": float(np.mean(pooled_recall) * 100)},
+        "pooled": {
+            "wa": float(np.trace(confusion) / confusion.sum() * 100),
+            "ua": float(np.mean(pooled_recall) * 100),
+            "macro_f1": ClassificationReport(tuple(labels), confusion).macro_f1 * 100,
+        },
     }
+
+
+def _corpus(fold_metrics: Mapping[str, dict], folds: list[str]) -> dict:
+    """The corpus record the folds' metrics carry (the first fold's; ``IEMOCAP``'s five folds
+    for metrics written before runs recorded it)."""
+    record = next((fold_metrics[f]["corpus"] for f in folds if fold_metrics[f].get("corpus")), None)
+    if record is None:
+        return {"name": None, "num_folds": None, "official_test": None}
+    return {key: record.get(key) for key in ("name", "num_folds", "official_test")}
+
+
+def _protocol_line(summary: dict) -> str:
+    """What the numbers are over: the corpus, how many of its folds, or its official test set."""
+    corpus = summary.get("corpus") or {}
+    name, total, official = corpus.get("name"), corpus.get("num_folds"), corpus.get("official_test")
+    run = len(summary["folds"])
+    if official:
+        return f"{name or 'Corpus'}: official test set {official} (one split; no std over folds)."
+    of = f" of {total}" if total else ""
+    return f"{name + ': ' if name else ''}{run}{of} fold(s); mean ± sample std over the {run} fold(s) run."
 
 
 def summarize_seeds(summaries: Mapping[int, dict]) -> dict:
@@ -140,18 +177,29 @@ def plot_confusion(
     return path
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def write_report(summary: dict, out_dir: str | os.PathLike, title: str) -> dict[str, Path]:
     """Write ``results.json``, ``results.md`` and ``confusion.png`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = summary["labels"]
-    lines = [f"# {title}", "", "| fold | utterances | WA (%) | UA (%) |", "|---|---|---|---|"]
+    official = (summary.get("corpus") or {}).get("official_test")
+    lines = [f"# {title}", "", _protocol_line(summary), ""]
+    lines += ["| fold | utterances | WA (%) | UA (%) | macro-F1 (%) |", "|---|---|---|---|---|"]
     for fold, m in summary["folds"].items():
-        lines.append(f"| {fold} | {m['num_utterances']} | {m['wa']:.2f} | {m['ua']:.2f} |")
-    lines.append(
-        f"| **mean ± std** | | **{summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f}** "
-        f"| **{summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f}** |"
-    )
+        f1 = m.get("macro_f1")
+        name = f"{fold} (official test {official})" if official else fold
+        lines.append(f"| {name} | {m['num_utterances']} | {m['wa']:.2f} | {m['ua']:.2f} | {_pct(f1)} |")
+    if not official:  # one official test set: its numbers are the result, there is nothing to spread
+        f1 = summary.get("macro_f1") or {}
+        lines.append(
+            f"| **mean ± std** | | **{summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f}** "
+            f"| **{summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f}** "
+            f"| **{_pct(f1.get('mean'))} ± {_pct(f1.get('std'))}** |"
+        )
     lines += [
         "",
         "Per-class recall, mean over folds (%): "
@@ -167,7 +215,7 @@ def write_report(summary: dict, out_dir: str | os.PathLike, title: str) -> dict[
     lines += [
         "",
         f"Pooled over all test utterances: WA {summary['pooled']['wa']:.2f}, "
-        f"UA {summary['pooled']['ua']:.2f}. Std is the sample std over folds.",
+        f"UA {summary['pooled']['ua']:.2f}." + ("" if official else " Std is the sample std over folds."),
         "",
     ]
     return _write(out_dir, summary, lines, f"{title}: summed over folds")
@@ -176,10 +224,17 @@ def write_report(summary: dict, out_dir: str | os.PathLike, title: str) -> dict[
 def _write(out_dir: Path, summary: dict, lines: list[str], confusion_title: str) -> dict[str, Path]:
     """``results.json`` (``summary``), ``results.md`` (``lines`` and the plot) and ``confusion.png``."""
     paths = {"json": out_dir / "results.json", "md": out_dir / "results.md", "png": out_dir / "confusion.png"}
-    paths["json"].write_text(json.dumps(summary, indent=1))
-    paths["md"].write_text("\n".join(lines + ["", "![confusion matrix](confusion.png)", ""]))
+    _write_text(paths["json"], json.dumps(summary, indent=1))
+    _write_text(paths["md"], "\n".join(lines + ["", "![confusion matrix](confusion.png)", ""]))
     plot_confusion(summary["confusion"], summary["labels"], paths["png"], title=confusion_title)
     return paths
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Through a temporary file and a rename: a reader never sees half a report."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def write_seed_report(combined: dict, out_dir: str | os.PathLike, title: str) -> dict[str, Path]:

@@ -3,6 +3,9 @@
 * WA (weighted accuracy) = overall accuracy = correct / total; SUPERB's "ER acc".
 * UA (unweighted accuracy) = mean over classes of per-class recall. A class with no
   reference utterances has an undefined recall (NaN) and is left out of the mean.
+* Macro-F1 (what EmoBox reports besides WA and UA) = mean over classes of F1 = 2PR / (P + R),
+  over the classes present in the references or the predictions; a class's F1 is 0 when it
+  has no correct prediction (as scikit-learn's ``f1_score(average="macro")``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ def confusion_matrix(truth: Sequence[int], predicted: Sequence[int], num_classes
 
 @dataclass(frozen=True)
 class ClassificationReport:
-    """Metrics of one evaluation; ``labels[i]`` names row/column ``i`` of ``confusion``."""
+    """Metrics of one evaluation; ``labels[i]`` names row/column ``i`` of ``confusion``.
+
+    Example:
+        >>> r = classification_report(["a", "a", "b"], ["a", "b", "b"], ["a", "b"])
+        >>> round(r.wa, 3), r.ua, r.f1, round(r.macro_f1, 3)
+        (0.667, 0.75, {'a': 0.6666666666666666, 'b': 0.6666666666666666}, 0.667)
+    """
 
     labels: tuple[str, ...]
     confusion: np.ndarray
@@ -58,12 +67,30 @@ class ClassificationReport:
         """Unweighted accuracy: mean recall over the classes present in the references."""
         return float(np.nanmean(list(self.recall.values())))
 
+    @property
+    def f1(self) -> dict[str, float]:
+        """Per-class F1; NaN for a class neither referenced nor predicted, 0 without a hit."""
+        hits = np.diag(self.confusion).astype(float)
+        support, predicted = self.confusion.sum(axis=1), self.confusion.sum(axis=0)
+        # F1 = 2TP / (2TP + FP + FN) = 2 * hits / (support + predicted): no division by zero
+        # unless the class appears nowhere.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values = np.where(support + predicted > 0, 2 * hits / (support + predicted), np.nan)
+        return {label: float(value) for label, value in zip(self.labels, values)}
+
+    @property
+    def macro_f1(self) -> float:
+        """Mean F1 over the classes present in the references or the predictions."""
+        return float(np.nanmean(list(self.f1.values())))
+
     def to_dict(self) -> dict:
         return {
             "wa": self.wa,
             "ua": self.ua,
+            "macro_f1": self.macro_f1,
             "num_utterances": self.num_utterances,
             "recall": self.recall,
+            "f1": self.f1,
             "labels": list(self.labels),
             "confusion": self.confusion.tolist(),
         }

@@ -1,0 +1,101 @@
+"""``python -m s3prl_ser.cli.prepare_corpus CORPUS ROOT OUT``: a corpus's manifest and folds.
+
+CORPUS is one of ``iemocap`` (s3prl's meta data, exactly as ``prepare_iemocap`` writes them),
+``msp_podcast``, ``cremad``, ``ravdess``, ``emodb``, ``esd``, or ``table`` (any CSV/JSONL listing:
+``--table FILE --columns path=file,label=emotion,speaker=actor``). Prints the per-fold,
+per-class count table; errors name the offending file. Then train with
+``-o config.downstream_expert.datarc.root=ROOT,,config.downstream_expert.datarc.meta_data=OUT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import warnings
+from pathlib import Path
+
+from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.data.corpora import CORPORA
+from s3prl_ser.data.corpora.common import PreparationError
+
+__all__ = ["parse_columns", "prepare_corpus", "main"]
+
+
+def parse_columns(spec: str) -> dict[str, str]:
+    """``"path=file,label=emotion"`` -> ``{"path": "file", "label": "emotion"}``.
+
+    Example:
+        >>> parse_columns("path=file, label=emotion")
+        {'path': 'file', 'label': 'emotion'}
+    """
+    columns = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        field, sep, column = part.partition("=")
+        if not sep or not field or not column:
+            raise PreparationError(f"--columns: cannot read {part!r} (use FIELD=COLUMN, e.g. label=emotion)")
+        columns[field.strip()] = column.strip()
+    return columns
+
+
+def prepare_corpus(corpus: str, root: Path, out: Path, args: argparse.Namespace) -> str:
+    """Prepare ``corpus`` and return its count table."""
+    if corpus == "iemocap":
+        from s3prl_ser.cli.prepare_iemocap import count_table
+        from s3prl_ser.data.prepare_iemocap import prepare
+
+        return count_table(prepare(root, out))
+    module = importlib.import_module(f"s3prl_ser.data.corpora.{corpus}")
+    options: dict = {"skip_bad_audio": args.skip_bad_audio}
+    if corpus in ("cremad", "ravdess", "emodb") and args.num_folds:
+        options["num_folds"] = args.num_folds
+    if corpus == "esd":
+        options["language"] = args.language
+    if corpus == "msp_podcast":
+        options["test_set"] = args.test_set
+    if corpus == "table":
+        if args.table is None:
+            raise PreparationError("table: name the listing with --table FILE.csv|FILE.jsonl")
+        manifest = module.prepare(
+            args.table,
+            root,
+            out,
+            columns=parse_columns(args.columns),
+            corpus=args.name,
+            split_column=args.split_column,
+            fold_column=args.fold_column,
+            num_folds=args.num_folds or 5,
+            skip_bad_audio=args.skip_bad_audio,
+        )
+    else:
+        manifest = module.prepare(root, out, **options)
+    return manifest.count_table()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m s3prl_ser.cli.prepare_corpus", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("corpus", choices=CORPORA)
+    parser.add_argument("root", type=Path, help="the corpus as released (its root directory)")
+    parser.add_argument("out", type=Path, help="output META_DIR (manifest.json)")
+    parser.add_argument("--num-folds", type=int, help="speaker-independent folds (cremad, ravdess, emodb, table)")
+    parser.add_argument("--language", default="all", choices=["all", "en", "zh"], help="ESD speakers")
+    parser.add_argument("--test-set", default="Test1", help="MSP-Podcast's official test set (Test1, Test2, ...)")
+    parser.add_argument(
+        "--skip-bad-audio", action="store_true", help="leave unreadable files out (warned) instead of stopping"
+    )
+    parser.add_argument("--table", type=Path, help="table: the CSV or JSONL listing")
+    parser.add_argument("--columns", default="", help="table: FIELD=COLUMN,... (path, label, speaker, id, start, ...)")
+    parser.add_argument("--name", help="table: the corpus's name (default: the listing's file name)")
+    parser.add_argument("--split-column", help="table: a column of train/dev/test (one official fold)")
+    parser.add_argument("--fold-column", help="table: a column holding each row's test fold number")
+    args = parser.parse_args(argv)
+    with exit_on_error(), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        table = prepare_corpus(args.corpus, args.root, args.out, args)
+    print(table)
+    print(f"meta data written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Any corpus listed in a plain CSV or JSONL file, through a column mapping.
+
+One row per utterance; ``columns`` maps manifest fields to the file's column names, e.g.
+``{"path": "file", "label": "emotion", "speaker": "actor"}`` (``path``, ``label`` and
+``speaker`` required; ``id``, ``duration``, ``transcript``, ``channel``, ``start``, ``end``
+optional; an unmapped field is read from a column of its own name when there is one). Folds come
+from one of:
+
+* ``split_column``: ``train`` / ``dev`` / ``test`` per row (also ``valid``, ``validation``,
+  ``development``, ``evaluation`` for dev): one official fold;
+* ``fold_column``: the fold (``1``, ``2``, ...) whose test set the row is in: fold k trains on
+  every other row;
+* neither: ``num_folds`` speaker-independent folds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from s3prl_ser.data.corpora.common import PreparationError, check_audio, finish, official_manifest, speaker_cv_manifest
+from s3prl_ser.data.manifest import OPTIONAL_FIELDS, Manifest, ManifestFold
+
+__all__ = ["SPLIT_NAMES", "read_table", "prepare"]
+
+SPLIT_NAMES = {
+    "train": "train",
+    "dev": "dev",
+    "valid": "dev",
+    "validation": "dev",
+    "development": "dev",
+    "evaluation": "dev",
+    "test": "test",
+}
+_NUMBERS = {"duration": float, "start": float, "end": float, "channel": int}
+
+
+def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of a ``.csv`` (header row) or ``.jsonl`` (one object per line) file.
+
+    Raises:
+        PreparationError: another extension, or a line that is not a JSON object (line named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PreparationError(f"{path}: not found")
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        records = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise PreparationError(f"{path}:{number}: not a JSON line ({error})") from error
+                if not isinstance(record, dict):
+                    raise PreparationError(f"{path}:{number}: not a JSON object")
+                records.append(record)
+        return records
+    raise PreparationError(f"{path}: expected a .csv or .jsonl file")
+
+
+def _row(record: Mapping[str, Any], columns: Mapping[str, str], where: str) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for field in ("path", "label", "speaker", "id", *OPTIONAL_FIELDS):
+        column = columns.get(field, field)
+        value = record.get(column)
+        if value is None or value == "":
+            if field in ("path", "label"):
+                raise PreparationError(f"{where}: no {field} (column {column!r})")
+            continue
+        if field in _NUMBERS:
+            try:
+                value = _NUMBERS[field](value)
+            except ValueError as error:
+                raise PreparationError(f"{where}: {field} (column {column!r}) is not a number: {value!r}") from error
+        row[field] = value if field in _NUMBERS else str(value)
+    if "speaker" not in row:
+        if "speaker" in columns:
+            raise PreparationError(f"{where}: no speaker (column {columns['speaker']!r})")
+        row["speaker"] = None
+    if "id" not in row:
+        row["id"] = Path(row["path"]).stem + (f"@{row['start']:g}" if "start" in row else "")
+    return row
+
+
+def prepare(
+    table: str | os.PathLike,
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    columns: Mapping[str, str] | None = None,
+    corpus: str | None = None,
+    split_column: str | None = None,
+    fold_column: str | None = None,
+    num_folds: int = 5,
+    skip_bad_audio: bool = False,
+) -> Manifest:
+    """Write ``out/manifest.json`` for the utterances listed in ``table`` (paths relative to ``root``).
+
+    Raises:
+        PreparationError: naming the file and row: a missing required value, a duplicate id,
+            an unknown split name, or unreadable audio.
+    """
+    table, root, columns = Path(table), Path(root), dict(columns or {})
+    if split_column and fold_column:
+        raise PreparationError("give a split column or a fold column, not both")
+    records = read_table(table)
+    if not records:
+        raise PreparationError(f"{table}: lists no utterances")
+    rows, roles, seen = [], {}, set()
+    for number, record in enumerate(records, start=2 if table.suffix.lower() == ".csv" else 1):
+        where = f"{table}:{number}"
+        row = _row(record, columns, where)
+        if row["id"] in seen:
+            raise PreparationError(f"{where}: duplicate utterance id {row['id']!r} (map an id column)")
+        seen.add(row["id"])
+        for column in filter(None, (split_column, fold_column)):
+            value = str(record.get(column, "")).strip()
+            if split_column:
+                if value.lower() not in SPLIT_NAMES:
+                    raise PreparationError(f"{where}: split {value!r} (column {column!r}) is not train, dev or test")
+                roles[row["id"]] = SPLIT_NAMES[value.lower()]
+            elif not value.isdigit() or int(value) < 1:
+                raise PreparationError(f"{where}: fold {value!r} (column {column!r}) is not a fold number 1, 2, ...")
+            else:
+                roles[row["id"]] = int(value)
+        rows.append(row)
+    rows = check_audio(root, rows, skip_bad=skip_bad_audio)
+    labels = sorted({row["label"] for row in rows})
+    name = corpus or table.stem
+    if split_column:
+        manifest = official_manifest(name, labels, rows, lambda row: roles[row["id"]], "test")
+    elif fold_column:
+        numbers = sorted({roles[row["id"]] for row in rows})
+        folds = {
+            f"fold{k}": ManifestFold(
+                tuple(r["id"] for r in rows if roles[r["id"]] != k), tuple(r["id"] for r in rows if roles[r["id"]] == k)
+            )
+            for k in numbers
+        }
+        manifest = Manifest(name, labels, rows, folds, protocol=f"{len(folds)} folds from column {fold_column!r}")
+    else:
+        manifest = speaker_cv_manifest(name, labels, rows, num_folds)
+    return finish(manifest, out)
