@@ -13,6 +13,24 @@ import s3prl_ser  # noqa: F401  (applies the s3prl compatibility fixes before s3
 MINI_CORPUS = Path(__file__).parent / "data" / "iemocap_mini"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feature_cache_dir(tmp_path_factory):
+    """The feature cache of every run in the tests (and their subprocesses): a temporary
+    directory, never the user's ~/.cache."""
+    import os
+
+    from s3prl_ser.data.feature_cache import CACHE_ENV
+
+    directory = tmp_path_factory.mktemp("feature_cache")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(directory)
+    yield directory
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models on a shared CPU: OpenMP threads spinning against each other cost 100x."""

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from s3prl_ser.config import check_int, check_keys
 from s3prl_ser.data.audio import load_audio
 from s3prl_ser.data.fold_data import eval_loader, load_fold_data, train_loader
-from s3prl_ser.data.folds import check_fold, fold_session, resolve_fold
+from s3prl_ser.data.folds import check_run_fold, fold_session, is_deployment, resolve_fold
 from s3prl_ser.models.classifier import AGGREGATORS
 from s3prl_ser.models.fusion import EmotionClassifier
 from s3prl_ser.training.best_checkpoints import BestCheckpoints
@@ -35,6 +35,8 @@ DATARC_KEYS = {
     "split",
     "valid_ratio",
     "dev_session",
+    "dev_speakers",
+    "labels",
     "pre_load",
     "train_batch_size",
     "eval_batch_size",
@@ -43,10 +45,15 @@ DATARC_KEYS = {
     "allow_outside_root",
     "max_seconds",
     "max_eval_seconds",
+    "bucket_by_length",
 }
 MODELRC_KEYS = {"aggregator", "ecapa", "fusion", "projector_dim"}
 AVERAGING_KEYS = {"best_k", "average"}
 TEXT_KEYS = {"encoder", "transcripts", "speech", "feature_selection"}
+_NO_TEST_SET = (
+    "a deployment run (test_fold: deploy) has no test set: it trained on every fold's utterances, so it "
+    "has no held-out score; the cross-validation's folds score the procedure"
+)
 
 
 class DownstreamExpert(nn.Module):
@@ -88,14 +95,22 @@ class DownstreamExpert(nn.Module):
         self.seed = int(kwargs.get("seed", 0))
 
         where = "downstream_expert.datarc"
-        self.fold = check_fold(resolve_fold(self.datarc.get("test_fold"), kwargs.get("downstream_variant")))
+        # ``deploy``: a deployment run, trained on every fold (s3prl_ser.data.deployment), no test set
+        self.fold = check_run_fold(resolve_fold(self.datarc.get("test_fold"), kwargs.get("downstream_variant")))
         data = load_fold_data(self.datarc, self.fold, where=where)  # checks every audio header
         meta_dir = Path(self.datarc["meta_data"])
         self.class_names = data.class_names
         self.protocol = data.protocol
         self.train_dataset, self.dev_dataset, self.test_dataset = data.train, data.dev, data.test
+        corpus = self.protocol.corpus_name or "corpus"
+        if is_deployment(self.fold):
+            if kwargs.get("mode") == "evaluate" and kwargs.get("evaluate_split") == "test":
+                raise ValueError(_NO_TEST_SET)  # refused before anything is built or read
+            tested = "none, a deployment run on every fold's utterances"
+        else:
+            tested = fold_session(self.fold) if corpus == "IEMOCAP" else self.protocol.official_test or self.fold
         print(
-            f"[Expert] - {self.fold}: test {fold_session(self.fold)} ({len(self.test_dataset)}), "
+            f"[Expert] - {corpus} {self.fold}: test {tested} ({len(self.test_dataset)}), "
             f"train {len(self.train_dataset)}, dev {len(self.dev_dataset)} ({data.split} split)"
         )
 
@@ -195,6 +210,8 @@ class DownstreamExpert(nn.Module):
                 rank=get_rank() if is_initialized() else 0,
                 world_size=get_world_size() if is_initialized() else 1,
             )
+        if mode == "test" and is_deployment(self.fold):
+            raise ValueError(_NO_TEST_SET)
         datasets = {"dev": self.dev_dataset, "test": self.test_dataset}
         if mode not in datasets:
             raise ValueError(f"unknown split {mode!r}; expected train, dev or test")
@@ -250,9 +267,20 @@ class DownstreamExpert(nn.Module):
             for kind in ("predict", "truth"):
                 lines = [f"{f} {e}\n" for f, e in zip(records["filename"], records[kind])]
                 (self.output_dir / f"{mode}_{self.fold}_{kind}.txt").write_text("".join(lines))
-            metrics = dict(report.to_dict(), step=global_step, fold=self.fold, loss=loss)
+            metrics = dict(report.to_dict(), step=global_step, fold=self.fold, loss=loss, corpus=self._corpus_record())
             (self.output_dir / f"{mode}_{self.fold}_metrics.json").write_text(json.dumps(metrics, indent=1))
         return save_names
+
+    def _corpus_record(self) -> dict:
+        """What reports say about the data: corpus, protocol, fold count, official test set, classes."""
+        p = self.protocol
+        return {
+            "name": p.corpus_name,
+            "num_folds": p.num_folds,
+            "official_test": p.official_test,
+            "class_names": list(self.class_names),
+            "split": p.split.get("rule"),
+        }
 
     def load_audio(self, path: str | Path) -> torch.Tensor:
         """Used by the runner's ``-m inference``: any sample rate or channel count."""

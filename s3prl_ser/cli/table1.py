@@ -38,7 +38,7 @@ import yaml
 
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.config import ConfigError, load_config, read_yaml
-from s3prl_ser.data.folds import FOLDS
+from s3prl_ser.data.emotion_dataset import corpus_folds
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR
 
 __all__ = [
@@ -177,13 +177,29 @@ def _finetune(
     finetune(argv)
 
 
+def _mean_std(summary: dict, metric: str) -> str:
+    """``mean ± std`` over folds; an official test set's one number has no spread to show."""
+    if (summary.get("corpus") or {}).get("official_test"):
+        return f"{summary[metric]['mean']:.2f}"
+    return f"{summary[metric]['mean']:.2f} ± {summary[metric]['std']:.2f}"
+
+
+def _protocol_note(summaries: dict) -> str:
+    """The table's footnote: the corpus and its folds, as the runs' reports record them."""
+    corpora = {json.dumps(s.get("corpus") or {}, sort_keys=True) for s in summaries.values() if s}
+    record = json.loads(corpora.pop()) if len(corpora) == 1 else {}
+    if record.get("official_test"):
+        return (
+            f"WA/UA on {record['name']}'s official test set {record['official_test']} (one split: no std over folds)."
+        )
+    if record.get("name") and record["name"] != "IEMOCAP":
+        return f"WA/UA: mean ± sample std over the folds run ({record['name']}, {record.get('num_folds')} folds)."
+    return "WA/UA: mean ± sample std over the folds run (5-fold leave-one-session-out)."
+
+
 def _row(experiment: Experiment, summary: dict | None) -> str:
     yes = lambda flag: "yes" if flag else "no"  # noqa: E731
-    ours = (
-        f"{summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f} | {summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f}"
-        if summary
-        else "not run | not run"
-    )
+    ours = f"{_mean_std(summary, 'wa')} | {_mean_std(summary, 'ua')}" if summary else "not run | not run"
     return (
         f"| {experiment.set} | {experiment.number} | {experiment.modality} | {experiment.feature} | "
         f"{yes(experiment.ft)} | {yes(experiment.upstream_avg)} | {experiment.aggregator} | Linear | "
@@ -196,6 +212,7 @@ SUPERB_PROTOCOL = [
     "config.downstream_expert.modelrc.projector_dim=256",  # s3prl's emotion downstream
     "config.downstream_expert.modelrc.fusion=null",
     "config.downstream_expert.checkpoint_averaging.average=false",
+    "config.downstream_expert.datarc.bucket_by_length=false",  # s3prl's random batches
 ]
 
 
@@ -213,7 +230,7 @@ def write_tables(
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_row(EXPERIMENTS[n], summaries.get(n)) for n in sorted(EXPERIMENTS)]
-    lines += ["", "WA/UA: mean ± sample std over the folds run (5-fold leave-one-session-out).", ""]
+    lines += ["", _protocol_note(summaries), ""]
     paths = {"md": out_dir / "table1.md", "json": out_dir / "table1.json", "superb": out_dir / "superb_er.md"}
     paths["md"].write_text("\n".join(lines))
     paths["json"].write_text(
@@ -236,11 +253,7 @@ def write_tables(
         leaderboard = f"{SUPERB_ER[name]:.2f}" if name in SUPERB_ER else "-"
         lines.append(
             f"| {name} | {leaderboard} | "
-            + (
-                f"{ours['wa']['mean']:.2f} ± {ours['wa']['std']:.2f} | {ours['ua']['mean']:.2f} |"
-                if ours
-                else "not run | |"
-            )
+            + (f"{_mean_std(ours, 'wa')} | {ours['ua']['mean']:.2f} |" if ours else "not run | |")
         )
     lines += [
         "",
@@ -373,7 +386,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-p", "--out", type=Path, required=True, help="output directory")
     parser.add_argument("--root", type=Path, required=True, help="IEMOCAP release root")
     parser.add_argument("--meta", type=Path, required=True, help="META_DIR of s3prl_ser.data.prepare_iemocap")
-    parser.add_argument("--folds", default=",".join(FOLDS))
+    parser.add_argument("--folds", help="comma-separated folds (default: every fold of --meta)")
     parser.add_argument("-o", "--override", default="", help="run_downstream.py overrides for every experiment")
     parser.add_argument("--ft-override", default="", help="python -m upstream_ft overrides for stage 1")
     parser.add_argument(
@@ -397,10 +410,11 @@ def main(argv: list[str] | None = None) -> None:
     defaults = BASE_UPSTREAMS if args.base else PAPER_UPSTREAMS
     with exit_on_error():
         experiments = parse_experiments(args.experiments)
+        folds = args.folds.split(",") if args.folds else corpus_folds(args.meta)
         run_table1(
             args.out,
             experiments,
-            args.folds.split(","),
+            folds,
             args.root,
             args.meta,
             args.override,
@@ -411,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
             ft_config=args.ft_config,
             ft_overrides=args.ft_override,
             device=args.device,
-            note=f"Folds: {args.folds}.",
+            note=f"Folds: {','.join(folds)}.",
             superb=[s for s in args.superb.split(",") if s],
         )
 

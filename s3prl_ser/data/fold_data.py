@@ -1,8 +1,9 @@
 """One fold's train/dev/test utterances and their loaders: the data builder of both stages.
 
-Fold N tests on Session N; its train list is split into train and dev by s3prl's seeded
-80/20 (``split: superb``, the SUPERB split) or by holding out one session's two speakers
-(``split: speaker``). Only dev ever selects checkpoints.
+For IEMOCAP, fold N tests on Session N; other corpora list their folds (a manifest or EmoBox's
+lists). A fold's train list is split into train and dev by s3prl's seeded 80/20 (``split:
+superb``, the SUPERB split) or by holding out speakers (``split: speaker``), unless the corpus
+lists its own dev set, which is then used as is. Only dev ever selects checkpoints.
 
 Training batches come from :class:`~s3prl_ser.data.sampler.GlobalBatchSampler`:
 ``train_batch_size`` is the global batch in both stages, and a resumed run re-enters an
@@ -24,8 +25,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from s3prl_ser.config import ConfigError, require
 from s3prl_ser.data.audio import SAMPLE_RATE, AudioError, audio_file_problem
-from s3prl_ser.data.emotion_dataset import EmotionDataset, collate, read_fold_meta
-from s3prl_ser.data.folds import SUPERB_SPLIT_SEED, speaker_disjoint_split, superb_train_dev_split, utterance_speaker
+from s3prl_ser.data.emotion_dataset import EmotionDataset, collate, read_fold_lists, utterance_key
+from s3prl_ser.data.folds import (
+    SUPERB_SPLIT_SEED,
+    is_deployment,
+    speaker_disjoint_split,
+    speaker_holdout_split,
+    superb_train_dev_split,
+    utterance_speaker,
+)
+from s3prl_ser.data.manifest import LabelRules
 from s3prl_ser.data.protocol import FoldProtocol, digest
 from s3prl_ser.data.sampler import GlobalBatchSampler, epoch_seed
 
@@ -50,12 +59,20 @@ class FoldData:
 
 
 def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc", read_audio: bool = True) -> FoldData:
-    """Read ``META_DIR/SessionN/{train,test}_meta_data.json`` and split train into train/dev.
+    """Read a fold's lists from ``META_DIR`` and, when the corpus lists no dev set, split train
+    into train/dev by the ``split`` rule.
+
+    ``META_DIR`` is s3prl's emotion meta data (``SessionN/{train,test}_meta_data.json``), a
+    manifest or an EmoBox corpus directory
+    (:func:`~s3prl_ser.data.emotion_dataset.read_fold_lists`). A fold whose source lists a dev
+    set uses it and never a rule.
 
     Args:
         datarc: the ``datarc`` config section (``root``, ``meta_data``, ``split``,
-            ``valid_ratio``, ``dev_session``, ``min_samples``, ``allow_outside_root``).
-        fold: ``fold1`` .. ``fold5``.
+            ``valid_ratio``, ``dev_session``, ``dev_speakers``, ``labels``, ``min_samples``,
+            ``allow_outside_root``).
+        fold: ``fold1`` .. ``foldN``, or ``deploy``: the deployment pool
+            (:mod:`s3prl_ser.data.deployment`), dev carved from it by the rule, no test set.
         where: the section's name in error messages.
         read_audio: ``False`` serves empty waveforms (text models need only utterance names).
 
@@ -65,55 +82,89 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
     once by the loaders when ``datarc.pre_load`` is set.
 
     Raises:
-        ConfigError: root/meta_data unset, an unknown split rule, or a non-boolean
-            ``allow_outside_root``.
+        ConfigError: root/meta_data unset, an unknown split rule, bad label rules, or a
+            non-boolean ``allow_outside_root``.
         FileNotFoundError: meta data or audio files are missing (named in the message).
         AudioError: audio files that cannot be used (the first few named, with the cause).
         ValueError: malformed meta data (file and item named), or the train and test meta data
             define different labels.
     """
-    root = Path(require(datarc, "root", where, f"pass -o config.{where}.root=IEMOCAP_ROOT"))
+    root = Path(require(datarc, "root", where, f"pass -o config.{where}.root=CORPUS_ROOT"))
     meta_dir = Path(require(datarc, "meta_data", where, f"pass -o config.{where}.meta_data=META_DIR"))
     outside = datarc.get("allow_outside_root", False)
     if not isinstance(outside, bool):
         raise ConfigError(f"{where}.allow_outside_root must be true or false, got {outside!r}")
-    train_meta, test_meta = read_fold_meta(meta_dir, fold, root, allow_outside_root=outside)
+    rules = LabelRules.from_config(datarc.get("labels"), f"{where}.labels")
+    if is_deployment(fold):  # every fold's utterances, no test set (s3prl_ser.data.deployment)
+        from s3prl_ser.data.deployment import read_deployment_lists
+
+        lists = read_deployment_lists(meta_dir, root, allow_outside_root=outside, label_rules=rules)
+    else:
+        lists = read_fold_lists(meta_dir, fold, root, allow_outside_root=outside, label_rules=rules)
+    train_meta, test_meta = lists.train, lists.test
+    if lists.dev is not None and train_meta.labels != lists.dev.labels:
+        raise ValueError(f"{train_meta.path} and {lists.dev.path} define different labels")
     min_samples = datarc.get("min_samples", 400)
     _seconds(datarc, "max_seconds", where)  # applied per epoch by train_loader
     max_eval = _seconds(datarc, "max_eval_seconds", where)
     split = datarc.get("split", "superb")
-    paths = [item["path"] for item in train_meta.items]
-    if split == "superb":
+    if split not in SPLITS:
+        raise ConfigError(f"{where}.split must be one of {', '.join(SPLITS)}, got {split!r}")
+    items = train_meta.items
+    paths = [item["path"] for item in items]
+    if lists.dev is not None:
+        # The corpus's own dev list: no rule, so no random split, whatever ``split`` says.
+        train_idx, dev_idx = list(range(len(items))), []
+        dev_items = lists.dev.items
+        rule: dict[str, Any] = {"rule": "given"}
+    elif split == "superb":
         valid_ratio = datarc.get("valid_ratio", 0.2)
         train_idx, dev_idx = superb_train_dev_split(len(paths), valid_ratio)
         rule = {"rule": split, "valid_ratio": valid_ratio, "seed": SUPERB_SPLIT_SEED}
-    elif split == "speaker":
+    elif lists.kind == "s3prl":  # IEMOCAP meta data: s3prl's speaker field is the dialog owner
         train_idx, dev_idx = speaker_disjoint_split(paths, fold, datarc.get("dev_session"))
         rule = {"rule": split, "dev_sessions": sorted({utterance_speaker(paths[i])[:5] for i in dev_idx})}
     else:
-        raise ConfigError(f"{where}.split must be one of {', '.join(SPLITS)}, got {split!r}")
+        speakers = [item.get("speaker") for item in items]
+        train_idx, dev_idx = speaker_holdout_split(
+            speakers, datarc.get("valid_ratio", 0.2), dev_speakers=datarc.get("dev_speakers")
+        )
+        rule = {"rule": split, "dev_speakers": sorted({speakers[i] for i in dev_idx})}
+    if lists.dev is None:
+        dev_items = [items[i] for i in dev_idx]
     if read_audio:
         # Training clips are cropped to max_seconds (train_loader); dev (decided from here on)
         # and test clips are scored whole, so longer ones are refused up front.
-        dev_paths = [paths[i] for i in dev_idx]
-        train_paths = [paths[i] for i in train_idx]
-        eval_paths = dev_paths + [item["path"] for item in test_meta.items]
-        _check_audio(root, fold, train_paths, eval_paths, min_samples, max_eval)
+        train_items = [items[i] for i in train_idx]
+        _check_audio(root, fold, train_items, dev_items + test_meta.items, min_samples, max_eval)
     options = dict(min_samples=min_samples, read_audio=read_audio)
+    everything = items + (lists.dev.items if lists.dev is not None else []) + test_meta.items
+    split_record = {**rule, "file_order": train_meta.file_order}
+    if rules:  # recorded only when set, so meta data without rules keep their records
+        split_record["labels"] = rules.to_dict()
     protocol = FoldProtocol(
         fold=fold,
-        corpus=digest(f"{item['path']}\t{item['label']}" for item in train_meta.items + test_meta.items),
-        split={**rule, "file_order": train_meta.file_order},
-        dev=digest(paths[i] for i in dev_idx),
-        sizes={"train": len(train_idx), "dev": len(dev_idx), "test": len(test_meta.items)},
+        # Keys are paths for s3prl's meta data (same digests as before); segments add their times.
+        corpus=digest(f"{utterance_key(item)}\t{item['label']}" for item in everything),
+        split=split_record,
+        dev=digest(utterance_key(item) for item in dev_items),
+        sizes={"train": len(train_idx), "dev": len(dev_items), "test": len(test_meta.items)},
+        corpus_name=lists.corpus,
+        class_names=train_meta.class_names,
+        num_folds=lists.num_folds,
+        official_test=lists.official_test,
     )
+    if lists.dev is not None:
+        dev = EmotionDataset(root, lists.dev, **options)
+    else:
+        dev = EmotionDataset(root, train_meta, indices=dev_idx, **options)
     return FoldData(
         fold=fold,
         class_names=train_meta.class_names,
         train=EmotionDataset(root, train_meta, indices=train_idx, **options),
-        dev=EmotionDataset(root, train_meta, indices=dev_idx, **options),
+        dev=dev,
         test=EmotionDataset(root, test_meta, **options),
-        split=split,
+        split=rule["rule"],
         protocol=protocol,
     )
 
@@ -131,17 +182,26 @@ def _seconds(datarc: Mapping[str, Any], key: str, where: str) -> float | None:
 
 
 def _check_audio(
-    root: Path, fold: str, train: list[str], evaluated: list[str], min_samples: int, max_eval: float | None
+    root: Path, fold: str, train: list[dict], evaluated: list[dict], min_samples: int, max_eval: float | None
 ) -> None:
     """Raise :class:`AudioError` naming the first few files (paths relative to ``root``) whose
-    header shows them unusable, and how many there are; ``evaluated`` files (dev, test) may
-    also not be longer than ``max_eval`` seconds."""
+    header shows them (or their segment or channel) unusable, and how many there are;
+    ``evaluated`` items (dev, test) may also not be longer than ``max_eval`` seconds."""
     limit = None if max_eval is None else int(max_eval * SAMPLE_RATE)
     bad = [
-        f"{path}: {problem}"
-        for paths, max_samples in ((train, None), (evaluated, limit))
-        for path in paths
-        if (problem := audio_file_problem(root / path, min_samples=min_samples, max_samples=max_samples))
+        f"{item['path']}: {problem}"
+        for items, max_samples in ((train, None), (evaluated, limit))
+        for item in items
+        if (
+            problem := audio_file_problem(
+                root / item["path"],
+                min_samples=min_samples,
+                max_samples=max_samples,
+                start=item.get("start"),
+                end=item.get("end"),
+                channel=item.get("channel"),
+            )
+        )
     ]
     if bad:
         shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
@@ -189,11 +249,16 @@ def train_loader(
 ) -> DataLoader:
     """This process's ``(wavs, labels, names)`` batches of epoch ``epoch`` from global batch
     ``start`` on; ``datarc.train_batch_size`` is the global batch, and clips are cropped to
-    ``datarc.max_seconds`` (:class:`RandomCrop`) when it is set."""
+    ``datarc.max_seconds`` (:class:`RandomCrop`) when it is set. ``datarc.bucket_by_length``
+    batches similar lengths together (:func:`~s3prl_ser.data.sampler.length_buckets`)."""
     if datarc.get("pre_load", False):
         dataset.preload()
     max_seconds = datarc.get("max_seconds")
     source = dataset if max_seconds is None else RandomCrop(dataset, int(max_seconds * SAMPLE_RATE), seed, epoch)
+    # Length buckets need every clip's length (as cropped): free with pre_load, one read of each file without.
+    bucketed = datarc.get("bucket_by_length", False)
+    if not isinstance(bucketed, bool):
+        raise ConfigError(f"datarc.bucket_by_length must be true or false, got {bucketed!r}")
     sampler = GlobalBatchSampler(
         len(dataset),
         datarc.get("train_batch_size", 4),
@@ -202,6 +267,7 @@ def train_loader(
         rank=rank,
         world_size=world_size,
         start=start,
+        lengths=[len(source[i][0]) for i in range(len(source))] if bucketed else None,
     )
     # A private generator: making the loader (its worker seeds) must not draw from the
     # global RNG, which drives dropout and is restored on resume.

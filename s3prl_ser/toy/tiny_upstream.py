@@ -82,6 +82,7 @@ def write_tiny_upstream(
     dim: int = 48,
     heads: int = 4,
     seed: int = 0,
+    model_overrides: dict[str, Any] | None = None,
 ) -> Path:
     """Write a random-init ``arch`` checkpoint in s3prl's converted format to ``path``.
 
@@ -90,10 +91,12 @@ def write_tiny_upstream(
         path: output file (parent directories are created; written atomically).
         layers, dim, heads: transformer size; ``dim`` must be divisible by ``heads``.
         seed: initialisation seed; the same seed gives bit-identical weights.
+        model_overrides: model config keys to replace, e.g. the real feature encoder
+            (``conv_feature_layers``) for a random-init model of a real model's size.
     """
     if dim % heads:
         raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
-    model_cfg = tiny_model_cfg(arch, layers=layers, dim=dim, heads=heads)
+    model_cfg = {**tiny_model_cfg(arch, layers=layers, dim=dim, heads=heads), **(model_overrides or {})}
     task_cfg = dict(sample_rate=16000, normalize=False, label_rate=50.0, labels=["km"])
     # HuBERT's prediction head needs the label dictionary: fairseq's 4 specials + 8 units.
     symbols = [["<s>", "<pad>", "</s>", "<unk>"] + [str(i) for i in range(8)]]

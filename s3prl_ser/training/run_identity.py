@@ -39,7 +39,10 @@ RUN_ARGS = (
     "seed",
 )
 # Config settings that say how data is fed or checked, not what is learned: they may always change.
-RUNTIME_SETTINGS = frozenset({"num_workers", "eval_batch_size", "pre_load", "allow_outside_root", "max_eval_seconds"})
+# ``dir``: where the feature cache lives (what it holds is keyed by what it stores).
+RUNTIME_SETTINGS = frozenset(
+    {"num_workers", "eval_batch_size", "pre_load", "allow_outside_root", "max_eval_seconds", "dir"}
+)
 _ACCUMULATION = "config.runner.gradient_accumulate_steps"
 # Files a training run leaves in its experiment directory.
 _RUN_FILES = ("states-*.ckpt", "dev-top.json", "dev-avg.ckpt", "dev-best.ckpt", "final.json")

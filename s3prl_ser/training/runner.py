@@ -37,11 +37,12 @@ from tqdm import tqdm
 
 from s3prl_ser import compat
 from s3prl_ser.data.fold_data import load_fold_data
-from s3prl_ser.data.folds import check_fold, resolve_fold
-from s3prl_ser.hub.ft_hub import FoldSpec
+from s3prl_ser.data.folds import check_run_fold, is_deployment, resolve_fold
+from s3prl_ser.hub.ft_hub import STAGE2_PROTOCOL_KEY, FoldSpec, check_protocol_record
 from s3prl_ser.hub.multi_upstream import build_featurizer, build_upstreams
 from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files
 from s3prl_ser.training.distributed import all_gather
+from s3prl_ser.training.feature_caching import FeatureCaches, attach_feature_cache, cache_settings
 from s3prl_ser.training.loop import OptimizerStep, Schedule, TrainingLoop, UpdateResult
 from s3prl_ser.training.run_identity import run_identity
 from s3prl_ser.training.states import Progress, StatesFiles, restore_progress, training_state
@@ -113,8 +114,12 @@ class SERRunner(Runner):
         self.args = args
         self.config = config
         self.init_ckpt = compat.safe_torch_load(args.init_ckpt) if args.init_ckpt else {}
+        if isinstance(self.init_ckpt.get(STAGE2_PROTOCOL_KEY), dict):
+            # -e/-i of a trained model: never for a fold whose test set it trained on (a deployment model: any)
+            check_protocol_record(self.init_ckpt[STAGE2_PROTOCOL_KEY], self.test_fold(), args.init_ckpt)
         self.upstream = self._get_upstream()
         self.featurizer = self._get_featurizer()
+        self.feature_caches = self._attach_feature_cache()
         self.downstream = self._get_downstream()
         self.all_entries = [self.upstream, self.featurizer, self.downstream]
 
@@ -127,7 +132,7 @@ class SERRunner(Runner):
         """The fold's full protocol (corpus, split) when the config names meta data in the
         emotion layout, which fine-tuned upstreams are checked against; else the fold alone."""
         datarc = self.config.get("downstream_expert", {}).get("datarc", {})
-        fold = check_fold(self.test_fold())
+        fold = check_run_fold(self.test_fold())
         if datarc.get("root") is None or datarc.get("meta_data") is None:
             return fold
         return load_fold_data(datarc, fold, where="downstream_expert.datarc", read_audio=False).protocol
@@ -176,6 +181,25 @@ class SERRunner(Runner):
             model=model, name="Featurizer", trainable=True, interfaces=["output_dim", "downsample_rate"]
         )
 
+    def _attach_feature_cache(self) -> FeatureCaches | None:
+        """Frozen upstreams read their features from the feature cache
+        (:mod:`s3prl_ser.training.feature_caching`); None: the upstream runs at every step."""
+        model, caches = attach_feature_cache(
+            self.args,
+            self.config,
+            _unwrap(self.upstream.model),
+            _unwrap(self.featurizer.model),
+            self.test_fold() if cache_settings(self.config) else None,
+        )
+        if caches is not None:
+            self.upstream.model = model
+        return caches
+
+    def _fill_feature_cache(self, split: str) -> None:
+        """Extract what the cache lacks of ``split`` before the split is read."""
+        if self.feature_caches is not None:
+            self.feature_caches.fill_split(split, _unwrap(self.downstream.model).get_dataloader(split).dataset)
+
     def _train_batches(self, split: str, epoch: int, start: int) -> Iterable:
         """This process's batches of ``epoch`` from global batch ``start`` on."""
         expert = self.downstream.model
@@ -201,6 +225,9 @@ class SERRunner(Runner):
         class_names = getattr(_unwrap(self.downstream.model), "class_names", None)
         if class_names is not None:  # inference needs the class order without the corpus at hand
             states["ClassNames"] = list(class_names)
+        protocol = getattr(_unwrap(self.downstream.model), "protocol", None)
+        if protocol is not None:  # the corpus, fold, split and classes the model is trained on
+            states["FoldProtocol"] = protocol.to_dict()
         for entry in self.all_entries:
             if entry.trainable:
                 states[entry.name] = get_model_state(entry.model)
@@ -271,6 +298,7 @@ class SERRunner(Runner):
             gather=all_gather if is_initialized() else (lambda value: [value]),
             description="overall",
         )
+        self._fill_feature_cache(split)
         try:
             loop.run(progress, compute_loss, hooks)
         finally:
@@ -282,6 +310,7 @@ class SERRunner(Runner):
         """s3prl's; a standalone ``-m evaluate`` (no split/logger given) of an emotion_ecapa
         checkpoint writes to ``expdir/evaluate_<checkpoint>/`` and selects nothing."""
         expert = _unwrap(self.downstream.model)
+        self._fill_feature_cache(split or self.args.evaluate_split)
         if split is None and logger is None and hasattr(expert, "evaluate_separately"):
             output = expert.evaluate_separately(Path(self.args.init_ckpt or "model").stem)
             print(f"[SERRunner] - evaluating {self.args.init_ckpt}; results in {output}")
@@ -312,21 +341,25 @@ class SERRunner(Runner):
             final = expdir / "dev-best.ckpt"
             state = compat.safe_torch_load(expdir / entries[0].name)
         state["ClassNames"] = list(expert.class_names)  # also for checkpoints of older versions
+        if getattr(expert, "protocol", None) is not None:
+            state["FoldProtocol"] = expert.protocol.to_dict()
         compat.atomic_torch_save(state, final)
         for entry in self.all_entries:
             if entry.name in state:
                 _unwrap(entry.model).load_state_dict(state[entry.name])
         step = max(e.step for e in entries)
-        logger = SummaryWriter(str(expdir))
-        try:
-            self.evaluate("test", logger, global_step=step)
-        finally:
-            logger.close()
+        tested = not is_deployment(expert.fold)  # a deployment run has no test set: no held-out score
+        if tested:
+            logger = SummaryWriter(str(expdir))
+            try:
+                self.evaluate("test", logger, global_step=step)
+            finally:
+                logger.close()
         record = {
             "checkpoint": final.name,
             "averaged": expert.averaging.get("average", True),
             "selected": [{"step": e.step, "dev_acc": e.score, "file": e.name} for e in entries],
-            "test_metrics": f"test_{expert.fold}_metrics.json",
+            "test_metrics": f"test_{expert.fold}_metrics.json" if tested else None,
             "identity": run_identity(self.args, self.config),
         }
         # Atomically: its presence marks the run finished (cross_validate reads it), so a kill
@@ -336,6 +369,7 @@ class SERRunner(Runner):
         os.replace(tmp, expdir / FINAL_RECORD)
         print(
             f"[SERRunner] - reported model {final} ({len(entries)} checkpoint(s), steps "
-            f"{sorted(e.step for e in entries)}); test results in {expdir / record['test_metrics']}"
+            f"{sorted(e.step for e in entries)}); "
+            + (f"test results in {expdir / record['test_metrics']}" if tested else "deployment run: no test set")
         )
         return final
