@@ -1,38 +1,55 @@
 """Predict emotions with a trained model, without the training corpus at hand.
 
     from s3prl_ser.inference import EmotionRecognizer
-    recognizer = EmotionRecognizer.from_pretrained("result/downstream/NAME/fold1")
+    recognizer = EmotionRecognizer.from_pretrained("MODEL_DIR")  # or a run's fold directory / checkpoint
     recognizer.predict("speech.flac")            # any sample rate / channel count
     # Prediction(label='ang', probabilities={'neu': 0.1, 'hap': 0.05, 'ang': 0.8, 'sad': 0.05})
+    recognizer.predict_files(["DIR/", "list.txt"])   # rows: label, probabilities, duration, status
+    recognizer.predict_long("meeting.wav")           # 8 s windows, 4 s hop, and a summary
 
-Command line: ``python -m s3prl_ser.cli.inference EXPDIR_OR_CKPT AUDIO [AUDIO ...]`` prints one
-JSON line per file (:mod:`s3prl_ser.cli.inference`).
+``from_pretrained`` takes a self-contained model directory (``python -m s3prl_ser.export``,
+loaded offline, every weight file's sha256 checked), a run's fold directory (its
+``final.json``) or a runner checkpoint. A recognizer holds one or several members (an
+ensemble of fold models: their class probabilities are averaged); members trained on the same
+upstream share it, and it runs once per batch.
+
+Command line: ``python -m s3prl_ser.inference MODEL AUDIO|DIR|LIST... [--output results.csv]``
+(an alias of ``python -m s3prl_ser.cli.inference``).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.data.audio import load_audio, prepare_waveform
+from s3prl_ser.data.audio import SAMPLE_RATE, prepare_waveform
 from s3prl_ser.data.folds import resolve_fold
-from s3prl_ser.hub.multi_upstream import MultiFeaturizer, build_featurizer, build_upstreams
+from s3prl_ser.hub.multi_upstream import MultiFeaturizer, build_featurizer
 from s3prl_ser.models.fusion import EmotionClassifier
 from s3prl_ser.training.runner import FINAL_RECORD
 
-__all__ = ["Prediction", "EmotionRecognizer", "resolve_checkpoint"]
+__all__ = ["Prediction", "RecognizerMember", "EmotionRecognizer", "resolve_checkpoint"]
 
 
 @dataclass(frozen=True)
 class Prediction:
+    """The most probable class and every class's probability (in the model's class order).
+
+    Example:
+        >>> Prediction("ang", {"neu": 0.2, "ang": 0.8}).label
+        'ang'
+    """
+
     label: str
     probabilities: dict[str, float]
 
@@ -50,98 +67,347 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
+def _classifier_config(featurizer: nn.Module, num_classes: int, modelrc: dict[str, Any]) -> dict[str, Any]:
+    """:class:`EmotionClassifier` keyword arguments, as the ``emotion_ecapa`` expert builds it."""
+    multi = isinstance(featurizer.output_dim, list)
+    return {
+        "input_sizes": list(featurizer.output_dim) if multi else [featurizer.output_dim],
+        "rates": list(featurizer.downsample_rate) if multi else [featurizer.downsample_rate],
+        "num_classes": num_classes,
+        "aggregator": modelrc.get("aggregator", "ecapa"),
+        "ecapa": modelrc.get("ecapa"),
+        "fusion": modelrc.get("fusion"),
+        "projector_dim": modelrc.get("projector_dim"),
+    }
+
+
+class RecognizerMember(nn.Module):
+    """One trained model's featurizer + classifier, reading the output of upstream ``upstream_index``.
+
+    ``forward(wavs, upstream_output)``: B waveforms ``(T_b,)`` and the upstream's output for
+    them -> logits ``(B, num_classes)``.
+
+    Example:
+        >>> class Frames(nn.Module):  # a stand-in upstream: 160 samples per frame, 3 features
+        ...     def forward(self, wavs):
+        ...         return torch.stack([w[: len(w) // 160 * 160].view(-1, 160)[:, :3] for w in wavs])
+        >>> class Identity(nn.Module):
+        ...     def forward(self, wavs, out):
+        ...         return list(out)
+        >>> classifier = EmotionClassifier([3], [160], num_classes=2, aggregator="mean")
+        >>> member = RecognizerMember(Identity(), classifier, upstream_index=0)
+        >>> wavs = [torch.ones(1600), torch.ones(1600)]
+        >>> member(wavs, Frames()(wavs)).shape
+        torch.Size([2, 2])
+    """
+
+    def __init__(self, featurizer: nn.Module, classifier: nn.Module, upstream_index: int = 0) -> None:
+        super().__init__()
+        self.featurizer = featurizer
+        self.classifier = classifier
+        self.upstream_index = upstream_index
+
+    def forward(self, wavs: list[Tensor], upstream_output: Any) -> Tensor:
+        features = self.featurizer(wavs, upstream_output)
+        streams = features if isinstance(self.featurizer, MultiFeaturizer) else [features]
+        return self.classifier(streams)
+
+
 class EmotionRecognizer(nn.Module):
-    """Upstream + featurizer + classifier of an ``emotion_ecapa`` experiment, in eval mode."""
+    """Upstream(s) + members (featurizer + classifier each) of ``emotion_ecapa`` models, in eval mode.
+
+    Args:
+        upstreams: the distinct upstream modules the members read.
+        members: one per trained model; probabilities are averaged over members.
+        class_names: the class order of every member's output.
+        min_samples: the shortest clip accepted (the upstream's receptive field).
+        config: the JSON description :mod:`s3prl_ser.deploy.model_dir` saves (``upstreams``,
+            ``members``); ``None`` for a recognizer that cannot be exported.
+
+    Example:
+        >>> class Frames(nn.Module):  # a stand-in upstream: 160 samples per frame, 3 features
+        ...     def forward(self, wavs):
+        ...         return [w[: len(w) // 160 * 160].view(-1, 160)[:, :3] for w in wavs]
+        >>> class Identity(nn.Module):
+        ...     def forward(self, wavs, out):
+        ...         return out
+        >>> _ = torch.manual_seed(0)
+        >>> members = [RecognizerMember(Identity(), EmotionClassifier([3], [160], 2, aggregator="mean")) for _ in range(2)]
+        >>> recognizer = EmotionRecognizer([Frames()], members, ["calm", "angry"])
+        >>> prediction = recognizer.predict(np.zeros(8000, dtype="float32"), sample_rate=8000)  # resampled to 16 kHz
+        >>> sorted(prediction.probabilities) == ["angry", "calm"] and abs(sum(prediction.probabilities.values()) - 1) < 1e-6
+        True
+    """
 
     def __init__(
         self,
-        upstream: nn.Module,
-        featurizer: nn.Module,
-        classifier: nn.Module,
+        upstreams: Sequence[nn.Module],
+        members: Sequence[RecognizerMember],
         class_names: Sequence[str],
         min_samples: int = 400,
+        config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.upstream = upstream
-        self.featurizer = featurizer
-        self.classifier = classifier
+        if not members:
+            raise ValueError("a recognizer needs at least one member model")
+        for member in members:
+            if not 0 <= member.upstream_index < len(upstreams):
+                raise ValueError(f"member reads upstream {member.upstream_index}, but there are {len(upstreams)}")
+        self.upstreams = nn.ModuleList(upstreams)
+        self.members = nn.ModuleList(members)
         self.class_names = list(class_names)
-        self.min_samples = min_samples
+        self.min_samples = int(min_samples)
+        self.config = config
         self.eval()
 
+    # ----------------------------------------------------------------------------- building
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> EmotionRecognizer:
-        """Load the final model of an experiment directory or a ``dev-avg``/``dev-best`` checkpoint."""
+        """Load a model directory (offline, digests checked), a run's fold directory or a checkpoint.
+
+        Raises:
+            FileNotFoundError: no such path, or a fold directory without ``final.json``.
+            ModelDirError: a model directory with a missing, modified or mismatched file.
+            ValueError: a checkpoint that is not a final ``emotion_ecapa`` one, or reads text.
+        """
+        from s3prl_ser.deploy.model_dir import is_model_dir
+
+        if is_model_dir(path):
+            return cls.from_model_dir(path, device)
+        return cls.from_checkpoint(resolve_checkpoint(path), device)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt_path: str | os.PathLike, device: str = "cpu") -> EmotionRecognizer:
+        """One trained model from its runner checkpoint (``dev-avg.ckpt``, ...); the upstream is
+        rebuilt as the run built it (its ``-u``/``-k``, for its fold)."""
+        from s3prl_ser.deploy.upstream_spec import describe_upstreams
         from s3prl_ser.hub.registry import register
 
         register()
-
-        ckpt_path = resolve_checkpoint(path)
+        ckpt_path = Path(ckpt_path)
         ckpt = safe_torch_load(ckpt_path)
         missing = [k for k in ("Args", "Config", "Downstream", "Featurizer", "ClassNames") if k not in ckpt]
         if missing:
             raise ValueError(f"{ckpt_path}: not a final emotion_ecapa checkpoint (missing {', '.join(missing)})")
         args, config = ckpt["Args"], ckpt["Config"]
-        if (config["downstream_expert"].get("text") or {}).get("encoder"):
+        expert = config["downstream_expert"]
+        if (expert.get("text") or {}).get("encoder"):
             raise ValueError(
                 f"{ckpt_path}: this model also reads transcripts (downstream_expert.text); "
                 "EmotionRecognizer predicts from speech alone"
             )
-        fold = resolve_fold(config["downstream_expert"].get("datarc", {}).get("test_fold"), args.downstream_variant)
-        upstream = build_upstreams(args.upstream, args.upstream_ckpt, args.upstream_model_config, fold=fold).to(device)
+        fold = resolve_fold(expert.get("datarc", {}).get("test_fold"), args.downstream_variant)
+        upstream, specs = describe_upstreams(args.upstream, args.upstream_ckpt, args.upstream_model_config, fold)
+        upstream = upstream.to(device)
         if "Upstream" in ckpt:
             upstream.load_state_dict(ckpt["Upstream"])
-        featurizer = build_featurizer(
-            upstream,
-            args.upstream_feature_selection,
-            args.upstream_layer_selection,
-            device,
-            args.upstream_feature_normalize,
-        ).to(device)
+        featurizer_config = {
+            "feature_selection": args.upstream_feature_selection,
+            "layer_selection": args.upstream_layer_selection,
+            "normalize": bool(args.upstream_feature_normalize),
+        }
+        featurizer = _build_featurizer(upstream, featurizer_config, device)
         featurizer.load_state_dict(ckpt["Featurizer"])
-        modelrc = config["downstream_expert"].get("modelrc", {})
-        multi = isinstance(featurizer.output_dim, list)
-        classifier = EmotionClassifier(
-            featurizer.output_dim if multi else [featurizer.output_dim],
-            featurizer.downsample_rate if multi else [featurizer.downsample_rate],
-            len(ckpt["ClassNames"]),
-            aggregator=modelrc.get("aggregator", "ecapa"),
-            ecapa=modelrc.get("ecapa"),
-            fusion=modelrc.get("fusion"),
-        )
+        classifier_config = _classifier_config(featurizer, len(ckpt["ClassNames"]), expert.get("modelrc", {}))
+        classifier = EmotionClassifier(**classifier_config)
         classifier.load_state_dict(
             {k.removeprefix("model."): v for k, v in ckpt["Downstream"].items() if k.startswith("model.")}
         )
-        min_samples = config["downstream_expert"].get("datarc", {}).get("min_samples", 400)
-        return cls(upstream, featurizer, classifier.to(device), ckpt["ClassNames"], min_samples)
+        min_samples = expert.get("datarc", {}).get("min_samples", 400)
+        description = {
+            "upstreams": [specs],
+            "members": [
+                {
+                    "upstream": 0,
+                    "featurizer": featurizer_config,
+                    "classifier": classifier_config,
+                    "source": {"checkpoint": str(ckpt_path.resolve()), "fold": fold, "upstream": args.upstream},
+                }
+            ],
+        }
+        member = RecognizerMember(featurizer, classifier.to(device), 0)
+        return cls([upstream], [member], ckpt["ClassNames"], min_samples, description)
 
+    @classmethod
+    def from_model_dir(cls, path: str | os.PathLike, device: str = "cpu") -> EmotionRecognizer:
+        """Load a model directory written by ``python -m s3prl_ser.export``: no network, no run files.
+
+        Raises:
+            ModelDirError: missing or modified files (sha256), or weights that do not fit the config.
+        """
+        from s3prl_ser.deploy.model_dir import ModelDirError, read_model_dir
+        from s3prl_ser.deploy.upstream_spec import build_upstreams_offline
+        from s3prl_ser.hub.registry import register
+
+        register()
+        config, tensors = read_model_dir(path)
+        try:
+            upstreams = []
+            for index, specs in enumerate(config["upstreams"]):
+                prefix = f"upstreams.{index}."
+                own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+                upstreams.append(build_upstreams_offline(specs, own).to(device))
+            members = []
+            for member in config["members"]:
+                featurizer = _build_featurizer(upstreams[member["upstream"]], member["featurizer"], device)
+                expected = _classifier_config(featurizer, len(config["class_names"]), {})
+                for key in ("input_sizes", "rates", "num_classes"):
+                    if expected[key] != member["classifier"][key]:
+                        raise ModelDirError(
+                            f"{Path(path) / 'config.json'}: classifier {key} {member['classifier'][key]} does not "
+                            f"match {expected[key]} (from its upstream and class_names)"
+                        )
+                classifier = EmotionClassifier(**member["classifier"]).to(device)
+                members.append(RecognizerMember(featurizer, classifier, member["upstream"]))
+        except (KeyError, TypeError) as error:
+            raise ModelDirError(f"{Path(path) / 'config.json'}: malformed ({type(error).__name__}: {error})") from error
+        recognizer = cls(upstreams, members, config["class_names"], config.get("min_samples", 400), config)
+        try:
+            recognizer.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=True)
+        except RuntimeError as error:
+            raise ModelDirError(
+                f"{Path(path) / 'model.safetensors'}: weights do not fit config.json ({str(error)[:500]})"
+            ) from error
+        return recognizer
+
+    @classmethod
+    def ensemble(cls, recognizers: Sequence[EmotionRecognizer]) -> EmotionRecognizer:
+        """One recognizer averaging the class probabilities of ``recognizers`` (e.g. the 5 fold models).
+
+        Upstreams that are the same (same description and weights) are kept once.
+
+        Raises:
+            ValueError: the recognizers' class names differ.
+        """
+        if not recognizers:
+            raise ValueError("an ensemble needs at least one recognizer")
+        names = recognizers[0].class_names
+        for other in recognizers[1:]:
+            if other.class_names != names:
+                raise ValueError(f"cannot ensemble models with different classes: {names} vs {other.class_names}")
+        exportable = all(r.config is not None for r in recognizers)
+        upstreams: list[nn.Module] = []
+        specs: list[Any] = []
+        members: list[RecognizerMember] = []
+        member_configs: list[dict[str, Any]] = []
+        for recognizer in recognizers:
+            mapping = {}
+            for index, upstream in enumerate(recognizer.upstreams):
+                spec = recognizer.config["upstreams"][index] if exportable else None
+                same = [
+                    j
+                    for j, (kept, kept_spec) in enumerate(zip(upstreams, specs))
+                    if kept_spec == spec and _same_weights(kept, upstream)
+                ]
+                if same:
+                    mapping[index] = same[0]
+                else:
+                    mapping[index] = len(upstreams)
+                    upstreams.append(upstream)
+                    specs.append(spec)
+            for position, member in enumerate(recognizer.members):
+                members.append(RecognizerMember(member.featurizer, member.classifier, mapping[member.upstream_index]))
+                if exportable:
+                    member_configs.append(
+                        dict(recognizer.config["members"][position], upstream=mapping[member.upstream_index])
+                    )
+        config = {"upstreams": specs, "members": member_configs} if exportable else None
+        min_samples = max(r.min_samples for r in recognizers)
+        return cls(upstreams, members, names, min_samples, config)
+
+    def description(self) -> dict[str, Any]:
+        """What a model directory's ``config.json`` records (besides files and provenance).
+
+        Raises:
+            ValueError: an upstream cannot be rebuilt offline (the reason is given).
+        """
+        if self.config is None:
+            raise ValueError("this recognizer was assembled by hand: no description to export")
+        for specs in self.config["upstreams"]:
+            if isinstance(specs, str):
+                raise ValueError(f"cannot export this model: {specs}")
+        return {
+            "class_names": self.class_names,
+            "sample_rate": SAMPLE_RATE,
+            "min_samples": self.min_samples,
+            "upstreams": copy.deepcopy(self.config["upstreams"]),
+            "members": copy.deepcopy(self.config["members"]),
+        }
+
+    # ----------------------------------------------------------------------------- predicting
     @property
     def device(self) -> torch.device:
-        return next(self.classifier.parameters()).device
+        return next(self.members[0].classifier.parameters()).device
 
-    def _waveform(self, audio: str | os.PathLike | np.ndarray | torch.Tensor, sample_rate: int | None) -> torch.Tensor:
+    def waveform(self, audio: str | os.PathLike | np.ndarray | Tensor, sample_rate: int | None = None) -> Tensor:
+        """A file (any format :func:`~s3prl_ser.deploy.audio_inputs.read_audio` reads) or an array
+        with its ``sample_rate`` -> mono 16 kHz ``(T,)``, at least ``min_samples`` long."""
+        from s3prl_ser.deploy.audio_inputs import read_audio
+
         if isinstance(audio, (str, os.PathLike)):
-            return load_audio(audio, min_samples=self.min_samples)
+            return read_audio(audio, min_samples=self.min_samples)
         if sample_rate is None:
             raise ValueError("pass sample_rate with a waveform array")
         return prepare_waveform(audio, sample_rate, min_samples=self.min_samples)
 
     @torch.no_grad()
-    def predict_batch(
-        self, audios: Sequence[str | os.PathLike | np.ndarray | torch.Tensor], sample_rate: int | None = None
-    ) -> list[Prediction]:
-        """Predict several files or waveforms (batched; results do not depend on batching)."""
-        wavs = [self._waveform(a, sample_rate).to(self.device) for a in audios]
-        features = self.featurizer(wavs, self.upstream(wavs))
-        streams = features if isinstance(self.featurizer, MultiFeaturizer) else [features]
-        probabilities = self.classifier(streams).softmax(dim=-1).cpu()
-        return [
-            Prediction(self.class_names[int(p.argmax())], {c: float(v) for c, v in zip(self.class_names, p)})
-            for p in probabilities
-        ]
+    def probabilities(self, wavs: Sequence[Tensor]) -> Tensor:
+        """B mono 16 kHz waveforms ``(T_b,)`` -> class probabilities ``(B, C)``, averaged over members."""
+        wavs = [w.to(self.device) for w in wavs]
+        outputs = [upstream(wavs) for upstream in self.upstreams]
+        total = sum(member(wavs, outputs[member.upstream_index]).softmax(dim=-1) for member in self.members)
+        return (total / len(self.members)).cpu()
 
-    def predict(
-        self, audio: str | os.PathLike | np.ndarray | torch.Tensor, sample_rate: int | None = None
-    ) -> Prediction:
+    def to_prediction(self, probabilities: Tensor) -> Prediction:
+        """``(C,)`` probabilities -> :class:`Prediction`."""
+        return Prediction(
+            self.class_names[int(probabilities.argmax())],
+            {c: float(v) for c, v in zip(self.class_names, probabilities)},
+        )
+
+    def predict_batch(
+        self, audios: Sequence[str | os.PathLike | np.ndarray | Tensor], sample_rate: int | None = None
+    ) -> list[Prediction]:
+        """Predict several files or waveforms in one batch.
+
+        Results do not depend on batching, up to one upstream quirk: s3prl's Featurizer counts
+        ``round(samples / 160)`` fbank frames where kaldi's fbank has ``1 + (samples - 400) // 160``,
+        so a clip batched with longer ones gets up to 2 zero frames (probabilities move ~1e-4).
+        """
+        wavs = [self.waveform(a, sample_rate) for a in audios]
+        return [self.to_prediction(p) for p in self.probabilities(wavs)]
+
+    def predict(self, audio: str | os.PathLike | np.ndarray | Tensor, sample_rate: int | None = None) -> Prediction:
         """Predict one file path or waveform (then ``sample_rate`` is required)."""
         return self.predict_batch([audio], sample_rate)[0]
+
+    def predict_files(self, inputs: Iterable[str | os.PathLike], **options: Any) -> list[dict[str, Any]]:
+        """Rows for files, folders and list files; see :func:`s3prl_ser.deploy.batch_inference.predict_files`."""
+        from s3prl_ser.deploy.batch_inference import predict_files
+
+        return list(predict_files(self, inputs, **options))
+
+    def predict_long(self, path: str | os.PathLike, **options: Any) -> list[dict[str, Any]]:
+        """Window rows and a summary row of one long file; see :func:`s3prl_ser.deploy.long_audio.predict_windows`."""
+        from s3prl_ser.deploy.long_audio import predict_windows
+
+        return predict_windows(self, path, **options)
+
+
+def _build_featurizer(upstream: nn.Module, config: dict[str, Any], device: str) -> nn.Module:
+    return build_featurizer(
+        upstream, config["feature_selection"], config["layer_selection"], device, config["normalize"]
+    ).to(device)
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    if a is b:
+        return True
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+if __name__ == "__main__":  # ``python -m s3prl_ser.inference``: the command line lives in s3prl_ser.cli
+    import importlib  # the library imports no CLI module; only this entry, when run, loads it
+
+    importlib.import_module("s3prl_ser.cli.inference").main()

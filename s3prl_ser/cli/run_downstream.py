@@ -45,6 +45,7 @@ from s3prl_ser.config import (
     read_yaml,
 )
 from s3prl_ser.hub.registry import default_config, is_project_task, register
+from s3prl_ser.training.feature_caching import apply_cache_flags
 from s3prl_ser.training.loop import Schedule
 from s3prl_ser.training.run_identity import (
     RUN_ARGS,
@@ -71,7 +72,17 @@ __all__ = [
 ]
 
 # Arguments a resumed run must not take from its checkpoint (as in s3prl).
-_NOT_RESUMED = ("mode", "evaluate_split", "override", "backend", "local_rank", "past_exp", "device")
+_NOT_RESUMED = (
+    "mode",
+    "evaluate_split",
+    "override",
+    "backend",
+    "local_rank",
+    "past_exp",
+    "device",
+    "no_feature_cache",  # written into config.feature_cache, which the resume check compares
+    "feature_cache_dir",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,16 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-s", "--upstream_feature_selection", default="hidden_states")
     parser.add_argument("-l", "--upstream_layer_selection", type=int)
     parser.add_argument("--upstream_feature_normalize", action="store_true")
-    parser.add_argument("--upstream_model_name", default="model.pt")
-    parser.add_argument("--upstream_revision")
     parser.add_argument("-n", "--expname", help="experiment name: result/downstream/<expname>")
     parser.add_argument("-p", "--expdir", help="experiment directory (overrides -n)")
     parser.add_argument("-a", "--auto_resume", action="store_true", help="resume if expdir has checkpoints")
-    parser.add_argument("--push_to_hf_hub", default=False, help=argparse.SUPPRESS)
-    parser.add_argument("--hf_hub_org", help=argparse.SUPPRESS)
+    # s3prl's --upstream_model_name/--upstream_revision (for --hub huggingface, not offered) and
+    # --push_to_hf_hub/--hf_hub_org are not taken: publish an exported model with
+    # `python -m s3prl_ser.export RUN -o MODEL_DIR --push-to-hub USER/NAME`.
     parser.add_argument("--seed", default=1337, type=int)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--cache_dir", help="torch hub cache directory")
+    parser.add_argument(
+        "--no_feature_cache", action="store_true", help="run a frozen upstream at every step (config.feature_cache)"
+    )
+    parser.add_argument("--feature_cache_dir", help="feature cache directory (default ~/.cache/s3prl_ser/features)")
     parser.add_argument("--verbose", action="store_true", help="print the models")
     parser.add_argument("--disable_cudnn", action="store_true")
     return parser
@@ -157,9 +171,10 @@ def load_task_config(task: str, path: str | None = None) -> dict:
 
 
 def _apply_overrides(args: Namespace, config: dict) -> None:
-    """``-o`` on ``config`` (and ``args``), unless absent or s3prl's ``none``."""
+    """``-o`` on ``config`` (and ``args``), unless absent or s3prl's ``none``; then the feature-cache flags."""
     if args.override and args.override.lower() != "none":
         apply_overrides(args.override, args, config, free_form=_free_form(args.downstream))
+    apply_cache_flags(args, config)
 
 
 def requested_run(argv: list[str] | None = None) -> tuple[Namespace, dict]:

@@ -75,8 +75,10 @@ def _recording_converted_loads() -> Iterator[list[Path]]:
             module.load_converted_model = original
 
 
-def load_upstream(name: str, ckpt: str | None = None, fold: FoldSpec | None = None) -> LoadedUpstream:
-    """Instantiate the s3prl hub entry ``name`` (with ``ckpt=`` when given), on CPU.
+def load_upstream(
+    name: str, ckpt: str | None = None, fold: FoldSpec | None = None, model_config: str | None = None
+) -> LoadedUpstream:
+    """Instantiate the s3prl hub entry ``name`` (with ``ckpt=`` and ``model_config=`` when given), on CPU.
 
     ``fold`` is the fold about to be fine-tuned, or its protocol: an ``upstream_ft`` export
     of another fold as the starting point (or a ``*_ft_avg`` entry's) would carry that fold's
@@ -91,7 +93,7 @@ def load_upstream(name: str, ckpt: str | None = None, fold: FoldSpec | None = No
     from s3prl_ser.hub.upstreams import build_upstream
 
     with _recording_converted_loads() as seen:
-        expert = build_upstream(name, ckpt, fold=fold)
+        expert = build_upstream(name, ckpt, model_config, fold=fold)
     return LoadedUpstream(expert, name, ckpt, seen[-1] if seen else None)
 
 

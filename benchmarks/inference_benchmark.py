@@ -1,0 +1,190 @@
+"""Benchmark: CPU real-time factor of inference, batch 1 vs batched, and peak memory on a long file.
+
+Real-time factor here = seconds of audio processed per second of wall time (higher is faster),
+for two random-init recognizers with the default ECAPA-TDNN (``downstream/emotion_ecapa/config.yaml``):
+
+* ``fbank+ECAPA``: s3prl's fbank upstream;
+* ``HuBERT-Base+ECAPA``: a random-init HuBERT of Base size (s3prl's ``HubertConfig`` defaults:
+  7-layer 512-channel CNN, 12 transformer layers of 768), loaded through ``hubert_local``.
+
+The clips (default 16, 2-8 s, mean ~5 s like IEMOCAP's utterances) are synthetic noise held in
+memory: the figures are model time (what :meth:`EmotionRecognizer.probabilities` costs), not
+decoding. ``--long-minutes N`` also writes an N-minute WAV and runs the windowed long-audio path
+(8 s windows, 4 s hop, fbank+ECAPA) in a child process, reporting its peak resident memory.
+
+    python benchmarks/inference_benchmark.py [--threads 1] [--clips 16] [--batch 8] [--long-minutes 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import yaml
+
+from s3prl_ser.hub.multi_upstream import build_featurizer
+from s3prl_ser.hub.registry import DOWNSTREAM_DIR, register
+from s3prl_ser.hub.upstreams import build_upstream
+from s3prl_ser.inference import EmotionRecognizer, RecognizerMember
+from s3prl_ser.models.fusion import EmotionClassifier
+
+# Peak memory from /proc/self/status's VmHWM: ru_maxrss survives fork + exec, so a child would
+# report the benchmark's own peak (the HuBERT model) instead of its own.
+_LONG_CHILD = """
+import json, sys, time
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+from s3prl_ser.inference import EmotionRecognizer
+def hwm_kb():
+    line = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+    return int(line.split()[1])
+recognizer = EmotionRecognizer.from_pretrained(sys.argv[1])
+before = hwm_kb()
+start = time.perf_counter()
+rows = recognizer.predict_long(sys.argv[2], window=8.0, hop=4.0, batch_size=8)
+seconds = time.perf_counter() - start
+print(json.dumps({"windows": len(rows) - 1, "seconds": seconds, "rss_after_load_kb": before,
+                  "peak_kb": hwm_kb(), "summary": rows[-1]["label"]}))
+"""
+
+
+def _ecapa() -> dict:
+    config = yaml.safe_load((DOWNSTREAM_DIR / "emotion_ecapa" / "config.yaml").read_text())
+    return config["downstream_expert"]["modelrc"]["ecapa"]
+
+
+def _base_hubert(path: Path) -> Path:
+    """A random-init HuBERT Base in s3prl's converted format."""
+    from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
+    from s3prl.upstream.utils import merge_with_parent
+
+    from s3prl_ser.compat import atomic_torch_save
+
+    task_cfg = dict(sample_rate=16000, normalize=False, label_rate=50.0, labels=["km"])
+    symbols = [["<s>", "<pad>", "</s>", "<unk>"] + [str(i) for i in range(504)]]
+    model_cfg = {"encoder_layers": 12, "label_rate": 50.0}  # every other field: HubertConfig's (Base) defaults
+    model = HubertModel(
+        merge_with_parent(HubertConfig, model_cfg), merge_with_parent(HubertPretrainingConfig, task_cfg), symbols
+    )
+    atomic_torch_save(
+        {
+            "task_cfg": task_cfg,
+            "model_cfg": model_cfg,
+            "model_weight": model.state_dict(),
+            "dictionaries_symbols": symbols,
+        },
+        path,
+    )
+    return path
+
+
+def recognizer(name: str, ckpt: str | None = None) -> EmotionRecognizer:
+    """A random-init recognizer on upstream ``name`` with the default ECAPA-TDNN, 4 classes."""
+    register()
+    upstream = build_upstream(name, ckpt)
+    featurizer = build_featurizer(upstream, "hidden_states", None, "cpu", False)
+    classifier = EmotionClassifier([featurizer.output_dim], [featurizer.downsample_rate], 4, ecapa=_ecapa())
+    return EmotionRecognizer([upstream], [RecognizerMember(featurizer, classifier)], ["neu", "hap", "ang", "sad"])
+
+
+def real_time_factor(model: EmotionRecognizer, clips: list[torch.Tensor], batch: int) -> float:
+    """Seconds of audio per second of wall time over ``clips`` (sorted by length, ``batch`` at a time)."""
+    ordered = sorted(clips, key=len)
+    model.probabilities(ordered[:batch])  # warm-up
+    start = time.perf_counter()
+    for first in range(0, len(ordered), batch):
+        model.probabilities(ordered[first : first + batch])
+    seconds = time.perf_counter() - start
+    return sum(len(c) for c in clips) / 16000 / seconds
+
+
+def long_audio_memory(minutes: float, threads: int, workdir: Path) -> dict:
+    """Peak RSS (VmHWM) of a child process running the windowed path over an ``minutes``-long WAV."""
+    from s3prl_ser.deploy.model_dir import write_model_dir
+
+    model = recognizer("fbank")
+    model.config = None
+    # A model directory needs an exportable description; build it from a one-member spec by hand.
+    description = {
+        "class_names": model.class_names,
+        "sample_rate": 16000,
+        "min_samples": 400,
+        "upstreams": [[{"entry": "fbank", "trained_as": "fbank", "converted": None, "model_config": None}]],
+        "members": [
+            {
+                "upstream": 0,
+                "featurizer": {"feature_selection": "hidden_states", "layer_selection": None, "normalize": False},
+                "classifier": {
+                    "input_sizes": [model.members[0].featurizer.output_dim],
+                    "rates": [160],
+                    "num_classes": 4,
+                    "aggregator": "ecapa",
+                    "ecapa": _ecapa(),
+                    "fusion": None,
+                    "projector_dim": None,
+                },
+                "source": {"benchmark": "random init"},
+            }
+        ],
+    }
+    model_dir = write_model_dir(workdir / "model", description, model.state_dict(), "# benchmark model\n")
+    wav = workdir / "long.wav"
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(wav, "w", samplerate=16000, channels=1, subtype="PCM_16") as handle:
+        for _ in range(int(minutes * 60)):  # one second at a time: the file is never in memory whole
+            handle.write(rng.uniform(-0.3, 0.3, 16000).astype("float32"))
+    result = subprocess.run(
+        [sys.executable, "-c", _LONG_CHILD, str(model_dir), str(wav), str(threads)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    record.update(minutes=minutes, file_mb=wav.stat().st_size / 2**20, float32_16k_mb=minutes * 60 * 16000 * 4 / 2**20)
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--long-minutes", type=float, default=0.0, help="also measure the long-audio path (0: skip)")
+    parser.add_argument("--skip-hubert", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    clips = [
+        torch.from_numpy(rng.uniform(-0.3, 0.3, int(s * 16000)).astype("float32"))
+        for s in rng.uniform(2, 8, args.clips)
+    ]
+    audio = sum(len(c) for c in clips) / 16000
+    print(f"{args.clips} clips, {audio:.1f} s of audio, {args.threads} thread(s), CPU; RTF = audio s / wall s")
+    with tempfile.TemporaryDirectory(prefix="s3prl_ser_inference_bench_") as tmp:
+        models = {"fbank+ECAPA": lambda: recognizer("fbank")}
+        if not args.skip_hubert:
+            models["HuBERT-Base+ECAPA"] = lambda: recognizer("hubert_local", str(_base_hubert(Path(tmp) / "base.pt")))
+        for name, build in models.items():
+            model = build()
+            with torch.inference_mode():
+                single = real_time_factor(model, clips, 1)
+                batched = real_time_factor(model, clips, args.batch)
+            print(f"{name:20s} batch 1: RTF {single:7.1f}   batch {args.batch}: RTF {batched:7.1f}")
+        if args.long_minutes:
+            record = long_audio_memory(args.long_minutes, args.threads, Path(tmp))
+            print(
+                f"long audio: {record['minutes']:g} min ({record['file_mb']:.0f} MB WAV; {record['float32_16k_mb']:.0f} MB "
+                f"as float32), {record['windows']} windows in {record['seconds']:.0f} s: peak RSS "
+                f"{record['peak_kb'] / 1024:.0f} MB, {record['rss_after_load_kb'] / 1024:.0f} MB after loading the model"
+            )
+
+
+if __name__ == "__main__":
+    main()

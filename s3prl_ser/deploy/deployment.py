@@ -1,0 +1,131 @@
+"""The deployment model: the cross-validated procedure trained once more, on all the data.
+
+A cross-validation (``python -m s3prl_ser.cli.cross_validate -p CV_DIR ...``) scores a training
+procedure on held-out folds; none of its fold models has seen the whole corpus. The deployment
+run is the same procedure (same ``run_downstream.py`` arguments and overrides, same runner,
+same training loop, same locks) with ``datarc.test_fold: deploy``:
+
+* **data**: every utterance of the corpus (the union of all folds; for a corpus with an official
+  test set, its train and dev lists only, never the test set), see
+  :mod:`s3prl_ser.data.deployment`;
+* **checkpoint selection**: still on dev, a dev set carved out of that pool by the run's own
+  rule (``datarc.split``: ``superb`` 80/20, or ``speaker`` held-out speakers/session), and the
+  k best dev checkpoints averaged as in the folds;
+* **schedule** (the "fold-averaged schedule"): ``config.runner.total_steps`` is the mean over
+  the finished folds of the steps each fold trained for, rounded to a whole step; the rest of
+  the runner section is the folds' own. Why total steps, not the mean step at which the folds'
+  kept checkpoints were chosen: selection on dev still happens inside the deployment run, and
+  the learning-rate schedule is a function of ``total_steps``, so keeping it makes the
+  deployment run the very procedure whose scores the folds report (a shorter schedule would
+  decay the learning rate earlier than any scored run did). The folds' selected steps are
+  recorded beside it (``deployment.json``, the model card) for reference. Steps, not epochs:
+  the pool is larger than a fold's training list, so the same steps are fewer epochs;
+* **no test set**: nothing is scored. ``final.json`` has ``test_metrics: null``; the exported
+  model card and ``config.json`` state that there is no held-out score (the cross-validation's
+  scores estimate the procedure, not this model).
+
+The run lives in ``CV_DIR/deploy`` (:data:`DEPLOY_DIR`); :func:`s3prl_ser.cli.deploy_run.train_deployment`
+trains it, and it resumes when killed and is reused when finished with the same settings, like a fold. Its checkpoints record the fold ``deploy``,
+and the fold guard (:func:`s3prl_ser.hub.ft_hub.check_protocol_record`) refuses them, and the
+model directory exported from them, for any cross-validation fold.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.config import ConfigError
+from s3prl_ser.data.folds import DEPLOY_FOLD, check_fold
+from s3prl_ser.training.run_identity import describe, significant_differences
+from s3prl_ser.training.runner import FINAL_RECORD
+
+__all__ = [
+    "DEPLOY_DIR",
+    "DEPLOYMENT_RECORD",
+    "SCHEDULE_RULE",
+    "is_deployment_run",
+    "deployment_schedule",
+    "deployment_finished",
+]
+
+DEPLOY_DIR = DEPLOY_FOLD  # CV_DIR/deploy
+DEPLOYMENT_RECORD = "deployment.json"
+SCHEDULE_RULE = (
+    "config.runner.total_steps = the mean over the cross-validation folds of their total_steps; "
+    "checkpoints selected on a dev set carved from the training pool by datarc.split, k best averaged"
+)
+
+
+def is_deployment_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a finished deployment run (its ``final.json`` records the fold
+    ``deploy`` in its config).
+
+    Example:
+        >>> is_deployment_run("no-such-run")
+        False
+    """
+    record = Path(run_dir) / FINAL_RECORD
+    if not record.is_file():
+        return False
+    identity = json.loads(record.read_text()).get("identity") or {}
+    datarc = ((identity.get("config") or {}).get("downstream_expert") or {}).get("datarc") or {}
+    # as the expert resolves it: datarc.test_fold, else -v (run_downstream.py -v deploy)
+    return (datarc.get("test_fold") or (identity.get("args") or {}).get("downstream_variant")) == DEPLOY_FOLD
+
+
+def deployment_schedule(cv_dir: str | Path, folds: Sequence[str]) -> dict[str, Any]:
+    """The fold-averaged schedule of the finished folds ``folds`` of ``cv_dir`` (module docstring).
+
+    Returns:
+        ``{"rule", "total_steps", "folds": {fold: {"total_steps", "selected_steps"}},
+        "mean_selected_step"}``.
+
+    Raises:
+        ConfigError: no fold given, or a fold that has not finished (the command to finish it named).
+    """
+    if not folds:
+        raise ConfigError("a deployment run needs the finished cross-validation folds to take its schedule from")
+    per_fold: dict[str, dict[str, Any]] = {}
+    for fold in folds:
+        record = Path(cv_dir) / check_fold(fold) / FINAL_RECORD
+        if not record.is_file():
+            raise ConfigError(
+                f"{record.parent}: fold not finished; the deployment schedule is taken from the finished folds: "
+                "run the cross-validation first (the same command without --deploy)"
+            )
+        final = json.loads(record.read_text())
+        runner = safe_torch_load(record.parent / final["checkpoint"], mmap=True)["Config"]["runner"]
+        per_fold[fold] = {
+            "total_steps": int(runner["total_steps"]),
+            "selected_steps": sorted(int(entry["step"]) for entry in final.get("selected", [])),
+        }
+    selected = [step for info in per_fold.values() for step in info["selected_steps"]]
+    return {
+        "rule": SCHEDULE_RULE,
+        "total_steps": round(sum(info["total_steps"] for info in per_fold.values()) / len(per_fold)),
+        "folds": per_fold,
+        "mean_selected_step": sum(selected) / len(selected) if selected else None,
+    }
+
+
+def deployment_finished(run_dir: Path, requested: dict[str, Any]) -> bool:
+    """Whether the deployment run in ``run_dir`` finished with the ``requested`` identity.
+
+    Raises:
+        ConfigError: it finished with other settings.
+    """
+    record = run_dir / FINAL_RECORD
+    if not record.is_file():
+        return False
+    recorded = json.loads(record.read_text()).get("identity")
+    changed = significant_differences(recorded, requested) if recorded is not None else ["no identity recorded"]
+    if changed:
+        raise ConfigError(
+            f"{run_dir} holds a deployment run finished with other settings ({describe(changed)}): "
+            "move it away to train the deployment model again"
+        )
+    return True

@@ -1,0 +1,181 @@
+"""Export a trained run as a self-contained model directory (:mod:`s3prl_ser.deploy.model_dir`).
+
+Sources:
+
+* one fold: ``RUN`` is a fold directory (its ``final.json``), or a cross-validation
+  directory and ``fold`` names the fold;
+* an ensemble: ``RUN`` is a cross-validation directory; every finished fold's reported
+  model becomes a member, and probabilities are averaged;
+* the deployment model: ``RUN`` is the deployment run (``CV_DIR/deploy``, trained by
+  ``python -m s3prl_ser.cli.cross_validate ... --deploy``), or the cross-validation directory
+  and ``deploy``. It was trained on every fold's utterances, so it has no held-out score: its
+  ``config.json`` (``held_out_score: null``) and model card say so, and no WA/UA is recorded
+  (:mod:`s3prl_ser.deploy.deployment`).
+
+``config.json`` records the source model's fold protocol under ``ser_protocol`` (one fold or
+the deployment run), so that the fold guard refuses the directory as a fold's ``-k``
+(:func:`s3prl_ser.hub.ft_hub.check_fine_tuned`): a deployment model for every fold.
+
+The upstream is rebuilt as the run built it (its ``-u``/``-k``, which must still be
+reachable here), then its weights are embedded, so the directory loads anywhere offline.
+Models reading transcripts are refused, and so are upstreams whose weights cannot be
+embedded (:mod:`s3prl_ser.deploy.upstream_spec` gives the reason).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.deploy.deployment import DEPLOY_DIR, DEPLOYMENT_RECORD, is_deployment_run
+from s3prl_ser.deploy.model_card import FoldRecord, package_versions, render_card
+from s3prl_ser.deploy.model_dir import ONNX_FILE, write_model_dir
+from s3prl_ser.hub.ft_hub import PROTOCOL_KEY
+from s3prl_ser.inference import EmotionRecognizer, resolve_checkpoint
+from s3prl_ser.training.runner import FINAL_RECORD
+
+__all__ = ["ExportError", "fold_dirs", "fold_record", "export_run"]
+
+
+class ExportError(ValueError):
+    """The run cannot be exported as asked; the message says why."""
+
+
+def fold_dirs(run: Path) -> list[Path]:
+    """Finished fold directories of a cross-validation directory (``<run>/<fold>/final.json``), by
+    name; the deployment run (``<run>/deploy``) is no fold and never an ensemble member."""
+    return sorted(p for p in run.iterdir() if p.is_dir() and (p / FINAL_RECORD).is_file() and not is_deployment_run(p))
+
+
+def fold_record(fold_dir: Path) -> FoldRecord:
+    """What the model card needs from one fold run (its test score read from its metrics file)."""
+    ckpt_path = resolve_checkpoint(fold_dir)
+    ckpt = safe_torch_load(ckpt_path, mmap=True)
+    args = vars(ckpt["Args"]) if hasattr(ckpt["Args"], "__dict__") else dict(ckpt["Args"])
+    final = json.loads((fold_dir / FINAL_RECORD).read_text())
+    metrics_file = fold_dir / (final.get("test_metrics") or "")  # null: a deployment run, never tested
+    test = None
+    if final.get("test_metrics") and metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        test = {k: metrics.get(k) for k in ("wa", "ua", "num_utterances")}
+    versions = sorted(fold_dir.glob("versions_*.yaml"))
+    fold = metrics.get("fold") if test else None
+    return {
+        "fold": fold or fold_dir.name,
+        "run_dir": str(fold_dir.resolve()),
+        "checkpoint": ckpt_path.name,
+        "averaged": bool(final.get("averaged", True)),
+        "test": test,
+        "config": ckpt["Config"],
+        "args": {k: v for k, v in args.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        "versions": yaml.safe_load(versions[-1].read_text()) if versions else None,
+        "protocol": ckpt.get("FoldProtocol"),
+    }
+
+
+def export_run(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    fold: str | None = None,
+    ensemble: bool = False,
+    deploy: bool = False,
+    onnx: bool = False,
+    overwrite: bool = False,
+    title: str | None = None,
+) -> Path:
+    """Write the model directory ``out`` from the trained run ``run``.
+
+    Args:
+        run: a fold directory, or a cross-validation directory (then ``fold`` or ``ensemble``).
+        out: the model directory to create.
+        fold: which fold's reported model, in a cross-validation directory.
+        ensemble: every finished fold's model, probabilities averaged.
+        deploy: the deployment run ``run/deploy`` of a cross-validation directory (``run`` may
+            also be that run itself); exported without any held-out score.
+        onnx: also write ``model.onnx`` (:func:`s3prl_ser.deploy.onnx_export.export_onnx`).
+        overwrite: replace an existing model directory.
+        title: the model card's title (default: the run directory's name).
+
+    Raises:
+        ExportError: nothing to export as asked, or the model cannot be made self-contained.
+    """
+    run = Path(run)
+    if not run.is_dir():
+        raise ExportError(f"{run}: no such run directory")
+    if deploy and (ensemble or fold):
+        raise ExportError("choose one of --fold, --ensemble and --deploy")
+    if deploy and not (run / FINAL_RECORD).is_file():
+        if not is_deployment_run(run / DEPLOY_DIR):
+            raise ExportError(
+                f"{run / DEPLOY_DIR}: no finished deployment run; train it with "
+                f"`python -m s3prl_ser.cli.cross_validate -p {run} <the cross-validation's arguments> --deploy`"
+            )
+        run = run / DEPLOY_DIR
+    if (run / FINAL_RECORD).is_file():
+        if ensemble or fold:
+            raise ExportError(f"{run} is one fold's run; --ensemble and --fold need the cross-validation directory")
+        kind = "deployment" if is_deployment_run(run) else "fold"
+        if deploy and kind != "deployment":
+            raise ExportError(f"{run} is a fold's run, not a deployment run (--deploy)")
+        dirs = [run]
+    else:
+        found = fold_dirs(run)
+        if not found:
+            raise ExportError(f"{run}: neither a finished fold run ({FINAL_RECORD}) nor a directory of them")
+        if ensemble == bool(fold):
+            raise ExportError(
+                f"{run} holds folds {', '.join(p.name for p in found)}: choose --fold FOLD or --ensemble (or --deploy: its deployment model)"
+            )
+        if fold:
+            dirs = [p for p in found if p.name == fold]
+            if not dirs:
+                raise ExportError(f"{run}/{fold}: not a finished fold (finished: {', '.join(p.name for p in found)})")
+            kind = "fold"
+        else:
+            dirs, kind = found, "ensemble"
+    try:
+        members = [EmotionRecognizer.from_checkpoint(resolve_checkpoint(d)) for d in dirs]
+        recognizer = members[0] if len(members) == 1 else EmotionRecognizer.ensemble(members)
+        description = recognizer.description()
+    except ValueError as error:
+        raise ExportError(f"{run}: {error}") from error
+    records = [fold_record(d) for d in dirs]
+    config: dict[str, Any] = {
+        **description,
+        "source": {"kind": kind, "run": str(run.resolve()), "folds": [r["fold"] for r in records]},
+        "exported_with": package_versions(),
+    }
+    card_extra: dict[str, Any] = {"onnx": onnx}
+    if kind == "deployment":
+        schedule_file = run / DEPLOYMENT_RECORD
+        schedule = json.loads(schedule_file.read_text()) if schedule_file.is_file() else None
+        config["held_out_score"] = None
+        config["deployment"] = {
+            "note": "trained on every utterance of the corpus (never an official test set); no held-out score: "
+            "the cross-validation's scores estimate the training procedure, not this model",
+            "schedule": schedule,
+        }
+        card_extra["held_out_score"] = None
+        card_extra["schedule"] = schedule
+    if len(records) == 1 and records[0].get("protocol"):
+        config[PROTOCOL_KEY] = records[0]["protocol"]  # the fold guard reads it (a deployment model: refused)
+    extra: dict[str, Callable[[Path], None]] = {}
+    onnx_note: dict[str, Any] = {}
+    if onnx:
+        from s3prl_ser.deploy.onnx_export import export_onnx
+
+        def write_onnx(path: Path) -> None:
+            onnx_note.update(export_onnx(recognizer, path))
+
+        extra[ONNX_FILE] = write_onnx
+    config["onnx"] = onnx_note  # filled when model.onnx is written, before config.json
+    default_title = f"{run.resolve().parent.name} (deployment model)" if kind == "deployment" else run.resolve().name
+    card = render_card(title or default_title, kind, recognizer.class_names, records, card_extra)
+    return write_model_dir(out, config, recognizer.state_dict(), card, extra, overwrite=overwrite)

@@ -1,0 +1,127 @@
+"""Long recordings in windows: per-window predictions with timestamps and a whole-file summary.
+
+A file longer than the threshold is never decoded whole: each window is read from disk on its
+own (:func:`~s3prl_ser.deploy.audio_inputs.read_segment`) and windows go through the model
+``batch_size`` at a time, so memory holds ``batch_size`` windows, whatever the file's length.
+
+Windows start every ``hop`` seconds and last ``window`` seconds; the last one ends at the end
+of the file (it may be shorter, but never shorter than ``window - hop``: a window is added
+only while the previous one ends before the file does). The summary's probabilities are the
+mean of the windows' probabilities weighted by their durations.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from s3prl_ser.deploy.audio_inputs import AudioInfo, audio_info, read_segment
+
+if TYPE_CHECKING:
+    from s3prl_ser.inference import EmotionRecognizer
+
+__all__ = ["window_plan", "predict_windows", "prediction_row"]
+
+
+def window_plan(duration: float, window: float = 8.0, hop: float = 4.0) -> list[tuple[float, float]]:
+    """``(start, end)`` seconds of the windows covering ``[0, duration]``.
+
+    Example:
+        >>> window_plan(20.0)
+        [(0.0, 8.0), (4.0, 12.0), (8.0, 16.0), (12.0, 20.0)]
+        >>> window_plan(21.0)  # the last window is shorter, and ends at the end
+        [(0.0, 8.0), (4.0, 12.0), (8.0, 16.0), (12.0, 20.0), (16.0, 21.0)]
+        >>> window_plan(5.0)
+        [(0.0, 5.0)]
+    """
+    if not (window > 0 and 0 < hop <= window):
+        raise ValueError(f"need 0 < hop <= window, got window {window} s and hop {hop} s")
+    plan = []
+    start = 0.0
+    while True:
+        end = min(start + window, duration)
+        plan.append((start, end))
+        if end >= duration:
+            return plan
+        start = round(start + hop, 6)
+
+
+def prediction_row(class_names: list[str], probabilities: torch.Tensor, **fields: Any) -> dict[str, Any]:
+    """A result row: ``fields`` + ``label`` + ``probabilities`` (``(C,)`` -> ``{class: p}``)."""
+    return {
+        **fields,
+        "label": class_names[int(probabilities.argmax())],
+        "probabilities": {c: float(p) for c, p in zip(class_names, probabilities)},
+    }
+
+
+def predict_windows(
+    recognizer: EmotionRecognizer,
+    path: str | os.PathLike,
+    *,
+    window: float = 8.0,
+    hop: float = 4.0,
+    batch_size: int = 8,
+    info: AudioInfo | None = None,
+    on_window: Callable[[float], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Window rows (``segment="window"``, ``start``, ``end``) and one summary row (``segment="summary"``).
+
+    Args:
+        recognizer: the model.
+        path: the audio file.
+        window, hop: seconds.
+        batch_size: windows per forward pass.
+        info: the file's :class:`AudioInfo` if already read.
+        on_window: called after each window with the seconds of the file it newly covers (progress bars).
+
+    Raises:
+        FileNotFoundError, AudioError: the file or one of its windows cannot be read.
+    """
+    path = Path(path)
+    info = info or audio_info(path)
+    duration = info.frames / info.sample_rate
+    plan = window_plan(duration, window, hop)
+    rows: list[dict[str, Any]] = []
+    weighted = torch.zeros(len(recognizer.class_names), dtype=torch.float64)
+    covered = 0.0
+    for first in range(0, len(plan), batch_size):
+        chunk = plan[first : first + batch_size]
+        wavs = []
+        for start, end in chunk:
+            begin = int(round(start * info.sample_rate))
+            frames = int(round(end * info.sample_rate)) - begin
+            wavs.append(read_segment(path, info, begin, frames))
+        for (start, end), probs in zip(chunk, recognizer.probabilities(wavs)):
+            rows.append(
+                prediction_row(
+                    recognizer.class_names,
+                    probs,
+                    file=str(path),
+                    segment="window",
+                    start=start,
+                    end=end,
+                    duration=end - start,
+                    status="ok",
+                )
+            )
+            weighted += (end - start) * probs.double()
+            if on_window is not None:
+                on_window(end - covered)
+            covered = end
+    total = sum(end - start for start, end in plan)
+    summary = prediction_row(
+        recognizer.class_names,
+        (weighted / total).float(),
+        file=str(path),
+        segment="summary",
+        start=0.0,
+        end=duration,
+        duration=duration,
+        status="ok",
+    )
+    return rows + [summary]

@@ -1,0 +1,176 @@
+"""The model card (``README.md``) of a model directory: YAML metadata, then what the model is.
+
+It states the corpus and protocol, the held-out scores of the fold model(s) it was built from
+(per-fold WA/UA from each run's ``test_<fold>_metrics.json``), the training configuration and
+the package versions of the training run and of the export. A deployment model's card states
+that it has no held-out score, gives its schedule, and holds no WA/UA at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from typing import Any
+
+import yaml
+
+__all__ = ["FoldRecord", "render_card", "package_versions"]
+
+FoldRecord = dict[str, Any]
+"""``{"fold", "run_dir", "checkpoint", "averaged", "test": {"wa", "ua", "num_utterances"} | None,
+"config": the run's config, "args": {...}, "versions": the run's versions record | None}``."""
+
+_PACKAGES = ("s3prl-ser", "s3prl", "torch", "torchaudio", "numpy", "soundfile", "safetensors")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages a model directory depends on."""
+    versions: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def render_card(
+    title: str, kind: str, class_names: Sequence[str], folds: Sequence[FoldRecord], extra: Mapping[str, Any]
+) -> str:
+    """Markdown with YAML front matter (Hugging Face Hub model card conventions).
+
+    Args:
+        title: model name.
+        kind: ``"fold"`` (one fold's reported model), ``"ensemble"`` (fold models averaged) or
+            ``"deployment"`` (trained on every fold's utterances: no held-out score).
+        class_names: output classes in order.
+        folds: the fold runs the model was built from (for a deployment model: its one run).
+        extra: more facts for the metadata (e.g. ``onnx``; for a deployment model ``schedule``,
+            the :func:`~s3prl_ser.deploy.deployment.deployment_schedule` record).
+
+    Example:
+        >>> card = render_card("m", "fold", ["neu", "ang"], [{"fold": "fold1", "test": {"wa": 0.5, "ua": 0.25,
+        ...     "num_utterances": 4}, "config": {}, "args": {"upstream": "fbank"}, "versions": None}], {})
+        >>> card.startswith("---\\n") and "| fold1 | 50.00 | 25.00 | 4 |" in card
+        True
+    """
+    deployment = kind == "deployment"
+    scored = [] if deployment else [f for f in folds if f.get("test")]  # a deployment model: never a score
+    front = {
+        "library_name": "s3prl-ser",
+        "pipeline_tag": "audio-classification",
+        "tags": ["speech-emotion-recognition", "s3prl", "audio-classification"],
+        "s3prl_ser": {"kind": kind, "classes": list(class_names), "folds": [f["fold"] for f in folds], **extra},
+    }
+    first = folds[0]
+    datarc = (first.get("config") or {}).get("downstream_expert", {}).get("datarc", {})
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", ""]
+    what = {
+        "fold": f"the reported model of {first['fold']} ("
+        + ("its k best dev checkpoints averaged" if first.get("averaged", True) else "its best dev checkpoint")
+        + ")",
+        "ensemble": f"an ensemble of {len(folds)} fold models; class probabilities are averaged",
+        "deployment": "a deployment model: the cross-validated training procedure run once more on every "
+        "utterance of the corpus (never an official test set), "
+        + ("its k best dev checkpoints averaged" if first.get("averaged", True) else "its best dev checkpoint"),
+    }[kind]
+    lines += [
+        f"Speech emotion recognition with s3prl-ser: {what}.",
+        "",
+        f"Classes (output order): {', '.join(class_names)}. Input: any audio; it is resampled to 16 kHz mono.",
+        "",
+        "## Corpus and protocol",
+        "",
+        f"- meta data: `{datarc.get('meta_data')}` (corpus root `{datarc.get('root')}`)",
+    ]
+    if deployment:
+        lines += [
+            "- training pool: the union of every fold's utterances (a corpus with an official test set: its "
+            "train and dev lists, never the test set); no test set",
+            f"- checkpoint selection: on a dev set carved out of that pool by the `{datarc.get('split', 'superb')}` "
+            "rule (`datarc.split`)",
+        ]
+    else:
+        lines += [
+            "- cross-validation: each fold is tested on utterances held out of its training and dev data "
+            "(IEMOCAP: leave one session out)",
+            f"- train/dev split: `{datarc.get('split', 'superb')}`",
+        ]
+    lines += ["", "## Held-out scores", ""]
+    if deployment:
+        lines += [
+            "No held-out score: this model was trained on every fold's utterances, so no data are left to score "
+            "it on. The cross-validation's scores estimate the training procedure, not this model. Never use it "
+            "as an upstream, starting point or fold model of a cross-validation (the fold guard refuses it).",
+        ]
+        schedule = extra.get("schedule")
+        lines += ["", "## Schedule", ""]
+        if schedule:
+            lines += [
+                f"- total steps: {schedule['total_steps']} ({schedule['rule']})",
+                *(
+                    f"- {fold}: {info['total_steps']} steps, checkpoints kept at steps {info['selected_steps']}"
+                    for fold, info in schedule["folds"].items()
+                ),
+            ]
+        else:
+            lines += ["- not recorded (no deployment.json beside the run)"]
+    elif scored:
+        lines += ["| fold | WA (%) | UA (%) | test utterances |", "|---|---|---|---|"]
+        lines += [
+            f"| {f['fold']} | {_percent(f['test'].get('wa'))} | {_percent(f['test'].get('ua'))} | "
+            f"{f['test'].get('num_utterances', 'n/a')} |"
+            for f in scored
+        ]
+        if kind == "ensemble":
+            lines += [
+                "",
+                "Each row is one member model on its own fold's test session. The ensemble itself has "
+                "no held-out score: every session is in some member's training data.",
+            ]
+    else:
+        lines += ["No held-out score: no test metrics were found beside the checkpoint."]
+    args = first.get("args") or {}
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"- upstream: `{args.get('upstream')}`"
+        + (f" (`-k {args.get('upstream_ckpt')}`)" if args.get("upstream_ckpt") else ""),
+        f"- upstream fine-tuned in this stage: {bool(args.get('upstream_trainable'))}",
+        f"- seed: {args.get('seed')}",
+        "",
+        f"<details><summary>configuration of the {'' if deployment else '(first) fold '}run</summary>",
+        "",
+        "```yaml",
+        yaml.safe_dump(first.get("config") or {}, sort_keys=False).strip(),
+        "```",
+        "",
+        "</details>",
+        "",
+        "## Versions",
+        "",
+        "Training run: " + _versions_text((first.get("versions") or {}).get("packages")),
+        "",
+        "Export: " + _versions_text(package_versions()),
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from s3prl_ser.inference import EmotionRecognizer",
+        'recognizer = EmotionRecognizer.from_pretrained("THIS_DIRECTORY")',
+        'recognizer.predict("speech.wav")',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _versions_text(packages: Mapping[str, Any] | None) -> str:
+    if not packages:
+        return "not recorded"
+    return ", ".join(f"{k} {v}" for k, v in packages.items() if v)

@@ -1,0 +1,191 @@
+"""The self-contained model directory: ``config.json`` + ``model.safetensors`` + ``README.md``.
+
+Hugging Face Hub model-repo layout (``huggingface_hub.upload_folder`` uploads it as is)::
+
+    MODEL_DIR/config.json        what to build: upstreams, featurizers, classifiers, class names,
+                                 sample rate; the sha256 of every weight file
+    MODEL_DIR/model.safetensors  every tensor of the recognizer (upstream weights included)
+    MODEL_DIR/README.md          model card, YAML metadata first
+    MODEL_DIR/model.onnx         optional (``python -m s3prl_ser.export ... --onnx``)
+
+:func:`write_model_dir` writes the directory atomically (a sibling temporary directory renamed
+into place); :func:`read_model_dir` refuses a directory whose files do not match the digests
+its ``config.json`` records (modified, truncated, or mixed from two exports), naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+__all__ = [
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "CARD_FILE",
+    "ONNX_FILE",
+    "MODEL_FORMAT",
+    "FORMAT_VERSION",
+    "ModelDirError",
+    "is_model_dir",
+    "sha256_file",
+    "write_model_dir",
+    "read_model_config",
+    "read_model_dir",
+]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "README.md"
+ONNX_FILE = "model.onnx"
+MODEL_FORMAT = "s3prl-ser-recognizer"
+FORMAT_VERSION = 1
+
+
+class ModelDirError(ValueError):
+    """A model directory that cannot be loaded as it is; the message names the file and the problem."""
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory with a ``config.json`` of this format (contents unchecked).
+
+    Example:
+        >>> is_model_dir("no-such-directory")
+        False
+    """
+    config = Path(path) / CONFIG_FILE
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("format") == MODEL_FORMAT
+    except (ValueError, AttributeError):
+        return False
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_model_dir(
+    out: str | os.PathLike,
+    config: Mapping[str, Any],
+    tensors: Mapping[str, Tensor],
+    card: str,
+    extra: Mapping[str, Callable[[Path], None]] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model directory atomically.
+
+    Args:
+        out: the directory to create.
+        config: JSON-able description (``format``, ``format_version`` and ``files`` are added).
+        tensors: the state dict to save in ``model.safetensors``.
+        card: ``README.md`` text.
+        extra: more weight files, ``{file name: writer(path)}`` (e.g. ``model.onnx``); hashed too.
+        overwrite: replace an existing model directory (a directory of anything else is never replaced).
+
+    Raises:
+        FileExistsError: ``out`` exists (and is not a model directory to overwrite).
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists() and not (overwrite and is_model_dir(out)):
+        raise FileExistsError(
+            f"{out} exists"
+            + ("; pass --overwrite to replace it" if is_model_dir(out) else " and is not a model directory")
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        plain = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+        save_file(plain, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        for name, writer in (extra or {}).items():
+            writer(tmp / name)
+        files = {
+            name: {"sha256": sha256_file(tmp / name), "bytes": (tmp / name).stat().st_size}
+            for name in [WEIGHTS_FILE, *(extra or {})]
+        }
+        full = {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, **config, "files": files}
+        (tmp / CONFIG_FILE).write_text(json.dumps(full, indent=1) + "\n", encoding="utf-8")
+        (tmp / CARD_FILE).write_text(card, encoding="utf-8")
+        for file in tmp.iterdir():  # safetensors writes 0600 and mkdtemp-like dirs 0700: a model is shared
+            file.chmod(0o644)
+        tmp.chmod(0o755)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
+    """``config.json`` of a model directory, its format and version checked.
+
+    Raises:
+        ModelDirError: no or unreadable ``config.json``, another format, a newer version.
+    """
+    config_path = Path(path) / CONFIG_FILE
+    if not config_path.is_file():
+        raise ModelDirError(f"{config_path}: not found; is {path} a directory written by `python -m s3prl_ser.export`?")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ModelDirError(f"{config_path}: not valid JSON ({error})") from error
+    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
+        raise ModelDirError(f"{config_path}: not an s3prl-ser model (format is {config.get('format')!r})")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ModelDirError(
+            f"{config_path}: format version {config.get('format_version')!r}; this s3prl-ser reads version {FORMAT_VERSION}"
+        )
+    return config
+
+
+def read_model_dir(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(config, tensors)`` of a model directory, every recorded file's sha256 verified.
+
+    Raises:
+        ModelDirError: see :func:`read_model_config`; a recorded file missing, of another
+            size or digest than ``config.json`` records.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    config = read_model_config(path)
+    files = config.get("files") or {}
+    if WEIGHTS_FILE not in files:
+        raise ModelDirError(f"{path / CONFIG_FILE}: records no digest of {WEIGHTS_FILE}")
+    for name, record in files.items():
+        file = path / name
+        if not file.is_file():
+            raise ModelDirError(f"{file}: missing (config.json lists it)")
+        if file.stat().st_size != record.get("bytes"):
+            raise ModelDirError(
+                f"{file}: {file.stat().st_size} bytes, config.json records {record.get('bytes')}: "
+                "the file was modified or comes from another export"
+            )
+        digest = sha256_file(file)
+        if digest != record.get("sha256"):
+            raise ModelDirError(
+                f"{file}: sha256 {digest[:16]}... differs from config.json's {str(record.get('sha256'))[:16]}...: "
+                "the file was modified or comes from another export"
+            )
+    return config, load_file(str(path / WEIGHTS_FILE))

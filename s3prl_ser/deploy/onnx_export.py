@@ -1,0 +1,283 @@
+"""ONNX export of a recognizer: padded batch + lengths in, class probabilities out.
+
+Two graphs, chosen by what the upstream allows (the choice and its reason are returned and
+recorded in ``config.json``'s ``onnx``):
+
+* ``full`` -- upstream + featurizer + aggregator + classifier. Inputs ``wavs`` ``(B, S)``
+  float32 at 16 kHz, zero-padded, and ``lengths`` ``(B,)`` int64 samples; output
+  ``probabilities`` ``(B, C)``. For HuBERT upstreams (s3prl's ``hubert``/``hubert_local``/
+  ``hubert_ft_avg`` expert): the fairseq-style model runs on the padded batch with its padding
+  mask, as s3prl's expert runs it, and the hidden states come from the expert's own hooks.
+* ``downstream`` -- featurizer + aggregator + classifier. Inputs ``hidden_states``
+  ``(L, B, T, D)``: the upstream's L hidden states, zero-padded, and ``frame_lengths``
+  ``(B,)`` int64; output ``probabilities``. Used when the upstream has no padded-batch graph
+  (s3prl's ``fbank`` & co. compute ``torchaudio.compliance.kaldi`` features one utterance at a
+  time in Python; s3prl's wav2vec 2.0 expert has normalisation and masking options not traced
+  here); the caller computes the upstream's hidden states itself.
+
+Fused models (several upstreams) are refused. An ensemble whose members share one upstream
+exports as one graph averaging their probabilities. Export uses ``torch.onnx.export``'s
+TorchScript exporter (``dynamo=False``, no ``onnxscript`` needed), opset 17, with dynamic batch
+and time axes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from s3prl_ser.hub.multi_upstream import MultiUpstream
+
+if TYPE_CHECKING:
+    from s3prl_ser.inference import EmotionRecognizer
+
+__all__ = ["OPSET", "OnnxExportError", "onnx_graph_kind", "FullGraph", "DownstreamGraph", "export_onnx"]
+
+OPSET = 17
+
+
+class OnnxExportError(ValueError):
+    """The recognizer cannot be exported to ONNX; the message says why."""
+
+
+def _hubert_expert(upstream: nn.Module) -> bool:
+    import s3prl.upstream.hubert.expert as hubert
+
+    return type(upstream) is hubert.UpstreamExpert
+
+
+def onnx_graph_kind(recognizer: EmotionRecognizer) -> tuple[str, str]:
+    """``("full" | "downstream", reason)`` for ``recognizer``.
+
+    Raises:
+        OnnxExportError: fused upstreams, or an ensemble over several upstreams that are not all HuBERT.
+    """
+    if any(isinstance(u, MultiUpstream) for u in recognizer.upstreams):
+        raise OnnxExportError("fused models (several upstreams per member) have no ONNX export: export each alone")
+    if all(_hubert_expert(u) for u in recognizer.upstreams):
+        return "full", "HuBERT upstream: the whole model is one graph"
+    kinds = sorted({type(u).__module__ for u in recognizer.upstreams if not _hubert_expert(u)})
+    reason = f"upstream {', '.join(kinds)} has no padded-batch graph here"
+    if any(k.startswith("s3prl.upstream.baseline") for k in kinds):
+        reason += (
+            " (s3prl's fbank/mfcc/... compute torchaudio.compliance.kaldi features one utterance at a time in Python)"
+        )
+    if any(k.startswith("s3prl.upstream.wav2vec2") for k in kinds):
+        reason += " (s3prl's wav2vec 2.0 expert normalises and masks by options not traced here)"
+    reason += "; the ONNX graph starts at its hidden states"
+    if len(recognizer.upstreams) > 1:
+        raise OnnxExportError(f"ensemble over several upstreams, not all exportable: {reason}")
+    return "downstream", reason
+
+
+class _Head(nn.Module):
+    """One member's featurizer (weighted sum or layer selection) + aggregator + classifier on padded tensors."""
+
+    def __init__(self, member: nn.Module) -> None:
+        super().__init__()
+        self.featurizer = member.featurizer
+        self.classifier = member.classifier
+        self.rate = int(member.featurizer.downsample_rate)
+
+    def forward(self, hidden_states: list[Tensor], frame_lengths: Tensor) -> Tensor:
+        """L tensors ``(B, T, D)`` and ``(B,)`` valid frames -> probabilities ``(B, C)``."""
+        outputs = {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
+        for index, hidden in enumerate(hidden_states):
+            outputs[f"hidden_state_{index}"] = hidden
+        feature = self.featurizer._select_feature(outputs)
+        if isinstance(feature, (list, tuple)):
+            feature = self.featurizer._weighted_sum(list(feature))
+        steps = torch.arange(feature.shape[1], device=feature.device)
+        valid = (steps.unsqueeze(0) < frame_lengths.unsqueeze(1)).unsqueeze(-1).to(feature.dtype)
+        lengths = torch.minimum(frame_lengths, torch.full_like(frame_lengths, feature.shape[1]))
+        embedding = self.classifier.aggregators[0](feature * valid, lengths)
+        return self.classifier.classifier(embedding).softmax(dim=-1)
+
+
+class DownstreamGraph(nn.Module):
+    """``hidden_states (L, B, T, D)``, ``frame_lengths (B,)`` -> ``probabilities (B, C)`` (members averaged).
+
+    Example:
+        >>> from s3prl_ser.hub.upstreams import build_upstream
+        >>> from s3prl_ser.inference import EmotionRecognizer, RecognizerMember
+        >>> from s3prl_ser.hub.multi_upstream import build_featurizer
+        >>> from s3prl_ser.models.fusion import EmotionClassifier
+        >>> fbank = build_upstream("fbank")
+        >>> featurizer = build_featurizer(fbank, "hidden_states", None, "cpu", False)
+        >>> head = EmotionClassifier([featurizer.output_dim], [160], 2, aggregator="mean")
+        >>> recognizer = EmotionRecognizer([fbank], [RecognizerMember(featurizer, head)], ["calm", "angry"])
+        >>> wavs = [torch.randn(16000), torch.randn(8000)]
+        >>> hidden = fbank(wavs)["hidden_states"][0].unsqueeze(0)  # (L=1, B, T, D)
+        >>> frames = torch.tensor([100, 50])  # round(samples / 160)
+        >>> torch.allclose(DownstreamGraph(recognizer)(hidden, frames), recognizer.probabilities(wavs), atol=1e-6)
+        True
+    """
+
+    def __init__(self, recognizer: EmotionRecognizer) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(_Head(member) for member in recognizer.members)
+
+    def forward(self, hidden_states: Tensor, frame_lengths: Tensor) -> Tensor:
+        layers = list(hidden_states.unbind(0))
+        return torch.stack([head(layers, frame_lengths) for head in self.heads]).mean(dim=0)
+
+
+class FullGraph(nn.Module):
+    """``wavs (B, S)``, ``lengths (B,)`` -> ``probabilities (B, C)`` for HuBERT upstreams.
+
+    Example:
+        >>> import tempfile
+        >>> from s3prl_ser.hub.upstreams import build_upstream
+        >>> from s3prl_ser.inference import EmotionRecognizer, RecognizerMember
+        >>> from s3prl_ser.hub.multi_upstream import build_featurizer
+        >>> from s3prl_ser.models.fusion import EmotionClassifier
+        >>> from s3prl_ser.toy.tiny_upstream import write_tiny_upstream
+        >>> hubert = build_upstream("hubert_local", str(write_tiny_upstream("hubert", Path(tempfile.mkdtemp()) / "t.pt")))
+        >>> featurizer = build_featurizer(hubert, "hidden_states", None, "cpu", False)
+        >>> head = EmotionClassifier([featurizer.output_dim], [320], 2, aggregator="mean")
+        >>> recognizer = EmotionRecognizer([hubert], [RecognizerMember(featurizer, head)], ["calm", "angry"])
+        >>> wavs = [torch.randn(16000), torch.randn(8000)]
+        >>> padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)  # (B, S), zeros after each clip
+        >>> probabilities = FullGraph(recognizer)(padded, torch.tensor([16000, 8000]))
+        >>> torch.allclose(probabilities, recognizer.probabilities(wavs), atol=1e-5)
+        True
+    """
+
+    def __init__(self, recognizer: EmotionRecognizer) -> None:
+        super().__init__()
+        self.upstreams = recognizer.upstreams
+        self.heads = nn.ModuleList(_Head(member) for member in recognizer.members)
+        self.reads = [member.upstream_index for member in recognizer.members]
+
+    @staticmethod
+    def _hidden_states(expert: nn.Module, wavs: Tensor, lengths: Tensor) -> list[Tensor]:
+        """What s3prl's expert computes for the unpadded waveforms, on the padded batch."""
+        steps = torch.arange(wavs.shape[1], device=wavs.device).unsqueeze(0)
+        padding = steps >= lengths.unsqueeze(1)  # (B, S), True at padding
+        wavs = wavs.masked_fill(padding, 0.0)
+        if getattr(expert.task_cfg, "normalize", False):  # s3prl: F.layer_norm of each unpadded waveform
+            count = lengths.unsqueeze(1).to(wavs.dtype)
+            mean = wavs.sum(dim=1, keepdim=True) / count
+            var = ((wavs - mean).masked_fill(padding, 0.0) ** 2).sum(dim=1, keepdim=True) / count
+            wavs = ((wavs - mean) / torch.sqrt(var + 1e-5)).masked_fill(padding, 0.0)
+        expert._hook_hiddens.clear()
+        expert.model.extract_features(wavs, padding_mask=padding, mask=None)
+        hiddens = expert.hook_postprocess(expert._hook_hiddens.copy())
+        expert._hook_hiddens.clear()
+        return [hidden for _, hidden in hiddens]
+
+    def forward(self, wavs: Tensor, lengths: Tensor) -> Tensor:
+        states = [self._hidden_states(expert, wavs, lengths) for expert in self.upstreams]
+        probabilities = []
+        for head, read in zip(self.heads, self.reads):
+            frames = torch.round(lengths.to(torch.float32) / head.rate).to(torch.int64)
+            probabilities.append(head(states[read], frames))
+        return torch.stack(probabilities).mean(dim=0)
+
+
+def _masked_fill(tensor: Tensor, indices: Tensor, value: Any) -> Tensor:
+    """s3prl's ``index_put`` (``tensor[indices] = value``) for a ``(B, T)`` mask of a ``(B, T, D)`` tensor."""
+    if indices.dtype == torch.bool and indices.dim() == tensor.dim() - 1 and not isinstance(value, Tensor):
+        return tensor.masked_fill(indices.unsqueeze(-1), value)
+    tensor[indices] = value
+    return tensor
+
+
+@contextlib.contextmanager
+def _traceable_encoder() -> Iterator[None]:
+    """While tracing, two helpers of s3prl's fairseq-style encoder get traceable equivalents:
+
+    * ``pad_to_multiple`` pads the frames to a multiple of ``required_seq_len_multiple`` (a GPU
+      speed-up) after a Python ``float.is_integer`` test the tracer cannot record; the padded
+      frames are masked keys and are cut off after the layers, so not padding gives the same
+      valid frames;
+    * ``index_put`` zeroes padded frames by boolean indexing, which the exporter turns into a
+      ``Where`` with a wrong broadcast; ``masked_fill`` does the same.
+
+    The parity test checks the graph against PyTorch on variable-length batches."""
+    import s3prl.upstream.wav2vec2.wav2vec2_model as model
+
+    originals = model.pad_to_multiple, model.index_put
+    model.pad_to_multiple = lambda x, multiple, dim=-1, value=0: (x, 0)
+    model.index_put = _masked_fill
+    try:
+        yield
+    finally:
+        model.pad_to_multiple, model.index_put = originals
+
+
+@contextlib.contextmanager
+def _explicit_same_padding(graph: nn.Module) -> Iterator[None]:
+    """While tracing: ``padding="same"`` convolutions get the equal explicit padding (onnxruntime
+    has no dilated ``auto_pad=SAME_*``): odd kernels pad ``dilation * (k - 1) / 2`` zeros on each
+    side either way. Restored afterwards (in place: a copy would lose s3prl's hidden-state hooks)."""
+    changed = [conv for conv in graph.modules() if isinstance(conv, nn.Conv1d) and conv.padding == "same"]
+    for conv in changed:
+        if conv.dilation[0] * (conv.kernel_size[0] - 1) % 2 or conv.padding_mode != "zeros":
+            raise OnnxExportError(f"{conv}: asymmetric or non-zero 'same' padding has no ONNX equivalent here")
+    for conv in changed:
+        conv.padding = (conv.dilation[0] * (conv.kernel_size[0] - 1) // 2,)
+    try:
+        yield
+    finally:
+        for conv in changed:
+            conv.padding = "same"
+
+
+def export_onnx(recognizer: EmotionRecognizer, path: str | os.PathLike) -> dict[str, Any]:
+    """Write ``recognizer`` as an ONNX graph to ``path``; return what it is (kind, reason, inputs).
+
+    Raises:
+        OnnxExportError: see :func:`onnx_graph_kind`.
+        ImportError: ``onnx`` is not installed (``pip install 's3prl-ser[onnx]'``).
+    """
+    import onnx  # noqa: F401  (torch.onnx.export needs it; fail early with the package's name)
+
+    kind, reason = onnx_graph_kind(recognizer)
+    if recognizer.device.type != "cpu":
+        raise OnnxExportError(f"export a recognizer on the CPU (this one is on {recognizer.device})")
+    recognizer.eval()
+    batch, samples = 2, 16000 * 2
+    lengths = torch.tensor([samples, samples * 3 // 4])
+    wavs = torch.randn(batch, samples) * 0.1
+    if kind == "full":
+        graph: nn.Module = FullGraph(recognizer)
+        inputs: tuple[Tensor, Tensor] = (wavs, lengths)
+        names, axes = ["wavs", "lengths"], {"wavs": {0: "batch", 1: "samples"}, "lengths": {0: "batch"}}
+    else:
+        graph = DownstreamGraph(recognizer)
+        upstream = recognizer.upstreams[0]
+        with torch.no_grad():
+            hidden = upstream([w[:n] for w, n in zip(wavs, lengths)])["hidden_states"]
+        stacked = torch.stack(list(hidden)) if isinstance(hidden, (list, tuple)) else hidden.unsqueeze(0)
+        rate = int(recognizer.members[0].featurizer.downsample_rate)
+        inputs = (stacked, torch.round(lengths.float() / rate).long())
+        names = ["hidden_states", "frame_lengths"]
+        axes = {"hidden_states": {1: "batch", 2: "frames"}, "frame_lengths": {0: "batch"}}
+    path = Path(path)
+    with torch.no_grad(), _traceable_encoder(), _explicit_same_padding(graph):
+        torch.onnx.export(
+            graph.eval(),
+            inputs,
+            str(path),
+            input_names=names,
+            output_names=["probabilities"],
+            dynamic_axes={**axes, "probabilities": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return {
+        "kind": kind,
+        "reason": reason,
+        "inputs": names,
+        "output": "probabilities",
+        "opset": OPSET,
+        "class_names": list(recognizer.class_names),
+        "sample_rate": 16000,
+    }

@@ -1,0 +1,230 @@
+"""python -m s3prl_ser.export: self-contained model directories, loaded offline, checked, ensembled."""
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from helpers import overrides, train_args
+from s3prl_ser.cli.cross_validate import main as cross_validate
+from s3prl_ser.cli.export import main as export_cli
+from s3prl_ser.cli.run_downstream import main as run_downstream
+from s3prl_ser.compat import atomic_torch_save, safe_torch_load
+from s3prl_ser.deploy.export_run import ExportError, export_run
+from s3prl_ser.deploy.hf_hub import hub_files, push_model_dir
+from s3prl_ser.deploy.model_dir import ModelDirError
+from s3prl_ser.inference import EmotionRecognizer
+
+
+@pytest.fixture(scope="module")
+def cv_run(mini_corpus, mini_meta, tmp_path_factory, one_thread):
+    """fbank + tiny ECAPA-TDNN, folds 1 and 2 (4 steps each)."""
+    run = tmp_path_factory.mktemp("cv") / "fbank_cv"
+    cross_validate(
+        ["-p", str(run), "--folds", "fold1,fold2", "-u", "fbank", "-d", "emotion_ecapa", "--device", "cpu"]
+        + ["-o", overrides(mini_corpus, mini_meta, steps=4, every=2)]
+    )
+    return run
+
+
+@pytest.fixture(scope="module")
+def fused_run(mini_corpus, mini_meta, tiny_upstreams, tmp_path_factory, one_thread):
+    """fbank and a tiny HuBERT (late fusion), fold1; the HuBERT checkpoint is a private copy
+    the tests may delete."""
+    root = tmp_path_factory.mktemp("fused")
+    ckpt = shutil.copy(tiny_upstreams["hubert"], root / "tiny_hubert.pt")
+    opts = overrides(mini_corpus, mini_meta, steps=4, every=2, extra="config.downstream_expert.modelrc.fusion=late")
+    run_downstream(
+        train_args(root / "fold1", opts, upstream="fbank,hubert_local", ckpt=f",{ckpt}", extra=("-v", "fold1"))
+    )
+    return root / "fold1", Path(ckpt)
+
+
+def _wavs():
+    rng = np.random.default_rng(0)
+    return [torch.from_numpy(rng.uniform(-0.3, 0.3, n).astype("float32")) for n in (16000, 23000, 6000)]
+
+
+def test_fold_export_gives_the_runs_own_probabilities(cv_run, mini_corpus, mini_meta, tmp_path, capsys):
+    export_cli([str(cv_run), "--fold", "fold1", "-o", str(tmp_path / "model")])
+    assert "wrote" in capsys.readouterr().out
+    exported = EmotionRecognizer.from_pretrained(tmp_path / "model")
+    run = EmotionRecognizer.from_pretrained(cv_run / "fold1")
+    assert torch.equal(exported.probabilities(_wavs()), run.probabilities(_wavs()))
+    items = json.loads((mini_meta / "Session1" / "test_meta_data.json").read_text())["meta_data"]
+    labels = [p.label for p in exported.predict_batch([mini_corpus / item["path"] for item in items])]
+    written = [line.split()[1] for line in (cv_run / "fold1" / "test_fold1_predict.txt").read_text().splitlines()]
+    assert labels == written  # what the run itself predicted on its test session
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["class_names"] == safe_torch_load(cv_run / "fold1" / "dev-avg.ckpt")["ClassNames"]
+    assert config["source"] == {"kind": "fold", "run": str(cv_run.resolve()), "folds": ["fold1"]}
+
+
+def test_fused_export_embeds_the_upstream_and_loads_offline(fused_run, tmp_path, monkeypatch):
+    run, ckpt = fused_run
+    expected = EmotionRecognizer.from_pretrained(run).probabilities(_wavs())
+    export_run(run, tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    specs = config["upstreams"][0]
+    assert [s["entry"] for s in specs] == ["fbank", "hubert_local"]
+    assert specs[1]["converted"]["model_cfg"]["encoder_embed_dim"] == 48
+    ckpt.unlink()  # the -k file is gone ...
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"network access while loading a model directory: {args}")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)  # ... and so is the network
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = EmotionRecognizer.from_pretrained(tmp_path / "model")
+    assert torch.equal(loaded.probabilities(_wavs()), expected)
+    with pytest.raises(FileNotFoundError, match="tiny_hubert.pt"):
+        EmotionRecognizer.from_pretrained(run)  # the run itself needs its -k file
+
+
+def test_ensemble_averages_the_fold_models(cv_run, tmp_path):
+    export_cli([str(cv_run), "--ensemble", "-o", str(tmp_path / "ens")])
+    ensemble = EmotionRecognizer.from_pretrained(tmp_path / "ens")
+    assert len(ensemble.members) == 2 and len(ensemble.upstreams) == 1  # one shared fbank upstream
+    folds = [EmotionRecognizer.from_pretrained(cv_run / f).probabilities(_wavs()) for f in ("fold1", "fold2")]
+    assert not torch.allclose(folds[0], folds[1], atol=1e-6)  # two different models ...
+    assert torch.allclose(ensemble.probabilities(_wavs()), (folds[0] + folds[1]) / 2, atol=1e-6)  # ... averaged
+    card = (tmp_path / "ens" / "README.md").read_text()
+    for fold in ("fold1", "fold2"):
+        metrics = json.loads((cv_run / fold / f"test_{fold}_metrics.json").read_text())
+        assert f"| {fold} | {100 * metrics['wa']:.2f} | {100 * metrics['ua']:.2f} |" in card
+    assert "The ensemble itself has no held-out score" in card
+
+
+def test_tampered_or_mismatched_directories_are_refused(cv_run, tmp_path):
+    export_run(cv_run, tmp_path / "a", fold="fold1")
+    export_run(cv_run, tmp_path / "b", fold="fold2")
+    weights = tmp_path / "a" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelDirError, match=r"a/model\.safetensors: sha256 .* differs from config\.json"):
+        EmotionRecognizer.from_pretrained(tmp_path / "a")
+    shutil.copy(tmp_path / "b" / "model.safetensors", weights)  # the other fold's weights: same size, other digest
+    with pytest.raises(ModelDirError, match="comes from another export"):
+        EmotionRecognizer.from_pretrained(tmp_path / "a")
+    config_path = tmp_path / "b" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["class_names"] = config["class_names"][:3]  # a config edited by hand: 3 classes, 4 outputs
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match=r"config\.json: classifier num_classes 4 does not match 3"):
+        EmotionRecognizer.from_pretrained(tmp_path / "b")
+    config["format_version"] = 99
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match="format version 99"):
+        EmotionRecognizer.from_pretrained(tmp_path / "b")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_run(cv_run, tmp_path / "b", fold="fold2")
+    export_run(cv_run, tmp_path / "b", fold="fold2", overwrite=True)  # replaced whole
+    EmotionRecognizer.from_pretrained(tmp_path / "b")
+
+
+def test_hub_layout_and_upload_call_without_network(cv_run, tmp_path):
+    from safetensors import safe_open
+
+    out = export_run(cv_run, tmp_path / "model", fold="fold2")
+    assert hub_files(out) == ["README.md", "config.json", "model.safetensors"]
+    card = (out / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["library_name"] == "s3prl-ser" and front["pipeline_tag"] == "audio-classification"
+    assert front["s3prl_ser"]["classes"] == json.loads((out / "config.json").read_text())["class_names"]
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:
+        assert weights.metadata() == {"format": "pt"}  # what transformers/the Hub expect of PyTorch weights
+
+    class RecordingApi:  # stands in for huggingface_hub.HfApi: records the calls instead of sending them
+        def __init__(self):
+            self.calls = []
+
+        def create_repo(self, **kwargs):
+            self.calls.append(("create_repo", kwargs))
+            return f"https://huggingface.co/{kwargs['repo_id']}"
+
+        def upload_folder(self, **kwargs):
+            self.calls.append(("upload_folder", kwargs))
+
+    api = RecordingApi()
+    assert push_model_dir(out, "someone/ser-fold2", api=api) == "https://huggingface.co/someone/ser-fold2"
+    assert api.calls == [
+        ("create_repo", {"repo_id": "someone/ser-fold2", "repo_type": "model", "private": False, "exist_ok": True}),
+        (
+            "upload_folder",
+            {
+                "folder_path": str(out),
+                "repo_id": "someone/ser-fold2",
+                "repo_type": "model",
+                "commit_message": "Upload s3prl-ser model",
+                "allow_patterns": ["README.md", "config.json", "model.safetensors"],
+            },
+        ),
+    ]
+    import inspect
+
+    from huggingface_hub import HfApi
+
+    for name, kwargs in api.calls:  # the keywords exist in the installed huggingface_hub
+        assert set(kwargs) <= set(inspect.signature(getattr(HfApi, name)).parameters), name
+    (out / "config.json").write_text((out / "config.json").read_text().replace('"neu"', '"calm"'))
+    (out / "model.safetensors").write_bytes(b"0" + (out / "model.safetensors").read_bytes()[1:])
+    api = RecordingApi()
+    with pytest.raises(ModelDirError):
+        push_model_dir(out, "someone/ser-fold2", api=api)
+    assert api.calls == []  # a modified directory is never published
+
+
+def test_text_models_and_bad_sources_are_refused(cv_run, tmp_path):
+    fold = tmp_path / "text_run"
+    shutil.copytree(cv_run / "fold1", fold)
+    ckpt = safe_torch_load(fold / "dev-avg.ckpt")
+    ckpt["Config"]["downstream_expert"]["text"] = {"encoder": "bert-base-uncased"}
+    atomic_torch_save(ckpt, fold / "dev-avg.ckpt")
+    with pytest.raises(ExportError, match="reads transcripts"):
+        export_run(fold, tmp_path / "m")
+    with pytest.raises(SystemExit, match="choose --fold FOLD or --ensemble"):
+        export_cli([str(cv_run), "-o", str(tmp_path / "m")])
+    with pytest.raises(SystemExit, match="fold5: not a finished fold"):
+        export_cli([str(cv_run), "--fold", "fold5", "-o", str(tmp_path / "m")])
+    assert not (tmp_path / "m").exists()
+
+
+def test_run_downstream_takes_no_silently_ignored_hub_flags():
+    from s3prl_ser.cli.run_downstream import build_parser
+
+    for flag in ("--push_to_hf_hub", "--hf_hub_org", "--upstream_model_name", "--upstream_revision"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["-m", "train", flag, "x"])
+
+
+def test_fine_tuned_upstream_of_another_corpus_exports_and_loads_without_ft_dir(tmp_path, tiny_upstreams, one_thread):
+    """EmoDB (2 classes: any label set): stage 1 per fold (``hubert_ft_avg -k FT_DIR``), stage 2, export;
+    the model directory holds the fold's fine-tuned upstream and loads with FT_DIR gone."""
+    from helpers import finetune_args, finetune_overrides
+    from s3prl_ser.data.corpora import emodb
+    from test_corpora import make_emodb, train_one_fold  # the corpus tests' EmoDB stand-in and short run
+    from upstream_ft.__main__ import main as upstream_ft
+
+    root, meta, ft_dir = make_emodb(tmp_path / "emodb"), tmp_path / "meta", tmp_path / "ft"
+    emodb.prepare(root, meta)
+    upstream_ft(
+        finetune_args(
+            "hubert_local", tiny_upstreams["hubert"], "fold2", ft_dir, finetune_overrides(root, meta, 2, 2, 1)
+        )
+    )
+    train_one_fold(root, meta, tmp_path / "exp", "fold2", ("-u", "hubert_ft_avg", "-k", str(ft_dir)))
+    clip = root / "wav" / "08a01Fa.wav"
+    expected = EmotionRecognizer.from_pretrained(tmp_path / "exp" / "fold2").predict(clip)
+    export_cli([str(tmp_path / "exp"), "--fold", "fold2", "-o", str(tmp_path / "model")])
+    spec = json.loads((tmp_path / "model" / "config.json").read_text())["upstreams"][0][0]
+    assert (spec["entry"], spec["trained_as"]) == ("hubert_local", "hubert_ft_avg")
+    shutil.rmtree(ft_dir)
+    loaded = EmotionRecognizer.from_pretrained(tmp_path / "model")
+    assert loaded.class_names == ["hap", "ang"]
+    assert loaded.predict(clip) == expected

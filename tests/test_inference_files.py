@@ -1,0 +1,165 @@
+"""python -m s3prl_ser.inference over folders and lists: error rows, batching, long files in windows."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from helpers import overrides, train_args
+from s3prl_ser.cli.inference import FILES_FAILED
+from s3prl_ser.cli.inference import main as inference
+from s3prl_ser.cli.run_downstream import main as run_downstream
+from s3prl_ser.deploy.export_run import export_run
+from s3prl_ser.deploy.long_audio import window_plan
+from s3prl_ser.inference import EmotionRecognizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(mini_corpus, mini_meta, tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("inference_model")
+    run_downstream(
+        train_args(root / "fold3", overrides(mini_corpus, mini_meta, steps=4, every=2), extra=("-v", "fold3"))
+    )
+    return export_run(root / "fold3", root / "model")
+
+
+@pytest.fixture(scope="module")
+def recognizer(model_dir):
+    return EmotionRecognizer.from_pretrained(model_dir)
+
+
+def _noise(seconds, rate, channels=1, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-0.3, 0.3, (int(seconds * rate), channels)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("audio")
+    (root / "nested").mkdir()
+    sf.write(root / "mono16k.wav", _noise(1.2, 16000), 16000)
+    sf.write(root / "nested" / "stereo44k.wav", _noise(0.9, 44100, channels=2, seed=1), 44100)
+    sf.write(root / "speech.ogg", _noise(0.7, 16000, seed=2), 16000, format="OGG", subtype="VORBIS")
+    sf.write(root / "short.wav", _noise(0.01, 16000, seed=3), 16000)  # 160 samples < the 400 needed
+    (root / "corrupt.flac").write_bytes(b"fLaC" + bytes(range(256)) * 4)
+    (root / "notes.md").write_text("not audio: ignored")
+    return root
+
+
+def _read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_folder_gives_a_row_per_file_with_statuses(model_dir, recognizer, folder, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        inference([str(model_dir), str(folder), "--output", str(tmp_path / "out.csv"), "--batch-size", "2"])
+    assert exit_info.value.code == FILES_FAILED  # some files failed; the others are written
+    rows = {Path(r["file"]).name: r for r in _read_csv(tmp_path / "out.csv")}
+    assert sorted(rows) == ["corrupt.flac", "mono16k.wav", "short.wav", "speech.ogg", "stereo44k.wav"]
+    assert {name: r["status"] for name, r in rows.items()} == {
+        "corrupt.flac": "error",
+        "mono16k.wav": "ok",
+        "short.wav": "error",
+        "speech.ogg": "ok",
+        "stereo44k.wav": "ok",
+    }
+    assert "corrupt.flac" in rows["corrupt.flac"]["error"] and "cannot decode" in rows["corrupt.flac"]["error"]
+    assert "too short" in rows["short.wav"]["error"] and rows["short.wav"]["duration"] == "0.010"
+    classes = recognizer.class_names
+    for name in ("mono16k.wav", "speech.ogg", "stereo44k.wav"):
+        probabilities = [float(rows[name][f"p_{c}"]) for c in classes]
+        assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+        assert rows[name]["label"] == classes[int(np.argmax(probabilities))]
+    assert float(rows["stereo44k.wav"]["duration"]) == pytest.approx(0.9, abs=1e-3)
+    # the stereo 44.1 kHz file is averaged to mono and resampled, as an array would be
+    data, rate = sf.read(folder / "nested" / "stereo44k.wav", dtype="float32")
+    mono16k = AF.resample(torch.from_numpy(data.mean(axis=1)), rate, 16000)
+    expected = recognizer.probabilities([mono16k])[0]
+    assert [float(rows["stereo44k.wav"][f"p_{c}"]) for c in classes] == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_list_files_jsonl_and_batching(recognizer, model_dir, folder, tmp_path):
+    listing = tmp_path / "files.txt"
+    listing.write_text(f"# inputs\n{folder / 'mono16k.wav'}\n{folder / 'speech.ogg'}\nmissing.wav\n")
+    one = recognizer.predict_files([listing, folder / "nested"], batch_size=1)
+    three = recognizer.predict_files([listing, folder / "nested"], batch_size=3)
+    assert [Path(r["file"]).name for r in one] == ["mono16k.wav", "speech.ogg", "missing.wav", "stereo44k.wav"]
+    assert [r["status"] for r in one] == ["ok", "ok", "error", "ok"]
+    assert "audio file not found" in one[2]["error"]
+    for a, b in zip(one, three):  # results do not depend on batching (or on the length sorting) ...
+        # ... but for s3prl's Featurizer, which counts round(samples / 160) frames per utterance where
+        # kaldi's fbank has 1 + (samples - 400) // 160: batched with a longer clip, a clip gets up to
+        # 2 zero frames more than alone (~1e-4 here). Upstream s3prl behaviour, in training too.
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=5e-4)
+    inference([str(model_dir), str(folder / "mono16k.wav"), "-O", str(tmp_path / "out.jsonl"), "--no-progress"])
+    (row,) = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert row["status"] == "ok" and row["probabilities"] == pytest.approx(one[0]["probabilities"], abs=1e-6)
+
+
+def test_long_file_in_windows_with_timestamps_that_add_up(recognizer, model_dir, tmp_path):
+    path = tmp_path / "long.wav"
+    sf.write(path, _noise(21.0, 16000, seed=4), 16000)
+    rows = recognizer.predict_files([path], long_audio=10.0, window=8.0, hop=4.0, batch_size=2)
+    windows, summary = rows[:-1], rows[-1]
+    assert [(r["start"], r["end"]) for r in windows] == [(0, 8), (4, 12), (8, 16), (12, 20), (16, 21)]
+    assert summary["segment"] == "summary" and (summary["start"], summary["end"]) == (0.0, 21.0)
+    assert all(b["start"] - a["start"] == 4.0 for a, b in zip(windows, windows[1:]))  # the hop
+    assert sum(r["duration"] for r in windows) == pytest.approx(8 * 4 + 5)
+    audio = torch.from_numpy(sf.read(path, dtype="float32")[0])
+    for row in windows:  # each window is the segment [start, end) of the file, read from disk alone
+        segment = audio[int(row["start"] * 16000) : int(row["end"] * 16000)]
+        assert list(row["probabilities"].values()) == pytest.approx(
+            recognizer.probabilities([segment])[0].tolist(), abs=1e-5
+        )
+    weights = np.array([r["duration"] for r in windows])
+    mean = sum(w * np.array(list(r["probabilities"].values())) for w, r in zip(weights, windows)) / weights.sum()
+    assert list(summary["probabilities"].values()) == pytest.approx(mean.tolist(), abs=1e-6)
+    assert summary["label"] == recognizer.class_names[int(np.argmax(mean))]
+    short = recognizer.predict_files([path], long_audio=30.0)
+    assert [r["segment"] for r in short] == ["file"]  # below the threshold: one piece
+
+
+def test_window_plan_rejects_a_hop_longer_than_the_window():
+    with pytest.raises(ValueError, match="hop"):
+        window_plan(10.0, window=4.0, hop=5.0)
+
+
+def test_module_entry_is_the_cli(model_dir, folder, monkeypatch, capsys):
+    """``python -m s3prl_ser.inference`` runs :mod:`s3prl_ser.cli.inference` (run in-process: a
+    subprocess would spend its time importing s3prl)."""
+    import runpy
+
+    import s3prl_ser.inference
+
+    monkeypatch.setattr(
+        sys, "argv", ["s3prl_ser.inference", str(model_dir), str(folder / "mono16k.wav"), "--no-progress"]
+    )
+    runpy.run_path(str(Path(s3prl_ser.inference.__file__)), run_name="__main__")
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["status"] == "ok"
+
+
+def test_mp3_through_soundfile_and_m4a_through_ffmpeg(recognizer, tmp_path):
+    import shutil
+    import subprocess
+
+    from s3prl_ser.deploy.audio_inputs import audio_info
+
+    source = tmp_path / "source.wav"
+    sf.write(source, _noise(1.5, 16000, seed=5), 16000)
+    sf.write(tmp_path / "clip.mp3", _noise(1.5, 16000, seed=5), 16000, format="MP3", subtype="MPEG_LAYER_III")
+    paths = [tmp_path / "clip.mp3"]
+    if shutil.which("ffmpeg"):  # M4A/AAC: soundfile cannot read it; ffmpeg, when installed, can
+        subprocess.run(["ffmpeg", "-v", "error", "-i", str(source), str(tmp_path / "clip.m4a")], check=True)
+        paths.append(tmp_path / "clip.m4a")
+        assert audio_info(tmp_path / "clip.m4a").reader == "ffmpeg"
+    rows = recognizer.predict_files(paths)
+    assert [r["status"] for r in rows] == ["ok"] * len(paths), rows
+    for row in rows:
+        assert row["duration"] == pytest.approx(1.5, abs=0.1)  # codecs add a few ms of priming
