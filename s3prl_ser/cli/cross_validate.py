@@ -3,11 +3,16 @@
     python -m s3prl_ser.cli.cross_validate -u fbank -d emotion_ecapa -n NAME \\
         -o "config.downstream_expert.datarc.root=IEMOCAP_ROOT,,config.downstream_expert.datarc.meta_data=META_DIR"
 
-trains fold1..fold5 one after the other (each in ``<expdir>/<fold>``, a normal
+trains every fold of the corpus (IEMOCAP: fold1..fold5; a manifest's or EmoBox's own folds;
+``--folds`` picks some) one after the other (each in ``<expdir>/<fold>``, a normal
 ``run_downstream.py`` experiment), skips folds that already finished, resumes a killed fold
 from its last checkpoint (refusing either if the fold was run with other settings), then writes ``results.md``, ``results.json`` and ``confusion.png``
 into the experiment directory. Arguments not listed below are passed to ``run_downstream.py``
 (e.g. ``-k CKPT``, ``-c CONFIG``, ``-f``, ``--seed``, ``--device``).
+
+``--deploy`` then trains the deployment model in ``<expdir>/deploy`` (every utterance of the
+corpus, the folds' schedule, no held-out score: :mod:`s3prl_ser.deploy.deployment`), and
+``--export MODEL_DIR`` exports it as a self-contained model directory.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from s3prl_ser.training.run_identity import describe, run_identity, significant_
 from s3prl_ser.training.run_lock import leader_lock
 from s3prl_ser.training.runner import FINAL_RECORD
 
-__all__ = ["fold_finished", "FoldRun", "train_in_workers", "cross_validate", "main"]
+__all__ = ["fold_finished", "FoldRun", "train_in_workers", "cross_validate", "corpus_folds", "main"]
 
 
 def fold_finished(fold_dir: Path, fold: str, identity: dict | None = None) -> dict | None:
@@ -272,6 +277,19 @@ def _report(results: dict[str, dict], expdir: Path, title: str | None) -> dict:
     return summary
 
 
+def corpus_folds(run_args: Sequence[str], overrides: str = "") -> list[str]:
+    """Every fold of the corpus the run's config names (``datarc.meta_data``): 5 for IEMOCAP,
+    the manifest's or EmoBox's own count otherwise; IEMOCAP's five when no meta data are set."""
+    from s3prl_ser.cli.run_downstream import requested_run
+    from s3prl_ser.data.emotion_dataset import corpus_folds as folds_of
+
+    if any(arg in ("-v", "--downstream_variant") or arg.startswith("--downstream_variant=") for arg in run_args):
+        return list(FOLDS)  # refused by cross_validate with its own message
+    _, config = requested_run(["-m", "train", *run_args, *(["-o", overrides] if overrides else [])])
+    meta_data = (config.get("downstream_expert") or {}).get("datarc", {}).get("meta_data")
+    return folds_of(meta_data) if meta_data else list(FOLDS)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m s3prl_ser.cli.cross_validate",
@@ -280,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("-n", "--expname", help="experiment name: result/downstream/<expname>")
     parser.add_argument("-p", "--expdir", help="experiment root directory (overrides -n)")
-    parser.add_argument("--folds", default=",".join(FOLDS), help="comma-separated folds")
+    parser.add_argument("--folds", help="comma-separated folds (default: every fold the corpus's meta data define)")
     parser.add_argument("-o", "--override", default="", help="run_downstream.py overrides for every fold")
     parser.add_argument(
         "--workers",
@@ -288,12 +306,36 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="train the folds in N single-thread processes at once (default 0: one after the other, here)",
     )
+    parser.add_argument(
+        "--deploy",
+        action="store_true",
+        help="then train the deployment model in <expdir>/deploy: every utterance of the corpus (never an "
+        "official test set), dev carved by datarc.split, the folds' schedule; no held-out score "
+        "(s3prl_ser.deploy.deployment)",
+    )
+    parser.add_argument(
+        "--export", metavar="MODEL_DIR", type=Path, help="with --deploy: export it (python -m s3prl_ser.export)"
+    )
     args, run_args = parser.parse_known_args(argv)
     if not (args.expdir or args.expname):
         parser.error("name the experiment with -n NAME or -p EXPDIR")
+    if args.export and not args.deploy:
+        parser.error(
+            "--export MODEL_DIR exports the deployment model: add --deploy (folds: python -m s3prl_ser.export)"
+        )
     expdir = Path(args.expdir or f"result/downstream/{args.expname}")
     with exit_on_error():
-        cross_validate(expdir, run_args, args.folds.split(","), args.override, workers=args.workers)
+        folds = args.folds.split(",") if args.folds else corpus_folds(run_args, args.override)
+        cross_validate(expdir, run_args, folds, args.override, workers=args.workers)
+        if args.deploy:
+            from s3prl_ser.cli.deploy_run import train_deployment
+
+            deploy_dir = train_deployment(expdir, run_args, folds, args.override)
+            print(f"[cross_validate] - deployment model (no held-out score): {deploy_dir}")
+            if args.export:
+                from s3prl_ser.deploy.export_run import export_run
+
+                print(f"[cross_validate] - wrote {export_run(deploy_dir, args.export)}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.data.folds import check_fold
+from s3prl_ser.data.folds import DEPLOY_FOLD, check_run_fold, is_deployment
 from s3prl_ser.data.protocol import FoldProtocol, ProtocolMismatchError, protocol_differences
 
 __all__ = [
@@ -44,7 +44,9 @@ __all__ = [
     "PROTOCOL_KEY",
     "FoldMismatchError",
     "FoldSpec",
+    "STAGE2_PROTOCOL_KEY",
     "recorded_protocol",
+    "check_protocol_record",
     "check_fine_tuned",
     "is_ft_avg_entry",
     "read_ft_metadata",
@@ -61,6 +63,7 @@ FT_METADATA = "upstream.json"
 FT_SUFFIX = "_ft_avg"
 PROTOCOL_KEY = "ser_protocol"  # in checkpoints and in an exported text encoder's config.json
 LOADER_KEY = "ft_loader"  # the hub entry that loads an exported upstream.ckpt
+STAGE2_PROTOCOL_KEY = "FoldProtocol"  # what a stage-2 runner checkpoint records (the same record)
 
 FoldSpec = str | FoldProtocol
 """What a consumer states about its data: the fold alone, or its full protocol."""
@@ -77,7 +80,7 @@ def is_ft_avg_entry(name: str) -> bool:
 
 
 def _fold_name(fold: FoldSpec) -> str:
-    return check_fold(fold.fold if isinstance(fold, FoldProtocol) else fold)
+    return check_run_fold(fold.fold if isinstance(fold, FoldProtocol) else fold)
 
 
 def read_ft_metadata(checkpoint: str | os.PathLike) -> dict[str, Any]:
@@ -101,7 +104,21 @@ def _checkpoint_fields(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(state, dict):
         return {}
-    return {key: state[key] for key in (PROTOCOL_KEY, LOADER_KEY, "ft_head") if key in state}
+    fields = {key: state[key] for key in (PROTOCOL_KEY, LOADER_KEY, "ft_head") if key in state}
+    if PROTOCOL_KEY not in fields and isinstance(state.get(STAGE2_PROTOCOL_KEY), dict):
+        fields[PROTOCOL_KEY] = state[STAGE2_PROTOCOL_KEY]  # a stage-2 model given as -k: guarded the same way
+    return fields
+
+
+def _model_dir_record(directory: Path) -> dict[str, Any] | None:
+    """The protocol a model directory's ``config.json`` records (``python -m s3prl_ser.export``), if any."""
+    config = directory / "config.json"
+    try:
+        fields = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    except ValueError:
+        return None
+    record = fields.get(PROTOCOL_KEY) if isinstance(fields, dict) else None
+    return record if isinstance(record, dict) else None
 
 
 def recorded_protocol(path: str | os.PathLike) -> tuple[dict[str, Any] | None, bool]:
@@ -117,12 +134,11 @@ def recorded_protocol(path: str | os.PathLike) -> tuple[dict[str, Any] | None, b
     sidecars = [path.parent / FT_METADATA] + ([path / FT_METADATA] if path.is_dir() else [])
     beside = any(p.is_file() for p in sidecars)
     if path.is_dir():
-        config = path / "config.json"
-        fields = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
-        record = fields.get(PROTOCOL_KEY) if isinstance(fields, dict) else None
+        record = _model_dir_record(path)
         return record, beside or record is not None
     fields = _checkpoint_fields(path) if path.is_file() else {}
-    record = fields.get(PROTOCOL_KEY)
+    # A file of an exported model directory (model.safetensors, model.onnx): its config.json says.
+    record = fields.get(PROTOCOL_KEY) or _model_dir_record(path.parent)
     return record, beside or record is not None or "ft_head" in fields
 
 
@@ -134,8 +150,12 @@ def check_fine_tuned(path: str | os.PathLike, fold: FoldSpec | None) -> None:
         fold: the fold being trained or evaluated, or its full protocol (then the corpus and
             the split are compared too); ``None`` (inference: no test set) checks nothing.
 
+    A deployment model (its exported directory, a file in it, or its run's checkpoints, which
+    record the fold ``deploy``) is refused for every fold (:func:`check_protocol_record`).
+
     Raises:
-        FoldMismatchError: fine-tuned for another fold, or fine-tuned without a record.
+        FoldMismatchError: fine-tuned for another fold, fine-tuned without a record, or a
+            deployment model.
         ProtocolMismatchError: fine-tuned on other meta data or another train/dev split.
     """
     if fold is None:
@@ -150,10 +170,46 @@ def check_fine_tuned(path: str | os.PathLike, fold: FoldSpec | None) -> None:
                 "`python -m upstream_ft`"
             )
         return
+    check_protocol_record(record, fold, path)
+
+
+def check_protocol_record(record: dict[str, Any], fold: FoldSpec | None, where: str | os.PathLike) -> None:
+    """The fold guard on a recorded :class:`~s3prl_ser.data.protocol.FoldProtocol` (a checkpoint's,
+    a model directory's) about to serve ``fold``; ``where`` names its file in messages.
+
+    A deployment model (recorded fold ``deploy``) trained on every fold's utterances, test sets
+    included: it is refused for every fold, whatever the rest of the record says.
+
+    Raises:
+        FoldMismatchError: recorded for another fold, or a deployment model used for a fold.
+        ProtocolMismatchError: ``fold`` is a full protocol and the record's corpus or split differ.
+
+    Example:
+        >>> check_protocol_record({"fold": "deploy"}, "deploy", "m")  # a deployment run may read one
+        >>> check_protocol_record({"fold": "deploy"}, "fold1", "m")
+        Traceback (most recent call last):
+        ...
+        s3prl_ser.hub.ft_hub.FoldMismatchError: m is a deployment model ...
+    """
+    if fold is None:
+        return
+    fold_name = _fold_name(fold)
     trained_for = record.get("fold")
+    if is_deployment(trained_for) and not is_deployment(fold_name):
+        raise FoldMismatchError(
+            f"{where} is a deployment model (fold {DEPLOY_FOLD}): it was trained on every fold's utterances, "
+            f"{fold_name}'s test set included, and has no held-out score. It cannot serve {fold_name} or any "
+            "cross-validation fold (as -k, text encoder, -i/-e or starting point): scores would be leaked; "
+            "use it for inference only"
+        )
+    if is_deployment(fold_name) and not is_deployment(trained_for):
+        raise FoldMismatchError(
+            f"{where} was trained for {trained_for}, without that fold's data: a deployment run (every fold's "
+            "utterances) cannot use it, and stage 1 has no deployment run; train it on a pretrained upstream"
+        )
     if trained_for != fold_name:
         raise FoldMismatchError(
-            f"{path} was fine-tuned for {trained_for} (its training data include the test session of "
+            f"{where} was fine-tuned for {trained_for} (its training data include the test session of "
             f"{fold_name}), but it was requested for {fold_name}: using it would leak {fold_name}'s test set "
             f"into training; use the export fine-tuned for {fold_name} (FT_DIR/{fold_name}/)"
         )
@@ -161,7 +217,7 @@ def check_fine_tuned(path: str | os.PathLike, fold: FoldSpec | None) -> None:
         differences = protocol_differences(record, fold)
         if differences:
             raise ProtocolMismatchError(
-                f"{path} was fine-tuned for {fold_name} on other data than this run's {fold_name}: "
+                f"{where} was fine-tuned for {fold_name} on other data than this run's {fold_name}: "
                 + "; ".join(differences)
                 + ". Its training utterances may be in this run's dev set; use the same meta data and split "
                 "(datarc.split, valid_ratio, dev_session) in both stages"
@@ -189,6 +245,12 @@ def resolve_ft_checkpoint(ckpt: str | os.PathLike | None, fold: FoldSpec | None)
             "(fold=...): each fold has its own upstream, fine-tuned without that fold's test session"
         )
     fold_name = _fold_name(fold)
+    if is_deployment(fold_name):
+        raise ValueError(
+            f"a deployment run cannot use the per-fold fine-tuned upstreams in {ckpt}: each was fine-tuned "
+            "without one fold's data, and stage 1 has no deployment run; train the deployment model on a "
+            "pretrained upstream"
+        )
     ckpt = Path(ckpt)
     path = ckpt / fold_name / FT_CHECKPOINT if ckpt.is_dir() else ckpt
     if not path.is_file():
