@@ -10,11 +10,12 @@ from s3prl_ser.cli.cross_validate import FoldRun, cross_validate, train_in_worke
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.training.run_lock import DirectoryInUseError, DirectoryLock
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # this process on one thread, as each worker
+
 RUN_ARGS = ["-u", "fbank", "-d", "emotion_ecapa", "--device", "cpu", "--seed", "3"]
 
 
 def test_workers_compute_what_one_thread_computes_here(mini_corpus, mini_meta, tmp_path):
-    # The suite runs on one thread (conftest), as each worker does.
     extra = overrides(mini_corpus, mini_meta, steps=4, every=2)
     here = cross_validate(tmp_path / "here", RUN_ARGS, ["fold1", "fold3"], extra)
     there = cross_validate(tmp_path / "workers", RUN_ARGS, ["fold1", "fold3"], extra, workers=2)
