@@ -360,3 +360,16 @@ def test_the_mini_corpus_prepares_cleanly(tmp_path, mini_corpus):
         warnings.simplefilter("ignore")  # one labelled utterance without audio, on purpose
         kept = prepare(mini_corpus, tmp_path)
     assert sum(len(utterances) for utterances in kept.values()) == 24
+
+
+def test_a_feature_cache_that_does_not_fit_ends_the_run_with_an_error_line(
+    mini_corpus, mini_meta, tmp_path, monkeypatch
+):
+    from s3prl_ser.data import feature_cache
+
+    monkeypatch.setenv(feature_cache.CACHE_ENV, str(tmp_path / "cache"))  # empty: extraction is due
+    full = shutil.disk_usage(tmp_path)._replace(free=0)
+    monkeypatch.setattr(feature_cache.shutil, "disk_usage", lambda path: full)
+    opts = overrides(mini_corpus, mini_meta, steps=2, every=2, k=1)
+    with pytest.raises(SystemExit, match=r"^error: .*needs about .* free: free space, point feature_cache.dir"):
+        run_downstream(train_args(tmp_path / "exp", opts))

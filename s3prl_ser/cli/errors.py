@@ -7,12 +7,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from s3prl_ser.config import ConfigError
+from s3prl_ser.data.feature_cache import CacheSpaceError
 
 __all__ = ["EXPECTED_ERRORS", "exit_on_error"]
 
-# What a user fixes (a config typo, a missing file, a bad value); ConfigError is a ValueError,
-# named for the reader.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError)
+# What a user fixes (a config typo, a missing file, a bad value, a full disk for the feature
+# cache); ConfigError is a ValueError, named for the reader.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError, CacheSpaceError)
 
 
 @contextmanager

@@ -44,6 +44,7 @@ from s3prl_ser.config import (
     load_config,
     read_yaml,
 )
+from s3prl_ser.data.feature_cache import CacheSpaceError
 from s3prl_ser.hub.registry import default_config, is_project_task, register
 from s3prl_ser.training.feature_caching import apply_cache_flags
 from s3prl_ser.training.loop import Schedule
@@ -417,7 +418,8 @@ def main(argv: list[str] | None = None) -> None:
             args, config = get_downstream_args(argv)
             lock.enter_context(_experiment_lock(args))
             runner = build_runner(args, config)
-        getattr(runner, args.mode)()
+        with exit_on_error(CacheSpaceError):  # found when a split is first read, mid-run
+            getattr(runner, args.mode)()
 
 
 if __name__ == "__main__":
