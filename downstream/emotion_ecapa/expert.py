@@ -128,9 +128,10 @@ class DownstreamExpert(nn.Module):
         self.multi_stream = isinstance(upstream_dim, (list, tuple))
         sizes = list(upstream_dim) if self.multi_stream else [upstream_dim]
         rates = list(upstream_rate) if self.multi_stream else [upstream_rate]
-        self.use_speech, self._text = True, None
+        self.use_speech, self._text, self._text_cache = True, None, None
+        self._text_filled: set[str] = set()
         if self.textrc.get("encoder"):
-            self._setup_text(meta_dir)
+            self._setup_text(meta_dir, kwargs)
             if not self.use_speech:
                 sizes, rates = [], []
             sizes.append(self._text.output_size)
@@ -166,21 +167,29 @@ class DownstreamExpert(nn.Module):
         self.selecting = False
         return self.output_dir
 
-    def _setup_text(self, meta_dir: Path) -> None:
+    def _setup_text(self, meta_dir: Path, run: dict[str, Any]) -> None:
         """The frozen text encoder over the transcripts (paper experiments 10-11).
 
         ``text.encoder`` is a Hugging Face encoder directory, or the FT_DIR of ``python -m
         upstream_ft -u text``, whose per-fold export for this fold is used (checked against this
         fold, corpus and split). The
         encoder is kept out of the module tree: checkpoints then hold only the trained
-        downstream, and the encoder is rebuilt from the config.
+        downstream, and the encoder is rebuilt from the config. Frozen, its features come from
+        the feature cache (``feature_cache`` section, ``run``: the runner's config and args;
+        :func:`~s3prl_ser.training.feature_caching.attach_text_feature_cache`), each split
+        filled when its loader is first asked for.
         """
         from s3prl_ser.hub.ft_hub import resolve_ft_text_encoder
         from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts
+        from s3prl_ser.training.feature_caching import attach_text_feature_cache
 
         encoder_dir = resolve_ft_text_encoder(self.textrc["encoder"], self.protocol)
         encoder = TextEncoder(str(encoder_dir), self.textrc.get("feature_selection", "last_hidden_state"))
         object.__setattr__(self, "_text", encoder.eval().requires_grad_(False))
+        device = str(run.get("device", "cpu"))
+        cache = attach_text_feature_cache(run.get("feature_cache"), run.get("mode"), device, encoder, encoder_dir)
+        object.__setattr__(self, "_text_cache", cache)
+        self._text_device = device
         self.transcripts_path = Path(self.textrc.get("transcripts") or meta_dir / "transcripts.json")
         self.transcripts = load_transcripts(self.transcripts_path)
         self.use_speech = bool(self.textrc.get("speech", True))
@@ -189,9 +198,23 @@ class DownstreamExpert(nn.Module):
         from s3prl_ser.models.text_encoder import transcripts_for
 
         self._text.to(device)
+        texts = transcripts_for(filenames, self.transcripts, self.transcripts_path)
+        encoder = self._text if self._text_cache is None else self._text_cache
         with torch.no_grad():
-            features, lengths = self._text(transcripts_for(filenames, self.transcripts, self.transcripts_path))
+            features, lengths = encoder(texts)
         return [f[:n] for f, n in zip(features, lengths.tolist())]
+
+    def _fill_text_cache(self, split: str, dataset: Any) -> None:
+        """Encode and store the transcripts of ``split`` the text cache lacks (once per split)."""
+        if self._text_cache is None or split in self._text_filled:
+            return
+        from s3prl_ser.models.text_encoder import transcripts_for
+
+        dataset = getattr(dataset, "dataset", dataset)  # a RandomCrop view of the train split
+        names = [dataset.name(i) if hasattr(dataset, "name") else dataset[i][2] for i in range(len(dataset))]
+        self._text.to(self._text_device)
+        self._text_cache.fill(transcripts_for(names, self.transcripts, self.transcripts_path), f"{split} (text)")
+        self._text_filled.add(split)
 
     def get_downstream_name(self) -> str:
         return self.fold.replace("fold", "emotion")
@@ -201,6 +224,7 @@ class DownstreamExpert(nn.Module):
         """``train``: this process's batches of ``epoch`` from global batch ``start`` on
         (:func:`~s3prl_ser.data.fold_data.train_loader`); ``dev`` / ``test``: the whole split."""
         if mode == "train":
+            self._fill_text_cache(mode, self.train_dataset)
             return train_loader(
                 self.train_dataset,
                 self.datarc,
@@ -215,6 +239,7 @@ class DownstreamExpert(nn.Module):
         datasets = {"dev": self.dev_dataset, "test": self.test_dataset}
         if mode not in datasets:
             raise ValueError(f"unknown split {mode!r}; expected train, dev or test")
+        self._fill_text_cache(mode, datasets[mode])
         return eval_loader(datasets[mode], self.datarc)
 
     def _logits(self, features: list, filenames: list[str]) -> torch.Tensor:

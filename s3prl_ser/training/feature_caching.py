@@ -5,7 +5,8 @@ have none and run live) turns it on; it is used when nothing upstream of the fea
 trained (no ``-f``) in training and ``-m evaluate``. :func:`attach_feature_cache` puts one
 :class:`~s3prl_ser.data.feature_cache.CachedUpstream` in front of each upstream (one cache
 per stream with several), and :meth:`FeatureCaches.fill_split` extracts a split's missing
-utterances before the split is read.
+utterances before the split is read. :func:`attach_text_feature_cache` does the same for
+the frozen text encoder of ``emotion_ecapa``'s text stream (its expert fills it per split).
 """
 
 from __future__ import annotations
@@ -29,10 +30,19 @@ from s3prl_ser.data.feature_cache import (
 )
 from s3prl_ser.data.feature_store import DTYPES, FeatureStore
 from s3prl_ser.data.fold_data import RandomCrop
+from s3prl_ser.data.text_feature_cache import CachedTextEncoder, text_fingerprint
 from s3prl_ser.hub.ft_hub import FT_CHECKPOINT, is_ft_avg_entry
 from s3prl_ser.hub.multi_upstream import MultiUpstream, split_names
 
-__all__ = ["SECTION", "KEYS", "cache_settings", "apply_cache_flags", "FeatureCaches", "attach_feature_cache"]
+__all__ = [
+    "SECTION",
+    "KEYS",
+    "cache_settings",
+    "apply_cache_flags",
+    "FeatureCaches",
+    "attach_feature_cache",
+    "attach_text_feature_cache",
+]
 
 SECTION = "feature_cache"
 KEYS = {"enabled", "dir", "dtype", "extract_batch_size"}
@@ -204,3 +214,47 @@ def attach_feature_cache(
         )
     wrapped = MultiUpstream(streams) if isinstance(upstream, MultiUpstream) else streams[0]
     return wrapped, FeatureCaches(streams)
+
+
+def attach_text_feature_cache(
+    section: Mapping[str, Any] | None,
+    mode: str | None,
+    device: str,
+    encoder: nn.Module,
+    encoder_dir: str | os.PathLike,
+) -> CachedTextEncoder | None:
+    """The cached text encoder when the cache applies, else None (live, and why is printed).
+
+    Args:
+        section: the run's ``feature_cache`` section (None: the task has none).
+        mode: the run's ``-m`` (``train`` and ``evaluate`` use the cache).
+        device: where the encoder runs.
+        encoder: the frozen :class:`~s3prl_ser.models.text_encoder.TextEncoder`; one with a
+            parameter that requires gradients is trained, and runs live.
+        encoder_dir: the directory it was loaded from (its files are hashed into the namespace).
+
+    Raises:
+        ConfigError: an invalid ``feature_cache`` section.
+    """
+    settings = cache_settings({SECTION: section} if section is not None else {})
+    if settings is None:
+        return None
+    why_not = (
+        "feature_cache.enabled is false (--no_feature_cache)"
+        if not settings["enabled"]
+        else "the text encoder is trained"
+        if any(p.requires_grad for p in encoder.parameters())
+        else f"-m {mode}"
+        if mode not in ("train", "evaluate")
+        else None
+    )
+    if why_not:
+        print(f"[FeatureCache] - text: off: {why_not}; the text encoder runs at every step")
+        return None
+    root = Path(settings["dir"]).expanduser() if settings["dir"] else default_cache_dir()
+    directory, spec = namespace(
+        f"text-{Path(encoder_dir).name}", text_fingerprint(encoder, encoder_dir, settings["dtype"], device)
+    )
+    store = FeatureStore(root / directory, spec, settings["dtype"])
+    print(f"[FeatureCache] - text: {root / directory} ({len(store)} transcript(s) stored, {settings['dtype']})")
+    return CachedTextEncoder(encoder, store)
