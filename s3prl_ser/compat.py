@@ -10,7 +10,8 @@ applied by :func:`install` (``import s3prl_ser`` calls it) before s3prl is impor
 * ``torchaudio.load`` now requires torchcodec; it is replaced by a soundfile reader with the
   same return convention ``(Tensor[channels, frames] float32, sample_rate)``.
 * ``huggingface_hub`` >= 1.0 dropped ``HfFolder`` and ``Repository``, which s3prl's runner
-  imports for ``--push_to_hf_hub``; stand-ins raise :class:`RemovedAPIError` when used.
+  imports for its ``--push_to_hf_hub`` (not offered here: ``python -m s3prl_ser.export
+  --push-to-hub`` publishes a model); stand-ins raise :class:`RemovedAPIError` when used.
 * s3prl's runner checkpoints hold an ``argparse.Namespace``, which ``torch.load``'s
   ``weights_only=True`` default refuses; :func:`safe_torch_load` allow-lists it (and nothing
   else), so loading a checkpoint never executes code from it. :func:`atomic_torch_save`
@@ -198,7 +199,7 @@ def _patch_torchaudio() -> None:
 def _patch_huggingface_hub() -> None:
     import huggingface_hub
 
-    hint = "pushing to the Hugging Face Hub (--push_to_hf_hub) is not supported by s3prl-ser"
+    hint = "s3prl's own Hub push is not supported: export the model and use python -m s3prl_ser.export --push-to-hub"
     for name in ("HfFolder", "Repository"):
         if not hasattr(huggingface_hub, name):
             raiser = _removed(f"huggingface_hub.{name}", hint)
