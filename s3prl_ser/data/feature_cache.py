@@ -31,7 +31,7 @@ import hashlib
 import os
 import platform
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,8 @@ from s3prl_ser.data.feature_store import FeatureStore
 __all__ = [
     "CACHE_FORMAT",
     "CacheSpaceError",
+    "fill_store",
+    "check_space",
     "default_cache_dir",
     "audio_key",
     "file_digest",
@@ -70,6 +72,48 @@ def _size(num_bytes: float) -> str:
 
 class CacheSpaceError(OSError):
     """The features to extract do not fit on the cache's file system."""
+
+
+def fill_store(
+    store: FeatureStore,
+    items: Mapping[str, Any],
+    extract: Callable[[list[tuple[str, Any]]], int],
+    what: str,
+    noun: str,
+) -> dict[str, int]:
+    """Store what ``store`` lacks of ``items`` (key -> what its features are computed from).
+
+    Counted first without the lock, so a filled cache costs no wait; then, holding the store's
+    writer lock, ``extract`` gets the ``(key, item)`` pairs still missing (what another writer
+    stored meanwhile is not redone) and returns how many it stored. Returns the counts
+    ``stored`` (after filling) and ``extracted``.
+    """
+    store.refresh()
+    if all(key in store for key in items):
+        print(f"[FeatureCache] - {what}: all {len(items)} {noun} read from {store.directory}")
+        return {"stored": len(items), "extracted": 0}
+    extracted = 0
+    with store.locked():
+        missing = [(key, item) for key, item in items.items() if key not in store]
+        if missing:
+            extracted = extract(missing)
+    return {"stored": sum(key in store for key in items), "extracted": extracted}
+
+
+def check_space(store: FeatureStore, what: str, action: str, expected: int, reserve: int) -> None:
+    """Print what is about to be written (``action``, ``expected`` bytes) and the free space.
+
+    Raises:
+        CacheSpaceError: writing it would leave less than ``reserve`` bytes free.
+    """
+    free = shutil.disk_usage(store.directory).free
+    print(f"[FeatureCache] - {what}: {action}: about {_size(expected)} into {store.directory}, {_size(free)} free")
+    if expected > free - reserve:
+        raise CacheSpaceError(
+            f"feature cache {store.directory}: {what} needs about {_size(expected)}, but {_size(free)} are free "
+            f"and {_size(reserve)} must stay free: free space, point feature_cache.dir (--feature_cache_dir) "
+            "elsewhere, or run without the cache (--no_feature_cache)"
+        )
 
 
 def default_cache_dir() -> Path:
@@ -287,29 +331,20 @@ class CachedUpstream(nn.Module):
         Raises:
             CacheSpaceError: the features would leave less than ``reserve_bytes`` free.
         """
-        keys = {}
+        keys: dict[str, int] = {}
         for index in range(len(wavs)):
             keys.setdefault(audio_key(wavs[index]), index)
-        self.store.refresh()
-        report = {"utterances": len(wavs), "stored": sum(k in self.store for k in keys), "extracted": 0}
-        if report["stored"] == len(keys):
-            print(f"[FeatureCache] - {what}: all {len(keys)} utterances read from {self.store.directory}")
-            return report
-        with self.store.locked():  # one writer; what another wrote meanwhile is not redone
-            missing = [(index, key) for key, index in keys.items() if key not in self.store]
-            if missing:
-                report["extracted"] = self._extract(wavs, missing, what)
-        report["stored"] = sum(k in self.store for k in keys)
-        return report
+        report = fill_store(self.store, keys, lambda missing: self._extract(wavs, missing, what), what, "utterances")
+        return {"utterances": len(wavs), **report}
 
     def _extract(
         self,
         wavs: Sequence[Tensor | np.ndarray],
-        missing: list[tuple[int, str]],
+        missing: list[tuple[str, int]],
         what: str,
     ) -> int:
         device = next(iter(self.upstream.parameters()), torch.empty(0)).device
-        lengths = {index: len(wavs[index]) for index, _ in missing}
+        lengths = {index: len(wavs[index]) for _, index in missing}
         with torch.random.fork_rng(devices=[]):
             was_training = self.upstream.training
             self.upstream.eval()
@@ -317,21 +352,13 @@ class CachedUpstream(nn.Module):
                 probe = self._compute([torch.zeros(SAMPLE_RATE, device=device)])[0]
                 per_frame = probe.shape[0] * probe.shape[2] * self.store.dtype.itemsize
                 expected = sum(round(n / self.rate) for n in lengths.values()) * per_frame
-                free = shutil.disk_usage(self.store.directory).free
-                print(
-                    f"[FeatureCache] - {what}: extracting {len(missing)} utterance(s) "
-                    f"({sum(lengths.values()) / SAMPLE_RATE / 3600:.2f} h of audio, {probe.shape[0]} layer(s) x "
-                    f"{probe.shape[2]}, {self.store.dtype.name}): about {_size(expected)} into "
-                    f"{self.store.directory}, {_size(free)} free"
+                hours = sum(lengths.values()) / SAMPLE_RATE / 3600
+                action = (
+                    f"extracting {len(missing)} utterance(s) ({hours:.2f} h of audio, {probe.shape[0]} layer(s) x "
+                    f"{probe.shape[2]}, {self.store.dtype.name})"
                 )
-                if expected > free - self.reserve_bytes:
-                    raise CacheSpaceError(
-                        f"feature cache {self.store.directory}: {what} needs about {_size(expected)}, but "
-                        f"{_size(free)} are free and {_size(self.reserve_bytes)} must stay free: "
-                        "free space, point feature_cache.dir (--feature_cache_dir) elsewhere, or run without the "
-                        "cache (--no_feature_cache)"
-                    )
-                order = sorted(missing, key=lambda item: -lengths[item[0]])
+                check_space(self.store, what, action, expected, self.reserve_bytes)
+                order = sorted(missing, key=lambda item: -lengths[item[1]])
                 batches = [
                     order[i : i + self.extract_batch_size] for i in range(0, len(order), self.extract_batch_size)
                 ]
@@ -347,8 +374,8 @@ class CachedUpstream(nn.Module):
                     ) as progress,
                 ):
                     for batch in batches:
-                        batch_wavs = [torch.as_tensor(wavs[i], dtype=torch.float32, device=device) for i, _ in batch]
-                        for (_, key), features in zip(batch, self._compute(batch_wavs)):
+                        batch_wavs = [torch.as_tensor(wavs[i], dtype=torch.float32, device=device) for _, i in batch]
+                        for (key, _), features in zip(batch, self._compute(batch_wavs)):
                             writer.add(key, features)
                         progress.update(sum(len(w) for w in batch_wavs))
             finally:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from s3prl_ser.data.feature_cache import CacheSpaceError, _size, _version, file_digest, weights_digest
+from s3prl_ser.data.feature_cache import _version, check_space, file_digest, fill_store, weights_digest
 from s3prl_ser.data.feature_store import FeatureStore
 
 __all__ = ["token_key", "text_fingerprint", "CachedTextEncoder"]
@@ -156,17 +155,8 @@ class CachedTextEncoder(nn.Module):
         keys: dict[str, str] = {}
         for text, key in zip(texts, self.keys(texts)):
             keys.setdefault(key, text)
-        self.store.refresh()
-        report = {"texts": len(texts), "stored": sum(k in self.store for k in keys), "extracted": 0}
-        if report["stored"] == len(keys):
-            print(f"[FeatureCache] - {what}: all {len(keys)} transcripts read from {self.store.directory}")
-            return report
-        with self.store.locked():  # one writer; what another wrote meanwhile is not redone
-            missing = [(key, text) for key, text in keys.items() if key not in self.store]
-            if missing:
-                report["extracted"] = self._extract(missing, what)
-        report["stored"] = sum(k in self.store for k in keys)
-        return report
+        report = fill_store(self.store, keys, lambda missing: self._extract(missing, what), what, "transcripts")
+        return {"texts": len(texts), **report}
 
     def _extract(self, missing: list[tuple[str, str]], what: str) -> int:
         with torch.random.fork_rng(devices=[]):
@@ -176,18 +166,8 @@ class CachedTextEncoder(nn.Module):
                 tokens = sum(int(key.rsplit("-", 1)[1]) for key, _ in missing)
                 dim = self._encode("")[0].shape[1]
                 expected = tokens * dim * self.store.dtype.itemsize
-                free = shutil.disk_usage(self.store.directory).free
-                print(
-                    f"[FeatureCache] - {what}: encoding {len(missing)} transcript(s) ({tokens} tokens x {dim}, "
-                    f"{self.store.dtype.name}): about {_size(expected)} into {self.store.directory}, {_size(free)} free"
-                )
-                if expected > free - self.reserve_bytes:
-                    raise CacheSpaceError(
-                        f"feature cache {self.store.directory}: {what} needs about {_size(expected)}, but "
-                        f"{_size(free)} are free and {_size(self.reserve_bytes)} must stay free: free space, point "
-                        "feature_cache.dir (--feature_cache_dir) elsewhere, or run without the cache "
-                        "(--no_feature_cache)"
-                    )
+                action = f"encoding {len(missing)} transcript(s) ({tokens} tokens x {dim}, {self.store.dtype.name})"
+                check_space(self.store, what, action, expected, self.reserve_bytes)
                 with self.store.writer() as writer:
                     for key, text in missing:
                         writer.add(key, self._encode(text))
