@@ -53,6 +53,24 @@ def audio_files(directory: Path, extensions: Sequence[str] = AUDIO_EXTENSIONS) -
     return found
 
 
+def rows_from_names(
+    root: Path, directory: Path, parse: Callable[[Path], Mapping[str, str] | None], speaker: str
+) -> list[dict[str, Any]]:
+    """One manifest row per audio file under ``directory`` named as the corpus names them.
+
+    ``parse`` reads a file name into fields (``emotion`` and the ``speaker`` field), or returns
+    None for a file that is not part of the corpus; the row's id is the file's stem and its path
+    is relative to ``root``.
+    """
+    rows = []
+    for path in audio_files(directory):
+        fields = parse(path)
+        if fields is not None:
+            row = {"id": path.stem, "path": path.relative_to(root).as_posix(), "label": fields["emotion"]}
+            rows.append({**row, "speaker": fields[speaker]})
+    return rows
+
+
 def check_audio(root: Path, rows: list[dict[str, Any]], *, skip_bad: bool = False) -> list[dict[str, Any]]:
     """Check every row's audio header now (not at step 3,000) and fill in missing durations.
 

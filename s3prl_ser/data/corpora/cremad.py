@@ -14,7 +14,13 @@ import os
 import re
 from pathlib import Path
 
-from s3prl_ser.data.corpora.common import PreparationError, audio_files, check_audio, finish, speaker_cv_manifest
+from s3prl_ser.data.corpora.common import (
+    PreparationError,
+    check_audio,
+    finish,
+    rows_from_names,
+    speaker_cv_manifest,
+)
 from s3prl_ser.data.manifest import Manifest
 
 __all__ = ["EMOTIONS", "SENTENCES", "NUM_FOLDS", "parse_name", "prepare"]
@@ -61,16 +67,6 @@ def prepare(
             files out with a warning), or fewer actors than folds.
     """
     root = Path(root)
-    rows = []
-    for path in audio_files(root / "AudioWAV"):
-        fields = parse_name(path)
-        rows.append(
-            {
-                "id": path.stem,
-                "path": path.relative_to(root).as_posix(),
-                "label": fields["emotion"],
-                "speaker": fields["actor"],
-            }
-        )
+    rows = rows_from_names(root, root / "AudioWAV", parse_name, "actor")
     rows = check_audio(root, rows, skip_bad=skip_bad_audio)
     return finish(speaker_cv_manifest("CREMA-D", list(EMOTIONS.values()), rows, num_folds), out)

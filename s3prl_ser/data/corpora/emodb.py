@@ -16,7 +16,13 @@ import os
 import re
 from pathlib import Path
 
-from s3prl_ser.data.corpora.common import PreparationError, audio_files, check_audio, finish, speaker_cv_manifest
+from s3prl_ser.data.corpora.common import (
+    PreparationError,
+    check_audio,
+    finish,
+    rows_from_names,
+    speaker_cv_manifest,
+)
 from s3prl_ser.data.manifest import Manifest
 
 __all__ = ["EMOTIONS", "NUM_FOLDS", "parse_name", "prepare"]
@@ -57,17 +63,7 @@ def prepare(
             named), or fewer speakers than folds.
     """
     root = Path(root)
-    rows = []
-    for path in audio_files(root / "wav"):
-        fields = parse_name(path)
-        rows.append(
-            {
-                "id": path.stem,
-                "path": path.relative_to(root).as_posix(),
-                "label": fields["emotion"],
-                "speaker": fields["speaker"],
-            }
-        )
+    rows = rows_from_names(root, root / "wav", parse_name, "speaker")
     rows = check_audio(root, rows, skip_bad=skip_bad_audio)
     protocol = f"{num_folds} speaker-independent folds (EmoBox's fold count)"
     return finish(speaker_cv_manifest("EmoDB", list(EMOTIONS.values()), rows, num_folds, protocol), out)

@@ -19,7 +19,13 @@ import os
 import re
 from pathlib import Path
 
-from s3prl_ser.data.corpora.common import PreparationError, audio_files, check_audio, finish, speaker_cv_manifest
+from s3prl_ser.data.corpora.common import (
+    PreparationError,
+    check_audio,
+    finish,
+    rows_from_names,
+    speaker_cv_manifest,
+)
 from s3prl_ser.data.manifest import Manifest
 
 __all__ = ["EMOTIONS", "NUM_FOLDS", "parse_name", "prepare"]
@@ -68,19 +74,7 @@ def prepare(
             actors than folds.
     """
     root = Path(root)
-    rows = []
-    for path in audio_files(root):
-        fields = parse_name(path)
-        if fields is None:
-            continue
-        rows.append(
-            {
-                "id": path.stem,
-                "path": path.relative_to(root).as_posix(),
-                "label": fields["emotion"],
-                "speaker": fields["actor"],
-            }
-        )
+    rows = rows_from_names(root, root, parse_name, "actor")
     if not rows:
         raise PreparationError(f"{root}: no RAVDESS speech file (03-01-*.wav)")
     rows = check_audio(root, rows, skip_bad=skip_bad_audio)
