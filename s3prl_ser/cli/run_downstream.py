@@ -26,7 +26,6 @@ import subprocess
 import sys
 from argparse import Namespace
 from contextlib import AbstractContextManager, ExitStack, nullcontext
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -57,6 +56,7 @@ from s3prl_ser.training.run_identity import (
 )
 from s3prl_ser.training.run_lock import leader_lock
 from s3prl_ser.training.states import StatesFiles, seed_everything
+from s3prl_ser.versions import installed_versions
 
 if TYPE_CHECKING:  # the runner imports s3prl's; loaded only when a run starts
     from s3prl_ser.training.runner import SERRunner
@@ -318,12 +318,7 @@ def _git_commit() -> str | None:
 
 def environment_record() -> dict:
     """Versions of the code and packages that produced a run."""
-    packages = {}
-    for name in ("s3prl-ser", "s3prl", "torch", "torchaudio", "numpy", "soundfile", "tensorboardX"):
-        try:
-            packages[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            packages[name] = None
+    packages = installed_versions(("s3prl-ser", "s3prl", "torch", "torchaudio", "numpy", "soundfile", "tensorboardX"))
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -32,7 +32,6 @@ import os
 import platform
 import shutil
 from collections.abc import Callable, Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ from tqdm import tqdm
 
 from s3prl_ser.data.audio import SAMPLE_RATE
 from s3prl_ser.data.feature_store import FeatureStore
+from s3prl_ser.versions import installed_version
 
 __all__ = [
     "CACHE_FORMAT",
@@ -172,13 +172,6 @@ def weights_digest(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def namespace(upstream: str, fingerprint: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """The namespace directory name and spec of an upstream configuration.
 
@@ -205,7 +198,7 @@ def namespace(upstream: str, fingerprint: Mapping[str, Any]) -> tuple[str, dict[
         "code": {
             "cache_format": CACHE_FORMAT,
             "s3prl_ser": s3prl_ser.__version__,
-            "s3prl": _version("s3prl"),
+            "s3prl": installed_version("s3prl"),
             "torch": torch.__version__,
             "python": platform.python_version(),
         },

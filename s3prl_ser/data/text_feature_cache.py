@@ -32,8 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from s3prl_ser.data.feature_cache import _version, check_space, file_digest, fill_store, weights_digest
+from s3prl_ser.data.feature_cache import check_space, file_digest, fill_store, weights_digest
 from s3prl_ser.data.feature_store import FeatureStore
+from s3prl_ser.versions import installed_version
 
 __all__ = ["token_key", "text_fingerprint", "CachedTextEncoder"]
 
@@ -70,7 +71,7 @@ def text_fingerprint(encoder: nn.Module, directory: str | os.PathLike, dtype: st
         "max_length": getattr(encoder, "max_length", None),
         "dtype": dtype,
         "device": str(device).split(":")[0],
-        "transformers": _version("transformers"),
+        "transformers": installed_version("transformers"),
     }
 
 

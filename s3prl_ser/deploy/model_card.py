@@ -9,10 +9,11 @@ that it has no held-out score, gives its schedule, and holds no WA/UA at all.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from importlib import metadata
 from typing import Any
 
 import yaml
+
+from s3prl_ser.versions import installed_versions
 
 __all__ = ["FoldRecord", "render_card", "package_versions"]
 
@@ -25,13 +26,7 @@ _PACKAGES = ("s3prl-ser", "s3prl", "torch", "torchaudio", "numpy", "soundfile", 
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages a model directory depends on."""
-    versions: dict[str, str | None] = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return installed_versions(_PACKAGES)
 
 
 def _percent(value: float | None) -> str:
