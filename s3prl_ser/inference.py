@@ -3,12 +3,13 @@
     from s3prl_ser.inference import EmotionRecognizer
     recognizer = EmotionRecognizer.from_pretrained("MODEL_DIR")  # or a run's fold directory / checkpoint
     recognizer.predict("speech.flac")            # any sample rate / channel count
-    # Prediction(label='ang', probabilities={'neu': 0.1, 'hap': 0.05, 'ang': 0.8, 'sad': 0.05})
+    # Prediction(label='ang', probabilities={'neu': 0.1, 'hap': 0.05, 'ang': 0.8, 'sad': 0.05}, silence=False)
     recognizer.predict_files(["DIR/", "list.txt"])   # rows: label, probabilities, duration, status
     recognizer.predict_long("meeting.wav")           # 8 s windows, 4 s hop, and a summary
 
 ``from_pretrained`` takes a self-contained model directory (``python -m s3prl_ser.export``,
-loaded offline, every weight file's sha256 checked), a run's fold directory (its
+loaded offline: ``config.json`` checked against ``config.sha256``, every weight file against
+its sha256, and only upstreams that build without a download accepted), a run's fold directory (its
 ``final.json``) or a runner checkpoint. A recognizer holds one or several members (an
 ensemble of fold models: their class probabilities are averaged); members trained on the same
 upstream share it, and it runs once per batch.
@@ -32,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.data.audio import SAMPLE_RATE, prepare_waveform
+from s3prl_ser.data.audio import SAMPLE_RATE, is_silent, prepare_waveform
 from s3prl_ser.data.folds import resolve_fold
 from s3prl_ser.hub.multi_upstream import MultiFeaturizer, build_featurizer
 from s3prl_ser.models.fusion import EmotionClassifier
@@ -45,6 +46,9 @@ __all__ = ["Prediction", "RecognizerMember", "EmotionRecognizer", "resolve_check
 class Prediction:
     """The most probable class and every class's probability (in the model's class order).
 
+    ``silence``: the audio's RMS level is below :data:`~s3prl_ser.data.audio.SILENCE_DBFS`;
+    the model still picks a class, often confidently, but there is no emotion to read.
+
     Example:
         >>> Prediction("ang", {"neu": 0.2, "ang": 0.8}).label
         'ang'
@@ -52,6 +56,7 @@ class Prediction:
 
     label: str
     probabilities: dict[str, float]
+    silence: bool = False
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -107,10 +112,13 @@ class RecognizerMember(nn.Module):
         self.classifier = classifier
         self.upstream_index = upstream_index
 
-    def forward(self, wavs: list[Tensor], upstream_output: Any) -> Tensor:
+    def features(self, wavs: list[Tensor], upstream_output: Any) -> list[list[Tensor]]:
+        """B waveforms and the upstream's output for them -> S streams of B ``(T_b, D_s)`` features."""
         features = self.featurizer(wavs, upstream_output)
-        streams = features if isinstance(self.featurizer, MultiFeaturizer) else [features]
-        return self.classifier(streams)
+        return features if isinstance(self.featurizer, MultiFeaturizer) else [features]
+
+    def forward(self, wavs: list[Tensor], upstream_output: Any) -> Tensor:
+        return self.classifier(self.features(wavs, upstream_output))
 
 
 class EmotionRecognizer(nn.Module):
@@ -233,10 +241,12 @@ class EmotionRecognizer(nn.Module):
         """Load a model directory written by ``python -m s3prl_ser.export``: no network, no run files.
 
         Raises:
-            ModelDirError: missing or modified files (sha256), or weights that do not fit the config.
+            ModelDirError: missing or modified files (sha256), weights that do not fit the config,
+                or an upstream entry that is not rebuilt offline (refused before any is built).
         """
         from s3prl_ser.deploy.model_dir import ModelDirError, read_model_dir
         from s3prl_ser.deploy.upstream_spec import build_upstreams_offline
+        from s3prl_ser.hub.exportable import UnsupportedUpstreamError
         from s3prl_ser.hub.registry import register
 
         register()
@@ -259,6 +269,8 @@ class EmotionRecognizer(nn.Module):
                         )
                 classifier = EmotionClassifier(**member["classifier"]).to(device)
                 members.append(RecognizerMember(featurizer, classifier, member["upstream"]))
+        except UnsupportedUpstreamError as error:
+            raise ModelDirError(f"{Path(path) / 'config.json'}: {error}") from error
         except (KeyError, TypeError) as error:
             raise ModelDirError(f"{Path(path) / 'config.json'}: malformed ({type(error).__name__}: {error})") from error
         recognizer = cls(upstreams, members, config["class_names"], config.get("min_samples", 400), config)
@@ -352,30 +364,53 @@ class EmotionRecognizer(nn.Module):
 
     @torch.no_grad()
     def probabilities(self, wavs: Sequence[Tensor]) -> Tensor:
-        """B mono 16 kHz waveforms ``(T_b,)`` -> class probabilities ``(B, C)``, averaged over members."""
+        """B mono 16 kHz waveforms ``(T_b,)`` -> class probabilities ``(B, C)``, averaged over members.
+
+        An utterance gets the probabilities it gets alone, whatever its batch-mates (to float
+        rounding, ~1e-7): the upstreams run once per group of equal-length waveforms (a long
+        file's windows form one), never on a padded batch, and each classifier, which masks
+        padding, on the whole batch. A padded batch would change the features of its shorter
+        utterances: HuBERT and wav2vec 2.0 Base's GroupNorm feature encoder normalises over the
+        padding, HuBERT's frame mask lets attention see frames computed from padding, and s3prl's
+        Featurizer keeps ``round(samples / rate)`` frames, up to 2 more than the upstream computes
+        for the utterance alone (zeros for fbank). ``tests/test_batch_independence.py`` measures
+        4e-4 (fbank) to 1e-2 (tiny HuBERT) that way, and checks the grouped path within 1e-5.
+        """
         wavs = [w.to(self.device) for w in wavs]
-        outputs = [upstream(wavs) for upstream in self.upstreams]
-        total = sum(member(wavs, outputs[member.upstream_index]).softmax(dim=-1) for member in self.members)
+        groups: dict[int, list[int]] = {}
+        for index, wav in enumerate(wavs):
+            groups.setdefault(wav.shape[0], []).append(index)
+        order = [index for indices in groups.values() for index in indices]
+        # parts[m]: member m's S streams for each group, utterances in `order`
+        parts: list[list[list[list[Tensor]]]] = [[] for _ in self.members]
+        for indices in groups.values():
+            group = [wavs[i] for i in indices]
+            outputs = [upstream(group) for upstream in self.upstreams]
+            for member, member_parts in zip(self.members, parts):
+                member_parts.append(member.features(group, outputs[member.upstream_index]))
+        total = 0
+        for member, member_parts in zip(self.members, parts):
+            streams = [[frames for group in member_parts for frames in group[s]] for s in range(len(member_parts[0]))]
+            total = total + member.classifier(streams).softmax(dim=-1)
+        inverse = torch.argsort(torch.tensor(order, device=self.device))
+        total = total[inverse]
         return (total / len(self.members)).cpu()
 
-    def to_prediction(self, probabilities: Tensor) -> Prediction:
-        """``(C,)`` probabilities -> :class:`Prediction`."""
+    def to_prediction(self, probabilities: Tensor, silence: bool = False) -> Prediction:
+        """``(C,)`` probabilities (and whether the audio was silence) -> :class:`Prediction`."""
         return Prediction(
             self.class_names[int(probabilities.argmax())],
             {c: float(v) for c, v in zip(self.class_names, probabilities)},
+            silence,
         )
 
     def predict_batch(
         self, audios: Sequence[str | os.PathLike | np.ndarray | Tensor], sample_rate: int | None = None
     ) -> list[Prediction]:
-        """Predict several files or waveforms in one batch.
-
-        Results do not depend on batching, up to one upstream quirk: s3prl's Featurizer counts
-        ``round(samples / 160)`` fbank frames where kaldi's fbank has ``1 + (samples - 400) // 160``,
-        so a clip batched with longer ones gets up to 2 zero frames (probabilities move ~1e-4).
-        """
+        """Predict several files or waveforms in one batch; each gets what it gets alone
+        (see :meth:`probabilities`)."""
         wavs = [self.waveform(a, sample_rate) for a in audios]
-        return [self.to_prediction(p) for p in self.probabilities(wavs)]
+        return [self.to_prediction(p, is_silent(w)) for w, p in zip(wavs, self.probabilities(wavs))]
 
     def predict(self, audio: str | os.PathLike | np.ndarray | Tensor, sample_rate: int | None = None) -> Prediction:
         """Predict one file path or waveform (then ``sample_rate`` is required)."""
