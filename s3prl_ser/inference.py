@@ -3,13 +3,12 @@
     from s3prl_ser.inference import EmotionRecognizer
     recognizer = EmotionRecognizer.from_pretrained("MODEL_DIR")  # or a run's fold directory / checkpoint
     recognizer.predict("speech.flac")            # any sample rate / channel count
-    # Prediction(label='ang', probabilities={'neu': 0.1, 'hap': 0.05, 'ang': 0.8, 'sad': 0.05}, silence=False)
+    # Prediction(label='ang', probabilities={'neu': 0.1, 'hap': 0.05, 'ang': 0.8, 'sad': 0.05})
     recognizer.predict_files(["DIR/", "list.txt"])   # rows: label, probabilities, duration, status
     recognizer.predict_long("meeting.wav")           # 8 s windows, 4 s hop, and a summary
 
 ``from_pretrained`` takes a self-contained model directory (``python -m s3prl_ser.export``,
-loaded offline: ``config.json`` checked against ``config.sha256``, every weight file against
-its sha256, and only upstreams that build without a download accepted), a run's fold directory (its
+loaded offline, every weight file's sha256 checked), a run's fold directory (its
 ``final.json``) or a runner checkpoint. A recognizer holds one or several members (an
 ensemble of fold models: their class probabilities are averaged); members trained on the same
 upstream share it, and it runs once per batch.
@@ -33,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.data.audio import SAMPLE_RATE, is_silent, prepare_waveform
+from s3prl_ser.data.audio import SAMPLE_RATE, prepare_waveform
 from s3prl_ser.data.folds import resolve_fold
 from s3prl_ser.hub.multi_upstream import MultiFeaturizer, build_featurizer
 from s3prl_ser.models.fusion import EmotionClassifier
@@ -46,9 +45,6 @@ __all__ = ["Prediction", "RecognizerMember", "EmotionRecognizer", "resolve_check
 class Prediction:
     """The most probable class and every class's probability (in the model's class order).
 
-    ``silence``: the audio's RMS level is below :data:`~s3prl_ser.data.audio.SILENCE_DBFS`;
-    the model still picks a class, often confidently, but there is no emotion to read.
-
     Example:
         >>> Prediction("ang", {"neu": 0.2, "ang": 0.8}).label
         'ang'
@@ -56,7 +52,6 @@ class Prediction:
 
     label: str
     probabilities: dict[str, float]
-    silence: bool = False
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -241,12 +236,10 @@ class EmotionRecognizer(nn.Module):
         """Load a model directory written by ``python -m s3prl_ser.export``: no network, no run files.
 
         Raises:
-            ModelDirError: missing or modified files (sha256), weights that do not fit the config,
-                or an upstream entry that is not rebuilt offline (refused before any is built).
+            ModelDirError: missing or modified files (sha256), or weights that do not fit the config.
         """
         from s3prl_ser.deploy.model_dir import ModelDirError, read_model_dir
         from s3prl_ser.deploy.upstream_spec import build_upstreams_offline
-        from s3prl_ser.hub.exportable import UnsupportedUpstreamError
         from s3prl_ser.hub.registry import register
 
         register()
@@ -269,8 +262,6 @@ class EmotionRecognizer(nn.Module):
                         )
                 classifier = EmotionClassifier(**member["classifier"]).to(device)
                 members.append(RecognizerMember(featurizer, classifier, member["upstream"]))
-        except UnsupportedUpstreamError as error:
-            raise ModelDirError(f"{Path(path) / 'config.json'}: {error}") from error
         except (KeyError, TypeError) as error:
             raise ModelDirError(f"{Path(path) / 'config.json'}: malformed ({type(error).__name__}: {error})") from error
         recognizer = cls(upstreams, members, config["class_names"], config.get("min_samples", 400), config)
@@ -396,12 +387,11 @@ class EmotionRecognizer(nn.Module):
         total = total[inverse]
         return (total / len(self.members)).cpu()
 
-    def to_prediction(self, probabilities: Tensor, silence: bool = False) -> Prediction:
-        """``(C,)`` probabilities (and whether the audio was silence) -> :class:`Prediction`."""
+    def to_prediction(self, probabilities: Tensor) -> Prediction:
+        """``(C,)`` probabilities -> :class:`Prediction`."""
         return Prediction(
             self.class_names[int(probabilities.argmax())],
             {c: float(v) for c, v in zip(self.class_names, probabilities)},
-            silence,
         )
 
     def predict_batch(
@@ -410,7 +400,7 @@ class EmotionRecognizer(nn.Module):
         """Predict several files or waveforms in one batch; each gets what it gets alone
         (see :meth:`probabilities`)."""
         wavs = [self.waveform(a, sample_rate) for a in audios]
-        return [self.to_prediction(p, is_silent(w)) for w, p in zip(wavs, self.probabilities(wavs))]
+        return [self.to_prediction(p) for p in self.probabilities(wavs)]
 
     def predict(self, audio: str | os.PathLike | np.ndarray | Tensor, sample_rate: int | None = None) -> Prediction:
         """Predict one file path or waveform (then ``sample_rate`` is required)."""
