@@ -1,4 +1,5 @@
-"""ONNX export: onnxruntime against PyTorch on variable-length padded batches.
+"""ONNX export: onnxruntime against PyTorch on variable-length padded batches (PyTorch's
+probabilities are each clip's alone, see tests/test_batch_independence.py, so the graph's are too).
 
 Tolerance: 1e-5 absolute on class probabilities (float32 graphs; measured differences ~1e-7).
 """
@@ -76,7 +77,7 @@ def test_fbank_exports_the_downstream_with_the_reason(mini_corpus, mini_meta, tm
     with torch.no_grad():
         hidden = recognizer.upstreams[0](wavs)["hidden_states"]  # what the caller computes: (L, B, T, D)
     stacked = torch.stack(list(hidden)) if isinstance(hidden, (list, tuple)) else hidden.unsqueeze(0)
-    frames = np.array([round(n / 160) for n in lens], dtype=np.int64)
+    frames = np.array([1 + (n - 400) // 160 for n in lens], dtype=np.int64)  # kaldi's count for each clip alone
     (onnx_probs,) = session.run(None, {"hidden_states": stacked.numpy(), "frame_lengths": frames})
     assert np.isfinite(onnx_probs).all()
     np.testing.assert_allclose(onnx_probs, recognizer.probabilities(wavs).numpy(), atol=TOLERANCE, rtol=0)

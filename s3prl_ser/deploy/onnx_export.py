@@ -6,14 +6,18 @@ recorded in ``config.json``'s ``onnx``):
 * ``full`` -- upstream + featurizer + aggregator + classifier. Inputs ``wavs`` ``(B, S)``
   float32 at 16 kHz, zero-padded, and ``lengths`` ``(B,)`` int64 samples; output
   ``probabilities`` ``(B, C)``. For HuBERT upstreams (s3prl's ``hubert``/``hubert_local``/
-  ``hubert_ft_avg`` expert): the fairseq-style model runs on the padded batch with its padding
-  mask, as s3prl's expert runs it, and the hidden states come from the expert's own hooks.
+  ``hubert_ft_avg`` expert): the fairseq-style model runs on the padded batch, the hidden
+  states come from the expert's own hooks, and each clip gets what it gets alone (padding
+  kept out of the GroupNorm statistics and the frame mask: :meth:`FullGraph._hidden_states`).
 * ``downstream`` -- featurizer + aggregator + classifier. Inputs ``hidden_states``
   ``(L, B, T, D)``: the upstream's L hidden states, zero-padded, and ``frame_lengths``
   ``(B,)`` int64; output ``probabilities``. Used when the upstream has no padded-batch graph
   (s3prl's ``fbank`` & co. compute ``torchaudio.compliance.kaldi`` features one utterance at a
   time in Python; s3prl's wav2vec 2.0 expert has normalisation and masking options not traced
-  here); the caller computes the upstream's hidden states itself.
+  here); the caller computes the upstream's hidden states itself. A clip gets what it gets
+  alone when its hidden states are computed alone (or with clips of its length) and
+  ``frame_lengths`` holds its own frame count (fbank: ``1 + (samples - 400) // 160``, not
+  s3prl's ``round(samples / 160)``).
 
 Fused models (several upstreams) are refused. An ensemble whose members share one upstream
 exports as one graph averaging their probabilities. Export uses ``torch.onnx.export``'s
@@ -114,7 +118,7 @@ class DownstreamGraph(nn.Module):
         >>> recognizer = EmotionRecognizer([fbank], [RecognizerMember(featurizer, head)], ["calm", "angry"])
         >>> wavs = [torch.randn(16000), torch.randn(8000)]
         >>> hidden = fbank(wavs)["hidden_states"][0].unsqueeze(0)  # (L=1, B, T, D)
-        >>> frames = torch.tensor([100, 50])  # round(samples / 160)
+        >>> frames = torch.tensor([98, 48])  # each clip's own frames: 1 + (samples - 400) // 160
         >>> torch.allclose(DownstreamGraph(recognizer)(hidden, frames), recognizer.probabilities(wavs), atol=1e-6)
         True
     """
@@ -156,8 +160,17 @@ class FullGraph(nn.Module):
         self.reads = [member.upstream_index for member in recognizer.members]
 
     @staticmethod
-    def _hidden_states(expert: nn.Module, wavs: Tensor, lengths: Tensor) -> list[Tensor]:
-        """What s3prl's expert computes for the unpadded waveforms, on the padded batch."""
+    def _hidden_states(expert: nn.Module, wavs: Tensor, lengths: Tensor) -> tuple[list[Tensor], Tensor]:
+        """What s3prl's expert computes for each waveform alone, on the padded batch.
+
+        ``wavs`` ``(B, S)``, ``lengths`` ``(B,)`` -> L hidden states ``(B, T, D)`` and each
+        waveform's frame count ``(B,)``. ``HubertModel.forward``'s feature path, with two
+        changes that keep padding out of valid frames: the feature encoder's GroupNorm (Base's
+        ``default`` mode) takes its statistics over each waveform's own frames, not over the
+        padding too, and the frame mask counts the frames the convolutions compute from valid
+        samples alone (HuBERT's ``forward_padding_mask`` marks a frame valid when any sample of
+        its 320 is, so attention would see frames computed from padding)."""
+        model = expert.model
         steps = torch.arange(wavs.shape[1], device=wavs.device).unsqueeze(0)
         padding = steps >= lengths.unsqueeze(1)  # (B, S), True at padding
         wavs = wavs.masked_fill(padding, 0.0)
@@ -166,19 +179,47 @@ class FullGraph(nn.Module):
             mean = wavs.sum(dim=1, keepdim=True) / count
             var = ((wavs - mean).masked_fill(padding, 0.0) ** 2).sum(dim=1, keepdim=True) / count
             wavs = ((wavs - mean) / torch.sqrt(var + 1e-5)).masked_fill(padding, 0.0)
+        x, frames = wavs.unsqueeze(1), lengths  # (B, 1, S), (B,)
+        for block in model.feature_extractor.conv_layers:
+            conv = block[0]
+            x = conv(x)
+            frames = torch.div(frames - conv.kernel_size[0], conv.stride[0], rounding_mode="floor") + 1
+            for module in block[1:]:
+                x = _masked_group_norm(module, x, frames) if isinstance(module, nn.GroupNorm) else module(x)
+        features = model.layer_norm(x.transpose(1, 2))  # (B, T, C)
+        if model.post_extract_proj is not None:
+            features = model.post_extract_proj(features)
+        frame_padding = torch.arange(features.shape[1], device=wavs.device).unsqueeze(0) >= frames.unsqueeze(1)
         expert._hook_hiddens.clear()
-        expert.model.extract_features(wavs, padding_mask=padding, mask=None)
+        model.encoder(model.dropout_input(features), padding_mask=frame_padding, layer=None)
         hiddens = expert.hook_postprocess(expert._hook_hiddens.copy())
         expert._hook_hiddens.clear()
-        return [hidden for _, hidden in hiddens]
+        return [hidden for _, hidden in hiddens], frames
 
     def forward(self, wavs: Tensor, lengths: Tensor) -> Tensor:
         states = [self._hidden_states(expert, wavs, lengths) for expert in self.upstreams]
         probabilities = []
         for head, read in zip(self.heads, self.reads):
-            frames = torch.round(lengths.to(torch.float32) / head.rate).to(torch.int64)
-            probabilities.append(head(states[read], frames))
+            hidden, frames = states[read]
+            probabilities.append(head(hidden, frames))
         return torch.stack(probabilities).mean(dim=0)
+
+
+def _masked_group_norm(norm: nn.GroupNorm, x: Tensor, frames: Tensor) -> Tensor:
+    """``norm`` (fairseq's ``Fp32GroupNorm``: float32 inside) over the first ``frames[b]`` frames
+    of each ``x[b]``: ``(B, C, T)``, ``(B,)`` -> ``(B, C, T)``; later frames are normalised with
+    the same statistics (and never read by a valid frame)."""
+    batch, channels, steps = x.shape
+    groups = norm.num_groups
+    valid = (torch.arange(steps, device=x.device).unsqueeze(0) < frames.unsqueeze(1)).view(batch, 1, 1, steps)
+    grouped = x.float().view(batch, groups, channels // groups, steps)
+    count = (frames * (channels // groups)).view(batch, 1, 1, 1).to(torch.float32)
+    mean = grouped.masked_fill(~valid, 0.0).sum(dim=(2, 3), keepdim=True) / count
+    var = ((grouped - mean).masked_fill(~valid, 0.0) ** 2).sum(dim=(2, 3), keepdim=True) / count
+    out = ((grouped - mean) / torch.sqrt(var + norm.eps)).view(batch, channels, steps)
+    if norm.affine:
+        out = out * norm.weight.float().view(1, channels, 1) + norm.bias.float().view(1, channels, 1)
+    return out.type_as(x)
 
 
 def _masked_fill(tensor: Tensor, indices: Tensor, value: Any) -> Tensor:
