@@ -65,3 +65,29 @@ def test_bad_fold_name_is_an_error(tmp_path):
         cross_validate_main(["-p", str(tmp_path), "--folds", "fold0", "-u", "fbank", "-d", "emotion_ecapa"])
     with pytest.raises(SystemExit, match="sets each fold itself; drop -v"):
         cross_validate_main(["-p", str(tmp_path), "-u", "fbank", "-d", "emotion_ecapa", "-v", "fold2"])
+
+
+def test_fold_lookup_in_a_fresh_process_reads_the_task_defaults(mini_meta, tmp_path):
+    """The folds come from the meta data before anything registered the project's tasks: the
+    README's command (no --folds) once stopped with "no config.yaml for downstream task", and
+    with -c with "unknown config key ... datarc.root" (the -c file read without the defaults)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    meta = tmp_path / "meta"
+    for session in ("Session2", "Session4"):  # two folds: not IEMOCAP's five, which is the fallback
+        shutil.copytree(mini_meta / session, meta / session)
+    opts = f"config.downstream_expert.datarc.root=/corpus,,config.downstream_expert.datarc.meta_data={meta}"
+    code = (  # a fresh interpreter: nothing has called s3prl_ser.hub.registry.register()
+        "from s3prl_ser.cli.cross_validate import corpus_folds\n"
+        "run_args = ['-u', 'fbank', '-d', 'emotion_ecapa']\n"
+        f"print(corpus_folds(run_args, {opts!r}))\n"
+        f"print(corpus_folds(run_args + ['-c', 'downstream/emotion_ecapa/config_builtin.yaml'], {opts!r}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-2:] == ["['fold2', 'fold4']"] * 2

@@ -32,11 +32,13 @@ def register() -> None:
 def default_config(task: str) -> Path:
     """``downstream/<task>/config.yaml``, from this project or, for stock tasks, from s3prl.
 
-    The s3prl wheel ships no task configs, so a stock task without one is an error.
+    The s3prl wheel ships no task configs, so a stock task without one is an error. The
+    project's directory is searched whether or not :func:`register` ran yet, so reading a
+    task's defaults (e.g. to find a corpus's folds) never depends on what ran before it.
     """
     import s3prl.downstream
 
-    for directory in map(Path, s3prl.downstream.__path__):
+    for directory in dict.fromkeys([*map(Path, s3prl.downstream.__path__), DOWNSTREAM_DIR]):
         candidate = directory / task / "config.yaml"
         if candidate.is_file():
             return candidate
