@@ -184,6 +184,92 @@ def test_emobox_fold_files_are_read_as_is(tmp_path):
         load_fold_data(datarc(tmp_path, corpus), "fold1")
 
 
+def test_a_fold_whose_splits_share_audio_is_refused(tmp_path):
+    """For every source, by utterance key and by the file a path resolves to."""
+    for i in range(8):
+        write_audio(tmp_path / "w" / f"u{i}.wav", seed=i)
+    # EmoBox lists whose train and test share two keys
+    corpus = tmp_path / "EmoBox" / "toy"
+    (corpus / "fold_1").mkdir(parents=True)
+    lists = {"train": range(6), "valid": [7], "test": [4, 5, 6]}
+    for split, numbers in lists.items():
+        lines = [json.dumps({"key": f"u{i}", "wav": f"w/u{i}.wav", "emo": "ab"[i % 2]}) for i in numbers]
+        (corpus / "fold_1" / f"toy_{split}_fold_1.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        ValueError,
+        match=r"fold1: train \(.*toy#fold1/train\) and test \(.*toy#fold1/test\) share 2 utterance\(s\), "
+        r"e.g. w/u4.wav; w/u5.wav",
+    ):
+        load_fold_data(datarc(tmp_path, corpus), "fold1", read_audio=False)
+    # s3prl meta data with one path in train and test (train or the dev carved from it)
+    session = tmp_path / "s3prl" / "Session1"
+    session.mkdir(parents=True)
+    for split, numbers in (("train", range(6)), ("test", [5, 6])):
+        items = [{"path": f"w/u{i}.wav", "label": "ab"[i % 2], "speaker": "x"} for i in numbers]
+        (session / f"{split}_meta_data.json").write_text(json.dumps({"labels": {"a": 0, "b": 1}, "meta_data": items}))
+    with pytest.raises(
+        ValueError,
+        match=r"Session1/train_meta_data.json.*\) and test \(.*Session1/test_meta_data.json\) share 1 "
+        r"utterance\(s\), e.g. w/u5.wav",
+    ):
+        load_fold_data(datarc(tmp_path, tmp_path / "s3prl"), "fold1", read_audio=False)
+    # a manifest naming one file under two ids: by the same path, then through a symbolic link
+    (tmp_path / "link").symlink_to(tmp_path / "w")
+    rows = [{"id": f"u{i}", "path": f"w/u{i}.wav", "label": "ab"[i % 2], "speaker": f"s{i}"} for i in range(6)]
+    for test_path, expected in (("w/u0.wav", "e.g. w/u0.wav:"), ("link/u0.wav", "e.g. w/u0.wav = link/u0.wav:")):
+        again = {"id": "again", "path": test_path, "label": "a", "speaker": "s9"}
+        fold = ManifestFold(("u0", "u1", "u2", "u3"), ("again",), ("u4", "u5"))
+        Manifest("toy", ["a", "b"], rows + [again], {"fold1": fold}).write(tmp_path / "meta")
+        with pytest.raises(
+            ValueError, match=r"manifest.json#fold1/train\) and test .* share 1 utterance\(s\), " + expected
+        ):
+            load_fold_data(datarc(tmp_path, tmp_path / "meta"), "fold1", read_audio=False)
+    fold = ManifestFold(("u0", "u1", "u2", "u3"), ("u4",), ("u5",))  # the same corpus, disjoint: accepted
+    Manifest("toy", ["a", "b"], rows, {"fold1": fold}).write(tmp_path / "meta")
+    assert len(load_fold_data(datarc(tmp_path, tmp_path / "meta"), "fold1", read_audio=False).test) == 1
+
+
+def test_speakers_in_train_and_test_are_named_in_a_warning(tmp_path, caplog):
+    """A table's fold column that puts every speaker on both sides: accepted, with a warning."""
+    lines = ["file,emotion,actor,fold"]
+    for i in range(6):
+        write_audio(tmp_path / f"u{i}.wav", seed=i)
+        lines.append(f"u{i}.wav,{'ab'[i % 2]},p{i % 2},{i // 3 + 1}")
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    columns = {"path": "file", "label": "emotion", "speaker": "actor"}
+    table.prepare(tmp_path / "list.csv", tmp_path, tmp_path / "meta", columns=columns, fold_column="fold")
+    with caplog.at_level("WARNING", logger="s3prl_ser.data.fold_data"):
+        load_fold_data(datarc(tmp_path, tmp_path / "meta"), "fold2", read_audio=False)
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and "fold2: 2 of the 2 test speakers (" in record.getMessage()
+    assert "are also in train or dev (" in record.getMessage() and ": p0, p1; this fold's scores are not" in (
+        record.getMessage()
+    )
+    caplog.clear()
+    toy_manifest(tmp_path / "toy").write(tmp_path / "toy_meta")  # speaker-independent: no word
+    with caplog.at_level("WARNING", logger="s3prl_ser.data.fold_data"):
+        load_fold_data(datarc(tmp_path / "toy", tmp_path / "toy_meta"), "fold1", read_audio=False)
+    assert not caplog.records
+
+
+def test_table_paths_outside_the_root_are_refused_when_prepared(tmp_path):
+    from s3prl_ser.cli.prepare_corpus import main as prepare_main
+
+    write_audio(tmp_path / "elsewhere" / "u0.wav")
+    write_audio(tmp_path / "root" / "u1.wav", seed=1)
+    (tmp_path / "list.csv").write_text("file,emotion,actor\nu1.wav,joy,p1\n../elsewhere/u0.wav,anger,p0\n")
+    argv = ["table", str(tmp_path / "root"), str(tmp_path / "meta"), "--table", str(tmp_path / "list.csv")]
+    argv += ["--columns", "path=file,label=emotion,speaker=actor", "--num-folds", "2"]
+    with pytest.raises(
+        SystemExit,
+        match=r"^error: .*list.csv:3: path '../elsewhere/u0.wav' is outside the corpus root .*--allow-outside",
+    ):
+        prepare_main(argv)
+    assert not (tmp_path / "meta").exists()
+    prepare_main(argv + ["--allow-outside-root"])
+    assert [row["path"] for row in read_manifest(tmp_path / "meta").utterances] == ["u1.wav", "../elsewhere/u0.wav"]
+
+
 def test_segments_channels_and_formats(tmp_path):
     long = write_audio(tmp_path / "talk.flac", seconds=2.0, rate=8000, channels=2)
     stereo = soundfile.read(str(long))[0]

@@ -65,6 +65,7 @@ def prepare_corpus(corpus: str, root: Path, out: Path, args: argparse.Namespace)
             fold_column=args.fold_column,
             num_folds=args.num_folds or 5,
             skip_bad_audio=args.skip_bad_audio,
+            allow_outside_root=args.allow_outside_root,
         )
     else:
         manifest = module.prepare(root, out, **options)
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", help="table: the corpus's name (default: the listing's file name)")
     parser.add_argument("--split-column", help="table: a column of train/dev/test (one official fold)")
     parser.add_argument("--fold-column", help="table: a column holding each row's test fold number")
+    parser.add_argument(
+        "--allow-outside-root", action="store_true", help="table: accept absolute paths and paths .. leads out of ROOT"
+    )
     args = parser.parse_args(argv)
     with exit_on_error(), warnings.catch_warnings():
         warnings.simplefilter("always")

@@ -35,6 +35,7 @@ __all__ = [
     "apply_label_rules",
     "EmotionDataset",
     "utterance_key",
+    "outside_root",
     "collate",
 ]
 
@@ -61,9 +62,14 @@ class MetaData:
         return [name for name, _ in sorted(self.labels.items(), key=lambda kv: kv[1])]
 
 
-def _outside_root(path: str) -> bool:
+def outside_root(path: str) -> bool:
     """Whether a meta-data path leaves the corpus root: absolute, or ``..`` leads out of it
-    (judged on the text, so a corpus of symbolic links stays inside)."""
+    (judged on the text, so a corpus of symbolic links stays inside).
+
+    Example:
+        >>> outside_root("a/../b.wav"), outside_root("a/../../b.wav"), outside_root("/data/b.wav")
+        (False, True, True)
+    """
     normal = os.path.normpath(path)
     return os.path.isabs(normal) or normal == os.pardir or normal.startswith(os.pardir + os.sep)
 
@@ -79,7 +85,7 @@ def _check_items(
             raise ValueError(f'{where} is not an object {{"path": ..., "label": ...}}: {item!r}')
         if not isinstance(item.get("path"), str) or not item["path"]:
             raise ValueError(f"{where} has no 'path' (the audio file, relative to the corpus root): {item!r}")
-        if not allow_outside_root and _outside_root(item["path"]):
+        if not allow_outside_root and outside_root(item["path"]):
             raise ValueError(
                 f"{where}: path {item['path']!r} is outside the corpus root{f' {root}' if root else ''} "
                 "(absolute, or .. leads out of it); if that is intended, set the datarc key allow_outside_root: true"

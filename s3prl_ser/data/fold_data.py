@@ -14,6 +14,8 @@ than ``datarc.max_eval_seconds`` are refused when the fold is loaded.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,9 @@ from s3prl_ser.data.sampler import GlobalBatchSampler, epoch_seed
 __all__ = ["SPLITS", "FoldData", "load_fold_data", "RandomCrop", "train_loader", "eval_loader"]
 
 SPLITS = ("superb", "speaker")
+_SHOWN = 5  # shared utterances named in an overlap error
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,12 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
         where: the section's name in error messages.
         read_audio: ``False`` serves empty waveforms (text models need only utterance names).
 
+    Train, dev and test must not share an utterance: neither a key
+    (:func:`~s3prl_ser.data.emotion_dataset.utterance_key`) nor the audio it reads once paths
+    are resolved (symbolic links, ``..``: the same file under two names or ids). Speakers in
+    both the test set and train or dev, where the lists record speakers, are logged as a
+    warning naming them: the fold's scores are then not speaker-independent.
+
     With ``read_audio``, the header of every audio file of the fold (train, dev and test) is
     checked now (:func:`~s3prl_ser.data.audio.audio_file_problem`), so a bad file stops the run
     before training rather than when its split is first read. Audio is read lazily, or all at
@@ -86,8 +97,9 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
             non-boolean ``allow_outside_root``.
         FileNotFoundError: meta data or audio files are missing (named in the message).
         AudioError: audio files that cannot be used (the first few named, with the cause).
-        ValueError: malformed meta data (file and item named), or the train and test meta data
-            define different labels.
+        ValueError: malformed meta data (file and item named), the train and test meta data
+            define different labels, or two splits share an utterance (the lists and the
+            utterances named).
     """
     root = Path(require(datarc, "root", where, f"pass -o config.{where}.root=CORPUS_ROOT"))
     meta_dir = Path(require(datarc, "meta_data", where, f"pass -o config.{where}.meta_data=META_DIR"))
@@ -132,6 +144,14 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
         rule = {"rule": split, "dev_speakers": sorted({speakers[i] for i in dev_idx})}
     if lists.dev is None:
         dev_items = [items[i] for i in dev_idx]
+    dev_source = lists.dev.path if lists.dev is not None else f"{train_meta.path} ({rule['rule']} rule)"
+    named = {
+        "train": (str(train_meta.path), [items[i] for i in train_idx]),
+        "dev": (str(dev_source), dev_items),
+        "test": (str(test_meta.path), test_meta.items),
+    }
+    _check_disjoint(root, fold, named)
+    _warn_shared_speakers(fold, named, lists.kind)
     if read_audio:
         # Training clips are cropped to max_seconds (train_loader); dev (decided from here on)
         # and test clips are scored whole, so longer ones are refused up front.
@@ -167,6 +187,62 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
         split=rule["rule"],
         protocol=protocol,
     )
+
+
+def _check_disjoint(root: Path, fold: str, splits: Mapping[str, tuple[str, list[dict]]]) -> None:
+    """Raise a ValueError naming both lists and the first few utterances when two of ``splits``
+    (``name -> (source, items)``) share an utterance key, or the same audio (file, segment and
+    channel) once ``root / path`` is resolved with :func:`os.path.realpath`."""
+
+    def resolved(item: dict) -> str:
+        return utterance_key({**item, "path": os.path.realpath(root / item["path"])})
+
+    keyed = {name: {utterance_key(item): item for item in items} for name, (_, items) in splits.items()}
+    real = {name: {resolved(item): item["path"] for item in items} for name, (_, items) in splits.items()}
+    for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
+        shared = sorted(set(keyed[a]) & set(keyed[b]))
+        same_file = sorted(
+            f"{real[a][key]} = {real[b][key]}" for key in set(real[a]) & set(real[b]) if real[a][key] != real[b][key]
+        )
+        if shared or same_file:
+            examples = (shared + same_file)[:_SHOWN]
+            raise ValueError(
+                f"{fold}: {a} ({splits[a][0]}) and {b} ({splits[b][0]}) share {len(shared) + len(same_file)} "
+                f"utterance(s), e.g. {'; '.join(examples)}: an utterance tested or selected on must not be "
+                "trained on (the same key, or the same audio file under two names)"
+            )
+
+
+def _warn_shared_speakers(fold: str, splits: Mapping[str, tuple[str, list[dict]]], kind: str) -> None:
+    """Log a warning naming the speakers of the test set who are also in train or dev; speakers
+    are the items' ``speaker`` field, or for s3prl's IEMOCAP meta data the utterance's own
+    (:func:`~s3prl_ser.data.folds.utterance_speaker`); unknown speakers are not compared."""
+
+    def speakers(items: list[dict]) -> set[str]:
+        found = set()
+        for item in items:
+            if kind == "s3prl":  # s3prl's speaker field is the dialog owner, not the speaker
+                try:
+                    found.add(utterance_speaker(item["path"]))
+                except ValueError:
+                    continue
+            elif item.get("speaker"):
+                found.add(str(item["speaker"]))
+        return found
+
+    tested = speakers(splits["test"][1])
+    shared = sorted(tested & (speakers(splits["train"][1]) | speakers(splits["dev"][1])))
+    if shared:
+        logger.warning(
+            "%s: %d of the %d test speakers (%s) are also in train or dev (%s): %s; this fold's scores are "
+            "not speaker-independent",
+            fold,
+            len(shared),
+            len(tested),
+            splits["test"][0],
+            splits["train"][0],
+            ", ".join(shared),
+        )
 
 
 def _seconds(datarc: Mapping[str, Any], key: str, where: str) -> float | None:

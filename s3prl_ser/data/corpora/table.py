@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from s3prl_ser.data.corpora.common import PreparationError, check_audio, finish, official_manifest, speaker_cv_manifest
+from s3prl_ser.data.emotion_dataset import outside_root
 from s3prl_ser.data.manifest import OPTIONAL_FIELDS, Manifest, ManifestFold
 
 __all__ = ["SPLIT_NAMES", "read_table", "prepare"]
@@ -66,7 +67,7 @@ def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     raise PreparationError(f"{path}: expected a .csv or .jsonl file")
 
 
-def _row(record: Mapping[str, Any], columns: Mapping[str, str], where: str) -> dict[str, Any]:
+def _row(record: Mapping[str, Any], columns: Mapping[str, str], where: str, allow_outside_root: bool) -> dict[str, Any]:
     row: dict[str, Any] = {}
     for field in ("path", "label", "speaker", "id", *OPTIONAL_FIELDS):
         column = columns.get(field, field)
@@ -81,6 +82,11 @@ def _row(record: Mapping[str, Any], columns: Mapping[str, str], where: str) -> d
             except ValueError as error:
                 raise PreparationError(f"{where}: {field} (column {column!r}) is not a number: {value!r}") from error
         row[field] = value if field in _NUMBERS else str(value)
+    if not allow_outside_root and outside_root(row["path"]):
+        raise PreparationError(
+            f"{where}: path {row['path']!r} is outside the corpus root (absolute, or .. leads out of it); if that "
+            "is intended, pass --allow-outside-root here and set the datarc key allow_outside_root: true for training"
+        )
     if "speaker" not in row:
         if "speaker" in columns:
             raise PreparationError(f"{where}: no speaker (column {columns['speaker']!r})")
@@ -101,12 +107,15 @@ def prepare(
     fold_column: str | None = None,
     num_folds: int = 5,
     skip_bad_audio: bool = False,
+    allow_outside_root: bool = False,
 ) -> Manifest:
-    """Write ``out/manifest.json`` for the utterances listed in ``table`` (paths relative to ``root``).
+    """Write ``out/manifest.json`` for the utterances listed in ``table`` (paths relative to
+    ``root``; ``allow_outside_root`` accepts absolute ones and ones that ``..`` leads out of it,
+    which training then accepts only with ``datarc.allow_outside_root``).
 
     Raises:
-        PreparationError: naming the file and row: a missing required value, a duplicate id,
-            an unknown split name, or unreadable audio.
+        PreparationError: naming the file and row: a missing required value, a path outside
+            the root, a duplicate id, an unknown split name, or unreadable audio.
     """
     table, root, columns = Path(table), Path(root), dict(columns or {})
     if split_column and fold_column:
@@ -117,7 +126,7 @@ def prepare(
     rows, roles, seen = [], {}, set()
     for number, record in enumerate(records, start=2 if table.suffix.lower() == ".csv" else 1):
         where = f"{table}:{number}"
-        row = _row(record, columns, where)
+        row = _row(record, columns, where, allow_outside_root)
         if row["id"] in seen:
             raise PreparationError(f"{where}: duplicate utterance id {row['id']!r} (map an id column)")
         seen.add(row["id"])
