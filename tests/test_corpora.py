@@ -17,6 +17,7 @@ from s3prl_ser.cli.prepare_corpus import main as prepare_main
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.corpora import cremad, emodb, esd, msp_podcast, ravdess
 from s3prl_ser.data.corpora.common import PreparationError
+from s3prl_ser.data.folds import GENDER_RULE
 from s3prl_ser.data.manifest import read_manifest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,9 +65,10 @@ def test_ravdess(tmp_path):
     assert manifest.corpus == "RAVDESS" and manifest.labels == ["neu", "hap", "ang"]
     assert len(manifest.utterances) == 18  # the song file is not there
     assert list(manifest.folds) == [f"fold{k}" for k in range(1, 7)]
-    for k in range(1, 7):  # 6 actors in 6 folds: fold k tests actor k
+    # 6 actors in 6 folds, dealt by gender: the even (female) actors, then the odd (male) ones
+    for k, actor in enumerate(["02", "04", "06", "01", "03", "05"], start=1):
         fold = manifest.folds[f"fold{k}"]
-        assert {row["speaker"] for row in manifest.rows(fold.test)} == {f"{k:02d}"}
+        assert {row["speaker"] for row in manifest.rows(fold.test)} == {actor}
         assert counts(manifest, fold.test) == {"neu": 1, "hap": 1, "ang": 1}
         assert counts(manifest, fold.train) == {"neu": 5, "hap": 5, "ang": 5} and fold.dev is None
     assert manifest.rows(["03-01-05-01-01-01-02"])[0] == {
@@ -74,12 +76,15 @@ def test_ravdess(tmp_path):
         "path": "Actor_02/03-01-05-01-01-01-02.wav",
         "label": "ang",
         "speaker": "02",
+        "gender": "female",
         "duration": 0.3,
     }
     results = train_one_fold(root, meta, tmp_path / "exp")
     assert results["corpus"] == {"name": "RAVDESS", "num_folds": 6, "official_test": None}
     assert results["folds"]["fold1"]["num_utterances"] == 3
-    assert "RAVDESS: 1 of 6 fold(s)" in (tmp_path / "exp" / "results.md").read_text()
+    md = (tmp_path / "exp" / "results.md").read_text()
+    assert "RAVDESS: 1 of 6 fold(s); one fold run, so its std is undefined (n/a)." in md
+    assert results["ua"]["std"] is None and "± n/a" in md and "± 0.00" not in md
     checkpoint = safe_torch_load(tmp_path / "exp" / "fold1" / "dev-avg.ckpt")
     assert checkpoint["FoldProtocol"]["corpus_name"] == "RAVDESS"
     assert checkpoint["FoldProtocol"]["class_names"] == checkpoint["ClassNames"] == ["neu", "hap", "ang"]
@@ -98,6 +103,26 @@ def test_ravdess_names_the_bad_file(tmp_path):
         ravdess.prepare(root, tmp_path / "meta")
     with pytest.warns(UserWarning, match="03-01-01-01-01-01-04.wav"):
         assert len(ravdess.prepare(root, tmp_path / "meta", skip_bad_audio=True).utterances) == 17
+
+
+def test_speaker_folds_balance_gender(tmp_path, capsys):
+    """Sorted ids dealt round-robin made every RAVDESS test fold one gender (odd actors are male)
+    and 4 of 5 EmoDB folds; dealt by gender, each fold tests 2 + 2 actors and 1 + 1 speakers."""
+    for actor in range(1, 25):
+        write_audio(tmp_path / "RAVDESS" / f"Actor_{actor:02d}" / f"03-01-01-01-01-01-{actor:02d}.wav", seconds=0.05)
+    for speaker in emodb.GENDERS:
+        write_audio(tmp_path / "emodb" / "wav" / f"{speaker}a01Fa.wav", seconds=0.05)
+    for corpus, folds, per_gender in (("ravdess", 6, 2), ("emodb", 5, 1)):
+        prepare_main([corpus, str(tmp_path / corpus.replace("ravdess", "RAVDESS")), str(tmp_path / f"{corpus}_meta")])
+        table = capsys.readouterr().out
+        manifest = read_manifest(tmp_path / f"{corpus}_meta")
+        assert GENDER_RULE in manifest.protocol and GENDER_RULE in table
+        for k in range(1, folds + 1):
+            fold = manifest.folds[f"fold{k}"]
+            tested = {(row["speaker"], row["gender"]) for row in manifest.rows(fold.test)}
+            assert sorted(g for _, g in tested) == ["female"] * per_gender + ["male"] * per_gender, (corpus, k)
+            assert not {s for s, _ in tested} & {row["speaker"] for row in manifest.rows(fold.train)}
+            assert f"fold{k}   female {per_gender}, male {per_gender}" in table
 
 
 # CREMA-D: AudioWAV/<actor>_<sentence>_<emotion>_<level>.wav, 5 actors x 2 clips.
@@ -126,6 +151,23 @@ def test_cremad(tmp_path, capsys):
         cremad.prepare(root, tmp_path / "meta2")
 
 
+def test_cremad_deals_by_the_release_demographics(tmp_path):
+    root = make_cremad(tmp_path / "CREMA-D")
+    sexes = {1001: "Male", 1002: "Female", 1003: "Male", 1004: "Male", 1005: "Female"}
+    rows = [f"{actor},30,{sex},Caucasian,Not Hispanic" for actor, sex in sexes.items()]
+    (root / "VideoDemographics.csv").write_text("ActorID,Age,Sex,Race,Ethnicity\n" + "\n".join(rows) + "\n")
+    manifest = cremad.prepare(root, tmp_path / "meta", num_folds=2)
+    # female 1002, 1005, then male 1001, 1003, 1004, dealt round-robin (sorted ids: 1001, 1003, 1005 | 1002, 1004)
+    assert [{r["speaker"] for r in manifest.rows(f.test)} for f in manifest.folds.values()] == [
+        {"1002", "1001", "1004"},
+        {"1005", "1003"},
+    ]
+    assert manifest.rows(["1002_DFA_ANG_XX"])[0]["gender"] == "female"
+    (root / "VideoDemographics.csv").write_text("ActorID,Age,Sex\n1001,30,Male\n1002,41\n")
+    with pytest.raises(PreparationError, match=r"VideoDemographics.csv:3: a short row"):
+        cremad.prepare(root, tmp_path / "meta2")
+
+
 # EmoDB: wav/<speaker><text><emotion letter><version>.wav, 6 speakers x 2 clips.
 def make_emodb(root: Path) -> Path:
     for speaker in ("03", "08", "09", "10", "11", "12"):
@@ -138,8 +180,8 @@ def test_emodb(tmp_path):
     root, meta = make_emodb(tmp_path / "emodb"), tmp_path / "meta"
     manifest = emodb.prepare(root, meta)
     assert manifest.labels == ["hap", "ang"]
-    # sorted speakers dealt round-robin into 5 folds: 03 and 12 share fold1
-    expected = {"fold1": {"03", "12"}, "fold2": {"08"}, "fold3": {"09"}, "fold4": {"10"}, "fold5": {"11"}}
+    # dealt by gender into 5 folds: female 08, 09, then male 03, 10, 11, 12 (12 joins 08 in fold1)
+    expected = {"fold1": {"08", "12"}, "fold2": {"09"}, "fold3": {"03"}, "fold4": {"10"}, "fold5": {"11"}}
     for name, speakers in expected.items():
         fold = manifest.folds[name]
         assert {row["speaker"] for row in manifest.rows(fold.test)} == speakers
@@ -168,7 +210,7 @@ def test_emodb_both_stages_and_inference(tmp_path, tiny_upstreams):
     record = json.loads((ft_dir / "fold2" / "upstream.json").read_text())["protocol"]
     assert record["corpus_name"] == "EmoDB" and record["class_names"] == ["hap", "ang"] and record["num_folds"] == 5
     results = train_one_fold(root, meta, tmp_path / "exp", "fold2", ("-u", "hubert_ft_avg", "-k", str(ft_dir)))
-    assert results["folds"]["fold2"]["num_utterances"] == 2  # speaker 08's two clips
+    assert results["folds"]["fold2"]["num_utterances"] == 2  # speaker 09's two clips
     recognizer = EmotionRecognizer.from_pretrained(tmp_path / "exp" / "fold2")
     assert recognizer.predict(root / "wav" / "08a01Fa.wav").label in ("hap", "ang")
 
@@ -256,6 +298,12 @@ def test_msp_podcast(tmp_path):
     results = train_one_fold(root, meta, tmp_path / "exp")
     assert results["corpus"] == {"name": "MSP-Podcast", "num_folds": 1, "official_test": "Test1"}
     assert results["folds"]["fold1"]["num_utterances"] == 3
+    labels = root / "Labels" / "labels_consensus.csv"
+    good = labels.read_text()
+    labels.write_text(good + "MSP-PODCAST_0007_0001.wav,N\n")  # a row cut short: line 15
+    with pytest.raises(SystemExit, match=r"^error: .*labels_consensus.csv:15: a short row, without SpkrID, Split_Set$"):
+        prepare_main(["msp_podcast", str(root), str(tmp_path / "t5")])
+    labels.write_text(good)
     (root / "Audios" / "MSP-PODCAST_0005_0003.wav").unlink()
     with pytest.raises(
         PreparationError, match=r"labels_consensus.csv:13: audio file .*MSP-PODCAST_0005_0003.wav not found"

@@ -11,13 +11,13 @@ leaderboard, which uses the former.
 Other corpora (:mod:`s3prl_ser.data.manifest`) list their folds explicitly; where a fold has no
 dev list, :func:`speaker_holdout_split` holds out whole speakers taken from the manifest's
 ``speaker`` field, and :func:`speaker_folds` deals a corpus's speakers into speaker-independent
-folds for corpora without an official split.
+folds for corpora without an official split, balancing gender where the corpus records it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import PurePath
 
 import torch
@@ -36,6 +36,8 @@ __all__ = [
     "speaker_disjoint_split",
     "speaker_holdout_split",
     "speaker_folds",
+    "GENDER_RULE",
+    "SORTED_RULE",
 ]
 
 FOLDS = ("fold1", "fold2", "fold3", "fold4", "fold5")
@@ -45,6 +47,9 @@ FOLDS = ("fold1", "fold2", "fold3", "fold4", "fold5")
 DEPLOY_FOLD = "deploy"
 SUPERB_SPLIT_SEED = 0  # s3prl's emotion expert: torch.manual_seed(0) before random_split
 _FOLD = re.compile(r"^fold([1-9][0-9]*)$")
+# How :func:`speaker_folds` dealt a corpus's speakers: the text its manifest's protocol records.
+GENDER_RULE = "speakers ordered by gender, then id, and dealt round-robin: each gender spread evenly over the folds"
+SORTED_RULE = "sorted speakers dealt round-robin (genders not recorded)"
 # e.g. Ses01F_impro01_M000, Ses03M_script02_1_F012
 _UTTERANCE = re.compile(r"^Ses(\d\d)[FM]_.*_([FM])\d+$")
 
@@ -216,10 +221,21 @@ def speaker_holdout_split(
     return train, dev
 
 
-def speaker_folds(speakers: Iterable[str], num_folds: int) -> list[list[str]]:
-    """Speaker-independent folds: the sorted speakers dealt round-robin, so fold k tests on
-    speakers k, k + K, k + 2K, ... (EmoBox's fold counts; its published assignment can be read
-    as is with :func:`s3prl_ser.data.corpora.emobox.read_emobox`).
+def speaker_folds(speakers: Iterable[str], num_folds: int, genders: Mapping[str, str] | None = None) -> list[list[str]]:
+    """Speaker-independent folds, dealt so that each test fold is as gender-balanced as the
+    speakers allow (:data:`GENDER_RULE`).
+
+    The speakers are ordered by gender (the gender names in sorted order, speakers of unknown
+    gender last), by id within a gender, and dealt round-robin: the k-th speaker of that order
+    goes to fold ``k mod K``. Each gender's block then lands in consecutive folds, so every
+    fold holds ``floor`` or ``ceil`` of ``n_g / K`` speakers of each gender ``g`` and fold
+    sizes differ by at most one speaker. Without genders this is the sorted speakers dealt
+    round-robin (fold k tests speakers k, k + K, ...).
+
+    Args:
+        speakers: every utterance's speaker (repeats allowed).
+        num_folds: K.
+        genders: speaker -> gender, where the corpus records it.
 
     Raises:
         ValueError: fewer speakers than folds.
@@ -227,8 +243,11 @@ def speaker_folds(speakers: Iterable[str], num_folds: int) -> list[list[str]]:
     Example:
         >>> speaker_folds(["04", "01", "03", "02", "05"], 2)
         [['01', '03', '05'], ['02', '04']]
+        >>> speaker_folds(["1", "2", "3", "4"], 2, {"1": "m", "3": "m", "2": "f", "4": "f"})
+        [['2', '1'], ['4', '3']]
     """
-    ordered = sorted(set(speakers))
+    known = genders or {}
+    ordered = sorted(set(speakers), key=lambda s: (s not in known, known.get(s, ""), s))
     if num_folds < 1 or len(ordered) < num_folds:
         raise ValueError(f"cannot make {num_folds} speaker-independent folds from {len(ordered)} speaker(s)")
     return [ordered[k::num_folds] for k in range(num_folds)]

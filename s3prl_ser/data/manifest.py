@@ -10,7 +10,7 @@ A prepared corpus is a directory ``META_DIR`` holding ``manifest.json``::
       "labels": ["neu", "hap", "sad", "ang"],     # class order: class id i is labels[i]
       "utterances": [                             # one row per utterance
         {"id": "03-01-01-01-01-01-01", "path": "Actor_01/03-01-01-01-01-01-01.wav",
-         "label": "neu", "speaker": "01",
+         "label": "neu", "speaker": "01", "gender": "male",
          "duration": 3.2, "transcript": "...", "channel": 1, "start": 0.0, "end": 3.2}
       ],
       "folds": {"fold1": {"train": ["id", ...], "test": ["id", ...], "dev": ["id", ...]}}
@@ -18,9 +18,11 @@ A prepared corpus is a directory ``META_DIR`` holding ``manifest.json``::
 
 ``id``, ``path`` (relative to the corpus root), ``label`` and ``speaker`` are required
 (``speaker`` may be ``null`` when the corpus does not say; the ``speaker`` dev rule then
-refuses it); ``duration`` (seconds), ``transcript``, ``channel`` (1-based channel of a
-multi-channel file; absent: channels are averaged) and ``start``/``end`` (seconds: a segment of
-a long recording, cut at load time) are optional. Folds are named ``fold1`` .. ``foldN``; one
+refuses it); ``gender`` (the speaker's, where the corpus records it: speaker-independent folds
+are then dealt gender-balanced, :func:`~s3prl_ser.data.folds.speaker_folds`), ``duration``
+(seconds), ``transcript``, ``channel`` (1-based channel of a multi-channel file; absent:
+channels are averaged) and ``start``/``end`` (seconds: a segment of a long recording, cut at
+load time) are optional. Folds are named ``fold1`` .. ``foldN``; one
 fold is an official split. A fold without ``dev`` gets one by the ``datarc.split`` rule
 (:mod:`s3prl_ser.data.folds`); a fold with ``dev`` never uses a rule.
 
@@ -55,7 +57,7 @@ __all__ = [
 MANIFEST_NAME = "manifest.json"
 FORMAT = "s3prl_ser.manifest/1"
 REQUIRED_FIELDS = ("id", "path", "label", "speaker")
-OPTIONAL_FIELDS = ("duration", "transcript", "channel", "start", "end")
+OPTIONAL_FIELDS = ("gender", "duration", "transcript", "channel", "start", "end")
 _FOLD = re.compile(r"^fold[1-9][0-9]*$")
 
 
@@ -234,7 +236,8 @@ class Manifest:
         return path
 
     def count_table(self) -> str:
-        """Utterances per class for each fold's train, dev (when listed) and test lists."""
+        """Utterances per class for each fold's train, dev (when listed) and test lists; where
+        rows record genders, then each fold's test speakers per gender."""
         width = max(7, *(len(label) + 2 for label in self.labels))
         header = f"{'fold':<8}{'split':<7}" + "".join(f"{label:>{width}}" for label in self.labels) + f"{'total':>8}"
         lines = [f"{self.corpus}: {self.protocol or f'{len(self.folds)} fold(s)'}", header, "-" * len(header)]
@@ -250,6 +253,12 @@ class Manifest:
         lines.append(
             f"{'all':<15}" + "".join(f"{everything[c]:>{width}}" for c in self.labels) + f"{len(self.utterances):>8}"
         )
+        if any(row.get("gender") for row in self.utterances):
+            lines.append("test speakers per gender:")
+            for name, fold in self.folds.items():
+                speakers = {(row.get("gender") or "unknown", row["speaker"]) for row in self.rows(fold.test)}
+                genders = Counter(gender for gender, _ in speakers)
+                lines.append(f"{name:<8}" + ", ".join(f"{g} {n}" for g, n in sorted(genders.items())))
         return "\n".join(lines)
 
 
@@ -275,6 +284,9 @@ def _check_row(row: Any, index: int, labels: list[str], seen: set[str], source: 
             raise ValueError(f"{where} ({row['path']}): {name} must be a number of seconds >= 0, got {value!r}")
     if end is not None and end <= (start or 0):
         raise ValueError(f"{where} ({row['path']}): segment end {end} is not after its start {start or 0}")
+    gender = row.get("gender")
+    if gender is not None and (not isinstance(gender, str) or not gender):
+        raise ValueError(f"{where} ({row['path']}): gender must be a non-empty string or null, got {gender!r}")
     channel = row.get("channel")
     if channel is not None and (isinstance(channel, bool) or not isinstance(channel, int) or channel < 1):
         raise ValueError(f"{where} ({row['path']}): channel must be a 1-based channel number, got {channel!r}")

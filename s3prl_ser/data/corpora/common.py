@@ -18,7 +18,7 @@ from typing import Any
 import soundfile
 
 from s3prl_ser.data.audio import audio_file_problem
-from s3prl_ser.data.folds import speaker_folds
+from s3prl_ser.data.folds import GENDER_RULE, SORTED_RULE, speaker_folds
 from s3prl_ser.data.manifest import Manifest, ManifestFold
 
 __all__ = [
@@ -58,16 +58,17 @@ def rows_from_names(
 ) -> list[dict[str, Any]]:
     """One manifest row per audio file under ``directory`` named as the corpus names them.
 
-    ``parse`` reads a file name into fields (``emotion`` and the ``speaker`` field), or returns
-    None for a file that is not part of the corpus; the row's id is the file's stem and its path
-    is relative to ``root``.
+    ``parse`` reads a file name into fields (``emotion``, the ``speaker`` field and, where the
+    corpus records it, ``gender``), or returns None for a file that is not part of the corpus;
+    the row's id is the file's stem and its path is relative to ``root``.
     """
     rows = []
     for path in audio_files(directory):
         fields = parse(path)
         if fields is not None:
             row = {"id": path.stem, "path": path.relative_to(root).as_posix(), "label": fields["emotion"]}
-            rows.append({**row, "speaker": fields[speaker]})
+            gender = {"gender": fields["gender"]} if fields.get("gender") else {}
+            rows.append({**row, "speaker": fields[speaker], **gender})
     return rows
 
 
@@ -118,12 +119,23 @@ def speaker_cv_manifest(
 ) -> Manifest:
     """Speaker-independent folds (:func:`~s3prl_ser.data.folds.speaker_folds`): fold k tests on
     its speakers and trains on all others; no fold lists dev (the ``split`` rule carves it).
+    Where rows record the speaker's ``gender``, the folds balance it; the protocol text names
+    the rule that dealt the speakers (:data:`~s3prl_ser.data.folds.GENDER_RULE` or
+    :data:`~s3prl_ser.data.folds.SORTED_RULE`).
 
     Raises:
-        PreparationError: fewer speakers than folds.
+        PreparationError: fewer speakers than folds, or one speaker with two genders.
     """
+    genders: dict[str, str] = {}
+    for row in rows:
+        if row.get("gender"):
+            if genders.setdefault(row["speaker"], row["gender"]) != row["gender"]:
+                raise PreparationError(
+                    f"{corpus}: speaker {row['speaker']} is {genders[row['speaker']]!r} in one row and "
+                    f"{row['gender']!r} in {row['path']}"
+                )
     try:
-        groups = speaker_folds((row["speaker"] for row in rows), num_folds)
+        groups = speaker_folds((row["speaker"] for row in rows), num_folds, genders)
     except ValueError as error:
         raise PreparationError(f"{corpus}: {error}") from error
     folds = {}
@@ -133,7 +145,8 @@ def speaker_cv_manifest(
             tuple(row["id"] for row in rows if row["speaker"] not in held),
             tuple(row["id"] for row in rows if row["speaker"] in held),
         )
-    text = protocol or f"{num_folds} speaker-independent folds"
+    rule = GENDER_RULE if genders else SORTED_RULE
+    text = f"{protocol or f'{num_folds} speaker-independent folds'}; {rule}"
     return Manifest(corpus, _labels_in_use(labels, rows), rows, folds, protocol=text)
 
 

@@ -8,6 +8,12 @@ Protocol: ESD's own lists: its ``train`` folders train, ``evaluation`` is dev an
 the official test set (one fold). Copies without the split folders
 (``0011/Angry/0011_000351.wav``) are split by the same rule the release uses: of each
 emotion's 350 utterances the first 20 are evaluation, the next 30 test, the rest train.
+
+That split is speaker-dependent: every speaker is in train, dev and test, so loading it warns
+about the speakers shared between train and test.
+EmoBox's ESD folds are speaker-independent (5 folds, each testing all utterances of 4 of the
+20 speakers), so numbers on this split do not compare with EmoBox's ESD numbers; to compare,
+read EmoBox's lists as they are.
 """
 
 from __future__ import annotations
@@ -101,6 +107,6 @@ def prepare(
         rows,
         lambda row: split_of[row["id"]],
         "test",
-        "official split (train / evaluation / test)",
+        "official split (train / evaluation / test), speaker-dependent: every speaker in all three",
     )
     return finish(manifest, out)

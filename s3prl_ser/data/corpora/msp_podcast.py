@@ -35,8 +35,8 @@ def prepare(
     """Write ``out/manifest.json`` from ``root/Labels/labels_consensus.csv``.
 
     Raises:
-        PreparationError: no label file, a missing column, an unknown ``EmoClass`` (file and
-            line named), a test set the file does not have, or unreadable or missing audio.
+        PreparationError: no label file, a missing column, a short row or an unknown
+            ``EmoClass`` (file and line named), a test set the file does not have, or unreadable or missing audio.
     """
     root = Path(root)
     labels_csv = root / "Labels" / "labels_consensus.csv"
@@ -51,6 +51,9 @@ def prepare(
         if missing:
             raise PreparationError(f"{labels_csv}: lacks the column(s) {', '.join(missing)}")
         for number, record in enumerate(reader, start=2):
+            short = [c for c in COLUMNS if record[c] is None]  # csv leaves the fields a row lacks None
+            if short:
+                raise PreparationError(f"{labels_csv}:{number}: a short row, without {', '.join(short)}")
             code, name, split = record["EmoClass"].strip(), record["FileName"].strip(), record["Split_Set"].strip()
             sets.add(split)
             if code in LEFT_OUT:

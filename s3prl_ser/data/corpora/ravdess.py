@@ -6,11 +6,13 @@ the archive's own top folder may stay). A file name is seven two-digit fields: m
 (``03`` audio-only), vocal channel (``01`` speech, ``02`` song), emotion (``01`` neutral,
 ``02`` calm, ``03`` happy, ``04`` sad, ``05`` angry, ``06`` fearful, ``07`` disgust, ``08``
 surprised), intensity, statement, repetition, actor. Emotion and speaker come from these
-fields; song and video files are left out.
+fields; song and video files are left out. Odd-numbered actors are male, even-numbered female
+(the corpus's documentation); each row records its actor's gender.
 
 Protocol: RAVDESS has no official split; the default is EmoBox's 6 speaker-independent folds
-of 4 actors (:func:`~s3prl_ser.data.folds.speaker_folds`; EmoBox's own assignment can be read
-as is from its ``data/ravdess`` lists).
+of 4 actors, dealt by gender (:func:`~s3prl_ser.data.folds.speaker_folds`): every test fold
+holds 2 male and 2 female actors. EmoBox's own assignment can be read as is from its
+``data/ravdess`` lists.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ _NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")
 
 
 def parse_name(path: Path) -> dict[str, str] | None:
-    """``{"emotion", "actor"}`` of a speech file's name, or None for song and video files.
+    """``{"emotion", "actor", "gender"}`` of a speech file's name, or None for song and video files.
 
     Raises:
         PreparationError: naming the file, for a name that is not seven two-digit fields, an
@@ -44,7 +46,7 @@ def parse_name(path: Path) -> dict[str, str] | None:
 
     Example:
         >>> parse_name(Path("Actor_12/03-01-06-01-02-01-12.wav"))
-        {'emotion': 'fea', 'actor': '12'}
+        {'emotion': 'fea', 'actor': '12', 'gender': 'female'}
         >>> parse_name(Path("Actor_12/03-02-06-01-02-01-12.wav")) is None  # song
         True
     """
@@ -61,7 +63,7 @@ def parse_name(path: Path) -> dict[str, str] | None:
     folder = path.parent.name
     if folder.startswith("Actor_") and folder != f"Actor_{actor}":
         raise PreparationError(f"{path}: the actor field {actor} contradicts the folder {folder}")
-    return {"emotion": EMOTIONS[emotion], "actor": actor}
+    return {"emotion": EMOTIONS[emotion], "actor": actor, "gender": "male" if int(actor) % 2 else "female"}
 
 
 def prepare(
