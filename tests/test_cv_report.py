@@ -72,3 +72,17 @@ def test_seeds_combine_the_5_fold_means(tmp_path):
     assert paths["png"].stat().st_size > 0
     with pytest.raises(ValueError, match="seed 1 ran other folds"):
         summarize_seeds({0: runs[0], 1: summarize({"fold1": _fold(["neu"], ["neu"])})})
+
+
+def test_one_fold_has_no_std(tmp_path):
+    """The sample std of one value is undefined: null in JSON, n/a in every report, never 0.00."""
+    summary = summarize({"fold1": _fold(["neu", "hap", "ang", "sad"], ["neu", "hap", "ang", "neu"])})
+    assert summary["wa"] == {"mean": pytest.approx(75.0), "std": None} and summary["macro_f1"]["std"] is None
+    paths = write_report(summary, tmp_path / "one", "one fold")
+    md = paths["md"].read_text()
+    assert "| **mean ± std** | | **75.00 ± n/a** | **75.00 ± n/a** |" in md and "± 0.00" not in md
+    assert "one fold run, so its std is undefined (n/a)" in md
+    assert json.loads(paths["json"].read_text())["ua"]["std"] is None
+    combined = summarize_seeds({0: summary})
+    md = write_seed_report(combined, tmp_path / "seeds", "one seed")["md"].read_text()
+    assert "| **mean ± std over 1 seeds** | **75.00 ± n/a** |" in md

@@ -34,7 +34,7 @@ from s3prl_ser.data.prepare_iemocap import prepare
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR
 from s3prl_ser.toy.builtin_corpus import BuiltinCorpusError, default_corpus_dir, generate_corpus
 from s3prl_ser.toy.tiny_upstream import write_tiny_upstream
-from s3prl_ser.training.cv_report import summarize_seeds, write_seed_report
+from s3prl_ser.training.cv_report import mean_std_text, summarize_seeds, write_seed_report
 
 UPSTREAM_FT_DIR = Path(__file__).resolve().parents[2] / "upstream_ft"
 
@@ -197,10 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         combined = next(iter(summaries.values()))
         spread = f"mean ± std over {len(combined['folds'])} folds"
-    print(
-        f"[demo] - WA {combined['wa']['mean']:.2f} ± {combined['wa']['std']:.2f}, "
-        f"UA {combined['ua']['mean']:.2f} ± {combined['ua']['std']:.2f} ({spread})"
-    )
+    print(f"[demo] - WA {mean_std_text(combined['wa'])}, UA {mean_std_text(combined['ua'])} ({spread})")
     print(f"[demo] - results: {(expdir / 'results.md').resolve()}")
 
 

@@ -40,6 +40,7 @@ from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.config import ConfigError, load_config, read_yaml
 from s3prl_ser.data.emotion_dataset import corpus_folds
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR
+from s3prl_ser.training.cv_report import mean_std_text
 
 __all__ = [
     "Experiment",
@@ -181,7 +182,7 @@ def _mean_std(summary: dict, metric: str) -> str:
     """``mean ± std`` over folds; an official test set's one number has no spread to show."""
     if (summary.get("corpus") or {}).get("official_test"):
         return f"{summary[metric]['mean']:.2f}"
-    return f"{summary[metric]['mean']:.2f} ± {summary[metric]['std']:.2f}"
+    return mean_std_text(summary[metric])
 
 
 def _protocol_note(summaries: dict) -> str:

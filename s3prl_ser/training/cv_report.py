@@ -1,7 +1,7 @@
 """Aggregate per-fold test metrics into a cross-validation report (JSON, Markdown, PNG).
 
 The paper reports the mean over the 5 folds; the standard deviation is the sample std
-(ddof=1) over folds. Other corpora report over their own folds, named with the corpus (each
+(ddof=1) over folds, undefined for one fold (``null`` in JSON, ``n/a`` in the reports). Other corpora report over their own folds, named with the corpus (each
 fold's metrics carry a ``corpus`` record); a corpus evaluated on its official test set (one
 fold) reports that set's numbers, with no std over folds. WA, UA and macro-F1 throughout.
 
@@ -23,13 +23,25 @@ import numpy as np
 
 from s3prl_ser.training.metrics import ClassificationReport
 
-__all__ = ["summarize", "summarize_seeds", "write_report", "write_seed_report", "plot_confusion"]
+__all__ = ["summarize", "summarize_seeds", "write_report", "write_seed_report", "plot_confusion", "mean_std_text"]
 
 
-def _mean_std(values: Sequence[float]) -> dict[str, float]:
+def _mean_std(values: Sequence[float]) -> dict[str, float | None]:
+    """Mean and sample std (ddof=1) of ``values``; the std of one value is undefined: None."""
     array = np.asarray(values, dtype=float)
-    std = float(np.std(array, ddof=1)) if array.size > 1 else 0.0
+    std = float(np.std(array, ddof=1)) if array.size > 1 else None
     return {"mean": float(np.mean(array)), "std": std}
+
+
+def mean_std_text(stats: Mapping[str, float | None]) -> str:
+    """``mean ± std`` of a :func:`summarize` entry, two decimals; ``n/a`` for an undefined std.
+
+    Example:
+        >>> mean_std_text({"mean": 62.5, "std": 17.677}), mean_std_text({"mean": 70.0, "std": None})
+        ('62.50 ± 17.68', '70.00 ± n/a')
+    """
+    std = stats.get("std")
+    return f"{stats['mean']:.2f} ± {'n/a' if std is None else f'{std:.2f}'}"
 
 
 def _nanmean_percent(values: Sequence[float]) -> float:
@@ -102,6 +114,8 @@ def _protocol_line(summary: dict) -> str:
     if official:
         return f"{name or 'Corpus'}: official test set {official} (one split; no std over folds)."
     of = f" of {total}" if total else ""
+    if run == 1:
+        return f"{name + ': ' if name else ''}1{of} fold(s); one fold run, so its std is undefined (n/a)."
     return f"{name + ': ' if name else ''}{run}{of} fold(s); mean ± sample std over the {run} fold(s) run."
 
 
@@ -194,11 +208,10 @@ def write_report(summary: dict, out_dir: str | os.PathLike, title: str) -> dict[
         name = f"{fold} (official test {official})" if official else fold
         lines.append(f"| {name} | {m['num_utterances']} | {m['wa']:.2f} | {m['ua']:.2f} | {_pct(f1)} |")
     if not official:  # one official test set: its numbers are the result, there is nothing to spread
-        f1 = summary.get("macro_f1") or {}
+        f1 = summary.get("macro_f1")  # absent from summaries written before F1 was reported
         lines.append(
-            f"| **mean ± std** | | **{summary['wa']['mean']:.2f} ± {summary['wa']['std']:.2f}** "
-            f"| **{summary['ua']['mean']:.2f} ± {summary['ua']['std']:.2f}** "
-            f"| **{_pct(f1.get('mean'))} ± {_pct(f1.get('std'))}** |"
+            f"| **mean ± std** | | **{mean_std_text(summary['wa'])}** | **{mean_std_text(summary['ua'])}** "
+            f"| **{mean_std_text(f1) if f1 else '-'}** |"
         )
     lines += [
         "",
@@ -245,8 +258,7 @@ def write_seed_report(combined: dict, out_dir: str | os.PathLike, title: str) ->
     lines = [f"# {title}", "", "| seed | WA (%), 5-fold mean | UA (%), 5-fold mean |", "|---|---|---|"]
     lines += [f"| {seed} | {m['wa']:.2f} | {m['ua']:.2f} |" for seed, m in combined["seeds"].items()]
     lines.append(
-        f"| **mean ± std over {n} seeds** | **{combined['wa']['mean']:.2f} ± {combined['wa']['std']:.2f}** "
-        f"| **{combined['ua']['mean']:.2f} ± {combined['ua']['std']:.2f}** |"
+        f"| **mean ± std over {n} seeds** | **{mean_std_text(combined['wa'])}** | **{mean_std_text(combined['ua'])}** |"
     )
     lines += ["", "| fold | WA (%), mean over seeds | UA (%), mean over seeds |", "|---|---|---|"]
     lines += [f"| {fold} | {m['wa']:.2f} | {m['ua']:.2f} |" for fold, m in combined["folds"].items()]
