@@ -56,3 +56,15 @@ def test_errors():
 
 def test_confusion_matrix_counts():
     assert np.array_equal(confusion_matrix([0, 0, 2], [0, 2, 2], 3), [[1, 0, 1], [0, 0, 0], [0, 0, 1]])
+
+
+def test_ua_is_sklearns_balanced_accuracy_over_the_classes_in_the_references():
+    """What the README states: a class absent from the test set's references is left out of UA."""
+    metrics = pytest.importorskip("sklearn.metrics")
+    truth = ["neu", "neu", "ang", "sad", "sad", "sad"]  # no hap reference; hap is predicted once
+    pred = ["neu", "hap", "ang", "ang", "sad", "sad"]
+    with pytest.warns(UserWarning, match="y_pred contains classes not in y_true"):
+        expected = metrics.balanced_accuracy_score(truth, pred)
+    assert (
+        classification_report(truth, pred, LABELS).ua == pytest.approx(expected) == pytest.approx((0.5 + 1 + 2 / 3) / 3)
+    )

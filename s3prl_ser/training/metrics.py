@@ -2,7 +2,8 @@
 
 * WA (weighted accuracy) = overall accuracy = correct / total; SUPERB's "ER acc".
 * UA (unweighted accuracy) = mean over classes of per-class recall. A class with no
-  reference utterances has an undefined recall (NaN) and is left out of the mean.
+  reference utterances has an undefined recall (NaN) and is left out of the mean, so UA is
+  over the classes present in the test set, as scikit-learn's ``balanced_accuracy_score``.
 * Macro-F1 (what EmoBox reports besides WA and UA) = mean over classes of F1 = 2PR / (P + R),
   over the classes present in the references or the predictions; a class's F1 is 0 when it
   has no correct prediction (as scikit-learn's ``f1_score(average="macro")``).
