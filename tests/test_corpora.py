@@ -157,7 +157,7 @@ def test_cremad_deals_by_the_release_demographics(tmp_path):
     rows = [f"{actor},30,{sex},Caucasian,Not Hispanic" for actor, sex in sexes.items()]
     (root / "VideoDemographics.csv").write_text("ActorID,Age,Sex,Race,Ethnicity\n" + "\n".join(rows) + "\n")
     manifest = cremad.prepare(root, tmp_path / "meta", num_folds=2)
-    # female 1002, 1005, then male 1001, 1003, 1004, dealt round-robin (sorted ids: 1001, 1003, 1005 | 1002, 1004)
+    # female 1002, 1005, then male 1001, 1003, 1004, dealt round-robin (by id alone: 1001, 1003, 1005 | 1002, 1004)
     assert [{r["speaker"] for r in manifest.rows(f.test)} for f in manifest.folds.values()] == [
         {"1002", "1001", "1004"},
         {"1005", "1003"},

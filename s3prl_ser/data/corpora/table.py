@@ -2,15 +2,17 @@
 
 One row per utterance; ``columns`` maps manifest fields to the file's column names, e.g.
 ``{"path": "file", "label": "emotion", "speaker": "actor"}`` (``path``, ``label`` and
-``speaker`` required; ``id``, ``duration``, ``transcript``, ``channel``, ``start``, ``end``
-optional; an unmapped field is read from a column of its own name when there is one). Folds come
+``speaker`` required; ``id``, ``gender``, ``duration``, ``transcript``, ``channel``, ``start``,
+``end`` optional; an unmapped field is read from a column of its own name when there is one).
+Paths are relative to the corpus root; one outside it is refused unless allowed. Folds come
 from one of:
 
 * ``split_column``: ``train`` / ``dev`` / ``test`` per row (also ``valid``, ``validation``,
   ``development``, ``evaluation`` for dev): one official fold;
 * ``fold_column``: the fold (``1``, ``2``, ...) whose test set the row is in: fold k trains on
   every other row;
-* neither: ``num_folds`` speaker-independent folds.
+* neither: ``num_folds`` speaker-independent folds, gender-balanced where rows have a gender
+  (:func:`~s3prl_ser.data.folds.speaker_folds`).
 """
 
 from __future__ import annotations
