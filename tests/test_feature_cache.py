@@ -1,4 +1,4 @@
-"""The feature cache below the runner: keys that go stale, shared and killed writers, space.
+"""The feature cache below the runner: keys that go stale, shared and killed writers, space, damage.
 
 Every test uses real upstreams (s3prl's fbank, a tiny random-init HuBERT) and a cache in a
 temporary directory.
@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
+import warnings
 from argparse import Namespace
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import soundfile as sf
 import torch
 
 import s3prl_ser
+from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
 from s3prl_ser.data import feature_cache, feature_store
 from s3prl_ser.data.audio import load_audio
@@ -226,6 +230,7 @@ def test_two_processes_filling_one_cache_at_once(tmp_path):
     for wav in map(torch.from_numpy, wavs):
         assert torch.equal(fresh([wav])["hidden_states"], upstream([wav])["hidden_states"][0])
     assert fresh.misses == 0
+    fresh.store.close()
 
 
 @pytest.mark.parametrize("moment", ["halfway through a shard", "between a shard's data and its index"])
@@ -296,3 +301,114 @@ def test_clips_cropped_anew_each_epoch_are_computed_live_not_cached(tmp_path, ca
         crop = torch.from_numpy(RandomCrop([(wavs[longest], 0, "u")], limit, seed=0, epoch=epoch)[0][0])
         assert torch.equal(model([crop])["hidden_states"], upstream([crop])["hidden_states"][0])
     assert model.misses == 2
+
+
+def _one_shard_each(root: Path, n: int = 3) -> tuple[Path, list, object]:
+    """An fbank cache under ``root`` filled with ``n`` utterances, one shard each."""
+    _, caches, upstream, _ = _cached(root, _args("fbank"))
+    stream = caches.streams[0]
+    stream.shard_bytes = 1
+    wavs = [w.numpy() for w in _wavs(n)]
+    stream.fill(wavs, "train")
+    return stream.store.directory, wavs, upstream
+
+
+def _index_of(directory: Path, wav) -> Path:
+    key = feature_cache.audio_key(wav)
+    return next(p for p in directory.glob("shard-*.json") if key in json.loads(p.read_text())["entries"])
+
+
+def _outside(tmp_path: Path) -> Path:
+    """A file outside the cache, large enough for any entry (as /etc/passwd would be)."""
+    path = tmp_path / "passwd"
+    path.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n" * 40000)
+    return path
+
+
+def _retarget(index: Path, data: str) -> None:
+    record = json.loads(index.read_text())
+    index.write_text(json.dumps({**record, "data": data}))
+
+
+def _symlink_outside(index: Path, outside: Path) -> None:
+    data = index.with_suffix(".bin")
+    data.unlink()
+    data.symlink_to(outside)
+
+
+def _flip_a_byte(index: Path, outside: Path) -> None:
+    data = bytearray(index.with_suffix(".bin").read_bytes())
+    data[len(data) // 2] ^= 0x40
+    index.with_suffix(".bin").write_bytes(bytes(data))
+
+
+DAMAGE = {
+    "data naming another shard": lambda index, longest, outside: _retarget(index, longest.with_suffix(".bin").name),
+    "data an absolute path outside": lambda index, longest, outside: _retarget(index, str(outside)),
+    "data a relative path outside": lambda index, longest, outside: _retarget(index, "../../passwd"),
+    "data file a symlink outside": lambda index, longest, outside: _symlink_outside(index, outside),
+    "0-byte index": lambda index, longest, outside: index.write_bytes(b""),
+    "malformed index": lambda index, longest, outside: index.write_text(index.read_text()[:40]),
+    "shard bytes modified": lambda index, longest, outside: _flip_a_byte(index, outside),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_or_doctored_shard_is_a_miss_with_a_warning_and_rebuilt(tmp_path, damage):
+    """The shortest utterance's shard is damaged; a fresh process warns naming its index,
+    extracts that utterance again, serves what the upstream computes, and the next writer
+    removes the damaged files, never the file outside the cache."""
+    directory, wavs, upstream = _one_shard_each(tmp_path / "cache")
+    shortest, longest = sorted(wavs, key=len)[0], sorted(wavs, key=len)[-1]
+    index, outside = _index_of(directory, shortest), _outside(tmp_path)
+    DAMAGE[damage](index, _index_of(directory, longest), outside)
+    with pytest.warns(feature_store.CacheDamageWarning, match=re.escape(f"ignoring {index}: ")):
+        model, *_ = _cached(tmp_path / "cache", _args("fbank"))  # a fresh process's view
+        assert model.fill(wavs, "train")["extracted"] == 1
+    for wav in map(torch.from_numpy, wavs):
+        assert torch.equal(model([wav])["hidden_states"], upstream([wav])["hidden_states"][0])
+    assert model.misses == 0 and not index.exists() and not index.with_suffix(".bin").is_symlink()
+    assert len(list(directory.glob("shard-*.bin"))) == len(list(directory.glob("shard-*.json"))) == len(wavs)
+    assert outside.read_bytes() == b"root:x:0:0:root:/root:/bin/bash\n" * 40000
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs (mounting needs root; skipped without it)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=True)  # detached now, freed once files close
+
+
+def test_a_disk_filling_up_mid_extraction_is_an_error_line_and_keeps_committed_shards(small_disk):
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(bytes(256 << 10))
+    wavs = [w.numpy() for w in _wavs(12)]  # about 400 KiB of float32 fbank features
+    model, caches, upstream, _ = _cached(small_disk / "cache", _args("fbank"))
+    stream = caches.streams[0]
+    stream.shard_bytes = 1  # one utterance per shard
+    stream.reserve_bytes = -(1 << 30)  # the size check passes, as if another process took the space after it
+    with pytest.raises(SystemExit, match=r"^error: feature cache .* the disk filled up while writing"):
+        with exit_on_error():  # what the command-line programs do
+            stream.fill(wavs, "train")
+    directory = stream.store.directory
+    committed = len(list(directory.glob("shard-*.json")))
+    assert 0 < committed < len(wavs) and not list(directory.glob(".tmp-*"))
+    assert len(list(directory.glob("shard-*.bin"))) == committed  # the partial shard was removed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", feature_store.CacheDamageWarning)
+        fresh, *_ = _cached(small_disk / "cache", _args("fbank"))
+        assert len(fresh.store) == committed
+        ballast.unlink()
+        fresh.reserve_bytes = 0
+        assert fresh.fill(wavs, "train")["extracted"] == len(wavs) - committed
+    for wav in map(torch.from_numpy, wavs):
+        assert torch.equal(fresh([wav])["hidden_states"], upstream([wav])["hidden_states"][0])
+    assert fresh.misses == 0
+    fresh.store.close()

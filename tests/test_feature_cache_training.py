@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from helpers import overrides, train_args
 from s3prl_ser.cli.run_downstream import get_downstream_args, run
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError
+from s3prl_ser.data.feature_store import CacheDamageWarning
 from s3prl_ser.hub.registry import register
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,6 +66,35 @@ def test_float32_cache_trains_bit_identically_to_live_features(runs):
             assert ours.keys() == theirs.keys()
             assert all(torch.equal(ours[key], theirs[key]) for key in ours), name
         assert metrics == live[2], name
+
+
+def test_a_run_on_a_damaged_cache_completes_and_trains_as_on_live_features(runs, tmp_path):
+    """The train, dev and test shards each damaged another way (a 0-byte index, a malformed
+    one, a modified byte of data): the run warns about each, extracts them again and ends as
+    the live run did."""
+    root, cache, opts, _ = runs
+    shutil.copytree(cache, tmp_path / "cache")
+    (namespace,) = (tmp_path / "cache").iterdir()
+    indexes = sorted(namespace.glob("shard-*.json"))
+    indexes[0].write_bytes(b"")
+    indexes[1].write_text(indexes[1].read_text()[:-10])
+    data = bytearray(indexes[2].with_suffix(".bin").read_bytes())
+    data[-100] ^= 1
+    indexes[2].with_suffix(".bin").write_bytes(bytes(data))
+    with pytest.warns(CacheDamageWarning) as warned:
+        runner = _train(
+            tmp_path / "run",
+            f"{opts},,config.feature_cache.dtype=float32",
+            "--feature_cache_dir",
+            str(tmp_path / "cache"),
+        )
+    named = {index for index in indexes for w in warned if f"ignoring {index}: " in str(w.message)}
+    assert named == set(indexes) and runner.feature_caches.misses() == 0
+    assert len(list(namespace.glob("shard-*.json"))) == len(list(namespace.glob("shard-*.bin"))) == 3
+    live, rerun = _outcome(root / "live"), _outcome(tmp_path / "run")
+    for ours, theirs in zip(rerun[:2], live[:2]):
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[key], theirs[key]) for key in ours)
+    assert rerun[2] == live[2]
 
 
 def test_the_cache_switch_cannot_change_on_resume(runs):

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from s3prl_ser.data.audio import SAMPLE_RATE
-from s3prl_ser.data.feature_store import FeatureStore
+from s3prl_ser.data.feature_store import CacheSpaceError, FeatureStore
 from s3prl_ser.versions import installed_version
 
 __all__ = [
@@ -58,7 +58,7 @@ __all__ = [
     "CachedUpstream",
 ]
 
-CACHE_FORMAT = 1  # bump when what the extraction stores changes
+CACHE_FORMAT = 2  # bump when what the extraction stores changes (2: shard indexes record a SHA-256)
 CACHE_ENV = "S3PRL_SER_FEATURE_CACHE"
 
 
@@ -68,10 +68,6 @@ def _size(num_bytes: float) -> str:
             return f"{num_bytes:.1f} {unit}"
         num_bytes /= 1024
     raise AssertionError("unreachable")
-
-
-class CacheSpaceError(OSError):
-    """The features to extract do not fit on the cache's file system."""
 
 
 def fill_store(
@@ -322,7 +318,8 @@ class CachedUpstream(nn.Module):
         (``utterances``, ``stored``, ``extracted``).
 
         Raises:
-            CacheSpaceError: the features would leave less than ``reserve_bytes`` free.
+            CacheSpaceError: the features would leave less than ``reserve_bytes`` free, or the
+                disk filled up while writing (the shards committed before are kept).
         """
         keys: dict[str, int] = {}
         for index in range(len(wavs)):

@@ -151,7 +151,8 @@ class CachedTextEncoder(nn.Module):
         ``extracted``).
 
         Raises:
-            CacheSpaceError: the features would leave less than ``reserve_bytes`` free.
+            CacheSpaceError: the features would leave less than ``reserve_bytes`` free, or the
+                disk filled up while writing (the shards committed before are kept).
         """
         keys: dict[str, str] = {}
         for text, key in zip(texts, self.keys(texts)):
