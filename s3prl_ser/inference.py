@@ -8,7 +8,8 @@
     recognizer.predict_long("meeting.wav")           # 8 s windows, 4 s hop, and a summary
 
 ``from_pretrained`` takes a self-contained model directory (``python -m s3prl_ser.export``,
-loaded offline, every weight file's sha256 checked), a run's fold directory (its
+loaded offline: ``config.json`` checked against ``config.sha256``, every weight file against
+its sha256, and only upstreams that build without a download accepted), a run's fold directory (its
 ``final.json``) or a runner checkpoint. A recognizer holds one or several members (an
 ensemble of fold models: their class probabilities are averaged); members trained on the same
 upstream share it, and it runs once per batch.
@@ -236,10 +237,12 @@ class EmotionRecognizer(nn.Module):
         """Load a model directory written by ``python -m s3prl_ser.export``: no network, no run files.
 
         Raises:
-            ModelDirError: missing or modified files (sha256), or weights that do not fit the config.
+            ModelDirError: missing or modified files (sha256), weights that do not fit the config,
+                or an upstream entry that is not rebuilt offline (refused before any is built).
         """
         from s3prl_ser.deploy.model_dir import ModelDirError, read_model_dir
         from s3prl_ser.deploy.upstream_spec import build_upstreams_offline
+        from s3prl_ser.hub.exportable import UnsupportedUpstreamError
         from s3prl_ser.hub.registry import register
 
         register()
@@ -262,6 +265,8 @@ class EmotionRecognizer(nn.Module):
                         )
                 classifier = EmotionClassifier(**member["classifier"]).to(device)
                 members.append(RecognizerMember(featurizer, classifier, member["upstream"]))
+        except UnsupportedUpstreamError as error:
+            raise ModelDirError(f"{Path(path) / 'config.json'}: {error}") from error
         except (KeyError, TypeError) as error:
             raise ModelDirError(f"{Path(path) / 'config.json'}: malformed ({type(error).__name__}: {error})") from error
         recognizer = cls(upstreams, members, config["class_names"], config.get("min_samples", 400), config)

@@ -2,6 +2,7 @@
 held-out score, and refused wherever it could leak into a cross-validation."""
 
 import json
+import shutil
 import socket
 import warnings
 from pathlib import Path
@@ -139,7 +140,9 @@ def test_export_loads_offline_with_the_runs_probabilities_and_no_score(deployed,
         return {k for v in value for k in keys(v)} if isinstance(value, list) else set()
 
     assert not keys(config) & {"wa", "ua", "num_utterances", "test_metrics"}  # no score recorded anywhere
+    assert config["deployment"]["schedule"]["cv_dir"] == "cv"  # the run's parent, by name: no absolute path
     card = (model / "README.md").read_text()
+    assert str(cv.parent.resolve()) not in card + (model / "config.json").read_text()
     assert "No held-out score" in card and "WA (%)" not in card and "UA" not in card
     # the CLI route: same refusal of scores, and the deployment run is no ensemble member
     export_cli([str(cv), "--deploy", "-o", str(model.parent / "cli_model")])
@@ -187,6 +190,27 @@ def test_feeding_it_back_into_a_cross_validation_is_refused(deployed, mini_corpu
         run_downstream(train_args(tmp_path / "init", opts, extra=("-i", str(cv / "deploy" / "dev-avg.ckpt"))))
     with pytest.raises(SystemExit, match="has no test set"):
         run_downstream(["-m", "evaluate", "-e", str(cv / "deploy" / "dev-avg.ckpt"), "--device", "cpu"])
+
+
+def test_rerunning_deploy_export_refuses_an_existing_directory_unless_overwrite(deployed, tmp_path, capsys):
+    cv, model, opts = deployed
+    command = ["-p", str(cv), "--folds", "fold1,fold2", *RUN_ARGS, "-o", opts, "--deploy", "--export"]
+    shutil.copytree(model, tmp_path / "model")
+    before = (tmp_path / "model" / "config.sha256").read_text()
+    with pytest.raises(SystemExit, match=r"^error: .*model exists; pass --overwrite to replace it$"):
+        cross_validate([*command, str(tmp_path / "model")])
+    assert "[cross_validate]" not in capsys.readouterr().out  # refused before any fold was looked at
+    (tmp_path / "other").mkdir()
+    with pytest.raises(SystemExit, match=r"other exists and is not a model directory"):
+        cross_validate([*command, str(tmp_path / "other"), "--overwrite"])
+    (tmp_path / "model" / "notes.txt").write_text("replaced whole")
+    cross_validate([*command, str(tmp_path / "model"), "--overwrite"])  # folds and deployment run reused
+    out = capsys.readouterr().out
+    assert "finished earlier, reusing" in out and f"wrote {tmp_path / 'model'}" in out
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(p.name for p in model.iterdir())
+    assert (tmp_path / "model" / "config.sha256").read_text() == before  # the same deployment model
+    with pytest.raises(SystemExit):
+        cross_validate(["-p", str(cv), *RUN_ARGS, "--overwrite"])  # --overwrite needs --export
 
 
 def test_cross_validate_refuses_deploy_as_a_fold(mini_corpus, mini_meta, tmp_path):

@@ -1,5 +1,6 @@
 """python -m s3prl_ser.export: self-contained model directories, loaded offline, checked, ensembled."""
 
+import hashlib
 import json
 import shutil
 import socket
@@ -45,6 +46,14 @@ def fused_run(mini_corpus, mini_meta, tiny_upstreams, tmp_path_factory, one_thre
     return root / "fold1", Path(ckpt)
 
 
+def _reseal(model_dir: Path, config: dict) -> None:
+    """Write ``config`` as the directory's config.json with a matching config.sha256, computed here
+    by hand (sorted keys, no spaces, ASCII JSON): an edit made on purpose, digest and all."""
+    (model_dir / "config.json").write_text(json.dumps(config, indent=2))
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    (model_dir / "config.sha256").write_text(hashlib.sha256(canonical).hexdigest() + "\n")
+
+
 def _wavs():
     rng = np.random.default_rng(0)
     return [torch.from_numpy(rng.uniform(-0.3, 0.3, n).astype("float32")) for n in (16000, 23000, 6000)]
@@ -62,7 +71,8 @@ def test_fold_export_gives_the_runs_own_probabilities(cv_run, mini_corpus, mini_
     assert labels == written  # what the run itself predicted on its test session
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["class_names"] == safe_torch_load(cv_run / "fold1" / "dev-avg.ckpt")["ClassNames"]
-    assert config["source"] == {"kind": "fold", "run": str(cv_run.resolve()), "folds": ["fold1"]}
+    assert config["source"] == {"kind": "fold", "run": "fbank_cv", "folds": ["fold1"]}
+    assert config["members"][0]["source"]["checkpoint"] == "fold1/dev-avg.ckpt"  # relative to the run
 
 
 def test_fused_export_embeds_the_upstream_and_loads_offline(fused_run, tmp_path, monkeypatch):
@@ -116,6 +126,9 @@ def test_tampered_or_mismatched_directories_are_refused(cv_run, tmp_path):
     config = json.loads(config_path.read_text())
     config["class_names"] = config["class_names"][:3]  # a config edited by hand: 3 classes, 4 outputs
     config_path.write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match=r"b/config\.json: its digest differs from config\.sha256"):
+        EmotionRecognizer.from_pretrained(tmp_path / "b")
+    _reseal(tmp_path / "b", config)  # the digest rewritten too: the shapes still refuse it
     with pytest.raises(ModelDirError, match=r"config\.json: classifier num_classes 4 does not match 3"):
         EmotionRecognizer.from_pretrained(tmp_path / "b")
     config["format_version"] = 99
@@ -128,56 +141,53 @@ def test_tampered_or_mismatched_directories_are_refused(cv_run, tmp_path):
     EmotionRecognizer.from_pretrained(tmp_path / "b")
 
 
-def test_hub_layout_and_upload_call_without_network(cv_run, tmp_path):
+def test_hub_layout_and_upload_of_the_verified_files_only(cv_run, tmp_path, monkeypatch):
+    import inspect
+
+    from huggingface_hub import HfApi
     from safetensors import safe_open
 
     out = export_run(cv_run, tmp_path / "model", fold="fold2")
-    assert hub_files(out) == ["README.md", "config.json", "model.safetensors"]
+    published = ["README.md", "config.json", "config.sha256", "model.safetensors"]
+    assert hub_files(out) == published
     card = (out / "README.md").read_text()
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["library_name"] == "s3prl-ser" and front["pipeline_tag"] == "audio-classification"
     assert front["s3prl_ser"]["classes"] == json.loads((out / "config.json").read_text())["class_names"]
     with safe_open(str(out / "model.safetensors"), "pt") as weights:
         assert weights.metadata() == {"format": "pt"}  # what transformers/the Hub expect of PyTorch weights
+    secret = tmp_path / "secret.txt"
+    secret.write_text("token")
+    (out / "notes.txt").write_text("private")  # files the export did not write ...
+    (out / "linked.txt").symlink_to(secret)
+    (out / "sub").mkdir()
+    (out / "sub" / "x.bin").write_bytes(b"x")
 
-    class RecordingApi:  # stands in for huggingface_hub.HfApi: records the calls instead of sending them
-        def __init__(self):
-            self.calls = []
-
-        def create_repo(self, **kwargs):
-            self.calls.append(("create_repo", kwargs))
-            return f"https://huggingface.co/{kwargs['repo_id']}"
-
-        def upload_folder(self, **kwargs):
-            self.calls.append(("upload_folder", kwargs))
-
-    api = RecordingApi()
-    assert push_model_dir(out, "someone/ser-fold2", api=api) == "https://huggingface.co/someone/ser-fold2"
-    assert api.calls == [
-        ("create_repo", {"repo_id": "someone/ser-fold2", "repo_type": "model", "private": False, "exist_ok": True}),
-        (
-            "upload_folder",
-            {
-                "folder_path": str(out),
-                "repo_id": "someone/ser-fold2",
-                "repo_type": "model",
-                "commit_message": "Upload s3prl-ser model",
-                "allow_patterns": ["README.md", "config.json", "model.safetensors"],
-            },
-        ),
-    ]
-    import inspect
-
-    from huggingface_hub import HfApi
-
-    for name, kwargs in api.calls:  # the keywords exist in the installed huggingface_hub
-        assert set(kwargs) <= set(inspect.signature(getattr(HfApi, name)).parameters), name
+    signatures = {name: inspect.signature(getattr(HfApi, name)).parameters for name in ("create_repo", "create_commit")}
+    calls = []  # huggingface_hub's own API, its two network calls recorded instead of sent
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, **kw: calls.append(("create_repo", kw)) or "URL")
+    monkeypatch.setattr(HfApi, "create_commit", lambda self, **kw: calls.append(("create_commit", kw)))
+    assert push_model_dir(out, "someone/ser-fold2") == "URL"
+    assert [name for name, _ in calls] == ["create_repo", "create_commit"]
+    assert calls[0][1] == {"repo_id": "someone/ser-fold2", "repo_type": "model", "private": False, "exist_ok": True}
+    commit = calls[1][1]
+    assert (commit["repo_id"], commit["repo_type"]) == ("someone/ser-fold2", "model")
+    operations = commit["operations"]
+    assert [op.path_in_repo for op in operations] == published  # ... are not published
+    assert [Path(op.path_or_fileobj) for op in operations] == [out / name for name in published]
+    for name, kwargs in calls:  # the keywords exist in the installed huggingface_hub
+        assert set(kwargs) <= set(signatures[name]), name
+    (out / "README.md").rename(out / "card.md")
+    (out / "README.md").symlink_to(secret)  # a card linked to a private file is not published
+    calls.clear()
+    with pytest.raises(ModelDirError, match="README.md: not a regular file"):
+        push_model_dir(out, "someone/ser-fold2")
+    (out / "README.md").unlink()
+    (out / "card.md").rename(out / "README.md")
     (out / "config.json").write_text((out / "config.json").read_text().replace('"neu"', '"calm"'))
-    (out / "model.safetensors").write_bytes(b"0" + (out / "model.safetensors").read_bytes()[1:])
-    api = RecordingApi()
-    with pytest.raises(ModelDirError):
-        push_model_dir(out, "someone/ser-fold2", api=api)
-    assert api.calls == []  # a modified directory is never published
+    with pytest.raises(ModelDirError, match="config.json: its digest differs"):
+        push_model_dir(out, "someone/ser-fold2")
+    assert calls == []  # a modified directory is never published
 
 
 def test_text_models_and_bad_sources_are_refused(cv_run, tmp_path):
@@ -228,3 +238,117 @@ def test_fine_tuned_upstream_of_another_corpus_exports_and_loads_without_ft_dir(
     loaded = EmotionRecognizer.from_pretrained(tmp_path / "model")
     assert loaded.class_names == ["hap", "ang"]
     assert loaded.predict(clip) == expected
+
+
+def test_an_edited_config_is_refused_and_a_model_directory_never_downloads(cv_run, tmp_path, monkeypatch):
+    from s3prl_ser.cli.inference import main as inference_cli
+
+    out = export_run(cv_run, tmp_path / "model", fold="fold1")
+    config = json.loads((out / "config.json").read_text())
+    config["class_names"] = config["class_names"][::-1]  # relabel every prediction, same shapes
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    with pytest.raises(SystemExit, match=r"^error: .*model/config\.json: its digest differs from config\.sha256"):
+        inference_cli([str(out), str(tmp_path / "x.wav"), "--no-progress"])
+    config["upstreams"][0][0]["entry"] = "tera"  # a pretrained entry: s3prl would download its weights
+    _reseal(out, config)
+
+    attempts = []
+
+    def download(*args, **kwargs):
+        attempts.append(args)
+        raise AssertionError(f"network access while loading a model directory: {args}")
+
+    import huggingface_hub
+    import s3prl.util.download
+
+    for module, name in [
+        (s3prl.util.download, "_download"),  # every s3prl URL entry goes through it, cached or not
+        (torch.hub, "download_url_to_file"),
+        (huggingface_hub, "hf_hub_download"),
+        (huggingface_hub.file_download, "hf_hub_download"),
+        (huggingface_hub, "snapshot_download"),
+        (socket.socket, "connect"),
+    ]:
+        monkeypatch.setattr(module, name, download)
+    with pytest.raises(ModelDirError, match=r"model/config\.json: upstream entry 'tera' is not rebuilt offline"):
+        EmotionRecognizer.from_pretrained(out)
+    assert attempts == []
+
+
+def test_exports_record_no_absolute_path_of_this_machine(
+    cv_run, fused_run, tiny_upstreams, mini_corpus, tmp_path, tmp_path_factory
+):
+    run, ckpt = fused_run
+    if not ckpt.exists():  # the offline test deletes the run's private copy of its -k file
+        shutil.copy(tiny_upstreams["hubert"], ckpt)
+    machine = [str(tmp_path_factory.getbasetemp().resolve()), str(Path(__file__).resolve().parents[1])]
+    assert str(mini_corpus.resolve()).startswith(machine[1])  # the corpus root is one of them
+    for out in (export_run(cv_run, tmp_path / "ens", ensemble=True), export_run(run, tmp_path / "fused")):
+        for name in ("config.json", "README.md"):
+            text = (out / name).read_text()
+            assert not [root for root in machine if root in text], f"{out / name} holds an absolute path"
+    config = json.loads((tmp_path / "ens" / "config.json").read_text())
+    assert [m["source"]["checkpoint"] for m in config["members"]] == ["fold1/dev-avg.ckpt", "fold2/dev-avg.ckpt"]
+    card = (tmp_path / "fused" / "README.md").read_text()
+    assert "(`-k ,tiny_hubert.pt`)" in card  # paths outside the run: their last component only
+    assert f"root: {mini_corpus.resolve().name}\n" in card and f"(corpus root `{mini_corpus.resolve().name}`;" in card
+
+
+def test_card_escapes_names_from_the_data():
+    from s3prl_ser.deploy.model_card import render_card
+
+    hostile = "<img src=x onerror=alert(1)>"
+    config = {"downstream_expert": {"datarc": {"meta_data": "a`b", "root": "```\n</details><script>x</script>"}}}
+    record = {"fold": "f|1 *x*", "test": {"wa": 0.5, "ua": 0.25, "num_utterances": 4}, "config": config}
+    card = render_card(f"# {hostile}", "fold", [hostile, "ang"], [{**record, "args": {"upstream": "fbank"}}], {})
+    front, body = card.split("---\n")[1], card.split("\n---\n", 1)[1]
+    assert yaml.safe_load(front)["s3prl_ser"]["classes"] == [hostile, "ang"]  # YAML quotes what it must
+    escaped = "&lt;img src=x onerror=alert\\(1\\)&gt;"
+    assert f"# # {escaped}" in body and f"Classes (output order): {escaped}, ang." in body
+    assert "| f\\|1 \\*x\\* | 50.00 | 25.00 | 4 |" in body  # one table cell, nothing emphasised
+    span = "- meta data: `` a`b `` (corpus root ```` ``` </details><script>x</script> ````;"
+    assert span in body  # code spans, fenced longer than the backticks inside: shown as written
+    lines = body.split("\n")
+    opening = lines.index("````yaml")  # longer than the ``` inside the config, which cannot close it
+    closing = lines.index("````", opening)
+    outside = "\n".join(lines[:opening] + lines[closing + 1 :]).replace(span, "")
+    assert "<img" not in outside and "<script" not in outside and "</details><" not in outside
+
+
+def test_weights_that_are_not_safetensors_give_an_error_line(cv_run, tmp_path):
+    from s3prl_ser.cli.inference import main as inference_cli
+
+    out = export_run(cv_run, tmp_path / "model", fold="fold1")
+    (out / "model.safetensors").write_bytes(b"PK\x03\x04 this is a zip archive, not safetensors" * 4)
+    config = json.loads((out / "config.json").read_text())
+    data = (out / "model.safetensors").read_bytes()
+    config["files"]["model.safetensors"] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    _reseal(out, config)
+    with pytest.raises(SystemExit, match=r"^error: .*model/model\.safetensors: not a safetensors file"):
+        inference_cli([str(out), str(tmp_path / "x.wav"), "--no-progress"])
+
+
+def test_a_killed_exports_leftovers_are_removed_and_a_replaced_model_restored(cv_run, tmp_path):
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        stale, busy = tmp_path / f".model.tmp-{dead.pid}", tmp_path / f".model.tmp-{alive.pid}"
+        for leftover in (stale, busy):
+            leftover.mkdir()
+            (leftover / "model.safetensors").write_bytes(b"\0" * 1000)  # a killed export's half-written weights
+        export_run(cv_run, tmp_path / "model", fold="fold1")
+        assert not stale.exists()  # its process is gone: removed
+        assert busy.is_dir()  # another export still writing: left alone
+    finally:
+        alive.kill()
+        alive.wait()
+    # killed while replacing: the previous model renamed aside, the new one not yet in place
+    expected = EmotionRecognizer.from_pretrained(tmp_path / "model").probabilities(_wavs())
+    (tmp_path / "model").rename(tmp_path / f".model.old-{dead.pid}")
+    with pytest.raises(SystemExit, match=r"model exists; pass --overwrite to replace it"):
+        export_cli([str(cv_run), "--fold", "fold2", "-o", str(tmp_path / "model")])
+    assert torch.equal(EmotionRecognizer.from_pretrained(tmp_path / "model").probabilities(_wavs()), expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # the busy one's process has ended since

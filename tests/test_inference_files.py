@@ -160,3 +160,22 @@ def test_mp3_through_soundfile_and_m4a_through_ffmpeg(recognizer, tmp_path):
     assert [r["status"] for r in rows] == ["ok"] * len(paths), rows
     for row in rows:
         assert row["duration"] == pytest.approx(1.5, abs=0.1)  # codecs add a few ms of priming
+
+
+def test_csv_cells_are_never_spreadsheet_formulas(model_dir, tmp_path, monkeypatch):
+    """File and label names starting with = + - @ get a leading ' in the CSV (kept as text)."""
+    from s3prl_ser.deploy.batch_inference import write_rows
+
+    names = ["+1.wav", "-1.wav", "=HYPERLINK(1).wav", "@SUM(1).wav"]
+    for seed, name in enumerate(names):
+        sf.write(tmp_path / name, _noise(0.5, 16000, seed=20 + seed), 16000)
+    monkeypatch.chdir(tmp_path)
+    inference([str(model_dir), ".", "-O", "out.csv", "--no-progress"])  # rows name the files relative to "."
+    rows = _read_csv(tmp_path / "out.csv")
+    assert [r["file"] for r in rows] == [f"'{name}" for name in names]
+    assert all(r["status"] == "ok" and float(r["duration"]) == pytest.approx(0.5) for r in rows)  # numbers untouched
+    label = "=cmd|' /C calc'!A0"
+    row = {"file": "a.wav", "segment": "file", "start": 0.0, "end": 1.0, "duration": 1.0, "status": "ok"}
+    write_rows([{**row, "error": "", "label": label, "probabilities": {label: 0.75}}], tmp_path / "l.csv", [label])
+    (written,) = _read_csv(tmp_path / "l.csv")
+    assert written["label"] == f"'{label}" and written[f"p_{label}"] == "0.750000"

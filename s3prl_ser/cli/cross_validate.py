@@ -12,7 +12,8 @@ into the experiment directory. Arguments not listed below are passed to ``run_do
 
 ``--deploy`` then trains the deployment model in ``<expdir>/deploy`` (every utterance of the
 corpus, the folds' schedule, no held-out score: :mod:`s3prl_ser.deploy.deployment`), and
-``--export MODEL_DIR`` exports it as a self-contained model directory.
+``--export MODEL_DIR`` exports it as a self-contained model directory. An existing MODEL_DIR is
+refused before any training unless ``--overwrite`` is given (then the export replaces it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.cli.errors import EXPECTED_ERRORS, exit_on_error
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError
 from s3prl_ser.data.folds import FOLDS, check_fold
@@ -316,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--export", metavar="MODEL_DIR", type=Path, help="with --deploy: export it (python -m s3prl_ser.export)"
     )
+    parser.add_argument("--overwrite", action="store_true", help="with --export: replace an existing model directory")
     args, run_args = parser.parse_known_args(argv)
     if not (args.expdir or args.expname):
         parser.error("name the experiment with -n NAME or -p EXPDIR")
@@ -323,8 +325,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(
             "--export MODEL_DIR exports the deployment model: add --deploy (folds: python -m s3prl_ser.export)"
         )
+    if args.overwrite and not args.export:
+        parser.error("--overwrite replaces the --export MODEL_DIR: add --export")
     expdir = Path(args.expdir or f"result/downstream/{args.expname}")
-    with exit_on_error():
+    with exit_on_error(*EXPECTED_ERRORS, FileExistsError):  # --export names an existing directory
+        if args.export:
+            from s3prl_ser.deploy.model_dir import check_writable
+
+            check_writable(args.export, args.overwrite)  # before hours of training, not after
         folds = args.folds.split(",") if args.folds else corpus_folds(run_args, args.override)
         cross_validate(expdir, run_args, folds, args.override, workers=args.workers)
         if args.deploy:
@@ -335,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.export:
                 from s3prl_ser.deploy.export_run import export_run
 
-                print(f"[cross_validate] - wrote {export_run(deploy_dir, args.export)}")
+                print(f"[cross_validate] - wrote {export_run(deploy_dir, args.export, overwrite=args.overwrite)}")
 
 
 if __name__ == "__main__":

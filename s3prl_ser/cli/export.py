@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.cli.errors import EXPECTED_ERRORS, exit_on_error
 from s3prl_ser.deploy.export_run import export_run
 
 __all__ = ["build_parser", "main"]
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    with exit_on_error():
+    with exit_on_error(*EXPECTED_ERRORS, FileExistsError):  # -o names an existing directory
         out = export_run(
             args.run,
             args.output,

@@ -29,7 +29,7 @@ from s3prl_ser.deploy.long_audio import predict_windows, prediction_row
 if TYPE_CHECKING:
     from s3prl_ser.inference import EmotionRecognizer
 
-__all__ = ["READ_ERRORS", "predict_files", "write_rows", "csv_columns"]
+__all__ = ["READ_ERRORS", "predict_files", "write_rows", "csv_columns", "csv_cell"]
 
 READ_ERRORS = (FileNotFoundError, AudioError, OSError)
 
@@ -150,7 +150,8 @@ def _predict_batch(
 
 
 def csv_columns(class_names: Sequence[str]) -> list[str]:
-    """CSV header: the row fields, then one probability column per class (``p_<class>``)."""
+    """CSV header: the row fields, then one probability column per class (``p_<class>``); every
+    cell written passes :func:`csv_cell`."""
     return ["file", "segment", "start", "end", "duration", "status", "label", *[f"p_{c}" for c in class_names], "error"]
 
 
@@ -163,6 +164,17 @@ def _flat(row: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
         flat[key] = "" if flat.get(key) is None else f"{flat[key]:.3f}"
     flat["label"] = flat.get("label") or ""
     return flat
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell that no spreadsheet reads as a formula: text starting with ``=``, ``+``, ``-``,
+    ``@``, a tab or a carriage return (a file or label name) gets a leading ``'``.
+
+    Example:
+        >>> [csv_cell(v) for v in ("=HYPERLINK(1)", "-x.wav", "ang", 0.5)]
+        ["'=HYPERLINK(1)", "'-x.wav", 'ang', 0.5]
+    """
+    return f"'{value}" if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")) else value
 
 
 def write_rows(rows: Iterable[dict[str, Any]], output: str | os.PathLike, class_names: Sequence[str]) -> int:
@@ -187,7 +199,7 @@ def write_rows(rows: Iterable[dict[str, Any]], output: str | os.PathLike, class_
             for row in rows:
                 failed += row["status"] != "ok"
                 if writer is not None:
-                    writer.writerow(_flat(row, class_names))
+                    writer.writerow({key: csv_cell(value) for key, value in _flat(row, class_names).items()})
                 else:
                     handle.write(json.dumps(row) + "\n")
         os.replace(tmp, output)

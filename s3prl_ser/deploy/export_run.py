@@ -16,6 +16,10 @@ Sources:
 the deployment run), so that the fold guard refuses the directory as a fold's ``-k``
 (:func:`s3prl_ser.hub.ft_hub.check_fine_tuned`): a deployment model for every fold.
 
+No absolute path of this machine is written: paths inside the run are recorded relative to it,
+others (the corpus, a ``-k`` file) by their last component only (:func:`portable_paths`); the
+upstreams' own configs are embedded as they are.
+
 The upstream is rebuilt as the run built it (its ``-u``/``-k``, which must still be
 reachable here), then its weights are embedded, so the directory loads anywhere offline.
 Models reading transcripts are refused, and so are upstreams whose weights cannot be
@@ -40,11 +44,33 @@ from s3prl_ser.hub.ft_hub import PROTOCOL_KEY
 from s3prl_ser.inference import EmotionRecognizer, resolve_checkpoint
 from s3prl_ser.training.runner import FINAL_RECORD
 
-__all__ = ["ExportError", "fold_dirs", "fold_record", "export_run"]
+__all__ = ["ExportError", "portable_paths", "fold_dirs", "fold_record", "export_run"]
 
 
 class ExportError(ValueError):
     """The run cannot be exported as asked; the message says why."""
+
+
+def portable_paths(value: Any, run: Path) -> Any:
+    """``value`` (JSON-like) with every absolute path made relative to ``run`` when inside it, else
+    cut to its last component; a comma-separated string (``-k ,FILE``) part by part.
+
+    Example:
+        >>> portable_paths({"k": ",/data/x/tiny.pt", "ckpt": ["/runs/cv/fold1/dev-avg.ckpt"], "n": 3}, Path("/runs/cv"))
+        {'k': ',tiny.pt', 'ckpt': ['fold1/dev-avg.ckpt'], 'n': 3}
+    """
+    if isinstance(value, dict):
+        return {key: portable_paths(item, run) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable_paths(item, run) for item in value]
+    if not isinstance(value, str) or "/" not in value:
+        return value
+    parts = value.split(",")
+    for index, part in enumerate(parts):
+        if os.path.isabs(part):
+            resolved, base = Path(part).resolve(), run.resolve()
+            parts[index] = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else resolved.name
+    return ",".join(parts)
 
 
 def fold_dirs(run: Path) -> list[Path]:
@@ -146,16 +172,17 @@ def export_run(
         description = recognizer.description()
     except ValueError as error:
         raise ExportError(f"{run}: {error}") from error
-    records = [fold_record(d) for d in dirs]
+    records = portable_paths([fold_record(d) for d in dirs], run)
     config: dict[str, Any] = {
         **description,
-        "source": {"kind": kind, "run": str(run.resolve()), "folds": [r["fold"] for r in records]},
+        "members": portable_paths(description["members"], run),
+        "source": {"kind": kind, "run": run.resolve().name, "folds": [r["fold"] for r in records]},
         "exported_with": package_versions(),
     }
     card_extra: dict[str, Any] = {"onnx": onnx}
     if kind == "deployment":
         schedule_file = run / DEPLOYMENT_RECORD
-        schedule = json.loads(schedule_file.read_text()) if schedule_file.is_file() else None
+        schedule = portable_paths(json.loads(schedule_file.read_text()), run) if schedule_file.is_file() else None
         config["held_out_score"] = None
         config["deployment"] = {
             "note": "trained on every utterance of the corpus (never an official test set); no held-out score: "

@@ -4,10 +4,16 @@ It states the corpus and protocol, the held-out scores of the fold model(s) it w
 (per-fold WA/UA from each run's ``test_<fold>_metrics.json``), the training configuration and
 the package versions of the training run and of the export. A deployment model's card states
 that it has no held-out score, gives its schedule, and holds no WA/UA at all.
+
+Names that come from the data (class labels, fold names, paths, the title) are escaped for
+Markdown and HTML (:func:`markdown_text`, :func:`markdown_code`), so a label such as
+``<img src=x onerror=...>`` or ``*x*|y`` is shown as written, never rendered.
 """
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,7 +21,7 @@ import yaml
 
 from s3prl_ser.versions import installed_versions
 
-__all__ = ["FoldRecord", "render_card", "package_versions"]
+__all__ = ["FoldRecord", "markdown_text", "markdown_code", "render_card", "package_versions"]
 
 FoldRecord = dict[str, Any]
 """``{"fold", "run_dir", "checkpoint", "averaged", "test": {"wa", "ua", "num_utterances"} | None,
@@ -27,6 +33,38 @@ _PACKAGES = ("s3prl-ser", "s3prl", "torch", "torchaudio", "numpy", "soundfile", 
 def package_versions() -> dict[str, str | None]:
     """Installed versions of the packages a model directory depends on."""
     return installed_versions(_PACKAGES)
+
+
+def markdown_text(value: Any) -> str:
+    """``value`` as literal Markdown text within a line, also inside a table cell: HTML special
+    characters as entities, inline Markdown punctuation backslash-escaped, line breaks as spaces.
+
+    Example:
+        >>> print(markdown_text("<b>*a*|b_1.5</b>"))
+        &lt;b&gt;\\*a\\*\\|b\\_1.5&lt;/b&gt;
+    """
+    text = re.sub(r"[\r\n]+", " ", str(value))
+    text = re.sub(r"([\\`*_{}\[\]()|~])", r"\\\1", text)
+    return html.escape(text, quote=True)
+
+
+def markdown_code(value: Any) -> str:
+    """``value`` as an inline code span (outside tables): a backtick fence longer than any run of
+    backticks in it (code spans show HTML and Markdown literally), line breaks as spaces.
+
+    Example:
+        >>> markdown_code("a`b")
+        '`` a`b ``'
+    """
+    text = re.sub(r"[\r\n]+", " ", str(value))
+    fence = "`" * (1 + max((len(run) for run in re.findall("`+", text)), default=0))
+    return f"{fence} {text} {fence}" if "`" in text else f"{fence}{text}{fence}"
+
+
+def _code_block(text: str, info: str) -> list[str]:
+    """A fenced code block whose fence no line of ``text`` can close."""
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall("`+", text)), default=0))
+    return [fence + info, text, fence]
 
 
 def _percent(value: float | None) -> str:
@@ -63,9 +101,9 @@ def render_card(
     }
     first = folds[0]
     datarc = (first.get("config") or {}).get("downstream_expert", {}).get("datarc", {})
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {title}", ""]
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {markdown_text(title)}", ""]
     what = {
-        "fold": f"the reported model of {first['fold']} ("
+        "fold": f"the reported model of {markdown_text(first['fold'])} ("
         + ("its k best dev checkpoints averaged" if first.get("averaged", True) else "its best dev checkpoint")
         + ")",
         "ensemble": f"an ensemble of {len(folds)} fold models; class probabilities are averaged",
@@ -76,24 +114,26 @@ def render_card(
     lines += [
         f"Speech emotion recognition with s3prl-ser: {what}.",
         "",
-        f"Classes (output order): {', '.join(class_names)}. Input: any audio; it is resampled to 16 kHz mono.",
+        f"Classes (output order): {', '.join(map(markdown_text, class_names))}. Input: any audio; it is "
+        "resampled to 16 kHz mono.",
         "",
         "## Corpus and protocol",
         "",
-        f"- meta data: `{datarc.get('meta_data')}` (corpus root `{datarc.get('root')}`)",
+        f"- meta data: {markdown_code(datarc.get('meta_data'))} (corpus root {markdown_code(datarc.get('root'))}; "
+        "paths outside the training run are given by their last component)",
     ]
     if deployment:
         lines += [
             "- training pool: the union of every fold's utterances (a corpus with an official test set: its "
             "train and dev lists, never the test set); no test set",
-            f"- checkpoint selection: on a dev set carved out of that pool by the `{datarc.get('split', 'superb')}` "
-            "rule (`datarc.split`)",
+            f"- checkpoint selection: on a dev set carved out of that pool by the "
+            f"{markdown_code(datarc.get('split', 'superb'))} rule (`datarc.split`)",
         ]
     else:
         lines += [
             "- cross-validation: each fold is tested on utterances held out of its training and dev data "
             "(IEMOCAP: leave one session out)",
-            f"- train/dev split: `{datarc.get('split', 'superb')}`",
+            f"- train/dev split: {markdown_code(datarc.get('split', 'superb'))}",
         ]
     lines += ["", "## Held-out scores", ""]
     if deployment:
@@ -106,9 +146,10 @@ def render_card(
         lines += ["", "## Schedule", ""]
         if schedule:
             lines += [
-                f"- total steps: {schedule['total_steps']} ({schedule['rule']})",
+                f"- total steps: {schedule['total_steps']} ({markdown_text(schedule['rule'])})",
                 *(
-                    f"- {fold}: {info['total_steps']} steps, checkpoints kept at steps {info['selected_steps']}"
+                    f"- {markdown_text(fold)}: {info['total_steps']} steps, checkpoints kept at steps "
+                    f"{markdown_text(info['selected_steps'])}"
                     for fold, info in schedule["folds"].items()
                 ),
             ]
@@ -117,8 +158,8 @@ def render_card(
     elif scored:
         lines += ["| fold | WA (%) | UA (%) | test utterances |", "|---|---|---|---|"]
         lines += [
-            f"| {f['fold']} | {_percent(f['test'].get('wa'))} | {_percent(f['test'].get('ua'))} | "
-            f"{f['test'].get('num_utterances', 'n/a')} |"
+            f"| {markdown_text(f['fold'])} | {_percent(f['test'].get('wa'))} | {_percent(f['test'].get('ua'))} | "
+            f"{markdown_text(f['test'].get('num_utterances', 'n/a'))} |"
             for f in scored
         ]
         if kind == "ensemble":
@@ -134,16 +175,14 @@ def render_card(
         "",
         "## Training",
         "",
-        f"- upstream: `{args.get('upstream')}`"
-        + (f" (`-k {args.get('upstream_ckpt')}`)" if args.get("upstream_ckpt") else ""),
+        f"- upstream: {markdown_code(args.get('upstream'))}"
+        + (f" ({markdown_code('-k ' + str(args.get('upstream_ckpt')))})" if args.get("upstream_ckpt") else ""),
         f"- upstream fine-tuned in this stage: {bool(args.get('upstream_trainable'))}",
-        f"- seed: {args.get('seed')}",
+        f"- seed: {markdown_text(args.get('seed'))}",
         "",
         f"<details><summary>configuration of the {'' if deployment else '(first) fold '}run</summary>",
         "",
-        "```yaml",
-        yaml.safe_dump(first.get("config") or {}, sort_keys=False).strip(),
-        "```",
+        *_code_block(yaml.safe_dump(first.get("config") or {}, sort_keys=False).strip(), "yaml"),
         "",
         "</details>",
         "",
@@ -168,4 +207,4 @@ def render_card(
 def _versions_text(packages: Mapping[str, Any] | None) -> str:
     if not packages:
         return "not recorded"
-    return ", ".join(f"{k} {v}" for k, v in packages.items() if v)
+    return ", ".join(f"{markdown_text(k)} {markdown_text(v)}" for k, v in packages.items() if v)

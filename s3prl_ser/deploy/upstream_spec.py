@@ -14,6 +14,8 @@ upstream's weights:
 
 Anything else (an upstream whose learned weights come from a file of another format) cannot be
 described; :func:`describe_upstreams` then returns the reason, which export reports.
+:func:`check_offline` holds every spec to these two kinds before anything is built, so a model
+directory never makes s3prl download (an entry such as ``tera`` would).
 """
 
 from __future__ import annotations
@@ -28,12 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
-from s3prl_ser.hub.exportable import UnsupportedUpstreamError, export_loader, load_upstream
+from s3prl_ser.hub.exportable import CONVERTED_LOADERS, UnsupportedUpstreamError, export_loader, load_upstream
 from s3prl_ser.hub.ft_hub import FoldSpec
 from s3prl_ser.hub.multi_upstream import MultiUpstream, split_names
 from s3prl_ser.hub.upstreams import build_upstream
 
-__all__ = ["UpstreamSpec", "describe_upstreams", "build_upstreams_offline"]
+__all__ = ["UpstreamSpec", "check_offline", "describe_upstreams", "build_upstreams_offline"]
 
 UpstreamSpec = dict[str, Any]
 """``{"entry": hub entry to rebuild with, "trained_as": the run's -u name, "converted": {...} | None,
@@ -50,6 +52,39 @@ def _json_plain(value: Any, where: str) -> Any:
         raise UnsupportedUpstreamError(f"{where} is not plain JSON ({error}); it cannot go into config.json") from error
 
 
+def check_offline(spec: Any) -> None:
+    """Refuse a spec that s3prl could not build from the spec alone: its entry must be a converted
+    loader (:data:`~s3prl_ser.hub.exportable.CONVERTED_LOADERS`, given the embedded weights) or,
+    with no converted checkpoint, one of s3prl's parameter-free baseline extractors (``fbank``,
+    ``mfcc``, ...: built from s3prl's package files). Any other entry may download.
+
+    Raises:
+        UnsupportedUpstreamError: the spec is no dict, or names another entry.
+
+    Example:
+        >>> check_offline({"entry": "fbank", "converted": None})
+        >>> check_offline({"entry": "tera", "converted": None})
+        Traceback (most recent call last):
+        ...
+        s3prl_ser.hub.exportable.UnsupportedUpstreamError: upstream entry 'tera' is not rebuilt offline ...
+    """
+    import s3prl.upstream.baseline.hubconf as baseline
+
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("entry"), str):
+        raise UnsupportedUpstreamError(f"upstream spec {spec!r} is not an object with an entry name")
+    entry = spec["entry"]
+    if spec.get("converted") is not None:
+        allowed = entry in CONVERTED_LOADERS
+    else:
+        function = getattr(baseline, entry, None)
+        allowed = not entry.startswith("_") and callable(function) and function.__module__ == baseline.__name__
+    if not allowed:
+        raise UnsupportedUpstreamError(
+            f"upstream entry {entry!r} is not rebuilt offline (from a model directory: "
+            f"{', '.join(CONVERTED_LOADERS)} with embedded weights, or s3prl's baseline extractors such as fbank)"
+        )
+
+
 def _describe_one(
     name: str, ckpt: str | None, model_config: str | None, fold: FoldSpec | None
 ) -> tuple[nn.Module, UpstreamSpec | str]:
@@ -62,7 +97,12 @@ def _describe_one(
         if ckpt is not None:
             return loaded.expert, f"upstream {name!r} was built from -k {ckpt}, whose format cannot be embedded"
         text = Path(model_config).read_text(encoding="utf-8") if model_config else None
-        return loaded.expert, {"entry": name, "trained_as": name, "converted": None, "model_config": text}
+        spec = {"entry": name, "trained_as": name, "converted": None, "model_config": text}
+        try:
+            check_offline(spec)
+        except UnsupportedUpstreamError as problem:
+            return loaded.expert, f"cannot export the upstream: {problem}"
+        return loaded.expert, spec
     fields = safe_torch_load(loaded.source_file, mmap=True)
     missing = [key for key in _CONVERTED_KEYS if key not in fields]
     if missing:
@@ -112,7 +152,12 @@ def build_upstreams_offline(specs: list[UpstreamSpec], weights: Mapping[str, Ten
         specs: one spec per upstream (several: a MultiUpstream).
         weights: that module's ``state_dict()`` (keys ``upstreams.<i>.`` for several); the
             caller loads it strictly afterwards, this only needs the converted models' part.
+
+    Raises:
+        UnsupportedUpstreamError: a spec that :func:`check_offline` refuses (before any is built).
     """
+    for spec in specs:
+        check_offline(spec)
     prefixes = [""] if len(specs) == 1 else [f"upstreams.{i}." for i in range(len(specs))]
     modules = []
     with tempfile.TemporaryDirectory(prefix="s3prl_ser_upstream_") as tmp:

@@ -18,7 +18,10 @@ from torch import nn
 
 from s3prl_ser.hub.ft_hub import FoldSpec
 
-__all__ = ["UnsupportedUpstreamError", "LoadedUpstream", "load_upstream", "export_loader"]
+__all__ = ["CONVERTED_LOADERS", "UnsupportedUpstreamError", "LoadedUpstream", "load_upstream", "export_loader"]
+
+CONVERTED_LOADERS = ("hubert_local", "wav2vec2_local")
+"""The hub entries that load an exported upstream from a converted checkpoint file (no download)."""
 
 
 class UnsupportedUpstreamError(ValueError):
@@ -47,7 +50,7 @@ def _converted_expert_modules() -> dict[str, object]:
     import s3prl.upstream.hubert.expert as hubert_expert
     import s3prl.upstream.wav2vec2.expert as wav2vec2_expert
 
-    return {"hubert_local": hubert_expert, "wav2vec2_local": wav2vec2_expert}
+    return dict(zip(CONVERTED_LOADERS, (hubert_expert, wav2vec2_expert)))
 
 
 @contextlib.contextmanager
