@@ -197,10 +197,10 @@ def _check_disjoint(root: Path, fold: str, splits: Mapping[str, tuple[str, list[
     def resolved(item: dict) -> str:
         return utterance_key({**item, "path": os.path.realpath(root / item["path"])})
 
-    keyed = {name: {utterance_key(item): item for item in items} for name, (_, items) in splits.items()}
+    keys = {name: {utterance_key(item) for item in items} for name, (_, items) in splits.items()}
     real = {name: {resolved(item): item["path"] for item in items} for name, (_, items) in splits.items()}
     for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
-        shared = sorted(set(keyed[a]) & set(keyed[b]))
+        shared = sorted(keys[a] & keys[b])
         same_file = sorted(
             f"{real[a][key]} = {real[b][key]}" for key in set(real[a]) & set(real[b]) if real[a][key] != real[b][key]
         )
