@@ -25,7 +25,10 @@ applied by :func:`install` (``import s3prl_ser`` calls it) before s3prl is impor
   ``argparse.Namespace`` (s3prl's checkpoints store one), and a file that does not load that
   way raises :class:`UnsafeCheckpointError` naming it and saying how to convert it. Explicit
   ``weights_only=True`` also makes ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` moot, which
-  :func:`install` refuses all the same.
+  :func:`install` refuses all the same. The wrapped ``torch.load`` also checks every loaded
+  checkpoint's strings that s3prl evaluates or looks up by name (``conv_feature_layers``, ...;
+  :mod:`s3prl_ser.evaluated_strings`) and raises
+  :class:`~s3prl_ser.evaluated_strings.UnsafeConfigError` naming the file and the field.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from typing import Any
 import soundfile
 import torch
 import torchaudio
+
+from s3prl_ser.evaluated_strings import UnsafeConfigError, check_evaluated_fields
 
 __all__ = [
     "RemovedAPIError",
@@ -104,7 +109,7 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", **kwargs
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location=map_location, weights_only=True, **kwargs)
-    except (FileNotFoundError, UnsafeCheckpointError):
+    except (FileNotFoundError, UnsafeCheckpointError, UnsafeConfigError):
         raise
     except Exception as error:  # unpickling errors come in many types; name the file
         raise RuntimeError(f"cannot load checkpoint {path}: {error}") from error
@@ -120,8 +125,12 @@ _CONVERT_HINT = (
 )
 
 
+def _file_name(f: Any) -> str:
+    return os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None) or "<in-memory file>"
+
+
 def _load_failure(f: Any, error: Exception, full_unpickling: bool, caller: str) -> UnsafeCheckpointError:
-    name = os.fspath(f) if isinstance(f, (str, os.PathLike)) else getattr(f, "name", None) or "<in-memory file>"
+    name = _file_name(f)
     text = str(error).split("WeightsUnpickler error:", 1)[-1]
     reason = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
     reason = reason.split(" Please use", 1)[0].rstrip(".")  # drop torch's advice to allow-list the global
@@ -148,10 +157,12 @@ def _weights_only_torch_load(original: Callable[..., Any]) -> Callable[..., Any]
         namespaces = torch.serialization.safe_globals([argparse.Namespace])
         try:
             with namespaces if full_unpickling else contextlib.nullcontext():
-                return original(f, map_location, weights_only=True, mmap=mmap, **pickle_load_args)
+                state = original(f, map_location, weights_only=True, mmap=mmap, **pickle_load_args)
         except pickle.UnpicklingError as error:
             caller = sys._getframe(1).f_globals.get("__name__", "?")
             raise _load_failure(f, error, full_unpickling, caller) from error
+        check_evaluated_fields(state, _file_name(f))  # before any s3prl builder sees its strings
+        return state
 
     load.__doc__ = original.__doc__
     load.__wrapped__ = original
