@@ -3,7 +3,7 @@
     from s3prl_ser.inference import EmotionRecognizer
     recognizer = EmotionRecognizer.from_pretrained("MODEL_DIR")  # or a run's fold directory / checkpoint
     recognizer.predict("speech.flac")            # any sample rate / channel count
-    # Prediction(label='ang', probabilities={'neu': 0.1, 'hap': 0.05, 'ang': 0.8, 'sad': 0.05})
+    # Prediction(label='ang', probabilities={'neu': 0.1, 'hap': 0.05, 'ang': 0.8, 'sad': 0.05}, silence=False)
     recognizer.predict_files(["DIR/", "list.txt"])   # rows: label, probabilities, duration, status
     recognizer.predict_long("meeting.wav")           # 8 s windows, 4 s hop, and a summary
 
@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.data.audio import SAMPLE_RATE, prepare_waveform
+from s3prl_ser.data.audio import SAMPLE_RATE, is_silent, prepare_waveform
 from s3prl_ser.data.folds import resolve_fold
 from s3prl_ser.hub.multi_upstream import MultiFeaturizer, build_featurizer
 from s3prl_ser.models.fusion import EmotionClassifier
@@ -46,6 +46,9 @@ __all__ = ["Prediction", "RecognizerMember", "EmotionRecognizer", "resolve_check
 class Prediction:
     """The most probable class and every class's probability (in the model's class order).
 
+    ``silence``: the audio's RMS level is below :data:`~s3prl_ser.data.audio.SILENCE_DBFS`;
+    the model still picks a class, often confidently, but there is no emotion to read.
+
     Example:
         >>> Prediction("ang", {"neu": 0.2, "ang": 0.8}).label
         'ang'
@@ -53,6 +56,7 @@ class Prediction:
 
     label: str
     probabilities: dict[str, float]
+    silence: bool = False
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -392,11 +396,12 @@ class EmotionRecognizer(nn.Module):
         total = total[inverse]
         return (total / len(self.members)).cpu()
 
-    def to_prediction(self, probabilities: Tensor) -> Prediction:
-        """``(C,)`` probabilities -> :class:`Prediction`."""
+    def to_prediction(self, probabilities: Tensor, silence: bool = False) -> Prediction:
+        """``(C,)`` probabilities (and whether the audio was silence) -> :class:`Prediction`."""
         return Prediction(
             self.class_names[int(probabilities.argmax())],
             {c: float(v) for c, v in zip(self.class_names, probabilities)},
+            silence,
         )
 
     def predict_batch(
@@ -405,7 +410,7 @@ class EmotionRecognizer(nn.Module):
         """Predict several files or waveforms in one batch; each gets what it gets alone
         (see :meth:`probabilities`)."""
         wavs = [self.waveform(a, sample_rate) for a in audios]
-        return [self.to_prediction(p) for p in self.probabilities(wavs)]
+        return [self.to_prediction(p, is_silent(w)) for w, p in zip(wavs, self.probabilities(wavs))]
 
     def predict(self, audio: str | os.PathLike | np.ndarray | Tensor, sample_rate: int | None = None) -> Prediction:
         """Predict one file path or waveform (then ``sample_rate`` is required)."""

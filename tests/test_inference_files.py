@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
 
 from helpers import overrides, train_args
 from s3prl_ser.cli.inference import FILES_FAILED
 from s3prl_ser.cli.inference import main as inference
 from s3prl_ser.cli.run_downstream import main as run_downstream
+from s3prl_ser.data.audio import resample
 from s3prl_ser.deploy.export_run import export_run
 from s3prl_ser.deploy.long_audio import window_plan
 from s3prl_ser.inference import EmotionRecognizer
@@ -80,7 +80,7 @@ def test_folder_gives_a_row_per_file_with_statuses(model_dir, recognizer, folder
     assert float(rows["stereo44k.wav"]["duration"]) == pytest.approx(0.9, abs=1e-3)
     # the stereo 44.1 kHz file is averaged to mono and resampled, as an array would be
     data, rate = sf.read(folder / "nested" / "stereo44k.wav", dtype="float32")
-    mono16k = AF.resample(torch.from_numpy(data.mean(axis=1)), rate, 16000)
+    mono16k = resample(data.mean(axis=1), rate)
     expected = recognizer.probabilities([mono16k])[0]
     assert [float(rows["stereo44k.wav"][f"p_{c}"]) for c in classes] == pytest.approx(expected.tolist(), abs=1e-5)
 
@@ -160,6 +160,71 @@ def test_mp3_through_soundfile_and_m4a_through_ffmpeg(recognizer, tmp_path):
     assert [r["status"] for r in rows] == ["ok"] * len(paths), rows
     for row in rows:
         assert row["duration"] == pytest.approx(1.5, abs=0.1)  # codecs add a few ms of priming
+
+
+def test_silence_is_flagged_in_rows_and_predictions(recognizer, model_dir, tmp_path):
+    """Digital silence and audio below -60 dBFS RMS are ``silence``; -50 dBFS noise is not.
+    A long file: its silent windows are flagged, and the summary only when the whole file is."""
+    from s3prl_ser.data.audio import SILENCE_DBFS
+
+    assert SILENCE_DBFS == -60.0
+    sf.write(tmp_path / "zeros.wav", np.zeros(16000, dtype="float32"), 16000)
+    quiet = _noise(1.0, 16000, seed=6) * (10 ** (-50 / 20) / (0.3 / np.sqrt(3)))  # uniform: RMS = 0.3 / sqrt(3)
+    sf.write(tmp_path / "quiet.wav", quiet, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "speech.wav", _noise(1.0, 16000, seed=7), 16000)
+    inference([str(model_dir), str(tmp_path), "-O", str(tmp_path / "out.csv"), "--no-progress"])  # exit status 0
+    rows = {Path(r["file"]).name: r for r in _read_csv(tmp_path / "out.csv")}
+    assert {name: r["silence"] for name, r in rows.items()} == {
+        "quiet.wav": "false",
+        "speech.wav": "false",
+        "zeros.wav": "true",
+    }
+    assert all(r["status"] == "ok" and r["label"] for r in rows.values())  # still predicted, and flagged
+    # the threshold by hand: a square wave of amplitude a has an RMS level of 20 log10(a) dBFS
+    square = np.where(np.arange(16000) % 2 == 0, 1.0, -1.0).astype("float32")
+    predictions = recognizer.predict_batch([square * 10 ** (-59 / 20), square * 10 ** (-61 / 20)], sample_rate=16000)
+    assert [p.silence for p in predictions] == [False, True]
+    long = np.concatenate([np.zeros((8 * 16000, 1), dtype="float32"), _noise(13.0, 16000, seed=8)])
+    sf.write(tmp_path / "long.wav", long, 16000)
+    rows = recognizer.predict_long(tmp_path / "long.wav", window=8.0, hop=4.0)
+    assert [(r["start"], r["silence"]) for r in rows] == [
+        (0.0, True),
+        (4.0, False),
+        (8.0, False),
+        (12.0, False),
+        (16.0, False),
+        (0.0, False),  # the summary: the whole file
+    ]
+    sf.write(tmp_path / "long_zeros.wav", np.zeros(21 * 16000, dtype="float32"), 16000)
+    assert all(r["silence"] for r in recognizer.predict_long(tmp_path / "long_zeros.wav"))
+
+
+def test_symbolic_link_loop_and_out_of_memory_are_error_rows(model_dir, tmp_path):
+    """A folder holding a link to itself (a loop) and a FLAC whose header claims 2^36 frames (its
+    reading raises MemoryError: numpy refuses 256 GiB) give error rows; the other file its row."""
+    sf.write(tmp_path / "speech.wav", _noise(1.0, 16000, seed=9), 16000)
+    (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to(tmp_path)  # a folder loop: not followed
+    sf.write(tmp_path / "huge.flac", _noise(1.0, 16000, seed=10), 16000)
+    flac = bytearray((tmp_path / "huge.flac").read_bytes())
+    field = int.from_bytes(flac[18:26], "big") | (2**36 - 1)  # STREAMINFO's 36-bit total sample count
+    flac[18:26] = field.to_bytes(8, "big")
+    (tmp_path / "huge.flac").write_bytes(flac)
+    overcommit = Path("/proc/sys/vm/overcommit_memory")
+    huge = overcommit.is_file() and overcommit.read_text().strip() != "1"  # "1": any allocation succeeds
+    if not huge:
+        (tmp_path / "huge.flac").unlink()
+    with pytest.raises(SystemExit) as exit_info:  # --long-audio: read whole, not in windows
+        inference([str(model_dir), str(tmp_path), "-O", str(tmp_path / "out.csv"), "--long-audio", "1e12"])
+    assert exit_info.value.code == FILES_FAILED
+    rows = {Path(r["file"]).name: r for r in _read_csv(tmp_path / "out.csv")}
+    assert sorted(rows) == (["huge.flac"] if huge else []) + ["loop.wav", "speech.wav"]
+    assert rows["speech.wav"]["status"] == "ok"
+    assert rows["loop.wav"]["status"] == "error" and "loop.wav: symbolic link loop" in rows["loop.wav"]["error"]
+    if huge:
+        assert rows["huge.flac"]["status"] == "error"
+        assert "huge.flac: out of memory reading it" in rows["huge.flac"]["error"]
 
 
 def test_csv_cells_are_never_spreadsheet_formulas(model_dir, tmp_path, monkeypatch):

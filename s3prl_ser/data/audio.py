@@ -1,7 +1,8 @@
 """Audio loading for every dataset and inference path: soundfile, mono, 16 kHz, validated.
 
-Another sample rate or channel count is not an error: audio is resampled to 16 kHz and
-averaged to mono by design. What cannot be used is: a file soundfile cannot open, no samples,
+Another sample rate or channel count is not an error: audio is averaged to mono and resampled
+to 16 kHz by design, by :func:`resample` (soxr, whose memory does not depend on the rate pair)
+everywhere: training, corpus checks and inference. What cannot be used is: a file soundfile cannot open, no samples,
 a WAV shorter than its header says (a cut-off copy, which soundfile reads silently as a shorter
 clip), fewer than ``min_samples`` samples after resampling, and non-finite samples.
 :func:`audio_file_problem` finds all but the last from the header, without decoding;
@@ -10,18 +11,41 @@ clip), fewer than ``min_samples`` samples after resampling, and non-finite sampl
 
 from __future__ import annotations
 
+import errno
+import math
 import os
 import struct
 from pathlib import Path
 
 import numpy as np
 import soundfile
+import soxr
 import torch
-import torchaudio.functional as AF
 
-__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "prepare_waveform", "audio_file_problem"]
+__all__ = [
+    "SAMPLE_RATE",
+    "SILENCE_DBFS",
+    "AudioError",
+    "load_audio",
+    "prepare_waveform",
+    "audio_file_problem",
+    "resample",
+    "resampled_length",
+    "resample_context",
+    "level_dbfs",
+    "is_silent",
+    "require_file",
+]
 
 SAMPLE_RATE = 16000
+# soxr's "high quality" preset: passband to 91% of the lower Nyquist, 20-bit precision.
+RESAMPLE_QUALITY = "HQ"
+# Input context read on each side of a segment so that resampling it alone gives the same
+# samples as resampling the whole file (soxr HQ's filter is shorter; tests/test_audio.py).
+RESAMPLE_MARGIN_SECONDS = 0.1
+# Audio whose RMS level is below this (dB relative to full scale, 1.0) is reported as silence:
+# a model still outputs a confident class for it, which means nothing.
+SILENCE_DBFS = -60.0
 
 
 class AudioError(ValueError):
@@ -65,11 +89,110 @@ def prepare_waveform(
         raise AudioError(f"{source}: audio contains NaN or infinite samples")
     if sample_rate <= 0:
         raise AudioError(f"{source}: invalid sample rate {sample_rate}")
-    if sample_rate != SAMPLE_RATE:
-        wav = AF.resample(wav, sample_rate, SAMPLE_RATE)
+    wav = resample(wav, sample_rate)
     if wav.numel() < min_samples:
         raise AudioError(f"{source}: {_too_short(wav.numel(), min_samples, sample_rate != SAMPLE_RATE)}")
     return wav.contiguous()
+
+
+def resample(wav: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Resample mono audio ``(T,)`` at ``sample_rate`` to ``(resampled_length(T, sample_rate),)``
+    float32 at :data:`SAMPLE_RATE` with soxr (the same tensor back when the rate is already 16 kHz).
+
+    The one resampler of the project. Its memory is the input and output plus a filter of a few
+    kB, whatever the rate pair; torchaudio's kernel grows with ``rate / gcd(rate, 16000)``
+    (gigabytes at 16001 Hz).
+
+    Raises:
+        AudioError: a rate soxr cannot convert from.
+
+    Example:
+        >>> resample(np.ones(44100, dtype="float32"), 44100).shape  # 1 s at 44.1 kHz
+        torch.Size([16000])
+    """
+    if sample_rate == SAMPLE_RATE:
+        return torch.as_tensor(wav)
+    data = np.ascontiguousarray(torch.as_tensor(wav).numpy(), dtype=np.float32)
+    try:
+        out = soxr.resample(data, sample_rate, SAMPLE_RATE, quality=RESAMPLE_QUALITY)
+    except (ValueError, RuntimeError) as error:
+        raise AudioError(f"cannot resample from {sample_rate} Hz ({error})") from error
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def resampled_length(frames: int, sample_rate: int) -> int:
+    """Samples :func:`resample` makes of ``frames`` at ``sample_rate``: ``frames * 16000 / rate``
+    rounded, halves up (soxr's rule), in exact integer arithmetic.
+
+    Example:
+        >>> resampled_length(44100, 44100), resampled_length(1000, 44100), resampled_length(3, 96000)
+        (16000, 363, 1)
+    """
+    return (2 * frames * SAMPLE_RATE + sample_rate) // (2 * sample_rate)
+
+
+def resample_context(start: int, stop: int, sample_rate: int, frames: int) -> tuple[int, int, int]:
+    """Which input frames to resample for output samples ``start``..``stop`` of a recording of
+    ``frames`` frames at ``sample_rate``, so that they equal those of the whole file resampled at
+    once (no seams between windows; equal within float rounding, ~1e-6).
+
+    The read starts :data:`RESAMPLE_MARGIN_SECONDS` early, at a frame where input and output
+    sample grids meet (a multiple of ``rate / gcd(rate, 16000)`` frames, at most 1 s apart), and
+    ends the margin late.
+
+    Returns:
+        ``(first, last, offset)``: read frames ``first``..``last``, resample them, and keep
+        samples ``offset``..``offset + stop - start`` of the result.
+
+    Example:
+        >>> resample_context(64000, 112000, 44100, 441000)  # 4-7 s of a 10 s file at 44.1 kHz
+        (171990, 313110, 1600)
+    """
+    step = math.gcd(sample_rate, SAMPLE_RATE)
+    period, out_period = sample_rate // step, SAMPLE_RATE // step
+    margin = int(RESAMPLE_MARGIN_SECONDS * SAMPLE_RATE)
+    periods = max(0, start - margin) // out_period
+    first = periods * period
+    last = min(frames, -(-(stop + margin) * sample_rate // SAMPLE_RATE))
+    return first, last, start - periods * out_period
+
+
+def level_dbfs(wav: torch.Tensor | None = None, *, mean_square: float | None = None) -> float:
+    """RMS level in dB relative to full scale (1.0) of ``wav`` ``(T,)``, or of a ``mean_square``
+    computed elsewhere; ``-inf`` for digital silence.
+
+    Example:
+        >>> round(level_dbfs(torch.full((100,), 0.1)), 6), level_dbfs(torch.zeros(100)), level_dbfs(mean_square=1e-4)
+        (-20.0, -inf, -40.0)
+    """
+    if mean_square is None:
+        mean_square = float(wav.double().square().mean()) if wav is not None and wav.numel() else 0.0
+    return 10 * math.log10(mean_square) if mean_square > 0 else -math.inf
+
+
+def is_silent(wav: torch.Tensor) -> bool:
+    """Whether ``wav`` ``(T,)`` is quieter than :data:`SILENCE_DBFS` (RMS): no speech to classify."""
+    return level_dbfs(wav) < SILENCE_DBFS
+
+
+def require_file(path: Path) -> None:
+    """Raise unless ``path`` is a readable regular file (checked before opening: a FIFO would block).
+
+    Raises:
+        FileNotFoundError: no such file (or a dangling symbolic link).
+        AudioError: a symbolic link loop, a directory or another kind of file.
+    """
+    try:
+        if path.is_file():
+            return
+        os.stat(path)
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise FileNotFoundError(f"audio file not found: {path}") from error
+        if error.errno == errno.ELOOP:
+            raise AudioError(f"{path}: symbolic link loop ({error.strerror})") from error
+        raise AudioError(f"{path}: cannot read ({error.strerror})") from error
+    raise AudioError(f"{path}: not an audio file ({'a directory' if path.is_dir() else 'not a regular file'})")
 
 
 def _too_short(samples: int, min_samples: int, resampled: bool) -> str:
@@ -104,8 +227,7 @@ def load_audio(
             resampling, or has no such segment or channel. The message names the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file not found: {path}")
+    require_file(path)
     truncated = _truncation(path)
     if truncated:
         raise AudioError(f"{path}: {truncated}")
@@ -181,8 +303,7 @@ def audio_file_problem(
             return problem
         stop = info.frames if end is None else min(int(round(end * info.samplerate)), info.frames)
         frames = stop - int(round((start or 0) * info.samplerate))
-    # torchaudio's resampling yields ceil(frames * 16000 / rate) samples.
-    samples = -(-frames * SAMPLE_RATE // info.samplerate)
+    samples = resampled_length(frames, info.samplerate)
     if samples < min_samples:
         return _too_short(samples, min_samples, info.samplerate != SAMPLE_RATE)
     if max_samples is not None and samples > max_samples:

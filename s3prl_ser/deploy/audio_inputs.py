@@ -4,6 +4,8 @@ Reading goes through :func:`s3prl_ser.data.audio.load_audio` (soundfile: WAV, FL
 Opus, and MP3 with libsndfile >= 1.1) and falls back to ``ffmpeg`` for what soundfile cannot
 decode (M4A/AAC, ...) when an ``ffmpeg`` executable is on ``PATH``. Long files are read a
 window at a time (:func:`read_segment`): soundfile seeks to the frame, ffmpeg to the time.
+Soundfile's audio is resampled by :func:`s3prl_ser.data.audio.resample`; ffmpeg converts to
+16 kHz itself (its ``-ar``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ import numpy as np
 import soundfile
 import torch
 
-from s3prl_ser.data.audio import SAMPLE_RATE, AudioError, load_audio, prepare_waveform
+from s3prl_ser.data.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    load_audio,
+    prepare_waveform,
+    require_file,
+    resample_context,
+    resampled_length,
+)
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -45,7 +55,7 @@ class AudioInfo:
         >>> info = audio_info(path)
         >>> info.frames, info.sample_rate, info.seconds, info.reader
         (22050, 44100, 0.5, 'soundfile')
-        >>> read_segment(path, info, start=11025, frames=4410).shape  # 0.1 s from 0.25 s, mono 16 kHz
+        >>> read_segment(path, info, start=4000, stop=5600).shape  # 0.1 s from 0.25 s, mono 16 kHz
         torch.Size([1600])
     """
 
@@ -57,11 +67,18 @@ class AudioInfo:
     def seconds(self) -> float:
         return self.frames / self.sample_rate
 
+    @property
+    def samples(self) -> int:
+        """Length at 16 kHz, after resampling."""
+        return resampled_length(self.frames, self.sample_rate)
+
 
 def collect_audio_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand files, folders (recursive, by audio extension) and list files (one path a line,
     ``#`` comments; relative paths are relative to the list) into audio paths, in order,
-    without duplicates. A path that does not exist is kept: reading it gives its error row.
+    without duplicates. A path that does not exist is kept: reading it gives its error row; so
+    is a dangling or looping symbolic link with an audio extension found in a folder (links to
+    folders are not followed).
 
     Example:
         >>> import tempfile
@@ -78,7 +95,11 @@ def collect_audio_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in AUDIO_EXTENSIONS and (p.is_file() or (p.is_symlink() and not p.is_dir()))
+            )
             seen.update(dict.fromkeys(found))
         elif path.is_file() and path.suffix.lower() in LIST_EXTENSIONS:
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -120,8 +141,7 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
         AudioError: neither soundfile nor ffmpeg can read it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file not found: {path}")
+    require_file(path)
     try:
         info = soundfile.info(str(path))
         return AudioInfo(int(info.frames), int(info.samplerate), "soundfile")
@@ -169,23 +189,32 @@ def read_audio(path: str | os.PathLike, *, min_samples: int = 1) -> torch.Tensor
     return prepare_waveform(_ffmpeg_decode(path), SAMPLE_RATE, source=str(path), min_samples=min_samples)
 
 
-def read_segment(path: str | os.PathLike, info: AudioInfo, start: int, frames: int) -> torch.Tensor:
-    """``frames`` frames of ``path`` from frame ``start`` (at the file's own rate), as mono
-    16 kHz float32 ``(T',)``; only that segment is read from disk (soundfile seeks).
+def read_segment(path: str | os.PathLike, info: AudioInfo, start: int, stop: int) -> torch.Tensor:
+    """Samples ``start``..``stop`` of the file at 16 kHz, mono float32 ``(stop - start,)``: the
+    same samples as reading the whole file and slicing it (no seams between windows), but only
+    the segment and :data:`~s3prl_ser.data.audio.RESAMPLE_MARGIN_SECONDS` around it are read
+    from disk (soundfile seeks; :func:`~s3prl_ser.data.audio.resample_context`).
 
     Raises:
         AudioError: the segment cannot be decoded or holds non-finite samples.
     """
     path = Path(path)
-    if info.reader == "ffmpeg":
-        data = _ffmpeg_decode(path, start / info.sample_rate, frames / info.sample_rate)
-        return prepare_waveform(data, SAMPLE_RATE, source=f"{path}@{start / info.sample_rate:.2f}s")
+    source = f"{path}@{start / SAMPLE_RATE:.2f}s"
+    if info.reader == "ffmpeg":  # ffmpeg's output is already at 16 kHz: info.frames are samples
+        data = _ffmpeg_decode(path, start / SAMPLE_RATE, (stop - start) / SAMPLE_RATE)
+        return prepare_waveform(data, SAMPLE_RATE, source=source)
+    first, last, offset = resample_context(start, stop, info.sample_rate, info.frames)
     try:
-        data, rate = soundfile.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+        data, rate = soundfile.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioError(f"{path}: cannot decode audio at frame {start} ({error})") from error
+        raise AudioError(f"{path}: cannot decode audio at frame {first} ({error})") from error
     if data.shape[0] == 0:
-        raise AudioError(f"{path}: no audio at frame {start} (the header declares {info.frames} frames)")
+        raise AudioError(f"{path}: no audio at frame {first} (the header declares {info.frames} frames)")
     if data.shape[1] > 1:  # average channels here: prepare_waveform would guess the time axis of a 1-frame block
         data = data.mean(axis=1)
-    return prepare_waveform(data.reshape(-1), rate, source=f"{path}@{start / rate:.2f}s")
+    wav = prepare_waveform(data.reshape(-1), rate, source=source)[offset : offset + stop - start]
+    if wav.numel() < stop - start:
+        raise AudioError(
+            f"{path}: audio ends before {stop / SAMPLE_RATE:.2f} s (the header declares {info.seconds:.2f} s)"
+        )
+    return wav

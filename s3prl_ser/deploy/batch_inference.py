@@ -2,8 +2,10 @@
 
 Every input file gives rows with ``file``, ``segment`` (``file``; or ``window`` rows and a
 ``summary`` for a file longer than ``long_audio`` seconds, see :mod:`~s3prl_ser.deploy.long_audio`),
-``start``, ``end``, ``duration`` (seconds), ``status`` (``ok`` or ``error``), ``error`` (the
-message), ``label`` and every class's probability. A file that cannot be read, or is shorter
+``start``, ``end``, ``duration`` (seconds), ``status`` (``ok`` or ``error``), ``silence``
+(the audio's RMS level is below :data:`~s3prl_ser.data.audio.SILENCE_DBFS`: do not read an
+emotion into its label), ``error`` (the message), ``label`` and every class's probability. A
+file that cannot be read (undecodable, a symbolic link loop, out of memory, ...), or is shorter
 than the model's minimum, gives one ``error`` row and the run goes on.
 
 Short files are read a batch at a time, in order of length (similar lengths pad little), and
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from s3prl_ser.data.audio import SAMPLE_RATE, AudioError
+from s3prl_ser.data.audio import SAMPLE_RATE, AudioError, is_silent
 from s3prl_ser.deploy.audio_inputs import AudioInfo, audio_info, collect_audio_files, read_audio
 from s3prl_ser.deploy.long_audio import predict_windows, prediction_row
 
@@ -31,7 +33,16 @@ if TYPE_CHECKING:
 
 __all__ = ["READ_ERRORS", "predict_files", "write_rows", "csv_columns", "csv_cell"]
 
-READ_ERRORS = (FileNotFoundError, AudioError, OSError)
+# What reading one file may raise; MemoryError too, so that one file cannot end the run.
+READ_ERRORS = (FileNotFoundError, AudioError, OSError, MemoryError)
+
+
+def _message(path: Path, error: BaseException) -> str:
+    """The error's message, naming the file (numpy's MemoryError does not)."""
+    text = str(error) or type(error).__name__
+    if isinstance(error, MemoryError):
+        text = f"out of memory reading it ({text})"
+    return text if str(path) in text else f"{path}: {text}"
 
 
 def _error_row(path: Path, message: str, duration: float | None = None) -> dict[str, Any]:
@@ -42,6 +53,7 @@ def _error_row(path: Path, message: str, duration: float | None = None) -> dict[
         "end": None,
         "duration": duration,
         "status": "error",
+        "silence": None,
         "error": message,
         "label": None,
         "probabilities": {},
@@ -77,9 +89,9 @@ def predict_files(
         try:
             info = audio_info(path)
         except READ_ERRORS as error:
-            results[index] = [_error_row(path, str(error))]
+            results[index] = [_error_row(path, _message(path, error))]
             continue
-        samples = -(-info.frames * SAMPLE_RATE // info.sample_rate)
+        samples = info.samples
         if samples < recognizer.min_samples:
             results[index] = [
                 _error_row(
@@ -113,7 +125,7 @@ def predict_files(
                 for row in results[index]:
                     row.setdefault("error", "")
             except READ_ERRORS as error:
-                results[index] = [_error_row(files[index], str(error), infos[index].seconds)]
+                results[index] = [_error_row(files[index], _message(files[index], error), infos[index].seconds)]
     finally:
         bar.close()
     for index in range(len(files)):
@@ -129,7 +141,7 @@ def _predict_batch(
         try:
             readable.append((index, path, read_audio(path, min_samples=recognizer.min_samples)))
         except READ_ERRORS as error:
-            out.append((index, [_error_row(path, str(error), info.seconds)]))
+            out.append((index, [_error_row(path, _message(path, error), info.seconds)]))
     if readable:
         probabilities = recognizer.probabilities([wav for _, _, wav in readable])
         for (index, path, wav), probs in zip(readable, probabilities):
@@ -143,6 +155,7 @@ def _predict_batch(
                 end=seconds,
                 duration=seconds,
                 status="ok",
+                silence=is_silent(wav),
                 error="",
             )
             out.append((index, [row]))
@@ -152,7 +165,18 @@ def _predict_batch(
 def csv_columns(class_names: Sequence[str]) -> list[str]:
     """CSV header: the row fields, then one probability column per class (``p_<class>``); every
     cell written passes :func:`csv_cell`."""
-    return ["file", "segment", "start", "end", "duration", "status", "label", *[f"p_{c}" for c in class_names], "error"]
+    return [
+        "file",
+        "segment",
+        "start",
+        "end",
+        "duration",
+        "status",
+        "silence",
+        "label",
+        *[f"p_{c}" for c in class_names],
+        "error",
+    ]
 
 
 def _flat(row: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
@@ -163,6 +187,7 @@ def _flat(row: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
     for key in ("start", "end", "duration"):
         flat[key] = "" if flat.get(key) is None else f"{flat[key]:.3f}"
     flat["label"] = flat.get("label") or ""
+    flat["silence"] = {True: "true", False: "false"}.get(flat.get("silence"), "")
     return flat
 
 

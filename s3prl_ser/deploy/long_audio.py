@@ -7,7 +7,9 @@ own (:func:`~s3prl_ser.deploy.audio_inputs.read_segment`) and windows go through
 Windows start every ``hop`` seconds and last ``window`` seconds; the last one ends at the end
 of the file (it may be shorter, but never shorter than ``window - hop``: a window is added
 only while the previous one ends before the file does). The summary's probabilities are the
-mean of the windows' probabilities weighted by their durations.
+mean of the windows' probabilities weighted by their durations. Each window's samples are those
+of the whole file resampled at once (no seams). ``silence`` marks a window, or a summary (over
+the whole file), quieter than :data:`~s3prl_ser.data.audio.SILENCE_DBFS`: its label means nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from s3prl_ser.data.audio import SAMPLE_RATE, SILENCE_DBFS, is_silent, level_dbfs
 from s3prl_ser.deploy.audio_inputs import AudioInfo, audio_info, read_segment
 
 if TYPE_CHECKING:
@@ -69,7 +72,8 @@ def predict_windows(
     info: AudioInfo | None = None,
     on_window: Callable[[float], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Window rows (``segment="window"``, ``start``, ``end``) and one summary row (``segment="summary"``).
+    """Window rows (``segment="window"``, ``start``, ``end``) and one summary row (``segment="summary"``),
+    each with ``silence`` (RMS level below :data:`~s3prl_ser.data.audio.SILENCE_DBFS`).
 
     Args:
         recognizer: the model.
@@ -89,14 +93,18 @@ def predict_windows(
     rows: list[dict[str, Any]] = []
     weighted = torch.zeros(len(recognizer.class_names), dtype=torch.float64)
     covered = 0.0
+    energy = 0.0  # sum of squares of the file's samples, each counted once (windows overlap)
+    done = 0  # samples of the file counted in energy
     for first in range(0, len(plan), batch_size):
         chunk = plan[first : first + batch_size]
-        wavs = []
-        for start, end in chunk:
-            begin = int(round(start * info.sample_rate))
-            frames = int(round(end * info.sample_rate)) - begin
-            wavs.append(read_segment(path, info, begin, frames))
-        for (start, end), probs in zip(chunk, recognizer.probabilities(wavs)):
+        wavs = [
+            read_segment(path, info, round(start * SAMPLE_RATE), min(round(end * SAMPLE_RATE), info.samples))
+            for start, end in chunk
+        ]
+        for (start, end), wav, probs in zip(chunk, wavs, recognizer.probabilities(wavs)):
+            begin = round(start * SAMPLE_RATE)
+            energy += float(wav[done - begin :].double().square().sum())
+            done = begin + wav.numel()
             rows.append(
                 prediction_row(
                     recognizer.class_names,
@@ -107,6 +115,7 @@ def predict_windows(
                     end=end,
                     duration=end - start,
                     status="ok",
+                    silence=is_silent(wav),
                 )
             )
             weighted += (end - start) * probs.double()
@@ -123,5 +132,6 @@ def predict_windows(
         end=duration,
         duration=duration,
         status="ok",
+        silence=level_dbfs(mean_square=energy / max(done, 1)) < SILENCE_DBFS,
     )
     return rows + [summary]
