@@ -5,6 +5,12 @@ for full unpickling; :mod:`s3prl_ser.compat` makes every load weights-only).
 Each row of :data:`ROWS` gets its own payload file, ``evil.pt``, and a *poisoned* copy of one
 tiny finished run whose ``Args`` name ``-u tera_local -k evil.pt``; it runs one entry point and
 checks that the marker was never written and that the message names the file.
+
+The second half fires plain strings that s3prl would ``eval`` (:mod:`s3prl_ser.evaluated_strings`):
+one row per upstream family and field through ``-k`` (:data:`EVAL_SINKS`), runner names
+through ``-e``, a baseline feature config through ``-g``, an export and a run directory whose
+``-k`` file carries one, and model directories whose ``config.json`` does (:data:`MODEL_DIR_SINKS`,
+through ``from_pretrained`` and the inference CLI).
 """
 
 from __future__ import annotations
