@@ -196,10 +196,13 @@ def read_segment(path: str | os.PathLike, info: AudioInfo, start: int, stop: int
     from disk (soundfile seeks; :func:`~s3prl_ser.data.audio.resample_context`).
 
     Raises:
-        AudioError: the segment cannot be decoded or holds non-finite samples.
+        AudioError: the segment is empty, cannot be decoded, holds non-finite samples, or the
+            file ends before ``stop`` (a header that claims more than the file holds).
     """
     path = Path(path)
     source = f"{path}@{start / SAMPLE_RATE:.2f}s"
+    if stop <= start:
+        raise AudioError(f"{source}: an empty segment ({start}..{stop} at {SAMPLE_RATE} Hz)")
     if info.reader == "ffmpeg":  # ffmpeg's output is already at 16 kHz: info.frames are samples
         data = _ffmpeg_decode(path, start / SAMPLE_RATE, (stop - start) / SAMPLE_RATE)
         return prepare_waveform(data, SAMPLE_RATE, source=source)
