@@ -113,7 +113,7 @@ def resample(wav: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
         torch.Size([16000])
     """
     if sample_rate == SAMPLE_RATE:
-        return torch.as_tensor(wav)
+        return torch.as_tensor(wav, dtype=torch.float32)
     data = np.ascontiguousarray(torch.as_tensor(wav).numpy(), dtype=np.float32)
     try:
         out = soxr.resample(data, sample_rate, SAMPLE_RATE, quality=RESAMPLE_QUALITY)
