@@ -21,6 +21,7 @@ keeps even such a directory from reaching the network.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -121,6 +122,7 @@ def check_writable(out: str | os.PathLike, overwrite: bool) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0 probes without sending anything)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -134,7 +136,7 @@ def _remove_stale_temporaries(out: Path) -> None:
     """Remove what killed exports to ``out`` left: ``.NAME.tmp-PID`` directories of dead processes,
     and ``.NAME.old-PID`` (the previous model, renamed aside while being replaced): deleted when
     ``out`` exists, else renamed back to ``out``, so that a kill mid-replacement loses nothing."""
-    for leftover in sorted(out.parent.glob(f".{out.name}.*-*")):
+    for leftover in sorted(out.parent.glob(f".{glob.escape(out.name)}.*-*")):
         kind, _, pid = leftover.name[len(out.name) + 2 :].rpartition("-")
         if kind not in ("tmp", "old") or not pid.isdigit() or _pid_alive(int(pid)):
             continue
@@ -143,7 +145,10 @@ def _remove_stale_temporaries(out: Path) -> None:
             os.replace(leftover, out)
         else:
             logger.warning("%s: removing what a killed export (process %s) left", leftover, pid)
-            shutil.rmtree(leftover)
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
 
 
 def write_model_dir(
