@@ -184,8 +184,13 @@ def test_hub_layout_and_upload_of_the_verified_files_only(cv_run, tmp_path, monk
         push_model_dir(out, "someone/ser-fold2")
     (out / "README.md").unlink()
     (out / "card.md").rename(out / "README.md")
+    config = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text((out / "config.json").read_text().replace('"neu"', '"calm"'))
     with pytest.raises(ModelDirError, match="config.json: its digest differs"):
+        push_model_dir(out, "someone/ser-fold2")
+    config["files"]["../secret.txt"] = {"sha256": hashlib.sha256(b"token").hexdigest(), "bytes": 5}
+    _reseal(out, config)  # a listed file outside the directory, digest and all
+    with pytest.raises(ModelDirError, match=r"files: '\.\./secret\.txt' is not a weight file of the directory"):
         push_model_dir(out, "someone/ser-fold2")
     assert calls == []  # a modified directory is never published
 
