@@ -15,13 +15,14 @@ TINY_ECAPA = (
 
 
 def overrides(root, meta, steps=12, every=4, k=2, extra=""):
-    """``-o`` overrides for a short emotion_ecapa run with a tiny ECAPA-TDNN."""
+    """``-o`` overrides for a short emotion_ecapa run with a tiny ECAPA-TDNN (``root``/``meta``
+    None: left out, for a command that names its own corpus)."""
     return ",,".join(
         filter(
             None,
             [
-                f"config.downstream_expert.datarc.root={root}",
-                f"config.downstream_expert.datarc.meta_data={meta}",
+                f"config.downstream_expert.datarc.root={root}" if root is not None else "",
+                f"config.downstream_expert.datarc.meta_data={meta}" if meta is not None else "",
                 f"config.runner.total_steps={steps}",
                 f"config.runner.eval_step={every}",
                 f"config.runner.save_step={every}",
@@ -37,13 +38,14 @@ def overrides(root, meta, steps=12, every=4, k=2, extra=""):
 
 
 def finetune_overrides(root, meta, steps=6, every=2, k=2, accumulate=1, warmup=1, freeze=0, extra=""):
-    """``-o`` overrides for a short ``python -m upstream_ft`` run on a tiny upstream."""
+    """``-o`` overrides for a short ``python -m upstream_ft`` run on a tiny upstream (``root``/``meta``
+    None: left out)."""
     return ",,".join(
         filter(
             None,
             [
-                f"config.datarc.root={root}",
-                f"config.datarc.meta_data={meta}",
+                f"config.datarc.root={root}" if root is not None else "",
+                f"config.datarc.meta_data={meta}" if meta is not None else "",
                 f"config.runner.total_steps={steps}",
                 f"config.runner.eval_step={every}",
                 f"config.runner.save_step={every}",

@@ -38,7 +38,7 @@ from s3prl_ser.training.cv_report import mean_std_text, summarize_seeds, write_s
 
 UPSTREAM_FT_DIR = Path(__file__).resolve().parents[2] / "upstream_ft"
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
 def _table1(args: argparse.Namespace, corpus: Path, meta: Path) -> None:
@@ -93,8 +93,8 @@ def _seeds(spec: str | None, pipeline: str) -> list[int | None]:
     return seeds
 
 
-@exit_on_error(BuiltinCorpusError, *EXPECTED_ERRORS)  # e.g. espeak-ng missing, a bad --folds
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m s3prl_ser.cli.demo``'s command line."""
     parser = argparse.ArgumentParser(prog="python -m s3prl_ser.cli.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("result/demo"), help="output directory")
     parser.add_argument("--corpus", type=Path, default=None, help="built-in corpus location (default: cache)")
@@ -114,7 +114,12 @@ def main(argv: list[str] | None = None) -> None:
         "the results do not depend on it",
     )
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@exit_on_error(BuiltinCorpusError, *EXPECTED_ERRORS)  # e.g. espeak-ng missing, a bad --folds
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     seeds = _seeds(args.seeds, args.pipeline)
 
     corpus = generate_corpus(args.corpus or default_corpus_dir())

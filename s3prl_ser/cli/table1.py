@@ -50,6 +50,7 @@ __all__ = [
     "BASE_UPSTREAMS",
     "parse_experiments",
     "model_overrides",
+    "build_parser",
     "main",
 ]
 
@@ -381,7 +382,8 @@ def run_table1(
     return summaries
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m s3prl_ser.cli.table1``'s command line."""
     parser = argparse.ArgumentParser(prog="python -m s3prl_ser.cli.table1", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiments", default="1-11")
     parser.add_argument("-p", "--out", type=Path, required=True, help="output directory")
@@ -407,7 +409,11 @@ def main(argv: list[str] | None = None) -> None:
         "--superb", default="", help="stock upstreams (NAME or NAME:CKPT) to run with SUPERB's ER protocol"
     )
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     defaults = BASE_UPSTREAMS if args.base else PAPER_UPSTREAMS
     with exit_on_error():
         experiments = parse_experiments(args.experiments)
