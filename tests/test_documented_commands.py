@@ -4,7 +4,8 @@ Each command line of README.md's (and docs/*.md's) fenced ```bash blocks needs a
 ``COMMANDS``: a command without one fails :func:`test_every_documented_command_has_a_row`, so a
 new or edited command cannot go untested. A row says how the command is checked:
 
-* :class:`Run`: executed in a subprocess from a copy of the checkout (``git ls-files``), in the
+* :class:`Run`: executed in a subprocess from a copy of the checkout (what ``git ls-files``
+  lists, untracked files git does not ignore included; not ``result/`` or caches), in the
   rows' ``step`` order (later commands read what earlier ones wrote, e.g. an export reads the
   cross-validation). The docs' placeholders become the test's: ``/data/...`` a data directory
   holding the mini corpus as ``/data/IEMOCAP`` and a table corpus as ``/data/mycorpus``;
