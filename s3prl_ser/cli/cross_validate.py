@@ -11,7 +11,7 @@ into the experiment directory. Arguments not listed below are passed to ``run_do
 (e.g. ``-k CKPT``, ``-c CONFIG``, ``-f``, ``--seed``, ``--device``).
 
 ``--deploy`` then trains the deployment model in ``<expdir>/deploy`` (every utterance of the
-corpus, the folds' schedule, no held-out score: :mod:`s3prl_ser.deploy.deployment`), and
+corpus, the folds' schedule, no held-out score: :mod:`s3prl_ser.experiments.deployment`), and
 ``--export MODEL_DIR`` exports it as a self-contained model directory. An existing MODEL_DIR is
 refused before any training unless ``--overwrite`` is given (then the export replaces it).
 """
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="then train the deployment model in <expdir>/deploy: every utterance of the corpus (never an "
         "official test set), dev carved by datarc.split, the folds' schedule; no held-out score "
-        "(s3prl_ser.deploy.deployment)",
+        "(s3prl_ser.experiments.deployment)",
     )
     parser.add_argument(
         "--export", metavar="MODEL_DIR", type=Path, help="with --deploy: export it (python -m s3prl_ser.export)"

@@ -1,6 +1,6 @@
 """Train the deployment model of a cross-validation: ``cross_validate ... --deploy`` (its command line).
 
-What the deployment run is, and why its schedule is what it is: :mod:`s3prl_ser.deploy.deployment`.
+What the deployment run is, and why its schedule is what it is: :mod:`s3prl_ser.experiments.deployment`.
 This is the driver: the same ``run_downstream.py`` run as a fold (:class:`~s3prl_ser.cli.cross_validate.FoldRun`,
 ``-a`` to resume, the run locks), with ``datarc.test_fold: deploy`` and the folds' schedule.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from s3prl_ser.config import ConfigError
 from s3prl_ser.data.folds import DEPLOY_FOLD
 from s3prl_ser.data.manifest import write_json_atomic
-from s3prl_ser.deploy.deployment import DEPLOYMENT_RECORD, deployment_finished, deployment_schedule
+from s3prl_ser.experiments.deployment import DEPLOYMENT_RECORD, deployment_finished, deployment_schedule
 from s3prl_ser.training.run_lock import leader_lock
 
 __all__ = ["train_deployment"]

@@ -10,7 +10,7 @@ Sources:
   ``python -m s3prl_ser.cli.cross_validate ... --deploy``), or the cross-validation directory
   and ``deploy``. It was trained on every fold's utterances, so it has no held-out score: its
   ``config.json`` (``held_out_score: null``) and model card say so, and no WA/UA is recorded
-  (:mod:`s3prl_ser.deploy.deployment`).
+  (:mod:`s3prl_ser.experiments.deployment`).
 
 ``config.json`` records the source model's fold protocol under ``ser_protocol`` (one fold or
 the deployment run), so that the fold guard refuses the directory as a fold's ``-k``
@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.deploy.deployment import DEPLOY_DIR, DEPLOYMENT_RECORD, is_deployment_run
+from s3prl_ser.experiments.deployment import DEPLOY_DIR, DEPLOYMENT_RECORD, is_deployment_run
 from s3prl_ser.deploy.model_card import FoldRecord, package_versions, render_card
 from s3prl_ser.deploy.model_dir import ONNX_FILE, write_model_dir
 from s3prl_ser.hub.ft_hub import PROTOCOL_KEY

@@ -83,7 +83,7 @@ def render_card(
         class_names: output classes in order.
         folds: the fold runs the model was built from (for a deployment model: its one run).
         extra: more facts for the metadata (e.g. ``onnx``; for a deployment model ``schedule``,
-            the :func:`~s3prl_ser.deploy.deployment.deployment_schedule` record).
+            the :func:`~s3prl_ser.experiments.deployment.deployment_schedule` record).
 
     Example:
         >>> card = render_card("m", "fold", ["neu", "ang"], [{"fold": "fold1", "test": {"wa": 0.5, "ua": 0.25,

@@ -1,0 +1,1 @@
+"""Experiments: launching one run, cross-validation, the deployment run, Table 1 and the main job."""
