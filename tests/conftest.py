@@ -19,7 +19,7 @@ def feature_cache_dir(tmp_path_factory):
     directory, never the user's ~/.cache."""
     import os
 
-    from s3prl_ser.data.feature_cache import CACHE_ENV
+    from s3prl_ser.feature_cache.speech import CACHE_ENV
 
     directory = tmp_path_factory.mktemp("feature_cache")
     previous = os.environ.get(CACHE_ENV)

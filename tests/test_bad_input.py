@@ -365,7 +365,7 @@ def test_the_mini_corpus_prepares_cleanly(tmp_path, mini_corpus):
 def test_a_feature_cache_that_does_not_fit_ends_the_run_with_an_error_line(
     mini_corpus, mini_meta, tmp_path, monkeypatch
 ):
-    from s3prl_ser.data import feature_cache
+    from s3prl_ser.feature_cache import speech as feature_cache
 
     monkeypatch.setenv(feature_cache.CACHE_ENV, str(tmp_path / "cache"))  # empty: extraction is due
     full = shutil.disk_usage(tmp_path)._replace(free=0)

@@ -23,12 +23,13 @@ import torch
 import s3prl_ser
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
-from s3prl_ser.data import feature_cache, feature_store
 from s3prl_ser.data.audio import load_audio
-from s3prl_ser.data.feature_cache import CacheSpaceError
-from s3prl_ser.data.feature_store import CacheSpecMismatchError, FeatureStore
+from s3prl_ser.feature_cache import speech as feature_cache
+from s3prl_ser.feature_cache import store as feature_store
+from s3prl_ser.feature_cache.attach import attach_feature_cache
+from s3prl_ser.feature_cache.speech import CacheSpaceError
+from s3prl_ser.feature_cache.store import CacheSpecMismatchError, FeatureStore
 from s3prl_ser.hub.multi_upstream import build_featurizer, build_upstreams
-from s3prl_ser.training.feature_caching import attach_feature_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,7 +13,7 @@ from helpers import overrides, train_args
 from s3prl_ser.cli.run_downstream import get_downstream_args, run
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError
-from s3prl_ser.data.feature_store import CacheDamageWarning
+from s3prl_ser.feature_cache.store import CacheDamageWarning
 from s3prl_ser.hub.registry import register
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,10 +12,10 @@ import torch
 from helpers import overrides, train_args
 from s3prl_ser.cli.run_downstream import get_downstream_args, run
 from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.feature_cache.attach import attach_text_feature_cache
 from s3prl_ser.hub.registry import register
 from s3prl_ser.models.text_encoder import TextEncoder
 from s3prl_ser.toy.tiny_bert import write_tiny_bert
-from s3prl_ser.training.feature_caching import attach_text_feature_cache
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 register()  # the project's tasks, as run_downstream's main does

@@ -176,12 +176,12 @@ class DownstreamExpert(nn.Module):
         encoder is kept out of the module tree: checkpoints then hold only the trained
         downstream, and the encoder is rebuilt from the config. Frozen, its features come from
         the feature cache (``feature_cache`` section, ``run``: the runner's config and args;
-        :func:`~s3prl_ser.training.feature_caching.attach_text_feature_cache`), each split
+        :func:`~s3prl_ser.feature_cache.attach.attach_text_feature_cache`), each split
         filled when its loader is first asked for.
         """
+        from s3prl_ser.feature_cache.attach import attach_text_feature_cache
         from s3prl_ser.hub.ft_hub import resolve_ft_text_encoder
         from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts
-        from s3prl_ser.training.feature_caching import attach_text_feature_cache
 
         encoder_dir = resolve_ft_text_encoder(self.textrc["encoder"], self.protocol)
         encoder = TextEncoder(str(encoder_dir), self.textrc.get("feature_selection", "last_hidden_state"))

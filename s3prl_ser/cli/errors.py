@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from s3prl_ser.config import ConfigError
-from s3prl_ser.data.feature_cache import CacheSpaceError
+from s3prl_ser.feature_cache.speech import CacheSpaceError
 
 __all__ = ["EXPECTED_ERRORS", "exit_on_error"]
 

@@ -43,9 +43,9 @@ from s3prl_ser.config import (
     load_config,
     read_yaml,
 )
-from s3prl_ser.data.feature_cache import CacheSpaceError
+from s3prl_ser.feature_cache.attach import apply_cache_flags
+from s3prl_ser.feature_cache.speech import CacheSpaceError
 from s3prl_ser.hub.registry import default_config, is_project_task, register
-from s3prl_ser.training.feature_caching import apply_cache_flags
 from s3prl_ser.training.loop import Schedule
 from s3prl_ser.training.run_identity import (
     RUN_ARGS,

@@ -1,9 +1,9 @@
-"""The downstream runner's side of the feature cache (:mod:`s3prl_ser.data.feature_cache`).
+"""The downstream runner's side of the feature cache (:mod:`s3prl_ser.feature_cache.speech`).
 
 The ``feature_cache`` config section (``emotion_ecapa``'s ``config.yaml``; s3prl's own tasks
 have none and run live) turns it on; it is used when nothing upstream of the featurizer is
 trained (no ``-f``) in training and ``-m evaluate``. :func:`attach_feature_cache` puts one
-:class:`~s3prl_ser.data.feature_cache.CachedUpstream` in front of each upstream (one cache
+:class:`~s3prl_ser.feature_cache.speech.CachedUpstream` in front of each upstream (one cache
 per stream with several), and :meth:`FeatureCaches.fill_split` extracts a split's missing
 utterances before the split is read. :func:`attach_text_feature_cache` does the same for
 the frozen text encoder of ``emotion_ecapa``'s text stream (its expert fills it per split).
@@ -21,16 +21,16 @@ import numpy as np
 from torch import nn
 
 from s3prl_ser.config import ConfigError, check_int, check_keys
-from s3prl_ser.data.feature_cache import (
+from s3prl_ser.data.fold_data import RandomCrop
+from s3prl_ser.feature_cache.speech import (
     CachedUpstream,
     default_cache_dir,
     file_digest,
     namespace,
     weights_digest,
 )
-from s3prl_ser.data.feature_store import DTYPES, FeatureStore
-from s3prl_ser.data.fold_data import RandomCrop
-from s3prl_ser.data.text_feature_cache import CachedTextEncoder, text_fingerprint
+from s3prl_ser.feature_cache.store import DTYPES, FeatureStore
+from s3prl_ser.feature_cache.text import CachedTextEncoder, text_fingerprint
 from s3prl_ser.hub.ft_hub import FT_CHECKPOINT, is_ft_avg_entry
 from s3prl_ser.hub.multi_upstream import MultiUpstream, split_names
 

@@ -1,7 +1,7 @@
 """The on-disk part of the feature cache: one directory per namespace, immutable shards, a lock.
 
 A namespace (:class:`FeatureStore`) holds the features of one upstream configuration
-(:mod:`s3prl_ser.data.feature_cache` derives its name from everything that changes the
+(:mod:`s3prl_ser.feature_cache.speech` derives its name from everything that changes the
 features). Layout::
 
     <namespace>/spec.json           what the namespace stores (checked on every open)

@@ -2,8 +2,8 @@
 
 In stage 2 the text encoder is frozen (``emotion_ecapa`` builds it without gradients and keeps
 it out of the trained modules), so, like a frozen speech upstream
-(:mod:`s3prl_ser.data.feature_cache`), each transcript's features are computed once, stored in
-a :class:`~s3prl_ser.data.feature_store.FeatureStore` and read back.
+(:mod:`s3prl_ser.feature_cache.speech`), each transcript's features are computed once, stored in
+a :class:`~s3prl_ser.feature_cache.store.FeatureStore` and read back.
 
 **What is stored.** What the expert consumes: the :class:`~s3prl_ser.models.text_encoder.TextEncoder`'s
 output -- the selected layer (``last_hidden_state``), or the fixed equal-weight sum of all
@@ -16,7 +16,7 @@ lower-casing, WordPiece and truncation to ``max_length``): the key changes exact
 encoder's input does, and utterances with the same transcript share one entry. Everything
 else (a hash of the encoder's weights, of its directory's files -- config, tokenizer,
 weights --, the feature selection, ``max_length``, the storage type, the device type, the
-transformers version, and what :func:`~s3prl_ser.data.feature_cache.namespace` adds: thread
+transformers version, and what :func:`~s3prl_ser.feature_cache.speech.namespace` adds: thread
 count and the versions of the cache format, s3prl_ser, s3prl, torch and Python) names the
 namespace directory, so a stale entry is never found.
 """
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from s3prl_ser.data.feature_cache import check_space, file_digest, fill_store, weights_digest
-from s3prl_ser.data.feature_store import FeatureStore
+from s3prl_ser.feature_cache.speech import check_space, file_digest, fill_store, weights_digest
+from s3prl_ser.feature_cache.store import FeatureStore
 from s3prl_ser.versions import installed_version
 
 __all__ = ["token_key", "text_fingerprint", "CachedTextEncoder"]
@@ -85,7 +85,7 @@ class CachedTextEncoder(nn.Module):
 
     Args:
         encoder: the :class:`~s3prl_ser.models.text_encoder.TextEncoder` (frozen; kept in eval mode).
-        store: the namespace's store (:func:`text_fingerprint` + :func:`~s3prl_ser.data.feature_cache.namespace`).
+        store: the namespace's store (:func:`text_fingerprint` + :func:`~s3prl_ser.feature_cache.speech.namespace`).
         reserve_bytes: free space :meth:`fill` leaves on the cache's file system.
 
     Example:

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from s3prl_ser.data.audio import SAMPLE_RATE
-from s3prl_ser.data.feature_store import CacheSpaceError, FeatureStore
+from s3prl_ser.feature_cache.store import CacheSpaceError, FeatureStore
 from s3prl_ser.versions import installed_version
 
 __all__ = [
