@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from s3prl_ser.cli.run_downstream import get_downstream_args, run
-from s3prl_ser.data.prepare_iemocap import prepare
+from s3prl_ser.data.corpora.iemocap import prepare
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR, register
 from s3prl_ser.toy.builtin_corpus import default_corpus_dir, generate_corpus
 from s3prl_ser.training.metrics import classification_report

@@ -204,7 +204,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--only: unknown configurations {sorted(unknown)}; choose from {', '.join(CONFIGS)}")
 
-    from s3prl_ser.data.prepare_iemocap import prepare
+    from s3prl_ser.data.corpora.iemocap import prepare
     from s3prl_ser.toy.builtin_corpus import default_corpus_dir, generate_corpus
 
     work = args.work or Path(tempfile.mkdtemp(prefix="s3prl_ser_cache_bench_"))

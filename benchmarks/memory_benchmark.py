@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from s3prl_ser.data.corpora.iemocap import prepare
 from s3prl_ser.data.fold_data import load_fold_data
-from s3prl_ser.data.prepare_iemocap import prepare
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR
 from s3prl_ser.toy.builtin_corpus import generate_corpus
 

@@ -49,7 +49,7 @@ def mini_corpus() -> Path:
 @pytest.fixture(scope="session")
 def mini_meta(mini_corpus, tmp_path_factory) -> Path:
     """Meta data of the mini corpus (prepared once; tests must not modify it)."""
-    from s3prl_ser.data.prepare_iemocap import prepare
+    from s3prl_ser.data.corpora.iemocap import prepare
 
     out = tmp_path_factory.mktemp("mini_meta")
     with warnings.catch_warnings():

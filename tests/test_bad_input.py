@@ -26,8 +26,8 @@ from helpers import finetune_args, finetune_overrides, overrides, train_args
 from s3prl_ser.cli.prepare_iemocap import main as prepare_iemocap
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.data.audio import AudioError, load_audio
+from s3prl_ser.data.corpora.iemocap import prepare
 from s3prl_ser.data.fold_data import load_fold_data
-from s3prl_ser.data.prepare_iemocap import prepare
 from upstream_ft.__main__ import main as upstream_ft
 
 pytestmark = pytest.mark.usefixtures("one_thread")

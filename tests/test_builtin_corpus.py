@@ -118,7 +118,7 @@ def test_labels_balanced_with_distractors(corpus):
 
 
 def test_prepare_iemocap_reads_the_corpus(corpus):
-    from s3prl_ser.data.prepare_iemocap import collect_session
+    from s3prl_ser.data.corpora.iemocap import collect_session
 
     expected = sum(t["code"] in MERGE for t in turns(corpus) if t["session"] == "Session1")
     kept = collect_session(corpus, "Session1")

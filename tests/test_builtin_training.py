@@ -7,7 +7,7 @@ import pytest
 
 from helpers import train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
-from s3prl_ser.data.prepare_iemocap import prepare
+from s3prl_ser.data.corpora.iemocap import prepare
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR
 from s3prl_ser.toy.builtin_corpus import generate_corpus
 

@@ -4,6 +4,7 @@ import warnings
 import pytest
 import torch
 
+from s3prl_ser.data.corpora.iemocap import prepare
 from s3prl_ser.data.folds import (
     check_fold,
     fold_session,
@@ -12,7 +13,6 @@ from s3prl_ser.data.folds import (
     superb_train_dev_split,
     utterance_speaker,
 )
-from s3prl_ser.data.prepare_iemocap import prepare
 
 
 def _s3prl_emotion_expert(root, meta_dir, fold, expdir):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from s3prl_ser.cli.prepare_iemocap import main
-from s3prl_ser.data.prepare_iemocap import PreparationError, prepare
+from s3prl_ser.data.corpora.iemocap import PreparationError, prepare
 
 # Worked out by hand from tests/data/iemocap_mini (see tests/data/README.md).
 EXPECTED = {

@@ -11,8 +11,8 @@ import torch
 from helpers import finetune_args, finetune_overrides, overrides, train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.data.corpora.iemocap import prepare
 from s3prl_ser.data.fold_data import load_fold_data
-from s3prl_ser.data.prepare_iemocap import prepare
 from s3prl_ser.data.protocol import ProtocolMismatchError
 from s3prl_ser.hub.ft_hub import PROTOCOL_KEY
 from s3prl_ser.hub.multi_upstream import build_upstreams

@@ -95,7 +95,7 @@ class DownstreamExpert(nn.Module):
         self.seed = int(kwargs.get("seed", 0))
 
         where = "downstream_expert.datarc"
-        # ``deploy``: a deployment run, trained on every fold (s3prl_ser.data.deployment), no test set
+        # ``deploy``: a deployment run, trained on every fold (s3prl_ser.data.full_data_pool), no test set
         self.fold = check_run_fold(resolve_fold(self.datarc.get("test_fold"), kwargs.get("downstream_variant")))
         data = load_fold_data(self.datarc, self.fold, where=where)  # checks every audio header
         meta_dir = Path(self.datarc["meta_data"])

@@ -30,7 +30,7 @@ from pathlib import Path
 from s3prl_ser.cli.cross_validate import FoldRun, cross_validate, train_in_workers
 from s3prl_ser.cli.errors import EXPECTED_ERRORS, exit_on_error
 from s3prl_ser.config import ConfigError
-from s3prl_ser.data.prepare_iemocap import prepare
+from s3prl_ser.data.corpora.iemocap import prepare
 from s3prl_ser.hub.registry import DOWNSTREAM_DIR
 from s3prl_ser.toy.builtin_corpus import BuiltinCorpusError, default_corpus_dir, generate_corpus
 from s3prl_ser.toy.tiny_upstream import write_tiny_upstream

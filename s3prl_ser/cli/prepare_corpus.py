@@ -41,7 +41,7 @@ def prepare_corpus(corpus: str, root: Path, out: Path, args: argparse.Namespace)
     """Prepare ``corpus`` and return its count table."""
     if corpus == "iemocap":
         from s3prl_ser.cli.prepare_iemocap import count_table
-        from s3prl_ser.data.prepare_iemocap import prepare
+        from s3prl_ser.data.corpora.iemocap import prepare
 
         return count_table(prepare(root, out))
     module = importlib.import_module(f"s3prl_ser.data.corpora.{corpus}")

@@ -1,6 +1,6 @@
 """``python -m s3prl_ser.cli.prepare_iemocap IEMOCAP_ROOT --out META_DIR``: IEMOCAP's fold meta data.
 
-Writes what :func:`s3prl_ser.data.prepare_iemocap.prepare` writes and prints a per-fold,
+Writes what :func:`s3prl_ser.data.corpora.iemocap.prepare` writes and prints a per-fold,
 per-class count table.
 """
 
@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from s3prl_ser.cli.errors import exit_on_error
-from s3prl_ser.data.prepare_iemocap import LABELS, Utterance, prepare
+from s3prl_ser.data.corpora.iemocap import LABELS, Utterance, prepare
 
 __all__ = ["count_table", "main"]
 

@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--experiments", default="1-11")
     parser.add_argument("-p", "--out", type=Path, required=True, help="output directory")
     parser.add_argument("--root", type=Path, required=True, help="IEMOCAP release root")
-    parser.add_argument("--meta", type=Path, required=True, help="META_DIR of s3prl_ser.data.prepare_iemocap")
+    parser.add_argument("--meta", type=Path, required=True, help="META_DIR of s3prl_ser.data.corpora.iemocap")
     parser.add_argument("--folds", help="comma-separated folds (default: every fold of --meta)")
     parser.add_argument("-o", "--override", default="", help="run_downstream.py overrides for every experiment")
     parser.add_argument("--ft-override", default="", help="python -m upstream_ft overrides for stage 1")

@@ -77,7 +77,7 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
             ``valid_ratio``, ``dev_session``, ``dev_speakers``, ``labels``, ``min_samples``,
             ``allow_outside_root``).
         fold: ``fold1`` .. ``foldN``, or ``deploy``: the deployment pool
-            (:mod:`s3prl_ser.data.deployment`), dev carved from it by the rule, no test set.
+            (:mod:`s3prl_ser.data.full_data_pool`), dev carved from it by the rule, no test set.
         where: the section's name in error messages.
         read_audio: ``False`` serves empty waveforms (text models need only utterance names).
 
@@ -107,10 +107,10 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
     if not isinstance(outside, bool):
         raise ConfigError(f"{where}.allow_outside_root must be true or false, got {outside!r}")
     rules = LabelRules.from_config(datarc.get("labels"), f"{where}.labels")
-    if is_deployment(fold):  # every fold's utterances, no test set (s3prl_ser.data.deployment)
-        from s3prl_ser.data.deployment import read_deployment_lists
+    if is_deployment(fold):  # every fold's utterances, no test set (s3prl_ser.data.full_data_pool)
+        from s3prl_ser.data.full_data_pool import read_full_data_pool
 
-        lists = read_deployment_lists(meta_dir, root, allow_outside_root=outside, label_rules=rules)
+        lists = read_full_data_pool(meta_dir, root, allow_outside_root=outside, label_rules=rules)
     else:
         lists = read_fold_lists(meta_dir, fold, root, allow_outside_root=outside, label_rules=rules)
     train_meta, test_meta = lists.train, lists.test

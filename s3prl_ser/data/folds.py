@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 FOLDS = ("fold1", "fold2", "fold3", "fold4", "fold5")
-# The "fold" of a deployment run (:mod:`s3prl_ser.data.deployment`): trained on every fold's
+# The "fold" of a deployment run (:mod:`s3prl_ser.data.full_data_pool`): trained on every fold's
 # utterances, it has no test set. Stage 2 accepts it as ``datarc.test_fold``; cross-validation
 # and stage 1 do not (``check_fold`` refuses it).
 DEPLOY_FOLD = "deploy"

@@ -7,7 +7,7 @@ same training loop, same locks) with ``datarc.test_fold: deploy``:
 
 * **data**: every utterance of the corpus (the union of all folds; for a corpus with an official
   test set, its train and dev lists only, never the test set), see
-  :mod:`s3prl_ser.data.deployment`;
+  :mod:`s3prl_ser.data.full_data_pool`;
 * **checkpoint selection**: still on dev, a dev set carved out of that pool by the run's own
   rule (``datarc.split``: ``superb`` 80/20, or ``speaker`` held-out speakers/session), and the
   k best dev checkpoints averaged as in the folds;

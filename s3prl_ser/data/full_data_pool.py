@@ -1,4 +1,4 @@
-"""The training pool of a deployment run: every utterance the corpus lets a final model learn from.
+"""All the data a final model learns from: the training pool of a deployment run (``test_fold: deploy``).
 
 A cross-validation scores a *procedure*; the model to ship is that procedure applied to all
 the data (``datarc.test_fold: deploy``, :data:`~s3prl_ser.data.folds.DEPLOY_FOLD`). Its pool:
@@ -27,12 +27,12 @@ from s3prl_ser.data.emotion_dataset import FoldLists, MetaData, available_folds,
 from s3prl_ser.data.folds import DEPLOY_FOLD
 from s3prl_ser.data.manifest import LabelRules
 
-__all__ = ["POOL_ORDER", "read_deployment_lists"]
+__all__ = ["POOL_ORDER", "read_full_data_pool"]
 
 POOL_ORDER = "sorted"  # the pool's file_order: by utterance key
 
 
-def read_deployment_lists(
+def read_full_data_pool(
     meta_dir: str | os.PathLike,
     root: str | os.PathLike,
     *,
