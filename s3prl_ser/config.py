@@ -1,6 +1,6 @@
 """One config system for both stages: YAML defaults, a ``-c`` file merged over them, ``-o`` overrides.
 
-``python -m upstream_ft`` (defaults ``upstream_ft/config.yaml``) and ``run_downstream.py -d TASK``
+``python -m upstream_ft`` (defaults ``s3prl_ser/finetuning/config.yaml``) and ``run_downstream.py -d TASK``
 (defaults ``downstream/TASK/config.yaml``) build their config the same way:
 
 1. :func:`load_config` reads the defaults and lays the user's ``-c`` file over them;
@@ -53,6 +53,8 @@ __all__ = [
     "read_yaml",
     "merge_config",
     "load_config",
+    "Override",
+    "parse_overrides",
     "apply_overrides",
     "check_int",
     "check_positive",
@@ -168,17 +170,23 @@ def load_config(
         raise ConfigError(f"{user_path}: {error}") from error
 
 
-def apply_overrides(
-    spec: str, args: argparse.Namespace, config: MutableMapping[str, Any], *, free_form: Iterable[str] = ()
-) -> None:
-    """Apply s3prl-style overrides ``"config.a.b=1,,args.seed=3"`` (values parsed as YAML).
+Override = tuple[str, Any]  # ("config.a.b", value) or ("args.seed", value): a typed -o entry
 
-    Unlike s3prl's ``override`` (which ``eval``s values and creates any key it is given), a key
-    must already exist, so a typo is an error naming the key and the closest known one. A value
-    is laid over the current one as a ``-c`` file's would be (:func:`merge_config`; ``free_form``
-    as there).
+
+def parse_overrides(spec: str) -> list[Override]:
+    """A user's s3prl-style ``-o`` string ``"config.a.b=1,,args.seed=3"`` as typed entries
+    (values parsed as YAML); s3prl's ``none`` and ``""`` are no overrides.
+
+    Example:
+        >>> parse_overrides("config.runner.total_steps=40,,config.optimizer.lr=1e-3,,args.seed=3")
+        [('config.runner.total_steps', 40), ('config.optimizer.lr', 0.001), ('args.seed', 3)]
+
+    Raises:
+        ConfigError: an entry is not ``key=value``.
     """
-    free_form = tuple(free_form)
+    if spec.strip().lower() == "none":
+        return []
+    parsed = []
     for option in filter(None, (o.strip() for o in spec.split(",,"))):
         if "=" not in option:
             raise ConfigError(f"override {option!r} is not of the form key=value")
@@ -186,6 +194,27 @@ def apply_overrides(
         value = yaml.safe_load(value_text) if value_text else None
         if isinstance(value, str) and _FLOAT.fullmatch(value):
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
+        parsed.append((key, value))
+    return parsed
+
+
+def apply_overrides(
+    overrides: str | Iterable[Override],
+    args: argparse.Namespace,
+    config: MutableMapping[str, Any],
+    *,
+    free_form: Iterable[str] = (),
+) -> None:
+    """Apply overrides: typed ``(key, value)`` entries, or a user's s3prl-style string
+    ``"config.a.b=1,,args.seed=3"`` (:func:`parse_overrides`).
+
+    Unlike s3prl's ``override`` (which ``eval``s values and creates any key it is given), a key
+    must already exist, so a typo is an error naming the key and the closest known one. A value
+    is laid over the current one as a ``-c`` file's would be (:func:`merge_config`; ``free_form``
+    as there).
+    """
+    free_form = tuple(free_form)
+    for key, value in parse_overrides(overrides) if isinstance(overrides, str) else overrides:
         first, *path = key.split(".")
         if first == "args":
             if len(path) != 1 or not hasattr(args, path[0]):

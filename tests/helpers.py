@@ -117,7 +117,7 @@ def randomize_batchnorm(module: torch.nn.Module) -> None:
 
 def die_after_saving(monkeypatch, step: int) -> None:
     """Make upstream_ft's trainer stop like a killed process right after writing step ``step``'s states."""
-    from s3prl_ser.training.finetune_trainer import FoldTrainer
+    from s3prl_ser.finetuning.trainer import FoldTrainer
 
     save = FoldTrainer._save_states
 
@@ -127,3 +127,11 @@ def die_after_saving(monkeypatch, step: int) -> None:
             raise KeyboardInterrupt("simulated kill")
 
     monkeypatch.setattr(FoldTrainer, "_save_states", save_then_die)
+
+
+def run_request(argv):
+    """The :class:`~s3prl_ser.experiments.launch.RunRequest` of a run_downstream command line ``argv``."""
+    from s3prl_ser.cli.run_downstream import build_parser
+    from s3prl_ser.experiments.launch import RunRequest
+
+    return RunRequest.from_arguments(build_parser().parse_args(argv))

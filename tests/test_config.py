@@ -5,8 +5,7 @@ import argparse
 import pytest
 import yaml
 
-from helpers import train_args
-from s3prl_ser.cli.run_downstream import load_task_config, requested_run
+from helpers import run_request, train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.config import (
     S3PRL_FREE_FORM,
@@ -19,9 +18,10 @@ from s3prl_ser.config import (
     read_yaml,
     require,
 )
-from s3prl_ser.hub.registry import DOWNSTREAM_DIR, register
-from s3prl_ser.training.finetune_config import DEFAULT_CONFIG as FINETUNE_DEFAULTS
-from s3prl_ser.training.finetune_config import validate_config
+from s3prl_ser.experiments.launch import load_task_config, requested_run
+from s3prl_ser.finetuning.config import DEFAULT_CONFIG as FINETUNE_DEFAULTS
+from s3prl_ser.finetuning.config import validate_config
+from s3prl_ser.upstreams.registry import DOWNSTREAM_DIR, register
 
 
 def _config():
@@ -295,7 +295,7 @@ def test_stage_1_uses_the_same_merge(tmp_path):
     [
         *[(f"downstream/emotion_ecapa/paper/exp{n}.yaml", ECAPA_DEFAULTS) for n in range(1, 12)],
         ("downstream/emotion_ecapa/config_builtin.yaml", ECAPA_DEFAULTS),
-        ("upstream_ft/config_builtin.yaml", FINETUNE_DEFAULTS),
+        ("s3prl_ser/finetuning/config_builtin.yaml", FINETUNE_DEFAULTS),
     ],
 )
 def test_shipped_partial_configs_hold_only_their_differences(path, defaults):
@@ -334,16 +334,16 @@ def test_fp16_is_a_key_of_both_stages():
 
 
 def test_stage_2_accepts_fp16_on_cuda_and_refuses_it_on_cpu(tmp_path):
-    args, config = requested_run(_downstream_argv(tmp_path, "cuda:0"))  # only parsed: no GPU needed
+    args, config = requested_run(run_request(_downstream_argv(tmp_path, "cuda:0")))  # only parsed: no GPU needed
     assert config["runner"]["fp16"] is True
     with pytest.raises(
         ConfigError, match=r"config\.runner\.fp16=True \(mixed precision\) needs a CUDA device, got --device cpu"
     ):
-        requested_run(_downstream_argv(tmp_path, "cpu"))
+        requested_run(run_request(_downstream_argv(tmp_path, "cpu")))
     with pytest.raises(SystemExit, match=r"^error: config\.runner\.fp16=True .*needs a CUDA device"):
         run_downstream(_downstream_argv(tmp_path, "cpu"))
     assert not (tmp_path / "run").exists()
-    requested_run(_downstream_argv(tmp_path, "cpu", mode="evaluate"))  # evaluation does not use AMP
+    requested_run(run_request(_downstream_argv(tmp_path, "cpu", mode="evaluate")))  # evaluation does not use AMP
 
 
 def test_stage_1_accepts_fp16_on_cuda_and_refuses_it_on_cpu(tmp_path):

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import overrides, train_args
-from s3prl_ser.cli.run_downstream import get_downstream_args, run
+from helpers import overrides, run_request, train_args
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError
+from s3prl_ser.experiments.launch import prepare_run, run
 from s3prl_ser.feature_cache.store import CacheDamageWarning
-from s3prl_ser.hub.registry import register
+from s3prl_ser.upstreams.registry import register
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 register()  # the project's tasks, as run_downstream's main does
@@ -27,7 +27,7 @@ SPECAUG = (
 
 
 def _train(expdir: Path, opts: str, *extra: str):
-    args, config = get_downstream_args(train_args(expdir, opts, extra=("-v", "fold1", *extra)))
+    args, config = prepare_run(run_request(train_args(expdir, opts, extra=("-v", "fold1", *extra))))
     return run(args, config)
 
 
@@ -100,10 +100,12 @@ def test_a_run_on_a_damaged_cache_completes_and_trains_as_on_live_features(runs,
 def test_the_cache_switch_cannot_change_on_resume(runs):
     root, cache, _, _ = runs
     with pytest.raises(ConfigError, match=r"feature_cache.enabled: True -> False"):
-        get_downstream_args(train_args(root / "reading", None, extra=("-v", "fold1", "-a", "--no_feature_cache")))
+        prepare_run(run_request(train_args(root / "reading", None, extra=("-v", "fold1", "-a", "--no_feature_cache"))))
     # where the cache lives is not what is trained: a resume may move it
-    args, config = get_downstream_args(
-        train_args(root / "reading", None, extra=("-v", "fold1", "-a", "--feature_cache_dir", str(cache / "moved")))
+    args, config = prepare_run(
+        run_request(
+            train_args(root / "reading", None, extra=("-v", "fold1", "-a", "--feature_cache_dir", str(cache / "moved")))
+        )
     )
     assert config["feature_cache"]["dir"] == str(cache / "moved")
 
@@ -111,7 +113,7 @@ def test_the_cache_switch_cannot_change_on_resume(runs):
 def test_stock_s3prl_tasks_have_no_cache_and_refuse_its_directory(mini_corpus, mini_meta, tmp_path):
     argv = ["-m", "train", "-u", "fbank", "-d", "emotion", "-p", str(tmp_path / "exp"), "--device", "cpu"]
     with pytest.raises(ConfigError, match="task emotion has no feature cache"):
-        get_downstream_args([*argv, "--feature_cache_dir", str(tmp_path)])
+        prepare_run(run_request([*argv, "--feature_cache_dir", str(tmp_path)]))
 
 
 def test_float32_cache_of_an_ssl_upstream_trains_like_live_features_one_utterance_at_a_time(
@@ -127,8 +129,10 @@ def test_float32_cache_of_an_ssl_upstream_trains_like_live_features_one_utteranc
     opts = overrides(mini_corpus, mini_meta, steps=8, every=4, k=2, extra=one)
     upstream = ("-u", "hubert_local", "-k", str(tiny_upstreams["hubert"]))
     argv = lambda name, *extra: train_args(tmp_path / name, opts, extra=("-v", "fold1", *extra))  # noqa: E731
-    live = run(*get_downstream_args([*argv("live", "--no_feature_cache"), *upstream]))
-    cached = run(*get_downstream_args([*argv("cached", "--feature_cache_dir", str(tmp_path / "cache")), *upstream]))
+    live = run(*prepare_run(run_request([*argv("live", "--no_feature_cache"), *upstream])))
+    cached = run(
+        *prepare_run(run_request([*argv("cached", "--feature_cache_dir", str(tmp_path / "cache")), *upstream]))
+    )
     assert live.feature_caches is None and cached.feature_caches.misses() == 0
     assert cached.featurizer.model.weights.numel() == 3  # every layer stored, the weights learned
     reference = _outcome(tmp_path / "live")

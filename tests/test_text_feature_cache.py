@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import overrides, train_args
-from s3prl_ser.cli.run_downstream import get_downstream_args, run
+from helpers import overrides, run_request, train_args
 from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.experiments.launch import prepare_run, run
 from s3prl_ser.feature_cache.attach import attach_text_feature_cache
-from s3prl_ser.hub.registry import register
 from s3prl_ser.models.text_encoder import TextEncoder
 from s3prl_ser.toy.tiny_bert import write_tiny_bert
+from s3prl_ser.upstreams.registry import register
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 register()  # the project's tasks, as run_downstream's main does
@@ -117,8 +117,8 @@ def test_float32_text_cache_trains_bit_identically_to_the_live_encoder(
     ]
     opts = overrides(mini_corpus, mini_meta, steps=8, every=4, k=2, extra=",,".join(extra))
     argv = lambda name, *more: train_args(tmp_path / name, opts, extra=("-v", "fold1", *more))  # noqa: E731
-    live = run(*get_downstream_args(argv("live", "--no_feature_cache")))
-    cached = run(*get_downstream_args(argv("cached", "--feature_cache_dir", str(tmp_path / "cache"))))
+    live = run(*prepare_run(run_request(argv("live", "--no_feature_cache"))))
+    cached = run(*prepare_run(run_request(argv("cached", "--feature_cache_dir", str(tmp_path / "cache")))))
     assert live.downstream.model._text_cache is None
     assert cached.downstream.model._text_cache.misses == 0  # every batch, dev and test read from the cache
     text_namespaces = [d for d in (tmp_path / "cache").iterdir() if d.name.startswith("text-")]
