@@ -1,3 +1,6 @@
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -74,7 +77,6 @@ def test_resample_agrees_with_torchaudio_and_is_closer_to_the_signal(rate):
 def test_resampling_memory_does_not_depend_on_the_rate(tmp_path):
     """Peak resident memory growth of reading a 1-s WAV at odd rates, in a fresh process.
     torchaudio's kernel took 2.1 GB at 8001 Hz and 4.2 GB at 16001 Hz; soxr measured < 1 MB."""
-    import subprocess
     import sys
 
     script = """
@@ -121,9 +123,8 @@ def test_resampled_length_is_what_the_header_check_predicts(tmp_path):
 def test_windows_read_alone_have_no_seams(tmp_path, rate, channels):
     """Each window read from disk alone equals the same samples of the whole file resampled at
     once (measured < 5e-7); resampling just the window's frames differs near its edges (> 1e-3)."""
-    from s3prl_ser.data.audio import resample
-    from s3prl_ser.deploy.audio_inputs import audio_info, read_segment
-    from s3prl_ser.deploy.long_audio import window_plan
+    from s3prl_ser.data.audio import audio_info, read_segment, resample
+    from s3prl_ser.inference.long_audio import window_plan
 
     data = np.random.default_rng(1).uniform(-0.3, 0.3, (6 * rate, channels)).astype("float32")
     path = tmp_path / "long.wav"
@@ -144,3 +145,42 @@ def test_symbolic_link_loop_is_an_audio_error(tmp_path):
     (tmp_path / "loop.wav").symlink_to(tmp_path / "loop.wav")
     with pytest.raises(AudioError, match="loop.wav: symbolic link loop"):
         load_audio(tmp_path / "loop.wav")
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs ffmpeg to make (and read) an M4A file")
+def test_a_file_only_ffmpeg_decodes_serves_preparation_and_training(tmp_path):
+    """An M4A (AAC) file, which soundfile cannot open, is read by the one reader everywhere:
+    the preparation check and its duration, the fold's header check, and the dataset's
+    load_audio with a channel and a segment (inference reads it the same way)."""
+    from s3prl_ser.data.audio import audio_file_problem, audio_info
+    from s3prl_ser.data.corpora.common import check_audio
+
+    t = np.arange(int(1.5 * 44100)) / 44100
+    left = 0.5 * np.sin(2 * np.pi * 440 * t)  # RMS 0.5 / sqrt(2); the right channel is silent
+    sf.write(tmp_path / "source.wav", np.stack([left, np.zeros_like(left)], axis=1), 44100)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(tmp_path / "source.wav"), str(tmp_path / "clip.m4a")], check=True
+    )
+    path = tmp_path / "clip.m4a"
+    with pytest.raises(sf.LibsndfileError):
+        sf.info(str(path))
+
+    info = audio_info(path)
+    assert (info.reader, info.channels) == ("ffmpeg", 2) and info.seconds == pytest.approx(1.5, abs=0.1)
+    assert audio_file_problem(path, min_samples=400) is None
+    assert audio_file_problem(path, channel=3) == "channel 3 requested, the file has 2"
+    assert audio_file_problem(path, min_samples=10**6).startswith(f"clip is {info.samples} samples")
+    (row,) = check_audio(tmp_path, [{"id": "clip", "path": "clip.m4a", "label": "ang", "speaker": "s1"}])
+    assert row["duration"] == pytest.approx(1.5, abs=0.1)  # codecs add a few ms of priming
+
+    rms = lambda wav: float(wav.square().mean().sqrt())  # noqa: E731
+    both = load_audio(path, min_samples=400)
+    assert both.numel() == pytest.approx(1.5 * SAMPLE_RATE, abs=0.1 * SAMPLE_RATE)
+    assert rms(both) == pytest.approx(0.5 / np.sqrt(2) / 2, rel=0.05)  # channels averaged
+    assert rms(load_audio(path, channel=1)) == pytest.approx(0.5 / np.sqrt(2), rel=0.05)
+    assert rms(load_audio(path, channel=2)) < 1e-2
+    assert load_audio(path, start=0.5, end=1.0).numel() == pytest.approx(8000, abs=160)
+    with pytest.raises(AudioError, match="clip.m4a: channel 3 requested, the file has 2"):
+        load_audio(path, channel=3)
+    with pytest.raises(AudioError, match="clip.m4a: segment 2-2.5 s lies outside the recording"):
+        load_audio(path, start=2.0, end=2.5)

@@ -1,13 +1,16 @@
-"""Audio loading for every dataset and inference path: soundfile, mono, 16 kHz, validated.
+"""The one audio reader of the project: preparation, training and inference all read audio here.
 
-Another sample rate or channel count is not an error: audio is averaged to mono and resampled
-to 16 kHz by design, by :func:`resample` (soxr, whose memory does not depend on the rate pair)
-in training, corpus checks and inference alike. What cannot be used is: a file soundfile
-cannot open, no samples, a WAV shorter than its header says (a cut-off copy, which soundfile
-reads silently as a shorter clip), fewer than ``min_samples`` samples after resampling, and
-non-finite samples.
+Files are decoded by soundfile (WAV, FLAC, OGG/Vorbis, Opus, and MP3 with libsndfile >= 1.1)
+and, for what soundfile cannot decode (M4A/AAC, ...), by ``ffmpeg`` when an ``ffmpeg``
+executable (with its ``ffprobe``) is on ``PATH``. Another sample rate or channel count is not
+an error: audio is averaged to mono and resampled to 16 kHz by design, by :func:`resample`
+(soxr, whose memory does not depend on the rate pair); ffmpeg converts to 16 kHz itself (its
+``-ar``). What cannot be used is: a file neither reader can open, no samples, a WAV shorter
+than its header says (a cut-off copy, which soundfile reads silently as a shorter clip), fewer
+than ``min_samples`` samples after resampling, and non-finite samples.
 :func:`audio_file_problem` finds all but the last from the header, without decoding;
-:func:`load_audio` checks everything when it decodes.
+:func:`load_audio` checks everything when it decodes; :func:`read_segment` reads one window
+of a long file without decoding the rest.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from __future__ import annotations
 import errno
 import math
 import os
+import shutil
 import struct
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +30,14 @@ import soxr
 import torch
 
 __all__ = [
+    "AUDIO_EXTENSIONS",
     "SAMPLE_RATE",
     "SILENCE_DBFS",
     "AudioError",
+    "AudioInfo",
+    "audio_info",
     "load_audio",
+    "read_segment",
     "prepare_waveform",
     "audio_file_problem",
     "resample",
@@ -39,6 +49,8 @@ __all__ = [
 ]
 
 SAMPLE_RATE = 16000
+# File extensions taken for audio when a folder is searched (corpus preparation, inference).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".m4a", ".aac", ".wma", ".aiff", ".aif")
 # soxr's default preset, "high quality" (libsoxr's SOXR_HQ: 20-bit precision).
 RESAMPLE_QUALITY = "HQ"
 # Input context read on each side of a segment so that resampling it alone gives the same
@@ -205,6 +217,110 @@ def _too_short(samples: int, min_samples: int, resampled: bool) -> str:
     )
 
 
+# soundfile's errors for a file it cannot open or decode
+_SOUNDFILE_ERRORS = (soundfile.LibsndfileError, RuntimeError, TypeError)
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """Length of an audio file: ``frames`` at ``sample_rate``, its ``channels``, and which reader
+    opens it (``"soundfile"``, or ``"ffmpeg"``: then ``frames`` are samples at 16 kHz, ffmpeg's output).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "a.wav"
+        >>> soundfile.write(path, np.zeros((22050, 2), dtype="float32"), 44100)  # 0.5 s of stereo
+        >>> info = audio_info(path)
+        >>> info.frames, info.sample_rate, info.channels, info.seconds, info.reader
+        (22050, 44100, 2, 0.5, 'soundfile')
+        >>> read_segment(path, info, start=4000, stop=5600).shape  # 0.1 s from 0.25 s, mono 16 kHz
+        torch.Size([1600])
+    """
+
+    frames: int
+    sample_rate: int
+    channels: int
+    reader: str  # "soundfile" or "ffmpeg"
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.sample_rate
+
+    @property
+    def samples(self) -> int:
+        """Length at 16 kHz, after resampling."""
+        return resampled_length(self.frames, self.sample_rate)
+
+
+def _soundfile_reason(error: BaseException) -> str:
+    return getattr(error, "error_string", None) or str(error)
+
+
+def _ffprobe_info(path: Path) -> AudioInfo:
+    """Duration and channels of the first audio stream through ffprobe (ffmpeg's companion)."""
+    probe = shutil.which("ffprobe")
+    if probe is None:
+        raise AudioError(f"{path}: ffprobe is not installed")
+    result = subprocess.run(
+        [probe, "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=channels:format=duration"]
+        + ["-of", "default=noprint_wrappers=1", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    fields = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    try:
+        seconds, channels = float(fields["duration"]), int(fields["channels"])
+    except (KeyError, ValueError) as error:
+        reason = result.stderr.strip()[-200:] or "no audio stream"
+        raise AudioError(f"{path}: ffprobe cannot read it ({reason})") from error
+    return AudioInfo(int(round(seconds * SAMPLE_RATE)), SAMPLE_RATE, channels, "ffmpeg")
+
+
+def audio_info(path: str | os.PathLike) -> AudioInfo:
+    """Frames, rate and channels of an audio file, from its header (ffprobe when soundfile cannot open it).
+
+    Raises:
+        FileNotFoundError: no such file.
+        AudioError: neither soundfile nor ffmpeg can read it (the message names the file, both
+            readers' reasons, and ffmpeg when it is not installed).
+    """
+    path = Path(path)
+    require_file(path)
+    try:
+        info = soundfile.info(str(path))
+        return AudioInfo(int(info.frames), int(info.samplerate), int(info.channels), "soundfile")
+    except _SOUNDFILE_ERRORS as error:
+        reason = _soundfile_reason(error)
+        if shutil.which("ffmpeg") is None:
+            raise AudioError(
+                f"{path}: cannot decode audio (soundfile: {reason}); "
+                "install ffmpeg to read formats soundfile does not (MP3 on old libsndfile, M4A/AAC)"
+            ) from error
+        try:
+            return _ffprobe_info(path)
+        except AudioError as ffmpeg_error:
+            raise AudioError(
+                f"{path}: cannot decode audio (soundfile: {reason}; {str(ffmpeg_error).removeprefix(f'{path}: ')})"
+            ) from ffmpeg_error
+
+
+def _ffmpeg_decode(path: Path, channels: int, start: float = 0.0, seconds: float | None = None) -> np.ndarray:
+    """``(T, channels)`` float32 samples at 16 kHz of the first audio stream of ``path``, from
+    ``start`` seconds (``seconds`` long, else to the end), via ffmpeg."""
+    command = [shutil.which("ffmpeg") or "ffmpeg", "-v", "error", "-nostdin"]
+    if start > 0:
+        command += ["-ss", f"{start:.6f}"]
+    command += ["-i", str(path), "-map", "0:a:0"]
+    if seconds is not None:
+        command += ["-t", f"{seconds:.6f}"]
+    command += ["-f", "f32le", "-ac", str(channels), "-ar", str(SAMPLE_RATE), "-"]
+    result = subprocess.run(command, capture_output=True)
+    if result.returncode != 0:
+        raise AudioError(f"{path}: ffmpeg cannot decode it ({result.stderr.decode(errors='replace').strip()[-300:]})")
+    data = np.frombuffer(result.stdout, dtype=np.float32)
+    return data[: len(data) // channels * channels].reshape(-1, channels).copy()
+
+
 def load_audio(
     path: str | os.PathLike,
     *,
@@ -216,7 +332,7 @@ def load_audio(
     """Read an audio file (or the ``start``..``end`` seconds of it) as a mono 16 kHz float32 tensor ``(T,)``.
 
     Args:
-        path: WAV, FLAC, OGG or any format soundfile reads, at any sample rate.
+        path: any format soundfile reads, at any sample rate; else any ffmpeg reads (when installed).
         min_samples: shortest accepted result after resampling.
         start, end: a segment in seconds (a long recording cut at load time); only the
             segment's frames are decoded.
@@ -224,8 +340,8 @@ def load_audio(
 
     Raises:
         FileNotFoundError: the file does not exist.
-        AudioError: the file cannot be decoded, is a WAV shorter than its header says, is
-            empty, has non-finite samples, is shorter than ``min_samples`` after
+        AudioError: the file cannot be decoded (by either reader), is a WAV shorter than its
+            header says, is empty, has non-finite samples, is shorter than ``min_samples`` after
             resampling, or has no such segment or channel. The message names the file.
     """
     path = Path(path)
@@ -240,15 +356,17 @@ def load_audio(
         frames = {}
         if start is not None or end is not None:
             info = soundfile.info(str(path))
-            problem = _segment_problem(info, start, end)
+            problem = _segment_problem(info.frames / info.samplerate, start, end)
             if problem:
                 raise AudioError(f"{path}: {problem}")
             frames = {"start": int(round((start or 0) * info.samplerate))}
             if end is not None:
                 frames["stop"] = min(int(round(end * info.samplerate)), info.frames)
         data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True, **frames)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioError(f"{path}: cannot decode audio ({error})") from error
+    except _SOUNDFILE_ERRORS as error:
+        if shutil.which("ffmpeg") is None or _soundfile_opens(path):  # ffmpeg only for what soundfile cannot open
+            raise AudioError(f"{path}: cannot decode audio ({error})") from error
+        data, sample_rate = _ffmpeg_read(path, start, end), SAMPLE_RATE
     if channel is not None:
         if not 1 <= channel <= data.shape[1]:
             raise AudioError(f"{path}: channel {channel} requested, the file has {data.shape[1]}")
@@ -256,9 +374,62 @@ def load_audio(
     return prepare_waveform(data, sample_rate, source=source, min_samples=min_samples)
 
 
-def _segment_problem(info: soundfile._SoundFileInfo, start: float | None, end: float | None) -> str | None:
-    """Why ``start``..``end`` (seconds) is not a segment of the file described by ``info``."""
-    duration = info.frames / info.samplerate
+def _soundfile_opens(path: Path) -> bool:
+    """Whether soundfile reads the header of ``path`` (a file it then fails to decode is damaged,
+    not a format for ffmpeg, which would decode what it can of it)."""
+    try:
+        soundfile.info(str(path))
+    except _SOUNDFILE_ERRORS:
+        return False
+    return True
+
+
+def _ffmpeg_read(path: Path, start: float | None, end: float | None) -> np.ndarray:
+    """``(T, C)`` samples at 16 kHz of what soundfile cannot decode: the whole file or ``start``..``end`` s."""
+    info = audio_info(path)  # ffprobe: its channels and duration (an AudioError naming both readers)
+    problem = _segment_problem(info.seconds, start, end) if start is not None or end is not None else None
+    if problem:
+        raise AudioError(f"{path}: {problem}")
+    seconds = None if end is None else end - (start or 0.0)
+    return _ffmpeg_decode(path, info.channels, start or 0.0, seconds)
+
+
+def read_segment(path: str | os.PathLike, info: AudioInfo, start: int, stop: int) -> torch.Tensor:
+    """Samples ``start``..``stop`` of the file at 16 kHz, mono float32 ``(stop - start,)``: the
+    same samples as reading the whole file and slicing it (no seams between windows), but only
+    the segment and :data:`RESAMPLE_MARGIN_SECONDS` around it are read from disk (soundfile
+    seeks, :func:`resample_context`; ffmpeg seeks to the time).
+
+    Raises:
+        AudioError: the segment is empty, cannot be decoded, holds non-finite samples, or the
+            file ends before ``stop`` (a header that claims more than the file holds).
+    """
+    path = Path(path)
+    source = f"{path}@{start / SAMPLE_RATE:.2f}s"
+    if stop <= start:
+        raise AudioError(f"{source}: an empty segment ({start}..{stop} at {SAMPLE_RATE} Hz)")
+    if info.reader == "ffmpeg":  # ffmpeg's output is already at 16 kHz: info.frames are samples
+        data = _ffmpeg_decode(path, info.channels, start / SAMPLE_RATE, (stop - start) / SAMPLE_RATE)
+        return prepare_waveform(data.mean(axis=1), SAMPLE_RATE, source=source)
+    first, last, offset = resample_context(start, stop, info.sample_rate, info.frames)
+    try:
+        data, rate = soundfile.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
+    except _SOUNDFILE_ERRORS as error:
+        raise AudioError(f"{path}: cannot decode audio at frame {first} ({error})") from error
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: no audio at frame {first} (the header declares {info.frames} frames)")
+    if data.shape[1] > 1:  # average channels here: prepare_waveform would guess the time axis of a 1-frame block
+        data = data.mean(axis=1)
+    wav = prepare_waveform(data.reshape(-1), rate, source=source)[offset : offset + stop - start]
+    if wav.numel() < stop - start:
+        raise AudioError(
+            f"{path}: audio ends before {stop / SAMPLE_RATE:.2f} s (the header declares {info.seconds:.2f} s)"
+        )
+    return wav
+
+
+def _segment_problem(duration: float, start: float | None, end: float | None) -> str | None:
+    """Why ``start``..``end`` (seconds) is not a segment of a recording of ``duration`` seconds."""
     # Annotation times are rounded; half a 10 ms frame past the end is still the end.
     if (start or 0) >= duration or (end is not None and end > duration + 0.005):
         return f"segment {start or 0:g}-{end if end is not None else 'end'} s lies outside the recording ({duration:.3f} s)"
@@ -278,8 +449,10 @@ def audio_file_problem(
     be used, judged from its header alone, or None.
 
     Reads the header (and, for a WAV, its chunk sizes) without decoding, so every file of a
-    corpus can be checked before training. Non-finite samples show only when decoding
-    (:func:`load_audio`); a compressed file cut short (FLAC) only when decoding too.
+    corpus can be checked before training; a file soundfile cannot open is probed by ffprobe
+    (:func:`audio_info`), so what :func:`load_audio` reads is accepted here too. Non-finite
+    samples show only when decoding (:func:`load_audio`); a compressed file cut short (FLAC)
+    only when decoding too.
 
     Returns:
         ``"cannot read: ..."``, ``"audio is empty (0 samples)"``, ``"truncated: ..."``,
@@ -288,9 +461,9 @@ def audio_file_problem(
         ``max_samples``, after resampling to 16 kHz).
     """
     try:
-        info = soundfile.info(str(path))
-    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        return f"cannot read: {getattr(error, 'error_string', error)}"
+        info = audio_info(path)
+    except (FileNotFoundError, AudioError) as error:
+        return f"cannot read: {str(error).removeprefix(f'{path}: ')}"
     truncated = _truncation(Path(path))
     if truncated:
         return truncated
@@ -300,14 +473,14 @@ def audio_file_problem(
         return f"channel {channel} requested, the file has {info.channels}"
     frames = info.frames
     if start is not None or end is not None:
-        problem = _segment_problem(info, start, end)
+        problem = _segment_problem(info.seconds, start, end)
         if problem:
             return problem
-        stop = info.frames if end is None else min(int(round(end * info.samplerate)), info.frames)
-        frames = stop - int(round((start or 0) * info.samplerate))
-    samples = resampled_length(frames, info.samplerate)
+        stop = info.frames if end is None else min(int(round(end * info.sample_rate)), info.frames)
+        frames = stop - int(round((start or 0) * info.sample_rate))
+    samples = resampled_length(frames, info.sample_rate)
     if samples < min_samples:
-        return _too_short(samples, min_samples, info.samplerate != SAMPLE_RATE)
+        return _too_short(samples, min_samples, info.sample_rate != SAMPLE_RATE)
     if max_samples is not None and samples > max_samples:
         return (
             f"clip is {samples / SAMPLE_RATE:.1f} s, longer than the evaluation limit of "

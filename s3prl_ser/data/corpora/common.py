@@ -15,23 +15,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import soundfile
-
-from s3prl_ser.data.audio import audio_file_problem
+from s3prl_ser.data.audio import AUDIO_EXTENSIONS, audio_file_problem, audio_info
 from s3prl_ser.data.folds import GENDER_RULE, SORTED_RULE, speaker_folds
 from s3prl_ser.data.manifest import Manifest, ManifestFold
 
 __all__ = [
     "PreparationError",
-    "AUDIO_EXTENSIONS",
     "audio_files",
     "check_audio",
     "speaker_cv_manifest",
     "official_manifest",
     "finish",
 ]
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
 class PreparationError(ValueError):
@@ -94,8 +89,7 @@ def check_audio(root: Path, rows: list[dict[str, Any]], *, skip_bad: bool = Fals
             bad.append(f"{path}: {problem}")
             continue
         if row.get("duration") is None:
-            info = soundfile.info(str(path))
-            end = row.get("end") if row.get("end") is not None else info.frames / info.samplerate
+            end = row.get("end") if row.get("end") is not None else audio_info(path).seconds
             row["duration"] = round(end - (row.get("start") or 0.0), 4)
         good.append(row)
     if bad:
