@@ -80,11 +80,13 @@ def test_fold_lookup_in_a_fresh_process_reads_the_task_defaults(mini_meta, tmp_p
     for session in ("Session2", "Session4"):  # two folds: not IEMOCAP's five, which is the fallback
         shutil.copytree(mini_meta / session, meta / session)
     opts = f"config.downstream_expert.datarc.root=/corpus,,config.downstream_expert.datarc.meta_data={meta}"
-    code = (  # a fresh interpreter: nothing has called s3prl_ser.hub.registry.register()
-        "from s3prl_ser.cli.cross_validate import corpus_folds\n"
-        "run_args = ['-u', 'fbank', '-d', 'emotion_ecapa']\n"
-        f"print(corpus_folds(run_args, {opts!r}))\n"
-        f"print(corpus_folds(run_args + ['-c', 'downstream/emotion_ecapa/config_builtin.yaml'], {opts!r}))\n"
+    code = (  # a fresh interpreter: nothing has called s3prl_ser.upstreams.registry.register()
+        "from s3prl_ser.config import parse_overrides\n"
+        "from s3prl_ser.experiments.cross_validation import corpus_folds\n"
+        "from s3prl_ser.experiments.launch import RunRequest\n"
+        f"run = RunRequest(upstream='fbank', downstream='emotion_ecapa', overrides=tuple(parse_overrides({opts!r})))\n"
+        "print(corpus_folds(run))\n"
+        "print(corpus_folds(RunRequest(**{**vars(run), 'config': 'downstream/emotion_ecapa/config_builtin.yaml'})))\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import overrides, train_args
+from helpers import overrides, run_request, train_args
 from s3prl_ser.cli.cross_validate import main as cross_validate
-from s3prl_ser.cli.deploy_run import train_deployment
 from s3prl_ser.cli.export import main as export_cli
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.compat import safe_torch_load
@@ -21,14 +20,19 @@ from s3prl_ser.config import ConfigError
 from s3prl_ser.data.emotion_dataset import utterance_key
 from s3prl_ser.data.fold_data import load_fold_data
 from s3prl_ser.data.folds import superb_train_dev_split
-from s3prl_ser.data.protocol import digest
-from s3prl_ser.deploy.export_run import ExportError, export_run
-from s3prl_ser.hub.ft_hub import FoldMismatchError, check_fine_tuned
-from s3prl_ser.hub.upstreams import build_upstream
+from s3prl_ser.data.protocol import FoldMismatchError, check_fine_tuned, digest
+from s3prl_ser.experiments.deployment import train_deployment
 from s3prl_ser.inference import EmotionRecognizer
+from s3prl_ser.inference.export import ExportError, export_run
+from s3prl_ser.upstreams.build import build_upstream
 
 MEAN = "config.downstream_expert.modelrc.aggregator=mean"
 RUN_ARGS = ["-u", "fbank", "-d", "emotion_ecapa", "--device", "cpu"]
+
+
+def request(run_args, opts):
+    """The cross-validation's run: ``run_args`` with the overrides ``opts``."""
+    return run_request(["-m", "train", *run_args, "-o", opts])
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +159,12 @@ def test_export_loads_offline_with_the_runs_probabilities_and_no_score(deployed,
 
 def test_rerun_reuses_it_and_unfinished_folds_are_refused(deployed, tmp_path, capsys):
     cv, _, opts = deployed
-    train_deployment(cv, RUN_ARGS, ["fold1", "fold2"], opts)
+    train_deployment(cv, request(RUN_ARGS, opts), ["fold1", "fold2"])
     assert "finished earlier, reusing" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="other settings"):
-        train_deployment(cv, [*RUN_ARGS, "--seed", "3"], ["fold1", "fold2"], opts)
+        train_deployment(cv, request([*RUN_ARGS, "--seed", "3"], opts), ["fold1", "fold2"])
     with pytest.raises(ConfigError, match="fold3: fold not finished"):
-        train_deployment(cv, RUN_ARGS, ["fold3"], opts)
+        train_deployment(cv, request(RUN_ARGS, opts), ["fold3"])
     with pytest.raises(ExportError, match="no finished deployment run"):
         export_run(tmp_path, tmp_path / "m", deploy=True)
 
@@ -239,10 +243,10 @@ def test_a_killed_deployment_run_resumes_to_the_same_model(deployed, tmp_path, m
 
     monkeypatch.setattr(_RunnerHooks, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_deployment(copy, RUN_ARGS, ["fold1", "fold2"], opts)
+        train_deployment(copy, request(RUN_ARGS, opts), ["fold1", "fold2"])
     assert not (copy / "deploy" / "final.json").exists() and (copy / "deploy" / "states-2.ckpt").is_file()
     monkeypatch.setattr(_RunnerHooks, "save", save)
-    train_deployment(copy, RUN_ARGS, ["fold1", "fold2"], opts)  # resumes at step 2 (run_downstream -a)
+    train_deployment(copy, request(RUN_ARGS, opts), ["fold1", "fold2"])  # resumes at step 2 (run_downstream -a)
     assert "Resume from" in capsys.readouterr().out
     resumed = safe_torch_load(copy / "deploy" / "dev-avg.ckpt")["Downstream"]
     reference = safe_torch_load(cv / "deploy" / "dev-avg.ckpt")["Downstream"]

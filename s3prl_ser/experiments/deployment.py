@@ -24,9 +24,9 @@ same training loop, same locks) with ``datarc.test_fold: deploy``:
   model card and ``config.json`` state that there is no held-out score (the cross-validation's
   scores estimate the procedure, not this model).
 
-The run lives in ``CV_DIR/deploy`` (:data:`DEPLOY_DIR`); :func:`s3prl_ser.cli.deploy_run.train_deployment`
-trains it, and it resumes when killed and is reused when finished with the same settings, like a fold. Its checkpoints record the fold ``deploy``,
-and the fold guard (:func:`s3prl_ser.hub.ft_hub.check_protocol_record`) refuses them, and the
+The run lives in ``CV_DIR/deploy`` (:data:`DEPLOY_DIR`); :func:`train_deployment` trains it (the
+same run as a fold, :class:`~s3prl_ser.experiments.cross_validation.FoldRun`, with the run locks), and it resumes when killed and is reused when finished with the same settings, like a fold. Its checkpoints record the fold ``deploy``,
+and the fold guard (:func:`s3prl_ser.data.protocol.check_protocol_record`) refuses them, and the
 model directory exported from them, for any cross-validation fold.
 """
 
@@ -34,13 +34,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError
 from s3prl_ser.data.folds import DEPLOY_FOLD, check_fold
-from s3prl_ser.training.run_identity import describe, significant_differences
+from s3prl_ser.data.manifest import write_json_atomic
+from s3prl_ser.experiments.cross_validation import FoldRun, check_unfinished
+from s3prl_ser.experiments.launch import RunRequest, launch, requested_run
+from s3prl_ser.training.run_identity import describe, run_identity, significant_differences
+from s3prl_ser.training.run_lock import leader_lock
 from s3prl_ser.training.runner import FINAL_RECORD
 
 __all__ = [
@@ -50,6 +55,7 @@ __all__ = [
     "is_deployment_run",
     "deployment_schedule",
     "deployment_finished",
+    "train_deployment",
 ]
 
 DEPLOY_DIR = DEPLOY_FOLD  # CV_DIR/deploy
@@ -129,3 +135,50 @@ def deployment_finished(run_dir: Path, requested: dict[str, Any]) -> bool:
             "move it away to train the deployment model again"
         )
     return True
+
+
+def train_deployment(cv_dir: str | Path, request: RunRequest, folds: Sequence[str]) -> Path:
+    """Train (or resume, or reuse) the deployment run ``cv_dir/deploy``; its directory.
+
+    Args:
+        cv_dir: the cross-validation's root, whose finished ``folds`` give the schedule.
+        request: the cross-validation's run (upstream, task, config, overrides), without a variant.
+        folds: the folds the schedule is averaged over (all the cross-validation's).
+
+    The run's ``deployment.json`` records the schedule and the folds it came from.
+
+    Raises:
+        ConfigError: unfinished folds, a ``-v``, a finished or stopped deployment run with other settings.
+        DirectoryInUseError: another process holds ``cv_dir`` or ``cv_dir/deploy``.
+    """
+    from s3prl_ser.upstreams.registry import register
+
+    register()
+    if request.downstream_variant is not None:
+        raise ConfigError("the deployment run sets its fold (deploy) itself; drop -v")
+    cv_dir = Path(cv_dir)
+    with ExitStack() as locks:
+        cv_dir.mkdir(parents=True, exist_ok=True)
+        locks.enter_context(leader_lock(cv_dir))
+        for fold in folds:  # the schedule must come from folds trained with these very settings
+            if FoldRun(cv_dir, request, fold).finished() is None:
+                raise ConfigError(
+                    f"{cv_dir / fold}: fold not finished; run the cross-validation first (the same command "
+                    "without --deploy), the deployment schedule is taken from its folds"
+                )
+        schedule = deployment_schedule(cv_dir, folds)
+        steps = ("config.runner.total_steps", schedule["total_steps"])
+        run = FoldRun(cv_dir, request.with_overrides(steps), DEPLOY_FOLD)
+        run.fold_dir.mkdir(parents=True, exist_ok=True)
+        locks.enter_context(leader_lock(run.fold_dir))
+        requested = run_identity(*requested_run(run.request_of_fold()))
+        if deployment_finished(run.fold_dir, requested):
+            print(f"[deployment] - finished earlier, reusing {run.fold_dir}")
+        else:
+            check_unfinished(run.fold_dir, requested)
+            print(f"[deployment] - training on every fold's utterances in {run.fold_dir} ({steps[0]}={steps[1]})")
+            launch(run.request_of_fold())
+            if not deployment_finished(run.fold_dir, requested):
+                raise RuntimeError(f"{run.fold_dir}: training ended without a reported model")
+        write_json_atomic({**schedule, "cv_dir": str(cv_dir.resolve())}, run.fold_dir / DEPLOYMENT_RECORD, indent=1)
+    return run.fold_dir

@@ -1,0 +1,284 @@
+"""Cross-validation: one run per fold (each a normal ``run_downstream.py`` experiment in
+``<expdir>/<fold>``), reused when finished with the same settings, resumed when killed, then
+summarized into ``results.md``, ``results.json`` and ``confusion.png``.
+
+Folds run one after the other in this process, or in single-thread worker processes
+(:func:`train_in_workers`). The deployment run that follows a cross-validation:
+:mod:`s3prl_ser.experiments.deployment`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.config import ConfigError
+from s3prl_ser.data.folds import FOLDS, check_fold
+from s3prl_ser.experiments.launch import RunRequest, latest_states, launch, requested_run
+from s3prl_ser.training.cv_report import summarize, write_report
+from s3prl_ser.training.run_identity import describe, run_identity, significant_differences
+from s3prl_ser.training.run_lock import leader_lock
+from s3prl_ser.training.runner import FINAL_RECORD
+
+__all__ = [
+    "WORKER_LOG",
+    "fold_finished",
+    "check_unfinished",
+    "FoldRun",
+    "train_in_workers",
+    "cross_validate",
+    "corpus_folds",
+]
+
+WORKER_LOG = "worker.log"
+_FOLD_KEY = "config.downstream_expert.datarc.test_fold"
+
+
+def fold_finished(fold_dir: Path, fold: str, identity: dict | None = None) -> dict | None:
+    """The fold's test metrics if its run finished (final model tested), else None.
+
+    Raises:
+        ConfigError: ``identity`` is given and the finished run's (in ``final.json``) differs.
+    """
+    record = fold_dir / FINAL_RECORD
+    metrics = fold_dir / f"test_{fold}_metrics.json"
+    if not (record.is_file() and metrics.is_file()):
+        return None
+    if identity is not None:
+        recorded = json.loads(record.read_text()).get("identity")
+        if recorded is None:
+            raise ConfigError(
+                f"{fold_dir} finished before runs recorded their settings (no identity in "
+                f"{record.name}); it cannot be checked against this command: move it away to retrain it"
+            )
+        changed = significant_differences(recorded, identity)
+        if changed:
+            raise ConfigError(
+                f"{fold_dir} finished with other settings ({describe(changed)}): reusing it would mix "
+                "two experiments; choose a new -n/-p, or move that fold away to retrain it"
+            )
+    return json.loads(metrics.read_text())
+
+
+def check_unfinished(fold_dir: Path, requested: dict) -> None:
+    """Refuse to resume a killed run in ``fold_dir`` that was started with other settings than
+    the identity ``requested`` (the resume itself only compares what the request states).
+
+    Raises:
+        ConfigError: the run's latest states record other settings.
+    """
+    states = latest_states(fold_dir) if fold_dir.is_dir() else None
+    if states is None:
+        return
+    ckpt = safe_torch_load(states)
+    changed = significant_differences(run_identity(ckpt["Args"], ckpt["Config"]), requested, resuming=True)
+    if changed:
+        raise ConfigError(
+            f"{fold_dir} holds an unfinished run with other settings ({describe(changed)}): "
+            "choose a new -n/-p, or move that fold away"
+        )
+
+
+def _check_no_variant(request: RunRequest, who: str) -> None:
+    if request.downstream_variant is not None:
+        raise ConfigError(f"{who} sets each fold itself; drop -v")
+
+
+@dataclass(frozen=True)
+class FoldRun:
+    """One fold of a cross-validation: a training of ``request`` in ``expdir/fold``.
+
+    Args:
+        expdir: the cross-validation's root.
+        request: the run shared by every fold (upstream, task, config, overrides); its mode,
+            directory and resume settings are set per fold.
+        fold: the test fold.
+
+    Example:
+        >>> run = FoldRun(Path("exp"), RunRequest(upstream="fbank", downstream="emotion_ecapa"), "fold2")
+        >>> run.request_of_fold().expdir, run.request_of_fold().overrides
+        ('exp/fold2', (('config.downstream_expert.datarc.test_fold', 'fold2'),))
+    """
+
+    expdir: Path
+    request: RunRequest
+    fold: str
+
+    @property
+    def fold_dir(self) -> Path:
+        return self.expdir / self.fold
+
+    def request_of_fold(self) -> RunRequest:
+        """The fold's training: in ``fold_dir``, resumed when it holds states, its fold set
+        before the shared overrides (which may name another one on purpose)."""
+        return dataclasses.replace(
+            self.request,
+            mode="train",
+            expdir=str(self.fold_dir),
+            expname=None,
+            auto_resume=True,
+            overrides=((_FOLD_KEY, self.fold), *self.request.overrides),
+        )
+
+    def finished(self) -> dict | None:
+        """The fold's test metrics if it finished with these settings, else None.
+
+        Raises:
+            ConfigError: it finished, or stopped unfinished, with other settings.
+        """
+        requested = run_identity(*requested_run(self.request_of_fold()))
+        done = fold_finished(self.fold_dir, self.fold, requested)
+        if done is None:
+            check_unfinished(self.fold_dir, requested)
+        return done
+
+
+def _train(run: FoldRun) -> dict:
+    """Train (or resume, or reuse) one fold in this process; its test metrics."""
+    done = run.finished()
+    if done is not None:
+        print(f"[cross_validate] - {run.fold}: finished earlier, reusing {run.fold_dir}")
+        return done
+    print(f"[cross_validate] - {run.fold}: training in {run.fold_dir}")
+    launch(run.request_of_fold())
+    done = fold_finished(run.fold_dir, run.fold)
+    if done is None:
+        raise RuntimeError(f"{run.fold_dir}: training ended without a tested final model")
+    return done
+
+
+def _train_in_worker(run: FoldRun) -> tuple[FoldRun, dict]:
+    """A worker process's task: one fold on one thread, its output into ``fold_dir/worker.log``."""
+    from s3prl_ser.upstreams.registry import register
+
+    torch.set_num_threads(1)
+    register()
+    run.fold_dir.mkdir(parents=True, exist_ok=True)
+    with open(run.fold_dir / WORKER_LOG, "a") as log:
+        sys.stdout.flush(), sys.stderr.flush()
+        # The descriptors, not only sys.stdout: progress bars and C-level output go there too.
+        # The process serves this one task (maxtasksperchild=1), so nothing needs restoring.
+        os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+        return run, _train(run)
+
+
+def train_in_workers(runs: Sequence[FoldRun], workers: int) -> dict[FoldRun, dict]:
+    """Train ``runs`` in ``workers`` processes of one thread each; their test metrics.
+
+    A fold trained on one thread computes the same floats whatever the machine's core count
+    and however many workers run beside it, so the results depend on the seed and the CPU
+    only (a multi-threaded run's reductions change with the thread count). Folds that
+    finished with the same settings are reused without a worker; a killed run resumes as in
+    :func:`cross_validate`. Each worker is a fresh ``spawn`` process per fold, writing its
+    output to ``<fold_dir>/worker.log``; a bar counts the folds.
+
+    Raises:
+        DirectoryInUseError: another process holds a root or a fold's directory.
+        ConfigError: a fold finished (or stopped) with other settings; a worker's own error
+            (the first to end) is raised here too.
+    """
+    from tqdm import tqdm
+
+    from s3prl_ser.upstreams.registry import register
+
+    register()  # the settings check below reads emotion_ecapa's defaults
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    for run in runs:
+        check_fold(run.fold)
+    results: dict[FoldRun, dict] = {}
+    with ExitStack() as locks:
+        # The roots only: each worker takes its fold's lock itself.
+        for root in dict.fromkeys(run.expdir for run in runs):
+            root.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(leader_lock(root))
+        pending = []
+        for run in runs:
+            done = run.finished()
+            if done is None:
+                pending.append(run)
+            else:
+                results[run] = done
+        if not pending:
+            return results
+        print(f"[cross_validate] - {len(pending)} folds to train in {min(workers, len(pending))} single-thread workers")
+        context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and locks
+        with context.Pool(min(workers, len(pending)), maxtasksperchild=1) as pool:
+            bar = tqdm(pool.imap_unordered(_train_in_worker, pending), total=len(pending), desc="folds", unit="fold")
+            for run, metrics in bar:
+                results[run] = metrics
+                bar.write(f"[cross_validate] - {run.fold_dir}: UA {100 * metrics['ua']:.2f} (log: {WORKER_LOG})")
+    return results
+
+
+def cross_validate(
+    expdir: str | Path,
+    request: RunRequest,
+    folds: Sequence[str] = FOLDS,
+    title: str | None = None,
+    workers: int = 0,
+) -> dict:
+    """Run (or resume) every fold of ``request``, then write and return the summary.
+
+    The experiment root and the folds' directories are locked for the whole run
+    (:mod:`s3prl_ser.training.run_lock`): another cross-validation into the same root, or a
+    training in one of its folds, is refused, and so is this one while either runs.
+
+    Args:
+        expdir: experiment root; fold N lives in ``expdir/foldN``.
+        request: the run shared by every fold (:class:`FoldRun` sets mode, directory, fold).
+        folds: folds to run.
+        title: report title (default: the experiment directory's name).
+        workers: ``0``: the folds one after the other in this process; ``N``: in N
+            single-thread processes (:func:`train_in_workers`).
+
+    Raises:
+        ConfigError: the request names a variant (``-v``), a fold is unknown, or a fold
+            finished (or stopped) with other settings.
+        DirectoryInUseError: another process holds the root or a fold's directory.
+    """
+    from s3prl_ser.upstreams.registry import register
+
+    register()
+    _check_no_variant(request, "cross_validate")
+    folds = [check_fold(fold) for fold in folds]
+    expdir = Path(expdir)
+    runs = [FoldRun(expdir, request, fold) for fold in folds]
+    with ExitStack() as locks:
+        # The root first: a second cross-validation is refused before it touches any fold.
+        expdir.mkdir(parents=True, exist_ok=True)
+        locks.enter_context(leader_lock(expdir))
+        if workers:
+            train_in_workers(runs, workers)
+        # Each fold's own training takes its fold's lock again, re-entrantly.
+        for run in runs:
+            run.fold_dir.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(leader_lock(run.fold_dir))
+        summary = summarize({run.fold: _train(run) for run in runs})
+        paths = write_report(summary, expdir, title or expdir.name)
+    print(Path(paths["md"]).read_text())
+    print(f"[cross_validate] - results: {paths['md']}, {paths['json']}, {paths['png']}")
+    return summary
+
+
+def corpus_folds(request: RunRequest) -> list[str]:
+    """Every fold of the corpus the run's config names (``datarc.meta_data``): 5 for IEMOCAP,
+    the manifest's or EmoBox's own count otherwise; IEMOCAP's five when no meta data are set
+    (or the request names a variant, which :func:`cross_validate` refuses with its own message)."""
+    from s3prl_ser.data.emotion_dataset import corpus_folds as folds_of
+
+    if request.downstream_variant is not None:
+        return list(FOLDS)
+    _, config = requested_run(dataclasses.replace(request, mode="train"))
+    meta_data = (config.get("downstream_expert") or {}).get("datarc", {}).get("meta_data")
+    return folds_of(meta_data) if meta_data else list(FOLDS)
