@@ -95,8 +95,8 @@ def test_upstream_ft_is_a_thin_entry_to_the_cli():
 
 
 def test_demo_seeds():
-    from s3prl_ser.cli.demo import _seeds
     from s3prl_ser.cli.demo import main as demo
+    from s3prl_ser.experiments.main_job import main_job_seeds as _seeds
 
     assert _seeds(None, "fbank") == [0, 1, 2, 3, 4] and _seeds("7,8", "fbank") == [7, 8]
     assert _seeds(None, "finetune") == [None] and _seeds("5", "finetune") == [5]

@@ -14,7 +14,8 @@ new or edited command cannot go untested. A row says how the command is checked:
   and ``shorten`` appends overrides to the command's ``-o`` (two steps, a tiny ECAPA-TDNN).
 * :class:`Parse`: for what cannot run here (package installs, the whole suite, pretrained
   weights, the Hub): each ``python`` command of the line is parsed by its CLI's own parser
-  (``PARSERS``), so a renamed or removed flag fails; ``pip install -e .[EXTRA]`` must name an
+  (``PARSERS``; a ``torchrun`` line: torchrun's own parser, then the launched script's), so a
+  renamed or removed flag fails; ``pip install -e .[EXTRA]`` must name an
   extra of pyproject.toml.
 
 Adding a documented command: copy the line the failure prints into ``COMMANDS`` as the key and
@@ -121,18 +122,18 @@ SAME_OVERRIDES = (
 )
 
 COMMANDS: dict[str, Run | Parse] = {
-    # README "Two commands for a newcomer"
+    # README "Install" and "Three ways to start"
     "apt-get install -y espeak-ng sox libsndfile1 && pip install -e . && python -m s3prl_ser.cli.demo": Parse(
         "installs system and Python packages; the demo's main job trains 25 folds (about 40 min)"
     ),
     'apt-get install -y espeak-ng sox libsndfile1 ffmpeg && pip install -e ".[test]" && python -m pytest -q': Parse(
         "installs packages, then runs this very suite"
     ),
-    # README "Using real IEMOCAP"
+    # docs/iemocap.md (the first two also in README "Three ways to start")
     "python -m s3prl_ser.cli.prepare_iemocap /data/IEMOCAP --out /data/iemocap_meta": Run(
         1, shorten=None, writes=("/data/iemocap_meta/Session5/test_meta_data.json",)
     ),
-    # README introduction: the same training, named with -n
+    # docs/iemocap.md: the same training, named with -n
     'python run_downstream.py -m train -u hubert -d emotion_ecapa -n my_exp -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta"': Run(
         2, subs=TINY_HUBERT, writes=("result/downstream/my_exp/dev-avg.ckpt", "result/downstream/my_exp/final.json")
     ),
@@ -142,7 +143,7 @@ COMMANDS: dict[str, Run | Parse] = {
     'python -m s3prl_ser.cli.cross_validate -u hubert -d emotion_ecapa -p result/hubert_ecapa -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta"': Run(
         4, subs=TINY_HUBERT, writes=("result/hubert_ecapa/results.json", "result/hubert_ecapa/fold5/final.json")
     ),
-    # README "Inference"
+    # docs/inference.md
     "python -m s3prl_ser.export result/hubert_ecapa --fold fold1 -o models/hubert_fold1": Run(
         5, shorten=None, writes=("models/hubert_fold1/model.safetensors",)
     ),
@@ -170,21 +171,21 @@ COMMANDS: dict[str, Run | Parse] = {
     "python -m s3prl_ser.inference models/hubert_fold1 speech.wav calls/ list.txt --output results.csv --batch-size 8": Run(
         8, shorten=None, writes=("results.csv",)
     ),
-    # README "Other corpora"
+    # docs/corpora.md
     "python -m s3prl_ser.cli.prepare_corpus table /data/mycorpus /data/mycorpus_meta --table /data/mycorpus/list.csv --columns path=file,label=emotion,speaker=actor --split-column set --name MyCorpus": Run(
         1, shorten=None, writes=("/data/mycorpus_meta/manifest.json",)
     ),
     'python -m s3prl_ser.cli.cross_validate -u hubert -d emotion_ecapa -p result/mycorpus -o "config.downstream_expert.datarc.root=/data/mycorpus,,config.downstream_expert.datarc.meta_data=/data/mycorpus_meta"': Run(
         2, subs=TINY_HUBERT, writes=("result/mycorpus/results.json",)
     ),
-    # README "Two stages"
+    # docs/two-stages.md
     'python -m upstream_ft -u hubert -p result/upstream_ft/hubert -o "config.datarc.root=/data/IEMOCAP,,config.datarc.meta_data=/data/iemocap_meta"': Run(
         2, shorten="stage1", subs=TINY_HUBERT, writes=("result/upstream_ft/hubert/fold5/upstream.ckpt",)
     ),
     'python -m s3prl_ser.cli.cross_validate -u hubert_ft_avg -k result/upstream_ft/hubert -d emotion_ecapa -c downstream/emotion_ecapa/paper/exp6.yaml -n paper_exp6 -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta"': Run(
         3, writes=("result/downstream/paper_exp6/results.json",)
     ),
-    # README "Fusion, baselines and Table 1"
+    # docs/table1.md
     'python -m s3prl_ser.cli.cross_validate -u hubert_ft_avg,wav2vec2_ft_avg -k result/upstream_ft/hubert,result/upstream_ft/wav2vec2 -d emotion_ecapa -c downstream/emotion_ecapa/paper/exp7.yaml -n paper_exp7 -o "config.downstream_expert.datarc.root=...,,config.downstream_expert.datarc.meta_data=..."': Run(
         3,
         subs=(("root=...", "root=/data/IEMOCAP"), ("meta_data=...", "meta_data=/data/iemocap_meta")),
@@ -200,11 +201,24 @@ COMMANDS: dict[str, Run | Parse] = {
     "python -m s3prl_ser.cli.table1 --experiments 1-11 -p result/table1 --root /data/IEMOCAP --meta /data/iemocap_meta --bert /models/bert-base-uncased --superb fbank,wav2vec2,hubert": Parse(
         "the paper's Large upstreams and BERT Base (downloads); tests/test_table1.py runs experiments on tiny ones"
     ),
+    # docs/scaling-out.md: a Slurm array task (fold 2 here), which the cross-validation above reuses
+    'python run_downstream.py -m train -a -u hubert -d emotion_ecapa -p result/hubert_ecapa/fold${SLURM_ARRAY_TASK_ID} -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta,,config.downstream_expert.datarc.test_fold=fold${SLURM_ARRAY_TASK_ID}"': Run(
+        3,
+        subs=(*TINY_HUBERT, ("${SLURM_ARRAY_TASK_ID}", "2")),
+        writes=("result/hubert_ecapa/fold2/test_fold2_metrics.json",),
+    ),
+    'torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint node1:29500 run_downstream.py -m train -u hubert -d emotion_ecapa -p result/hubert_ecapa/fold1 -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta,,config.downstream_expert.datarc.test_fold=fold1"': Parse(
+        "two nodes of four GPUs (torchrun's rendezvous)"
+    ),
+    'torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint node1:29500 -m upstream_ft -u hubert -p result/upstream_ft/hubert --folds fold1 -o "config.datarc.root=/data/IEMOCAP,,config.datarc.meta_data=/data/iemocap_meta"': Parse(
+        "two nodes of four GPUs (torchrun's rendezvous)"
+    ),
 }
 
 
 def _parse_table1(argv: list[str]) -> None:
-    from s3prl_ser.cli.table1 import build_parser, parse_experiments
+    from s3prl_ser.cli.table1 import build_parser
+    from s3prl_ser.experiments.table1 import parse_experiments
 
     parse_experiments(build_parser().parse_args(argv).experiments)
 
@@ -377,6 +391,14 @@ def test_documented_command_parses(command, tmp_path):
     line = _substitute(command, row.subs, {"data": str(tmp_path)})
     for part in line.split(" && "):
         program, *argv = shlex.split(part)
+        if program == "torchrun":  # its own options, then the launched script's command line
+            from torch.distributed.run import get_args_parser
+
+            launch = get_args_parser().parse_args(argv)
+            program, argv = (
+                "python",
+                [*(["-m"] if launch.module else []), launch.training_script, *launch.training_script_args],
+            )
         if program in ("apt-get", "sudo"):
             continue  # system packages: .ci/run installs them
         if program == "pip":

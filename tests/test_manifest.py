@@ -364,7 +364,7 @@ def test_reports_name_the_corpus_and_official_tests_show_no_spread(tmp_path):
     md = write_report(summary, tmp_path / "official", "MSP")["md"].read_text()
     assert "MSP-Podcast: official test set Test1" in md and "| fold1 (official test Test1) | 3 |" in md
     assert "±" not in md and "std" not in md.replace("no std over folds", "")
-    from s3prl_ser.cli.table1 import write_tables
+    from s3prl_ser.experiments.table1 import write_tables
 
     paths = write_tables(tmp_path, {9: summary}, "note", {"fbank": summary})
     table = paths["md"].read_text()

@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from s3prl_ser.cli.run_downstream import load_task_config
-from s3prl_ser.cli.table1 import EXPERIMENTS, model_overrides, parse_experiments, write_tables
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError
-from s3prl_ser.hub.registry import DOWNSTREAM_DIR, register
+from s3prl_ser.experiments.launch import load_task_config
+from s3prl_ser.experiments.table1 import EXPERIMENTS, model_overrides, parse_experiments, write_tables
+from s3prl_ser.upstreams.registry import DOWNSTREAM_DIR, register
 
 PAPER = DOWNSTREAM_DIR / "emotion_ecapa" / "paper"
 
@@ -38,16 +38,16 @@ def test_paper_config_matches_table_row(number):
 
 def test_model_overrides_carry_the_experiment_keys():
     overrides = model_overrides(PAPER / "exp10.yaml")
-    assert "config.downstream_expert.modelrc.aggregator=ecapa" in overrides
-    assert "config.downstream_expert.text.speech=false" in overrides
-    assert "config.downstream_expert.text.transcripts=null" in overrides
-    assert "config.downstream_expert.modelrc.fusion=early" in model_overrides(PAPER / "exp7.yaml")
+    assert ("config.downstream_expert.modelrc.aggregator", "ecapa") in overrides
+    assert ("config.downstream_expert.text.speech", False) in overrides
+    assert ("config.downstream_expert.text.transcripts", None) in overrides
+    assert ("config.downstream_expert.modelrc.fusion", "early") in model_overrides(PAPER / "exp7.yaml")
     exp1 = model_overrides(PAPER / "exp1.yaml")
-    assert "config.downstream_expert.checkpoint_averaging.average=false" in exp1
-    assert "config.downstream_expert.checkpoint_averaging.best_k=1" in exp1  # the file's own key survives
-    assert "config.downstream_expert.checkpoint_averaging.best_k=5" in model_overrides(PAPER / "exp3.yaml")
+    assert ("config.downstream_expert.checkpoint_averaging.average", False) in exp1
+    assert ("config.downstream_expert.checkpoint_averaging.best_k", 1) in exp1  # the file's own key survives
+    assert ("config.downstream_expert.checkpoint_averaging.best_k", 5) in model_overrides(PAPER / "exp3.yaml")
     # Keys a paper file leaves to the defaults are carried too, so --base-config cannot change them.
-    assert {"config.downstream_expert.modelrc.fusion=null", "config.downstream_expert.text.speech=true"} <= set(
+    assert {("config.downstream_expert.modelrc.fusion", None), ("config.downstream_expert.text.speech", True)} <= set(
         model_overrides(PAPER / "exp5.yaml")
     )
 
@@ -56,12 +56,12 @@ def test_paper_upstreams_by_default_and_base_one_flag_away(monkeypatch, tmp_path
     import s3prl_ser.cli.table1 as table1
 
     calls = []
-    monkeypatch.setattr(table1, "run_table1", lambda *args, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(table1, "run_table1", calls.append)
     argv = ["-p", str(tmp_path), "--root", str(tmp_path), "--meta", str(tmp_path)]
     table1.main(argv)
     table1.main([*argv, "--base"])
     table1.main([*argv, "--base", "--hubert", "hubert_local:x.pt"])
-    chosen = [(c["wav2vec2"], c["hubert"]) for c in calls]
+    chosen = [(spec.wav2vec2, spec.hubert) for spec in calls]
     assert chosen == [
         ("wav2vec2_large_lv60_cv_swbd_fsh", "hubert_large_ll60k"),
         ("wav2vec2", "hubert"),
