@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import functools
 import os
 import re
 from collections.abc import Iterable, Mapping, MutableMapping
@@ -48,6 +49,8 @@ import yaml
 __all__ = [
     "ConfigError",
     "S3PRL_FREE_FORM",
+    "DOWNSTREAM_DIR",
+    "expert_default",
     "check_keys",
     "require",
     "read_yaml",
@@ -63,6 +66,33 @@ __all__ = [
 
 # Sections s3prl's runner turns into objects by name (get_optimizer, get_scheduler, SpecAug).
 S3PRL_FREE_FORM = ("optimizer", "scheduler", "specaug")
+
+# A checkout's downstream/ sits beside the package; a wheel installs it as s3prl_ser/_downstream/
+# (setup.py), leaving site-packages no generic top-level name.
+_INSTALLED_DOWNSTREAM_DIR = Path(__file__).resolve().parent / "_downstream"
+DOWNSTREAM_DIR = (
+    _INSTALLED_DOWNSTREAM_DIR
+    if _INSTALLED_DOWNSTREAM_DIR.is_dir()
+    else Path(__file__).resolve().parents[1] / "downstream"
+)
+
+
+@functools.cache
+def _expert_defaults() -> dict[str, Any]:
+    return read_yaml(DOWNSTREAM_DIR / "emotion_ecapa" / "config.yaml")["downstream_expert"]
+
+
+def expert_default(section: str, key: str) -> Any:
+    """``downstream_expert.<section>.<key>`` as ``emotion_ecapa``'s ``config.yaml`` sets it: the
+    one place the defaults of the data (``datarc``) and the model (``modelrc``) are written, for
+    code given a section that lacks the key (s3prl's own runner, a model directory's config).
+
+    Example:
+        >>> expert_default("datarc", "min_samples"), expert_default("modelrc", "aggregator")
+        (400, 'ecapa')
+    """
+    return copy.deepcopy(_expert_defaults()[section][key])
+
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 

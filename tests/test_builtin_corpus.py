@@ -125,6 +125,25 @@ def test_prepare_iemocap_reads_the_corpus(corpus):
     assert len(kept) == expected and {u.label for u in kept} == {"neu", "hap", "ang", "sad"}
 
 
+def test_reports_name_it_the_builtin_corpus_and_iemocap_stays_iemocap(corpus, mini_corpus, mini_meta, tmp_path):
+    """Its protocol record (hence reports) names the synthetic corpus, not IEMOCAP; a real
+    IEMOCAP layout (the mini corpus, without the generator's manifest) is still IEMOCAP."""
+    import warnings
+
+    from s3prl_ser.data.corpora.iemocap import prepare
+    from s3prl_ser.data.emotion_dataset import BUILTIN_NAME, SESSION_CORPORA
+    from s3prl_ser.data.fold_data import load_fold_data
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(corpus, tmp_path / "meta")
+    data = load_fold_data({"root": str(corpus), "meta_data": str(tmp_path / "meta")}, "fold2", read_audio=False)
+    assert data.protocol.corpus_name == BUILTIN_NAME == "builtin (synthetic IEMOCAP layout)"
+    assert BUILTIN_NAME in SESSION_CORPORA  # its folds are sessions, as IEMOCAP's
+    mini = load_fold_data({"root": str(mini_corpus), "meta_data": str(mini_meta)}, "fold2", read_audio=False)
+    assert mini.protocol.corpus_name == "IEMOCAP"
+
+
 def test_classes_differ_in_prosody(corpus):
     """Angry turns are louder and faster than sad ones on average: the labels are learnable."""
     texts = {}

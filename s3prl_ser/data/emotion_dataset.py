@@ -20,9 +20,11 @@ import numpy as np
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from s3prl_ser.config import expert_default
 from s3prl_ser.data.audio import load_audio
 from s3prl_ser.data.folds import FOLDS, check_fold, fold_session
 from s3prl_ser.data.manifest import MANIFEST_NAME, LabelRules, Manifest, read_manifest
+from s3prl_ser.toy.builtin_corpus import MANIFEST_NAME as BUILTIN_MANIFEST
 
 __all__ = [
     "MetaData",
@@ -32,12 +34,32 @@ __all__ = [
     "read_fold_lists",
     "available_folds",
     "corpus_folds",
+    "IEMOCAP_NAME",
+    "BUILTIN_NAME",
+    "SESSION_CORPORA",
+    "session_corpus_name",
     "apply_label_rules",
     "EmotionDataset",
     "utterance_key",
     "outside_root",
     "collate",
 ]
+
+
+IEMOCAP_NAME = "IEMOCAP"
+BUILTIN_NAME = "builtin (synthetic IEMOCAP layout)"
+SESSION_CORPORA = (IEMOCAP_NAME, BUILTIN_NAME)  # s3prl's meta data: fold N tests on SessionN
+
+
+def session_corpus_name(root: str | os.PathLike) -> str:
+    """What reports call the corpus of s3prl's meta data at ``root``: the built-in synthetic
+    corpus when ``root`` holds its manifest (:mod:`s3prl_ser.toy.builtin_corpus`), else IEMOCAP.
+
+    Example:
+        >>> session_corpus_name("/nonexistent")
+        'IEMOCAP'
+    """
+    return BUILTIN_NAME if (Path(root) / BUILTIN_MANIFEST).is_file() else IEMOCAP_NAME
 
 
 class MetaData:
@@ -170,7 +192,7 @@ class FoldLists:
     one (then no rule carves dev out of train), and the corpus's identity.
 
     Attributes:
-        corpus: the corpus's name (``IEMOCAP`` for s3prl's meta data).
+        corpus: the corpus's name (for s3prl's meta data, :func:`session_corpus_name`).
         protocol: how the folds were made, for reports.
         official_test: the name of the corpus's official test set, or None (cross-validation).
         num_folds: how many folds the source has.
@@ -278,7 +300,8 @@ def read_fold_lists(
         train, test = read_fold_meta(meta_dir, fold, root, allow_outside_root=allow_outside_root)
         train, test = apply_label_rules(train, rules), apply_label_rules(test, rules)
         folds = len(list(meta_dir.glob("Session*/train_meta_data.json")))
-        return FoldLists(train, test, None, "IEMOCAP", "leave-one-session-out (s3prl meta data)", None, folds, kind)
+        name = session_corpus_name(root)
+        return FoldLists(train, test, None, name, "leave-one-session-out (s3prl meta data)", None, folds, kind)
     manifest = _read_manifest_source(meta_dir)
     if fold not in manifest.folds:
         raise FileNotFoundError(
@@ -323,7 +346,8 @@ class EmotionDataset(Dataset):
         indices: optional subset (e.g. the train or dev part of a fold).
         pre_load: read all audio at construction (s3prl's ``pre_load``).
         min_samples: shortest accepted clip after resampling to 16 kHz (an upstream's
-            receptive field); shorter clips raise an error naming the file.
+            receptive field); shorter clips raise an error naming the file. None:
+            ``datarc.min_samples`` of ``emotion_ecapa``'s ``config.yaml``.
         read_audio: ``False`` yields an empty waveform instead of reading the file, for
             models that only use the utterance name (the transcript-based text encoder).
 
@@ -345,13 +369,13 @@ class EmotionDataset(Dataset):
         *,
         indices: Sequence[int] | None = None,
         pre_load: bool = False,
-        min_samples: int = 400,
+        min_samples: int | None = None,
         read_audio: bool = True,
     ) -> None:
         self.root = Path(root)
         self.meta = meta if isinstance(meta, MetaData) else read_meta_data(meta, root)
         self.items = [self.meta.items[i] for i in indices] if indices is not None else list(self.meta.items)
-        self.min_samples = min_samples
+        self.min_samples = expert_default("datarc", "min_samples") if min_samples is None else min_samples
         self.read_audio = read_audio
         self.class_names = self.meta.class_names
         self._cache: list[np.ndarray] | None = None

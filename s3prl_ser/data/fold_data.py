@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from s3prl_ser.config import ConfigError, require
+from s3prl_ser.config import ConfigError, expert_default, require
 from s3prl_ser.data.audio import SAMPLE_RATE, AudioError, audio_file_problem
 from s3prl_ser.data.emotion_dataset import EmotionDataset, collate, read_fold_lists, utterance_key
 from s3prl_ser.data.folds import (
@@ -116,7 +116,7 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
     train_meta, test_meta = lists.train, lists.test
     if lists.dev is not None and train_meta.labels != lists.dev.labels:
         raise ValueError(f"{train_meta.path} and {lists.dev.path} define different labels")
-    min_samples = datarc.get("min_samples", 400)
+    min_samples = datarc.get("min_samples", expert_default("datarc", "min_samples"))
     _seconds(datarc, "max_seconds", where)  # applied per epoch by train_loader
     max_eval = _seconds(datarc, "max_eval_seconds", where)
     split = datarc.get("split", "superb")
@@ -337,7 +337,7 @@ def train_loader(
         raise ConfigError(f"datarc.bucket_by_length must be true or false, got {bucketed!r}")
     sampler = GlobalBatchSampler(
         len(dataset),
-        datarc.get("train_batch_size", 4),
+        datarc.get("train_batch_size", expert_default("datarc", "train_batch_size")),
         seed=seed,
         epoch=epoch,
         rank=rank,
@@ -362,7 +362,7 @@ def eval_loader(dataset: EmotionDataset, datarc: Mapping[str, Any]) -> DataLoade
         dataset.preload()
     return DataLoader(
         dataset,
-        batch_size=datarc.get("eval_batch_size", 4),
+        batch_size=datarc.get("eval_batch_size", expert_default("datarc", "eval_batch_size")),
         shuffle=False,
         num_workers=datarc.get("num_workers", 4),
         collate_fn=collate,

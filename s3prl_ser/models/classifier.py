@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from s3prl_ser.config import expert_default
 from s3prl_ser.models.ecapa_tdnn import ECAPA_TDNN
 from s3prl_ser.models.pooling import MeanPooling
 
@@ -42,13 +43,14 @@ class _Mean(nn.Module):
 
 
 def build_aggregator(
-    kind: str, input_size: int, ecapa: Mapping[str, Any] | None = None, projector_dim: int | None = None
+    kind: str | None, input_size: int, ecapa: Mapping[str, Any] | None = None, projector_dim: int | None = None
 ) -> nn.Module:
     """A frame-to-utterance aggregator: ``(B, T, D), (B,) -> (B, output_size)``.
 
     Args:
         kind: ``"mean"`` (masked mean pooling, paper experiments 1-4) or ``"ecapa"``
-            (ECAPA-TDNN, experiments 5-11).
+            (ECAPA-TDNN, experiments 5-11); None: ``modelrc.aggregator`` of ``emotion_ecapa``'s
+            ``config.yaml``.
         input_size: D.
         ecapa: keyword arguments of :class:`~s3prl_ser.models.ecapa_tdnn.ECAPA_TDNN` (ignored for mean).
         projector_dim: P, a frame-wise linear projection D -> P first (SUPERB's emotion
@@ -63,6 +65,8 @@ def build_aggregator(
         >>> build_aggregator("ecapa", 8, ecapa).output_size  # lin_neurons
         12
     """
+    if kind is None:
+        kind = expert_default("modelrc", "aggregator")
     if projector_dim is not None:
         if isinstance(projector_dim, bool) or not isinstance(projector_dim, int) or projector_dim < 1:
             raise ValueError(f"projector_dim must be a positive integer or null, got {projector_dim!r}")
@@ -80,7 +84,8 @@ class UtteranceClassifier(nn.Module):
     Args:
         input_size: D, the upstream feature dimension.
         num_classes: number of emotion classes.
-        aggregator: ``"mean"`` or ``"ecapa"``.
+        aggregator: ``"mean"`` or ``"ecapa"``; None: ``modelrc.aggregator`` of ``emotion_ecapa``'s
+            ``config.yaml``.
         ecapa: ECAPA-TDNN keyword arguments.
 
     Example:
@@ -102,7 +107,7 @@ class UtteranceClassifier(nn.Module):
         self,
         input_size: int,
         num_classes: int,
-        aggregator: str = "ecapa",
+        aggregator: str | None = None,
         ecapa: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()

@@ -102,7 +102,8 @@ class EmotionClassifier(nn.Module):
         input_sizes: feature dimension of each stream.
         rates: downsample rate of each stream (used by early fusion only).
         num_classes: number of emotion classes.
-        aggregator: ``"mean"`` or ``"ecapa"``.
+        aggregator: ``"mean"`` or ``"ecapa"``; None: ``modelrc.aggregator`` of ``emotion_ecapa``'s
+            ``config.yaml``.
         ecapa: ECAPA-TDNN keyword arguments.
         fusion: ``None`` for one stream, ``"early"`` or ``"late"`` for several.
         projector_dim: a frame-wise linear projection to this size before each aggregator
@@ -132,7 +133,7 @@ class EmotionClassifier(nn.Module):
         input_sizes: Sequence[int],
         rates: Sequence[int],
         num_classes: int,
-        aggregator: str = "ecapa",
+        aggregator: str | None = None,
         ecapa: Mapping[str, Any] | None = None,
         fusion: str | None = None,
         projector_dim: int | None = None,
