@@ -108,7 +108,7 @@ def real_time_factor(model: EmotionRecognizer, clips: list[torch.Tensor], batch:
 
 def long_audio_memory(minutes: float, threads: int, workdir: Path) -> dict:
     """Peak RSS (VmHWM) of a child process running the windowed path over an ``minutes``-long WAV."""
-    from s3prl_ser.deploy.model_dir import write_model_dir
+    from s3prl_ser.inference.model_dir import write_model_dir
 
     model = recognizer("fbank")
     model.config = None

@@ -1,6 +1,6 @@
 """``python -m s3prl_ser.export RUN -o MODEL_DIR``: the thin entry of :mod:`s3prl_ser.cli.export`.
 
-Library use: :func:`s3prl_ser.deploy.export_run.export_run`.
+Library use: :func:`s3prl_ser.inference.export.export_run`.
 """
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ from s3prl_ser.cli.cross_validate import main as cross_validate
 from s3prl_ser.cli.export import main as export_cli
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
-from s3prl_ser.deploy.export_run import ExportError, export_run
-from s3prl_ser.deploy.hf_hub import hub_files, push_model_dir
-from s3prl_ser.deploy.model_dir import ModelDirError
 from s3prl_ser.inference import EmotionRecognizer
+from s3prl_ser.inference.export import ExportError, export_run
+from s3prl_ser.inference.model_dir import ModelDirError
+from s3prl_ser.inference.publish import hub_files, push_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -300,7 +300,7 @@ def test_exports_record_no_absolute_path_of_this_machine(
 
 
 def test_card_escapes_names_from_the_data():
-    from s3prl_ser.deploy.model_card import render_card
+    from s3prl_ser.inference.model_card import render_card
 
     hostile = "<img src=x onerror=alert(1)>"
     config = {"downstream_expert": {"datarc": {"meta_data": "a`b", "root": "```\n</details><script>x</script>"}}}

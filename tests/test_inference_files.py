@@ -15,9 +15,9 @@ from s3prl_ser.cli.inference import FILES_FAILED
 from s3prl_ser.cli.inference import main as inference
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.data.audio import resample
-from s3prl_ser.deploy.export_run import export_run
-from s3prl_ser.deploy.long_audio import window_plan
 from s3prl_ser.inference import EmotionRecognizer
+from s3prl_ser.inference.export import export_run
+from s3prl_ser.inference.long_audio import window_plan
 
 
 @pytest.fixture(scope="module")
@@ -133,12 +133,10 @@ def test_module_entry_is_the_cli(model_dir, folder, monkeypatch, capsys):
     subprocess would spend its time importing s3prl)."""
     import runpy
 
-    import s3prl_ser.inference
-
     monkeypatch.setattr(
         sys, "argv", ["s3prl_ser.inference", str(model_dir), str(folder / "mono16k.wav"), "--no-progress"]
     )
-    runpy.run_path(str(Path(s3prl_ser.inference.__file__)), run_name="__main__")
+    runpy.run_module("s3prl_ser.inference", run_name="__main__")  # the package's __main__.py
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["status"] == "ok"
 
 
@@ -146,7 +144,7 @@ def test_mp3_through_soundfile_and_m4a_through_ffmpeg(recognizer, tmp_path):
     import shutil
     import subprocess
 
-    from s3prl_ser.deploy.audio_inputs import audio_info
+    from s3prl_ser.data.audio import audio_info
 
     source = tmp_path / "source.wav"
     sf.write(source, _noise(1.5, 16000, seed=5), 16000)
@@ -231,7 +229,7 @@ def test_symbolic_link_loop_and_out_of_memory_are_error_rows(model_dir, recogniz
 
 def test_csv_cells_are_never_spreadsheet_formulas(model_dir, tmp_path, monkeypatch):
     """File and label names starting with = + - @ get a leading ' in the CSV (kept as text)."""
-    from s3prl_ser.deploy.batch_inference import write_rows
+    from s3prl_ser.inference.rows import write_rows
 
     names = ["+1.wav", "-1.wav", "=HYPERLINK(1).wav", "@SUM(1).wav"]
     for seed, name in enumerate(names):

@@ -445,7 +445,7 @@ def doctored(source: Path, out: Path, edit: Callable[[dict], None]) -> Path:
 
     from safetensors.torch import load_file
 
-    from s3prl_ser.deploy.model_dir import write_model_dir
+    from s3prl_ser.inference.model_dir import write_model_dir
 
     config = json.loads((source / "config.json").read_text(encoding="utf-8"))
     edit(config)

@@ -14,7 +14,7 @@ import torch
 from helpers import overrides, train_args
 from s3prl_ser.cli.export import main as export_cli
 from s3prl_ser.cli.run_downstream import main as run_downstream
-from s3prl_ser.deploy.onnx_export import OnnxExportError, export_onnx
+from s3prl_ser.inference.onnx import OnnxExportError, export_onnx
 from s3prl_ser.inference import EmotionRecognizer
 
 ort = pytest.importorskip("onnxruntime")

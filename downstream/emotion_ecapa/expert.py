@@ -23,6 +23,7 @@ from s3prl_ser.config import check_int, check_keys
 from s3prl_ser.data.audio import load_audio
 from s3prl_ser.data.fold_data import eval_loader, load_fold_data, train_loader
 from s3prl_ser.data.folds import check_run_fold, fold_session, is_deployment, resolve_fold
+from s3prl_ser.inference.rows import prediction_row
 from s3prl_ser.models.classifier import AGGREGATORS
 from s3prl_ser.models.fusion import EmotionClassifier
 from s3prl_ser.training.best_checkpoints import BestCheckpoints
@@ -308,19 +309,17 @@ class DownstreamExpert(nn.Module):
         }
 
     def load_audio(self, path: str | Path) -> torch.Tensor:
-        """Used by the runner's ``-m inference``: any sample rate or channel count."""
+        """Used by the runner's ``-m inference``: the project's one reader (any sample rate or
+        channel count; formats soundfile cannot decode through ffmpeg), as ``EmotionRecognizer`` reads."""
         return load_audio(path, min_samples=self.datarc.get("min_samples", 400))
 
     def inference(self, features: list, filenames: list[str]) -> list[dict]:
-        """Print and return ``{"file", "label", "probabilities"}`` per utterance."""
+        """Print and return ``{"file", "label", "probabilities"}`` per utterance (the row
+        :func:`s3prl_ser.inference.rows.prediction_row` builds for ``python -m s3prl_ser.inference``)."""
         probabilities = self._logits(features, filenames).softmax(dim=-1).cpu()
         results = []
         for name, probs in zip(filenames, probabilities):
-            result = {
-                "file": name,
-                "label": self.class_names[int(probs.argmax())],
-                "probabilities": {c: round(float(p), 6) for c, p in zip(self.class_names, probs)},
-            }
+            result = prediction_row(self.class_names, probs, file=name)
             print(json.dumps(result))
             results.append(result)
         return results

@@ -5,7 +5,7 @@ or ``--deploy`` (the deployment model in ``RUN/deploy``, trained on every uttera
 ``python -m s3prl_ser.cli.cross_validate ... --deploy``; it has no held-out score, and none is
 recorded). ``--onnx`` adds ``model.onnx``; ``--push-to-hub USER/NAME`` then uploads the
 directory as a Hugging Face Hub model repo (needs network and a token). See
-:mod:`s3prl_ser.deploy.export_run`.
+:mod:`s3prl_ser.inference.export`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 
 from s3prl_ser.cli.errors import EXPECTED_ERRORS, exit_on_error
-from s3prl_ser.deploy.export_run import export_run
+from s3prl_ser.inference.export import export_run
+from s3prl_ser.inference.publish import push_model_dir
 
 __all__ = ["build_parser", "main"]
 
@@ -57,8 +58,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"wrote {out}")
         if args.push_to_hub:
-            from s3prl_ser.deploy.hf_hub import push_model_dir
-
             print(f"uploaded to {push_model_dir(out, args.push_to_hub, private=args.private)}")
 
 

@@ -18,8 +18,9 @@ import sys
 import torch
 
 from s3prl_ser.cli.errors import exit_on_error
-from s3prl_ser.deploy.batch_inference import predict_files, write_rows
-from s3prl_ser.inference import EmotionRecognizer
+from s3prl_ser.inference.files import predict_files
+from s3prl_ser.inference.recognizer import EmotionRecognizer
+from s3prl_ser.inference.rows import write_rows
 
 __all__ = ["FILES_FAILED", "build_parser", "main"]
 

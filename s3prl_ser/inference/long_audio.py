@@ -1,7 +1,7 @@
 """Long recordings in windows: per-window predictions with timestamps and a whole-file summary.
 
 A file longer than the threshold is never decoded whole: each window is read from disk on its
-own (:func:`~s3prl_ser.deploy.audio_inputs.read_segment`) and windows go through the model
+own (:func:`~s3prl_ser.data.audio.read_segment`) and windows go through the model
 ``batch_size`` at a time, so memory holds ``batch_size`` windows, whatever the file's length.
 
 Windows start every ``hop`` seconds and last ``window`` seconds; the last one ends at the end
@@ -15,19 +15,28 @@ the whole file), quieter than :data:`~s3prl_ser.data.audio.SILENCE_DBFS`: its la
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
+from torch import Tensor
 
-from s3prl_ser.data.audio import SAMPLE_RATE, SILENCE_DBFS, is_silent, level_dbfs
-from s3prl_ser.deploy.audio_inputs import AudioInfo, audio_info, read_segment
+from s3prl_ser.data.audio import SAMPLE_RATE, SILENCE_DBFS, AudioInfo, audio_info, is_silent, level_dbfs, read_segment
+from s3prl_ser.inference.rows import prediction_row
 
-if TYPE_CHECKING:
-    from s3prl_ser.inference import EmotionRecognizer
+__all__ = ["AudioClassifier", "window_plan", "predict_windows"]
 
-__all__ = ["window_plan", "predict_windows", "prediction_row"]
+
+class AudioClassifier(Protocol):
+    """What window and file prediction need of a model (an
+    :class:`~s3prl_ser.inference.recognizer.EmotionRecognizer`): its classes, its shortest clip,
+    and B mono 16 kHz waveforms ``(T_b,)`` -> class probabilities ``(B, C)``."""
+
+    class_names: list[str]
+    min_samples: int
+
+    def probabilities(self, wavs: Sequence[Tensor]) -> Tensor: ...
 
 
 def window_plan(duration: float, window: float = 8.0, hop: float = 4.0) -> list[tuple[float, float]]:
@@ -53,17 +62,8 @@ def window_plan(duration: float, window: float = 8.0, hop: float = 4.0) -> list[
         start = round(start + hop, 6)
 
 
-def prediction_row(class_names: list[str], probabilities: torch.Tensor, **fields: Any) -> dict[str, Any]:
-    """A result row: ``fields`` + ``label`` + ``probabilities`` (``(C,)`` -> ``{class: p}``)."""
-    return {
-        **fields,
-        "label": class_names[int(probabilities.argmax())],
-        "probabilities": {c: float(p) for c, p in zip(class_names, probabilities)},
-    }
-
-
 def predict_windows(
-    recognizer: EmotionRecognizer,
+    recognizer: AudioClassifier,
     path: str | os.PathLike,
     *,
     window: float = 8.0,

@@ -1,6 +1,6 @@
 """Upload a model directory to the Hugging Face Hub as a model repo (``huggingface_hub``'s API).
 
-The directory already has the Hub layout (:mod:`s3prl_ser.deploy.model_dir`). The upload is one
+The directory already has the Hub layout (:mod:`s3prl_ser.inference.model_dir`). The upload is one
 commit of the verified files only: ``config.json`` and ``config.sha256`` (checked against each
 other), the weight files ``config.json`` records (each checked against its sha256) and the card
 ``README.md`` (a regular file, not a link). Nothing else in the directory is published, and a
@@ -13,13 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from s3prl_ser.deploy.model_dir import CARD_FILE, CONFIG_FILE, DIGEST_FILE, ModelDirError, verify_model_dir
+from s3prl_ser.inference.model_dir import CARD_FILE, CONFIG_FILE, DIGEST_FILE, ModelDirError, verify_model_dir
 
 __all__ = ["hub_files", "push_model_dir"]
 
 
 def hub_files(model_dir: str | os.PathLike) -> list[str]:
-    """The files an upload publishes, sorted, after :func:`~s3prl_ser.deploy.model_dir.verify_model_dir`.
+    """The files an upload publishes, sorted, after :func:`~s3prl_ser.inference.model_dir.verify_model_dir`.
 
     Raises:
         ModelDirError: the directory fails verification, or ``README.md`` is missing or a link.

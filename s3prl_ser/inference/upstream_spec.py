@@ -30,10 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
-from s3prl_ser.hub.exportable import CONVERTED_LOADERS, UnsupportedUpstreamError, export_loader, load_upstream
-from s3prl_ser.hub.ft_hub import FoldSpec
-from s3prl_ser.hub.multi_upstream import MultiUpstream, split_names
-from s3prl_ser.hub.upstreams import build_upstream
+from s3prl_ser.data.protocol import FoldSpec
+from s3prl_ser.upstreams.build import build_upstream
+from s3prl_ser.upstreams.exportable import CONVERTED_LOADERS, UnsupportedUpstreamError, export_loader, load_upstream
+from s3prl_ser.upstreams.multi_upstream import MultiUpstream, split_names
 
 __all__ = ["UpstreamSpec", "check_offline", "describe_upstreams", "build_upstreams_offline"]
 
@@ -54,7 +54,7 @@ def _json_plain(value: Any, where: str) -> Any:
 
 def check_offline(spec: Any) -> None:
     """Refuse a spec that s3prl could not build from the spec alone: its entry must be a converted
-    loader (:data:`~s3prl_ser.hub.exportable.CONVERTED_LOADERS`, given the embedded weights) or,
+    loader (:data:`~s3prl_ser.upstreams.exportable.CONVERTED_LOADERS`, given the embedded weights) or,
     with no converted checkpoint, one of s3prl's parameter-free baseline extractors (``fbank``,
     ``mfcc``, ...: built from s3prl's package files). Any other entry may download.
 
@@ -66,7 +66,7 @@ def check_offline(spec: Any) -> None:
         >>> check_offline({"entry": "tera", "converted": None})
         Traceback (most recent call last):
         ...
-        s3prl_ser.hub.exportable.UnsupportedUpstreamError: upstream entry 'tera' is not rebuilt offline ...
+        s3prl_ser.upstreams.exportable.UnsupportedUpstreamError: upstream entry 'tera' is not rebuilt offline ...
     """
     import s3prl.upstream.baseline.hubconf as baseline
 
@@ -120,7 +120,7 @@ def describe_upstreams(
     """Build a run's upstream(s) (``-u``/``-k``/``-g``, fold-guarded) and describe them.
 
     Returns:
-        The upstream module (a :class:`~s3prl_ser.hub.multi_upstream.MultiUpstream` for
+        The upstream module (a :class:`~s3prl_ser.upstreams.multi_upstream.MultiUpstream` for
         several names) and either one spec per upstream or the reason one cannot be rebuilt
         offline (a string).
     """

@@ -1,4 +1,4 @@
-"""Predict emotions with a trained model, without the training corpus at hand.
+"""The recognizer: predict emotions with a trained model, without the training corpus at hand.
 
     from s3prl_ser.inference import EmotionRecognizer
     recognizer = EmotionRecognizer.from_pretrained("MODEL_DIR")  # or a run's fold directory / checkpoint
@@ -15,7 +15,7 @@ ensemble of fold models: their class probabilities are averaged); members traine
 upstream share it, and it runs once per batch.
 
 Command line: ``python -m s3prl_ser.inference MODEL AUDIO|DIR|LIST... [--output results.csv]``
-(an alias of ``python -m s3prl_ser.cli.inference``).
+(:mod:`s3prl_ser.cli.inference`).
 """
 
 from __future__ import annotations
@@ -33,11 +33,18 @@ import torch
 from torch import Tensor, nn
 
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.data.audio import SAMPLE_RATE, is_silent, prepare_waveform
+from s3prl_ser.config import expert_default
+from s3prl_ser.data.audio import SAMPLE_RATE, is_silent, load_audio, prepare_waveform
 from s3prl_ser.data.folds import resolve_fold
-from s3prl_ser.hub.multi_upstream import MultiFeaturizer, build_featurizer
+from s3prl_ser.inference.files import predict_files
+from s3prl_ser.inference.long_audio import predict_windows
+from s3prl_ser.inference.model_dir import ModelDirError, is_model_dir, read_model_dir
+from s3prl_ser.inference.upstream_spec import build_upstreams_offline, describe_upstreams
 from s3prl_ser.models.fusion import EmotionClassifier
 from s3prl_ser.training.runner import FINAL_RECORD
+from s3prl_ser.upstreams.exportable import UnsupportedUpstreamError
+from s3prl_ser.upstreams.multi_upstream import MultiFeaturizer, build_featurizer
+from s3prl_ser.upstreams.registry import register
 
 __all__ = ["Prediction", "RecognizerMember", "EmotionRecognizer", "resolve_checkpoint"]
 
@@ -79,7 +86,7 @@ def _classifier_config(featurizer: nn.Module, num_classes: int, modelrc: dict[st
         "input_sizes": list(featurizer.output_dim) if multi else [featurizer.output_dim],
         "rates": list(featurizer.downsample_rate) if multi else [featurizer.downsample_rate],
         "num_classes": num_classes,
-        "aggregator": modelrc.get("aggregator", "ecapa"),
+        "aggregator": modelrc.get("aggregator", expert_default("modelrc", "aggregator")),
         "ecapa": modelrc.get("ecapa"),
         "fusion": modelrc.get("fusion"),
         "projector_dim": modelrc.get("projector_dim"),
@@ -128,8 +135,9 @@ class EmotionRecognizer(nn.Module):
         upstreams: the distinct upstream modules the members read.
         members: one per trained model; probabilities are averaged over members.
         class_names: the class order of every member's output.
-        min_samples: the shortest clip accepted (the upstream's receptive field).
-        config: the JSON description :mod:`s3prl_ser.deploy.model_dir` saves (``upstreams``,
+        min_samples: the shortest clip accepted (the upstream's receptive field); None:
+            ``datarc.min_samples`` of ``emotion_ecapa``'s ``config.yaml``.
+        config: the JSON description :mod:`s3prl_ser.inference.model_dir` saves (``upstreams``,
             ``members``); ``None`` for a recognizer that cannot be exported.
 
     Example:
@@ -152,7 +160,7 @@ class EmotionRecognizer(nn.Module):
         upstreams: Sequence[nn.Module],
         members: Sequence[RecognizerMember],
         class_names: Sequence[str],
-        min_samples: int = 400,
+        min_samples: int | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -164,7 +172,7 @@ class EmotionRecognizer(nn.Module):
         self.upstreams = nn.ModuleList(upstreams)
         self.members = nn.ModuleList(members)
         self.class_names = list(class_names)
-        self.min_samples = int(min_samples)
+        self.min_samples = int(expert_default("datarc", "min_samples") if min_samples is None else min_samples)
         self.config = config
         self.eval()
 
@@ -178,8 +186,6 @@ class EmotionRecognizer(nn.Module):
             ModelDirError: a model directory with a missing, modified or mismatched file.
             ValueError: a checkpoint that is not a final ``emotion_ecapa`` one, or reads text.
         """
-        from s3prl_ser.deploy.model_dir import is_model_dir
-
         if is_model_dir(path):
             return cls.from_model_dir(path, device)
         return cls.from_checkpoint(resolve_checkpoint(path), device)
@@ -188,9 +194,6 @@ class EmotionRecognizer(nn.Module):
     def from_checkpoint(cls, ckpt_path: str | os.PathLike, device: str = "cpu") -> EmotionRecognizer:
         """One trained model from its runner checkpoint (``dev-avg.ckpt``, ...); the upstream is
         rebuilt as the run built it (its ``-u``/``-k``, for its fold)."""
-        from s3prl_ser.deploy.upstream_spec import describe_upstreams
-        from s3prl_ser.hub.registry import register
-
         register()
         ckpt_path = Path(ckpt_path)
         ckpt = safe_torch_load(ckpt_path)
@@ -221,7 +224,7 @@ class EmotionRecognizer(nn.Module):
         classifier.load_state_dict(
             {k.removeprefix("model."): v for k, v in ckpt["Downstream"].items() if k.startswith("model.")}
         )
-        min_samples = expert.get("datarc", {}).get("min_samples", 400)
+        min_samples = expert.get("datarc", {}).get("min_samples")
         description = {
             "upstreams": [specs],
             "members": [
@@ -244,11 +247,6 @@ class EmotionRecognizer(nn.Module):
             ModelDirError: missing or modified files (sha256), weights that do not fit the config,
                 or an upstream entry that is not rebuilt offline (refused before any is built).
         """
-        from s3prl_ser.deploy.model_dir import ModelDirError, read_model_dir
-        from s3prl_ser.deploy.upstream_spec import build_upstreams_offline
-        from s3prl_ser.hub.exportable import UnsupportedUpstreamError
-        from s3prl_ser.hub.registry import register
-
         register()
         config, tensors = read_model_dir(path)
         try:
@@ -273,7 +271,7 @@ class EmotionRecognizer(nn.Module):
             raise ModelDirError(f"{Path(path) / 'config.json'}: {error}") from error
         except (KeyError, TypeError) as error:
             raise ModelDirError(f"{Path(path) / 'config.json'}: malformed ({type(error).__name__}: {error})") from error
-        recognizer = cls(upstreams, members, config["class_names"], config.get("min_samples", 400), config)
+        recognizer = cls(upstreams, members, config["class_names"], config.get("min_samples"), config)
         try:
             recognizer.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=True)
         except RuntimeError as error:
@@ -352,12 +350,10 @@ class EmotionRecognizer(nn.Module):
         return next(self.members[0].classifier.parameters()).device
 
     def waveform(self, audio: str | os.PathLike | np.ndarray | Tensor, sample_rate: int | None = None) -> Tensor:
-        """A file (any format :func:`~s3prl_ser.deploy.audio_inputs.read_audio` reads) or an array
+        """A file (any format :func:`~s3prl_ser.data.audio.load_audio` reads) or an array
         with its ``sample_rate`` -> mono 16 kHz ``(T,)``, at least ``min_samples`` long."""
-        from s3prl_ser.deploy.audio_inputs import read_audio
-
         if isinstance(audio, (str, os.PathLike)):
-            return read_audio(audio, min_samples=self.min_samples)
+            return load_audio(audio, min_samples=self.min_samples)
         if sample_rate is None:
             raise ValueError("pass sample_rate with a waveform array")
         return prepare_waveform(audio, sample_rate, min_samples=self.min_samples)
@@ -417,15 +413,11 @@ class EmotionRecognizer(nn.Module):
         return self.predict_batch([audio], sample_rate)[0]
 
     def predict_files(self, inputs: Iterable[str | os.PathLike], **options: Any) -> list[dict[str, Any]]:
-        """Rows for files, folders and list files; see :func:`s3prl_ser.deploy.batch_inference.predict_files`."""
-        from s3prl_ser.deploy.batch_inference import predict_files
-
+        """Rows for files, folders and list files; see :func:`s3prl_ser.inference.files.predict_files`."""
         return list(predict_files(self, inputs, **options))
 
     def predict_long(self, path: str | os.PathLike, **options: Any) -> list[dict[str, Any]]:
-        """Window rows and a summary row of one long file; see :func:`s3prl_ser.deploy.long_audio.predict_windows`."""
-        from s3prl_ser.deploy.long_audio import predict_windows
-
+        """Window rows and a summary row of one long file; see :func:`s3prl_ser.inference.long_audio.predict_windows`."""
         return predict_windows(self, path, **options)
 
 
@@ -440,9 +432,3 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
         return True
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
-
-
-if __name__ == "__main__":  # ``python -m s3prl_ser.inference``: the command line lives in s3prl_ser.cli
-    import importlib  # the library imports no CLI module; only this entry, when run, loads it
-
-    importlib.import_module("s3prl_ser.cli.inference").main()

@@ -1,6 +1,6 @@
 """The self-contained model directory: ``config.json`` + ``config.sha256`` + ``model.safetensors`` + ``README.md``.
 
-Hugging Face Hub model-repo layout (:func:`s3prl_ser.deploy.hf_hub.push_model_dir` uploads it)::
+Hugging Face Hub model-repo layout (:func:`s3prl_ser.inference.publish.push_model_dir` uploads it)::
 
     MODEL_DIR/config.json        what to build: upstreams, featurizers, classifiers, class names,
                                  sample rate; the sha256 of every weight file
@@ -15,7 +15,7 @@ place). :func:`verify_model_dir` refuses a directory whose ``config.json`` does 
 ``config.sha256`` (an edited config: relabelled classes, another upstream) or whose files do
 not match the digests ``config.json`` records (modified, truncated, or mixed from two
 exports), naming the file. The digests guard against edits and mix-ups, not against someone
-who rewrites both files on purpose; :func:`s3prl_ser.deploy.upstream_spec.check_offline`
+who rewrites both files on purpose; :func:`s3prl_ser.inference.upstream_spec.check_offline`
 keeps even such a directory from reaching the network.
 """
 

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from s3prl_ser.hub.multi_upstream import MultiUpstream
+from s3prl_ser.upstreams.multi_upstream import MultiUpstream
 
 if TYPE_CHECKING:
-    from s3prl_ser.inference import EmotionRecognizer
+    from s3prl_ser.inference.recognizer import EmotionRecognizer
 
 __all__ = ["OPSET", "OnnxExportError", "onnx_graph_kind", "FullGraph", "DownstreamGraph", "export_onnx"]
 
@@ -108,9 +108,9 @@ class DownstreamGraph(nn.Module):
     """``hidden_states (L, B, T, D)``, ``frame_lengths (B,)`` -> ``probabilities (B, C)`` (members averaged).
 
     Example:
-        >>> from s3prl_ser.hub.upstreams import build_upstream
-        >>> from s3prl_ser.inference import EmotionRecognizer, RecognizerMember
-        >>> from s3prl_ser.hub.multi_upstream import build_featurizer
+        >>> from s3prl_ser.upstreams.build import build_upstream
+        >>> from s3prl_ser.inference.recognizer import EmotionRecognizer, RecognizerMember
+        >>> from s3prl_ser.upstreams.multi_upstream import build_featurizer
         >>> from s3prl_ser.models.fusion import EmotionClassifier
         >>> fbank = build_upstream("fbank")
         >>> featurizer = build_featurizer(fbank, "hidden_states", None, "cpu", False)
@@ -137,9 +137,9 @@ class FullGraph(nn.Module):
 
     Example:
         >>> import tempfile
-        >>> from s3prl_ser.hub.upstreams import build_upstream
-        >>> from s3prl_ser.inference import EmotionRecognizer, RecognizerMember
-        >>> from s3prl_ser.hub.multi_upstream import build_featurizer
+        >>> from s3prl_ser.upstreams.build import build_upstream
+        >>> from s3prl_ser.inference.recognizer import EmotionRecognizer, RecognizerMember
+        >>> from s3prl_ser.upstreams.multi_upstream import build_featurizer
         >>> from s3prl_ser.models.fusion import EmotionClassifier
         >>> from s3prl_ser.toy.tiny_upstream import write_tiny_upstream
         >>> hubert = build_upstream("hubert_local", str(write_tiny_upstream("hubert", Path(tempfile.mkdtemp()) / "t.pt")))

@@ -1,4 +1,4 @@
-"""Export a trained run as a self-contained model directory (:mod:`s3prl_ser.deploy.model_dir`).
+"""Export a trained run as a self-contained model directory (:mod:`s3prl_ser.inference.model_dir`).
 
 Sources:
 
@@ -14,7 +14,7 @@ Sources:
 
 ``config.json`` records the source model's fold protocol under ``ser_protocol`` (one fold or
 the deployment run), so that the fold guard refuses the directory as a fold's ``-k``
-(:func:`s3prl_ser.hub.ft_hub.check_fine_tuned`): a deployment model for every fold.
+(:func:`s3prl_ser.data.protocol.check_fine_tuned`): a deployment model for every fold.
 
 No absolute path of this machine is written: paths inside the run are recorded relative to it,
 others (the corpus, a ``-k`` file) by their last component only (:func:`portable_paths`); the
@@ -23,7 +23,7 @@ upstreams' own configs are embedded as they are.
 The upstream is rebuilt as the run built it (its ``-u``/``-k``, which must still be
 reachable here), then its weights are embedded, so the directory loads anywhere offline.
 Models reading transcripts are refused, and so are upstreams whose weights cannot be
-embedded (:mod:`s3prl_ser.deploy.upstream_spec` gives the reason).
+embedded (:mod:`s3prl_ser.inference.upstream_spec` gives the reason).
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ from typing import Any
 import yaml
 
 from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.data.protocol import PROTOCOL_KEY
 from s3prl_ser.experiments.deployment import DEPLOY_DIR, DEPLOYMENT_RECORD, is_deployment_run
-from s3prl_ser.deploy.model_card import FoldRecord, package_versions, render_card
-from s3prl_ser.deploy.model_dir import ONNX_FILE, write_model_dir
-from s3prl_ser.hub.ft_hub import PROTOCOL_KEY
-from s3prl_ser.inference import EmotionRecognizer, resolve_checkpoint
+from s3prl_ser.inference.model_card import FoldRecord, package_versions, render_card
+from s3prl_ser.inference.model_dir import ONNX_FILE, write_model_dir
+from s3prl_ser.inference.onnx import export_onnx
+from s3prl_ser.inference.recognizer import EmotionRecognizer, resolve_checkpoint
 from s3prl_ser.training.runner import FINAL_RECORD
 
 __all__ = ["ExportError", "portable_paths", "fold_dirs", "fold_record", "export_run"]
@@ -125,7 +126,7 @@ def export_run(
         ensemble: every finished fold's model, probabilities averaged.
         deploy: the deployment run ``run/deploy`` of a cross-validation directory (``run`` may
             also be that run itself); exported without any held-out score.
-        onnx: also write ``model.onnx`` (:func:`s3prl_ser.deploy.onnx_export.export_onnx`).
+        onnx: also write ``model.onnx`` (:func:`s3prl_ser.inference.onnx.export_onnx`).
         overwrite: replace an existing model directory.
         title: the model card's title (default: the run directory's name).
 
@@ -196,7 +197,6 @@ def export_run(
     extra: dict[str, Callable[[Path], None]] = {}
     onnx_note: dict[str, Any] = {}
     if onnx:
-        from s3prl_ser.deploy.onnx_export import export_onnx
 
         def write_onnx(path: Path) -> None:
             onnx_note.update(export_onnx(recognizer, path))

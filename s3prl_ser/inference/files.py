@@ -1,0 +1,141 @@
+"""Inference over many files: rows in input order, batches sorted by length, errors as rows.
+
+Every input file gives a row (:mod:`~s3prl_ser.inference.rows`): one ``file`` row, or
+``window`` rows and a ``summary`` for a file longer than ``long_audio`` seconds (see
+:mod:`~s3prl_ser.inference.long_audio`). A file that cannot be read (undecodable, a symbolic
+link loop, out of memory, ...), or is shorter than the model's minimum, gives one ``error`` row
+and the run goes on.
+
+Short files are read a batch at a time, in order of length (similar lengths pad little), and
+the rows are returned in input order. The progress bar counts seconds of audio, so its ETA
+holds whatever the mix of lengths.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from s3prl_ser.data.audio import SAMPLE_RATE, AudioError, AudioInfo, audio_info, is_silent, load_audio
+from s3prl_ser.inference.audio_input import collect_audio_files
+from s3prl_ser.inference.long_audio import AudioClassifier, predict_windows
+from s3prl_ser.inference.rows import error_row, prediction_row
+
+__all__ = ["READ_ERRORS", "predict_files"]
+
+# What reading one file may raise; MemoryError too, so that one file cannot end the run.
+READ_ERRORS = (FileNotFoundError, AudioError, OSError, MemoryError)
+
+
+def _message(path: Path, error: BaseException) -> str:
+    """The error's message, naming the file (numpy's MemoryError does not)."""
+    text = str(error) or type(error).__name__
+    if isinstance(error, MemoryError):
+        text = f"out of memory reading it ({text})"
+    return text if str(path) in text else f"{path}: {text}"
+
+
+def predict_files(
+    recognizer: AudioClassifier,
+    inputs: Iterable[str | os.PathLike],
+    *,
+    batch_size: int = 8,
+    long_audio: float = 60.0,
+    window: float = 8.0,
+    hop: float = 4.0,
+    progress: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Rows for every audio file of ``inputs`` (files, folders, list files), in input order.
+
+    Args:
+        recognizer: the model.
+        inputs: see :func:`~s3prl_ser.inference.audio_input.collect_audio_files`.
+        batch_size: files (or windows) per forward pass.
+        long_audio: files longer than this many seconds are read in windows.
+        window, hop: the windows' length and step, in seconds.
+        progress: show a tqdm bar (seconds of audio, with ETA) on stderr.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    files = collect_audio_files(inputs)
+    results: dict[int, list[dict[str, Any]]] = {}
+    infos: dict[int, AudioInfo] = {}
+    for index, path in enumerate(files):
+        try:
+            info = audio_info(path)
+        except READ_ERRORS as error:
+            results[index] = [error_row(path, _message(path, error))]
+            continue
+        samples = info.samples
+        if samples < recognizer.min_samples:
+            results[index] = [
+                error_row(
+                    path,
+                    f"{path}: too short: {samples} samples at {SAMPLE_RATE} Hz, the model needs {recognizer.min_samples}",
+                    info.seconds,
+                )
+            ]
+            continue
+        infos[index] = info
+    short = sorted((i for i in infos if infos[i].seconds <= long_audio), key=lambda i: infos[i].frames)
+    long = [i for i in infos if infos[i].seconds > long_audio]
+    bar = tqdm(total=round(sum(infos[i].seconds for i in infos), 2), unit="s", disable=not progress, desc="audio")
+    try:
+        for first in range(0, len(short), batch_size):
+            batch = short[first : first + batch_size]
+            for index, rows in _predict_batch(recognizer, [(i, files[i], infos[i]) for i in batch]):
+                results[index] = rows
+            bar.update(round(sum(infos[i].seconds for i in batch), 2))
+        for index in long:
+            try:
+                results[index] = predict_windows(
+                    recognizer,
+                    files[index],
+                    window=window,
+                    hop=hop,
+                    batch_size=batch_size,
+                    info=infos[index],
+                    on_window=lambda seconds: bar.update(round(seconds, 2)),
+                )
+                for row in results[index]:
+                    row.setdefault("error", "")
+            except READ_ERRORS as error:
+                results[index] = [error_row(files[index], _message(files[index], error), infos[index].seconds)]
+    finally:
+        bar.close()
+    for index in range(len(files)):
+        yield from results[index]
+
+
+def _predict_batch(
+    recognizer: AudioClassifier, batch: Sequence[tuple[int, Path, AudioInfo]]
+) -> list[tuple[int, list[dict[str, Any]]]]:
+    out: list[tuple[int, list[dict[str, Any]]]] = []
+    readable = []
+    for index, path, info in batch:
+        try:
+            readable.append((index, path, load_audio(path, min_samples=recognizer.min_samples)))
+        except READ_ERRORS as error:
+            out.append((index, [error_row(path, _message(path, error), info.seconds)]))
+    if readable:
+        probabilities = recognizer.probabilities([wav for _, _, wav in readable])
+        for (index, path, wav), probs in zip(readable, probabilities):
+            seconds = wav.numel() / SAMPLE_RATE
+            row = prediction_row(
+                recognizer.class_names,
+                probs,
+                file=str(path),
+                segment="file",
+                start=0.0,
+                end=seconds,
+                duration=seconds,
+                status="ok",
+                silence=is_silent(wav),
+                error="",
+            )
+            out.append((index, [row]))
+    return out
