@@ -22,9 +22,9 @@ from pathlib import Path
 
 from s3prl_ser.cli.run_downstream import get_downstream_args, run
 from s3prl_ser.data.corpora.iemocap import prepare
-from s3prl_ser.hub.registry import DOWNSTREAM_DIR, register
 from s3prl_ser.toy.builtin_corpus import default_corpus_dir, generate_corpus
 from s3prl_ser.training.metrics import classification_report
+from s3prl_ser.upstreams.registry import DOWNSTREAM_DIR, register
 
 BUILTIN = DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"
 

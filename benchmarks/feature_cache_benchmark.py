@@ -94,8 +94,8 @@ def _child(argv: list[str], threads: int, out: Path) -> None:
     import torch
 
     from s3prl_ser.cli.run_downstream import get_downstream_args, run
-    from s3prl_ser.hub.registry import register
     from s3prl_ser.training.runner import SERRunner
+    from s3prl_ser.upstreams.registry import register
 
     torch.set_num_threads(threads)
     register()
@@ -130,7 +130,7 @@ def _float16_check(work: Path, root: Path, meta: Path, upstream: Path, steps: in
     import torch
 
     from s3prl_ser.cli.run_downstream import get_downstream_args, run
-    from s3prl_ser.hub.registry import register
+    from s3prl_ser.upstreams.registry import register
 
     register()
     runners = {}

@@ -30,11 +30,11 @@ import soundfile as sf
 import torch
 import yaml
 
-from s3prl_ser.hub.multi_upstream import build_featurizer
-from s3prl_ser.hub.registry import DOWNSTREAM_DIR, register
-from s3prl_ser.hub.upstreams import build_upstream
 from s3prl_ser.inference import EmotionRecognizer, RecognizerMember
 from s3prl_ser.models.fusion import EmotionClassifier
+from s3prl_ser.upstreams.build import build_upstream
+from s3prl_ser.upstreams.multi_upstream import build_featurizer
+from s3prl_ser.upstreams.registry import DOWNSTREAM_DIR, register
 
 # Peak memory from /proc/self/status's VmHWM: ru_maxrss survives fork + exec, so a child would
 # report the benchmark's own peak (the HuBERT model) instead of its own.

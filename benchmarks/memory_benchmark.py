@@ -25,8 +25,8 @@ import soundfile as sf
 
 from s3prl_ser.data.corpora.iemocap import prepare
 from s3prl_ser.data.fold_data import load_fold_data
-from s3prl_ser.hub.registry import DOWNSTREAM_DIR
 from s3prl_ser.toy.builtin_corpus import generate_corpus
+from s3prl_ser.upstreams.registry import DOWNSTREAM_DIR
 
 _CHILD = """
 import resource, sys

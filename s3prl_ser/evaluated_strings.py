@@ -30,7 +30,7 @@ feat_type``                                                                     
 Checkpoints are checked by :func:`s3prl_ser.compat.install`'s ``torch.load`` (every s3prl
 loader and the project's own reads go through it), a model directory's ``config.json`` when it
 is read (:func:`s3prl_ser.inference.model_dir.read_model_config`), and a ``-g`` file when an
-upstream is built from it (:func:`s3prl_ser.hub.upstreams.build_upstream`). Hub entry names
+upstream is built from it (:func:`s3prl_ser.upstreams.build.build_upstream`). Hub entry names
 are checked where they are looked up (``build_upstream``; model directories:
 :func:`s3prl_ser.inference.upstream_spec.check_offline`). s3prl's other ``eval`` calls read
 module paths written in its own code (hooks), not configs.

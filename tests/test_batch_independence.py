@@ -14,10 +14,10 @@ import soundfile as sf
 import torch
 
 from helpers import randomize_batchnorm
-from s3prl_ser.hub.multi_upstream import build_featurizer, build_upstreams
-from s3prl_ser.hub.registry import register
 from s3prl_ser.inference.recognizer import EmotionRecognizer, RecognizerMember, _classifier_config
 from s3prl_ser.models.fusion import EmotionClassifier
+from s3prl_ser.upstreams.multi_upstream import build_featurizer, build_upstreams
+from s3prl_ser.upstreams.registry import register
 
 SECONDS = [3.0, 1.0, 8.0, 3.0, 1.37, 5.25, 2.0, 6.93]  # unsorted; two equal lengths share an upstream call
 TOLERANCE = 1e-5

@@ -8,8 +8,8 @@ import pytest
 from helpers import train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.data.corpora.iemocap import prepare
-from s3prl_ser.hub.registry import DOWNSTREAM_DIR
 from s3prl_ser.toy.builtin_corpus import generate_corpus
+from s3prl_ser.upstreams.registry import DOWNSTREAM_DIR
 
 # Measured: 200 steps of config_builtin.yaml give test UA 0.72 (fold2) and 0.66 (fold3, the
 # hardest fold of the full 600-step run); 0.45 leaves a wide margin over chance and noise.

@@ -29,7 +29,7 @@ from s3prl_ser.feature_cache import store as feature_store
 from s3prl_ser.feature_cache.attach import attach_feature_cache
 from s3prl_ser.feature_cache.speech import CacheSpaceError
 from s3prl_ser.feature_cache.store import CacheSpecMismatchError, FeatureStore
-from s3prl_ser.hub.multi_upstream import build_featurizer, build_upstreams
+from s3prl_ser.upstreams.multi_upstream import build_featurizer, build_upstreams
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,16 +11,19 @@ from dataclasses import replace
 import pytest
 import torch
 
-from s3prl_ser.data.protocol import FoldProtocol, ProtocolMismatchError
-from s3prl_ser.hub.ft_hub import (
-    LOADER_KEY,
+from s3prl_ser.data.protocol import (
     PROTOCOL_KEY,
     FoldMismatchError,
+    FoldProtocol,
+    ProtocolMismatchError,
     check_fine_tuned,
+    recorded_protocol,
+)
+from s3prl_ser.finetuning.hub_entries import (
+    LOADER_KEY,
     hubert_ft_avg,
     is_ft_avg_entry,
     make_ft_avg_entry,
-    recorded_protocol,
     register_ft_avg_entries,
     resolve_ft_checkpoint,
 )
@@ -68,8 +71,8 @@ def test_fold_guard_names_both_folds(ft_dir, tmp_path):
 
 
 def test_local_entries_given_an_export_get_the_fold_guard(ft_dir, tiny_upstreams):
-    from s3prl_ser.hub.exportable import load_upstream
-    from s3prl_ser.hub.upstreams import build_upstream
+    from s3prl_ser.upstreams.build import build_upstream
+    from s3prl_ser.upstreams.exportable import load_upstream
 
     export = str(ft_dir / "fold1" / "upstream.ckpt")
     with pytest.raises(FoldMismatchError, match=r"fine-tuned for fold1.*requested for fold3"):

@@ -3,8 +3,8 @@ import torch
 
 from helpers import randomize_batchnorm
 from s3prl_ser.data.sampler import GlobalBatchSampler
-from s3prl_ser.hub.multi_upstream import split_names
 from s3prl_ser.models.fusion import EmotionClassifier, align_streams, pool_frames
+from s3prl_ser.upstreams.multi_upstream import split_names
 
 SMALL_ECAPA = dict(channels=[16, 16, 16, 16, 48], res2net_scale=4, attention_channels=8, se_channels=8, lin_neurons=12)
 

@@ -14,8 +14,8 @@ import torch
 from helpers import overrides, train_args
 from s3prl_ser.cli.export import main as export_cli
 from s3prl_ser.cli.run_downstream import main as run_downstream
-from s3prl_ser.inference.onnx import OnnxExportError, export_onnx
 from s3prl_ser.inference import EmotionRecognizer
+from s3prl_ser.inference.onnx import OnnxExportError, export_onnx
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -101,10 +101,10 @@ def test_full_graph_normalises_each_clip_like_s3prl(tiny_upstreams, tmp_path, on
     """A HuBERT whose task normalises waveforms (HuBERT Large's setting): s3prl layer-norms each
     unpadded clip; the graph does it over the valid samples of the padded batch."""
     from s3prl_ser.compat import atomic_torch_save, safe_torch_load
-    from s3prl_ser.hub.multi_upstream import build_featurizer
-    from s3prl_ser.hub.upstreams import build_upstream
     from s3prl_ser.inference import RecognizerMember
     from s3prl_ser.models.fusion import EmotionClassifier
+    from s3prl_ser.upstreams.build import build_upstream
+    from s3prl_ser.upstreams.multi_upstream import build_featurizer
 
     state = safe_torch_load(tiny_upstreams["hubert"])
     state["task_cfg"] = dict(state["task_cfg"], normalize=True)

@@ -13,9 +13,8 @@ from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.corpora.iemocap import prepare
 from s3prl_ser.data.fold_data import load_fold_data
-from s3prl_ser.data.protocol import ProtocolMismatchError
-from s3prl_ser.hub.ft_hub import PROTOCOL_KEY
-from s3prl_ser.hub.multi_upstream import build_upstreams
+from s3prl_ser.data.protocol import PROTOCOL_KEY, ProtocolMismatchError
+from s3prl_ser.upstreams.multi_upstream import build_upstreams
 from upstream_ft.__main__ import main as upstream_ft
 
 pytestmark = pytest.mark.usefixtures("one_thread")

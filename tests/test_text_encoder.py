@@ -11,7 +11,8 @@ from helpers import die_after_saving, overrides, train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.cli.tiny_bert import main as tiny_bert_cli
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.hub.ft_hub import FoldMismatchError, resolve_ft_text_encoder
+from s3prl_ser.data.protocol import FoldMismatchError
+from s3prl_ser.finetuning.hub_entries import resolve_ft_text_encoder
 from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts, transcripts_for
 from s3prl_ser.toy.builtin_corpus import SENTENCES
 from s3prl_ser.toy.tiny_bert import write_tiny_bert
@@ -310,7 +311,7 @@ def test_text_stream_layer_is_configured_in_one_place(selection, tiny_bert, mini
     import importlib
 
     from s3prl_ser.cli.run_downstream import load_task_config
-    from s3prl_ser.hub.registry import register
+    from s3prl_ser.upstreams.registry import register
 
     register()
     DownstreamExpert = importlib.import_module("s3prl.downstream.emotion_ecapa.expert").DownstreamExpert

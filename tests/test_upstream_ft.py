@@ -15,7 +15,7 @@ import torch
 from helpers import die_after_saving, finetune_args, finetune_overrides, torchrun, train_args
 from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.audio import load_audio
-from s3prl_ser.models.finetune import FineTuneModel
+from s3prl_ser.finetuning.model import FineTuneModel
 from upstream_ft.__main__ import main as upstream_ft
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_wav2vec2_export_without_averaging_is_the_best_checkpoint(runs):
 def test_export_loads_through_stock_s3prl_and_the_ft_hub_entry(runs, arch):
     import s3prl.hub as hub
 
-    from s3prl_ser.hub.ft_hub import register_ft_avg_entries
+    from s3prl_ser.finetuning.hub_entries import register_ft_avg_entries
 
     ft_dir, fold = runs[arch]
     register_ft_avg_entries()
@@ -341,7 +341,7 @@ def test_downstream_refuses_upstream_of_another_fold(runs, mini_corpus, meta, tm
 def test_paper_configs(number):
     from downstream.emotion_ecapa.expert import AVERAGING_KEYS, DATARC_KEYS, MODELRC_KEYS
     from s3prl_ser.cli.run_downstream import load_task_config
-    from s3prl_ser.hub.registry import register
+    from s3prl_ser.upstreams.registry import register
 
     path = REPO / "downstream/emotion_ecapa/paper" / f"exp{number}.yaml"
     text = path.read_text()

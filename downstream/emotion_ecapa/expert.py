@@ -181,7 +181,7 @@ class DownstreamExpert(nn.Module):
         filled when its loader is first asked for.
         """
         from s3prl_ser.feature_cache.attach import attach_text_feature_cache
-        from s3prl_ser.hub.ft_hub import resolve_ft_text_encoder
+        from s3prl_ser.finetuning.hub_entries import resolve_ft_text_encoder
         from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts
 
         encoder_dir = resolve_ft_text_encoder(self.textrc["encoder"], self.protocol)

@@ -28,17 +28,15 @@ from typing import Any
 import torch
 
 from s3prl_ser.cli.errors import exit_on_error
-from s3prl_ser.cli.run_downstream import environment_record
 from s3prl_ser.config import apply_overrides, load_config
 from s3prl_ser.data.emotion_dataset import corpus_folds
 from s3prl_ser.data.folds import check_fold
-from s3prl_ser.hub.ft_hub import FT_CHECKPOINT
-from s3prl_ser.training.distributed import Distributed, setup_distributed
-from s3prl_ser.training.finetune import best_export_dir, exported_metadata, run_fold
-from s3prl_ser.training.finetune_config import DEFAULT_CONFIG, validate_config
-from s3prl_ser.training.run_lock import leader_lock
+from s3prl_ser.experiments.launch import environment_record
+from s3prl_ser.finetuning.config import DEFAULT_CONFIG, validate_config
+from s3prl_ser.finetuning.hub_entries import FT_CHECKPOINT
+from s3prl_ser.finetuning.stage import FineTuneRequest, fine_tune, summary_table
 
-__all__ = ["build_parser", "summary_table", "main"]
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--folds", help="comma-separated folds (default: every fold of config.datarc.meta_data)")
     parser.add_argument("-p", "--ft_dir", required=True, type=Path, help="output: FT_DIR/<fold>/upstream.ckpt")
-    parser.add_argument("-c", "--config", help="yaml config merged over upstream_ft/config.yaml")
+    parser.add_argument("-c", "--config", help="yaml config merged over s3prl_ser/finetuning/config.yaml")
     parser.add_argument(
         "-o",
         "--override",
@@ -71,22 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, help="overrides config.runner.seed")
     return parser
-
-
-def summary_table(records: dict[str, dict[str, Any]], skipped: set[str]) -> str:
-    """Markdown table: one row per fold (test WA/UA of the export, the steps it holds)."""
-    lines = ["| fold | test session | test WA | test UA | model | steps (dev WA) | |", "|---|---|---|---|---|---|---|"]
-    for fold, record in records.items():
-        steps = ", ".join(f"{c['step']} ({c['dev_wa']:.3f})" for c in record["checkpoints"])
-        lines.append(
-            f"| {fold} | {record['test_session']} | {record['test']['wa'] * 100:.2f} | {record['test']['ua'] * 100:.2f} "
-            f"| {'average' if record['averaged'] else 'best'} | {steps} | {'earlier run' if fold in skipped else ''} |"
-        )
-    if records:
-        for metric in ("wa", "ua"):
-            values = [record["test"][metric] * 100 for record in records.values()]
-            lines.append(f"mean test {metric.upper()} over {len(values)} fold(s): {sum(values) / len(values):.2f}")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -100,54 +82,17 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
         validate_config(config, args.device)
         names = args.folds.split(",") if args.folds else corpus_folds(config["datarc"]["meta_data"])
         folds = [check_fold(fold) for fold in names if fold]
-    dist, device = setup_distributed(args.device)
-    try:
-        with exit_on_error():  # incl. UnsupportedUpstreamError
-            records, skipped = _run_folds(args, config, folds, dist, device)
-    finally:
-        dist.close()
-    if not dist.is_leader:
+        environment = environment_record()
+        # -u text runs on transformers, which the shared record does not list.
+        environment["packages"]["transformers"] = importlib.metadata.version("transformers")
+        request = FineTuneRequest(
+            args.upstream, args.upstream_ckpt, args.ft_dir, config, folds, args.device, environment
+        )
+    with exit_on_error():  # incl. UnsupportedUpstreamError
+        result = fine_tune(request)
+    if not result.is_leader:
         return {}
-    print(summary_table(records, skipped))
-    return records
-
-
-def _run_folds(
-    args: argparse.Namespace, config: dict[str, Any], folds: list[str], dist: Distributed, device: str
-) -> tuple[dict[str, dict[str, Any]], set[str]]:
-    """Fine-tune and export each fold not exported yet; return the folds' metadata and the skipped folds."""
-    environment = environment_record()
-    # -u text runs on transformers, which the shared record does not list.
-    environment["packages"]["transformers"] = importlib.metadata.version("transformers")
-    records: dict[str, dict[str, Any]] = {}
-    skipped: set[str] = set()
-    for fold in folds:
-        fold_dir = args.ft_dir / fold
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        # Per fold, not FT_DIR: folds may run side by side (one command each), a fold only once.
-        with leader_lock(fold_dir):
-            requested = {"base_upstream": args.upstream, "base_ckpt": args.upstream_ckpt, "config": config}
-            done = exported_metadata(fold_dir, requested)
-            if config["checkpoint_averaging"]["export_best"] and exported_metadata(best_export_dir(fold_dir)) is None:
-                done = None  # killed between the two exports: the resumed fold writes both
-            if done is not None:
-                if dist.is_leader:
-                    print(f"[upstream_ft] {fold}: already exported to {fold_dir / FT_CHECKPOINT}, skipped")
-                records[fold] = done
-                skipped.add(fold)
-                continue
-            record = run_fold(
-                args.upstream,
-                args.upstream_ckpt,
-                fold,
-                config,
-                fold_dir,
-                device=device,
-                dist=dist,
-                seed=config["runner"]["seed"],
-                environment=environment,
-            )
-            dist.barrier()
-        if record is not None:
-            records[fold] = record
-    return records, skipped
+    for fold, fold_dir in result.skipped.items():
+        print(f"[upstream_ft] {fold}: already exported to {fold_dir / FT_CHECKPOINT}, skipped")
+    print(summary_table(result.records, result.skipped))
+    return result.records

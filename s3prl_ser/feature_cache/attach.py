@@ -31,8 +31,8 @@ from s3prl_ser.feature_cache.speech import (
 )
 from s3prl_ser.feature_cache.store import DTYPES, FeatureStore
 from s3prl_ser.feature_cache.text import CachedTextEncoder, text_fingerprint
-from s3prl_ser.hub.ft_hub import FT_CHECKPOINT, is_ft_avg_entry
-from s3prl_ser.hub.multi_upstream import MultiUpstream, split_names
+from s3prl_ser.finetuning.hub_entries import FT_CHECKPOINT, is_ft_avg_entry
+from s3prl_ser.upstreams.multi_upstream import MultiUpstream, split_names
 
 __all__ = [
     "SECTION",

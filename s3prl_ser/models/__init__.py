@@ -1,1 +1,1 @@
-"""Neural modules: ECAPA-TDNN, pooling, masked BatchNorm, classifiers, fusion, text encoder, fine-tuning models."""
+"""Neural modules: ECAPA-TDNN, pooling, masked BatchNorm, classifiers, fusion, text encoder."""

@@ -38,14 +38,14 @@ from tqdm import tqdm
 from s3prl_ser import compat
 from s3prl_ser.data.fold_data import load_fold_data
 from s3prl_ser.data.folds import check_run_fold, is_deployment, resolve_fold
+from s3prl_ser.data.protocol import STAGE2_PROTOCOL_KEY, FoldSpec, check_protocol_record
 from s3prl_ser.feature_cache.attach import FeatureCaches, attach_feature_cache, cache_settings
-from s3prl_ser.hub.ft_hub import STAGE2_PROTOCOL_KEY, FoldSpec, check_protocol_record
-from s3prl_ser.hub.multi_upstream import build_featurizer, build_upstreams
 from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files
 from s3prl_ser.training.distributed import all_gather
 from s3prl_ser.training.loop import OptimizerStep, Schedule, TrainingLoop, UpdateResult
 from s3prl_ser.training.run_identity import run_identity
 from s3prl_ser.training.states import Progress, StatesFiles, restore_progress, training_state
+from s3prl_ser.upstreams.multi_upstream import build_featurizer, build_upstreams
 
 __all__ = ["SERRunner"]
 

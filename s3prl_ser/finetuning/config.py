@@ -1,8 +1,9 @@
-"""Stage 1's config: the defaults file and the value checks of ``python -m upstream_ft``.
+"""Stage 1's config: its defaults files (package data) and the value checks of ``python -m upstream_ft``.
 
-``upstream_ft/config.yaml`` is the schema; a ``-c`` file is merged over it and ``-o`` applied by
-the config system both stages share (:mod:`s3prl_ser.config`), so every key exists by
-construction. :func:`validate_config` then checks the values.
+``config.yaml`` beside this module is the schema; a ``-c`` file is merged over it and ``-o``
+applied by the config system both stages share (:mod:`s3prl_ser.config`), so every key exists
+by construction. :func:`validate_config` then checks the values. ``config_builtin.yaml`` holds
+what the built-in corpus's runs (the main job) change.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from s3prl_ser.data.fold_data import SPLITS
 from s3prl_ser.models.text_encoder import FEATURE_SELECTIONS
 from s3prl_ser.training.loop import Schedule
 
-__all__ = ["DEFAULT_CONFIG", "validate_config"]
+__all__ = ["DEFAULT_CONFIG", "BUILTIN_CONFIG", "validate_config"]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "upstream_ft" / "config.yaml"
+DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
+"""Every key of stage 1's config with its default (package data)."""
+BUILTIN_CONFIG = Path(__file__).with_name("config_builtin.yaml")
+"""What the built-in corpus's stage-1 runs change, merged over :data:`DEFAULT_CONFIG` (package data)."""
 
 
 def _positive_int(config: Mapping[str, Any], section: str, key: str, minimum: int = 1) -> None:

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from s3prl_ser.hub.ft_hub import register_ft_avg_entries
+from s3prl_ser.config import DOWNSTREAM_DIR
+from s3prl_ser.finetuning.hub_entries import register_ft_avg_entries
 
 __all__ = ["DOWNSTREAM_DIR", "register", "default_config", "is_project_task"]
-
-DOWNSTREAM_DIR = Path(__file__).resolve().parents[2] / "downstream"
 
 
 def register() -> None:

@@ -14,8 +14,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from s3prl_ser.hub.ft_hub import FoldSpec
-from s3prl_ser.hub.upstreams import build_upstream
+from s3prl_ser.data.protocol import FoldSpec
+from s3prl_ser.upstreams.build import build_upstream
 
 __all__ = ["split_names", "MultiUpstream", "MultiFeaturizer", "build_upstreams", "build_featurizer"]
 
@@ -66,7 +66,7 @@ def build_upstreams(
     fold: FoldSpec | None = None,
 ) -> nn.Module:
     """One upstream, or a :class:`MultiUpstream` when ``upstream`` names several; ``fold``
-    (the fold or its protocol) guards each fine-tuned one (:func:`~s3prl_ser.hub.upstreams.build_upstream`)."""
+    (the fold or its protocol) guards each fine-tuned one (:func:`~s3prl_ser.upstreams.build.build_upstream`)."""
     pairs = split_names(upstream, ckpt)
     modules = [build_upstream(name, path, model_config, refresh, fold) for name, path in pairs]
     return modules[0] if len(modules) == 1 else MultiUpstream(modules)

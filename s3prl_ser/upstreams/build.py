@@ -9,8 +9,9 @@ from types import ModuleType
 
 from torch import nn
 
+from s3prl_ser.data.protocol import FoldSpec, check_fine_tuned
 from s3prl_ser.evaluated_strings import check_feature_config
-from s3prl_ser.hub.ft_hub import FoldSpec, check_fine_tuned, is_ft_avg_entry
+from s3prl_ser.finetuning.hub_entries import is_ft_avg_entry
 
 __all__ = ["build_upstream"]
 
@@ -36,7 +37,7 @@ def build_upstream(
     ``fold`` is the fold being trained or evaluated, or its full
     :class:`~s3prl_ser.data.protocol.FoldProtocol`. ``<base>_ft_avg`` entries get it and check
     it against what their upstream was fine-tuned on; any other entry given a checkpoint
-    (``ckpt``) gets the same check (:func:`~s3prl_ser.hub.ft_hub.check_fine_tuned`).
+    (``ckpt``) gets the same check (:func:`~s3prl_ser.data.protocol.check_fine_tuned`).
 
     Raises:
         ValueError: ``name`` is not an s3prl hub entry (the closest names are suggested), or

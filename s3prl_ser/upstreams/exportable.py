@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from s3prl_ser.hub.ft_hub import FoldSpec
+from s3prl_ser.data.protocol import FoldSpec
 
 __all__ = ["CONVERTED_LOADERS", "UnsupportedUpstreamError", "LoadedUpstream", "load_upstream", "export_loader"]
 
@@ -93,7 +93,7 @@ def load_upstream(
         FoldMismatchError: ``ckpt`` was fine-tuned for another fold, or records none.
         ProtocolMismatchError: ``ckpt`` was fine-tuned on another corpus or split.
     """
-    from s3prl_ser.hub.upstreams import build_upstream
+    from s3prl_ser.upstreams.build import build_upstream
 
     with _recording_converted_loads() as seen:
         expert = build_upstream(name, ckpt, model_config, fold=fold)

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
-from s3prl_ser.hub.ft_hub import FT_CHECKPOINT, FT_METADATA
+from s3prl_ser.data.protocol import FT_METADATA
+from s3prl_ser.finetuning.hub_entries import FT_CHECKPOINT
 from s3prl_ser.training.best_checkpoints import BestCheckpoints, Entry
 from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files, average_state_dicts
 

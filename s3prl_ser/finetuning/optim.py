@@ -11,7 +11,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_linear_schedule_with_warmup
 
 from s3prl_ser.config import ConfigError
-from s3prl_ser.models.finetune import AnyFineTuneModel
+from s3prl_ser.finetuning.model import AnyFineTuneModel
 
 __all__ = ["build_optimizer", "warmup_linear_decay"]
 

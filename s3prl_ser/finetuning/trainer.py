@@ -7,7 +7,7 @@ Files in the fold directory:
   :mod:`s3prl_ser.training.states`); only the latest is kept. A new run in the same
   directory resumes from it exactly: the interrupted epoch at its next batch.
 * ``dev-top-step<N>.ckpt`` + ``dev-top.json``: the ``best_k`` checkpoints by dev WA, each an
-  s3prl converted upstream checkpoint with the head beside it (:mod:`s3prl_ser.training.ft_export`; for
+  s3prl converted upstream checkpoint with the head beside it (:mod:`s3prl_ser.finetuning.export`; for
   text, ``model_weight`` is the Hugging Face encoder's state dict).
 * ``log.log`` and TensorBoard events: train loss / lr, dev WA / UA / loss.
 
@@ -31,13 +31,13 @@ from tqdm import tqdm
 from s3prl_ser.compat import atomic_torch_save, safe_torch_load
 from s3prl_ser.data.fold_data import FoldData, eval_loader, train_loader
 from s3prl_ser.data.sampler import global_batches_per_epoch
-from s3prl_ser.models.finetune import AnyFineTuneModel
+from s3prl_ser.finetuning.export import converted_checkpoint
+from s3prl_ser.finetuning.model import AnyFineTuneModel
+from s3prl_ser.finetuning.optim import build_optimizer, warmup_linear_decay
 from s3prl_ser.training.best_checkpoints import BestCheckpoints
 from s3prl_ser.training.distributed import Distributed
-from s3prl_ser.training.ft_export import converted_checkpoint
 from s3prl_ser.training.loop import OptimizerStep, Schedule, TrainingLoop, UpdateResult
 from s3prl_ser.training.metrics import ClassificationReport, classification_report
-from s3prl_ser.training.optim import build_optimizer, warmup_linear_decay
 from s3prl_ser.training.run_identity import describe, significant_differences
 from s3prl_ser.training.states import Progress, StatesFiles, restore_progress, training_state
 
@@ -48,7 +48,7 @@ class FoldTrainer:
     """Fine-tunes ``model`` on one fold in ``fold_dir``, resuming from its latest states file.
 
     Args:
-        model: the speech or text fine-tuning model, on ``device`` (:mod:`s3prl_ser.models.finetune`).
+        model: the speech or text fine-tuning model, on ``device`` (:mod:`s3prl_ser.finetuning.model`).
         data: the fold's splits.
         config: the validated config (all sections).
         fold_dir: output directory of this fold.

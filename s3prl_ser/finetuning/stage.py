@@ -1,0 +1,130 @@
+"""Stage 1 over the requested folds: each fold not exported yet is fine-tuned, exported and tested.
+
+Folds run one after another, each under its own lock (so folds may also run side by side, one
+command each, but a fold only once); a fold whose export is complete with the same settings is
+skipped and its recorded metadata reused. Under ``torchrun`` the processes share each fold's
+training; rank 0 evaluates, saves and exports (:func:`s3prl_ser.finetuning.fold.run_fold`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from s3prl_ser.finetuning.fold import best_export_dir, exported_metadata, run_fold
+from s3prl_ser.training.distributed import setup_distributed
+from s3prl_ser.training.run_lock import leader_lock
+
+__all__ = ["FineTuneRequest", "StageResult", "fine_tune", "summary_table"]
+
+
+@dataclass(frozen=True)
+class FineTuneRequest:
+    """One stage-1 run, as ``python -m upstream_ft`` states it.
+
+    Attributes:
+        upstream: s3prl hub entry (``hubert``, ``wav2vec2``, ``hubert_local``, ...) or ``text``.
+        upstream_ckpt: its ``-k`` checkpoint; for ``text``, the Hugging Face encoder directory.
+        ft_dir: the output directory (``FT_DIR/<fold>/upstream.ckpt``).
+        config: the loaded, overridden and validated config (:mod:`s3prl_ser.finetuning.config`).
+        folds: the folds to run, checked names, in order.
+        device: ``cpu`` or ``cuda``.
+        environment: the versions record every fold's metadata carries.
+    """
+
+    upstream: str
+    upstream_ckpt: str | None
+    ft_dir: Path
+    config: Mapping[str, Any]
+    folds: Sequence[str]
+    device: str
+    environment: Mapping[str, Any]
+
+
+@dataclass
+class StageResult:
+    """What :func:`fine_tune` did: each fold's metadata and which folds an earlier run exported.
+
+    ``records`` and ``skipped`` are filled on rank 0 only (``is_leader``).
+    """
+
+    is_leader: bool
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: dict[str, Path] = field(default_factory=dict)
+
+
+def fine_tune(request: FineTuneRequest) -> StageResult:
+    """Fine-tune and export each requested fold not exported yet (skipping the others).
+
+    Raises:
+        UnsupportedUpstreamError: the upstream cannot be exported (before any training).
+        FoldMismatchError, ProtocolMismatchError: the starting checkpoint was fine-tuned on
+            another fold, corpus or split.
+        ValueError: a fold directory holds a run or an export with other settings.
+    """
+    dist, device = setup_distributed(request.device)
+    result = StageResult(dist.is_leader)
+    config = request.config
+    try:
+        for fold in request.folds:
+            fold_dir = request.ft_dir / fold
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            with leader_lock(fold_dir):
+                asked = {"base_upstream": request.upstream, "base_ckpt": request.upstream_ckpt, "config": config}
+                done = exported_metadata(fold_dir, asked)
+                if (
+                    config["checkpoint_averaging"]["export_best"]
+                    and exported_metadata(best_export_dir(fold_dir)) is None
+                ):
+                    done = None  # killed between the two exports: the resumed fold writes both
+                if done is not None:
+                    if dist.is_leader:
+                        result.records[fold], result.skipped[fold] = done, fold_dir
+                    continue
+                record = run_fold(
+                    request.upstream,
+                    request.upstream_ckpt,
+                    fold,
+                    config,
+                    fold_dir,
+                    device=device,
+                    dist=dist,
+                    seed=config["runner"]["seed"],
+                    environment=request.environment,
+                )
+                dist.barrier()
+            if record is not None:
+                result.records[fold] = record
+    finally:
+        dist.close()
+    return result
+
+
+def summary_table(records: Mapping[str, Mapping[str, Any]], skipped: Collection[str]) -> str:
+    """Markdown table: one row per fold (test WA/UA of the export, the steps it holds, whether an
+    earlier run exported it: ``fold in skipped``), then the means.
+
+    Example:
+        >>> record = {"test_session": "Session1", "test": {"wa": 0.5, "ua": 0.25}, "averaged": True,
+        ...           "checkpoints": [{"step": 10, "dev_wa": 0.5}]}
+        >>> print(summary_table({"fold1": record}, {"fold1"}))
+        | fold | test session | test WA | test UA | model | steps (dev WA) | |
+        |---|---|---|---|---|---|---|
+        | fold1 | Session1 | 50.00 | 25.00 | average | 10 (0.500) | earlier run |
+        mean test WA over 1 fold(s): 50.00
+        mean test UA over 1 fold(s): 25.00
+    """
+    lines = ["| fold | test session | test WA | test UA | model | steps (dev WA) | |", "|---|---|---|---|---|---|---|"]
+    for fold, record in records.items():
+        steps = ", ".join(f"{c['step']} ({c['dev_wa']:.3f})" for c in record["checkpoints"])
+        lines.append(
+            f"| {fold} | {record['test_session']} | {record['test']['wa'] * 100:.2f} | {record['test']['ua'] * 100:.2f} "
+            f"| {'average' if record['averaged'] else 'best'} | {steps} | {'earlier run' if fold in skipped else ''} |"
+        )
+    if records:
+        for metric in ("wa", "ua"):
+            values = [record["test"][metric] * 100 for record in records.values()]
+            lines.append(f"mean test {metric.upper()} over {len(values)} fold(s): {sum(values) / len(values):.2f}")
+    return "\n".join(lines)
