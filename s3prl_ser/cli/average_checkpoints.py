@@ -12,17 +12,22 @@ from pathlib import Path
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.training.checkpoint_averaging import RUNNER_SECTIONS, average_checkpoint_files
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m s3prl_ser.cli.average_checkpoints``'s command line."""
     parser = argparse.ArgumentParser(
         prog="python -m s3prl_ser.cli.average_checkpoints",
         description="Average model checkpoints (paper 2.3: the 5 best by dev accuracy).",
     )
     parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint files to average")
     parser.add_argument("-o", "--output", type=Path, required=True, help="averaged checkpoint")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     # Unreadable or incompatible files: torch.load raises RuntimeError/TypeError on corrupt ones.
     with exit_on_error(OSError, RuntimeError, ValueError, TypeError):
         averaged = average_checkpoint_files(args.checkpoints, args.output)

@@ -12,10 +12,11 @@ import time
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.toy.builtin_corpus import LABELS, BuiltinCorpusError, default_corpus_dir, generate_corpus, load_manifest
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m s3prl_ser.cli.builtin_corpus``'s command line."""
     parser = argparse.ArgumentParser(
         prog="python -m s3prl_ser.cli.builtin_corpus",
         description="Generate the deterministic synthetic emotional speech corpus in IEMOCAP's raw layout.",
@@ -27,10 +28,16 @@ def main(argv: list[str] | None = None) -> None:
         default=default_corpus_dir(),
         help="output directory (default: %(default)s)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--utterances-per-speaker", type=int, default=28)
+    parser.add_argument("--seed", type=int, default=0, help="generation seed (default: %(default)s)")
+    parser.add_argument(
+        "--utterances-per-speaker", type=int, default=28, help="utterances per speaker (default: %(default)s)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace whatever is at ROOT")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     started = time.perf_counter()
     with exit_on_error(BuiltinCorpusError, ValueError):

@@ -17,66 +17,18 @@ from pathlib import Path
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.data.corpora import CORPORA
 from s3prl_ser.data.corpora.common import PreparationError
+from s3prl_ser.data.corpora.iemocap import count_table
+from s3prl_ser.data.corpora.table import parse_columns
 
-__all__ = ["parse_columns", "prepare_corpus", "main"]
-
-
-def parse_columns(spec: str) -> dict[str, str]:
-    """``"path=file,label=emotion"`` -> ``{"path": "file", "label": "emotion"}``.
-
-    Example:
-        >>> parse_columns("path=file, label=emotion")
-        {'path': 'file', 'label': 'emotion'}
-    """
-    columns = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        field, sep, column = part.partition("=")
-        if not sep or not field or not column:
-            raise PreparationError(f"--columns: cannot read {part!r} (use FIELD=COLUMN, e.g. label=emotion)")
-        columns[field.strip()] = column.strip()
-    return columns
+__all__ = ["build_parser", "main"]
 
 
-def prepare_corpus(corpus: str, root: Path, out: Path, args: argparse.Namespace) -> str:
-    """Prepare ``corpus`` and return its count table."""
-    if corpus == "iemocap":
-        from s3prl_ser.cli.prepare_iemocap import count_table
-        from s3prl_ser.data.corpora.iemocap import prepare
-
-        return count_table(prepare(root, out))
-    module = importlib.import_module(f"s3prl_ser.data.corpora.{corpus}")
-    options: dict = {"skip_bad_audio": args.skip_bad_audio}
-    if corpus in ("cremad", "ravdess", "emodb") and args.num_folds:
-        options["num_folds"] = args.num_folds
-    if corpus == "esd":
-        options["language"] = args.language
-    if corpus == "msp_podcast":
-        options["test_set"] = args.test_set
-    if corpus == "table":
-        if args.table is None:
-            raise PreparationError("table: name the listing with --table FILE.csv|FILE.jsonl")
-        manifest = module.prepare(
-            args.table,
-            root,
-            out,
-            columns=parse_columns(args.columns),
-            corpus=args.name,
-            split_column=args.split_column,
-            fold_column=args.fold_column,
-            num_folds=args.num_folds or 5,
-            skip_bad_audio=args.skip_bad_audio,
-            allow_outside_root=args.allow_outside_root,
-        )
-    else:
-        manifest = module.prepare(root, out, **options)
-    return manifest.count_table()
-
-
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m s3prl_ser.cli.prepare_corpus``'s command line."""
     parser = argparse.ArgumentParser(
         prog="python -m s3prl_ser.cli.prepare_corpus", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("corpus", choices=CORPORA)
+    parser.add_argument("corpus", choices=CORPORA, help="which corpus ROOT holds")
     parser.add_argument("root", type=Path, help="the corpus as released (its root directory)")
     parser.add_argument("out", type=Path, help="output META_DIR (manifest.json)")
     parser.add_argument("--num-folds", type=int, help="speaker-independent folds (cremad, ravdess, emodb, table)")
@@ -93,10 +45,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--allow-outside-root", action="store_true", help="table: accept absolute paths and paths .. leads out of ROOT"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     with exit_on_error(), warnings.catch_warnings():
         warnings.simplefilter("always")
-        table = prepare_corpus(args.corpus, args.root, args.out, args)
+        module = importlib.import_module(f"s3prl_ser.data.corpora.{args.corpus}")
+        if args.corpus == "iemocap":
+            table = count_table(module.prepare(args.root, args.out))
+        elif args.corpus == "table":
+            if args.table is None:
+                raise PreparationError("table: name the listing with --table FILE.csv|FILE.jsonl")
+            table = module.prepare(
+                args.table,
+                args.root,
+                args.out,
+                columns=parse_columns(args.columns),
+                corpus=args.name,
+                split_column=args.split_column,
+                fold_column=args.fold_column,
+                num_folds=args.num_folds or 5,
+                skip_bad_audio=args.skip_bad_audio,
+                allow_outside_root=args.allow_outside_root,
+            ).count_table()
+        else:
+            options: dict = {"skip_bad_audio": args.skip_bad_audio}
+            if args.corpus in ("cremad", "ravdess", "emodb") and args.num_folds:
+                options["num_folds"] = args.num_folds
+            if args.corpus == "esd":
+                options["language"] = args.language
+            if args.corpus == "msp_podcast":
+                options["test_set"] = args.test_set
+            table = module.prepare(args.root, args.out, **options).count_table()
     print(table)
     print(f"meta data written to {args.out}")
 

@@ -11,16 +11,21 @@ from pathlib import Path
 
 from s3prl_ser.toy.tiny_bert import write_tiny_bert
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main"]
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """``python -m s3prl_ser.cli.tiny_bert``'s command line."""
     parser = argparse.ArgumentParser(
         prog="python -m s3prl_ser.cli.tiny_bert", description="Write a tiny random-init BERT for tests and demos."
     )
     parser.add_argument("path", type=Path, help="output directory (save_pretrained layout)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--seed", type=int, default=0, help="initialization seed (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     print(f"wrote tiny BERT to {write_tiny_bert(args.path, seed=args.seed)}")
 
 

@@ -28,6 +28,7 @@ import json
 import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,7 @@ __all__ = [
     "read_label_file",
     "read_transcripts",
     "collect_session",
+    "count_table",
     "prepare",
 ]
 
@@ -197,3 +199,23 @@ def prepare(
             transcripts[utterance.name] = texts.get(utterance.name, "")
     _write_json(transcripts, out / "transcripts.json")
     return per_session
+
+
+def count_table(per_session: dict[str, list[Utterance]]) -> str:
+    """Utterances per class for each fold's train and test split, and over the whole corpus
+    (``per_session``: what :func:`prepare` returns)."""
+    header = f"{'fold':<7}{'split':<7}" + "".join(f"{label:>7}" for label in LABELS) + f"{'total':>8}"
+    lines = [header, "-" * len(header)]
+    for index, session in enumerate(per_session, start=1):
+        for split in ("train", "test"):
+            items = [u for s, us in per_session.items() if (s == session) == (split == "test") for u in us]
+            counts = Counter(u.label for u in items)
+            lines.append(
+                f"{'fold' + str(index):<7}{split:<7}"
+                + "".join(f"{counts[label]:>7}" for label in LABELS)
+                + f"{len(items):>8}"
+            )
+    everything = Counter(u.label for us in per_session.values() for u in us)
+    total = sum(everything.values())
+    lines.append(f"{'all':<14}" + "".join(f"{everything[label]:>7}" for label in LABELS) + f"{total:>8}")
+    return "\n".join(lines)

@@ -28,7 +28,7 @@ from s3prl_ser.data.corpora.common import PreparationError, check_audio, finish,
 from s3prl_ser.data.emotion_dataset import outside_root
 from s3prl_ser.data.manifest import OPTIONAL_FIELDS, Manifest, ManifestFold
 
-__all__ = ["SPLIT_NAMES", "read_table", "prepare"]
+__all__ = ["SPLIT_NAMES", "parse_columns", "read_table", "prepare"]
 
 SPLIT_NAMES = {
     "train": "train",
@@ -40,6 +40,25 @@ SPLIT_NAMES = {
     "test": "test",
 }
 _NUMBERS = {"duration": float, "start": float, "end": float, "channel": int}
+
+
+def parse_columns(spec: str) -> dict[str, str]:
+    """``--columns`` text ``"path=file,label=emotion"`` -> ``{"path": "file", "label": "emotion"}``.
+
+    Example:
+        >>> parse_columns("path=file, label=emotion")
+        {'path': 'file', 'label': 'emotion'}
+
+    Raises:
+        PreparationError: a part is not ``FIELD=COLUMN``.
+    """
+    columns = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        field, sep, column = part.partition("=")
+        if not sep or not field or not column:
+            raise PreparationError(f"--columns: cannot read {part!r} (use FIELD=COLUMN, e.g. label=emotion)")
+        columns[field.strip()] = column.strip()
+    return columns
 
 
 def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
