@@ -4,7 +4,7 @@ The repository keeps s3prl's layout: the project's tasks in ``downstream/`` (``r
 -d emotion_ecapa``) and stage 1's entry in ``upstream_ft/`` (``python -m upstream_ft``), both run
 from the checkout. Installed, those generic top-level names would collide with other projects, so
 the wheel ships ``downstream/`` as ``s3prl_ser/_downstream/`` (where
-:mod:`s3prl_ser.upstreams.registry` finds it) and ``upstream_ft/`` not at all (installed, stage 1
+``s3prl_ser.config.DOWNSTREAM_DIR`` finds it) and ``upstream_ft/`` not at all (installed, stage 1
 is ``s3prl-ser finetune``). pyproject.toml cannot combine package discovery with such a mapping,
 hence this file.
 """
