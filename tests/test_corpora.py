@@ -19,6 +19,7 @@ from s3prl_ser.data.corpora import cremad, emodb, esd, msp_podcast, ravdess
 from s3prl_ser.data.corpora.common import PreparationError
 from s3prl_ser.data.folds import GENDER_RULE
 from s3prl_ser.data.manifest import read_manifest
+from s3prl_ser.data.protocol import PROTOCOL_KEY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -86,8 +87,8 @@ def test_ravdess(tmp_path):
     assert "RAVDESS: 1 of 6 fold(s); one fold run, so its std is undefined (n/a)." in md
     assert results["ua"]["std"] is None and "± n/a" in md and "± 0.00" not in md
     checkpoint = safe_torch_load(tmp_path / "exp" / "fold1" / "dev-avg.ckpt")
-    assert checkpoint["FoldProtocol"]["corpus_name"] == "RAVDESS"
-    assert checkpoint["FoldProtocol"]["class_names"] == checkpoint["ClassNames"] == ["neu", "hap", "ang"]
+    assert checkpoint[PROTOCOL_KEY]["corpus_name"] == "RAVDESS" and "FoldProtocol" not in checkpoint  # one key
+    assert checkpoint[PROTOCOL_KEY]["class_names"] == checkpoint["ClassNames"] == ["neu", "hap", "ang"]
 
 
 def test_ravdess_names_the_bad_file(tmp_path):

@@ -20,7 +20,7 @@ from s3prl_ser.config import ConfigError
 from s3prl_ser.data.emotion_dataset import utterance_key
 from s3prl_ser.data.fold_data import load_fold_data
 from s3prl_ser.data.folds import superb_train_dev_split
-from s3prl_ser.data.protocol import FoldMismatchError, check_fine_tuned, digest
+from s3prl_ser.data.protocol import PROTOCOL_KEY, FoldMismatchError, check_fine_tuned, digest
 from s3prl_ser.experiments.deployment import train_deployment
 from s3prl_ser.inference import EmotionRecognizer
 from s3prl_ser.inference.export import ExportError, export_run
@@ -77,7 +77,7 @@ def test_the_run_trains_on_every_utterance_but_its_dev_set(deployed, mini_corpus
     for session in range(1, 6):  # every fold's test session is training data here
         tested = json.loads((mini_meta / f"Session{session}" / "test_meta_data.json").read_text())["meta_data"]
         assert {Path(item["path"]).stem for item in tested} <= train | expected_dev
-    recorded = safe_torch_load(cv / "deploy" / "dev-avg.ckpt")["FoldProtocol"]
+    recorded = safe_torch_load(cv / "deploy" / "dev-avg.ckpt")[PROTOCOL_KEY]
     assert recorded["fold"] == "deploy" and recorded["sizes"] == {"train": 19, "dev": 5, "test": 0}
     assert recorded["dev"] == digest(item["path"] for item in pool if Path(item["path"]).stem in expected_dev)
     final = json.loads((cv / "deploy" / "final.json").read_text())
@@ -114,7 +114,7 @@ def test_an_official_test_set_never_enters_the_pool(tmp_path):
     run = tmp_path / "exp" / "deploy"
     run_dev = {line.split()[0] for line in (run / "dev_deploy_predict.txt").read_text().splitlines()}
     assert run_dev == {data.dev.name(i) for i in range(len(data.dev))} and not run_dev & set(official.test)
-    recorded = safe_torch_load(run / "dev-avg.ckpt")["FoldProtocol"]
+    recorded = safe_torch_load(run / "dev-avg.ckpt")[PROTOCOL_KEY]
     assert recorded["sizes"] == {"train": 5, "dev": 2, "test": 0} and recorded["official_test"] == "Test1"
 
 
@@ -194,6 +194,21 @@ def test_feeding_it_back_into_a_cross_validation_is_refused(deployed, mini_corpu
         run_downstream(train_args(tmp_path / "init", opts, extra=("-i", str(cv / "deploy" / "dev-avg.ckpt"))))
     with pytest.raises(SystemExit, match="has no test set"):
         run_downstream(["-m", "evaluate", "-e", str(cv / "deploy" / "dev-avg.ckpt"), "--device", "cpu"])
+
+
+def test_a_runner_checkpoint_with_the_older_protocol_key_is_still_guarded(deployed, tmp_path):
+    """Runner checkpoints write the record under PROTOCOL_KEY only; one that keeps it under the
+    older ``FoldProtocol`` key is read and refused all the same (-k and -i)."""
+    cv, _, opts = deployed
+    state = safe_torch_load(cv / "deploy" / "dev-avg.ckpt")
+    assert "FoldProtocol" not in state
+    state["FoldProtocol"] = state.pop(PROTOCOL_KEY)
+    older = tmp_path / "older.ckpt"
+    torch.save(state, older)
+    with pytest.raises(FoldMismatchError, match="is a deployment model"):
+        check_fine_tuned(older, "fold1")
+    with pytest.raises(SystemExit, match="is a deployment model"):
+        run_downstream(train_args(tmp_path / "init", opts, extra=("-i", str(older))))
 
 
 def test_rerunning_deploy_export_refuses_an_existing_directory_unless_overwrite(deployed, tmp_path, capsys):

@@ -113,3 +113,23 @@ def test_resolve_fold_prefers_what_is_given_and_refuses_a_conflict():
     assert resolve_fold("fold4", "fold4") == "fold4"
     with pytest.raises(ValueError, match=r"-v fold3 conflicts with config.downstream_expert.datarc.test_fold=fold1"):
         resolve_fold("fold1", "fold3")
+
+
+def test_a_run_reads_its_fold_once(mini_corpus, mini_meta, tmp_path, monkeypatch):
+    """The runner builds the fold's data once, for the fine-tuned-upstream guard and for the
+    expert, which takes it as it is: the fold's meta data are read once per run, not twice."""
+    from helpers import overrides, train_args
+    from s3prl_ser.cli.run_downstream import main as run_downstream
+    from s3prl_ser.data import fold_data
+
+    read, reads = fold_data.read_fold_lists, []
+
+    def counted(meta_dir, fold, *args, **kwargs):
+        reads.append(fold)
+        return read(meta_dir, fold, *args, **kwargs)
+
+    monkeypatch.setattr(fold_data, "read_fold_lists", counted)
+    expdir = tmp_path / "exp"
+    run_downstream(train_args(expdir, overrides(mini_corpus, mini_meta, steps=2, every=2, k=1), extra=("-v", "fold2")))
+    assert reads == ["fold2"]
+    assert json.loads((expdir / "test_fold2_metrics.json").read_text())["num_utterances"] == 5  # Session2

@@ -19,9 +19,10 @@ from torch import nn
 from torch.distributed import get_rank, get_world_size, is_initialized
 from torch.utils.data import DataLoader
 
-from s3prl_ser.config import check_int, check_keys
+from s3prl_ser.config import check_int, check_keys, expert_default
 from s3prl_ser.data.audio import load_audio
-from s3prl_ser.data.fold_data import eval_loader, load_fold_data, train_loader
+from s3prl_ser.data.emotion_dataset import SESSION_CORPORA
+from s3prl_ser.data.fold_data import FoldData, eval_loader, load_fold_data, train_loader
 from s3prl_ser.data.folds import check_run_fold, fold_session, is_deployment, resolve_fold
 from s3prl_ser.inference.rows import prediction_row
 from s3prl_ser.models.classifier import AGGREGATORS
@@ -67,6 +68,8 @@ class DownstreamExpert(nn.Module):
         downstream_expert: the ``downstream_expert`` config section (datarc, modelrc,
             checkpoint_averaging).
         expdir: experiment directory.
+        fold_data: the fold's data, as :class:`~s3prl_ser.training.runner.SERRunner` built it
+            (once per run); None: read here (under s3prl's own runner).
         **kwargs: the runner's remaining config sections and command-line args (used here:
             ``downstream_variant``, which selects the fold like s3prl's ``-v``, ``seed``,
             which seeds the training order, and ``mode``: in ``train`` with ``datarc.pre_load``,
@@ -79,6 +82,7 @@ class DownstreamExpert(nn.Module):
         downstream_expert: dict,
         expdir: str,
         upstream_rate: int | list[int] = 160,
+        fold_data: FoldData | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -98,7 +102,12 @@ class DownstreamExpert(nn.Module):
         where = "downstream_expert.datarc"
         # ``deploy``: a deployment run, trained on every fold (s3prl_ser.data.full_data_pool), no test set
         self.fold = check_run_fold(resolve_fold(self.datarc.get("test_fold"), kwargs.get("downstream_variant")))
-        data = load_fold_data(self.datarc, self.fold, where=where)  # checks every audio header
+        if fold_data is None:
+            data = load_fold_data(self.datarc, self.fold, where=where)  # checks every audio header
+        elif fold_data.protocol.fold != self.fold:
+            raise ValueError(f"the runner built {fold_data.protocol.fold}'s data for a {self.fold} expert")
+        else:
+            data = fold_data
         meta_dir = Path(self.datarc["meta_data"])
         self.class_names = data.class_names
         self.protocol = data.protocol
@@ -109,21 +118,22 @@ class DownstreamExpert(nn.Module):
                 raise ValueError(_NO_TEST_SET)  # refused before anything is built or read
             tested = "none, a deployment run on every fold's utterances"
         else:
-            tested = fold_session(self.fold) if corpus == "IEMOCAP" else self.protocol.official_test or self.fold
+            tested = fold_session(self.fold) if corpus in SESSION_CORPORA else self.protocol.official_test or self.fold
         print(
             f"[Expert] - {corpus} {self.fold}: test {tested} ({len(self.test_dataset)}), "
             f"train {len(self.train_dataset)}, dev {len(self.dev_dataset)} ({data.split} split)"
         )
 
-        aggregator = self.modelrc.get("aggregator", "ecapa")
+        aggregator = self.modelrc.get("aggregator", expert_default("modelrc", "aggregator"))
         if aggregator not in AGGREGATORS:
             raise ValueError(
                 f"downstream_expert.modelrc.aggregator must be one of {', '.join(AGGREGATORS)}, got {aggregator!r}"
             )
         processes = get_world_size() if is_initialized() else 1
-        if aggregator == "ecapa" and self.datarc.get("train_batch_size", 4) // processes < 2:
+        batch = self.datarc.get("train_batch_size", expert_default("datarc", "train_batch_size"))
+        if aggregator == "ecapa" and batch // processes < 2:
             raise ValueError(
-                f"{where}.train_batch_size ({self.datarc.get('train_batch_size', 4)}, the global batch) must give "
+                f"{where}.train_batch_size ({batch}, the global batch) must give "
                 f"each of the {processes} process(es) >= 2 utterances for the ecapa aggregator (BatchNorm)"
             )
         self.multi_stream = isinstance(upstream_dim, (list, tuple))
@@ -141,7 +151,7 @@ class DownstreamExpert(nn.Module):
             sizes,
             rates,
             len(self.class_names),
-            aggregator=self.modelrc.get("aggregator", "ecapa"),
+            aggregator=aggregator,
             ecapa=self.modelrc.get("ecapa"),
             fusion=self.modelrc.get("fusion"),
             projector_dim=self.modelrc.get("projector_dim"),
@@ -311,7 +321,7 @@ class DownstreamExpert(nn.Module):
     def load_audio(self, path: str | Path) -> torch.Tensor:
         """Used by the runner's ``-m inference``: the project's one reader (any sample rate or
         channel count; formats soundfile cannot decode through ffmpeg), as ``EmotionRecognizer`` reads."""
-        return load_audio(path, min_samples=self.datarc.get("min_samples", 400))
+        return load_audio(path, min_samples=self.datarc.get("min_samples", expert_default("datarc", "min_samples")))
 
     def inference(self, features: list, filenames: list[str]) -> list[dict]:
         """Print and return ``{"file", "label", "probabilities"}`` per utterance (the row

@@ -17,8 +17,9 @@ It also names the corpus and its classes (``corpus_name``, ``class_names``, ``nu
 before these fields existed read back with them unset.
 
 **The fold guard** (the block at the end of this module). Every checkpoint stage 1 writes
-(states, dev-top, export; for text, the exported encoder's ``config.json``) carries this record
-under :data:`PROTOCOL_KEY`; a stage-2 runner checkpoint under :data:`STAGE2_PROTOCOL_KEY`.
+(states, dev-top, export; for text, the exported encoder's ``config.json``), every stage-2
+runner checkpoint and an exported model's ``config.json`` carry this record under one key,
+:data:`PROTOCOL_KEY` (:func:`checkpoint_protocol` reads it).
 Before a checkpoint is used for a fold, :func:`check_fine_tuned` compares that record with the
 fold (and, where the caller knows them, the corpus and the split) it is about to be trained or
 evaluated on: another fold would leak that fold's test session, another split or corpus would
@@ -47,7 +48,7 @@ __all__ = [
     "digest",
     "protocol_differences",
     "PROTOCOL_KEY",
-    "STAGE2_PROTOCOL_KEY",
+    "checkpoint_protocol",
     "FT_METADATA",
     "FoldSpec",
     "FoldMismatchError",
@@ -164,8 +165,8 @@ def protocol_differences(recorded: Mapping[str, Any], current: FoldProtocol) -> 
 
 # ---------------------------------------------------------------- the fold guard
 
-PROTOCOL_KEY = "ser_protocol"  # in stage-1 checkpoints and in an exported text encoder's config.json
-STAGE2_PROTOCOL_KEY = "FoldProtocol"  # what a stage-2 runner checkpoint records (the same record)
+PROTOCOL_KEY = "ser_protocol"  # in stage-1 and stage-2 checkpoints and in exported models' config.json
+_RUNNER_KEY_READ_ONLY = "FoldProtocol"  # where older stage-2 runner checkpoints keep it: read, never written
 FT_METADATA = "upstream.json"  # a stage-1 export's metadata: beside a file, it marks it fine-tuned
 
 FoldSpec = str | FoldProtocol
@@ -196,10 +197,27 @@ def _checkpoint_fields(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(state, dict):
         return {}
-    fields = {key: state[key] for key in (PROTOCOL_KEY, "ft_head") if key in state}
-    if PROTOCOL_KEY not in fields and isinstance(state.get(STAGE2_PROTOCOL_KEY), dict):
-        fields[PROTOCOL_KEY] = state[STAGE2_PROTOCOL_KEY]  # a stage-2 model given as -k: guarded the same way
+    fields = {key: state[key] for key in ("ft_head",) if key in state}
+    record = checkpoint_protocol(state)
+    if record is not None:  # a stage-2 model given as -k: guarded the same way
+        fields[PROTOCOL_KEY] = record
     return fields
+
+
+def checkpoint_protocol(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The protocol record a loaded checkpoint holds (:data:`PROTOCOL_KEY`; an older runner
+    checkpoint's ``FoldProtocol``), or None.
+
+    Example:
+        >>> checkpoint_protocol({PROTOCOL_KEY: {"fold": "fold2"}}), checkpoint_protocol({"FoldProtocol": {"fold": "fold3"}})
+        ({'fold': 'fold2'}, {'fold': 'fold3'})
+        >>> checkpoint_protocol({"Downstream": {}}) is None
+        True
+    """
+    for key in (PROTOCOL_KEY, _RUNNER_KEY_READ_ONLY):
+        if isinstance(state.get(key), dict):
+            return state[key]
+    return None
 
 
 def _model_dir_record(directory: Path) -> dict[str, Any] | None:

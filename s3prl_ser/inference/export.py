@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from s3prl_ser.compat import safe_torch_load
-from s3prl_ser.data.protocol import PROTOCOL_KEY
+from s3prl_ser.data.protocol import PROTOCOL_KEY, checkpoint_protocol
 from s3prl_ser.experiments.deployment import DEPLOY_DIR, DEPLOYMENT_RECORD, is_deployment_run
 from s3prl_ser.inference.model_card import FoldRecord, package_versions, render_card
 from s3prl_ser.inference.model_dir import ONNX_FILE, write_model_dir
@@ -102,7 +102,7 @@ def fold_record(fold_dir: Path) -> FoldRecord:
         "config": ckpt["Config"],
         "args": {k: v for k, v in args.items() if isinstance(v, (str, int, float, bool, type(None)))},
         "versions": yaml.safe_load(versions[-1].read_text()) if versions else None,
-        "protocol": ckpt.get("FoldProtocol"),
+        "protocol": checkpoint_protocol(ckpt),
     }
 
 

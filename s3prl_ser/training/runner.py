@@ -15,6 +15,7 @@ no part in any choice.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import itertools
 import json
@@ -36,9 +37,9 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from s3prl_ser import compat
-from s3prl_ser.data.fold_data import load_fold_data
+from s3prl_ser.data.fold_data import FoldData, load_fold_data
 from s3prl_ser.data.folds import check_run_fold, is_deployment, resolve_fold
-from s3prl_ser.data.protocol import STAGE2_PROTOCOL_KEY, FoldSpec, check_protocol_record
+from s3prl_ser.data.protocol import PROTOCOL_KEY, FoldSpec, check_protocol_record, checkpoint_protocol
 from s3prl_ser.feature_cache.attach import FeatureCaches, attach_feature_cache, cache_settings
 from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files
 from s3prl_ser.training.distributed import all_gather
@@ -114,9 +115,11 @@ class SERRunner(Runner):
         self.args = args
         self.config = config
         self.init_ckpt = compat.safe_torch_load(args.init_ckpt) if args.init_ckpt else {}
-        if isinstance(self.init_ckpt.get(STAGE2_PROTOCOL_KEY), dict):
+        recorded = checkpoint_protocol(self.init_ckpt)
+        if recorded is not None:
             # -e/-i of a trained model: never for a fold whose test set it trained on (a deployment model: any)
-            check_protocol_record(self.init_ckpt[STAGE2_PROTOCOL_KEY], self.test_fold(), args.init_ckpt)
+            check_protocol_record(recorded, self.test_fold(), args.init_ckpt)
+        self.fold_data = self._load_fold_data()
         self.upstream = self._get_upstream()
         self.featurizer = self._get_featurizer()
         self.feature_caches = self._attach_feature_cache()
@@ -128,14 +131,46 @@ class SERRunner(Runner):
         datarc = self.config.get("downstream_expert", {}).get("datarc", {})
         return resolve_fold(datarc.get("test_fold"), getattr(self.args, "downstream_variant", None))
 
+    def _expert_class(self) -> type[nn.Module]:
+        """The task's ``DownstreamExpert``, as s3prl finds it."""
+        return importlib.import_module(f"s3prl.downstream.{self.args.downstream}.expert").DownstreamExpert
+
+    def _load_fold_data(self) -> FoldData | None:
+        """The fold's data, built once here (audio headers checked) and handed to the expert,
+        when the config names meta data in the emotion layout and the expert takes ``fold_data``
+        (``emotion_ecapa``); None otherwise."""
+        datarc = self.config.get("downstream_expert", {}).get("datarc", {})
+        if datarc.get("root") is None or datarc.get("meta_data") is None:
+            return None
+        if "fold_data" not in inspect.signature(self._expert_class()).parameters:
+            return None
+        return load_fold_data(datarc, check_run_fold(self.test_fold()), where="downstream_expert.datarc")
+
     def fold_protocol(self) -> FoldSpec:
         """The fold's full protocol (corpus, split) when the config names meta data in the
         emotion layout, which fine-tuned upstreams are checked against; else the fold alone."""
+        if self.fold_data is not None:
+            return self.fold_data.protocol
         datarc = self.config.get("downstream_expert", {}).get("datarc", {})
         fold = check_run_fold(self.test_fold())
         if datarc.get("root") is None or datarc.get("meta_data") is None:
             return fold
+        # An expert that reads its own data (s3prl's ``emotion``): its lists only, for the protocol.
         return load_fold_data(datarc, fold, where="downstream_expert.datarc", read_audio=False).protocol
+
+    def _get_downstream(self) -> ModelEntry:
+        """s3prl's, except that the expert is handed the fold's data when the runner built it."""
+        handed = {"fold_data": self.fold_data} if self.fold_data is not None else {}
+        model = self._expert_class()(
+            upstream_dim=self.featurizer.model.output_dim,
+            upstream_rate=self.featurizer.model.downsample_rate,
+            **self.config,
+            **vars(self.args),
+            **handed,
+        ).to(self.args.device)
+        return self._init_model(
+            model=model, name="Downstream", trainable=True, interfaces=["get_dataloader", "log_records"]
+        )
 
     def _init_model(self, model: nn.Module, name: str, trainable: bool, interfaces=None) -> ModelEntry:
         """s3prl's, except that DDP gets ``device_ids`` only on CUDA (gloo on CPU refuses them)."""
@@ -227,7 +262,7 @@ class SERRunner(Runner):
             states["ClassNames"] = list(class_names)
         protocol = getattr(_unwrap(self.downstream.model), "protocol", None)
         if protocol is not None:  # the corpus, fold, split and classes the model is trained on
-            states["FoldProtocol"] = protocol.to_dict()
+            states[PROTOCOL_KEY] = protocol.to_dict()
         for entry in self.all_entries:
             if entry.trainable:
                 states[entry.name] = get_model_state(entry.model)
@@ -342,7 +377,7 @@ class SERRunner(Runner):
             state = compat.safe_torch_load(expdir / entries[0].name)
         state["ClassNames"] = list(expert.class_names)  # also for checkpoints of older versions
         if getattr(expert, "protocol", None) is not None:
-            state["FoldProtocol"] = expert.protocol.to_dict()
+            state[PROTOCOL_KEY] = expert.protocol.to_dict()
         compat.atomic_torch_save(state, final)
         for entry in self.all_entries:
             if entry.name in state:
