@@ -20,8 +20,8 @@ import time
 import warnings
 from pathlib import Path
 
-from s3prl_ser.cli.run_downstream import get_downstream_args, run
 from s3prl_ser.data.corpora.iemocap import prepare
+from s3prl_ser.experiments.launch import RunRequest, launch
 from s3prl_ser.toy.builtin_corpus import default_corpus_dir, generate_corpus
 from s3prl_ser.training.metrics import classification_report
 from s3prl_ser.upstreams.registry import DOWNSTREAM_DIR, register
@@ -62,41 +62,37 @@ def main() -> None:
             warnings.simplefilter("ignore")
             prepare(root, meta)
     shared = (
-        f"config.downstream_expert.datarc.root={root},,config.downstream_expert.datarc.meta_data={meta},,"
-        f"config.downstream_expert.datarc.test_fold={args.fold},,config.runner.total_steps={args.steps},,"
-        f"config.runner.eval_step={args.eval_step},,config.runner.save_step={args.eval_step},,"
-        f"config.runner.log_step={args.eval_step},,config.runner.gradient_accumulate_steps=1,,"
-        "config.downstream_expert.datarc.train_batch_size=8,,config.downstream_expert.datarc.num_workers=0,,"
-        "config.optimizer.lr=1.0e-3"
+        ("config.downstream_expert.datarc.root", str(root)),
+        ("config.downstream_expert.datarc.meta_data", str(meta)),
+        ("config.downstream_expert.datarc.test_fold", args.fold),
+        ("config.runner.total_steps", args.steps),
+        ("config.runner.eval_step", args.eval_step),
+        ("config.runner.save_step", args.eval_step),
+        ("config.runner.log_step", args.eval_step),
+        ("config.runner.gradient_accumulate_steps", 1),
+        ("config.downstream_expert.datarc.train_batch_size", 8),
+        ("config.downstream_expert.datarc.num_workers", 0),
+        ("config.optimizer.lr", 1.0e-3),
     )
     tasks = {
-        "emotion (s3prl stock, mean)": ("emotion", None, ""),
-        "emotion_ecapa mean": ("emotion_ecapa", BUILTIN, "config.downstream_expert.modelrc.aggregator=mean"),
-        "emotion_ecapa ecapa": ("emotion_ecapa", BUILTIN, ""),
+        "emotion (s3prl stock, mean)": ("emotion", None, ()),
+        "emotion_ecapa mean": ("emotion_ecapa", BUILTIN, (("config.downstream_expert.modelrc.aggregator", "mean"),)),
+        "emotion_ecapa ecapa": ("emotion_ecapa", BUILTIN, ()),
     }
     rows = []
     for label, (task, config, extra) in tasks.items():
         expdir = work / task / label.split()[-1]
-        argv = [
-            "-m",
-            "train",
-            "-u",
-            args.upstream,
-            "-d",
-            task,
-            "-p",
-            str(expdir),
-            "--device",
-            args.device,
-            "-o",
-            ",,".join(filter(None, [shared, extra])),
-        ]
-        if config:
-            argv += ["-c", str(config)]
-        if args.upstream_ckpt:
-            argv += ["-k", args.upstream_ckpt]
+        request = RunRequest(
+            upstream=args.upstream,
+            upstream_ckpt=args.upstream_ckpt,
+            downstream=task,
+            config=str(config) if config else None,
+            expdir=str(expdir),
+            device=args.device,
+            overrides=(*shared, *extra),
+        )
         start = time.perf_counter()
-        run(*get_downstream_args(argv))
+        launch(request)
         seconds = time.perf_counter() - start
         report = _test_report(expdir, args.fold)
         rows.append((label, report.ua * 100, report.wa * 100, seconds / args.steps))

@@ -24,6 +24,7 @@ machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -33,6 +34,8 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from s3prl_ser.experiments.launch import RunRequest, launch
 
 DOWNSTREAM_DIR = Path(__file__).resolve().parents[1] / "downstream"
 BUILTIN = DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml"
@@ -62,38 +65,50 @@ def _write_upstream(path: Path, layers: int, dim: int, encoder: str) -> None:
     )
 
 
-def _argv(name: str, work: Path, root: Path, meta: Path, upstream: Path, steps: int) -> list[str]:
-    """run_downstream arguments of one configuration."""
-    shared = [
-        f"config.downstream_expert.datarc.root={root}",
-        f"config.downstream_expert.datarc.meta_data={meta}",
-        "config.downstream_expert.datarc.test_fold=fold1",
-        f"config.runner.total_steps={steps}",
-        f"config.runner.eval_step={steps}",
-        f"config.runner.save_step={steps}",
-        f"config.runner.log_step={steps}",
-        "config.runner.gradient_accumulate_steps=1",
-        "config.downstream_expert.datarc.train_batch_size=8",
-        "config.downstream_expert.datarc.eval_batch_size=8",
-        "config.downstream_expert.datarc.num_workers=0",
-        "config.optimizer.lr=1.0e-3",
-    ]
-    argv = ["-m", "train", "-u", "hubert_local", "-k", str(upstream), "-p", str(work / name), "--device", "cpu"]
+def _request(name: str, work: Path, root: Path, meta: Path, upstream: Path, steps: int) -> RunRequest:
+    """The run of one configuration."""
+    shared = (
+        ("config.downstream_expert.datarc.root", str(root)),
+        ("config.downstream_expert.datarc.meta_data", str(meta)),
+        ("config.downstream_expert.datarc.test_fold", "fold1"),
+        ("config.runner.total_steps", steps),
+        ("config.runner.eval_step", steps),
+        ("config.runner.save_step", steps),
+        ("config.runner.log_step", steps),
+        ("config.runner.gradient_accumulate_steps", 1),
+        ("config.downstream_expert.datarc.train_batch_size", 8),
+        ("config.downstream_expert.datarc.eval_batch_size", 8),
+        ("config.downstream_expert.datarc.num_workers", 0),
+        ("config.optimizer.lr", 1.0e-3),
+    )
+    base = RunRequest(
+        upstream="hubert_local", upstream_ckpt=str(upstream), expdir=str(work / name), device="cpu", overrides=shared
+    )
     if name == "stock":
-        return [*argv, "-d", "emotion", "-o", ",,".join(shared)]
+        return dataclasses.replace(base, downstream="emotion")
     aggregator, mode = name.split("-")
-    shared.append(f"config.downstream_expert.modelrc.aggregator={aggregator}")
-    argv += ["-d", "emotion_ecapa", "-c", str(BUILTIN), "-o", ",,".join(shared)]
+    request = dataclasses.replace(base, downstream="emotion_ecapa", config=str(BUILTIN)).with_overrides(
+        ("config.downstream_expert.modelrc.aggregator", aggregator)
+    )
     if mode == "live":
-        return [*argv, "--no_feature_cache"]
-    return [*argv, "--feature_cache_dir", str(work / f"cache-{aggregator}")]  # fresh: extraction is timed
+        return dataclasses.replace(request, no_feature_cache=True)
+    # fresh: extraction is timed
+    return dataclasses.replace(request, feature_cache_dir=str(work / f"cache-{aggregator}"))
 
 
-def _child(argv: list[str], threads: int, out: Path) -> None:
+def _to_json(request: RunRequest) -> str:
+    return json.dumps(dataclasses.asdict(request))
+
+
+def _from_json(text: str) -> RunRequest:
+    fields = json.loads(text)
+    return RunRequest(**{**fields, "overrides": tuple(tuple(entry) for entry in fields["overrides"])})
+
+
+def _child(request: RunRequest, threads: int, out: Path) -> None:
     """Train one configuration in this process; write its epoch boundaries and peak RSS."""
     import torch
 
-    from s3prl_ser.cli.run_downstream import get_downstream_args, run
     from s3prl_ser.training.runner import SERRunner
     from s3prl_ser.upstreams.registry import register
 
@@ -118,7 +133,7 @@ def _child(argv: list[str], threads: int, out: Path) -> None:
         return evaluate(self, *args, **kwargs)
 
     SERRunner.train, SERRunner._train_batches, SERRunner.evaluate = timed_train, timed_batches, timed_evaluate
-    run(*get_downstream_args(argv))
+    launch(request)
     epochs = [b - a for a, b in zip(marks, marks[1:])]
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
     out.write_text(json.dumps({"epochs": epochs, "peak_rss": rss}))
@@ -129,16 +144,15 @@ def _float16_check(work: Path, root: Path, meta: Path, upstream: Path, steps: in
     results and how far float16 features move the float32 model's test logits."""
     import torch
 
-    from s3prl_ser.cli.run_downstream import get_downstream_args, run
     from s3prl_ser.upstreams.registry import register
 
     register()
     runners = {}
     for dtype in ("float32", "float16"):
-        argv = _argv("ecapa-cached", work / dtype, root, meta, upstream, steps)
-        argv[argv.index("-o") + 1] += f",,config.feature_cache.dtype={dtype},,config.runner.eval_step={steps // 6}"
-        argv += ["--seed", str(seed)]
-        runners[dtype] = run(*get_downstream_args(argv))
+        request = _request("ecapa-cached", work / dtype, root, meta, upstream, steps).with_overrides(
+            ("config.feature_cache.dtype", dtype), ("config.runner.eval_step", steps // 6)
+        )
+        runners[dtype] = launch(dataclasses.replace(request, seed=seed))
     reference = runners["float32"]  # its reported (averaged) model is loaded
     expert = reference.downstream.model.eval()
     reference.featurizer.model.eval()
@@ -194,8 +208,8 @@ def main() -> None:
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        argv_json, threads, out = args.child
-        _child(json.loads(argv_json), int(threads), Path(out))
+        request_json, threads, out = args.child
+        _child(_from_json(request_json), int(threads), Path(out))
         return
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the first epoch and at least one later one)")
@@ -224,13 +238,13 @@ def main() -> None:
     results = {}
     for name in configs:
         out = work / f"{name}.json"
-        argv = _argv(name, work, root, meta, upstream, steps)
+        request = _request(name, work, root, meta, upstream, steps)
         # The child is this script: the project must import from it as from here.
         path = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=path)
         print(f"[benchmark] - {name}: {args.epochs} epochs ({steps} steps of 8)", flush=True)
         subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(argv), str(args.threads), str(out)],
+            [sys.executable, __file__, "--child", _to_json(request), str(args.threads), str(out)],
             env=env,
             check=True,
             stdout=subprocess.DEVNULL,
