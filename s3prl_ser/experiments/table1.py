@@ -42,6 +42,7 @@ from s3prl_ser.finetuning.config import DEFAULT_CONFIG as STAGE1_DEFAULTS
 from s3prl_ser.finetuning.config import validate_config
 from s3prl_ser.finetuning.hub_entries import FT_CHECKPOINT
 from s3prl_ser.finetuning.stage import FineTuneRequest, StageResult, fine_tune, summary_table
+from s3prl_ser.markdown import markdown_table
 from s3prl_ser.training.cv_report import mean_std_text
 from s3prl_ser.upstreams.registry import DOWNSTREAM_DIR
 
@@ -219,14 +220,23 @@ def _protocol_note(summaries: dict) -> str:
     return "WA/UA: mean ± sample std over the folds run (5-fold leave-one-session-out)."
 
 
-def _row(experiment: Experiment, summary: dict | None) -> str:
+def _row(experiment: Experiment, summary: dict | None) -> list[object]:
     yes = lambda flag: "yes" if flag else "no"  # noqa: E731
-    ours = f"{_mean_std(summary, 'wa')} | {_mean_std(summary, 'ua')}" if summary else "not run | not run"
-    return (
-        f"| {experiment.set} | {experiment.number} | {experiment.modality} | {experiment.feature} | "
-        f"{yes(experiment.ft)} | {yes(experiment.upstream_avg)} | {experiment.aggregator} | Linear | "
-        f"{yes(experiment.downstream_avg)} | {ours} | {experiment.paper_wa:.2f} | {experiment.paper_ua:.2f} |"
-    )
+    ours = [_mean_std(summary, "wa"), _mean_std(summary, "ua")] if summary else ["not run", "not run"]
+    return [
+        experiment.set,
+        experiment.number,
+        experiment.modality,
+        experiment.feature,
+        yes(experiment.ft),
+        yes(experiment.upstream_avg),
+        experiment.aggregator,
+        "Linear",
+        yes(experiment.downstream_avg),
+        *ours,
+        f"{experiment.paper_wa:.2f}",
+        f"{experiment.paper_ua:.2f}",
+    ]
 
 
 SUPERB_PROTOCOL: tuple[Override, ...] = (
@@ -243,15 +253,11 @@ def write_tables(
 ) -> dict[str, Path]:
     """``table1.md``/``table1.json`` (every experiment, run or not) and ``superb_er.md``
     (the SUPERB-protocol runs in ``superb``: upstream name -> summary)."""
-    lines = [
-        "# Table 1 (Morais et al., ICASSP 2022) reproduced",
-        "",
-        note,
-        "",
-        "| Set | # | Input | Feature | FT | AVG | AGG | Classifier | AVG | WA (%) | UA (%) | paper WA | paper UA |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    lines += [_row(EXPERIMENTS[n], summaries.get(n)) for n in sorted(EXPERIMENTS)]
+    header = ["Set", "#", "Input", "Feature", "FT", "AVG", "AGG", "Classifier", "AVG", "WA (%)", "UA (%)"]
+    lines = ["# Table 1 (Morais et al., ICASSP 2022) reproduced", "", note, ""]
+    lines += markdown_table(
+        [*header, "paper WA", "paper UA"], [_row(EXPERIMENTS[n], summaries.get(n)) for n in sorted(EXPERIMENTS)]
+    )
     lines += ["", _protocol_note(summaries), ""]
     paths = {"md": out_dir / "table1.md", "json": out_dir / "table1.json", "superb": out_dir / "superb_er.md"}
     paths["md"].write_text("\n".join(lines))
@@ -262,21 +268,15 @@ def write_tables(
         )
     )
     superb = superb or {}
-    lines = [
-        "# SUPERB ER view (frozen upstream, accuracy = WA)",
-        "",
-        note,
-        "",
-        "| upstream | SUPERB ER acc | this project, SUPERB protocol (WA) | UA |",
-        "|---|---|---|---|",
-    ]
+    rows = []
     for name in list(SUPERB_ER) + sorted(set(superb) - set(SUPERB_ER)):
         ours = superb.get(name)
         leaderboard = f"{SUPERB_ER[name]:.2f}" if name in SUPERB_ER else "-"
-        lines.append(
-            f"| {name} | {leaderboard} | "
-            + (f"{_mean_std(ours, 'wa')} | {ours['ua']['mean']:.2f} |" if ours else "not run | |")
+        rows.append(
+            [name, leaderboard, *([_mean_std(ours, "wa"), f"{ours['ua']['mean']:.2f}"] if ours else ["not run", ""])]
         )
+    lines = ["# SUPERB ER view (frozen upstream, accuracy = WA)", "", note, ""]
+    lines += markdown_table(["upstream", "SUPERB ER acc", "this project, SUPERB protocol (WA)", "UA"], rows)
     lines += [
         "",
         "SUPERB protocol: frozen upstream, weighted sum of layers, 256-d projector, mean pooling + linear, best dev "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from s3prl_ser.finetuning.fold import best_export_dir, exported_metadata, run_fold
+from s3prl_ser.markdown import markdown_table
 from s3prl_ser.training.distributed import setup_distributed
 from s3prl_ser.training.run_lock import leader_lock
 
@@ -116,13 +117,19 @@ def summary_table(records: Mapping[str, Mapping[str, Any]], skipped: Collection[
         mean test WA over 1 fold(s): 50.00
         mean test UA over 1 fold(s): 25.00
     """
-    lines = ["| fold | test session | test WA | test UA | model | steps (dev WA) | |", "|---|---|---|---|---|---|---|"]
-    for fold, record in records.items():
-        steps = ", ".join(f"{c['step']} ({c['dev_wa']:.3f})" for c in record["checkpoints"])
-        lines.append(
-            f"| {fold} | {record['test_session']} | {record['test']['wa'] * 100:.2f} | {record['test']['ua'] * 100:.2f} "
-            f"| {'average' if record['averaged'] else 'best'} | {steps} | {'earlier run' if fold in skipped else ''} |"
-        )
+    rows = [
+        [
+            fold,
+            record["test_session"],
+            f"{record['test']['wa'] * 100:.2f}",
+            f"{record['test']['ua'] * 100:.2f}",
+            "average" if record["averaged"] else "best",
+            ", ".join(f"{c['step']} ({c['dev_wa']:.3f})" for c in record["checkpoints"]),
+            "earlier run" if fold in skipped else "",
+        ]
+        for fold, record in records.items()
+    ]
+    lines = markdown_table(["fold", "test session", "test WA", "test UA", "model", "steps (dev WA)", ""], rows)
     if records:
         for metric in ("wa", "ua"):
             values = [record["test"][metric] * 100 for record in records.values()]

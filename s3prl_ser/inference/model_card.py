@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from s3prl_ser.markdown import markdown_table
 from s3prl_ser.versions import installed_versions
 
 __all__ = ["FoldRecord", "markdown_text", "markdown_code", "render_card", "package_versions"]
@@ -156,12 +157,18 @@ def render_card(
         else:
             lines += ["- not recorded (no deployment.json beside the run)"]
     elif scored:
-        lines += ["| fold | WA (%) | UA (%) | test utterances |", "|---|---|---|---|"]
-        lines += [
-            f"| {markdown_text(f['fold'])} | {_percent(f['test'].get('wa'))} | {_percent(f['test'].get('ua'))} | "
-            f"{markdown_text(f['test'].get('num_utterances', 'n/a'))} |"
-            for f in scored
-        ]
+        lines += markdown_table(
+            ["fold", "WA (%)", "UA (%)", "test utterances"],
+            [
+                [
+                    markdown_text(f["fold"]),
+                    _percent(f["test"].get("wa")),
+                    _percent(f["test"].get("ua")),
+                    markdown_text(f["test"].get("num_utterances", "n/a")),
+                ]
+                for f in scored
+            ],
+        )
         if kind == "ensemble":
             lines += [
                 "",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from s3prl_ser.markdown import markdown_table
 from s3prl_ser.training.metrics import ClassificationReport
 
 __all__ = ["summarize", "summarize_seeds", "write_report", "write_seed_report", "plot_confusion", "mean_std_text"]
@@ -201,18 +202,29 @@ def write_report(summary: dict, out_dir: str | os.PathLike, title: str) -> dict[
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = summary["labels"]
     official = (summary.get("corpus") or {}).get("official_test")
-    lines = [f"# {title}", "", _protocol_line(summary), ""]
-    lines += ["| fold | utterances | WA (%) | UA (%) | macro-F1 (%) |", "|---|---|---|---|---|"]
-    for fold, m in summary["folds"].items():
-        f1 = m.get("macro_f1")
-        name = f"{fold} (official test {official})" if official else fold
-        lines.append(f"| {name} | {m['num_utterances']} | {m['wa']:.2f} | {m['ua']:.2f} | {_pct(f1)} |")
+    rows = [
+        [
+            f"{fold} (official test {official})" if official else fold,
+            m["num_utterances"],
+            f"{m['wa']:.2f}",
+            f"{m['ua']:.2f}",
+            _pct(m.get("macro_f1")),
+        ]
+        for fold, m in summary["folds"].items()
+    ]
     if not official:  # one official test set: its numbers are the result, there is nothing to spread
         f1 = summary.get("macro_f1")  # absent from summaries written before F1 was reported
-        lines.append(
-            f"| **mean ± std** | | **{mean_std_text(summary['wa'])}** | **{mean_std_text(summary['ua'])}** "
-            f"| **{mean_std_text(f1) if f1 else '-'}** |"
+        rows.append(
+            [
+                "**mean ± std**",
+                "",
+                f"**{mean_std_text(summary['wa'])}**",
+                f"**{mean_std_text(summary['ua'])}**",
+                f"**{mean_std_text(f1) if f1 else '-'}**",
+            ]
         )
+    lines = [f"# {title}", "", _protocol_line(summary), ""]
+    lines += markdown_table(["fold", "utterances", "WA (%)", "UA (%)", "macro-F1 (%)"], rows)
     lines += [
         "",
         "Per-class recall, mean over folds (%): "
@@ -220,11 +232,8 @@ def write_report(summary: dict, out_dir: str | os.PathLike, title: str) -> dict[
         "",
         "Confusion matrix summed over folds (rows: reference, columns: predicted):",
         "",
-        "| | " + " | ".join(labels) + " |",
-        "|---" * (len(labels) + 1) + "|",
     ]
-    for label, row in zip(labels, summary["confusion"]):
-        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    lines += markdown_table(["", *labels], [[label, *row] for label, row in zip(labels, summary["confusion"])])
     lines += [
         "",
         f"Pooled over all test utterances: WA {summary['pooled']['wa']:.2f}, "
@@ -255,13 +264,19 @@ def write_seed_report(combined: dict, out_dir: str | os.PathLike, title: str) ->
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(combined["seeds"])
-    lines = [f"# {title}", "", "| seed | WA (%), 5-fold mean | UA (%), 5-fold mean |", "|---|---|---|"]
-    lines += [f"| {seed} | {m['wa']:.2f} | {m['ua']:.2f} |" for seed, m in combined["seeds"].items()]
-    lines.append(
-        f"| **mean ± std over {n} seeds** | **{mean_std_text(combined['wa'])}** | **{mean_std_text(combined['ua'])}** |"
+    seeds = [[seed, f"{m['wa']:.2f}", f"{m['ua']:.2f}"] for seed, m in combined["seeds"].items()]
+    seeds.append(
+        [
+            f"**mean ± std over {n} seeds**",
+            f"**{mean_std_text(combined['wa'])}**",
+            f"**{mean_std_text(combined['ua'])}**",
+        ]
     )
-    lines += ["", "| fold | WA (%), mean over seeds | UA (%), mean over seeds |", "|---|---|---|"]
-    lines += [f"| {fold} | {m['wa']:.2f} | {m['ua']:.2f} |" for fold, m in combined["folds"].items()]
+    folds = [[fold, f"{m['wa']:.2f}", f"{m['ua']:.2f}"] for fold, m in combined["folds"].items()]
+    lines = [f"# {title}", ""]
+    lines += markdown_table(["seed", "WA (%), 5-fold mean", "UA (%), 5-fold mean"], seeds)
+    lines += [""]
+    lines += markdown_table(["fold", "WA (%), mean over seeds", "UA (%), mean over seeds"], folds)
     lines += [
         "",
         "Each seed's folds are in `seed<N>/results.md`. Std is the sample std over seeds of the 5-fold means.",
