@@ -310,7 +310,7 @@ def test_text_stream_layer_is_configured_in_one_place(selection, tiny_bert, mini
     """``text.feature_selection``: the frozen encoder's last layer, or the equal-weight mean of all layers."""
     import importlib
 
-    from s3prl_ser.cli.run_downstream import load_task_config
+    from s3prl_ser.experiments.launch import load_task_config
     from s3prl_ser.upstreams.registry import register
 
     register()

@@ -340,7 +340,7 @@ def test_downstream_refuses_upstream_of_another_fold(runs, mini_corpus, meta, tm
 @pytest.mark.parametrize("number", range(1, 7))
 def test_paper_configs(number):
     from downstream.emotion_ecapa.expert import AVERAGING_KEYS, DATARC_KEYS, MODELRC_KEYS
-    from s3prl_ser.cli.run_downstream import load_task_config
+    from s3prl_ser.experiments.launch import load_task_config
     from s3prl_ser.upstreams.registry import register
 
     path = REPO / "downstream/emotion_ecapa/paper" / f"exp{number}.yaml"
