@@ -1,20 +1,9 @@
-"""``run_downstream.py``: s3prl's command line, driving :class:`~s3prl_ser.training.runner.SERRunner`
-through :func:`s3prl_ser.experiments.launch.launch`.
+"""``run_downstream.py``: s3prl's command line, driving :class:`~s3prl_ser.training.runner.SERRunner`.
 
 Same flags and behaviour as s3prl's ``run_downstream.py`` (``-m train|evaluate|inference``,
-``-u -k -g -r -f -s -l -d -v -c -o -n -p -e -i -a``, ``--seed``, ``--device``, torchrun), with:
-
-* this project's tasks registered (``-d emotion_ecapa``) next to s3prl's;
-* ``-c`` merged over the task's defaults, ``downstream/<task>/config.yaml`` wherever the task
-  lives, so a ``-c`` file may hold only what differs (:mod:`s3prl_ser.config`);
-* ``-c`` and ``-o`` keys the defaults lack refused (a typo is an error, not a new key), ``-o``
-  values parsed as YAML;
-* ``config.runner.fp16`` refused for training on a device other than CUDA (s3prl ignores it),
-  and the ``runner`` section's values checked before anything is built;
-* a missing ``-m inference -t`` file named (s3prl: a bare ``AssertionError``);
-* checkpoints loaded weights-only, written atomically;
-* one training at a time in an experiment directory (:mod:`s3prl_ser.training.run_lock`);
-* the effective config, args and package versions saved in the experiment directory.
+``-u -k -g -r -f -s -l -d -v -c -o -n -p -e -i -a``, ``--seed``, ``--device``, torchrun); the
+command line becomes a :class:`~s3prl_ser.experiments.launch.RunRequest` (``-o`` parsed once, its
+values as YAML), run by :mod:`s3prl_ser.experiments.launch`, which lists what differs from s3prl.
 """
 
 from __future__ import annotations
