@@ -32,7 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
     """``run_downstream.py``'s command line (s3prl's flags); unstated options are None, resolved by
     :class:`~s3prl_ser.experiments.launch.RunRequest` (a resume takes its checkpoint's)."""
     parser = argparse.ArgumentParser(description="Train or evaluate an s3prl downstream task (s3prl-ser).")
-    parser.add_argument("-m", "--mode", choices=["train", "evaluate", "inference"], required=True)
+    parser.add_argument(
+        "-m",
+        "--mode",
+        choices=["train", "evaluate", "inference"],
+        required=True,
+        help="train; evaluate a checkpoint (-e) on a split (-t); or infer one audio file (-t)",
+    )
     parser.add_argument(
         "-t",
         "--evaluate_split",
