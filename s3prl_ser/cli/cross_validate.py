@@ -15,6 +15,11 @@ options (``-u``, ``-k``, ``-d``, ``-c``, ``-f``, ``--seed``, ``--device`` and an
 corpus, the folds' schedule, no held-out score: :mod:`s3prl_ser.experiments.deployment`), and
 ``--export MODEL_DIR`` exports it as a self-contained model directory. An existing MODEL_DIR is
 refused before any training unless ``--overwrite`` is given (then the export replaces it).
+
+``--report-only`` trains nothing: it writes the same report from folds trained elsewhere (one
+job per fold, e.g. a Slurm array of ``run_downstream.py`` trainings into ``<expdir>/<fold>``),
+and refuses, naming them, folds that are missing, unfinished, still running, or finished with
+other settings than this command's.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from pathlib import Path
 
 from s3prl_ser.cli import run_downstream
 from s3prl_ser.cli.errors import EXPECTED_ERRORS, exit_on_error
-from s3prl_ser.experiments.cross_validation import corpus_folds, cross_validate
+from s3prl_ser.experiments.cross_validation import corpus_folds, cross_validate, report
 from s3prl_ser.experiments.deployment import train_deployment
 from s3prl_ser.experiments.launch import RUN_DEFAULTS, RunRequest, default_device
 from s3prl_ser.inference.export import export_run
@@ -74,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--export", metavar="MODEL_DIR", type=Path, help="with --deploy: export it (python -m s3prl_ser.export)"
     )
     parser.add_argument("--overwrite", action="store_true", help="with --export: replace an existing model directory")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: write the results of folds already trained in <expdir>/<fold> with these "
+        "settings (e.g. one job per fold); missing, unfinished or differently trained folds are an error",
+    )
     return parser
 
 
@@ -86,6 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(
             "--export MODEL_DIR exports the deployment model: add --deploy (folds: python -m s3prl_ser.export)"
         )
+    if args.report_only and (args.deploy or args.workers):
+        parser.error("--report-only trains nothing: drop --deploy and --workers")
     if args.overwrite and not args.export:
         parser.error("--overwrite replaces the --export MODEL_DIR: add --export")
     # The rest are run_downstream.py's options (its parser names an unknown one).
@@ -99,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.export:
             check_writable(args.export, args.overwrite)  # before hours of training, not after
         folds = args.folds.split(",") if args.folds else corpus_folds(request)
+        if args.report_only:
+            report(expdir, request, folds)
+            return
         cross_validate(expdir, request, folds, workers=args.workers)
         if args.deploy:
             deploy_dir = train_deployment(expdir, request, folds)

@@ -3,7 +3,9 @@
 summarized into ``results.md``, ``results.json`` and ``confusion.png``.
 
 Folds run one after the other in this process, or in single-thread worker processes
-(:func:`train_in_workers`). The deployment run that follows a cross-validation:
+(:func:`train_in_workers`), or as independent jobs (one ``run_downstream.py`` training per
+fold directory, e.g. a Slurm array) whose results :func:`report` gathers without training.
+The deployment run that follows a cross-validation:
 :mod:`s3prl_ser.experiments.deployment`.
 """
 
@@ -27,7 +29,7 @@ from s3prl_ser.data.folds import FOLDS, check_fold
 from s3prl_ser.experiments.launch import RunRequest, latest_states, launch, requested_run
 from s3prl_ser.training.cv_report import summarize, write_report
 from s3prl_ser.training.run_identity import describe, run_identity, significant_differences
-from s3prl_ser.training.run_lock import leader_lock
+from s3prl_ser.training.run_lock import DirectoryInUseError, check_free, leader_lock
 from s3prl_ser.training.runner import FINAL_RECORD
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "FoldRun",
     "train_in_workers",
     "cross_validate",
+    "report",
     "corpus_folds",
 ]
 
@@ -264,11 +267,68 @@ def cross_validate(
         for run in runs:
             run.fold_dir.mkdir(parents=True, exist_ok=True)
             locks.enter_context(leader_lock(run.fold_dir))
-        summary = summarize({run.fold: _train(run) for run in runs})
-        paths = write_report(summary, expdir, title or expdir.name)
+        return _write_summary({run.fold: _train(run) for run in runs}, expdir, title)
+
+
+def _write_summary(fold_metrics: dict[str, dict], expdir: Path, title: str | None) -> dict:
+    """Summarize the folds' test metrics into ``expdir``'s results (printing them); the summary."""
+    summary = summarize(fold_metrics)
+    paths = write_report(summary, expdir, title or expdir.name)
     print(Path(paths["md"]).read_text())
     print(f"[cross_validate] - results: {paths['md']}, {paths['json']}, {paths['png']}")
     return summary
+
+
+def report(
+    expdir: str | Path,
+    request: RunRequest,
+    folds: Sequence[str] = FOLDS,
+    title: str | None = None,
+) -> dict:
+    """Write and return the summary of folds trained elsewhere (e.g. one job per fold), never
+    training: what :func:`cross_validate` writes for the same finished folds.
+
+    Each fold must have finished in ``expdir/<fold>`` with the settings of ``request`` (as
+    :func:`cross_validate` would have trained it) and be held by no running process; the
+    folds are only read (no fold lock is taken). The root is locked while the report is
+    written, so a cross-validation writing there refuses it.
+
+    Args:
+        expdir: experiment root; fold N lives in ``expdir/foldN``.
+        request: the run every fold was trained with (its fold aside).
+        folds: the folds to report.
+        title: report title (default: the experiment directory's name).
+
+    Raises:
+        ConfigError: the request names a variant (``-v``), a fold is unknown, or some folds are
+            missing, unfinished, still running, or finished with other settings (all named).
+        DirectoryInUseError: another process holds the root.
+    """
+    from s3prl_ser.upstreams.registry import register
+
+    register()  # the settings check reads the task's defaults
+    _check_no_variant(request, "the report")
+    expdir = Path(expdir)
+    fold_metrics, problems = {}, []
+    for fold in (check_fold(fold) for fold in folds):
+        run = FoldRun(expdir, request, fold)
+        if not run.fold_dir.is_dir():
+            problems.append(f"{fold} is missing (no {run.fold_dir})")
+            continue
+        try:
+            check_free(run.fold_dir)
+            done = fold_finished(run.fold_dir, fold, run_identity(*requested_run(run.request_of_fold())))
+        except (DirectoryInUseError, ConfigError) as error:
+            problems.append(str(error))
+            continue
+        if done is None:
+            problems.append(f"{fold} is unfinished (no tested final model in {run.fold_dir}): train or resume it first")
+        else:
+            fold_metrics[fold] = done
+    if problems:
+        raise ConfigError(f"cannot report {expdir}: " + "; ".join(problems))
+    with leader_lock(expdir):
+        return _write_summary(fold_metrics, expdir, title)
 
 
 def corpus_folds(request: RunRequest) -> list[str]:

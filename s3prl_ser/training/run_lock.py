@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["DirectoryInUseError", "DirectoryLock", "leader_lock"]
+__all__ = ["DirectoryInUseError", "DirectoryLock", "check_free", "leader_lock"]
 
 LOCK_FILE = ".lock"
 
@@ -163,6 +163,28 @@ def _read_holder(fd: int) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {}
     return holder if isinstance(holder, dict) else {}
+
+
+def check_free(directory: str | os.PathLike) -> None:
+    """Refuse if a process holds ``directory`` (for a reader, such as a report, that must not
+    read a run still writing); takes no lock and writes nothing.
+
+    A shared ``flock`` is tried on ``<directory>/.lock`` and let go at once: it is refused
+    exactly while a holder's exclusive lock is in place (in any process, this one included).
+
+    Raises:
+        DirectoryInUseError: the directory is held, naming its holder.
+    """
+    try:
+        fd = os.open(Path(directory) / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # never locked, or its holder let go
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DirectoryInUseError(Path(directory), _read_holder(fd)) from None
+    finally:
+        os.close(fd)  # closing releases the shared lock if it was taken
 
 
 def leader_lock(directory: str | os.PathLike) -> contextlib.AbstractContextManager[object]:
