@@ -39,8 +39,9 @@ def test_runs_folds_writes_report_and_reuses_finished_folds(mini_corpus, meta, t
     capsys.readouterr()
 
     cross_validate_main(argv)  # second run: nothing retrained
-    out = capsys.readouterr().out
-    assert "fold1: finished earlier" in out and "fold3: finished earlier" in out
+    printed = capsys.readouterr()  # progress is logged to stderr, the results table printed to stdout
+    assert "fold1: finished earlier" in printed.err and "fold3: finished earlier" in printed.err
+    assert printed.out == (tmp_path / "results.md").read_text() + "\n"
     assert (tmp_path / "fold1" / "dev-avg.ckpt").stat().st_mtime_ns == mtime
 
     changed = argv[:-1] + [argv[-1] + ",,config.optimizer.lr=0.5"]  # same name, another experiment

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -34,12 +36,13 @@ def test_buckets_resume_mid_epoch_and_split_across_processes():
     assert [a + b for a, b in zip(*halves)] == whole
 
 
-def test_train_loader_buckets_cropped_lengths_and_prints_the_padding(capsys):
+def test_train_loader_buckets_cropped_lengths_and_logs_the_padding(caplog):
     clips = [(np.zeros(n, dtype=np.float32), 0, f"u{i}") for i, n in enumerate(_lengths(64, seed=1))]
     datarc = {"train_batch_size": 8, "num_workers": 0, "max_seconds": 5, "bucket_by_length": True}
+    caplog.set_level(logging.INFO, logger="s3prl_ser")
     batches = list(train_loader(clips, datarc, seed=0, epoch=0))
     assert all(len(wav) <= 5 * 16000 for wavs, _, _ in batches for wav in wavs)
-    printed = capsys.readouterr().out
+    printed = caplog.text
     assert "epoch 0: length-bucketed batches" in printed and "random batches" in printed
     with pytest.raises(Exception, match="bucket_by_length must be true or false"):
         train_loader(clips, {**datarc, "bucket_by_length": "yes"}, seed=0, epoch=0)

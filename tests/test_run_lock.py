@@ -152,5 +152,5 @@ def test_a_training_holds_its_directory_against_a_second_run_until_killed(tmp_pa
     capsys.readouterr()
 
     run_downstream(argv)  # the documented resume, once the first run is gone
-    assert f"Resume from {tmp_path / 'states-2.ckpt'}" in capsys.readouterr().out
+    assert f"Resume from {tmp_path / 'states-2.ckpt'}" in capsys.readouterr().err  # the command's log
     assert (tmp_path / "final.json").is_file() and (tmp_path / "test_fold1_metrics.json").is_file()

@@ -10,6 +10,7 @@ test-set predictions written only for the reported model.
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,11 @@ _NO_TEST_SET = (
     "a deployment run (test_fold: deploy) has no test set: it trained on every fold's utterances, so it "
     "has no held-out score; the cross-validation's folds score the procedure"
 )
+
+# s3prl imports this file as s3prl.downstream.emotion_ecapa.expert, whose logger the commands
+# keep at WARNING with the rest of s3prl's; the project's name keeps its progress with the project's.
+# Not `logger`: s3prl's interface names its TensorBoard writer so (log_records' argument).
+_log = logging.getLogger("s3prl_ser.downstream.emotion_ecapa")
 
 
 class DownstreamExpert(nn.Module):
@@ -119,7 +125,7 @@ class DownstreamExpert(nn.Module):
             tested = "none, a deployment run on every fold's utterances"
         else:
             tested = fold_session(self.fold) if corpus in SESSION_CORPORA else self.protocol.official_test or self.fold
-        print(
+        _log.info(
             f"[Expert] - {corpus} {self.fold}: test {tested} ({len(self.test_dataset)}), "
             f"train {len(self.train_dataset)}, dev {len(self.dev_dataset)} ({data.split} split)"
         )
@@ -292,7 +298,7 @@ class DownstreamExpert(nn.Module):
         for name, value in (("acc", report.wa), ("ua", report.ua), ("loss", loss)):
             logger.add_scalar(f"{prefix}-{name}", value, global_step=global_step)
         line = f"{mode} at step {global_step}: acc {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}"
-        print(f"[Expert] - {line}")
+        _log.info(f"[Expert] - {line}")
         with open(self.output_dir / "log.log", "a") as log:
             log.write(line + "\n")
 
@@ -324,12 +330,7 @@ class DownstreamExpert(nn.Module):
         return load_audio(path, min_samples=self.datarc.get("min_samples", expert_default("datarc", "min_samples")))
 
     def inference(self, features: list, filenames: list[str]) -> list[dict]:
-        """Print and return ``{"file", "label", "probabilities"}`` per utterance (the row
+        """Return ``{"file", "label", "probabilities"}`` per utterance (the row
         :func:`s3prl_ser.inference.rows.prediction_row` builds for ``python -m s3prl_ser.inference``)."""
         probabilities = self._logits(features, filenames).softmax(dim=-1).cpu()
-        results = []
-        for name, probs in zip(filenames, probabilities):
-            result = prediction_row(self.class_names, probs, file=name)
-            print(json.dumps(result))
-            results.append(result)
-        return results
+        return [prediction_row(self.class_names, probs, file=name) for name, probs in zip(filenames, probabilities)]

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.training.checkpoint_averaging import RUNNER_SECTIONS, average_checkpoint_files
 
 __all__ = ["build_parser", "main"]
@@ -23,11 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint files to average")
     parser.add_argument("-o", "--output", type=Path, required=True, help="averaged checkpoint")
+    add_verbosity_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(args)
     # Unreadable or incompatible files: torch.load raises RuntimeError/TypeError on corrupt ones.
     with exit_on_error(OSError, RuntimeError, ValueError, TypeError):
         averaged = average_checkpoint_files(args.checkpoints, args.output)

@@ -10,6 +10,7 @@ import pathlib
 import time
 
 from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.toy.builtin_corpus import LABELS, BuiltinCorpusError, default_corpus_dir, generate_corpus, load_manifest
 
 __all__ = ["build_parser", "main"]
@@ -33,11 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--utterances-per-speaker", type=int, default=28, help="utterances per speaker (default: %(default)s)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace whatever is at ROOT")
+    add_verbosity_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(args)
 
     started = time.perf_counter()
     with exit_on_error(BuiltinCorpusError, ValueError):

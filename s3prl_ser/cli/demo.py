@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from s3prl_ser.cli.errors import EXPECTED_ERRORS, exit_on_error
+from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.experiments.main_job import MAIN_JOB_SEEDS, PIPELINES, MainJob, main_job_seeds, run_main_job
 from s3prl_ser.toy.builtin_corpus import BuiltinCorpusError
 
@@ -45,12 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the results do not depend on it",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    add_verbosity_options(parser)
     return parser
 
 
 @exit_on_error(BuiltinCorpusError, *EXPECTED_ERRORS)  # e.g. espeak-ng missing, a bad --folds
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(args)
     job = MainJob(
         out=args.out,
         pipeline=args.pipeline,

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from s3prl_ser.cli.errors import EXPECTED_ERRORS, exit_on_error
+from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.inference.export import export_run
 from s3prl_ser.inference.publish import push_model_dir
 
@@ -40,11 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--title", help="model card title (default: the run directory's name)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the directory to this Hugging Face Hub repo")
     parser.add_argument("--private", action="store_true", help="create the Hub repo private")
+    add_verbosity_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(args)
     with exit_on_error(*EXPECTED_ERRORS, FileExistsError):  # -o names an existing directory
         out = export_run(
             args.run,

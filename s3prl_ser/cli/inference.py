@@ -18,6 +18,7 @@ import sys
 import torch
 
 from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.inference.files import predict_files
 from s3prl_ser.inference.recognizer import EmotionRecognizer
 from s3prl_ser.inference.rows import write_rows
@@ -34,17 +35,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="model directory, experiment (fold) directory or final checkpoint")
     parser.add_argument("audio", nargs="+", help="audio files, folders (recursive) or list files")
     parser.add_argument("--output", "-O", help="write rows to this .csv or .jsonl file (default: JSON lines on stdout)")
-    parser.add_argument("--batch-size", type=int, default=8, help="files or windows per forward pass")
-    parser.add_argument("--long-audio", type=float, default=60.0, help="seconds above which a file is read in windows")
-    parser.add_argument("--window", type=float, default=8.0, help="window length in seconds (long files)")
-    parser.add_argument("--hop", type=float, default=4.0, help="window step in seconds (long files)")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="files or windows per forward pass (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--long-audio",
+        type=float,
+        default=60.0,
+        help="seconds above which a file is read in windows (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--window", type=float, default=8.0, help="window length in seconds, long files (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--hop", type=float, default=4.0, help="window step in seconds, long files (default: %(default)s)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: %(default)s)"
+    )
+    add_verbosity_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(args)
     with exit_on_error():  # no such model, a bad option value
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -58,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
             long_audio=args.long_audio,
             window=args.window,
             hop=args.hop,
-            progress=not args.no_progress,
+            progress=not (args.no_progress or args.quiet),
         )
         if args.output:
             failed = write_rows(rows, args.output, recognizer.class_names)

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.data.corpora import CORPORA
 from s3prl_ser.data.corpora.common import PreparationError
 from s3prl_ser.data.corpora.iemocap import count_table
@@ -32,8 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("root", type=Path, help="the corpus as released (its root directory)")
     parser.add_argument("out", type=Path, help="output META_DIR (manifest.json)")
     parser.add_argument("--num-folds", type=int, help="speaker-independent folds (cremad, ravdess, emodb, table)")
-    parser.add_argument("--language", default="all", choices=["all", "en", "zh"], help="ESD speakers")
-    parser.add_argument("--test-set", default="Test1", help="MSP-Podcast's official test set (Test1, Test2, ...)")
+    parser.add_argument(
+        "--language", default="all", choices=["all", "en", "zh"], help="ESD speakers (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--test-set", default="Test1", help="MSP-Podcast's official test set: Test1, Test2, ... (default: %(default)s)"
+    )
     parser.add_argument(
         "--skip-bad-audio", action="store_true", help="leave unreadable files out (warned) instead of stopping"
     )
@@ -45,11 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-outside-root", action="store_true", help="table: accept absolute paths and paths .. leads out of ROOT"
     )
+    add_verbosity_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(args)
     with exit_on_error(), warnings.catch_warnings():
         warnings.simplefilter("always")
         module = importlib.import_module(f"s3prl_ser.data.corpora.{args.corpus}")

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.data.corpora.iemocap import count_table, prepare
 
 __all__ = ["build_parser", "main"]
@@ -32,11 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="sorted",
         help="label-file order; 'listdir' reproduces stock s3prl on this machine (default: %(default)s)",
     )
+    add_verbosity_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(args)
     with exit_on_error():  # PreparationError is a ValueError
         sessions = [int(s) for s in args.sessions.split(",")]
         per_session = prepare(args.root, args.out, sessions=sessions, order=args.file_order)

@@ -9,11 +9,13 @@ values as YAML), run by :mod:`s3prl_ser.experiments.launch`, which lists what di
 from __future__ import annotations
 
 import argparse
+import json
 from contextlib import ExitStack
 
 import torch
 
 from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.experiments.launch import (
     RUN_DEFAULTS,
     RunRequest,
@@ -84,21 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--no_feature_cache", action="store_true", help="run a frozen upstream at every step (config.feature_cache)"
     )
     parser.add_argument("--feature_cache_dir", help="feature cache directory (default ~/.cache/s3prl_ser/features)")
-    parser.add_argument("--verbose", action="store_true", help="print the models")
+    parser.add_argument("--verbose", action="store_true", help="print the models; debug messages too")
     parser.add_argument("--disable_cudnn", action="store_true", help="turn cuDNN off")
+    add_verbosity_options(parser, short_verbose=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    parsed = build_parser().parse_args(argv)
+    setup_logging(parsed)  # before register(), whose s3prl import logs
     torch.multiprocessing.set_sharing_strategy("file_system")
     register()
     with ExitStack() as lock:
         with exit_on_error():
-            args, config = prepare_run(RunRequest.from_arguments(build_parser().parse_args(argv)))
+            args, config = prepare_run(RunRequest.from_arguments(parsed))
             lock.enter_context(experiment_lock(args))
             runner = build_runner(args, config)
         with exit_on_error(CacheSpaceError):  # found when a split is first read, mid-run
-            getattr(runner, args.mode)()
+            result = getattr(runner, args.mode)()
+    if args.mode == "inference":
+        for row in result:
+            print(json.dumps(row))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.config import parse_overrides
 from s3prl_ser.data.emotion_dataset import corpus_folds
 from s3prl_ser.experiments.table1 import BASE_UPSTREAMS, PAPER_UPSTREAMS, Table1Spec, parse_experiments, run_table1
@@ -46,11 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--superb", default="", help="stock upstreams (NAME or NAME:CKPT) to run with SUPERB's ER protocol"
     )
     parser.add_argument("--device", default="cpu", help="torch device of every run (default: %(default)s)")
+    add_verbosity_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(args)
     defaults = BASE_UPSTREAMS if args.base else PAPER_UPSTREAMS
     with exit_on_error():
         folds = args.folds.split(",") if args.folds else corpus_folds(args.meta)
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
             superb=tuple(s for s in args.superb.split(",") if s),
         )
         run_table1(spec)
+    print((args.out / "table1.md").read_text())
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.toy.tiny_bert import write_tiny_bert
 
 __all__ = ["build_parser", "main"]
@@ -21,11 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("path", type=Path, help="output directory (save_pretrained layout)")
     parser.add_argument("--seed", type=int, default=0, help="initialization seed (default: %(default)s)")
+    add_verbosity_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(args)
     print(f"wrote tiny BERT to {write_tiny_bert(args.path, seed=args.seed)}")
 
 

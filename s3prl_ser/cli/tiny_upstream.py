@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.toy.tiny_upstream import write_tiny_upstream
 
 __all__ = ["build_parser", "main"]
@@ -27,11 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dim", type=int, default=48, help="model width (default: %(default)s)")
     parser.add_argument("--heads", type=int, default=4, help="attention heads (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="initialization seed (default: %(default)s)")
+    add_verbosity_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    setup_logging(args)
     with exit_on_error(ValueError):  # e.g. dim not divisible by heads
         path = write_tiny_upstream(
             args.arch, args.path, layers=args.layers, dim=args.dim, heads=args.heads, seed=args.seed

@@ -12,6 +12,7 @@ batch ``b`` (``start=b``) and sees what the killed run would have seen next.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ import torch
 from torch.utils.data import Sampler
 
 __all__ = ["GlobalBatchSampler", "global_batches_per_epoch", "epoch_seed", "length_buckets", "padding_fraction"]
+
+logger = logging.getLogger(__name__)
 
 BUCKET_POOL = 32  # global batches whose utterances are sorted by length together
 
@@ -156,10 +159,12 @@ class GlobalBatchSampler(Sampler[list[int]]):
             plain = GlobalBatchSampler(
                 self.num_items, self.batch_size, seed=self.seed, epoch=self.epoch, drop_last=self.drop_last
             )._global_batches()
-            print(
-                f"[GlobalBatchSampler] - epoch {self.epoch}: length-bucketed batches, padding "
-                f"{100 * padding_fraction(batches, self.lengths):.1f}% of the batched samples "
-                f"(random batches: {100 * padding_fraction(plain, self.lengths):.1f}%)"
+            logger.info(
+                "[GlobalBatchSampler] - epoch %d: length-bucketed batches, padding %.1f%% of the batched samples "
+                "(random batches: %.1f%%)",
+                self.epoch,
+                100 * padding_fraction(batches, self.lengths),
+                100 * padding_fraction(plain, self.lengths),
             )
         for batch in batches:
             part = batch[self.rank * share : (self.rank + 1) * share]

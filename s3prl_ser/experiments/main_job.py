@@ -21,6 +21,7 @@ Re-running resumes: finished folds are reused, a killed fold continues from its 
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,8 @@ from s3prl_ser.training.cv_report import mean_std_text, summarize_seeds, write_s
 from s3prl_ser.upstreams.registry import DOWNSTREAM_DIR
 
 __all__ = ["MAIN_JOB_SEEDS", "PIPELINES", "main_job_seeds", "MainJob", "run_main_job"]
+
+logger = logging.getLogger(__name__)
 
 MAIN_JOB_SEEDS = (0, 1, 2, 3, 4)
 PIPELINES = ("fbank", "finetune", "table1")
@@ -139,7 +142,7 @@ def run_main_job(job: MainJob) -> dict | None:
     """
     seeds = list(job.seeds)
     corpus = generate_corpus(job.corpus or default_corpus_dir())
-    print(f"[demo] - built-in corpus: {corpus}")
+    logger.info(f"[demo] - built-in corpus: {corpus}")
     meta = job.out / "meta_data"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the built-in corpus has no missing audio
@@ -165,7 +168,7 @@ def run_main_job(job: MainJob) -> dict | None:
             seed=seeds[0],
             device=job.device,
         )
-        print(f"[demo] - fine-tuned upstreams: {ft_dir}/<fold>/upstream.ckpt")
+        logger.info(f"[demo] - fine-tuned upstreams: {ft_dir}/<fold>/upstream.ckpt")
         expdir, title = job.out / "hubert_ft_ecapa", "tiny HuBERT FT+AVG + ECAPA-TDNN"
         upstream, upstream_ckpt = "hubert_ft_avg", str(ft_dir)
     title = f"{title} (5-best averaged), built-in corpus"
@@ -204,6 +207,6 @@ def run_main_job(job: MainJob) -> dict | None:
     else:
         combined = next(iter(summaries.values()))
         spread = f"mean ± std over {len(combined['folds'])} folds"
-    print(f"[demo] - WA {mean_std_text(combined['wa'])}, UA {mean_std_text(combined['ua'])} ({spread})")
-    print(f"[demo] - results: {(expdir / 'results.md').resolve()}")
+    logger.info(f"[demo] - WA {mean_std_text(combined['wa'])}, UA {mean_std_text(combined['ua'])} ({spread})")
+    logger.info(f"[demo] - results: {(expdir / 'results.md').resolve()}")
     return combined

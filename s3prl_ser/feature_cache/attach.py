@@ -11,6 +11,7 @@ the frozen text encoder of ``emotion_ecapa``'s text stream (its expert fills it 
 
 from __future__ import annotations
 
+import logging
 import os
 from argparse import Namespace
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,8 @@ __all__ = [
     "attach_feature_cache",
     "attach_text_feature_cache",
 ]
+
+logger = logging.getLogger(__name__)
 
 SECTION = "feature_cache"
 KEYS = {"enabled", "dir", "dtype", "extract_batch_size"}
@@ -135,7 +138,7 @@ class FeatureCaches:
             return
         waveforms = _Waveforms(dataset)
         if waveforms.cropped:
-            print(
+            logger.info(
                 f"[FeatureCache] - {split}: {waveforms.cropped} clip(s) longer than datarc.max_seconds are cropped "
                 "anew every epoch; their features are computed live, not cached"
             )
@@ -180,7 +183,7 @@ def attach_feature_cache(
         else None
     )
     if why_not:
-        print(f"[FeatureCache] - off: {why_not}; the upstream runs at every step")
+        logger.info(f"[FeatureCache] - off: {why_not}; the upstream runs at every step")
         return upstream, None
     root = Path(settings["dir"]).expanduser() if settings["dir"] else default_cache_dir()
     modules = list(upstream.upstreams) if isinstance(upstream, MultiUpstream) else [upstream]
@@ -201,7 +204,9 @@ def attach_feature_cache(
         }
         directory, spec = namespace(name, fingerprint)
         store = FeatureStore(root / directory, spec, settings["dtype"])
-        print(f"[FeatureCache] - {name}: {root / directory} ({len(store)} utterance(s) stored, {settings['dtype']})")
+        logger.info(
+            f"[FeatureCache] - {name}: {root / directory} ({len(store)} utterance(s) stored, {settings['dtype']})"
+        )
         streams.append(
             CachedUpstream(
                 module,
@@ -249,12 +254,12 @@ def attach_text_feature_cache(
         else None
     )
     if why_not:
-        print(f"[FeatureCache] - text: off: {why_not}; the text encoder runs at every step")
+        logger.info(f"[FeatureCache] - text: off: {why_not}; the text encoder runs at every step")
         return None
     root = Path(settings["dir"]).expanduser() if settings["dir"] else default_cache_dir()
     directory, spec = namespace(
         f"text-{Path(encoder_dir).name}", text_fingerprint(encoder, encoder_dir, settings["dtype"], device)
     )
     store = FeatureStore(root / directory, spec, settings["dtype"])
-    print(f"[FeatureCache] - text: {root / directory} ({len(store)} transcript(s) stored, {settings['dtype']})")
+    logger.info(f"[FeatureCache] - text: {root / directory} ({len(store)} transcript(s) stored, {settings['dtype']})")
     return CachedTextEncoder(encoder, store)

@@ -28,6 +28,7 @@ are stored: the frames s3prl's featurizer keeps.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -58,6 +59,8 @@ __all__ = [
     "CachedUpstream",
 ]
 
+logger = logging.getLogger(__name__)
+
 CACHE_FORMAT = 2  # bump when what the extraction stores changes (2: shard indexes record a SHA-256)
 CACHE_ENV = "S3PRL_SER_FEATURE_CACHE"
 
@@ -86,7 +89,7 @@ def fill_store(
     """
     store.refresh()
     if all(key in store for key in items):
-        print(f"[FeatureCache] - {what}: all {len(items)} {noun} read from {store.directory}")
+        logger.info(f"[FeatureCache] - {what}: all {len(items)} {noun} read from {store.directory}")
         return {"stored": len(items), "extracted": 0}
     extracted = 0
     with store.locked():
@@ -103,7 +106,9 @@ def check_space(store: FeatureStore, what: str, action: str, expected: int, rese
         CacheSpaceError: writing it would leave less than ``reserve`` bytes free.
     """
     free = shutil.disk_usage(store.directory).free
-    print(f"[FeatureCache] - {what}: {action}: about {_size(expected)} into {store.directory}, {_size(free)} free")
+    logger.info(
+        f"[FeatureCache] - {what}: {action}: about {_size(expected)} into {store.directory}, {_size(free)} free"
+    )
     if expected > free - reserve:
         raise CacheSpaceError(
             f"feature cache {store.directory}: {what} needs about {_size(expected)}, but {_size(free)} are free "

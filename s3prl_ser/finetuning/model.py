@@ -23,6 +23,7 @@ from torch.nn.utils.rnn import pad_sequence
 from s3prl_ser.config import ConfigError
 from s3prl_ser.models.classifier import UtteranceClassifier
 from s3prl_ser.models.text_encoder import LayerSelection, TextEncoder, transcripts_for
+from s3prl_ser.s3prl_logging import log_featurizer_notes
 
 __all__ = ["FineTuneModel", "TextFineTuneModel", "AnyFineTuneModel", "configure_feature_encoder"]
 
@@ -68,6 +69,7 @@ class FineTuneModel(nn.Module):
     def __init__(self, upstream: nn.Module, num_classes: int, feature_selection: str, device: str) -> None:
         super().__init__()
         self.upstream = upstream.to(device)
+        log_featurizer_notes()  # its construction notes as log records, not stderr prints
         featurizer = Featurizer(self.upstream, feature_selection=feature_selection, upstream_device=device)
         classifier = UtteranceClassifier(featurizer.output_dim, num_classes, aggregator="mean")
         self.head = nn.ModuleDict({"featurizer": featurizer, "classifier": classifier}).to(device)

@@ -254,7 +254,8 @@ class TrainingLoop:
             initial=progress.step,
             desc=self.description,
             dynamic_ncols=True,
-            disable=not self.leader,
+            # Stated only off the leader, so that tqdm's TQDM_DISABLE (a command's -q) applies on it.
+            **({} if self.leader else {"disable": True}),
         )
         try:
             while progress.step < schedule.total_steps:

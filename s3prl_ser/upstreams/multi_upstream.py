@@ -15,6 +15,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from s3prl_ser.data.protocol import FoldSpec
+from s3prl_ser.s3prl_logging import log_featurizer_notes
 from s3prl_ser.upstreams.build import build_upstream
 
 __all__ = ["split_names", "MultiUpstream", "MultiFeaturizer", "build_upstreams", "build_featurizer"]
@@ -77,6 +78,8 @@ def build_featurizer(
 ) -> nn.Module:
     """s3prl's ``Featurizer`` for one upstream, a :class:`MultiFeaturizer` for a MultiUpstream."""
     from s3prl.upstream.interfaces import Featurizer
+
+    log_featurizer_notes()  # its construction notes as log records, not stderr prints
 
     def one(module: nn.Module) -> nn.Module:
         return Featurizer(
