@@ -158,3 +158,56 @@ def test_configuration_reference_lists_every_key_with_its_default():
         )
         wrong = {key: (documented[key], value) for key, value in defaults.items() if documented[key] != value}
         assert not wrong, f"{path}: documented default != file's (documented, file): {wrong}"
+
+
+# A module named by path (s3prl_ser/data/audio.py, s3prl_ser/cli/) or dotted
+# (s3prl_ser.data.audio.resample); not inside another path (~/.cache/s3prl_ser/features) and
+# not a format tag (s3prl_ser.manifest/1).
+MODULE_PATH = re.compile(r"(?<![\w/.~-])s3prl_ser(?:/[\w.-]+)+/?")
+DOTTED = re.compile(r"(?<![\w/.~-])s3prl_ser(?:\.[A-Za-z_]\w*)+(?![\w/])")
+WHEEL_ONLY = ("s3prl_ser/_downstream/",)  # the wheel's name for downstream/ (setup.py), not a checkout path
+
+
+def missing_modules(path: Path, repo: Path = REPO) -> list[str]:
+    """The ``s3prl_ser/...`` paths and ``s3prl_ser.x.y`` names of ``path`` (code included) that
+    the checkout ``repo`` lacks. A dotted name resolves to its longest prefix that is a module or
+    package; what follows must be a name that module's source mentions (a function, a class).
+
+    Example:
+        >>> import tempfile
+        >>> repo = Path(tempfile.mkdtemp())
+        >>> (repo / "s3prl_ser" / "data").mkdir(parents=True)
+        >>> for name in ("__init__.py", "data/__init__.py"):
+        ...     _ = (repo / "s3prl_ser" / name).write_text("# deploy, decode: words, not names")
+        >>> _ = (repo / "s3prl_ser" / "data" / "audio.py").write_text("def resample(): ...")
+        >>> doc = repo / "x.md"
+        >>> _ = doc.write_text("s3prl_ser/data/audio.py, `s3prl_ser.data.audio.resample`, s3prl_ser/hub/, "
+        ...                    "s3prl_ser.data.audio.decode, s3prl_ser.deploy.x. ~/.cache/s3prl_ser/features")
+        >>> missing_modules(doc, repo)
+        ['x.md: s3prl_ser/hub/', 'x.md: s3prl_ser.data.audio.decode', 'x.md: s3prl_ser.deploy.x']
+    """
+    text = path.read_text()
+    missing = []
+    for named in MODULE_PATH.findall(text):
+        named = named.rstrip(".")  # a sentence's full stop
+        if not named.startswith(WHEEL_ONLY) and not (repo / named).exists():
+            missing.append(f"{path.name}: {named}")
+    for named in DOTTED.findall(text):
+        parts = named.rstrip(".").split(".")
+        for n in range(len(parts), 0, -1):
+            module = repo.joinpath(*parts[:n])
+            source = module / "__init__.py" if module.is_dir() else module.with_suffix(".py")
+            if source.is_file():
+                break
+        else:
+            raise AssertionError(f"{repo} has no s3prl_ser package")
+        attribute = parts[n] if n < len(parts) else None  # defined, or imported, in that module
+        defines = rf"^\s*(?:def|class)\s+{attribute}\b|^{attribute}\s*[:=]|^\s*(?:from|import)\b.*\b{attribute}\b"
+        if attribute and not re.search(defines, source.read_text(), re.MULTILINE):
+            missing.append(f"{path.name}: {'.'.join(parts)}")
+    return missing
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda path: path.name)
+def test_named_modules_exist(path):
+    assert missing_modules(path) == []

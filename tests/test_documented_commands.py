@@ -4,6 +4,9 @@ Each command line of README.md's (and docs/*.md's) fenced ```bash blocks needs a
 ``COMMANDS``: a command without one fails :func:`test_every_documented_command_has_a_row`, so a
 new or edited command cannot go untested. A row says how the command is checked:
 
+``s3prl-ser SUBCOMMAND ...`` runs as ``python -m s3prl_ser.cli.main SUBCOMMAND ...`` (the copy's
+dispatcher: the installed console script would run this checkout's editable install).
+
 * :class:`Run`: executed in a subprocess from a copy of the checkout (what ``git ls-files``
   lists, untracked files git does not ignore included; not ``result/`` or caches), in the
   rows' ``step`` order (later commands read what earlier ones wrote, e.g. an export reads the
@@ -123,14 +126,14 @@ SAME_OVERRIDES = (
 
 COMMANDS: dict[str, Run | Parse] = {
     # README "Install" and "Three ways to start"
-    "apt-get install -y espeak-ng sox libsndfile1 && pip install -e . && python -m s3prl_ser.cli.demo": Parse(
+    "apt-get install -y espeak-ng sox libsndfile1 && pip install -e . && s3prl-ser demo": Parse(
         "installs system and Python packages; the demo's main job trains 25 folds (about 40 min)"
     ),
     'apt-get install -y espeak-ng sox libsndfile1 ffmpeg && pip install -e ".[test]" && python -m pytest -q': Parse(
         "installs packages, then runs this very suite"
     ),
     # docs/iemocap.md (the first two also in README "Three ways to start")
-    "python -m s3prl_ser.cli.prepare_iemocap /data/IEMOCAP --out /data/iemocap_meta": Run(
+    "s3prl-ser prepare-iemocap /data/IEMOCAP --out /data/iemocap_meta": Run(
         1, shorten=None, writes=("/data/iemocap_meta/Session5/test_meta_data.json",)
     ),
     # docs/iemocap.md: the same training, named with -n
@@ -140,53 +143,53 @@ COMMANDS: dict[str, Run | Parse] = {
     'python run_downstream.py -m train -u hubert -d emotion_ecapa -p result/hubert_ecapa/fold1 -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta,,config.downstream_expert.datarc.test_fold=fold1"': Run(
         3, subs=TINY_HUBERT, writes=("result/hubert_ecapa/fold1/test_fold1_metrics.json",)
     ),
-    'python -m s3prl_ser.cli.cross_validate -u hubert -d emotion_ecapa -p result/hubert_ecapa -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta"': Run(
+    's3prl-ser cv -u hubert -d emotion_ecapa -p result/hubert_ecapa -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta"': Run(
         4, subs=TINY_HUBERT, writes=("result/hubert_ecapa/results.json", "result/hubert_ecapa/fold5/final.json")
     ),
     # docs/inference.md
-    "python -m s3prl_ser.export result/hubert_ecapa --fold fold1 -o models/hubert_fold1": Run(
+    "s3prl-ser export result/hubert_ecapa --fold fold1 -o models/hubert_fold1": Run(
         5, shorten=None, writes=("models/hubert_fold1/model.safetensors",)
     ),
-    "python -m s3prl_ser.export result/hubert_ecapa --ensemble -o models/hubert_5folds": Run(
+    "s3prl-ser export result/hubert_ecapa --ensemble -o models/hubert_5folds": Run(
         5, shorten=None, writes=("models/hubert_5folds/model.safetensors",)
     ),
-    "python -m s3prl_ser.export result/hubert_ecapa/fold1 -o models/hubert_fold1 --onnx --overwrite": Run(
+    "s3prl-ser export result/hubert_ecapa/fold1 -o models/hubert_fold1 --onnx --overwrite": Run(
         6, shorten=None, writes=("models/hubert_fold1/model.onnx",)
     ),
-    "python -m s3prl_ser.export ... --push-to-hub USER/NAME [--private]": Parse(
+    "s3prl-ser export ... --push-to-hub USER/NAME [--private]": Parse(
         "uploads to the Hugging Face Hub (network, token)",
         subs=(("... ", "result/hubert_ecapa --fold fold1 -o models/hubert_fold1 "), ("[--private]", "--private")),
     ),
-    'python -m s3prl_ser.cli.cross_validate -p result/hubert_ecapa -u hubert -d emotion_ecapa -o "..." --deploy --export models/hubert_deploy': Run(
+    's3prl-ser cv -p result/hubert_ecapa -u hubert -d emotion_ecapa -o "..." --deploy --export models/hubert_deploy': Run(
         7,
         subs=(*TINY_HUBERT, ('"..."', SAME_OVERRIDES)),
         writes=("result/hubert_ecapa/deploy/final.json", "models/hubert_deploy/model.safetensors"),
     ),
-    "python -m s3prl_ser.export result/hubert_ecapa --deploy -o models/hubert_deploy": Run(
+    "s3prl-ser export result/hubert_ecapa --deploy -o models/hubert_deploy": Run(
         8,  # the other way to the directory cross_validate --export wrote
         shorten=None,
         clear=("models/hubert_deploy",),
         writes=("models/hubert_deploy/model.safetensors",),
     ),
-    "python -m s3prl_ser.inference models/hubert_fold1 speech.wav calls/ list.txt --output results.csv --batch-size 8": Run(
+    "s3prl-ser infer models/hubert_fold1 speech.wav calls/ list.txt --output results.csv --batch-size 8": Run(
         8, shorten=None, writes=("results.csv",)
     ),
     # docs/corpora.md
-    "python -m s3prl_ser.cli.prepare_corpus table /data/mycorpus /data/mycorpus_meta --table /data/mycorpus/list.csv --columns path=file,label=emotion,speaker=actor --split-column set --name MyCorpus": Run(
+    "s3prl-ser prepare table /data/mycorpus /data/mycorpus_meta --table /data/mycorpus/list.csv --columns path=file,label=emotion,speaker=actor --split-column set --name MyCorpus": Run(
         1, shorten=None, writes=("/data/mycorpus_meta/manifest.json",)
     ),
-    'python -m s3prl_ser.cli.cross_validate -u hubert -d emotion_ecapa -p result/mycorpus -o "config.downstream_expert.datarc.root=/data/mycorpus,,config.downstream_expert.datarc.meta_data=/data/mycorpus_meta"': Run(
+    's3prl-ser cv -u hubert -d emotion_ecapa -p result/mycorpus -o "config.downstream_expert.datarc.root=/data/mycorpus,,config.downstream_expert.datarc.meta_data=/data/mycorpus_meta"': Run(
         2, subs=TINY_HUBERT, writes=("result/mycorpus/results.json",)
     ),
     # docs/two-stages.md
     'python -m upstream_ft -u hubert -p result/upstream_ft/hubert -o "config.datarc.root=/data/IEMOCAP,,config.datarc.meta_data=/data/iemocap_meta"': Run(
         2, shorten="stage1", subs=TINY_HUBERT, writes=("result/upstream_ft/hubert/fold5/upstream.ckpt",)
     ),
-    'python -m s3prl_ser.cli.cross_validate -u hubert_ft_avg -k result/upstream_ft/hubert -d emotion_ecapa -c downstream/emotion_ecapa/paper/exp6.yaml -n paper_exp6 -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta"': Run(
+    's3prl-ser cv -u hubert_ft_avg -k result/upstream_ft/hubert -d emotion_ecapa -c downstream/emotion_ecapa/paper/exp6.yaml -n paper_exp6 -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta"': Run(
         3, writes=("result/downstream/paper_exp6/results.json",)
     ),
     # docs/table1.md
-    'python -m s3prl_ser.cli.cross_validate -u hubert_ft_avg,wav2vec2_ft_avg -k result/upstream_ft/hubert,result/upstream_ft/wav2vec2 -d emotion_ecapa -c downstream/emotion_ecapa/paper/exp7.yaml -n paper_exp7 -o "config.downstream_expert.datarc.root=...,,config.downstream_expert.datarc.meta_data=..."': Run(
+    's3prl-ser cv -u hubert_ft_avg,wav2vec2_ft_avg -k result/upstream_ft/hubert,result/upstream_ft/wav2vec2 -d emotion_ecapa -c downstream/emotion_ecapa/paper/exp7.yaml -n paper_exp7 -o "config.downstream_expert.datarc.root=...,,config.downstream_expert.datarc.meta_data=..."': Run(
         3,
         subs=(("root=...", "root=/data/IEMOCAP"), ("meta_data=...", "meta_data=/data/iemocap_meta")),
         needs=(  # stage 1 of wav2vec 2.0, which the README states only in words
@@ -198,7 +201,7 @@ COMMANDS: dict[str, Run | Parse] = {
         ),
         writes=("result/downstream/paper_exp7/results.json",),
     ),
-    "python -m s3prl_ser.cli.table1 --experiments 1-11 -p result/table1 --root /data/IEMOCAP --meta /data/iemocap_meta --bert /models/bert-base-uncased --superb fbank,wav2vec2,hubert": Parse(
+    "s3prl-ser table1 --experiments 1-11 -p result/table1 --root /data/IEMOCAP --meta /data/iemocap_meta --bert /models/bert-base-uncased --superb fbank,wav2vec2,hubert": Parse(
         "the paper's Large upstreams and BERT Base (downloads); tests/test_table1.py runs experiments on tiny ones"
     ),
     # docs/scaling-out.md: a Slurm array task (fold 2 here), which the cross-validation above reuses
@@ -207,6 +210,10 @@ COMMANDS: dict[str, Run | Parse] = {
         subs=(*TINY_HUBERT, ("${SLURM_ARRAY_TASK_ID}", "2")),
         writes=("result/hubert_ecapa/fold2/test_fold2_metrics.json",),
     ),
+    # docs/scaling-out.md: the report of the folds above (every one finished by now), training nothing
+    's3prl-ser cv --report-only -u hubert -d emotion_ecapa -p result/hubert_ecapa -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta"': Run(
+        5, subs=TINY_HUBERT, writes=("result/hubert_ecapa/results.md", "result/hubert_ecapa/confusion.png")
+    ),
     'torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint node1:29500 run_downstream.py -m train -u hubert -d emotion_ecapa -p result/hubert_ecapa/fold1 -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta,,config.downstream_expert.datarc.test_fold=fold1"': Parse(
         "two nodes of four GPUs (torchrun's rendezvous)"
     ),
@@ -214,6 +221,29 @@ COMMANDS: dict[str, Run | Parse] = {
         "two nodes of four GPUs (torchrun's rendezvous)"
     ),
 }
+
+
+def _dispatched(argv: list[str]) -> list[str]:
+    """``argv`` with a leading ``s3prl-ser`` as the dispatcher module it installs.
+
+    Example:
+        >>> _dispatched(["s3prl-ser", "cv", "-p", "x"]), _dispatched(["python", "run_downstream.py"])
+        (['python', '-m', 's3prl_ser.cli.main', 'cv', '-p', 'x'], ['python', 'run_downstream.py'])
+    """
+    return ["python", "-m", "s3prl_ser.cli.main", *argv[1:]] if argv[:1] == ["s3prl-ser"] else argv
+
+
+def _parse_dispatched(argv: list[str]) -> object:
+    """``s3prl-ser SUBCOMMAND ARGS``: the dispatcher's own parser (``--help`` and unknown
+    subcommands), then ``ARGS`` by the subcommand's module's parser."""
+    from s3prl_ser.cli.main import SUBCOMMANDS
+    from s3prl_ser.cli.main import build_parser as dispatcher
+
+    dispatcher().parse_args(argv[:1])
+    assert argv[0] in SUBCOMMANDS, f"s3prl-ser has no subcommand {argv[0]!r}"
+    module = f"s3prl_ser.cli.{SUBCOMMANDS[argv[0]][0]}"
+    assert module in PARSERS, f"add {module}'s parser to PARSERS"
+    return PARSERS[module](argv[1:])
 
 
 def _parse_table1(argv: list[str]) -> None:
@@ -236,11 +266,10 @@ PARSERS: dict[str, Callable[[list[str]], object]] = {
     "run_downstream.py": _parser("s3prl_ser.cli.run_downstream"),
     "s3prl_ser.cli.demo": _parser("s3prl_ser.cli.demo"),
     "s3prl_ser.cli.table1": _parse_table1,
-    "s3prl_ser.export": _parser("s3prl_ser.cli.export"),
     "s3prl_ser.cli.export": _parser("s3prl_ser.cli.export"),
-    "s3prl_ser.inference": _parser("s3prl_ser.cli.inference"),
     "s3prl_ser.cli.inference": _parser("s3prl_ser.cli.inference"),
     "upstream_ft": _parser("s3prl_ser.cli.finetune"),
+    "s3prl_ser.cli.main": _parse_dispatched,
 }
 
 
@@ -322,7 +351,7 @@ def workspace(tmp_path_factory, mini_corpus, mini_meta, tiny_upstreams) -> dict[
 
 def _execute(command: str, shorten: str | None, workspace: dict[str, Path]) -> subprocess.CompletedProcess:
     """``command`` (its stand-ins substituted) run from the checkout copy, shortened."""
-    argv = _shortened(shlex.split(command), shorten)
+    argv = _shortened(_dispatched(shlex.split(command)), shorten)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     env.pop("PYTHONPATH", None)  # the copy's own packages, not this checkout's
     argv = [sys.executable if word == "python" else word for word in argv]
@@ -390,7 +419,7 @@ def test_documented_command_parses(command, tmp_path):
     row = COMMANDS[command]
     line = _substitute(command, row.subs, {"data": str(tmp_path)})
     for part in line.split(" && "):
-        program, *argv = shlex.split(part)
+        program, *argv = _dispatched(shlex.split(part))
         if program == "torchrun":  # its own options, then the launched script's command line
             from torch.distributed.run import get_args_parser
 
