@@ -2,6 +2,7 @@
 held-out score, and refused wherever it could leak into a cross-validation."""
 
 import json
+import logging
 import shutil
 import socket
 import warnings
@@ -157,10 +158,11 @@ def test_export_loads_offline_with_the_runs_probabilities_and_no_score(deployed,
         export_run(cv, model.parent / "x", fold="deploy")
 
 
-def test_rerun_reuses_it_and_unfinished_folds_are_refused(deployed, tmp_path, capsys):
+def test_rerun_reuses_it_and_unfinished_folds_are_refused(deployed, tmp_path, caplog):
     cv, _, opts = deployed
+    caplog.set_level(logging.INFO, logger="s3prl_ser")
     train_deployment(cv, request(RUN_ARGS, opts), ["fold1", "fold2"])
-    assert "finished earlier, reusing" in capsys.readouterr().out
+    assert "finished earlier, reusing" in caplog.text
     with pytest.raises(ConfigError, match="other settings"):
         train_deployment(cv, request([*RUN_ARGS, "--seed", "3"], opts), ["fold1", "fold2"])
     with pytest.raises(ConfigError, match="fold3: fold not finished"):
@@ -218,14 +220,14 @@ def test_rerunning_deploy_export_refuses_an_existing_directory_unless_overwrite(
     before = (tmp_path / "model" / "config.sha256").read_text()
     with pytest.raises(SystemExit, match=r"^error: .*model exists; pass --overwrite to replace it$"):
         cross_validate([*command, str(tmp_path / "model")])
-    assert "[cross_validate]" not in capsys.readouterr().out  # refused before any fold was looked at
+    assert "[cross_validate]" not in capsys.readouterr().err  # refused before any fold was looked at
     (tmp_path / "other").mkdir()
     with pytest.raises(SystemExit, match=r"other exists and is not a model directory"):
         cross_validate([*command, str(tmp_path / "other"), "--overwrite"])
     (tmp_path / "model" / "notes.txt").write_text("replaced whole")
     cross_validate([*command, str(tmp_path / "model"), "--overwrite"])  # folds and deployment run reused
-    out = capsys.readouterr().out
-    assert "finished earlier, reusing" in out and f"wrote {tmp_path / 'model'}" in out
+    printed = capsys.readouterr()  # progress logged to stderr, what was written printed to stdout
+    assert "finished earlier, reusing" in printed.err and f"wrote {tmp_path / 'model'}" in printed.out
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(p.name for p in model.iterdir())
     assert (tmp_path / "model" / "config.sha256").read_text() == before  # the same deployment model
     with pytest.raises(SystemExit):
@@ -241,7 +243,7 @@ def test_cross_validate_refuses_deploy_as_a_fold(mini_corpus, mini_meta, tmp_pat
         cross_validate(["-p", str(tmp_path), *RUN_ARGS, "--export", str(tmp_path / "m")])  # --export needs --deploy
 
 
-def test_a_killed_deployment_run_resumes_to_the_same_model(deployed, tmp_path, monkeypatch, capsys):
+def test_a_killed_deployment_run_resumes_to_the_same_model(deployed, tmp_path, monkeypatch, caplog):
     import shutil
 
     from s3prl_ser.training.runner import _RunnerHooks
@@ -261,8 +263,9 @@ def test_a_killed_deployment_run_resumes_to_the_same_model(deployed, tmp_path, m
         train_deployment(copy, request(RUN_ARGS, opts), ["fold1", "fold2"])
     assert not (copy / "deploy" / "final.json").exists() and (copy / "deploy" / "states-2.ckpt").is_file()
     monkeypatch.setattr(_RunnerHooks, "save", save)
+    caplog.set_level(logging.INFO, logger="s3prl_ser")
     train_deployment(copy, request(RUN_ARGS, opts), ["fold1", "fold2"])  # resumes at step 2 (run_downstream -a)
-    assert "Resume from" in capsys.readouterr().out
+    assert "Resume from" in caplog.text
     resumed = safe_torch_load(copy / "deploy" / "dev-avg.ckpt")["Downstream"]
     reference = safe_torch_load(cv / "deploy" / "dev-avg.ckpt")["Downstream"]
     assert resumed.keys() == reference.keys() and all(torch.equal(resumed[k], reference[k]) for k in reference)

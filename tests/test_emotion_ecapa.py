@@ -185,7 +185,7 @@ def test_killed_run_resumes(mini_corpus, meta, tmp_path):
         cmd[:-2] + ["-o", f"config.runner.total_steps={last + 4}"], capture_output=True, text=True, timeout=300
     )
     assert resume.returncode == 0, resume.stderr[-2000:]
-    assert f"Resume from {tmp_path / f'states-{last}.ckpt'}" in resume.stdout
+    assert f"Resume from {tmp_path / f'states-{last}.ckpt'}" in resume.stderr  # the command's log
     assert (tmp_path / "final.json").is_file()
 
 
@@ -249,7 +249,7 @@ def test_evaluate_mode_writes_beside_the_run_and_selects_nothing(trained, capsys
     for split in ("test", "dev"):
         run_downstream(["-m", "evaluate", "-e", str(trained / "dev-avg.ckpt"), "-t", split, "--device", "cpu"])
     output = trained / "evaluate_dev-avg"
-    assert f"results in {output}" in capsys.readouterr().out
+    assert f"results in {output}" in capsys.readouterr().err  # the command's log
     after = json.loads((output / "test_fold2_metrics.json").read_text())
     assert after["confusion"] == before["confusion"]  # the reported model, scored again
     assert (output / "dev_fold2_predict.txt").is_file()

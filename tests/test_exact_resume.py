@@ -91,7 +91,7 @@ def test_downstream_resumes_bit_identically(downstream, moment, n, resumes_at, c
     assert bool(list(run.glob(".states-*.tmp"))) == (moment == "save")
 
     run_downstream(argv(run.name))  # the documented command, again
-    assert f"Resume from {run / f'states-{resumes_at}.ckpt'}" in capsys.readouterr().out
+    assert f"Resume from {run / f'states-{resumes_at}.ckpt'}" in capsys.readouterr().err  # the command's log
     assert not list(run.glob(".*.tmp"))  # the interrupted save's leftover is gone
     straight = root / "straight"
     kept = sorted(p.name for p in straight.glob("dev-top-step*.ckpt"))

@@ -7,6 +7,7 @@ temporary directory.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -288,15 +289,16 @@ def test_fusion_has_one_cache_per_stream_and_trained_upstreams_none(tmp_path, ti
     assert _cached(tmp_path, _args("fbank"), enabled=False)[1] is None
 
 
-def test_clips_cropped_anew_each_epoch_are_computed_live_not_cached(tmp_path, capsys):
+def test_clips_cropped_anew_each_epoch_are_computed_live_not_cached(tmp_path, caplog):
     from s3prl_ser.data.fold_data import RandomCrop
 
     wavs = [w.numpy() for w in _wavs(4)]
     longest = max(range(4), key=lambda i: len(wavs[i]))
     limit = sorted(len(w) for w in wavs)[-2]  # only the longest clip is cropped
     model, caches, upstream, _ = _cached(tmp_path, _args("fbank"))
+    caplog.set_level(logging.INFO, logger="s3prl_ser")
     caches.fill_split("train", RandomCrop([(w, 0, f"u{i}") for i, w in enumerate(wavs)], limit, seed=0, epoch=0))
-    assert "1 clip(s) longer than datarc.max_seconds" in capsys.readouterr().out
+    assert "1 clip(s) longer than datarc.max_seconds" in caplog.text
     assert len(model.store) == 3 and feature_cache.audio_key(wavs[longest]) not in model.store
     for epoch in (0, 1):
         crop = torch.from_numpy(RandomCrop([(wavs[longest], 0, "u")], limit, seed=0, epoch=epoch)[0][0])

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from s3prl_ser.cli import run_downstream
 from s3prl_ser.cli.errors import EXPECTED_ERRORS, exit_on_error
+from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.experiments.cross_validation import corpus_folds, cross_validate, report
 from s3prl_ser.experiments.deployment import train_deployment
 from s3prl_ser.experiments.launch import RUN_DEFAULTS, RunRequest, default_device
@@ -85,12 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="train nothing: write the results of folds already trained in <expdir>/<fold> with these "
         "settings (e.g. one job per fold); missing, unfinished or differently trained folds are an error",
     )
+    add_verbosity_options(parser, short_verbose=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    setup_logging(args)
     if not (args.expdir or args.expname):
         parser.error("name the experiment with -n NAME or -p EXPDIR")
     if args.export and not args.deploy:
@@ -116,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             report(expdir, request, folds)
             return
         cross_validate(expdir, request, folds, workers=args.workers)
+        print((expdir / "results.md").read_text())
         if args.deploy:
             deploy_dir = train_deployment(expdir, request, folds)
             print(f"[cross_validate] - deployment model (no held-out score): {deploy_dir}")

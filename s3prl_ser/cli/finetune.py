@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.config import apply_overrides, load_config
 from s3prl_ser.data.emotion_dataset import corpus_folds
 from s3prl_ser.data.folds import check_fold
@@ -66,14 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help='overrides, e.g. "config.runner.total_steps=500,,config.datarc.root=/data"; keys must exist',
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        choices=["cpu", "cuda"],
+        help="torch device (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, help="overrides config.runner.seed")
+    add_verbosity_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Run the command line; return each fold's metadata (rank 0; empty on other ranks)."""
     args = build_parser().parse_args(argv)
+    setup_logging(args)
     with exit_on_error():
         config = load_config(DEFAULT_CONFIG, args.config)
         apply_overrides(args.override, args, config)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import multiprocessing
 import os
 import sys
@@ -42,6 +43,8 @@ __all__ = [
     "report",
     "corpus_folds",
 ]
+
+logger = logging.getLogger(__name__)
 
 WORKER_LOG = "worker.log"
 _FOLD_KEY = "config.downstream_expert.datarc.test_fold"
@@ -150,9 +153,9 @@ def _train(run: FoldRun) -> dict:
     """Train (or resume, or reuse) one fold in this process; its test metrics."""
     done = run.finished()
     if done is not None:
-        print(f"[cross_validate] - {run.fold}: finished earlier, reusing {run.fold_dir}")
+        logger.info(f"[cross_validate] - {run.fold}: finished earlier, reusing {run.fold_dir}")
         return done
-    print(f"[cross_validate] - {run.fold}: training in {run.fold_dir}")
+    logger.info(f"[cross_validate] - {run.fold}: training in {run.fold_dir}")
     launch(run.request_of_fold())
     done = fold_finished(run.fold_dir, run.fold)
     if done is None:
@@ -172,6 +175,9 @@ def _train_in_worker(run: FoldRun) -> tuple[FoldRun, dict]:
         # The descriptors, not only sys.stdout: progress bars and C-level output go there too.
         # The process serves this one task (maxtasksperchild=1), so nothing needs restoring.
         os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+        # A spawned process starts without log handlers: the fold's progress goes to its log.
+        logging.basicConfig(format="%(message)s", stream=sys.stderr)
+        logging.getLogger("s3prl_ser").setLevel(logging.INFO)
         return run, _train(run)
 
 
@@ -214,7 +220,9 @@ def train_in_workers(runs: Sequence[FoldRun], workers: int) -> dict[FoldRun, dic
                 results[run] = done
         if not pending:
             return results
-        print(f"[cross_validate] - {len(pending)} folds to train in {min(workers, len(pending))} single-thread workers")
+        logger.info(
+            f"[cross_validate] - {len(pending)} folds to train in {min(workers, len(pending))} single-thread workers"
+        )
         context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and locks
         with context.Pool(min(workers, len(pending)), maxtasksperchild=1) as pool:
             bar = tqdm(pool.imap_unordered(_train_in_worker, pending), total=len(pending), desc="folds", unit="fold")
@@ -271,11 +279,10 @@ def cross_validate(
 
 
 def _write_summary(fold_metrics: dict[str, dict], expdir: Path, title: str | None) -> dict:
-    """Summarize the folds' test metrics into ``expdir``'s results (printing them); the summary."""
+    """Summarize the folds' test metrics into ``expdir``'s results; the summary."""
     summary = summarize(fold_metrics)
     paths = write_report(summary, expdir, title or expdir.name)
-    print(Path(paths["md"]).read_text())
-    print(f"[cross_validate] - results: {paths['md']}, {paths['json']}, {paths['png']}")
+    logger.info(f"[cross_validate] - results: {paths['md']}, {paths['json']}, {paths['png']}")
     return summary
 
 

@@ -33,6 +33,7 @@ model directory exported from them, for any cross-validation fold.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -57,6 +58,8 @@ __all__ = [
     "deployment_finished",
     "train_deployment",
 ]
+
+logger = logging.getLogger(__name__)
 
 DEPLOY_DIR = DEPLOY_FOLD  # CV_DIR/deploy
 DEPLOYMENT_RECORD = "deployment.json"
@@ -173,10 +176,10 @@ def train_deployment(cv_dir: str | Path, request: RunRequest, folds: Sequence[st
         locks.enter_context(leader_lock(run.fold_dir))
         requested = run_identity(*requested_run(run.request_of_fold()))
         if deployment_finished(run.fold_dir, requested):
-            print(f"[deployment] - finished earlier, reusing {run.fold_dir}")
+            logger.info(f"[deployment] - finished earlier, reusing {run.fold_dir}")
         else:
             check_unfinished(run.fold_dir, requested)
-            print(f"[deployment] - training on every fold's utterances in {run.fold_dir} ({steps[0]}={steps[1]})")
+            logger.info(f"[deployment] - training on every fold's utterances in {run.fold_dir} ({steps[0]}={steps[1]})")
             launch(run.request_of_fold())
             if not deployment_finished(run.fold_dir, requested):
                 raise RuntimeError(f"{run.fold_dir}: training ended without a reported model")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import os
 import platform
 import subprocess
@@ -77,6 +78,8 @@ __all__ = [
     "run",
     "launch",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def default_device() -> str:
@@ -339,7 +342,7 @@ def prepare_run(request: RunRequest) -> tuple[Namespace, dict]:
     ckpt_path = latest_states(past_exp) if os.path.isdir(past_exp) else past_exp
     if ckpt_path is None or not os.path.isfile(ckpt_path):
         raise FileNotFoundError(f"no checkpoint to resume from at {past_exp}")
-    print(f"[Runner] - Resume from {ckpt_path}")
+    logger.info(f"[Runner] - Resume from {ckpt_path}")
     ckpt = safe_torch_load(ckpt_path)
     if "Args" not in ckpt or "Config" not in ckpt:
         raise ValueError(f"{ckpt_path}: not an s3prl runner checkpoint (no Args/Config)")
@@ -440,7 +443,7 @@ def build_runner(args: Namespace, config: dict) -> SERRunner:
         _save_run_record(args, config)
     if args.verbose:
         for entry in runner.all_entries:
-            print(entry.model)
+            logger.info(entry.model)
     return runner
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import re
 from argparse import Namespace
 from collections.abc import Sequence
@@ -60,6 +61,8 @@ __all__ = [
     "Table1Spec",
     "run_table1",
 ]
+
+logger = logging.getLogger(__name__)
 
 PAPER_DIR = DOWNSTREAM_DIR / "emotion_ecapa" / "paper"
 # The paper's "latest release of Wav2Vec 2.0 [14]" is Robust wav2vec 2.0; it names no HuBERT
@@ -195,8 +198,8 @@ def stage1(
     result = fine_tune(FineTuneRequest(upstream, upstream_ckpt, Path(ft_dir), config, folds, device, environment))
     if result.is_leader:
         for fold, fold_dir in result.skipped.items():
-            print(f"[upstream_ft] {fold}: already exported to {fold_dir / FT_CHECKPOINT}, skipped")
-        print(summary_table(result.records, result.skipped))
+            logger.info(f"[upstream_ft] {fold}: already exported to {fold_dir / FT_CHECKPOINT}, skipped")
+        logger.info(summary_table(result.records, result.skipped))
     return result
 
 
@@ -416,6 +419,5 @@ def run_table1(spec: Table1Spec) -> dict[int, dict]:
     }
     superb_runs = {p.parent.name: json.loads(p.read_text()) for p in sorted(out_dir.glob("superb/*/results.json"))}
     paths = write_tables(out_dir, everything, spec.note, superb_runs)
-    print(paths["md"].read_text())
-    print(f"[table1] - {paths['md']}, {paths['json']}, {paths['superb']}")
+    logger.info(f"[table1] - {paths['md']}, {paths['json']}, {paths['superb']}")
     return summaries

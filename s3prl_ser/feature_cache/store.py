@@ -35,11 +35,11 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import mmap
 import os
 import re
 import stat
-import sys
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -58,6 +58,8 @@ __all__ = [
     "FeatureStore",
     "ShardWriter",
 ]
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 SPEC_FILE = "spec.json"
@@ -322,7 +324,7 @@ class FeatureStore:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                print(f"[FeatureCache] - waiting for another process writing {self.directory}", file=sys.stderr)
+                logger.info(f"[FeatureCache] - waiting for another process writing {self.directory}")
                 fcntl.flock(fd, fcntl.LOCK_EX)
             self.refresh()
             self._remove_leftovers()

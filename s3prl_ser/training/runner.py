@@ -19,6 +19,7 @@ import importlib
 import inspect
 import itertools
 import json
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Iterable
@@ -49,6 +50,9 @@ from s3prl_ser.training.states import Progress, StatesFiles, restore_progress, t
 from s3prl_ser.upstreams.multi_upstream import build_featurizer, build_upstreams
 
 __all__ = ["SERRunner"]
+
+# Not `logger`: s3prl's runner names its TensorBoard writer so (evaluate's argument, finalize's).
+_log = logging.getLogger(__name__)
 
 FINAL_RECORD = "final.json"
 
@@ -348,7 +352,7 @@ class SERRunner(Runner):
         self._fill_feature_cache(split or self.args.evaluate_split)
         if split is None and logger is None and hasattr(expert, "evaluate_separately"):
             output = expert.evaluate_separately(Path(self.args.init_ckpt or "model").stem)
-            print(f"[SERRunner] - evaluating {self.args.init_ckpt}; results in {output}")
+            _log.info(f"[SERRunner] - evaluating {self.args.init_ckpt}; results in {output}")
         # Only the leader evaluates: through DDP's wrapper, a forward would wait for the other
         # processes to broadcast buffers (BatchNorm statistics) with it, and never return.
         wrapped = [entry.model for entry in self.all_entries]
@@ -359,6 +363,22 @@ class SERRunner(Runner):
         finally:
             for entry, model in zip(self.all_entries, wrapped):
                 entry.model = model
+
+    def inference(self) -> list[dict]:
+        """s3prl's ``-m inference`` of the file ``-t``; returns this project's expert's rows
+        (``run_downstream.py`` prints them), which s3prl's runner drops: ``[]`` for s3prl's experts."""
+        expert = _unwrap(self.downstream.model)
+        if not hasattr(expert, "evaluate_separately"):  # s3prl's own expert prints its result itself
+            super().inference()
+            return []
+        rows: list[dict] = []
+        predict = expert.inference
+        expert.inference = lambda features, filenames: rows.extend(predict(features, filenames))
+        try:
+            super().inference()
+        finally:
+            del expert.inference  # the method again
+        return rows
 
     def finalize(self) -> Path:
         """Build the reported model from the k best dev checkpoints and score it on test."""
@@ -402,7 +422,7 @@ class SERRunner(Runner):
         tmp = expdir / f".{FINAL_RECORD}.tmp"
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, expdir / FINAL_RECORD)
-        print(
+        _log.info(
             f"[SERRunner] - reported model {final} ({len(entries)} checkpoint(s), steps "
             f"{sorted(e.step for e in entries)}); "
             + (f"test results in {expdir / record['test_metrics']}" if tested else "deployment run: no test set")
