@@ -74,3 +74,12 @@ def test_report_gathers_folds_trained_as_separate_jobs(mini_corpus, mini_meta, t
             cross_validate_main([*argv, "--report-only"])
     assert not list((root / "fold4").iterdir())  # not locked, not written
     assert not (root / "fold2").exists()  # nothing trained
+
+
+def test_report_only_refuses_what_would_train(tmp_path, capsys):
+    argv = ["-p", str(tmp_path), "-u", "fbank", "-d", "emotion_ecapa", "--report-only"]
+    for extra in (["--deploy"], ["--workers", "2"]):
+        with pytest.raises(SystemExit):
+            cross_validate_main([*argv, *extra])
+        assert "--report-only trains nothing: drop --deploy and --workers" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
