@@ -8,15 +8,23 @@ training; rank 0 evaluates, saves and exports (:func:`s3prl_ser.finetuning.fold.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import importlib.metadata
+import os
+from argparse import Namespace
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from s3prl_ser.config import Override, apply_overrides, load_config
+from s3prl_ser.data.emotion_dataset import corpus_folds
+from s3prl_ser.data.folds import check_fold
+from s3prl_ser.finetuning.config import DEFAULT_CONFIG, validate_config
 from s3prl_ser.finetuning.fold import best_export_dir, exported_metadata, run_fold
 from s3prl_ser.markdown import markdown_table
 from s3prl_ser.training.distributed import setup_distributed
 from s3prl_ser.training.run_lock import leader_lock
+from s3prl_ser.versions import environment_record
 
 __all__ = ["FineTuneRequest", "StageResult", "fine_tune", "summary_table"]
 
@@ -54,6 +62,50 @@ class StageResult:
     is_leader: bool
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[str, Path] = field(default_factory=dict)
+
+
+def stage1_request(
+    upstream: str,
+    upstream_ckpt: str | None,
+    ft_dir: str | os.PathLike,
+    *,
+    folds: Sequence[str] | None = None,
+    config_path: str | os.PathLike | None = None,
+    overrides: str | Iterable[Override] = (),
+    seed: int | None = None,
+    device: str = "cpu",
+) -> FineTuneRequest:
+    """The stage-1 run that ``python -m upstream_ft -u UPSTREAM [-k CKPT] -p FT_DIR [--folds]
+    [-c CONFIG] [-o OVERRIDES] [--seed] [--device]`` states: the defaults (:data:`DEFAULT_CONFIG`),
+    the ``config_path`` file and the ``overrides`` laid over them (``args.*`` overrides set this
+    function's own arguments), ``seed`` as ``config.runner.seed``, the config checked; ``folds``
+    default to every fold of ``config.datarc.meta_data``.
+
+    Raises:
+        ConfigError: a bad config, override or fold name.
+    """
+    config = load_config(DEFAULT_CONFIG, config_path)
+    args = Namespace(
+        upstream=upstream, upstream_ckpt=upstream_ckpt, ft_dir=ft_dir, folds=folds, seed=seed, device=device
+    )
+    apply_overrides(overrides, args, config)
+    if args.seed is not None:
+        config["runner"]["seed"] = args.seed
+    validate_config(config, args.device)
+    names = args.folds.split(",") if isinstance(args.folds, str) else args.folds
+    names = names or corpus_folds(config["datarc"]["meta_data"])
+    environment = environment_record()
+    # -u text runs on transformers, which the shared record does not list.
+    environment["packages"]["transformers"] = importlib.metadata.version("transformers")
+    return FineTuneRequest(
+        args.upstream,
+        args.upstream_ckpt,
+        Path(args.ft_dir),
+        config,
+        [check_fold(fold) for fold in names if fold],
+        args.device,
+        environment,
+    )
 
 
 def fine_tune(request: FineTuneRequest) -> StageResult:
