@@ -66,7 +66,7 @@ def _base_hubert(path: Path) -> Path:
     from s3prl.upstream.hubert.hubert_model import HubertConfig, HubertModel, HubertPretrainingConfig
     from s3prl.upstream.utils import merge_with_parent
 
-    from s3prl_ser.compat import atomic_torch_save
+    from s3prl_ser.fileio import atomic_torch_save
 
     task_cfg = dict(sample_rate=16000, normalize=False, label_rate=50.0, labels=["km"])
     symbols = [["<s>", "<pad>", "</s>", "<unk>"] + [str(i) for i in range(504)]]

@@ -13,10 +13,10 @@ applied by :func:`install` (``import s3prl_ser`` calls it) before s3prl is impor
   imports for its ``--push_to_hf_hub`` (not offered here: ``python -m s3prl_ser.export
   --push-to-hub`` publishes a model); stand-ins raise :class:`RemovedAPIError` when used.
 * s3prl's runner checkpoints hold an ``argparse.Namespace``, which ``torch.load``'s
-  ``weights_only=True`` default refuses; :func:`safe_torch_load` allow-lists it (and nothing
-  else), so loading a checkpoint never executes code from it. :func:`atomic_torch_save`
-  writes checkpoints so that a kill mid-write never leaves a truncated file.
-  (:class:`s3prl_ser.training.runner.SERRunner` uses both in place of the runner's own I/O.)
+  ``weights_only=True`` default refuses; :func:`s3prl_ser.fileio.safe_torch_load` allow-lists
+  it (and nothing else), so loading a checkpoint never executes code from it.
+  (:class:`s3prl_ser.training.runner.SERRunner` loads and saves through :mod:`s3prl_ser.fileio`
+  in place of the runner's own I/O.)
 * No checkpoint may run code. Most of s3prl's upstream loaders call ``torch.load`` with
   torch's weights-only default, but the ``tera``/``mockingjay``/``distiller`` (and ``roberta``)
   loaders ask for ``weights_only=False``, i.e. full unpickling. :func:`install` wraps
@@ -40,24 +40,20 @@ import importlib.util
 import os
 import pickle
 import sys
-import tempfile
 import types
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import soundfile
 import torch
 import torchaudio
 
-from s3prl_ser.evaluated_strings import UnsafeConfigError, check_evaluated_fields
+from s3prl_ser.evaluated_strings import check_evaluated_fields
 
 __all__ = [
     "RemovedAPIError",
     "UnsafeCheckpointError",
     "install",
-    "atomic_torch_save",
-    "safe_torch_load",
     "soundfile_load",
 ]
 
@@ -80,39 +76,6 @@ def _removed(qualified_name: str, hint: str) -> Callable[..., Any]:
 
     raiser.__name__ = qualified_name.rsplit(".", 1)[-1]
     return raiser
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike, **kwargs: Any) -> None:
-    """``torch.save`` to a temporary file in the same directory, then rename over ``path``.
-
-    A run killed mid-save leaves the previous file (or none), never a truncated one.
-    """
-    if not isinstance(path, (str, os.PathLike)):  # file-like objects: nothing to make atomic
-        torch.save(obj, path, **kwargs)
-        return
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle, **kwargs)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", **kwargs: Any) -> Any:
-    """Weights-only ``torch.load`` that also accepts the ``argparse.Namespace`` s3prl stores."""
-    kwargs.pop("weights_only", None)  # never let a caller turn code execution back on
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location=map_location, weights_only=True, **kwargs)
-    except (FileNotFoundError, UnsafeCheckpointError, UnsafeConfigError):
-        raise
-    except Exception as error:  # unpickling errors come in many types; name the file
-        raise RuntimeError(f"cannot load checkpoint {path}: {error}") from error
 
 
 _CONVERT_HINT = (

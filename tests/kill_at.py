@@ -10,8 +10,8 @@ real process, placed exactly, for the exact-resume and kill-loop tests.
 update is evaluated or saved. ``save N``: it dies with half of ``states-N.ckpt`` written to
 the temporary file that the atomic save would have renamed (``write states-N.ckpt:1``).
 ``write NAME:K``: the same for the K-th write of any file the run writes with
-``atomic_torch_save`` or ``Path.write_text`` (a checkpoint, ``dev-top.json`` through its
-temporary file, ``final.json``, metrics, ...). ``stop N``: the process stops after update N,
+an atomic write (:mod:`s3prl_ser.fileio`) or ``Path.write_text`` (a checkpoint, ``dev-top.json``,
+``final.json``, metrics, ...). ``stop N``: the process stops after update N,
 holding its files and locks, until it is killed.
 
 :func:`fork_run` runs the same in a forked child of a process that has run the command before
@@ -32,10 +32,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 import s3prl_ser  # noqa: F401  (s3prl compatibility before anything imports s3prl)
-from s3prl_ser import compat
+from s3prl_ser import fileio
 from s3prl_ser.training import loop
 
 PROJECT_PACKAGES = frozenset({"s3prl_ser", "s3prl", "downstream", "upstream_ft", "tests", "helpers", "kill_at"})
@@ -66,57 +64,51 @@ def stop() -> None:
     os.kill(os.getpid(), signal.SIGSTOP)
 
 
-def logical_name(path: Path) -> str:
-    """The file a write is for: ``.NAME.tmp`` (an atomic text write's temporary file) is NAME."""
-    name = path.name
-    return name[1:-4] if name.startswith(".") and name.endswith(".tmp") else name
-
-
 def intercept_writes(halfway: Callable[[str, int], bool]) -> Callable[[], None]:
-    """Ask ``halfway(name, k)`` before the ``k``-th write of each file ``name`` (checkpoints
-    through ``atomic_torch_save``, text through ``Path.write_text``); where it answers True,
-    write half of the content where the write would go, then die. Returns the undo.
+    """Ask ``halfway(name, k)`` before the ``k``-th write of each file ``name`` (every atomic
+    write, :func:`s3prl_ser.fileio.atomic_write`, and text through ``Path.write_text``); where it
+    answers True, write half of the content where the write would go (an atomic write's
+    temporary file), then die. Returns the undo.
 
-    Every loaded module's ``atomic_torch_save`` is replaced, and ``compat``'s, which modules
-    imported later take (the runner looks it up there at each save).
+    ``fileio.atomic_write`` is replaced where it is looked up: in :mod:`s3prl_ser.fileio`, whose
+    text, JSON and checkpoint writers call it, and in any module that imported it by name.
     """
-    save, write_text = compat.atomic_torch_save, pathlib.Path.write_text
+    atomic_write, write_text = fileio.atomic_write, pathlib.Path.write_text
     counts: Counter[str] = Counter()
 
     def ask(path: Path) -> bool:
-        name = logical_name(path)
-        counts[name] += 1
-        return halfway(name, counts[name])
+        counts[path.name] += 1
+        return halfway(path.name, counts[path.name])
 
-    def save_or_die(obj: object, path: str | os.PathLike, **kwargs: object) -> None:
+    def write_or_die(path: str | os.PathLike, write: Callable[[io.BytesIO], object]) -> None:
         path = Path(path)
         if not ask(path):
-            return save(obj, path, **kwargs)
+            return atomic_write(path, write)
         buffer = io.BytesIO()
-        torch.save(obj, buffer)
-        fd, _ = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # as atomic_torch_save
+        write(buffer)
+        fd, _ = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # as atomic_write
         os.write(fd, buffer.getvalue()[: len(buffer.getvalue()) // 2])
         os.fsync(fd)
         die()
 
-    def write_or_die(self: pathlib.Path, data: str, *args: object, **kwargs: object) -> int:
+    def write_text_or_die(self: pathlib.Path, data: str, *args: object, **kwargs: object) -> int:
         if not ask(self):
             return write_text(self, data, *args, **kwargs)
         write_text(self, data[: len(data) // 2], *args, **kwargs)
         die()
 
     def replace(old: Callable[..., None], new: Callable[..., None]) -> None:
-        # Only the project's modules import atomic_torch_save; others may be lazy modules that
+        # Only the project's modules import atomic_write; others may be lazy modules that
         # import (and fail) on attribute access, e.g. speechbrain's.
         for name, module in list(sys.modules.items()):
-            if name.split(".")[0] in PROJECT_PACKAGES and getattr(module, "atomic_torch_save", None) is old:
-                module.atomic_torch_save = new
+            if name.split(".")[0] in PROJECT_PACKAGES and getattr(module, "atomic_write", None) is old:
+                module.atomic_write = new
 
-    replace(save, save_or_die)
-    pathlib.Path.write_text = write_or_die
+    replace(atomic_write, write_or_die)
+    pathlib.Path.write_text = write_text_or_die
 
     def undo() -> None:
-        replace(save_or_die, save)  # also in the modules imported since
+        replace(write_or_die, atomic_write)  # also in the modules imported since
         pathlib.Path.write_text = write_text
 
     return undo

@@ -14,12 +14,12 @@ import soundfile
 from helpers import finetune_args, finetune_overrides, overrides
 from s3prl_ser.cli.cross_validate import main as cross_validate_main
 from s3prl_ser.cli.prepare_corpus import main as prepare_main
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.corpora import cremad, emodb, esd, msp_podcast, ravdess
 from s3prl_ser.data.corpora.common import PreparationError
 from s3prl_ser.data.folds import GENDER_RULE
 from s3prl_ser.data.manifest import read_manifest
 from s3prl_ser.data.protocol import PROTOCOL_KEY
+from s3prl_ser.fileio import safe_torch_load
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

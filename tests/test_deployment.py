@@ -16,13 +16,13 @@ from helpers import overrides, run_request, train_args
 from s3prl_ser.cli.cross_validate import main as cross_validate
 from s3prl_ser.cli.export import main as export_cli
 from s3prl_ser.cli.run_downstream import main as run_downstream
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError
 from s3prl_ser.data.emotion_dataset import utterance_key
 from s3prl_ser.data.fold_data import load_fold_data
 from s3prl_ser.data.folds import superb_train_dev_split
 from s3prl_ser.data.protocol import PROTOCOL_KEY, FoldMismatchError, check_fine_tuned, digest
 from s3prl_ser.experiments.deployment import train_deployment
+from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.inference import EmotionRecognizer
 from s3prl_ser.inference.export import ExportError, export_run
 from s3prl_ser.upstreams.build import build_upstream

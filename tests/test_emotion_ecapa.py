@@ -17,7 +17,7 @@ import yaml
 
 from helpers import overrides, train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
-from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.fileio import safe_torch_load
 
 REPO = Path(__file__).resolve().parents[1]
 

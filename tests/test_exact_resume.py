@@ -15,7 +15,7 @@ import torch
 from helpers import finetune_args, torchrun, train_args
 from helpers import overrides as downstream_overrides
 from s3prl_ser.cli.run_downstream import main as run_downstream
-from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.fileio import safe_torch_load
 from upstream_ft.__main__ import main as upstream_ft
 
 REPO = Path(__file__).resolve().parents[1]

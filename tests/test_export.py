@@ -15,7 +15,7 @@ from helpers import overrides, train_args
 from s3prl_ser.cli.cross_validate import main as cross_validate
 from s3prl_ser.cli.export import main as export_cli
 from s3prl_ser.cli.run_downstream import main as run_downstream
-from s3prl_ser.compat import atomic_torch_save, safe_torch_load
+from s3prl_ser.fileio import atomic_torch_save, safe_torch_load
 from s3prl_ser.inference import EmotionRecognizer
 from s3prl_ser.inference.export import ExportError, export_run
 from s3prl_ser.inference.model_dir import ModelDirError

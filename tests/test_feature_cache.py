@@ -23,13 +23,13 @@ import torch
 
 import s3prl_ser
 from s3prl_ser.cli.errors import exit_on_error
-from s3prl_ser.compat import atomic_torch_save, safe_torch_load
 from s3prl_ser.data.audio import load_audio
 from s3prl_ser.feature_cache import speech as feature_cache
 from s3prl_ser.feature_cache import store as feature_store
 from s3prl_ser.feature_cache.attach import attach_feature_cache
 from s3prl_ser.feature_cache.speech import CacheSpaceError
 from s3prl_ser.feature_cache.store import CacheSpecMismatchError, FeatureStore
+from s3prl_ser.fileio import atomic_torch_save, safe_torch_load
 from s3prl_ser.upstreams.multi_upstream import build_featurizer, build_upstreams
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -241,7 +241,7 @@ def test_extraction_killed_mid_way_resumes_correctly(tmp_path, monkeypatch, mome
     model, caches, upstream, _ = _cached(tmp_path / "cache", _args("fbank"))
     stream = caches.streams[0]
     stream.shard_bytes = 1  # one utterance per shard
-    add, write = feature_store.ShardWriter.add, feature_store._atomic_write
+    add, write = feature_store.ShardWriter.add, feature_store.atomic_write_bytes
     calls = {"add": 0, "index": 0}
 
     def add_then_die(self, key, features):  # the 5th utterance's bytes go to the temporary shard, then SIGKILL
@@ -262,16 +262,16 @@ def test_extraction_killed_mid_way_resumes_correctly(tmp_path, monkeypatch, mome
     if moment == "halfway through a shard":
         monkeypatch.setattr(feature_store.ShardWriter, "add", add_then_die)
     else:
-        monkeypatch.setattr(feature_store, "_atomic_write", index_then_die)
+        monkeypatch.setattr(feature_store, "atomic_write_bytes", index_then_die)
     pid = _fork(lambda: stream.fill(wavs, "train"))
     assert os.waitpid(pid, 0)[1] == signal.SIGKILL
     monkeypatch.undo()
     directory = stream.store.directory
-    assert list(directory.glob(".tmp-*")) or len(list(directory.glob("shard-*.bin"))) == 5  # debris left
+    assert list(directory.glob(".*.tmp")) or len(list(directory.glob("shard-*.bin"))) == 5  # debris left
     resumed, *_ = _cached(tmp_path / "cache", _args("fbank"))
     assert len(resumed.store) == 4  # only committed shards count
     assert resumed.fill(wavs, "train")["extracted"] == 6
-    assert not list(directory.glob(".tmp-*"))
+    assert not list(directory.glob(".*.tmp"))
     assert len(list(directory.glob("shard-*.bin"))) == len(list(directory.glob("shard-*.json")))
     assert sorted(_entries_on_disk(directory)) == sorted({feature_cache.audio_key(w) for w in wavs})
     for wav in map(torch.from_numpy, wavs):
@@ -402,7 +402,7 @@ def test_a_disk_filling_up_mid_extraction_is_an_error_line_and_keeps_committed_s
             stream.fill(wavs, "train")
     directory = stream.store.directory
     committed = len(list(directory.glob("shard-*.json")))
-    assert 0 < committed < len(wavs) and not list(directory.glob(".tmp-*"))
+    assert 0 < committed < len(wavs) and not list(directory.glob(".*.tmp"))
     assert len(list(directory.glob("shard-*.bin"))) == committed  # the partial shard was removed
     with warnings.catch_warnings():
         warnings.simplefilter("error", feature_store.CacheDamageWarning)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from helpers import overrides, run_request, train_args
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError
 from s3prl_ser.experiments.launch import prepare_run, run
 from s3prl_ser.feature_cache.store import CacheDamageWarning
+from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.upstreams.registry import register
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,8 +6,8 @@ import pickle
 import pytest
 
 from helpers import overrides, run_request
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.experiments.cross_validation import FoldRun, cross_validate, train_in_workers
+from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.training.run_lock import DirectoryInUseError, DirectoryLock
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # this process on one thread, as each worker

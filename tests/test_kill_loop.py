@@ -23,7 +23,7 @@ import kill_at
 from helpers import finetune_args, overrides, train_args
 from s3prl_ser.cli.cross_validate import main as cross_validate
 from s3prl_ser.cli.run_downstream import main as run_downstream
-from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.fileio import safe_torch_load
 from upstream_ft.__main__ import main as upstream_ft
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]

@@ -29,7 +29,7 @@ import pytest
 import torch
 
 from helpers import finetune_args, overrides, train_args
-from s3prl_ser import compat
+from s3prl_ser import compat, fileio
 from s3prl_ser.cli.average_checkpoints import main as average_checkpoints
 from s3prl_ser.cli.cross_validate import main as cross_validate
 from s3prl_ser.cli.run_downstream import main as run_downstream
@@ -72,7 +72,7 @@ class Case:
         self.final = self.poisoned / "dev-avg.ckpt"
         self.states = self.poisoned / "states-2.ckpt"
         for path in (self.final, self.states):
-            ckpt = compat.safe_torch_load(path)
+            ckpt = fileio.safe_torch_load(path)
             ckpt["Args"].upstream, ckpt["Args"].upstream_ckpt = "tera_local", str(self.evil)
             torch.save(ckpt, path)
         self.wav = next(corpus.glob("Session1/sentences/wav/*/*.wav"))
@@ -82,7 +82,7 @@ class Case:
 
     def evil_runner_checkpoint(self) -> Path:
         """A file looking like a runner checkpoint, with a payload among its entries."""
-        ckpt = compat.safe_torch_load(self.run / "dev-avg.ckpt")
+        ckpt = fileio.safe_torch_load(self.run / "dev-avg.ckpt")
         path = self.tmp / "dev-top-step2.ckpt"
         torch.save({**ckpt, "Extra": Payload(self.marker)}, path)
         return path
@@ -276,7 +276,7 @@ def eval_payload(marker: Path, original: str) -> str:
 
 
 def poisoned_tiny(tiny: Path, marker: Path) -> dict:
-    ckpt = compat.safe_torch_load(tiny)
+    ckpt = fileio.safe_torch_load(tiny)
     ckpt["model_cfg"]["conv_feature_layers"] = eval_payload(marker, ckpt["model_cfg"]["conv_feature_layers"])
     return ckpt
 
@@ -392,7 +392,7 @@ def test_runner_checkpoint_names_are_not_evaluated(tmp_path, finished_run):
         marker, run = tmp_path / f"PWNED-{field}", tmp_path / field
         shutil.copytree(finished_run, run)
         states = run / "states-2.ckpt"
-        ckpt = compat.safe_torch_load(states)
+        ckpt = fileio.safe_torch_load(states)
         section = field.split(".")[1]
         ckpt["Config"][section] = {**(ckpt["Config"][section] or {"num_warmup_steps": 1})}
         ckpt["Config"][section]["name"] = (

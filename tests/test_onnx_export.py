@@ -100,7 +100,7 @@ def test_fused_models_are_refused_with_the_reason(mini_corpus, mini_meta, tiny_u
 def test_full_graph_normalises_each_clip_like_s3prl(tiny_upstreams, tmp_path, one_thread):
     """A HuBERT whose task normalises waveforms (HuBERT Large's setting): s3prl layer-norms each
     unpadded clip; the graph does it over the valid samples of the padded batch."""
-    from s3prl_ser.compat import atomic_torch_save, safe_torch_load
+    from s3prl_ser.fileio import atomic_torch_save, safe_torch_load
     from s3prl_ser.inference import RecognizerMember
     from s3prl_ser.models.fusion import EmotionClassifier
     from s3prl_ser.upstreams.build import build_upstream

@@ -59,7 +59,7 @@ def test_subcommand_help_is_the_program_help(name, capsys):
 
 
 def test_subcommand_runs_the_program_with_its_arguments(tmp_path, capsys):
-    from s3prl_ser.compat import safe_torch_load
+    from s3prl_ser.fileio import safe_torch_load
 
     main(["tiny-upstream", "wav2vec2", str(tmp_path / "tiny.pt"), "--layers", "1", "--dim", "32"])
     assert f"wrote tiny wav2vec2 checkpoint to {tmp_path / 'tiny.pt'}" in capsys.readouterr().out

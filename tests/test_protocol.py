@@ -10,10 +10,10 @@ import torch
 
 from helpers import finetune_args, finetune_overrides, overrides, train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.corpora.iemocap import prepare
 from s3prl_ser.data.fold_data import load_fold_data
 from s3prl_ser.data.protocol import PROTOCOL_KEY, ProtocolMismatchError
+from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.upstreams.multi_upstream import build_upstreams
 from upstream_ft.__main__ import main as upstream_ft
 

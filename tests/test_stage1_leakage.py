@@ -8,7 +8,7 @@ import torch
 
 from helpers import finetune_args, finetune_overrides
 from s3prl_ser.cli.finetune import main as upstream_ft
-from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.fileio import safe_torch_load
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

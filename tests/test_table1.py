@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError
 from s3prl_ser.experiments.launch import load_task_config
 from s3prl_ser.experiments.table1 import EXPERIMENTS, model_overrides, parse_experiments, write_tables
+from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.upstreams.registry import DOWNSTREAM_DIR, register
 
 PAPER = DOWNSTREAM_DIR / "emotion_ecapa" / "paper"

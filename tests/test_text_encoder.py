@@ -10,8 +10,8 @@ import torch
 from helpers import die_after_saving, overrides, train_args
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.cli.tiny_bert import main as tiny_bert_cli
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.protocol import FoldMismatchError
+from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.finetuning.hub_entries import resolve_ft_text_encoder
 from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts, transcripts_for
 from s3prl_ser.toy.builtin_corpus import SENTENCES

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from helpers import overrides, run_request, train_args
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.experiments.launch import prepare_run, run
 from s3prl_ser.feature_cache.attach import attach_text_feature_cache
+from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.models.text_encoder import TextEncoder
 from s3prl_ser.toy.tiny_bert import write_tiny_bert
 from s3prl_ser.upstreams.registry import register

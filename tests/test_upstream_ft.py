@@ -13,8 +13,8 @@ import s3prl.hub
 import torch
 
 from helpers import die_after_saving, finetune_args, finetune_overrides, torchrun, train_args
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.audio import load_audio
+from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.finetuning.model import FineTuneModel
 from upstream_ft.__main__ import main as upstream_ft
 

@@ -21,7 +21,6 @@ processes share each fold's training; rank 0 evaluates, saves and exports.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,8 @@ import torch
 
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
-from s3prl_ser.config import apply_overrides, load_config
-from s3prl_ser.data.emotion_dataset import corpus_folds
-from s3prl_ser.data.folds import check_fold
-from s3prl_ser.experiments.launch import environment_record
-from s3prl_ser.finetuning.config import DEFAULT_CONFIG, validate_config
 from s3prl_ser.finetuning.hub_entries import FT_CHECKPOINT
-from s3prl_ser.finetuning.stage import FineTuneRequest, fine_tune, summary_table
+from s3prl_ser.finetuning.stage import fine_tune, stage1_request, summary_table
 
 __all__ = ["build_parser", "main"]
 
@@ -83,18 +77,15 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     args = build_parser().parse_args(argv)
     setup_logging(args)
     with exit_on_error():
-        config = load_config(DEFAULT_CONFIG, args.config)
-        apply_overrides(args.override, args, config)
-        if args.seed is not None:
-            config["runner"]["seed"] = args.seed
-        validate_config(config, args.device)
-        names = args.folds.split(",") if args.folds else corpus_folds(config["datarc"]["meta_data"])
-        folds = [check_fold(fold) for fold in names if fold]
-        environment = environment_record()
-        # -u text runs on transformers, which the shared record does not list.
-        environment["packages"]["transformers"] = importlib.metadata.version("transformers")
-        request = FineTuneRequest(
-            args.upstream, args.upstream_ckpt, args.ft_dir, config, folds, args.device, environment
+        request = stage1_request(
+            args.upstream,
+            args.upstream_ckpt,
+            args.ft_dir,
+            folds=args.folds.split(",") if args.folds else None,
+            config_path=args.config,
+            overrides=args.override,
+            seed=args.seed,
+            device=args.device,
         )
     with exit_on_error():  # incl. UnsupportedUpstreamError
         result = fine_tune(request)

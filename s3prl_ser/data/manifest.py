@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from s3prl_ser.config import ConfigError
+from s3prl_ser.fileio import atomic_write_json
 
 __all__ = [
     "MANIFEST_NAME",
@@ -66,9 +67,7 @@ def write_json_atomic(data: Any, path: str | os.PathLike, indent: int | None = N
     (or a kill mid-write) never sees half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=indent, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=indent, ensure_ascii=False)
     return path
 
 

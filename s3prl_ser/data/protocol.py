@@ -39,8 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.folds import DEPLOY_FOLD, check_run_fold, is_deployment
+from s3prl_ser.fileio import safe_torch_load
 
 __all__ = [
     "FoldProtocol",

@@ -12,7 +12,6 @@ The deployment run that follows a cross-validation:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import multiprocessing
 import os
@@ -24,14 +23,14 @@ from pathlib import Path
 
 import torch
 
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError
 from s3prl_ser.data.folds import FOLDS, check_fold
-from s3prl_ser.experiments.launch import RunRequest, latest_states, launch, requested_run
+from s3prl_ser.experiments.launch import RunRequest, launch, requested_run
+from s3prl_ser.fileio import read_json
 from s3prl_ser.training.cv_report import summarize, write_report
-from s3prl_ser.training.run_identity import describe, run_identity, significant_differences
+from s3prl_ser.training.run_dir import FINAL_RECORD, NO_IDENTITY, RunDir
+from s3prl_ser.training.run_identity import describe, run_identity
 from s3prl_ser.training.run_lock import DirectoryInUseError, check_free, leader_lock
-from s3prl_ser.training.runner import FINAL_RECORD
 
 __all__ = [
     "WORKER_LOG",
@@ -56,24 +55,22 @@ def fold_finished(fold_dir: Path, fold: str, identity: dict | None = None) -> di
     Raises:
         ConfigError: ``identity`` is given and the finished run's (in ``final.json``) differs.
     """
-    record = fold_dir / FINAL_RECORD
-    metrics = fold_dir / f"test_{fold}_metrics.json"
-    if not (record.is_file() and metrics.is_file()):
+    run = RunDir(fold_dir)
+    metrics = run.test_metrics_file(fold)
+    if not (run.is_finished() and metrics.is_file()):
         return None
-    if identity is not None:
-        recorded = json.loads(record.read_text()).get("identity")
-        if recorded is None:
-            raise ConfigError(
-                f"{fold_dir} finished before runs recorded their settings (no identity in "
-                f"{record.name}); it cannot be checked against this command: move it away to retrain it"
-            )
-        changed = significant_differences(recorded, identity)
-        if changed:
-            raise ConfigError(
-                f"{fold_dir} finished with other settings ({describe(changed)}): reusing it would mix "
-                "two experiments; choose a new -n/-p, or move that fold away to retrain it"
-            )
-    return json.loads(metrics.read_text())
+    changed = run.finished_differences(identity) if identity is not None else []
+    if changed == [NO_IDENTITY]:
+        raise ConfigError(
+            f"{fold_dir} finished before runs recorded their settings (no identity in "
+            f"{FINAL_RECORD}); it cannot be checked against this command: move it away to retrain it"
+        )
+    if changed:
+        raise ConfigError(
+            f"{fold_dir} finished with other settings ({describe(changed)}): reusing it would mix "
+            "two experiments; choose a new -n/-p, or move that fold away to retrain it"
+        )
+    return read_json(metrics)
 
 
 def check_unfinished(fold_dir: Path, requested: dict) -> None:
@@ -83,11 +80,7 @@ def check_unfinished(fold_dir: Path, requested: dict) -> None:
     Raises:
         ConfigError: the run's latest states record other settings.
     """
-    states = latest_states(fold_dir) if fold_dir.is_dir() else None
-    if states is None:
-        return
-    ckpt = safe_torch_load(states)
-    changed = significant_differences(run_identity(ckpt["Args"], ckpt["Config"]), requested, resuming=True)
+    changed = RunDir(fold_dir).unfinished_differences(requested)
     if changed:
         raise ConfigError(
             f"{fold_dir} holds an unfinished run with other settings ({describe(changed)}): "

@@ -32,28 +32,24 @@ model directory exported from them, for any cross-validation fold.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import ConfigError
 from s3prl_ser.data.folds import DEPLOY_FOLD, check_fold
-from s3prl_ser.data.manifest import write_json_atomic
 from s3prl_ser.experiments.cross_validation import FoldRun, check_unfinished
 from s3prl_ser.experiments.launch import RunRequest, launch, requested_run
-from s3prl_ser.training.run_identity import describe, run_identity, significant_differences
+from s3prl_ser.fileio import safe_torch_load
+from s3prl_ser.training.run_dir import RunDir
+from s3prl_ser.training.run_identity import describe, run_identity
 from s3prl_ser.training.run_lock import leader_lock
-from s3prl_ser.training.runner import FINAL_RECORD
 
 __all__ = [
     "DEPLOY_DIR",
-    "DEPLOYMENT_RECORD",
     "SCHEDULE_RULE",
-    "is_deployment_run",
     "deployment_schedule",
     "deployment_finished",
     "train_deployment",
@@ -62,28 +58,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEPLOY_DIR = DEPLOY_FOLD  # CV_DIR/deploy
-DEPLOYMENT_RECORD = "deployment.json"
 SCHEDULE_RULE = (
     "config.runner.total_steps = the mean over the cross-validation folds of their total_steps; "
     "checkpoints selected on a dev set carved from the training pool by datarc.split, k best averaged"
 )
-
-
-def is_deployment_run(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a finished deployment run (its ``final.json`` records the fold
-    ``deploy`` in its config).
-
-    Example:
-        >>> is_deployment_run("no-such-run")
-        False
-    """
-    record = Path(run_dir) / FINAL_RECORD
-    if not record.is_file():
-        return False
-    identity = json.loads(record.read_text()).get("identity") or {}
-    datarc = ((identity.get("config") or {}).get("downstream_expert") or {}).get("datarc") or {}
-    # as the expert resolves it: datarc.test_fold, else -v (run_downstream.py -v deploy)
-    return (datarc.get("test_fold") or (identity.get("args") or {}).get("downstream_variant")) == DEPLOY_FOLD
 
 
 def deployment_schedule(cv_dir: str | Path, folds: Sequence[str]) -> dict[str, Any]:
@@ -100,14 +78,14 @@ def deployment_schedule(cv_dir: str | Path, folds: Sequence[str]) -> dict[str, A
         raise ConfigError("a deployment run needs the finished cross-validation folds to take its schedule from")
     per_fold: dict[str, dict[str, Any]] = {}
     for fold in folds:
-        record = Path(cv_dir) / check_fold(fold) / FINAL_RECORD
-        if not record.is_file():
+        run = RunDir(Path(cv_dir) / check_fold(fold))
+        final = run.final()
+        if final is None:
             raise ConfigError(
-                f"{record.parent}: fold not finished; the deployment schedule is taken from the finished folds: "
+                f"{run.path}: fold not finished; the deployment schedule is taken from the finished folds: "
                 "run the cross-validation first (the same command without --deploy)"
             )
-        final = json.loads(record.read_text())
-        runner = safe_torch_load(record.parent / final["checkpoint"], mmap=True)["Config"]["runner"]
+        runner = safe_torch_load(run.reported_checkpoint(), mmap=True)["Config"]["runner"]
         per_fold[fold] = {
             "total_steps": int(runner["total_steps"]),
             "selected_steps": sorted(int(entry["step"]) for entry in final.get("selected", [])),
@@ -127,11 +105,9 @@ def deployment_finished(run_dir: Path, requested: dict[str, Any]) -> bool:
     Raises:
         ConfigError: it finished with other settings.
     """
-    record = run_dir / FINAL_RECORD
-    if not record.is_file():
+    changed = RunDir(run_dir).finished_differences(requested)
+    if changed is None:
         return False
-    recorded = json.loads(record.read_text()).get("identity")
-    changed = significant_differences(recorded, requested) if recorded is not None else ["no identity recorded"]
     if changed:
         raise ConfigError(
             f"{run_dir} holds a deployment run finished with other settings ({describe(changed)}): "
@@ -183,5 +159,5 @@ def train_deployment(cv_dir: str | Path, request: RunRequest, folds: Sequence[st
             launch(run.request_of_fold())
             if not deployment_finished(run.fold_dir, requested):
                 raise RuntimeError(f"{run.fold_dir}: training ended without a reported model")
-        write_json_atomic({**schedule, "cv_dir": str(cv_dir.resolve())}, run.fold_dir / DEPLOYMENT_RECORD, indent=1)
+        RunDir(run.fold_dir).write_deployment_record({**schedule, "cv_dir": str(cv_dir.resolve())})
     return run.fold_dir

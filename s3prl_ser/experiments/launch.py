@@ -22,21 +22,15 @@ import copy
 import dataclasses
 import logging
 import os
-import platform
-import subprocess
-import sys
 from argparse import Namespace
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 
-import s3prl_ser
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import (
     S3PRL_FREE_FORM,
     ConfigError,
@@ -48,6 +42,7 @@ from s3prl_ser.config import (
     read_yaml,
 )
 from s3prl_ser.feature_cache.attach import apply_cache_flags
+from s3prl_ser.fileio import atomic_write_text, safe_torch_load
 from s3prl_ser.training.loop import Schedule
 from s3prl_ser.training.run_identity import (
     RUN_ARGS,
@@ -59,7 +54,7 @@ from s3prl_ser.training.run_identity import (
 from s3prl_ser.training.run_lock import leader_lock
 from s3prl_ser.training.states import StatesFiles, seed_everything
 from s3prl_ser.upstreams.registry import default_config, is_project_task
-from s3prl_ser.versions import installed_versions
+from s3prl_ser.versions import environment_record
 
 if TYPE_CHECKING:  # the runner imports s3prl's; loaded only when a run starts
     from s3prl_ser.training.runner import SERRunner
@@ -72,7 +67,6 @@ __all__ = [
     "load_task_config",
     "requested_run",
     "prepare_run",
-    "environment_record",
     "build_runner",
     "experiment_lock",
     "run",
@@ -365,39 +359,12 @@ def prepare_run(request: RunRequest) -> tuple[Namespace, dict]:
     return args, config
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(s3prl_ser.__file__).parent, capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def environment_record() -> dict:
-    """Versions of the code and packages that produced a run."""
-    packages = installed_versions(("s3prl-ser", "s3prl", "torch", "torchaudio", "numpy", "soundfile", "tensorboardX"))
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "git_commit": _git_commit(),
-        "packages": packages,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "command": sys.argv,
-    }
-
-
 def _save_run_record(args: Namespace, config: dict) -> None:
     from s3prl.utility.helper import get_time_tag
 
     tag = get_time_tag()
-    with open(os.path.join(args.expdir, f"args_{tag}.yaml"), "w") as handle:
-        yaml.safe_dump(vars(args), handle)
-    with open(os.path.join(args.expdir, f"config_{tag}.yaml"), "w") as handle:
-        yaml.safe_dump(config, handle)
-    with open(os.path.join(args.expdir, f"versions_{tag}.yaml"), "w") as handle:
-        yaml.safe_dump(environment_record(), handle)
+    for name, record in (("args", vars(args)), ("config", config), ("versions", environment_record())):
+        atomic_write_text(os.path.join(args.expdir, f"{name}_{tag}.yaml"), yaml.safe_dump(record))
 
 
 def _seed_everything(args: Namespace) -> None:

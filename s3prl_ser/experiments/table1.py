@@ -25,24 +25,20 @@ key the experiment's file sets and its aggregator, fusion, averaging and text se
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import re
-from argparse import Namespace
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from s3prl_ser.config import ConfigError, Override, apply_overrides, load_config, read_yaml
+from s3prl_ser.config import ConfigError, Override, load_config, read_yaml
 from s3prl_ser.data.emotion_dataset import SESSION_CORPORA
-from s3prl_ser.data.folds import check_fold
 from s3prl_ser.experiments.cross_validation import cross_validate
-from s3prl_ser.experiments.launch import RunRequest, environment_record
-from s3prl_ser.finetuning.config import DEFAULT_CONFIG as STAGE1_DEFAULTS
-from s3prl_ser.finetuning.config import validate_config
+from s3prl_ser.experiments.launch import RunRequest
+from s3prl_ser.fileio import atomic_write_json, atomic_write_text
 from s3prl_ser.finetuning.hub_entries import FT_CHECKPOINT
-from s3prl_ser.finetuning.stage import FineTuneRequest, StageResult, fine_tune, summary_table
+from s3prl_ser.finetuning.stage import StageResult, fine_tune, stage1_request, summary_table
 from s3prl_ser.markdown import markdown_table
 from s3prl_ser.training.cv_report import mean_std_text
 from s3prl_ser.upstreams.registry import DOWNSTREAM_DIR
@@ -186,16 +182,17 @@ def stage1(
     Raises:
         ConfigError: a bad config; and what :func:`~s3prl_ser.finetuning.stage.fine_tune` raises.
     """
-    config = load_config(STAGE1_DEFAULTS, config_path)
-    apply_overrides(overrides, Namespace(), config)  # stage 1's args.* are the command's own
-    if seed is not None:
-        config["runner"]["seed"] = seed
-    validate_config(config, device)
-    environment = environment_record()
-    # -u text runs on transformers, which the shared record does not list.
-    environment["packages"]["transformers"] = importlib.metadata.version("transformers")
-    folds = [check_fold(fold) for fold in folds]
-    result = fine_tune(FineTuneRequest(upstream, upstream_ckpt, Path(ft_dir), config, folds, device, environment))
+    request = stage1_request(
+        upstream,
+        upstream_ckpt,
+        ft_dir,
+        folds=folds,
+        config_path=config_path,
+        overrides=overrides,
+        seed=seed,
+        device=device,
+    )
+    result = fine_tune(request)
     if result.is_leader:
         for fold, fold_dir in result.skipped.items():
             logger.info(f"[upstream_ft] {fold}: already exported to {fold_dir / FT_CHECKPOINT}, skipped")
@@ -263,12 +260,11 @@ def write_tables(
     )
     lines += ["", _protocol_note(summaries), ""]
     paths = {"md": out_dir / "table1.md", "json": out_dir / "table1.json", "superb": out_dir / "superb_er.md"}
-    paths["md"].write_text("\n".join(lines))
-    paths["json"].write_text(
-        json.dumps(
-            {str(n): {"experiment": vars(EXPERIMENTS[n]), "ours": summaries.get(n)} for n in sorted(EXPERIMENTS)},
-            indent=1,
-        )
+    atomic_write_text(paths["md"], "\n".join(lines))
+    atomic_write_json(
+        paths["json"],
+        {str(n): {"experiment": vars(EXPERIMENTS[n]), "ours": summaries.get(n)} for n in sorted(EXPERIMENTS)},
+        indent=1,
     )
     superb = superb or {}
     rows = []
@@ -287,7 +283,7 @@ def write_tables(
         "sees a constant and predicts one class.",
         "",
     ]
-    paths["superb"].write_text("\n".join(lines))
+    atomic_write_text(paths["superb"], "\n".join(lines))
     return paths
 
 

@@ -49,6 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from s3prl_ser.fileio import AtomicFile, atomic_write_bytes, remove_temporaries
+
 __all__ = [
     "DTYPES",
     "CacheDamageWarning",
@@ -64,7 +66,6 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
 SPEC_FILE = "spec.json"
 LOCK_FILE = ".lock"
-_TMP_PREFIX = ".tmp-"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
@@ -89,18 +90,6 @@ class Entry:
     data: Path
     offset: int
     shape: tuple[int, int, int]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -167,7 +156,7 @@ class FeatureStore:
         with _space_errors(self.directory):
             self.directory.mkdir(parents=True, exist_ok=True)
             if not spec_path.exists():
-                _atomic_write(spec_path, json.dumps(self.spec, indent=1, sort_keys=True).encode())
+                atomic_write_bytes(spec_path, json.dumps(self.spec, indent=1, sort_keys=True).encode())
         recorded = json.loads(spec_path.read_text(encoding="utf-8"))
         if recorded != self.spec:
             raise CacheSpecMismatchError(
@@ -343,10 +332,10 @@ class FeatureStore:
             (self.directory / name).unlink(missing_ok=True)
             self._indexes.discard(name)
         self._damaged.clear()
+        remove_temporaries(self.directory)
         usable = {shard.data.name for shard in self._shards.values()}
         for path in self.directory.iterdir():
-            orphan = path.name.startswith("shard-") and path.suffix == ".bin" and path.name not in usable
-            if path.name.startswith(_TMP_PREFIX) or orphan:
+            if path.name.startswith("shard-") and path.suffix == ".bin" and path.name not in usable:
                 path.unlink(missing_ok=True)
 
     @contextlib.contextmanager
@@ -378,8 +367,8 @@ class ShardWriter:
 
     def _open(self) -> None:
         self._name = f"shard-{uuid.uuid4().hex}"
-        self._tmp = self.store.directory / f"{_TMP_PREFIX}{self._name}.bin"
-        self._handle = open(self._tmp, "wb")
+        self._out = AtomicFile(self.store.directory / f"{self._name}.bin")
+        self._handle = self._out.handle
         self._digest = hashlib.sha256()
         self._entries: dict[str, list[int]] = {}
         self._offset = 0
@@ -404,15 +393,12 @@ class ShardWriter:
         """Make the current shard visible to every reader (no-op when it is empty)."""
         if self._handle is None:
             return
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
         self._handle = None
-        data = self.store.directory / f"{self._name}.bin"
-        os.replace(self._tmp, data)
+        self._out.commit()
+        data = self._out.path
         record = {"data": data.name, "sha256": self._digest.hexdigest(), "entries": self._entries}
         try:
-            _atomic_write(self.store.directory / f"{self._name}.json", json.dumps(record).encode())
+            atomic_write_bytes(self.store.directory / f"{self._name}.json", json.dumps(record).encode())
         except BaseException:
             data.unlink(missing_ok=True)  # without its index it was never committed
             raise
@@ -424,7 +410,6 @@ class ShardWriter:
     def discard(self) -> None:
         """Drop the uncommitted shard, if any."""
         if self._handle is not None:
-            handle, self._handle = self._handle, None
+            self._handle = None
             with contextlib.suppress(OSError):  # a full disk fails the final flush; the file goes anyway
-                handle.close()
-            self._tmp.unlink(missing_ok=True)
+                self._out.discard()

@@ -10,7 +10,6 @@ file is the complete averaged fine-tuning model.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,8 +18,8 @@ from typing import Any
 
 import torch
 
-from s3prl_ser.compat import atomic_torch_save, safe_torch_load
 from s3prl_ser.data.protocol import FT_METADATA
+from s3prl_ser.fileio import atomic_torch_save, atomic_write_json, remove_temporaries, safe_torch_load
 from s3prl_ser.finetuning.hub_entries import FT_CHECKPOINT
 from s3prl_ser.training.best_checkpoints import BestCheckpoints, Entry
 from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files, average_state_dicts
@@ -108,8 +107,7 @@ def export_fold(
     output.parent.mkdir(parents=True, exist_ok=True)
     # A kill mid-export leaves the temporary file: the fold's directory is cleaned when its
     # training resumes, a second export's (FT_DIR/best/<fold>) only here.
-    for leftover in output.parent.glob(f".{output.name}.*.tmp"):
-        leftover.unlink()
+    remove_temporaries(output.parent, output.name)
     atomic_torch_save(state, output)
     return Export(output, average, chosen)
 
@@ -117,7 +115,5 @@ def export_fold(
 def write_metadata(fold_dir: Path, record: Mapping[str, Any]) -> Path:
     """Write ``fold_dir/upstream.json`` atomically (its presence marks the export as finished)."""
     path = fold_dir / FT_METADATA
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, record, indent=1)
     return path

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.fold_data import load_fold_data
 from s3prl_ser.data.folds import fold_session
 from s3prl_ser.data.protocol import FT_METADATA, PROTOCOL_KEY, check_fine_tuned
+from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.finetuning.export import export_fold, read_base_fields, write_metadata
 from s3prl_ser.finetuning.hub_entries import FT_CHECKPOINT, LOADER_KEY
 from s3prl_ser.finetuning.model import FineTuneModel, TextFineTuneModel, configure_feature_encoder

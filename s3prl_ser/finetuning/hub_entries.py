@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.data.folds import is_deployment
 from s3prl_ser.data.protocol import (
     FT_METADATA,
@@ -31,6 +30,7 @@ from s3prl_ser.data.protocol import (
     fold_of,
     recorded_protocol,
 )
+from s3prl_ser.fileio import safe_torch_load
 
 __all__ = [
     "FT_CHECKPOINT",

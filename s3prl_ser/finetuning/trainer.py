@@ -28,9 +28,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from s3prl_ser.compat import atomic_torch_save, safe_torch_load
 from s3prl_ser.data.fold_data import FoldData, eval_loader, train_loader
 from s3prl_ser.data.sampler import global_batches_per_epoch
+from s3prl_ser.fileio import atomic_torch_save, safe_torch_load
 from s3prl_ser.finetuning.export import converted_checkpoint
 from s3prl_ser.finetuning.model import AnyFineTuneModel
 from s3prl_ser.finetuning.optim import build_optimizer, warmup_linear_decay

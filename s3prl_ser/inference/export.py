@@ -28,7 +28,6 @@ embedded (:mod:`s3prl_ser.inference.upstream_spec` gives the reason).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -36,14 +35,14 @@ from typing import Any
 
 import yaml
 
-from s3prl_ser.compat import safe_torch_load
+from s3prl_ser.data.folds import DEPLOY_FOLD
 from s3prl_ser.data.protocol import PROTOCOL_KEY, checkpoint_protocol
-from s3prl_ser.experiments.deployment import DEPLOY_DIR, DEPLOYMENT_RECORD, is_deployment_run
+from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.inference.model_card import FoldRecord, package_versions, render_card
 from s3prl_ser.inference.model_dir import ONNX_FILE, write_model_dir
 from s3prl_ser.inference.onnx import export_onnx
 from s3prl_ser.inference.recognizer import EmotionRecognizer, resolve_checkpoint
-from s3prl_ser.training.runner import FINAL_RECORD
+from s3prl_ser.training.run_dir import FINAL_RECORD, RunDir
 
 __all__ = ["ExportError", "portable_paths", "fold_dirs", "fold_record", "export_run"]
 
@@ -77,20 +76,19 @@ def portable_paths(value: Any, run: Path) -> Any:
 def fold_dirs(run: Path) -> list[Path]:
     """Finished fold directories of a cross-validation directory (``<run>/<fold>/final.json``), by
     name; the deployment run (``<run>/deploy``) is no fold and never an ensemble member."""
-    return sorted(p for p in run.iterdir() if p.is_dir() and (p / FINAL_RECORD).is_file() and not is_deployment_run(p))
+    runs = [RunDir(p) for p in run.iterdir() if p.is_dir()]
+    return sorted(r.path for r in runs if r.is_finished() and not r.is_deployment())
 
 
 def fold_record(fold_dir: Path) -> FoldRecord:
     """What the model card needs from one fold run (its test score read from its metrics file)."""
-    ckpt_path = resolve_checkpoint(fold_dir)
+    run = RunDir(fold_dir)
+    ckpt_path = run.reported_checkpoint()
     ckpt = safe_torch_load(ckpt_path, mmap=True)
     args = vars(ckpt["Args"]) if hasattr(ckpt["Args"], "__dict__") else dict(ckpt["Args"])
-    final = json.loads((fold_dir / FINAL_RECORD).read_text())
-    metrics_file = fold_dir / (final.get("test_metrics") or "")  # null: a deployment run, never tested
-    test = None
-    if final.get("test_metrics") and metrics_file.is_file():
-        metrics = json.loads(metrics_file.read_text())
-        test = {k: metrics.get(k) for k in ("wa", "ua", "num_utterances")}
+    final = run.final()
+    metrics = run.test_metrics()  # None for a deployment run, never tested
+    test = {k: metrics.get(k) for k in ("wa", "ua", "num_utterances")} if metrics else None
     versions = sorted(fold_dir.glob("versions_*.yaml"))
     fold = metrics.get("fold") if test else None
     return {
@@ -138,17 +136,17 @@ def export_run(
         raise ExportError(f"{run}: no such run directory")
     if deploy and (ensemble or fold):
         raise ExportError("choose one of --fold, --ensemble and --deploy")
-    if deploy and not (run / FINAL_RECORD).is_file():
-        if not is_deployment_run(run / DEPLOY_DIR):
+    if deploy and not RunDir(run).is_finished():
+        if not RunDir(run / DEPLOY_FOLD).is_deployment():
             raise ExportError(
-                f"{run / DEPLOY_DIR}: no finished deployment run; train it with "
+                f"{run / DEPLOY_FOLD}: no finished deployment run; train it with "
                 f"`python -m s3prl_ser.cli.cross_validate -p {run} <the cross-validation's arguments> --deploy`"
             )
-        run = run / DEPLOY_DIR
-    if (run / FINAL_RECORD).is_file():
+        run = run / DEPLOY_FOLD
+    if RunDir(run).is_finished():
         if ensemble or fold:
             raise ExportError(f"{run} is one fold's run; --ensemble and --fold need the cross-validation directory")
-        kind = "deployment" if is_deployment_run(run) else "fold"
+        kind = "deployment" if RunDir(run).is_deployment() else "fold"
         if deploy and kind != "deployment":
             raise ExportError(f"{run} is a fold's run, not a deployment run (--deploy)")
         dirs = [run]
@@ -182,8 +180,8 @@ def export_run(
     }
     card_extra: dict[str, Any] = {"onnx": onnx}
     if kind == "deployment":
-        schedule_file = run / DEPLOYMENT_RECORD
-        schedule = portable_paths(json.loads(schedule_file.read_text()), run) if schedule_file.is_file() else None
+        recorded = RunDir(run).deployment_record()
+        schedule = portable_paths(recorded, run) if recorded is not None else None
         config["held_out_score"] = None
         config["deployment"] = {
             "note": "trained on every utterance of the corpus (never an official test set); no held-out score: "

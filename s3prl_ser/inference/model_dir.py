@@ -33,6 +33,7 @@ from typing import Any
 
 from torch import Tensor
 
+from s3prl_ser import fileio
 from s3prl_ser.evaluated_strings import check_model_config
 
 __all__ = [
@@ -142,7 +143,7 @@ def _remove_stale_temporaries(out: Path) -> None:
             continue
         if kind == "old" and not out.exists() and is_model_dir(leftover):
             logger.warning("%s: restoring the model a killed export was replacing to %s", leftover, out)
-            os.replace(leftover, out)
+            fileio.replace(leftover, out)
         else:
             logger.warning("%s: removing what a killed export (process %s) left", leftover, pid)
             if leftover.is_dir() and not leftover.is_symlink():
@@ -199,13 +200,14 @@ def write_model_dir(
         for file in tmp.iterdir():  # safetensors writes 0600 and mkdtemp-like dirs 0700: a model is shared
             file.chmod(0o644)
         tmp.chmod(0o755)
+        fileio.sync_directory(tmp)  # all on disk before the rename makes it the model
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-            os.replace(tmp, out)
+            fileio.replace(out, old)
+            fileio.replace(tmp, out)
             shutil.rmtree(old)
         else:
-            os.replace(tmp, out)
+            fileio.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -21,7 +21,6 @@ Command line: ``python -m s3prl_ser.inference MODEL AUDIO|DIR|LIST... [--output 
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -32,16 +31,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from s3prl_ser.compat import safe_torch_load
 from s3prl_ser.config import expert_default
 from s3prl_ser.data.audio import SAMPLE_RATE, is_silent, load_audio, prepare_waveform
 from s3prl_ser.data.folds import resolve_fold
+from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.inference.files import predict_files
 from s3prl_ser.inference.long_audio import predict_windows
 from s3prl_ser.inference.model_dir import ModelDirError, is_model_dir, read_model_dir
 from s3prl_ser.inference.upstream_spec import build_upstreams_offline, describe_upstreams
 from s3prl_ser.models.fusion import EmotionClassifier
-from s3prl_ser.training.runner import FINAL_RECORD
+from s3prl_ser.training.run_dir import RunDir
 from s3prl_ser.upstreams.exportable import UnsupportedUpstreamError
 from s3prl_ser.upstreams.multi_upstream import MultiFeaturizer, build_featurizer
 from s3prl_ser.upstreams.registry import register
@@ -70,10 +69,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint file, or the reported model of an experiment directory (``final.json``)."""
     path = Path(path)
     if path.is_dir():
-        record = path / FINAL_RECORD
-        if not record.is_file():
-            raise FileNotFoundError(f"{path}: no {FINAL_RECORD}; is training of this fold finished?")
-        path = path / json.loads(record.read_text())["checkpoint"]
+        path = RunDir(path).reported_checkpoint()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return path

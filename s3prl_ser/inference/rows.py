@@ -11,13 +11,16 @@ and long-audio rows here, and s3prl's ``run_downstream.py -m inference`` line.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
+
+from s3prl_ser.fileio import atomic_write
 
 __all__ = ["prediction_row", "error_row", "csv_columns", "csv_cell", "write_rows"]
 
@@ -103,21 +106,23 @@ def write_rows(rows: Iterable[dict[str, Any]], output: str | os.PathLike, class_
     if suffix not in (".csv", ".jsonl"):
         raise ValueError(f"{output}: the output must end in .csv or .jsonl")
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
     failed = 0
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = None
-            if suffix == ".csv":
-                writer = csv.DictWriter(handle, fieldnames=csv_columns(class_names))
-                writer.writeheader()
-            for row in rows:
-                failed += row["status"] != "ok"
-                if writer is not None:
-                    writer.writerow({key: csv_cell(value) for key, value in _flat(row, class_names).items()})
-                else:
-                    handle.write(json.dumps(row) + "\n")
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def write(binary: IO[bytes]) -> None:
+        nonlocal failed
+        handle = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+        writer = None
+        if suffix == ".csv":
+            writer = csv.DictWriter(handle, fieldnames=csv_columns(class_names))
+            writer.writeheader()
+        for row in rows:
+            failed += row["status"] != "ok"
+            if writer is not None:
+                writer.writerow({key: csv_cell(value) for key, value in _flat(row, class_names).items()})
+            else:
+                handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        handle.detach()  # leaves ``binary`` open: atomic_write syncs and closes it
+
+    atomic_write(output, write)
     return failed

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from s3prl_ser.compat import atomic_torch_save, safe_torch_load
 from s3prl_ser.data.protocol import FoldSpec
+from s3prl_ser.fileio import atomic_torch_save, safe_torch_load
 from s3prl_ser.upstreams.build import build_upstream
 from s3prl_ser.upstreams.exportable import CONVERTED_LOADERS, UnsupportedUpstreamError, export_loader, load_upstream
 from s3prl_ser.upstreams.multi_upstream import MultiUpstream, split_names

@@ -35,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import soundfile as sf
 
+from s3prl_ser import fileio
+
 __all__ = [
     "BuiltinCorpusError",
     "default_corpus_dir",
@@ -319,12 +321,12 @@ def _move_into_place(staging: pathlib.Path, root: pathlib.Path, params: dict) ->
     """Atomically make ``staging`` the corpus at ``root``, replacing what is there."""
     if root.exists() and any(root.iterdir()):
         old = pathlib.Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".old", dir=root.parent))
-        os.replace(root, old)
-        os.replace(staging, root)
+        fileio.replace(root, old)
+        fileio.replace(staging, root)
         shutil.rmtree(old, ignore_errors=True)
         return
     try:
-        os.replace(staging, root)  # also replaces an empty directory
+        fileio.replace(staging, root)  # also replaces an empty directory
     except OSError:
         # Another process finished the same corpus first: that one is as good.
         manifest = load_manifest(root)

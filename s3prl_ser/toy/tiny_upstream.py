@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from s3prl_ser.compat import atomic_torch_save
+from s3prl_ser.fileio import atomic_torch_save
 
 __all__ = ["write_tiny_upstream", "tiny_model_cfg"]
 

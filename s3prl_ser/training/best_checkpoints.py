@@ -15,6 +15,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from s3prl_ser.fileio import atomic_write_json
+
 __all__ = ["Entry", "BestCheckpoints"]
 
 
@@ -49,9 +51,7 @@ class BestCheckpoints:
 
     def _write(self, entries: list[Entry]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self.record.with_name(f".{self.record.name}.tmp")
-        tmp.write_text(json.dumps([asdict(e) for e in entries], indent=1), encoding="utf-8")
-        os.replace(tmp, self.record)
+        atomic_write_json(self.record, [asdict(e) for e in entries], indent=1)
 
     def offer(self, step: int, score: float) -> list[str]:
         """Record ``score`` at ``step``; return ``[file name]`` to save if it is among the k best.

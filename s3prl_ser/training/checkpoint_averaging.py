@@ -44,8 +44,8 @@ from typing import Any
 
 import torch
 
-from s3prl_ser.compat import atomic_torch_save, safe_torch_load
 from s3prl_ser.data.protocol import PROTOCOL_KEY
+from s3prl_ser.fileio import atomic_torch_save, safe_torch_load
 from s3prl_ser.finetuning.hub_entries import LOADER_KEY
 from s3prl_ser.training.run_identity import describe, run_identity, significant_differences
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from s3prl_ser.fileio import atomic_write_text
 from s3prl_ser.markdown import markdown_table
 from s3prl_ser.training.metrics import ClassificationReport
 
@@ -246,17 +247,10 @@ def write_report(summary: dict, out_dir: str | os.PathLike, title: str) -> dict[
 def _write(out_dir: Path, summary: dict, lines: list[str], confusion_title: str) -> dict[str, Path]:
     """``results.json`` (``summary``), ``results.md`` (``lines`` and the plot) and ``confusion.png``."""
     paths = {"json": out_dir / "results.json", "md": out_dir / "results.md", "png": out_dir / "confusion.png"}
-    _write_text(paths["json"], json.dumps(summary, indent=1))
-    _write_text(paths["md"], "\n".join(lines + ["", "![confusion matrix](confusion.png)", ""]))
+    atomic_write_text(paths["json"], json.dumps(summary, indent=1))
+    atomic_write_text(paths["md"], "\n".join(lines + ["", "![confusion matrix](confusion.png)", ""]))
     plot_confusion(summary["confusion"], summary["labels"], paths["png"], title=confusion_title)
     return paths
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Through a temporary file and a rename: a reader never sees half a report."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_seed_report(combined: dict, out_dir: str | os.PathLike, title: str) -> dict[str, Path]:

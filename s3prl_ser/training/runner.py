@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import itertools
-import json
 import logging
 import os
 from collections import defaultdict
@@ -37,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from s3prl_ser import compat
+from s3prl_ser import fileio
 from s3prl_ser.data.fold_data import FoldData, load_fold_data
 from s3prl_ser.data.folds import check_run_fold, is_deployment, resolve_fold
 from s3prl_ser.data.protocol import PROTOCOL_KEY, FoldSpec, check_protocol_record, checkpoint_protocol
@@ -45,6 +44,7 @@ from s3prl_ser.feature_cache.attach import FeatureCaches, attach_feature_cache, 
 from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files
 from s3prl_ser.training.distributed import all_gather
 from s3prl_ser.training.loop import OptimizerStep, Schedule, TrainingLoop, UpdateResult
+from s3prl_ser.training.run_dir import RunDir
 from s3prl_ser.training.run_identity import run_identity
 from s3prl_ser.training.states import Progress, StatesFiles, restore_progress, training_state
 from s3prl_ser.upstreams.multi_upstream import build_featurizer, build_upstreams
@@ -53,8 +53,6 @@ __all__ = ["SERRunner"]
 
 # Not `logger`: s3prl's runner names its TensorBoard writer so (evaluate's argument, finalize's).
 _log = logging.getLogger(__name__)
-
-FINAL_RECORD = "final.json"
 
 
 class _RunnerHooks:
@@ -98,7 +96,7 @@ class _RunnerHooks:
         for name in names:
             path = os.path.join(self.runner.args.expdir, name)
             tqdm.write(f"[Runner] - Save the checkpoint to: {path}")
-            compat.atomic_torch_save(checkpoint, path)
+            fileio.atomic_torch_save(checkpoint, path)
         if states:
             tqdm.write(f"[Runner] - Save the states to: {self.states.save(progress.step, checkpoint)}")
 
@@ -118,7 +116,7 @@ class SERRunner(Runner):
     def __init__(self, args, config) -> None:  # s3prl's, with a weights-only checkpoint load
         self.args = args
         self.config = config
-        self.init_ckpt = compat.safe_torch_load(args.init_ckpt) if args.init_ckpt else {}
+        self.init_ckpt = fileio.safe_torch_load(args.init_ckpt) if args.init_ckpt else {}
         recorded = checkpoint_protocol(self.init_ckpt)
         if recorded is not None:
             # -e/-i of a trained model: never for a fold whose test set it trained on (a deployment model: any)
@@ -394,11 +392,11 @@ class SERRunner(Runner):
             state = average_checkpoint_files([expdir / e.name for e in entries])
         else:
             final = expdir / "dev-best.ckpt"
-            state = compat.safe_torch_load(expdir / entries[0].name)
+            state = fileio.safe_torch_load(expdir / entries[0].name)
         state["ClassNames"] = list(expert.class_names)  # also for checkpoints of older versions
         if getattr(expert, "protocol", None) is not None:
             state[PROTOCOL_KEY] = expert.protocol.to_dict()
-        compat.atomic_torch_save(state, final)
+        fileio.atomic_torch_save(state, final)
         for entry in self.all_entries:
             if entry.name in state:
                 _unwrap(entry.model).load_state_dict(state[entry.name])
@@ -417,11 +415,7 @@ class SERRunner(Runner):
             "test_metrics": f"test_{expert.fold}_metrics.json" if tested else None,
             "identity": run_identity(self.args, self.config),
         }
-        # Atomically: its presence marks the run finished (cross_validate reads it), so a kill
-        # mid-write must leave none, and the resumed run finalizes again.
-        tmp = expdir / f".{FINAL_RECORD}.tmp"
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, expdir / FINAL_RECORD)
+        RunDir(expdir).write_final(record)  # last: its presence marks the run finished
         _log.info(
             f"[SERRunner] - reported model {final} ({len(entries)} checkpoint(s), steps "
             f"{sorted(e.step for e in entries)}); "

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from s3prl_ser.compat import atomic_torch_save
+from s3prl_ser.fileio import atomic_torch_save, remove_temporaries
 
 __all__ = [
     "Progress",
@@ -158,9 +158,9 @@ class StatesFiles:
         return found[-1][1] if found else None
 
     def remove_leftovers(self) -> None:
-        """Delete temporary files of saves a kill interrupted (never a complete file)."""
-        for path in self.directory.glob(".*.ckpt.*.tmp"):
-            path.unlink(missing_ok=True)
+        """Delete the temporary files of writes a kill interrupted (states, k-best checkpoints and
+        record, ``final.json``, ...; never a complete file)."""
+        remove_temporaries(self.directory)
 
     def save(self, step: int, states: Mapping[str, Any]) -> Path:
         """Write ``states-<step>.ckpt`` atomically, then prune to the newest ``keep`` files."""

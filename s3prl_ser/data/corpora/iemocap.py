@@ -24,7 +24,6 @@ To reuse the meta data of an existing SUPERB run, point the downstream at that J
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -36,6 +35,7 @@ from typing import Literal
 
 from s3prl_ser.data.corpora.common import PreparationError
 from s3prl_ser.data.manifest import LabelRules
+from s3prl_ser.fileio import atomic_write_json
 
 __all__ = [
     "LABELS",
@@ -153,9 +153,7 @@ def collect_session(root: Path, session: str, order: FileOrder = "sorted") -> li
 
 def _write_json(data: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def prepare(
