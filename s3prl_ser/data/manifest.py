@@ -52,7 +52,6 @@ __all__ = [
     "ManifestFold",
     "Manifest",
     "read_manifest",
-    "write_json_atomic",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -60,15 +59,6 @@ FORMAT = "s3prl_ser.manifest/1"
 REQUIRED_FIELDS = ("id", "path", "label", "speaker")
 OPTIONAL_FIELDS = ("gender", "duration", "transcript", "channel", "start", "end")
 _FOLD = re.compile(r"^fold[1-9][0-9]*$")
-
-
-def write_json_atomic(data: Any, path: str | os.PathLike, indent: int | None = None) -> Path:
-    """Write ``data`` as JSON to ``path`` through a temporary file and a rename, so a reader
-    (or a kill mid-write) never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, data, indent=indent, ensure_ascii=False)
-    return path
 
 
 @dataclass(frozen=True)
@@ -227,11 +217,12 @@ class Manifest:
         """Write ``out_dir/manifest.json`` (atomically) and, when rows have transcripts,
         ``out_dir/transcripts.json`` (utterance id -> text, what the text stream reads)."""
         out_dir = Path(out_dir)
-        path = write_json_atomic(self.to_dict(), out_dir / MANIFEST_NAME, indent=1)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / MANIFEST_NAME
+        atomic_write_json(path, self.to_dict(), indent=1, ensure_ascii=False)
         if any(row.get("transcript") for row in self.utterances):
-            write_json_atomic(
-                {row["id"]: row.get("transcript") or "" for row in self.utterances}, out_dir / "transcripts.json"
-            )
+            transcripts = {row["id"]: row.get("transcript") or "" for row in self.utterances}
+            atomic_write_json(out_dir / "transcripts.json", transcripts, ensure_ascii=False)
         return path
 
     def count_table(self) -> str:

@@ -151,11 +151,6 @@ def collect_session(root: Path, session: str, order: FileOrder = "sorted") -> li
     return kept
 
 
-def _write_json(data: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, data)
-
-
 def prepare(
     root: str | os.PathLike,
     out: str | os.PathLike,
@@ -180,13 +175,15 @@ def prepare(
             f"{', '.join(sorted(p.name for p in root.glob('Session*'))) or 'none'})"
         )
     per_session = {name: collect_session(root, name, order) for name in names}
+    out.mkdir(parents=True, exist_ok=True)
     for name in names:
+        (out / name).mkdir(exist_ok=True)
         train = [u.meta() for s in names if s != name for u in per_session[s]]
         test = [u.meta() for u in per_session[name]]
         # file_order: stock s3prl reads only labels and meta_data, so the extra key is harmless.
         for split, items in (("train", train), ("test", test)):
-            _write_json(
-                {"labels": LABELS, "meta_data": items, "file_order": order}, out / name / f"{split}_meta_data.json"
+            atomic_write_json(
+                out / name / f"{split}_meta_data.json", {"labels": LABELS, "meta_data": items, "file_order": order}
             )
     transcripts: dict[str, str] = {}
     for name in names:
@@ -195,7 +192,7 @@ def prepare(
             if utterance.name not in texts:
                 warnings.warn(f"{root / name}/dialog/transcriptions: no transcript for {utterance.name}", stacklevel=2)
             transcripts[utterance.name] = texts.get(utterance.name, "")
-    _write_json(transcripts, out / "transcripts.json")
+    atomic_write_json(out / "transcripts.json", transcripts)
     return per_session
 
 
