@@ -9,7 +9,6 @@ test-set predictions written only for the reported model.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -25,6 +24,7 @@ from s3prl_ser.data.audio import load_audio
 from s3prl_ser.data.emotion_dataset import SESSION_CORPORA
 from s3prl_ser.data.fold_data import FoldData, eval_loader, load_fold_data, train_loader
 from s3prl_ser.data.folds import check_run_fold, fold_session, is_deployment, resolve_fold
+from s3prl_ser.fileio import atomic_write_json, atomic_write_text
 from s3prl_ser.inference.rows import prediction_row
 from s3prl_ser.models.classifier import AGGREGATORS
 from s3prl_ser.models.fusion import EmotionClassifier
@@ -308,9 +308,10 @@ class DownstreamExpert(nn.Module):
         if mode in ("dev", "test"):
             for kind in ("predict", "truth"):
                 lines = [f"{f} {e}\n" for f, e in zip(records["filename"], records[kind])]
-                (self.output_dir / f"{mode}_{self.fold}_{kind}.txt").write_text("".join(lines))
+                atomic_write_text(self.output_dir / f"{mode}_{self.fold}_{kind}.txt", "".join(lines))
             metrics = dict(report.to_dict(), step=global_step, fold=self.fold, loss=loss, corpus=self._corpus_record())
-            (self.output_dir / f"{mode}_{self.fold}_metrics.json").write_text(json.dumps(metrics, indent=1))
+            # atomic: cross-validation reads it as the fold's result once final.json names it
+            atomic_write_json(self.output_dir / f"{mode}_{self.fold}_metrics.json", metrics, indent=1)
         return save_names
 
     def _corpus_record(self) -> dict:
