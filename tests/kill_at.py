@@ -10,8 +10,8 @@ real process, placed exactly, for the exact-resume and kill-loop tests.
 update is evaluated or saved. ``save N``: it dies with half of ``states-N.ckpt`` written to
 the temporary file that the atomic save would have renamed (``write states-N.ckpt:1``).
 ``write NAME:K``: the same for the K-th write of any file the run writes with
-an atomic write (:mod:`s3prl_ser.fileio`) or ``Path.write_text`` (a checkpoint, ``dev-top.json``,
-``final.json``, metrics, ...). ``stop N``: the process stops after update N,
+an atomic write (:mod:`s3prl_ser.fileio`: a checkpoint, ``dev-top.json``, ``final.json``,
+metrics, ...). ``stop N``: the process stops after update N,
 holding its files and locks, until it is killed.
 
 :func:`fork_run` runs the same in a forked child of a process that has run the command before
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import io
 import os
-import pathlib
 import signal
 import sys
 import tempfile
@@ -65,15 +64,14 @@ def stop() -> None:
 
 
 def intercept_writes(halfway: Callable[[str, int], bool]) -> Callable[[], None]:
-    """Ask ``halfway(name, k)`` before the ``k``-th write of each file ``name`` (every atomic
-    write, :func:`s3prl_ser.fileio.atomic_write`, and text through ``Path.write_text``); where it
-    answers True, write half of the content where the write would go (an atomic write's
-    temporary file), then die. Returns the undo.
+    """Ask ``halfway(name, k)`` before the ``k``-th write of each file ``name`` (every file a run
+    writes goes through :func:`s3prl_ser.fileio.atomic_write`); where it answers True, write
+    half of the content to the temporary file the write would rename, then die. Returns the undo.
 
     ``fileio.atomic_write`` is replaced where it is looked up: in :mod:`s3prl_ser.fileio`, whose
     text, JSON and checkpoint writers call it, and in any module that imported it by name.
     """
-    atomic_write, write_text = fileio.atomic_write, pathlib.Path.write_text
+    atomic_write = fileio.atomic_write
     counts: Counter[str] = Counter()
 
     def ask(path: Path) -> bool:
@@ -91,12 +89,6 @@ def intercept_writes(halfway: Callable[[str, int], bool]) -> Callable[[], None]:
         os.fsync(fd)
         die()
 
-    def write_text_or_die(self: pathlib.Path, data: str, *args: object, **kwargs: object) -> int:
-        if not ask(self):
-            return write_text(self, data, *args, **kwargs)
-        write_text(self, data[: len(data) // 2], *args, **kwargs)
-        die()
-
     def replace(old: Callable[..., None], new: Callable[..., None]) -> None:
         # Only the project's modules import atomic_write; others may be lazy modules that
         # import (and fail) on attribute access, e.g. speechbrain's.
@@ -105,11 +97,9 @@ def intercept_writes(halfway: Callable[[str, int], bool]) -> Callable[[], None]:
                 module.atomic_write = new
 
     replace(atomic_write, write_or_die)
-    pathlib.Path.write_text = write_text_or_die
 
     def undo() -> None:
         replace(write_or_die, atomic_write)  # also in the modules imported since
-        pathlib.Path.write_text = write_text
 
     return undo
 
