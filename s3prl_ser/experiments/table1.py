@@ -36,7 +36,7 @@ from s3prl_ser.config import ConfigError, Override, load_config, read_yaml
 from s3prl_ser.data.emotion_dataset import SESSION_CORPORA
 from s3prl_ser.experiments.cross_validation import cross_validate
 from s3prl_ser.experiments.launch import RunRequest
-from s3prl_ser.fileio import atomic_write_json, atomic_write_text
+from s3prl_ser.fileio import atomic_write_json, atomic_write_text, read_json
 from s3prl_ser.finetuning.hub_entries import FT_CHECKPOINT
 from s3prl_ser.finetuning.stage import StageResult, fine_tune, stage1_request, summary_table
 from s3prl_ser.markdown import markdown_table
@@ -409,11 +409,11 @@ def run_table1(spec: Table1Spec) -> dict[int, dict]:
     # Runs finished by earlier invocations in out_dir join the tables too.
     out_dir = spec.out_dir
     everything = {
-        n: json.loads((out_dir / f"exp{n}" / "results.json").read_text())
+        n: read_json(out_dir / f"exp{n}" / "results.json")
         for n in EXPERIMENTS
         if (out_dir / f"exp{n}" / "results.json").is_file()
     }
-    superb_runs = {p.parent.name: json.loads(p.read_text()) for p in sorted(out_dir.glob("superb/*/results.json"))}
+    superb_runs = {p.parent.name: read_json(p) for p in sorted(out_dir.glob("superb/*/results.json"))}
     paths = write_tables(out_dir, everything, spec.note, superb_runs)
     logger.info(f"[table1] - {paths['md']}, {paths['json']}, {paths['superb']}")
     return summaries

@@ -14,7 +14,7 @@ from typing import Any
 from s3prl_ser.data.fold_data import load_fold_data
 from s3prl_ser.data.folds import fold_session
 from s3prl_ser.data.protocol import FT_METADATA, PROTOCOL_KEY, check_fine_tuned
-from s3prl_ser.fileio import safe_torch_load
+from s3prl_ser.fileio import read_json, safe_torch_load
 from s3prl_ser.finetuning.export import export_fold, read_base_fields, write_metadata
 from s3prl_ser.finetuning.hub_entries import FT_CHECKPOINT, LOADER_KEY
 from s3prl_ser.finetuning.model import FineTuneModel, TextFineTuneModel, configure_feature_encoder
@@ -40,7 +40,7 @@ def exported_metadata(fold_dir: Path, requested: Mapping[str, Any] | None = None
     checkpoint, metadata = fold_dir / FT_CHECKPOINT, fold_dir / FT_METADATA
     if not (checkpoint.is_file() and metadata.is_file()):
         return None
-    record = json.loads(metadata.read_text(encoding="utf-8"))
+    record = read_json(metadata)
     if requested is not None:
         changed = significant_differences({key: record.get(key) for key in requested}, requested)
         if changed:

@@ -15,7 +15,6 @@ fold (or its full protocol) being trained or evaluated::
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,7 +29,7 @@ from s3prl_ser.data.protocol import (
     fold_of,
     recorded_protocol,
 )
-from s3prl_ser.fileio import safe_torch_load
+from s3prl_ser.fileio import read_json, safe_torch_load
 
 __all__ = [
     "FT_CHECKPOINT",
@@ -65,7 +64,7 @@ def read_ft_metadata(checkpoint: str | os.PathLike) -> dict[str, Any]:
     path = Path(checkpoint).with_name(FT_METADATA)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {checkpoint} is not an export of `python -m upstream_ft`")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path)
 
 
 def resolve_ft_checkpoint(ckpt: str | os.PathLike | None, fold: FoldSpec | None) -> Path:

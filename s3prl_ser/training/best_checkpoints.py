@@ -10,12 +10,11 @@ its own entry, so the record stays consistent with the checkpoint files on disk.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from s3prl_ser.fileio import atomic_write_json
+from s3prl_ser.fileio import atomic_write_json, read_json
 
 __all__ = ["Entry", "BestCheckpoints"]
 
@@ -47,7 +46,7 @@ class BestCheckpoints:
     def _read(self) -> list[Entry]:
         if not self.record.is_file():
             return []
-        return [Entry(**e) for e in json.loads(self.record.read_text(encoding="utf-8"))]
+        return [Entry(**e) for e in read_json(self.record)]
 
     def _write(self, entries: list[Entry]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
