@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         folds = args.folds.split(",") if args.folds else corpus_folds(request)
         if args.report_only:
             report(expdir, request, folds)
+            print((expdir / "results.md").read_text())
             return
         cross_validate(expdir, request, folds, workers=args.workers)
         print((expdir / "results.md").read_text())
