@@ -56,7 +56,12 @@ def test_paper_upstreams_by_default_and_base_one_flag_away(monkeypatch, tmp_path
     import s3prl_ser.cli.table1 as table1
 
     calls = []
-    monkeypatch.setattr(table1, "run_table1", calls.append)
+
+    def record(spec):  # stands in for the runs; writes the table the command prints
+        calls.append(spec)
+        (spec.out_dir / "table1.md").write_text("| table |\n")
+
+    monkeypatch.setattr(table1, "run_table1", record)
     argv = ["-p", str(tmp_path), "--root", str(tmp_path), "--meta", str(tmp_path)]
     table1.main(argv)
     table1.main([*argv, "--base"])
