@@ -1,3 +1,4 @@
+"""s3prl 0.4.18 on current stacks: the compat layer (s3prl_ser.compat)."""
 
 import numpy as np
 import pytest

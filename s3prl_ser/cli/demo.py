@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         steps=args.steps,
         device=args.device,
     )
-    run_main_job(job)
+    result = run_main_job(job)
+    if result is not None:
+        print(f"[demo] - {result.headline}")
+        print(f"[demo] - results: {result.results}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -190,6 +191,7 @@ def train_in_workers(runs: Sequence[FoldRun], workers: int) -> dict[FoldRun, dic
             (the first to end) is raised here too.
     """
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from s3prl_ser.upstreams.registry import register
 
@@ -218,10 +220,16 @@ def train_in_workers(runs: Sequence[FoldRun], workers: int) -> dict[FoldRun, dic
         )
         context = multiprocessing.get_context("spawn")  # fork would copy this process's threads and locks
         with context.Pool(min(workers, len(pending)), maxtasksperchild=1) as pool:
+            start = time.monotonic()
             bar = tqdm(pool.imap_unordered(_train_in_worker, pending), total=len(pending), desc="folds", unit="fold")
-            for run, metrics in bar:
-                results[run] = metrics
-                bar.write(f"[cross_validate] - {run.fold_dir}: UA {100 * metrics['ua']:.2f} (log: {WORKER_LOG})")
+            with logging_redirect_tqdm():  # log lines above the bar, not through it
+                for done, (run, metrics) in enumerate(bar, 1):
+                    results[run] = metrics
+                    left = (time.monotonic() - start) / done * (len(pending) - done)
+                    logger.info(
+                        f"[cross_validate] - {done}/{len(pending)} folds done, about {left / 60:.0f} min left; "
+                        f"{run.fold_dir}: UA {100 * metrics['ua']:.2f} (log: {WORKER_LOG})"
+                    )
     return results
 
 

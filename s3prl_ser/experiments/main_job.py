@@ -39,7 +39,7 @@ from s3prl_ser.toy.tiny_upstream import write_tiny_upstream
 from s3prl_ser.training.cv_report import mean_std_text, summarize_seeds, write_seed_report
 from s3prl_ser.upstreams.registry import DOWNSTREAM_DIR
 
-__all__ = ["MAIN_JOB_SEEDS", "PIPELINES", "main_job_seeds", "MainJob", "run_main_job"]
+__all__ = ["MAIN_JOB_SEEDS", "PIPELINES", "main_job_seeds", "MainJob", "MainJobResult", "run_main_job"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +129,22 @@ def _table1(job: MainJob, corpus: Path, meta: Path) -> None:
     )
 
 
-def run_main_job(job: MainJob) -> dict | None:
+@dataclass(frozen=True)
+class MainJobResult:
+    """What the main job reports: the summary (over seeds when there are several; see
+    :mod:`s3prl_ser.training.cv_report`), its one-line headline, and ``results.md``."""
+
+    summary: dict
+    headline: str
+    results: Path
+
+
+def run_main_job(job: MainJob) -> MainJobResult | None:
     """Generate the corpus and its meta data, run ``job.pipeline``, write and print the results.
 
     Returns:
-        The reported summary (over seeds when there are several; :mod:`s3prl_ser.training.cv_report`),
-        or None for the ``table1`` pipeline (its tables are in ``out/table1``).
+        The reported summary, its headline and the report's path, or None for the ``table1``
+        pipeline (its tables are in ``out/table1``).
 
     Raises:
         BuiltinCorpusError: the corpus cannot be generated (e.g. espeak-ng missing).
@@ -207,6 +217,5 @@ def run_main_job(job: MainJob) -> dict | None:
     else:
         combined = next(iter(summaries.values()))
         spread = f"mean ± std over {len(combined['folds'])} folds"
-    logger.info(f"[demo] - WA {mean_std_text(combined['wa'])}, UA {mean_std_text(combined['ua'])} ({spread})")
-    logger.info(f"[demo] - results: {(expdir / 'results.md').resolve()}")
-    return combined
+    headline = f"WA {mean_std_text(combined['wa'])}, UA {mean_std_text(combined['ua'])} ({spread})"
+    return MainJobResult(summary=combined, headline=headline, results=(expdir / "results.md").resolve())
