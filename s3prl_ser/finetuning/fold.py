@@ -15,10 +15,10 @@ from s3prl_ser.data.fold_data import load_fold_data
 from s3prl_ser.data.folds import fold_session
 from s3prl_ser.data.protocol import FT_METADATA, PROTOCOL_KEY, check_fine_tuned
 from s3prl_ser.fileio import read_json, safe_torch_load
-from s3prl_ser.finetuning.export import export_fold, read_base_fields, write_metadata
 from s3prl_ser.finetuning.hub_entries import FT_CHECKPOINT, LOADER_KEY
 from s3prl_ser.finetuning.model import FineTuneModel, TextFineTuneModel, configure_feature_encoder
 from s3prl_ser.finetuning.trainer import FoldTrainer
+from s3prl_ser.finetuning.upstream_checkpoint import export_fold, read_base_fields, write_metadata
 from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts
 from s3prl_ser.training.distributed import Distributed
 from s3prl_ser.training.run_identity import describe, significant_differences

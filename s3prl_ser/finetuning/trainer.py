@@ -7,7 +7,7 @@ Files in the fold directory:
   :mod:`s3prl_ser.training.states`); only the latest is kept. A new run in the same
   directory resumes from it exactly: the interrupted epoch at its next batch.
 * ``dev-top-step<N>.ckpt`` + ``dev-top.json``: the ``best_k`` checkpoints by dev WA, each an
-  s3prl converted upstream checkpoint with the head beside it (:mod:`s3prl_ser.finetuning.export`; for
+  s3prl converted upstream checkpoint with the head beside it (:mod:`s3prl_ser.finetuning.upstream_checkpoint`; for
   text, ``model_weight`` is the Hugging Face encoder's state dict).
 * ``log.log`` and TensorBoard events: train loss / lr, dev WA / UA / loss.
 
@@ -31,9 +31,9 @@ from tqdm import tqdm
 from s3prl_ser.data.fold_data import FoldData, eval_loader, train_loader
 from s3prl_ser.data.sampler import global_batches_per_epoch
 from s3prl_ser.fileio import atomic_torch_save, safe_torch_load
-from s3prl_ser.finetuning.export import converted_checkpoint
 from s3prl_ser.finetuning.model import AnyFineTuneModel
 from s3prl_ser.finetuning.optim import build_optimizer, warmup_linear_decay
+from s3prl_ser.finetuning.upstream_checkpoint import converted_checkpoint
 from s3prl_ser.training.best_checkpoints import BestCheckpoints
 from s3prl_ser.training.distributed import Distributed
 from s3prl_ser.training.loop import OptimizerStep, Schedule, TrainingLoop, UpdateResult
