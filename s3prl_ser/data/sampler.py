@@ -110,7 +110,6 @@ class GlobalBatchSampler(Sampler[list[int]]):
         True
         >>> lengths = [1, 9, 2, 8, 3, 7, 4, 6, 5, 5]
         >>> sorted(sorted(lengths[i] for i in b) for b in GlobalBatchSampler(10, 4, seed=0, lengths=lengths))
-        [GlobalBatchSampler] - epoch 0: length-bucketed batches, padding 30.4% of the batched samples (random batches: 35.0%)
         [[1, 2, 3, 5], [5, 6, 8, 9]]
     """
 

@@ -256,8 +256,7 @@ class CachedUpstream(nn.Module):
         >>> store = FeatureStore(tempfile.mkdtemp(), {"upstream": "toy"}, "float32")
         >>> cached = CachedUpstream(Toy(), store, "hidden_states", None, rate=2)
         >>> wavs = [torch.arange(4.0), torch.arange(6.0)]
-        >>> report = cached.fill(wavs, "toy split")  # doctest: +ELLIPSIS
-        [FeatureCache] - toy split: extracting 2 utterance(s) (0.00 h of audio, 2 layer(s) x 2, float32): about 80.0 B into ... free
+        >>> report = cached.fill(wavs, "toy split")
         >>> out = cached(wavs)["hidden_states"]
         >>> len(out), out[1].shape, torch.equal(out[1], Toy()(wavs)["hidden_states"][1]), cached.misses
         (2, torch.Size([2, 3, 2]), True, 0)

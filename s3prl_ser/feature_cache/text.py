@@ -101,7 +101,6 @@ class CachedTextEncoder(nn.Module):
         >>> store = FeatureStore(tempfile.mkdtemp(), {"upstream": "toy"}, "float32")
         >>> cached = CachedTextEncoder(Toy(), store)
         >>> cached.fill(["ab", "c"], "toy split")["extracted"]  # doctest: +ELLIPSIS
-        [FeatureCache] - toy split: encoding 2 transcript(s) (3 tokens x 1, float32): about 12.0 B into ... free
         2
         >>> features, lengths = cached(["c", "ab"])
         >>> features.shape, lengths.tolist(), features[0, :, 0].tolist(), cached.misses
