@@ -176,6 +176,7 @@ def test_a_file_only_ffmpeg_decodes_serves_preparation_and_training(tmp_path):
     rms = lambda wav: float(wav.square().mean().sqrt())  # noqa: E731
     both = load_audio(path, min_samples=400)
     assert both.numel() == pytest.approx(1.5 * SAMPLE_RATE, abs=0.1 * SAMPLE_RATE)
+    assert info.samples == both.numel()  # the decoded length, not ffprobe's estimate (1.5 s)
     assert rms(both) == pytest.approx(0.5 / np.sqrt(2) / 2, rel=0.05)  # channels averaged
     assert rms(load_audio(path, channel=1)) == pytest.approx(0.5 / np.sqrt(2), rel=0.05)
     assert rms(load_audio(path, channel=2)) < 1e-2

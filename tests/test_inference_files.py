@@ -160,6 +160,31 @@ def test_mp3_through_soundfile_and_m4a_through_ffmpeg(recognizer, tmp_path):
         assert row["duration"] == pytest.approx(1.5, abs=0.1)  # codecs add a few ms of priming
 
 
+@pytest.mark.skipif(__import__("shutil").which("ffmpeg") is None, reason="ffmpeg makes the MP3")
+def test_an_mp3_is_windowed_by_its_decoded_length_not_its_header(recognizer, tmp_path):
+    """A CBR MP3 without a Xing tag: its header's length is estimated from the file size (longer
+    than the audio); windows and the summary end where the decoded audio does."""
+    import subprocess
+
+    from s3prl_ser.data.audio import audio_info
+
+    sf.write(tmp_path / "source.wav", _noise(30.0, 44100, seed=6), 44100)
+    path = tmp_path / "long.mp3"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(tmp_path / "source.wav"), "-b:a", "32k", "-write_xing", "0", str(path)],
+        check=True,
+    )
+    rate = sf.info(path).samplerate
+    decoded = len(sf.read(path, dtype="float32")[0])
+    assert sf.info(path).frames - decoded > rate // 100  # the header claims more than 10 ms too many
+    assert audio_info(path).frames == decoded
+    rows = recognizer.predict_files([path], long_audio=10.0, window=8.0, hop=4.0)
+    assert [r["status"] for r in rows] == ["ok"] * len(rows), rows
+    windows, summary = rows[:-1], rows[-1]
+    assert summary["end"] == summary["duration"] == pytest.approx(decoded / rate, abs=1 / rate)
+    assert windows[-1]["end"] == summary["end"] and all(r["end"] <= summary["end"] for r in windows)
+
+
 def test_silence_is_flagged_in_rows_and_predictions(recognizer, model_dir, tmp_path):
     """Digital silence and audio below -60 dBFS RMS are ``silence``; -50 dBFS noise is not.
     A long file: its silent windows are flagged, and the summary only when the whole file is."""
