@@ -10,7 +10,8 @@
 ``from_pretrained`` takes a self-contained model directory (``python -m s3prl_ser.export``,
 loaded offline: ``config.json`` checked against ``config.sha256``, every weight file against
 its sha256, and only upstreams that build without a download accepted), a run's fold directory (its
-``final.json``) or a runner checkpoint. A recognizer holds one or several members (an
+``final.json``), a runner checkpoint, or a model directory on the Hugging Face Hub (``"user/name"``,
+fetched by ``huggingface_hub.snapshot_download``, then checked the same way). A recognizer holds one or several members (an
 ensemble of fold models: their class probabilities are averaged); members trained on the same
 upstream share it, and it runs once per batch.
 
@@ -37,7 +38,16 @@ from s3prl_ser.data.folds import resolve_fold
 from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.inference.files import predict_files
 from s3prl_ser.inference.long_audio import predict_windows
-from s3prl_ser.inference.model_dir import ModelDirError, is_model_dir, read_model_dir
+from s3prl_ser.inference.model_dir import (
+    CARD_FILE,
+    CONFIG_FILE,
+    DIGEST_FILE,
+    ONNX_FILE,
+    WEIGHTS_FILE,
+    ModelDirError,
+    is_model_dir,
+    read_model_dir,
+)
 from s3prl_ser.inference.upstream_spec import build_upstreams_offline, describe_upstreams
 from s3prl_ser.models.fusion import EmotionClassifier
 from s3prl_ser.training.run_dir import RunDir
@@ -73,6 +83,56 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return path
+
+
+def _download_model_dir(
+    repo_id: str,
+    revision: str | None,
+    token: str | bool | None,
+    cache_dir: str | os.PathLike | None,
+    local_files_only: bool,
+) -> Path:
+    """The snapshot directory of Hub model ``repo_id`` in the local Hub cache, downloaded if needed.
+
+    Only the files of a model directory are fetched; they are verified by the caller.
+
+    Raises:
+        FileNotFoundError: ``repo_id`` is no Hub model id (``user/name``) or its first part is a
+            local directory (a mistyped local path), or the Hub or its cache cannot provide it.
+    """
+    import huggingface_hub
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    owner = Path(repo_id).parent
+    try:
+        validate_repo_id(repo_id)
+        reason = None if repo_id.count("/") == 1 else "not a Hugging Face Hub model id (user/name)"
+    except HFValidationError:
+        reason = "not a Hugging Face Hub model id (user/name)"
+    if reason is None and owner.is_dir():  # a mistyped local path, which must not reach the network
+        reason = f"read as a local path, not a Hub model id, since {owner}/ is a local directory"
+    if reason:
+        # "checkpoint not found": what the command-line programs have always said of a missing model
+        raise FileNotFoundError(f"checkpoint not found: {repo_id} (no such file or directory, and {reason})")
+    at = f" at revision {revision!r}" if revision else ""
+    try:
+        snapshot = huggingface_hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            token=token,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            allow_patterns=[CONFIG_FILE, DIGEST_FILE, CARD_FILE, WEIGHTS_FILE, ONNX_FILE],
+            library_name="s3prl-ser",
+        )
+    except (OSError, HFValidationError) as error:  # not found, gated, offline and not cached, no connection
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise FileNotFoundError(
+            f"{repo_id}: no such local path, and Hub model {repo_id}{at} could not be loaded "
+            f"({type(error).__name__}: {reason})"
+        ) from error
+    return Path(snapshot)
 
 
 def _classifier_config(featurizer: nn.Module, num_classes: int, modelrc: dict[str, Any]) -> dict[str, Any]:
@@ -174,14 +234,41 @@ class EmotionRecognizer(nn.Module):
 
     # ----------------------------------------------------------------------------- building
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str = "cpu") -> EmotionRecognizer:
-        """Load a model directory (offline, digests checked), a run's fold directory or a checkpoint.
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        device: str = "cpu",
+        *,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+    ) -> EmotionRecognizer:
+        """Load a model directory (offline, digests checked), a run's fold directory, a checkpoint,
+        or a model directory on the Hugging Face Hub (``"user/name"``).
+
+        A path that exists is always loaded from disk, without the network. A string that does not
+        exist and is a Hub model id is fetched with ``huggingface_hub.snapshot_download`` (its
+        cache, ``HF_HUB_OFFLINE``, login / ``HF_TOKEN``; only the model directory's files), then
+        checked exactly as a local model directory.
+
+        Args:
+            revision, token, cache_dir, local_files_only: passed to ``snapshot_download``; a Hub id only.
 
         Raises:
-            FileNotFoundError: no such path, or a fold directory without ``final.json``.
+            FileNotFoundError: no such path and no Hub id, a Hub model that cannot be fetched
+                (not found, offline and not cached, ...), or a fold directory without ``final.json``.
             ModelDirError: a model directory with a missing, modified or mismatched file.
-            ValueError: a checkpoint that is not a final ``emotion_ecapa`` one, or reads text.
+            ValueError: a checkpoint that is not a final ``emotion_ecapa`` one, or reads text;
+                ``revision`` etc. given with a local path.
         """
+        hub_options = {"revision": revision, "token": token, "cache_dir": cache_dir}
+        if isinstance(path, str) and not os.path.lexists(path):
+            return cls.from_model_dir(
+                _download_model_dir(path, local_files_only=local_files_only, **hub_options), device
+            )
+        if any(value is not None for value in hub_options.values()) or local_files_only:
+            raise ValueError(f"{path}: a local path; revision, token, cache_dir and local_files_only apply to a Hub id")
         if is_model_dir(path):
             return cls.from_model_dir(path, device)
         return cls.from_checkpoint(resolve_checkpoint(path), device)
