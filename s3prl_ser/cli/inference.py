@@ -5,6 +5,11 @@
 audio files, folders (searched recursively by audio extension) and list files (``.txt``,
 ``.lst``, ``.scp``: one path a line). Without ``--output`` rows are printed as JSON lines.
 
+``--embeddings OUT.npy`` also writes the utterance embeddings: a float32 ``(n, E)`` array, one
+row per file predicted whole (see ``EmotionRecognizer.embeddings`` for ``E``), and ``OUT.npy.json``
+with ``rows`` (``{"row": i, "file": path}``) and ``excluded`` (``{"file", "reason"}``: error rows,
+and files longer than ``--long-audio``, which are read in windows).
+
 Exit status: 0 when every file was predicted, 1 on an error before any file (no such model),
 2 on bad arguments, 3 when some files gave error rows (the others are still written).
 """
@@ -14,11 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
+from s3prl_ser.fileio import atomic_write, atomic_write_json
 from s3prl_ser.inference.files import predict_files
 from s3prl_ser.inference.recognizer import EmotionRecognizer
 from s3prl_ser.inference.rows import write_rows
@@ -50,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--hop", type=float, default=4.0, help="window step in seconds, long files (default: %(default)s)"
     )
+    parser.add_argument(
+        "--embeddings",
+        metavar="OUT.npy",
+        help="also write utterance embeddings: float32 (files, dim) OUT.npy and its row index OUT.npy.json",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: %(default)s)"
@@ -66,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         if not (args.window > 0 and 0 < args.hop <= args.window):
             raise ValueError(f"need 0 < --hop <= --window, got --window {args.window} --hop {args.hop}")
+        if args.embeddings and not args.embeddings.endswith(".npy"):
+            raise ValueError(f"--embeddings must end in .npy, got {args.embeddings}")
         recognizer = EmotionRecognizer.from_pretrained(args.model, device=args.device)
         rows = predict_files(
             recognizer,
@@ -75,7 +92,12 @@ def main(argv: list[str] | None = None) -> None:
             window=args.window,
             hop=args.hop,
             progress=not (args.no_progress or args.quiet),
+            embeddings=bool(args.embeddings),
         )
+        embedded: list[tuple[str, list[float]]] = []
+        excluded: list[dict[str, str]] = []
+        if args.embeddings:
+            rows = _take_embeddings(rows, embedded, excluded, args.long_audio)
         if args.output:
             failed = write_rows(rows, args.output, recognizer.class_names)
         else:
@@ -83,9 +105,45 @@ def main(argv: list[str] | None = None) -> None:
             for row in rows:
                 failed += row["status"] != "ok"
                 print(json.dumps(row), flush=True)
+        if args.embeddings:
+            _write_embeddings(Path(args.embeddings), embedded, excluded, recognizer.embedding_dim)
     if failed:
         print(f"{failed} file(s) could not be predicted (status=error rows)", file=sys.stderr)
         sys.exit(FILES_FAILED)
+
+
+def _take_embeddings(
+    rows: Iterable[dict[str, Any]],
+    embedded: list[tuple[str, list[float]]],
+    excluded: list[dict[str, str]],
+    long_audio: float,
+) -> Iterator[dict[str, Any]]:
+    """Pass ``rows`` on without their ``embedding``, collecting it (or why a file has none)."""
+    for row in rows:
+        if "embedding" in row:
+            embedded.append((row["file"], row.pop("embedding")))
+        elif row["status"] != "ok":
+            excluded.append({"file": row["file"], "reason": row["error"]})
+        elif row["segment"] == "summary":
+            excluded.append(
+                {"file": row["file"], "reason": f"longer than --long-audio {long_audio} s: read in windows"}
+            )
+        yield row
+
+
+def _write_embeddings(
+    path: Path, embedded: list[tuple[str, list[float]]], excluded: list[dict[str, str]], dim: int
+) -> None:
+    """``path``: float32 ``(n, dim)``, row i the embedding of ``embedded[i]``'s file; ``path.json``: the index."""
+    array = np.asarray([vector for _, vector in embedded], dtype=np.float32).reshape(len(embedded), dim)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda handle: np.save(handle, array))
+    index = {
+        "shape": list(array.shape),
+        "rows": [{"row": i, "file": file} for i, (file, _) in enumerate(embedded)],
+        "excluded": excluded,
+    }
+    atomic_write_json(path.with_name(path.name + ".json"), index, indent=1)
 
 
 if __name__ == "__main__":

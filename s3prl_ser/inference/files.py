@@ -48,6 +48,7 @@ def predict_files(
     window: float = 8.0,
     hop: float = 4.0,
     progress: bool = False,
+    embeddings: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Rows for every audio file of ``inputs`` (files, folders, list files), in input order.
 
@@ -58,6 +59,8 @@ def predict_files(
         long_audio: files longer than this many seconds are read in windows.
         window, hop: the windows' length and step, in seconds.
         progress: show a tqdm bar (seconds of audio, with ETA) on stderr.
+        embeddings: give each ``ok`` file row (not windows) its utterance embedding, ``embedding``:
+            a list of ``E`` floats (see :meth:`~s3prl_ser.inference.recognizer.EmotionRecognizer.embeddings`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -87,7 +90,7 @@ def predict_files(
     try:
         for first in range(0, len(short), batch_size):
             batch = short[first : first + batch_size]
-            for index, rows in _predict_batch(recognizer, [(i, files[i], infos[i]) for i in batch]):
+            for index, rows in _predict_batch(recognizer, [(i, files[i], infos[i]) for i in batch], embeddings):
                 results[index] = rows
             bar.update(round(sum(infos[i].seconds for i in batch), 2))
         for index in long:
@@ -112,7 +115,7 @@ def predict_files(
 
 
 def _predict_batch(
-    recognizer: AudioClassifier, batch: Sequence[tuple[int, Path, AudioInfo]]
+    recognizer: AudioClassifier, batch: Sequence[tuple[int, Path, AudioInfo]], embeddings: bool = False
 ) -> list[tuple[int, list[dict[str, Any]]]]:
     out: list[tuple[int, list[dict[str, Any]]]] = []
     readable = []
@@ -122,8 +125,10 @@ def _predict_batch(
         except READ_ERRORS as error:
             out.append((index, [error_row(path, _message(path, error), info.seconds)]))
     if readable:
-        probabilities = recognizer.probabilities([wav for _, _, wav in readable])
-        for (index, path, wav), probs in zip(readable, probabilities):
+        wavs = [wav for _, _, wav in readable]
+        # one forward pass gives both; embeddings cost nothing more
+        probabilities, vectors = recognizer.outputs(wavs) if embeddings else (recognizer.probabilities(wavs), None)
+        for position, ((index, path, wav), probs) in enumerate(zip(readable, probabilities)):
             seconds = wav.numel() / SAMPLE_RATE
             row = prediction_row(
                 recognizer.class_names,
@@ -137,5 +142,7 @@ def _predict_batch(
                 silence=is_silent(wav),
                 error="",
             )
+            if vectors is not None:
+                row["embedding"] = vectors[position].tolist()
             out.append((index, [row]))
     return out

@@ -38,6 +38,10 @@ class AudioClassifier(Protocol):
 
     def probabilities(self, wavs: Sequence[Tensor]) -> Tensor: ...
 
+    def outputs(self, wavs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """(probabilities ``(B, C)``, embeddings ``(B, E)``): file prediction with ``embeddings=True``."""
+        ...
+
 
 def window_plan(duration: float, window: float = 8.0, hop: float = 4.0) -> list[tuple[float, float]]:
     """``(start, end)`` seconds of the windows covering ``[0, duration]``.

@@ -432,6 +432,11 @@ class EmotionRecognizer(nn.Module):
     def device(self) -> torch.device:
         return next(self.members[0].classifier.parameters()).device
 
+    @property
+    def embedding_dim(self) -> int:
+        """``E`` of :meth:`embeddings`: the sum of the members' linear-head input sizes."""
+        return sum(member.classifier.classifier.in_features for member in self.members)
+
     def waveform(self, audio: str | os.PathLike | np.ndarray | Tensor, sample_rate: int | None = None) -> Tensor:
         """A file (any format :func:`~s3prl_ser.data.audio.load_audio` reads) or an array
         with its ``sample_rate`` -> mono 16 kHz ``(T,)``, at least ``min_samples`` long."""
@@ -455,6 +460,20 @@ class EmotionRecognizer(nn.Module):
         for the utterance alone (zeros for fbank). ``tests/test_batch_independence.py`` measures
         4e-4 (fbank) to 1e-2 (tiny HuBERT) that way, and checks the grouped path within 1e-5.
         """
+        return self.outputs(wavs)[0]
+
+    @torch.no_grad()
+    def embeddings(self, wavs: Sequence[Tensor]) -> Tensor:
+        """B mono 16 kHz waveforms ``(T_b,)`` -> utterance embeddings ``(B, E)``: what each member's
+        linear head reads (:meth:`EmotionClassifier.embed <s3prl_ser.models.fusion.EmotionClassifier.embed>`),
+        concatenated in member order (``E`` = the sum of the members' sizes). Batch-independent
+        as :meth:`probabilities` is."""
+        return self.outputs(wavs)[1]
+
+    @torch.no_grad()
+    def outputs(self, wavs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """B mono 16 kHz waveforms ``(T_b,)`` -> (probabilities ``(B, C)``, embeddings ``(B, E)``)
+        from one forward pass; see :meth:`probabilities` and :meth:`embeddings`."""
         wavs = [w.to(self.device) for w in wavs]
         groups: dict[int, list[int]] = {}
         for index, wav in enumerate(wavs):
@@ -468,12 +487,14 @@ class EmotionRecognizer(nn.Module):
             for member, member_parts in zip(self.members, parts):
                 member_parts.append(member.features(group, outputs[member.upstream_index]))
         total = 0
+        embeddings = []
         for member, member_parts in zip(self.members, parts):
             streams = [[frames for group in member_parts for frames in group[s]] for s in range(len(member_parts[0]))]
-            total = total + member.classifier(streams).softmax(dim=-1)
+            embedding = member.classifier.embed(streams)
+            embeddings.append(embedding)
+            total = total + member.classifier.classifier(embedding).softmax(dim=-1)
         inverse = torch.argsort(torch.tensor(order, device=self.device))
-        total = total[inverse]
-        return (total / len(self.members)).cpu()
+        return (total[inverse] / len(self.members)).cpu(), torch.cat(embeddings, dim=-1)[inverse].cpu()
 
     def to_prediction(self, probabilities: Tensor, silence: bool = False) -> Prediction:
         """``(C,)`` probabilities (and whether the audio was silence) -> :class:`Prediction`."""
@@ -494,6 +515,23 @@ class EmotionRecognizer(nn.Module):
     def predict(self, audio: str | os.PathLike | np.ndarray | Tensor, sample_rate: int | None = None) -> Prediction:
         """Predict one file path or waveform (then ``sample_rate`` is required)."""
         return self.predict_batch([audio], sample_rate)[0]
+
+    def embed(
+        self,
+        audio: str | os.PathLike | np.ndarray | Tensor | Sequence[str | os.PathLike | np.ndarray | Tensor],
+        sample_rate: int | None = None,
+    ) -> Tensor:
+        """The utterance embedding of one file or waveform ``(E,)``, or of a list of them ``(B, E)``.
+
+        The inputs are those of :meth:`predict` and :meth:`predict_batch` (arrays need
+        ``sample_rate``); each embedding is the one its input gets alone (see :meth:`embeddings`).
+        ``E``: the input of each member's linear head (a fused model's: its streams' embeddings,
+        concatenated for late fusion), members concatenated in member order.
+        """
+        batch = isinstance(audio, (list, tuple))
+        wavs = [self.waveform(a, sample_rate) for a in (audio if batch else [audio])]
+        embeddings = self.embeddings(wavs)
+        return embeddings if batch else embeddings[0]
 
     def predict_files(self, inputs: Iterable[str | os.PathLike], **options: Any) -> list[dict[str, Any]]:
         """Rows for files, folders and list files; see :func:`s3prl_ser.inference.files.predict_files`."""
