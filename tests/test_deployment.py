@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 from helpers import overrides, run_request, train_args
 from s3prl_ser.cli.cross_validate import main as cross_validate
@@ -149,6 +150,9 @@ def test_export_loads_offline_with_the_runs_probabilities_and_no_score(deployed,
     card = (model / "README.md").read_text()
     assert str(cv.parent.resolve()) not in card + (model / "config.json").read_text()
     assert "No held-out score" in card and "WA (%)" not in card and "UA" not in card
+    metadata = ModelCard.load(model / "README.md").data
+    assert metadata.eval_results is None and "model-index" not in metadata.to_dict()  # no invented score
+    assert metadata.license == "apache-2.0" and metadata.pipeline_tag == "audio-classification"
     # the CLI route: same refusal of scores, and the deployment run is no ensemble member
     export_cli([str(cv), "--deploy", "-o", str(model.parent / "cli_model")])
     out = capsys.readouterr().out

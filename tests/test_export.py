@@ -110,6 +110,35 @@ def test_ensemble_averages_the_fold_models(cv_run, tmp_path):
     assert "The ensemble itself has no held-out score" in card
 
 
+def test_card_metadata_is_what_the_hub_parses(cv_run, tmp_path):
+    from huggingface_hub import ModelCard, metadata_load
+
+    out = export_run(cv_run, tmp_path / "ens", ensemble=True)
+    card = ModelCard.load(out / "README.md")
+    data = card.data.to_dict()
+    assert data["license"] == "apache-2.0" and data["pipeline_tag"] == "audio-classification"
+    assert data["library_name"] == "s3prl-ser" and data["datasets"] == ["IEMOCAP"]  # as the protocol names it
+    assert {"speech-emotion-recognition", "audio-classification", "s3prl", "fbank"} <= set(data["tags"])
+    assert data["metrics"] == ["accuracy", "unweighted_accuracy", "f1"]
+    found = {
+        (result["dataset"]["split"], metric["type"]): metric["value"]
+        for entry in data["model-index"]
+        for result in entry["results"]
+        for metric in result["metrics"]
+    }
+    expected, names = {}, {"wa": "accuracy", "ua": "unweighted_accuracy", "macro_f1": "f1"}
+    for fold in ("fold1", "fold2"):
+        metrics = json.loads((cv_run / fold / f"test_{fold}_metrics.json").read_text())
+        expected |= {(fold, metric): metrics[key] for key, metric in names.items()}
+    for metric in names.values():
+        expected["mean over 2 folds", metric] = (expected["fold1", metric] + expected["fold2", metric]) / 2
+    assert found.keys() == expected.keys()
+    assert all(found[key] == pytest.approx(value, abs=1e-12) for key, value in expected.items())
+    assert {r.task_type for r in card.data.eval_results} == {"audio-classification"}
+    assert metadata_load(out / "README.md") == data  # the front matter round-trips
+    assert "| fold1 |" in card.text and "The ensemble itself has no held-out score" in card.text  # prose kept
+
+
 def test_tampered_or_mismatched_directories_are_refused(cv_run, tmp_path):
     export_run(cv_run, tmp_path / "a", fold="fold1")
     export_run(cv_run, tmp_path / "b", fold="fold2")

@@ -88,7 +88,7 @@ def fold_record(fold_dir: Path) -> FoldRecord:
     args = vars(ckpt["Args"]) if hasattr(ckpt["Args"], "__dict__") else dict(ckpt["Args"])
     final = run.final()
     metrics = run.test_metrics()  # None for a deployment run, never tested
-    test = {k: metrics.get(k) for k in ("wa", "ua", "num_utterances")} if metrics else None
+    test = {k: metrics.get(k) for k in ("wa", "ua", "macro_f1", "num_utterances")} if metrics else None
     versions = sorted(fold_dir.glob("versions_*.yaml"))
     fold = metrics.get("fold") if test else None
     return {

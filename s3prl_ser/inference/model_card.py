@@ -5,6 +5,11 @@ It states the corpus and protocol, the held-out scores of the fold model(s) it w
 the package versions of the training run and of the export. A deployment model's card states
 that it has no held-out score, gives its schedule, and holds no WA/UA at all.
 
+The metadata is built with ``huggingface_hub.ModelCardData`` (:func:`card_metadata`): license,
+corpus, metrics, tags and a ``model-index`` with one ``EvalResult`` per fold and metric (and,
+with two or more folds, their mean), as ``huggingface_hub.ModelCard.load`` parses it; a
+deployment model's holds no ``model-index``.
+
 Names that come from the data (class labels, fold names, paths, the title) are escaped for
 Markdown and HTML (:func:`markdown_text`, :func:`markdown_code`), so a label such as
 ``<img src=x onerror=...>`` or ``*x*|y`` is shown as written, never rendered.
@@ -18,15 +23,26 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
+from huggingface_hub import EvalResult, ModelCardData
 
 from s3prl_ser.markdown import markdown_table
 from s3prl_ser.versions import installed_versions
 
-__all__ = ["FoldRecord", "markdown_text", "markdown_code", "render_card", "package_versions"]
+__all__ = ["FoldRecord", "card_metadata", "markdown_text", "markdown_code", "render_card", "package_versions"]
 
 FoldRecord = dict[str, Any]
-"""``{"fold", "run_dir", "checkpoint", "averaged", "test": {"wa", "ua", "num_utterances"} | None,
-"config": the run's config, "args": {...}, "versions": the run's versions record | None}``."""
+"""``{"fold", "run_dir", "checkpoint", "averaged", "test": {"wa", "ua", "macro_f1", "num_utterances"} | None,
+"config": the run's config, "args": {...}, "versions": the run's versions record | None,
+"protocol": the checkpoint's fold protocol record | None}``."""
+
+LICENSE = "apache-2.0"  # the project's license (pyproject.toml); runs record none of their own
+
+# (metrics-file key, Hub metric type, metric config, metric name): WA, UA (macro recall), macro-F1
+_METRICS = (
+    ("wa", "accuracy", None, "WA (weighted accuracy)"),
+    ("ua", "unweighted_accuracy", None, "UA (unweighted accuracy)"),
+    ("macro_f1", "f1", "macro", "macro-F1"),
+)
 
 _PACKAGES = ("s3prl-ser", "s3prl", "torch", "torchaudio", "numpy", "soundfile", "safetensors")
 
@@ -72,6 +88,78 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}"
 
 
+def _corpus_name(folds: Sequence[FoldRecord]) -> str | None:
+    """The corpus as the fold protocol names it (``IEMOCAP``, ``builtin (synthetic IEMOCAP
+    layout)``, ...); None when no record names it."""
+    names = [(f.get("protocol") or {}).get("corpus_name") for f in folds]
+    return next((name for name in names if name), None)
+
+
+def card_metadata(
+    title: str, kind: str, class_names: Sequence[str], folds: Sequence[FoldRecord], extra: Mapping[str, Any]
+) -> ModelCardData:
+    """The card's YAML metadata (arguments as in :func:`render_card`).
+
+    ``model-index`` holds, per fold with test metrics, one ``EvalResult`` per metric its
+    metrics file has (WA as ``accuracy``, UA as ``unweighted_accuracy``, ``f1``/``macro``),
+    the value as recorded (a fraction), ``dataset_split`` the fold; with two or more folds
+    also their mean (``dataset_split`` ``mean over N folds``). A deployment model has none.
+
+    Example:
+        >>> data = card_metadata("m", "fold", ["neu", "ang"], [{"fold": "fold1", "test": {"wa": 0.5, "ua": 0.25},
+        ...     "args": {"upstream": "fbank"}, "protocol": {"corpus_name": "IEMOCAP"}}], {})
+        >>> [(r.dataset_split, r.metric_type, r.metric_value) for r in data.eval_results]
+        [('fold1', 'accuracy', 0.5), ('fold1', 'unweighted_accuracy', 0.25)]
+        >>> data.datasets, data.license, data.tags[-1]
+        (['IEMOCAP'], 'apache-2.0', 'fbank')
+    """
+    scored = [] if kind == "deployment" else [f for f in folds if f.get("test")]  # a deployment model: never a score
+    corpus = _corpus_name(folds)
+    upstreams = str((folds[0].get("args") or {}).get("upstream") or "").split(",")
+    tags = ["speech-emotion-recognition", "audio-classification", "s3prl"]
+    tags += [name for name in dict.fromkeys(upstreams) if name and name not in tags]
+    dataset = corpus or "unknown corpus"
+
+    def result(split: str, metric_type: str, config: str | None, name: str, value: float) -> EvalResult:
+        return EvalResult(
+            task_type="audio-classification",
+            task_name="Speech emotion recognition",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_split=split,
+            metric_type=metric_type,
+            metric_config=config,
+            metric_name=name,
+            metric_value=value,
+        )
+
+    results = [
+        result(str(f["fold"]), metric, config, name, f["test"][key])
+        for f in scored
+        for key, metric, config, name in _METRICS
+        if f["test"].get(key) is not None
+    ]
+    if len(scored) > 1:
+        for key, metric, config, name in _METRICS:
+            values = [f["test"][key] for f in scored if f["test"].get(key) is not None]
+            if len(values) == len(scored):  # a mean over some of the folds would mislabel them
+                results.append(
+                    result(f"mean over {len(values)} folds", metric, config, name, sum(values) / len(values))
+                )
+    present = {r.metric_type for r in results}
+    return ModelCardData(
+        license=LICENSE,
+        library_name="s3prl-ser",
+        pipeline_tag="audio-classification",
+        tags=tags,
+        datasets=[corpus] if corpus else None,
+        metrics=[metric for _, metric, _, _ in _METRICS if metric in present] or None,
+        model_name=str(title) if results else None,
+        eval_results=results or None,
+        s3prl_ser={"kind": kind, "classes": list(class_names), "folds": [f["fold"] for f in folds], **extra},
+    )
+
+
 def render_card(
     title: str, kind: str, class_names: Sequence[str], folds: Sequence[FoldRecord], extra: Mapping[str, Any]
 ) -> str:
@@ -94,15 +182,10 @@ def render_card(
     """
     deployment = kind == "deployment"
     scored = [] if deployment else [f for f in folds if f.get("test")]  # a deployment model: never a score
-    front = {
-        "library_name": "s3prl-ser",
-        "pipeline_tag": "audio-classification",
-        "tags": ["speech-emotion-recognition", "s3prl", "audio-classification"],
-        "s3prl_ser": {"kind": kind, "classes": list(class_names), "folds": [f["fold"] for f in folds], **extra},
-    }
     first = folds[0]
     datarc = (first.get("config") or {}).get("downstream_expert", {}).get("datarc", {})
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {markdown_text(title)}", ""]
+    front = card_metadata(title, kind, class_names, folds, extra).to_yaml()
+    lines = ["---", front, "---", "", f"# {markdown_text(title)}", ""]
     what = {
         "fold": f"the reported model of {markdown_text(first['fold'])} ("
         + ("its k best dev checkpoints averaged" if first.get("averaged", True) else "its best dev checkpoint")
