@@ -10,6 +10,11 @@ row per file predicted whole (see ``EmotionRecognizer.embeddings`` for ``E``), a
 with ``rows`` (``{"row": i, "file": path}``) and ``excluded`` (``{"file", "reason"}``: error rows,
 and files longer than ``--long-audio``, which are read in windows).
 
+``--classes neu,ang`` keeps only these classes: their probabilities divided by their sum, the
+label the most probable of them (windows and summaries too). ``--top-k K`` adds a ``top_k`` field
+to each JSON row (``[{"label", "score"}]``, highest first) and ``top1_label, top1_score, ...,
+topK_score`` columns to a CSV.
+
 Exit status: 0 when every file was predicted, 1 on an error before any file (no such model),
 2 on bad arguments, 3 when some files gave error rows (the others are still written).
 """
@@ -30,6 +35,7 @@ from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.fileio import atomic_write, atomic_write_json
 from s3prl_ser.inference.files import predict_files
+from s3prl_ser.inference.postprocess import check_classes
 from s3prl_ser.inference.recognizer import EmotionRecognizer
 from s3prl_ser.inference.rows import write_rows
 
@@ -65,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT.npy",
         help="also write utterance embeddings: float32 (files, dim) OUT.npy and its row index OUT.npy.json",
     )
+    parser.add_argument(
+        "--classes",
+        metavar="C1,C2,...",
+        help="keep only these classes, their probabilities renormalised to sum to 1 (e.g. neu,ang)",
+    )
+    parser.add_argument(
+        "--top-k", type=int, metavar="K", help="add the K most probable classes, highest first, to each row"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: %(default)s)"
@@ -83,7 +97,12 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"need 0 < --hop <= --window, got --window {args.window} --hop {args.hop}")
         if args.embeddings and not args.embeddings.endswith(".npy"):
             raise ValueError(f"--embeddings must end in .npy, got {args.embeddings}")
+        if args.top_k is not None and args.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
         recognizer = EmotionRecognizer.from_pretrained(args.model, device=args.device)
+        classes = None
+        if args.classes is not None:
+            classes = check_classes(recognizer.class_names, [c.strip() for c in args.classes.split(",")])
         rows = predict_files(
             recognizer,
             args.audio,
@@ -93,13 +112,15 @@ def main(argv: list[str] | None = None) -> None:
             hop=args.hop,
             progress=not (args.no_progress or args.quiet),
             embeddings=bool(args.embeddings),
+            classes=classes,
+            top_k=args.top_k,
         )
         embedded: list[tuple[str, list[float]]] = []
         excluded: list[dict[str, str]] = []
         if args.embeddings:
             rows = _take_embeddings(rows, embedded, excluded, args.long_audio)
         if args.output:
-            failed = write_rows(rows, args.output, recognizer.class_names)
+            failed = write_rows(rows, args.output, classes or recognizer.class_names, args.top_k or 0)
         else:
             failed = 0
             for row in rows:

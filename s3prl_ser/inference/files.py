@@ -23,6 +23,7 @@ from tqdm import tqdm
 from s3prl_ser.data.audio import SAMPLE_RATE, AudioError, AudioInfo, audio_info, is_silent, load_audio
 from s3prl_ser.inference.audio_input import collect_audio_files
 from s3prl_ser.inference.long_audio import AudioClassifier, predict_windows
+from s3prl_ser.inference.postprocess import check_classes, postprocess_row
 from s3prl_ser.inference.rows import error_row, prediction_row
 
 __all__ = ["READ_ERRORS", "predict_files"]
@@ -49,6 +50,8 @@ def predict_files(
     hop: float = 4.0,
     progress: bool = False,
     embeddings: bool = False,
+    classes: Sequence[str] | None = None,
+    top_k: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Rows for every audio file of ``inputs`` (files, folders, list files), in input order.
 
@@ -61,9 +64,15 @@ def predict_files(
         progress: show a tqdm bar (seconds of audio, with ETA) on stderr.
         embeddings: give each ``ok`` file row (not windows) its utterance embedding, ``embedding``:
             a list of ``E`` floats (see :meth:`~s3prl_ser.inference.recognizer.EmotionRecognizer.embeddings`).
+        classes, top_k: every row (windows and summaries too) over this subset of the classes,
+            renormalised, and with a ``top_k`` field; see :func:`~s3prl_ser.inference.postprocess.postprocess_row`.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if classes is not None:
+        check_classes(recognizer.class_names, classes)
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
     files = collect_audio_files(inputs)
     results: dict[int, list[dict[str, Any]]] = {}
     infos: dict[int, AudioInfo] = {}
@@ -111,7 +120,8 @@ def predict_files(
     finally:
         bar.close()
     for index in range(len(files)):
-        yield from results[index]
+        for row in results[index]:
+            yield postprocess_row(row, classes, top_k)
 
 
 def _predict_batch(

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from s3prl_ser.data.audio import SAMPLE_RATE, SILENCE_DBFS, AudioInfo, audio_info, is_silent, level_dbfs, read_segment
+from s3prl_ser.inference.postprocess import check_classes, postprocess_row
 from s3prl_ser.inference.rows import prediction_row
 
 __all__ = ["AudioClassifier", "window_plan", "predict_windows"]
@@ -75,6 +76,8 @@ def predict_windows(
     batch_size: int = 8,
     info: AudioInfo | None = None,
     on_window: Callable[[float], None] | None = None,
+    classes: Sequence[str] | None = None,
+    top_k: int | None = None,
 ) -> list[dict[str, Any]]:
     """Window rows (``segment="window"``, ``start``, ``end``) and one summary row (``segment="summary"``),
     each with ``silence`` (RMS level below :data:`~s3prl_ser.data.audio.SILENCE_DBFS`).
@@ -86,11 +89,18 @@ def predict_windows(
         batch_size: windows per forward pass.
         info: the file's :class:`AudioInfo` if already read.
         on_window: called after each window with the seconds of the file it newly covers (progress bars).
+        classes, top_k: each row over this subset of the classes, renormalised (the summary: the
+            whole-file mean, then renormalised), and with a ``top_k`` field; see
+            :func:`~s3prl_ser.inference.postprocess.postprocess_row`.
 
     Raises:
         FileNotFoundError, AudioError: the file or one of its windows cannot be read.
     """
     path = Path(path)
+    if classes is not None:
+        check_classes(recognizer.class_names, classes)
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
     info = info or audio_info(path)
     duration = info.frames / info.sample_rate
     plan = window_plan(duration, window, hop)
@@ -138,4 +148,4 @@ def predict_windows(
         status="ok",
         silence=level_dbfs(mean_square=energy / max(done, 1)) < SILENCE_DBFS,
     )
-    return rows + [summary]
+    return [postprocess_row(row, classes, top_k) for row in rows + [summary]]

@@ -48,6 +48,7 @@ from s3prl_ser.inference.model_dir import (
     is_model_dir,
     read_model_dir,
 )
+from s3prl_ser.inference.postprocess import check_classes, restrict, top_classes
 from s3prl_ser.inference.upstream_spec import build_upstreams_offline, describe_upstreams
 from s3prl_ser.models.fusion import EmotionClassifier
 from s3prl_ser.training.run_dir import RunDir
@@ -73,6 +74,17 @@ class Prediction:
     label: str
     probabilities: dict[str, float]
     silence: bool = False
+
+    def top(self, k: int) -> list[dict[str, Any]]:
+        """The ``k`` most probable classes as the HF pipeline gives them, highest first:
+        ``[{"label": c, "score": p}, ...]`` (ties in class order)."""
+        return top_classes(self.probabilities, k)
+
+    def restricted(self, classes: Sequence[str]) -> Prediction:
+        """This prediction over ``classes`` only: their probabilities divided by their sum, the
+        label the most probable of them. Raises ValueError for a class the model does not have."""
+        probabilities = restrict(self.probabilities, classes)
+        return Prediction(max(probabilities, key=probabilities.__getitem__), probabilities, self.silence)
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -505,16 +517,45 @@ class EmotionRecognizer(nn.Module):
         )
 
     def predict_batch(
-        self, audios: Sequence[str | os.PathLike | np.ndarray | Tensor], sample_rate: int | None = None
-    ) -> list[Prediction]:
+        self,
+        audios: Sequence[str | os.PathLike | np.ndarray | Tensor],
+        sample_rate: int | None = None,
+        *,
+        top_k: int | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> list[Prediction] | list[list[dict[str, Any]]]:
         """Predict several files or waveforms in one batch; each gets what it gets alone
-        (see :meth:`probabilities`)."""
+        (see :meth:`probabilities`). ``classes`` and ``top_k``: as in :meth:`predict`."""
+        if classes is not None:  # both checked before any audio is read
+            check_classes(self.class_names, classes)
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
         wavs = [self.waveform(a, sample_rate) for a in audios]
-        return [self.to_prediction(p, is_silent(w)) for w, p in zip(wavs, self.probabilities(wavs))]
+        predictions = [self.to_prediction(p, is_silent(w)) for w, p in zip(wavs, self.probabilities(wavs))]
+        if classes is not None:
+            predictions = [p.restricted(classes) for p in predictions]
+        return predictions if top_k is None else [p.top(top_k) for p in predictions]
 
-    def predict(self, audio: str | os.PathLike | np.ndarray | Tensor, sample_rate: int | None = None) -> Prediction:
-        """Predict one file path or waveform (then ``sample_rate`` is required)."""
-        return self.predict_batch([audio], sample_rate)[0]
+    def predict(
+        self,
+        audio: str | os.PathLike | np.ndarray | Tensor,
+        sample_rate: int | None = None,
+        *,
+        top_k: int | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> Prediction | list[dict[str, Any]]:
+        """Predict one file path or waveform (then ``sample_rate`` is required).
+
+        Args:
+            top_k: return the HF pipeline's list instead, ``[{"label": c, "score": p}, ...]``,
+                the ``top_k`` most probable classes highest first (:meth:`Prediction.top`).
+            classes: a subset of the model's classes: the others' probabilities are dropped and
+                these divided by their sum (:meth:`Prediction.restricted`).
+
+        Raises:
+            ValueError: a class the model does not have (the message lists its classes), ``top_k`` < 1.
+        """
+        return self.predict_batch([audio], sample_rate, top_k=top_k, classes=classes)[0]
 
     def embed(
         self,

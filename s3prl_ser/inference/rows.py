@@ -55,9 +55,9 @@ def error_row(path: Path, message: str, duration: float | None = None) -> dict[s
     }
 
 
-def csv_columns(class_names: Sequence[str]) -> list[str]:
-    """CSV header: the row fields, then one probability column per class (``p_<class>``); every
-    cell written passes :func:`csv_cell`."""
+def csv_columns(class_names: Sequence[str], top_k: int = 0) -> list[str]:
+    """CSV header: the row fields, then one probability column per class (``p_<class>``), then
+    ``top<i>_label`` and ``top<i>_score`` for i = 1..``top_k``; every cell written passes :func:`csv_cell`."""
     return [
         "file",
         "segment",
@@ -68,12 +68,15 @@ def csv_columns(class_names: Sequence[str]) -> list[str]:
         "silence",
         "label",
         *[f"p_{c}" for c in class_names],
+        *[f"top{i}_{field}" for i in range(1, top_k + 1) for field in ("label", "score")],
         "error",
     ]
 
 
 def _flat(row: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
-    flat = {k: v for k, v in row.items() if k != "probabilities"}
+    flat = {k: v for k, v in row.items() if k not in ("probabilities", "top_k")}
+    for i, entry in enumerate(row.get("top_k", []), start=1):
+        flat[f"top{i}_label"], flat[f"top{i}_score"] = entry["label"], f"{entry['score']:.6f}"
     for c in class_names:
         value = row["probabilities"].get(c)
         flat[f"p_{c}"] = "" if value is None else f"{value:.6f}"
@@ -95,8 +98,11 @@ def csv_cell(value: Any) -> Any:
     return f"'{value}" if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")) else value
 
 
-def write_rows(rows: Iterable[dict[str, Any]], output: str | os.PathLike, class_names: Sequence[str]) -> int:
+def write_rows(
+    rows: Iterable[dict[str, Any]], output: str | os.PathLike, class_names: Sequence[str], top_k: int = 0
+) -> int:
     """Write rows to ``output`` (``.csv`` or ``.jsonl``) atomically; return how many had errors.
+    ``top_k``: the CSV's ``top<i>_label``/``top<i>_score`` columns (rows' ``top_k`` fields).
 
     Raises:
         ValueError: another extension.
@@ -113,7 +119,7 @@ def write_rows(rows: Iterable[dict[str, Any]], output: str | os.PathLike, class_
         handle = io.TextIOWrapper(binary, encoding="utf-8", newline="")
         writer = None
         if suffix == ".csv":
-            writer = csv.DictWriter(handle, fieldnames=csv_columns(class_names))
+            writer = csv.DictWriter(handle, fieldnames=csv_columns(class_names, top_k))
             writer.writeheader()
         for row in rows:
             failed += row["status"] != "ok"
