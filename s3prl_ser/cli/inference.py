@@ -15,6 +15,9 @@ label the most probable of them (windows and summaries too). ``--top-k K`` adds 
 to each JSON row (``[{"label", "score"}]``, highest first) and ``top1_label, top1_score, ...,
 topK_score`` columns to a CSV.
 
+``-`` reads one audio file's bytes from stdin (any format a file may have); its rows name it ``-``.
+URLs are refused: audio is read from local files only.
+
 Exit status: 0 when every file was predicted, 1 on an error before any file (no such model),
 2 on bad arguments, 3 when some files gave error rows (the others are still written).
 """
@@ -22,8 +25,11 @@ Exit status: 0 when every file was predicted, 1 on an error before any file (no 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,8 @@ from s3prl_ser.inference.rows import write_rows
 __all__ = ["FILES_FAILED", "build_parser", "main"]
 
 FILES_FAILED = 3
+# The audio argument that reads one file's bytes from stdin, and names its rows.
+STDIN = "-"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m s3prl_ser.inference", description="Predict the emotion of audio files, folders and lists."
     )
     parser.add_argument("model", help="model directory, experiment (fold) directory or final checkpoint")
-    parser.add_argument("audio", nargs="+", help="audio files, folders (recursive) or list files")
+    parser.add_argument(
+        "audio", nargs="+", help="audio files, folders (recursive) or list files; - reads one audio file from stdin"
+    )
     parser.add_argument("--output", "-O", help="write rows to this .csv or .jsonl file (default: JSON lines on stdout)")
     parser.add_argument(
         "--batch-size", type=int, default=8, help="files or windows per forward pass (default: %(default)s)"
@@ -90,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging(args)
-    with exit_on_error():  # no such model, a bad option value
+    with exit_on_error(), contextlib.ExitStack() as stack:  # no such model, a bad option value
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         if not (args.window > 0 and 0 < args.hop <= args.window):
@@ -103,9 +113,10 @@ def main(argv: list[str] | None = None) -> None:
         classes = None
         if args.classes is not None:
             classes = check_classes(recognizer.class_names, [c.strip() for c in args.classes.split(",")])
+        stdin = _read_stdin(stack) if STDIN in args.audio else None
         rows = predict_files(
             recognizer,
-            args.audio,
+            [stdin if item == STDIN else item for item in args.audio],
             batch_size=args.batch_size,
             long_audio=args.long_audio,
             window=args.window,
@@ -115,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
             classes=classes,
             top_k=args.top_k,
         )
+        if stdin is not None:
+            rows = _name_stdin(rows, stdin)
         embedded: list[tuple[str, list[float]]] = []
         excluded: list[dict[str, str]] = []
         if args.embeddings:
@@ -131,6 +144,27 @@ def main(argv: list[str] | None = None) -> None:
     if failed:
         print(f"{failed} file(s) could not be predicted (status=error rows)", file=sys.stderr)
         sys.exit(FILES_FAILED)
+
+
+def _read_stdin(stack: contextlib.ExitStack) -> Path:
+    """Copy stdin's bytes to a temporary file (removed when ``stack`` closes) that the file
+    readers take as any other: its format from its content, long audio read in windows."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ValueError("- reads audio from stdin, but stdin is a terminal: pipe a file in (... - < speech.wav)")
+    path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "stdin"
+    with open(path, "wb") as handle:
+        shutil.copyfileobj(sys.stdin.buffer, handle)
+    return path
+
+
+def _name_stdin(rows: Iterable[dict[str, Any]], path: Path) -> Iterator[dict[str, Any]]:
+    """Pass ``rows`` on, naming the temporary copy of stdin ``-`` (its file column and errors)."""
+    for row in rows:
+        if row["file"] == str(path):
+            row["file"] = STDIN
+            if row.get("error"):
+                row["error"] = row["error"].replace(str(path), STDIN)
+        yield row
 
 
 def _take_embeddings(

@@ -17,14 +17,17 @@ of a long file without decoding the rest.
 from __future__ import annotations
 
 import errno
+import io
 import math
 import os
+import re
 import shutil
 import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile
@@ -39,6 +42,7 @@ __all__ = [
     "AudioInfo",
     "audio_info",
     "load_audio",
+    "decode_audio",
     "read_segment",
     "prepare_waveform",
     "audio_file_problem",
@@ -48,6 +52,7 @@ __all__ = [
     "level_dbfs",
     "is_silent",
     "require_file",
+    "refuse_url",
 ]
 
 SAMPLE_RATE = 16000
@@ -191,6 +196,26 @@ def is_silent(wav: torch.Tensor) -> bool:
     return level_dbfs(wav) < SILENCE_DBFS
 
 
+# "scheme://": a URL, which Path() would turn into a local path ("https:/host/a.wav")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def refuse_url(path: str | os.PathLike) -> None:
+    """Raise for a URL given as a path: audio is read from local files only, never the network.
+
+    Raises:
+        AudioError: ``path`` is a string that starts with ``scheme://``.
+
+    Example:
+        >>> refuse_url("https://example.org/a.wav")
+        Traceback (most recent call last):
+        ...
+        s3prl_ser.data.audio.AudioError: https://example.org/a.wav: a URL; audio is read from local files only (download it first)
+    """
+    if isinstance(path, str) and _URL.match(path):
+        raise AudioError(f"{path}: a URL; audio is read from local files only (download it first)")
+
+
 def require_file(path: Path) -> None:
     """Raise unless ``path`` is a readable regular file (checked before opening: a FIFO would block).
 
@@ -325,8 +350,9 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     Raises:
         FileNotFoundError: no such file.
         AudioError: neither soundfile nor ffmpeg can read it (the message names the file, both
-            readers' reasons, and ffmpeg when it is not installed).
+            readers' reasons, and ffmpeg when it is not installed), or a URL.
     """
+    refuse_url(path)
     path = Path(path)
     require_file(path)
     try:
@@ -385,8 +411,10 @@ def load_audio(
         FileNotFoundError: the file does not exist.
         AudioError: the file cannot be decoded (by either reader), is a WAV shorter than its
             header says, is empty, has non-finite samples, is shorter than ``min_samples`` after
-            resampling, or has no such segment or channel. The message names the file.
+            resampling, or has no such segment or channel, or ``path`` is a URL. The message
+            names the file.
     """
+    refuse_url(path)
     path = Path(path)
     require_file(path)
     truncated = _truncation(path)
@@ -417,11 +445,49 @@ def load_audio(
     return prepare_waveform(data, sample_rate, source=source, min_samples=min_samples)
 
 
-def _soundfile_opens(path: Path) -> bool:
+def decode_audio(
+    data: bytes | bytearray | memoryview | BinaryIO, *, source: str = "<bytes>", min_samples: int = 1
+) -> torch.Tensor:
+    """Decode an encoded audio file held in memory (``bytes``) or read from a binary file
+    object (from its current position to its end) -> mono 16 kHz float32 ``(T,)``.
+
+    What soundfile decodes is decoded in memory, with :func:`load_audio`'s checks; what it cannot
+    (M4A/AAC, ...) goes through ffmpeg, from a temporary file (MP4's index may sit at the end,
+    which ffmpeg cannot reach in a pipe), exactly as :func:`load_audio` reads a path.
+
+    Raises:
+        AudioError: as :func:`load_audio`, naming ``source``; a file object opened in text mode.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        data = data.read()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise AudioError(f"{source}: a file object must be opened in binary mode ('rb'), got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise AudioError(f"{source}: audio is empty (0 bytes)")
+    truncated = _wav_truncation(io.BytesIO(data), len(data))
+    if truncated:
+        raise AudioError(f"{source}: {truncated}")
+    try:
+        samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except _SOUNDFILE_ERRORS as error:
+        if shutil.which("ffmpeg") is None or _soundfile_opens(io.BytesIO(data)):
+            raise AudioError(f"{source}: cannot decode audio ({error})") from error
+        with tempfile.TemporaryDirectory() as directory:
+            path = Path(directory) / "audio"
+            path.write_bytes(data)
+            try:
+                return load_audio(path, min_samples=min_samples)
+            except AudioError as ffmpeg_error:
+                raise AudioError(str(ffmpeg_error).replace(str(path), source)) from error
+    return prepare_waveform(samples, sample_rate, source=source, min_samples=min_samples)
+
+
+def _soundfile_opens(path: Path | BinaryIO) -> bool:
     """Whether soundfile reads the header of ``path`` (a file it then fails to decode is damaged,
     not a format for ffmpeg, which would decode what it can of it)."""
     try:
-        soundfile.info(str(path))
+        soundfile.info(path if isinstance(path, io.IOBase) else str(path))
     except _SOUNDFILE_ERRORS:
         return False
     return True
@@ -539,19 +605,23 @@ def _truncation(path: Path) -> str | None:
     formats, and for a streamed WAV (its writer could not seek back to fill the size in:
     0xFFFFFFFF)."""
     with open(path, "rb") as handle:
-        header = handle.read(12)
-        if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
-            return None
-        order = "<" if header[:4] == b"RIFF" else ">"
-        size = os.fstat(handle.fileno()).st_size
-        offset = 12
-        while offset + 8 <= size:
-            handle.seek(offset)
-            chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
-            if chunk == b"data":
-                present = size - offset - 8
-                if length == 0xFFFFFFFF or present >= length:
-                    return None
-                return f"truncated: its header declares {length} data bytes, the file holds {present}"
-            offset += 8 + length + (length & 1)  # chunks are padded to an even size
+        return _wav_truncation(handle, os.fstat(handle.fileno()).st_size)
+
+
+def _wav_truncation(handle: BinaryIO, size: int) -> str | None:
+    """:func:`_truncation` of the ``size`` bytes of a seekable binary ``handle``."""
+    header = handle.read(12)
+    if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
+        return None
+    order = "<" if header[:4] == b"RIFF" else ">"
+    offset = 12
+    while offset + 8 <= size:
+        handle.seek(offset)
+        chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
+        if chunk == b"data":
+            present = size - offset - 8
+            if length == 0xFFFFFFFF or present >= length:
+                return None
+            return f"truncated: its header declares {length} data bytes, the file holds {present}"
+        offset += 8 + length + (length & 1)  # chunks are padded to an even size
     return None

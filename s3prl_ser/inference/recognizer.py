@@ -33,9 +33,10 @@ import torch
 from torch import Tensor, nn
 
 from s3prl_ser.config import expert_default
-from s3prl_ser.data.audio import SAMPLE_RATE, is_silent, load_audio, prepare_waveform
+from s3prl_ser.data.audio import SAMPLE_RATE, is_silent
 from s3prl_ser.data.folds import resolve_fold
 from s3prl_ser.fileio import safe_torch_load
+from s3prl_ser.inference.audio_input import AudioInput, load_input
 from s3prl_ser.inference.files import predict_files
 from s3prl_ser.inference.long_audio import predict_windows
 from s3prl_ser.inference.model_dir import (
@@ -449,14 +450,38 @@ class EmotionRecognizer(nn.Module):
         """``E`` of :meth:`embeddings`: the sum of the members' linear-head input sizes."""
         return sum(member.classifier.classifier.in_features for member in self.members)
 
-    def waveform(self, audio: str | os.PathLike | np.ndarray | Tensor, sample_rate: int | None = None) -> Tensor:
-        """A file (any format :func:`~s3prl_ser.data.audio.load_audio` reads) or an array
-        with its ``sample_rate`` -> mono 16 kHz ``(T,)``, at least ``min_samples`` long."""
-        if isinstance(audio, (str, os.PathLike)):
-            return load_audio(audio, min_samples=self.min_samples)
-        if sample_rate is None:
-            raise ValueError("pass sample_rate with a waveform array")
-        return prepare_waveform(audio, sample_rate, min_samples=self.min_samples)
+    def waveform(self, audio: AudioInput, sample_rate: int | None = None) -> Tensor:
+        """A path, bytes, a binary file object, an array with its ``sample_rate``, or a dict
+        ``{"array" | "raw": ..., "sampling_rate": ...}`` -> mono 16 kHz ``(T,)``, at least
+        ``min_samples`` long; see :func:`~s3prl_ser.inference.audio_input.load_input`."""
+        return load_input(audio, sample_rate, min_samples=self.min_samples)
+
+    def _batched(
+        self,
+        audios: Sequence[AudioInput],
+        sample_rate: int | Sequence[int] | None,
+        batch_size: int | None,
+        embeddings: bool = False,
+    ) -> tuple[list[bool], Tensor]:
+        """Whether each input is silence, and its probabilities ``(B, C)`` (or embeddings
+        ``(B, E)``), read and run ``batch_size`` inputs at a time (None: all at once)."""
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        if sample_rate is None or isinstance(sample_rate, (int, float, np.number)):
+            rates = [sample_rate] * len(audios)
+        else:
+            rates = list(sample_rate)
+            if len(rates) != len(audios):
+                raise ValueError(f"{len(rates)} sample rates for {len(audios)} inputs: pass one rate, or one per input")
+        step = batch_size or max(len(audios), 1)
+        silent: list[bool] = []
+        outputs: list[Tensor] = []
+        for first in range(0, len(audios), step):
+            wavs = [self.waveform(a, r) for a, r in zip(audios[first : first + step], rates[first : first + step])]
+            silent += [is_silent(w) for w in wavs]
+            outputs.append(self.outputs(wavs)[1 if embeddings else 0])
+        width = self.embedding_dim if embeddings else len(self.class_names)
+        return silent, torch.cat(outputs) if outputs else torch.zeros(0, width)
 
     @torch.no_grad()
     def probabilities(self, wavs: Sequence[Tensor]) -> Tensor:
@@ -518,33 +543,38 @@ class EmotionRecognizer(nn.Module):
 
     def predict_batch(
         self,
-        audios: Sequence[str | os.PathLike | np.ndarray | Tensor],
-        sample_rate: int | None = None,
+        audios: Sequence[AudioInput],
+        sample_rate: int | Sequence[int] | None = None,
         *,
+        batch_size: int | None = 8,
         top_k: int | None = None,
         classes: Sequence[str] | None = None,
     ) -> list[Prediction] | list[list[dict[str, Any]]]:
-        """Predict several files or waveforms in one batch; each gets what it gets alone
-        (see :meth:`probabilities`). ``classes`` and ``top_k``: as in :meth:`predict`."""
+        """Predict several inputs (those of :meth:`predict`), ``batch_size`` per forward pass
+        (None: all in one); each gets what it gets alone, whatever the batch (see
+        :meth:`probabilities`). ``sample_rate``: one rate for every array, or one per input.
+        ``classes`` and ``top_k``: as in :meth:`predict`."""
         if classes is not None:  # both checked before any audio is read
             check_classes(self.class_names, classes)
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        wavs = [self.waveform(a, sample_rate) for a in audios]
-        predictions = [self.to_prediction(p, is_silent(w)) for w, p in zip(wavs, self.probabilities(wavs))]
+        silent, probabilities = self._batched(audios, sample_rate, batch_size)
+        predictions = [self.to_prediction(p, s) for p, s in zip(probabilities, silent)]
         if classes is not None:
             predictions = [p.restricted(classes) for p in predictions]
         return predictions if top_k is None else [p.top(top_k) for p in predictions]
 
     def predict(
         self,
-        audio: str | os.PathLike | np.ndarray | Tensor,
+        audio: AudioInput,
         sample_rate: int | None = None,
         *,
         top_k: int | None = None,
         classes: Sequence[str] | None = None,
     ) -> Prediction | list[dict[str, Any]]:
-        """Predict one file path or waveform (then ``sample_rate`` is required).
+        """Predict one input: a path (not a URL), an encoded file's bytes or binary file object,
+        a waveform array with its ``sample_rate``, or ``{"array" | "raw": ..., "sampling_rate": ...}``
+        (see :func:`~s3prl_ser.inference.audio_input.load_input`).
 
         Args:
             top_k: return the HF pipeline's list instead, ``[{"label": c, "score": p}, ...]``,
@@ -559,19 +589,20 @@ class EmotionRecognizer(nn.Module):
 
     def embed(
         self,
-        audio: str | os.PathLike | np.ndarray | Tensor | Sequence[str | os.PathLike | np.ndarray | Tensor],
-        sample_rate: int | None = None,
+        audio: AudioInput | Sequence[AudioInput],
+        sample_rate: int | Sequence[int] | None = None,
+        *,
+        batch_size: int | None = 8,
     ) -> Tensor:
-        """The utterance embedding of one file or waveform ``(E,)``, or of a list of them ``(B, E)``.
+        """The utterance embedding of one input ``(E,)``, or of a list of them ``(B, E)``.
 
-        The inputs are those of :meth:`predict` and :meth:`predict_batch` (arrays need
-        ``sample_rate``); each embedding is the one its input gets alone (see :meth:`embeddings`).
+        The inputs, ``sample_rate`` and ``batch_size`` are those of :meth:`predict` and
+        :meth:`predict_batch`; each embedding is the one its input gets alone (see :meth:`embeddings`).
         ``E``: the input of each member's linear head (a fused model's: its streams' embeddings,
         concatenated for late fusion), members concatenated in member order.
         """
         batch = isinstance(audio, (list, tuple))
-        wavs = [self.waveform(a, sample_rate) for a in (audio if batch else [audio])]
-        embeddings = self.embeddings(wavs)
+        embeddings = self._batched(audio if batch else [audio], sample_rate, batch_size, embeddings=True)[1]
         return embeddings if batch else embeddings[0]
 
     def predict_files(self, inputs: Iterable[str | os.PathLike], **options: Any) -> list[dict[str, Any]]:
