@@ -57,7 +57,7 @@ def test_batched_probabilities_equal_alone(kind, files, tiny_upstreams, one_thre
         recognizer = _recognizer(f"{kind}_local", str(tiny_upstreams[kind]))
     alone = recognizer.predict_files(files, batch_size=1)
     sorted_batches = recognizer.predict_files(files, batch_size=8)
-    unsorted_batch = recognizer.predict_batch(files)
+    unsorted_batch = recognizer.predict_batch(files, batch_size=None)  # every file in one pass
     assert [row["status"] for row in alone] == ["ok"] * len(files)
     expected = torch.tensor([[row["probabilities"][c] for c in recognizer.class_names] for row in alone])
     for rows in (sorted_batches, [{"probabilities": p.probabilities} for p in unsorted_batch]):
