@@ -135,3 +135,12 @@ def run_request(argv):
     from s3prl_ser.experiments.launch import RunRequest
 
     return RunRequest.from_arguments(build_parser().parse_args(argv))
+
+
+def tiny_fbank_model(corpus, meta, root, fold):
+    """Train fbank + tiny ECAPA-TDNN on ``fold`` for 4 steps into ``root/fold``; export it to ``root/model``."""
+    from s3prl_ser.cli.run_downstream import main as run_downstream
+    from s3prl_ser.inference.export import export_run
+
+    run_downstream(train_args(root / fold, overrides(corpus, meta, steps=4, every=2), extra=("-v", fold)))
+    return export_run(root / fold, root / "model")

@@ -8,23 +8,19 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import overrides, train_args
+from helpers import overrides, tiny_fbank_model, train_args
 from s3prl_ser.cli.inference import FILES_FAILED
 from s3prl_ser.cli.inference import main as inference
 from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.data.audio import load_audio
 from s3prl_ser.inference import EmotionRecognizer
-from s3prl_ser.inference.export import export_run
 
 
 @pytest.fixture(scope="module")
 def model_dir(mini_corpus, mini_meta, tmp_path_factory, one_thread):
     """fbank + tiny ECAPA-TDNN, fold1 (4 steps), exported."""
     root = tmp_path_factory.mktemp("embed_model")
-    run_downstream(
-        train_args(root / "fold1", overrides(mini_corpus, mini_meta, steps=4, every=2), extra=("-v", "fold1"))
-    )
-    return export_run(root / "fold1", root / "model")
+    return tiny_fbank_model(mini_corpus, mini_meta, root, "fold1")
 
 
 @pytest.fixture(scope="module")

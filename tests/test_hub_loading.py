@@ -16,10 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import overrides, train_args
-from s3prl_ser.cli.run_downstream import main as run_downstream
+from helpers import tiny_fbank_model
 from s3prl_ser.inference import EmotionRecognizer
-from s3prl_ser.inference.export import export_run
 from s3prl_ser.inference.model_dir import ModelDirError
 
 REPO = "someone/ser-model"
@@ -30,10 +28,7 @@ OTHER = "b" * 40
 @pytest.fixture(scope="module")
 def model_dir(mini_corpus, mini_meta, tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("hub_model")
-    run_downstream(
-        train_args(root / "fold3", overrides(mini_corpus, mini_meta, steps=4, every=2), extra=("-v", "fold3"))
-    )
-    return export_run(root / "fold3", root / "model")
+    return tiny_fbank_model(mini_corpus, mini_meta, root, "fold3")
 
 
 def _add_snapshot(cache: Path, repo: str, commit: str, files: dict[str, bytes], ref: str | None) -> Path:

@@ -10,23 +10,18 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import overrides, train_args
+from helpers import tiny_fbank_model
 from s3prl_ser.cli.inference import FILES_FAILED
 from s3prl_ser.cli.inference import main as inference
-from s3prl_ser.cli.run_downstream import main as run_downstream
 from s3prl_ser.data.audio import resample
 from s3prl_ser.inference import EmotionRecognizer
-from s3prl_ser.inference.export import export_run
 from s3prl_ser.inference.long_audio import window_plan
 
 
 @pytest.fixture(scope="module")
 def model_dir(mini_corpus, mini_meta, tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("inference_model")
-    run_downstream(
-        train_args(root / "fold3", overrides(mini_corpus, mini_meta, steps=4, every=2), extra=("-v", "fold3"))
-    )
-    return export_run(root / "fold3", root / "model")
+    return tiny_fbank_model(mini_corpus, mini_meta, root, "fold3")
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from helpers import overrides, train_args
-from s3prl_ser.cli.run_downstream import main as run_downstream
+from helpers import tiny_fbank_model
 from s3prl_ser.data.audio import AudioError
 from s3prl_ser.inference import EmotionRecognizer
-from s3prl_ser.inference.export import export_run
 
 
 @pytest.fixture(scope="module")
 def model_dir(mini_corpus, mini_meta, tmp_path_factory, one_thread):
     """fbank + tiny ECAPA-TDNN, fold2 (4 steps), exported."""
     root = tmp_path_factory.mktemp("input_types_model")
-    run_downstream(
-        train_args(root / "fold2", overrides(mini_corpus, mini_meta, steps=4, every=2), extra=("-v", "fold2"))
-    )
-    return export_run(root / "fold2", root / "model")
+    return tiny_fbank_model(mini_corpus, mini_meta, root, "fold2")
 
 
 @pytest.fixture(scope="module")
