@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from s3prl_ser.models.classifier import build_aggregator
 
-__all__ = ["FUSIONS", "MAX_FRAME_MISMATCH", "pool_frames", "align_streams", "EmotionClassifier"]
+__all__ = ["FUSIONS", "MAX_FRAME_MISMATCH", "pool_frames", "align_streams", "EmotionClassifier", "split_outputs"]
 
 FUSIONS = ("early", "late")
 MAX_FRAME_MISMATCH = 2
@@ -95,19 +95,39 @@ def _pad(frames: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     return pad_sequence(list(frames), batch_first=True), lengths
 
 
+def split_outputs(outputs: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """An :class:`EmotionClassifier`'s ``(B, C + A)`` outputs -> class logits ``(B, C)`` and normalised
+    attribute predictions ``(B, A)`` (either may be empty: C = 0 without categories, A = 0 without attributes).
+
+    Example:
+        >>> logits, attributes = split_outputs(torch.arange(10.0).view(2, 5), num_classes=4)
+        >>> logits.shape, attributes.tolist()
+        (torch.Size([2, 4]), [[4.0], [9.0]])
+    """
+    if not 0 <= num_classes <= outputs.shape[-1]:
+        raise ValueError(f"{num_classes} classes do not fit outputs of width {outputs.shape[-1]}")
+    return outputs[..., :num_classes], outputs[..., num_classes:]
+
+
 class EmotionClassifier(nn.Module):
-    """Aggregator(s) + linear classifier over one or several feature streams.
+    """Aggregator(s) + linear heads over one or several feature streams.
+
+    The heads share the utterance embedding: C class logits and A attribute predictions (normalised to
+    [0, 1] on the corpus's scale, unsquashed) are the rows of one linear layer, each row its own
+    head, so ``forward`` returns ``(B, C + A)`` (:func:`split_outputs`). A categorical model (A = 0)
+    is the paper's aggregator + linear classifier, unchanged.
 
     Args:
         input_sizes: feature dimension of each stream.
         rates: downsample rate of each stream (used by early fusion only).
-        num_classes: number of emotion classes.
+        num_classes: C, number of emotion classes (0: attributes only).
         aggregator: ``"mean"`` or ``"ecapa"``; None: ``modelrc.aggregator`` of ``emotion_ecapa``'s
             ``config.yaml``.
         ecapa: ECAPA-TDNN keyword arguments.
         fusion: ``None`` for one stream, ``"early"`` or ``"late"`` for several.
         projector_dim: a frame-wise linear projection to this size before each aggregator
             (SUPERB's emotion downstream: 256); ``None``: none.
+        num_attributes: A, number of continuous attributes regressed beside the classes.
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -126,6 +146,9 @@ class EmotionClassifier(nn.Module):
         torch.Size([2, 8])
         >>> torch.allclose(emb[1], torch.cat([fbank[1].mean(0), hubert[1].mean(0)]))  # 26 fbank frames pool to 13
         True
+        >>> multitask = EmotionClassifier([3], [160], num_classes=4, aggregator="mean", num_attributes=3)
+        >>> [part.shape for part in split_outputs(multitask([fbank]), multitask.num_classes)]  # (B, C), (B, A)
+        [torch.Size([2, 4]), torch.Size([2, 3])]
     """
 
     def __init__(
@@ -137,8 +160,11 @@ class EmotionClassifier(nn.Module):
         ecapa: Mapping[str, Any] | None = None,
         fusion: str | None = None,
         projector_dim: int | None = None,
+        num_attributes: int = 0,
     ) -> None:
         super().__init__()
+        if num_classes < 0 or num_attributes < 0 or num_classes + num_attributes == 0:
+            raise ValueError(f"need classes or attributes to predict, got {num_classes} and {num_attributes}")
         if len(input_sizes) != len(rates) or not input_sizes:
             raise ValueError(f"need one rate per stream, got sizes {list(input_sizes)} and rates {list(rates)}")
         if len(input_sizes) > 1 and fusion not in FUSIONS:
@@ -153,7 +179,11 @@ class EmotionClassifier(nn.Module):
             self.aggregators = nn.ModuleList(build_aggregator(aggregator, d, ecapa, projector_dim) for d in input_sizes)
         else:
             self.aggregators = nn.ModuleList([build_aggregator(aggregator, sum(input_sizes), ecapa, projector_dim)])
-        self.classifier = nn.Linear(sum(a.output_size for a in self.aggregators), num_classes)
+        self.num_classes, self.num_attributes = num_classes, num_attributes
+        self.classifier = nn.Linear(sum(a.output_size for a in self.aggregators), num_classes + num_attributes)
+        if num_attributes:
+            with torch.no_grad():  # start the attributes at the middle of their normalised scale
+                self.classifier.bias[num_classes:] = 0.5
 
     def embed(self, streams: Sequence[Sequence[Tensor]]) -> Tensor:
         """S streams of B tensors ``(T_{s,b}, D_s)`` -> utterance embeddings ``(B, E)``."""
@@ -167,5 +197,5 @@ class EmotionClassifier(nn.Module):
         return self.aggregators[0](*_pad(frames))
 
     def forward(self, streams: Sequence[Sequence[Tensor]]) -> Tensor:
-        """S streams of B tensors ``(T_{s,b}, D_s)`` -> logits ``(B, num_classes)``."""
+        """S streams of B tensors ``(T_{s,b}, D_s)`` -> ``(B, C + A)``: class logits, then attributes."""
         return self.classifier(self.embed(streams))
