@@ -15,7 +15,7 @@ the whole file), quieter than :data:`~s3prl_ser.data.audio.SILENCE_DBFS`: its la
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ from s3prl_ser.data.audio import SAMPLE_RATE, SILENCE_DBFS, AudioInfo, audio_inf
 from s3prl_ser.inference.postprocess import check_classes, postprocess_row
 from s3prl_ser.inference.rows import prediction_row
 
-__all__ = ["AudioClassifier", "window_plan", "predict_windows"]
+__all__ = ["AudioClassifier", "window_plan", "predict_windows", "stream_windows"]
 
 
 class AudioClassifier(Protocol):
@@ -67,7 +67,12 @@ def window_plan(duration: float, window: float = 8.0, hop: float = 4.0) -> list[
         start = round(start + hop, 6)
 
 
-def predict_windows(
+def predict_windows(recognizer: AudioClassifier, path: str | os.PathLike, **options: Any) -> list[dict[str, Any]]:
+    """The rows of :func:`stream_windows` in one list: the windows', then the summary."""
+    return [row for rows in stream_windows(recognizer, path, **options) for row in rows]
+
+
+def stream_windows(
     recognizer: AudioClassifier,
     path: str | os.PathLike,
     *,
@@ -78,8 +83,9 @@ def predict_windows(
     on_window: Callable[[float], None] | None = None,
     classes: Sequence[str] | None = None,
     top_k: int | None = None,
-) -> list[dict[str, Any]]:
-    """Window rows (``segment="window"``, ``start``, ``end``) and one summary row (``segment="summary"``),
+) -> Iterator[list[dict[str, Any]]]:
+    """The rows of each forward pass as it is done (up to ``batch_size`` window rows), then ``[summary]``:
+    window rows (``segment="window"``, ``start``, ``end``) and one summary row (``segment="summary"``),
     each with ``silence`` (RMS level below :data:`~s3prl_ser.data.audio.SILENCE_DBFS`).
 
     Args:
@@ -104,7 +110,6 @@ def predict_windows(
     info = info or audio_info(path)
     duration = info.frames / info.sample_rate
     plan = window_plan(duration, window, hop)
-    rows: list[dict[str, Any]] = []
     weighted = torch.zeros(len(recognizer.class_names), dtype=torch.float64)
     covered = 0.0
     energy = 0.0  # sum of squares of the file's samples, each counted once (windows overlap)
@@ -115,6 +120,7 @@ def predict_windows(
             read_segment(path, info, round(start * SAMPLE_RATE), min(round(end * SAMPLE_RATE), info.samples))
             for start, end in chunk
         ]
+        rows: list[dict[str, Any]] = []
         for (start, end), wav, probs in zip(chunk, wavs, recognizer.probabilities(wavs)):
             begin = round(start * SAMPLE_RATE)
             energy += float(wav[done - begin :].double().square().sum())
@@ -136,6 +142,7 @@ def predict_windows(
             if on_window is not None:
                 on_window(end - covered)
             covered = end
+        yield [postprocess_row(row, classes, top_k) for row in rows]
     total = sum(end - start for start, end in plan)
     summary = prediction_row(
         recognizer.class_names,
@@ -148,4 +155,4 @@ def predict_windows(
         status="ok",
         silence=level_dbfs(mean_square=energy / max(done, 1)) < SILENCE_DBFS,
     )
-    return [postprocess_row(row, classes, top_k) for row in rows + [summary]]
+    yield [postprocess_row(summary, classes, top_k)]
