@@ -38,7 +38,7 @@ from s3prl_ser.data.folds import (
 )
 from s3prl_ser.data.manifest import LabelRules
 from s3prl_ser.data.protocol import FoldProtocol, digest
-from s3prl_ser.data.sampler import GlobalBatchSampler, epoch_seed
+from s3prl_ser.data.sampler import ClassBalancedBatchSampler, GlobalBatchSampler, epoch_seed
 
 __all__ = ["SPLITS", "FoldData", "load_fold_data", "RandomCrop", "train_loader", "eval_loader"]
 
@@ -322,11 +322,14 @@ def train_loader(
     start: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    balanced: bool = False,
 ) -> DataLoader:
     """This process's ``(wavs, labels, names)`` batches of epoch ``epoch`` from global batch
     ``start`` on; ``datarc.train_batch_size`` is the global batch, and clips are cropped to
     ``datarc.max_seconds`` (:class:`RandomCrop`) when it is set. ``datarc.bucket_by_length``
-    batches similar lengths together (:func:`~s3prl_ser.data.sampler.length_buckets`)."""
+    batches similar lengths together (:func:`~s3prl_ser.data.sampler.length_buckets`).
+    ``balanced`` draws class-balanced batches with replacement
+    (:class:`~s3prl_ser.data.sampler.ClassBalancedBatchSampler`)."""
     if datarc.get("pre_load", False):
         dataset.preload()
     max_seconds = datarc.get("max_seconds")
@@ -335,8 +338,8 @@ def train_loader(
     bucketed = datarc.get("bucket_by_length", False)
     if not isinstance(bucketed, bool):
         raise ConfigError(f"datarc.bucket_by_length must be true or false, got {bucketed!r}")
-    sampler = GlobalBatchSampler(
-        len(dataset),
+    sampler = (ClassBalancedBatchSampler if balanced else GlobalBatchSampler)(
+        dataset.labels() if balanced else len(dataset),
         datarc.get("train_batch_size", expert_default("datarc", "train_batch_size")),
         seed=seed,
         epoch=epoch,

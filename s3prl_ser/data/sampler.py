@@ -8,6 +8,11 @@ sees exactly the utterances it sees in a single process (torch's ``DistributedSa
 instead deals a different permutation and multiplies the batch by W). The order depends on
 nothing but ``(seed, epoch)``, so a run resumed after ``b`` batches of an epoch starts at
 batch ``b`` (``start=b``) and sees what the killed run would have seen next.
+
+:class:`ClassBalancedBatchSampler` keeps all of this but draws each epoch's utterances with
+replacement, each with probability proportional to 1 / (its class's count), so every class
+fills the same share of the batches in expectation (the imbalanced-categories option of the
+MSP-Podcast challenge systems).
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["GlobalBatchSampler", "global_batches_per_epoch", "epoch_seed", "length_buckets", "padding_fraction"]
+__all__ = [
+    "GlobalBatchSampler",
+    "ClassBalancedBatchSampler",
+    "global_batches_per_epoch",
+    "epoch_seed",
+    "length_buckets",
+    "padding_fraction",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +153,14 @@ class GlobalBatchSampler(Sampler[list[int]]):
             raise ValueError(f"{len(lengths)} lengths for {num_items} utterances")
         self.lengths = lengths
 
-    def _global_batches(self) -> list[list[int]]:
+    def _order(self, generator: torch.Generator) -> list[int]:
+        """The epoch's ``num_items`` utterance indices, in the order they are batched."""
+        return torch.randperm(self.num_items, generator=generator).tolist()
+
+    def _global_batches(self, bucketed: bool = True) -> list[list[int]]:
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
-        order = torch.randperm(self.num_items, generator=generator).tolist()
-        if self.lengths is not None:
+        order = self._order(generator)
+        if self.lengths is not None and bucketed:
             return length_buckets(order, self.lengths, self.batch_size, self.drop_last, generator)[self.start :]
         batches = [order[i : i + self.batch_size] for i in range(0, self.num_items, self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
@@ -155,12 +171,11 @@ class GlobalBatchSampler(Sampler[list[int]]):
         share = self.batch_size // self.world_size
         batches = self._global_batches()
         if self.lengths is not None and self.start == 0 and self.rank == 0:
-            plain = GlobalBatchSampler(
-                self.num_items, self.batch_size, seed=self.seed, epoch=self.epoch, drop_last=self.drop_last
-            )._global_batches()
+            plain = self._global_batches(bucketed=False)
             logger.info(
-                "[GlobalBatchSampler] - epoch %d: length-bucketed batches, padding %.1f%% of the batched samples "
+                "[%s] - epoch %d: length-bucketed batches, padding %.1f%% of the batched samples "
                 "(random batches: %.1f%%)",
+                type(self).__name__,
                 self.epoch,
                 100 * padding_fraction(batches, self.lengths),
                 100 * padding_fraction(plain, self.lengths),
@@ -172,3 +187,64 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return len(self._global_batches())
+
+
+class ClassBalancedBatchSampler(GlobalBatchSampler):
+    """:class:`GlobalBatchSampler` over a class-balanced draw: each epoch's ``len(labels)``
+    utterances are drawn with replacement from ``(seed, epoch)``, utterance ``i`` with
+    probability ``1 / (C * n_{labels[i]})`` (``C`` classes present, ``n_c`` utterances of class
+    ``c``), so each class is drawn ``1 / C`` of the time; rare utterances recur within an epoch,
+    frequent ones are left out of it. Same epoch length, process split, resumption and length
+    buckets as :class:`GlobalBatchSampler`.
+
+    Args:
+        labels: the class id of every utterance (>= 0).
+        batch_size, seed, epoch, rank, world_size, drop_last, start, lengths: as
+            :class:`GlobalBatchSampler`.
+
+    Example:
+        >>> labels = [0] * 90 + [1] * 10
+        >>> drawn = [labels[i] for batch in ClassBalancedBatchSampler(labels, 10, seed=0) for i in batch]
+        >>> len(drawn), 35 < sum(drawn) < 65  # about half class 1, against 10 in the source
+        (100, True)
+        >>> one = list(ClassBalancedBatchSampler(labels, 10, seed=0, epoch=3))
+        >>> list(ClassBalancedBatchSampler(labels, 10, seed=0, epoch=3, start=4)) == one[4:]
+        True
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+        start: int = 0,
+        lengths: Sequence[int] | None = None,
+    ) -> None:
+        classes = np.asarray(labels, dtype=np.int64)
+        if classes.size and classes.min() < 0:
+            raise ValueError(
+                f"a class-balanced sampler needs a category for every training utterance; "
+                f"{int((classes < 0).sum())} of {classes.size} have none"
+            )
+        super().__init__(
+            len(classes),
+            batch_size,
+            seed=seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+            start=start,
+            lengths=lengths,
+        )
+        counts = np.bincount(classes)
+        # float64: a million-utterance corpus's weights stay exact enough to sum to 1.
+        self.weights = torch.from_numpy(1.0 / counts[classes])
+
+    def _order(self, generator: torch.Generator) -> list[int]:
+        return torch.multinomial(self.weights, self.num_items, replacement=True, generator=generator).tolist()
