@@ -5,21 +5,32 @@ with the paper's additions: an ECAPA-TDNN aggregator, early/late fusion of sever
 (``-u NAME1,NAME2``, ``modelrc.fusion``), UA beside WA, the k best checkpoints kept by dev
 accuracy for averaging (done by :class:`s3prl_ser.training.runner.SERRunner` after training), and
 test-set predictions written only for the reported model.
+
+The ``targets`` section adds continuous attributes (arousal, valence, dominance) beside or instead
+of the categories (:class:`~s3prl_ser.training.targets.TargetSpec`; docs/dimensional.md): the
+attribute loss (1 - CCC or MSE) skips unknown values, checkpoints are kept by the dev metric
+``targets.selection`` names, and predictions are reported on the corpus's own scale. The ``loss``
+section sets the class head's cross-entropy for imbalanced classes (class weights, focal loss, a
+class-balanced sampler).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.distributed import get_rank, get_world_size, is_initialized
 from torch.utils.data import DataLoader
 
 from s3prl_ser.config import check_int, check_keys, expert_default
+from s3prl_ser.data.attributes import denormalise
 from s3prl_ser.data.audio import load_audio
 from s3prl_ser.data.emotion_dataset import SESSION_CORPORA
 from s3prl_ser.data.fold_data import FoldData, eval_loader, load_fold_data, train_loader
@@ -27,9 +38,11 @@ from s3prl_ser.data.folds import check_run_fold, fold_session, is_deployment, re
 from s3prl_ser.fileio import atomic_write_json, atomic_write_text
 from s3prl_ser.inference.rows import prediction_row
 from s3prl_ser.models.classifier import AGGREGATORS
-from s3prl_ser.models.fusion import EmotionClassifier
+from s3prl_ser.models.fusion import EmotionClassifier, split_outputs
 from s3prl_ser.training.best_checkpoints import BestCheckpoints
-from s3prl_ser.training.metrics import classification_report
+from s3prl_ser.training.losses import FocalLoss, ccc_loss, class_weights, masked_mse
+from s3prl_ser.training.metrics import classification_report, regression_report
+from s3prl_ser.training.targets import expert_targets
 
 DATARC_KEYS = {
     "root",
@@ -53,6 +66,9 @@ DATARC_KEYS = {
 MODELRC_KEYS = {"aggregator", "ecapa", "fusion", "projector_dim"}
 AVERAGING_KEYS = {"best_k", "average"}
 TEXT_KEYS = {"encoder", "transcripts", "speech", "feature_selection"}
+EXPERT_SECTIONS = {"datarc", "modelrc", "checkpoint_averaging", "text", "targets", "loss"}
+# An undefined dev CCC (a constant prediction) ranks as the worst possible CCC.
+_UNDEFINED_SCORE = -1.0
 _NO_TEST_SET = (
     "a deployment run (test_fold: deploy) has no test set: it trained on every fold's utterances, so it "
     "has no held-out score; the cross-validation's folds score the procedure"
@@ -72,7 +88,7 @@ class DownstreamExpert(nn.Module):
             upstreams (one feature stream each).
         upstream_rate: downsample rate of the features (a list with several upstreams).
         downstream_expert: the ``downstream_expert`` config section (datarc, modelrc,
-            checkpoint_averaging).
+            checkpoint_averaging, text, targets, loss).
         expdir: experiment directory.
         fold_data: the fold's data, as :class:`~s3prl_ser.training.runner.SERRunner` built it
             (once per run); None: read here (under s3prl's own runner).
@@ -92,7 +108,8 @@ class DownstreamExpert(nn.Module):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        check_keys(downstream_expert, {"datarc", "modelrc", "checkpoint_averaging", "text"}, "downstream_expert")
+        check_keys(downstream_expert, EXPERT_SECTIONS, "downstream_expert")
+        self.targets, self.loss_spec = expert_targets(downstream_expert)
         self.datarc = dict(downstream_expert.get("datarc", {}))
         self.modelrc = dict(downstream_expert.get("modelrc", {}))
         self.averaging = dict(downstream_expert.get("checkpoint_averaging", {}))
@@ -108,14 +125,17 @@ class DownstreamExpert(nn.Module):
         where = "downstream_expert.datarc"
         # ``deploy``: a deployment run, trained on every fold (s3prl_ser.data.full_data_pool), no test set
         self.fold = check_run_fold(resolve_fold(self.datarc.get("test_fold"), kwargs.get("downstream_variant")))
-        if fold_data is None:
-            data = load_fold_data(self.datarc, self.fold, where=where)  # checks every audio header
+        if fold_data is None:  # checks every audio header
+            data = load_fold_data(self.datarc, self.fold, where=where, **self.targets.fold_data_options())
         elif fold_data.protocol.fold != self.fold:
             raise ValueError(f"the runner built {fold_data.protocol.fold}'s data for a {self.fold} expert")
         else:
             data = fold_data
         meta_dir = Path(self.datarc["meta_data"])
-        self.class_names = data.class_names
+        # No class head without categories: C = 0 outputs, no class names recorded.
+        self.class_names = list(data.class_names) if self.targets.categories else []
+        scale = getattr(data, "attribute_scale", {})
+        self.attribute_scale = {name: tuple(scale[name]) for name in self.targets.attributes}
         self.protocol = data.protocol
         self.train_dataset, self.dev_dataset, self.test_dataset = data.train, data.dev, data.test
         corpus = self.protocol.corpus_name or "corpus"
@@ -161,8 +181,9 @@ class DownstreamExpert(nn.Module):
             ecapa=self.modelrc.get("ecapa"),
             fusion=self.modelrc.get("fusion"),
             projector_dim=self.modelrc.get("projector_dim"),
+            num_attributes=self.targets.num_attributes,
         )
-        self.objective = nn.CrossEntropyLoss()
+        self.objective = self._class_objective() if self.targets.categories else None
         self.best = BestCheckpoints(self.expdir, best_k)
         # Where dev/test predictions go, and whether dev results select checkpoints: a
         # standalone ``-m evaluate`` writes elsewhere and selects nothing.
@@ -175,6 +196,22 @@ class DownstreamExpert(nn.Module):
         if kwargs.get("mode") == "train" and self.datarc.get("pre_load", False):
             self.train_dataset.preload()
             self.dev_dataset.preload()
+
+    def _class_objective(self) -> nn.Module:
+        """The class head's loss: cross-entropy (the paper's), with class weights N / (C * n_c) from
+        the training counts and/or as a focal loss when the ``loss`` section asks."""
+        weight = None
+        if self.loss_spec.class_weights:
+            counts = np.bincount(self.train_dataset.labels(), minlength=len(self.class_names))
+            weight = class_weights(counts.tolist())
+            _log.info(
+                "[Expert] - class weights from the training counts: "
+                + ", ".join(f"{c} {w:.3f} ({n})" for c, w, n in zip(self.class_names, weight.tolist(), counts))
+            )
+        if weight is None and self.loss_spec.focal_gamma == 0:
+            return nn.CrossEntropyLoss()
+        # gamma 0 is the weighted cross-entropy exactly; FocalLoss keeps the weights out of checkpoints
+        return FocalLoss(self.loss_spec.focal_gamma, weight)
 
     def evaluate_separately(self, tag: str) -> Path:
         """Send later logs and predictions to ``expdir/evaluate_<tag>/`` and stop offering dev
@@ -242,6 +279,8 @@ class DownstreamExpert(nn.Module):
         (:func:`~s3prl_ser.data.fold_data.train_loader`); ``dev`` / ``test``: the whole split."""
         if mode == "train":
             self._fill_text_cache(mode, self.train_dataset)
+            # passed only when on, so the natural order stays exactly as before
+            balanced = {"balanced": True} if self.loss_spec.balanced_sampler else {}
             return train_loader(
                 self.train_dataset,
                 self.datarc,
@@ -250,6 +289,7 @@ class DownstreamExpert(nn.Module):
                 start=start,
                 rank=get_rank() if is_initialized() else 0,
                 world_size=get_world_size() if is_initialized() else 1,
+                **balanced,
             )
         if mode == "test" and is_deployment(self.fold):
             raise ValueError(_NO_TEST_SET)
@@ -260,7 +300,8 @@ class DownstreamExpert(nn.Module):
         return eval_loader(datasets[mode], self.datarc)
 
     def _logits(self, features: list, filenames: list[str]) -> torch.Tensor:
-        """Per-utterance ``(T, D)`` tensors, or one such list per upstream -> ``(B, C)`` logits."""
+        """Per-utterance ``(T, D)`` tensors, or one such list per upstream -> ``(B, C + A)``: class
+        logits, then normalised attribute predictions (:func:`~s3prl_ser.models.fusion.split_outputs`)."""
         streams = list(features) if self.multi_stream else [features]
         if self._text is not None:
             device = streams[0][0].device
@@ -277,42 +318,114 @@ class DownstreamExpert(nn.Module):
         records: defaultdict,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """``features``: per-utterance ``(T_i, D)`` tensors (one list per upstream with several)
-        -> cross-entropy loss."""
-        logits = self._logits(features, filenames)
-        labels_t = torch.as_tensor(labels, device=logits.device)
-        loss = self.objective(logits, labels_t)
-        predicted = logits.argmax(dim=-1)
+        """``features``: per-utterance ``(T_i, D)`` tensors (one list per upstream with several);
+        ``labels``: class ids, or with attributes ``(class id or -1, (A,) normalised values, NaN
+        unknown)`` pairs -> the loss: cross-entropy, + ``attribute_weight`` * the attribute loss
+        (the attribute loss alone without categories)."""
+        outputs = self._logits(features, filenames)
+        if self.targets.is_categorical_only:
+            class_ids, attributes = labels, None
+        else:
+            class_ids = [label[0] for label in labels]
+            attributes = torch.as_tensor(np.stack([label[1] for label in labels]), dtype=outputs.dtype)
+        logits, predicted_attributes = split_outputs(outputs, len(self.class_names))
+        loss = outputs.new_zeros(())
+        if self.targets.categories:
+            labels_t = torch.as_tensor(class_ids, device=outputs.device)
+            loss = self.objective(logits, labels_t)
+            records["predict"] += [self.class_names[i] for i in logits.argmax(dim=-1).tolist()]
+            records["truth"] += [self.class_names[i] for i in labels_t.tolist()]
+        if attributes is not None:
+            attributes = attributes.to(outputs.device)
+            attribute_loss = ccc_loss if self.targets.attribute_loss == "ccc" else masked_mse
+            value = attribute_loss(predicted_attributes, attributes)
+            loss = loss + self.targets.attribute_weight * value if self.targets.categories else value
+            records["attribute_predict"] += list(predicted_attributes.detach().cpu().double().numpy())
+            records["attribute_truth"] += list(attributes.cpu().double().numpy())
         records["loss"].append(loss.item())
         records["filename"] += list(filenames)
-        records["predict"] += [self.class_names[i] for i in predicted.tolist()]
-        records["truth"] += [self.class_names[i] for i in labels_t.tolist()]
         return loss
 
     # Interface
     def log_records(self, mode: str, records: defaultdict, logger: Any, global_step: int, **kwargs: Any) -> list[str]:
-        """Log WA/UA/loss; on dev offer the step to the k best; on test write predictions."""
-        report = classification_report(records["truth"], records["predict"], self.class_names)
+        """Log the split's metrics (WA/UA with categories, CCC per attribute with attributes) and
+        loss; on dev offer the step to the k best by ``targets.selection``; on dev and test write
+        the predictions and ``<split>_<fold>_metrics.json``."""
         loss = float(torch.tensor(records["loss"]).mean())
+        scores: dict[str, float] = {}
+        metrics: dict[str, Any] = {}
+        line = f"{mode} at step {global_step}:"
+        if self.targets.categories:
+            report = classification_report(records["truth"], records["predict"], self.class_names)
+            scores.update(wa=report.wa, ua=report.ua, macro_f1=report.macro_f1)
+            metrics.update(report.to_dict())
+            line += f" acc {report.wa:.4f} ua {report.ua:.4f}"
+        line += f" loss {loss:.4f}"
+        if self.targets.attributes:
+            regression = self._regression_report(records)
+            scores.update(ccc_mean=regression.ccc_mean, **{f"ccc_{a}": c for a, c in regression.ccc.items()})
+            metrics.update(regression.to_dict())
+            line += (
+                f" ccc_mean {regression.ccc_mean:.4f} ("
+                + ", ".join(f"{a} {c:.4f}" for a, c in regression.ccc.items())
+                + ")"
+            )
         prefix = f"emotion-{self.fold}/{mode}"
-        for name, value in (("acc", report.wa), ("ua", report.ua), ("loss", loss)):
-            logger.add_scalar(f"{prefix}-{name}", value, global_step=global_step)
-        line = f"{mode} at step {global_step}: acc {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}"
+        named = {"acc": scores.get("wa"), "ua": scores.get("ua"), "loss": loss}
+        named.update({name: scores[name] for name in scores if name.startswith("ccc_")})
+        for name, value in named.items():
+            if value is not None:
+                logger.add_scalar(f"{prefix}-{name}", value, global_step=global_step)
         _log.info(f"[Expert] - {line}")
         with open(self.output_dir / "log.log", "a") as log:
             log.write(line + "\n")
 
         save_names: list[str] = []
-        if mode == "dev" and self.selecting:
-            save_names = self.best.offer(global_step, report.wa)  # dev accuracy only, never test
+        if mode == "dev" and self.selecting:  # dev metrics only, never test
+            score = scores[self.targets.selection_metric]
+            save_names = self.best.offer(global_step, _UNDEFINED_SCORE if np.isnan(score) else score)
         if mode in ("dev", "test"):
-            for kind in ("predict", "truth"):
+            kinds = ("predict", "truth") if self.targets.categories else ()
+            for kind in kinds:
                 lines = [f"{f} {e}\n" for f, e in zip(records["filename"], records[kind])]
                 atomic_write_text(self.output_dir / f"{mode}_{self.fold}_{kind}.txt", "".join(lines))
-            metrics = dict(report.to_dict(), step=global_step, fold=self.fold, loss=loss, corpus=self._corpus_record())
+            metrics.update(step=global_step, fold=self.fold, loss=loss, corpus=self._corpus_record())
+            if not self.targets.is_categorical_only:  # a categorical run's file stays as it was
+                metrics.update(targets=self.targets.to_dict(), attribute_scale=self._scale_record())
+            if self.targets.attributes:
+                metrics["attribute_predictions"] = self._write_attribute_predictions(mode, records)
             # atomic: cross-validation reads it as the fold's result once final.json names it
             atomic_write_json(self.output_dir / f"{mode}_{self.fold}_metrics.json", metrics, indent=1)
         return save_names
+
+    def _scale_record(self) -> dict[str, list[float]]:
+        return {name: list(bounds) for name, bounds in self.attribute_scale.items()}
+
+    def _on_scale(self, records: defaultdict) -> tuple[np.ndarray, np.ndarray]:
+        """Truth (NaN unknown) and predictions ``(N, A)`` back on the corpus's own scale."""
+        scale = [self.attribute_scale[name] for name in self.targets.attributes]
+        truth = denormalise(np.stack(records["attribute_truth"]), scale)
+        predicted = denormalise(np.stack(records["attribute_predict"]), scale)
+        return truth, predicted
+
+    def _regression_report(self, records: defaultdict) -> Any:
+        truth, predicted = self._on_scale(records)
+        return regression_report(truth, predicted, self.targets.attributes)
+
+    def _write_attribute_predictions(self, mode: str, records: defaultdict) -> str:
+        """``<split>_<fold>_attributes.csv``: file, then each attribute's true and predicted value on
+        the corpus's scale (empty: unknown); its name, for the metrics record."""
+        truth, predicted = self._on_scale(records)
+        names = self.targets.attributes
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["file", *(f"{a}_true" for a in names), *(f"{a}_pred" for a in names)])
+        for name, true_row, pred_row in zip(records["filename"], truth, predicted):
+            known = ["" if np.isnan(t) else f"{t:.6g}" for t in true_row]
+            writer.writerow([name, *known, *(f"{p:.6g}" for p in pred_row)])
+        path = self.output_dir / f"{mode}_{self.fold}_attributes.csv"
+        atomic_write_text(path, text.getvalue())
+        return path.name
 
     def _corpus_record(self) -> dict:
         """What reports say about the data: corpus, protocol, fold count, official test set, classes."""
@@ -332,6 +445,16 @@ class DownstreamExpert(nn.Module):
 
     def inference(self, features: list, filenames: list[str]) -> list[dict]:
         """Return ``{"file", "label", "probabilities"}`` per utterance (the row
-        :func:`s3prl_ser.inference.rows.prediction_row` builds for ``python -m s3prl_ser.inference``)."""
-        probabilities = self._logits(features, filenames).softmax(dim=-1).cpu()
-        return [prediction_row(self.class_names, probs, file=name) for name, probs in zip(filenames, probabilities)]
+        :func:`s3prl_ser.inference.rows.prediction_row` builds for ``python -m s3prl_ser.inference``),
+        with attributes also ``"attributes": {name: value on the corpus's scale}`` (without categories:
+        ``file`` and ``attributes`` only)."""
+        logits, attributes = split_outputs(self._logits(features, filenames).cpu(), len(self.class_names))
+        rows = [
+            prediction_row(self.class_names, probs, file=name) if self.targets.categories else {"file": name}
+            for name, probs in zip(filenames, logits.softmax(dim=-1))
+        ]
+        if self.targets.attributes:
+            scale = [self.attribute_scale[name] for name in self.targets.attributes]
+            for row, values in zip(rows, denormalise(attributes.double(), scale).tolist()):
+                row["attributes"] = dict(zip(self.targets.attributes, values))
+        return rows

@@ -47,6 +47,7 @@ from s3prl_ser.training.loop import OptimizerStep, Schedule, TrainingLoop, Updat
 from s3prl_ser.training.run_dir import RunDir
 from s3prl_ser.training.run_identity import run_identity
 from s3prl_ser.training.states import Progress, StatesFiles, restore_progress, training_state
+from s3prl_ser.training.targets import TargetSpec, expert_targets
 from s3prl_ser.upstreams.multi_upstream import build_featurizer, build_upstreams
 
 __all__ = ["SERRunner"]
@@ -109,6 +110,20 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def _target_record(expert: nn.Module) -> dict:
+    """What the expert's model predicts, for checkpoints and ``final.json``: ``Targets`` (its
+    :class:`~s3prl_ser.training.targets.TargetSpec` record) and, with attributes, ``AttributeScale``
+    (``{name: [lo, hi]}``, the corpus scale its outputs are normalised to); nothing for an expert
+    without targets (s3prl's own)."""
+    targets = getattr(expert, "targets", None)
+    if targets is None:
+        return {}
+    record = {"Targets": targets.to_dict()}
+    if targets.attributes:
+        record["AttributeScale"] = {name: list(bounds) for name, bounds in expert.attribute_scale.items()}
+    return record
+
+
 class SERRunner(Runner):
     """s3prl ``Runner`` with atomic checkpoints, safe loading, several upstreams
     (``-u NAME1,NAME2``), per-fold fine-tuned upstreams, DDP on CPU, and checkpoint averaging."""
@@ -146,7 +161,10 @@ class SERRunner(Runner):
             return None
         if "fold_data" not in inspect.signature(self._expert_class()).parameters:
             return None
-        return load_fold_data(datarc, check_run_fold(self.test_fold()), where="downstream_expert.datarc")
+        targets, _ = expert_targets(self.config.get("downstream_expert"))
+        return load_fold_data(
+            datarc, check_run_fold(self.test_fold()), where="downstream_expert.datarc", **targets.fold_data_options()
+        )
 
     def fold_protocol(self) -> FoldSpec:
         """The fold's full protocol (corpus, split) when the config names meta data in the
@@ -265,6 +283,7 @@ class SERRunner(Runner):
         protocol = getattr(_unwrap(self.downstream.model), "protocol", None)
         if protocol is not None:  # the corpus, fold, split and classes the model is trained on
             states[PROTOCOL_KEY] = protocol.to_dict()
+        states.update(_target_record(_unwrap(self.downstream.model)))
         for entry in self.all_entries:
             if entry.trainable:
                 states[entry.name] = get_model_state(entry.model)
@@ -396,6 +415,7 @@ class SERRunner(Runner):
         state["ClassNames"] = list(expert.class_names)  # also for checkpoints of older versions
         if getattr(expert, "protocol", None) is not None:
             state[PROTOCOL_KEY] = expert.protocol.to_dict()
+        state.update(_target_record(expert))
         fileio.atomic_torch_save(state, final)
         for entry in self.all_entries:
             if entry.name in state:
@@ -408,13 +428,19 @@ class SERRunner(Runner):
                 self.evaluate("test", logger, global_step=step)
             finally:
                 logger.close()
+        targets = getattr(expert, "targets", TargetSpec())
+        # dev_acc: the paper's dev accuracy (wa); else dev_<metric>, e.g. dev_ccc_mean
+        metric = "acc" if targets.selection_metric == "wa" else targets.selection_metric
         record = {
             "checkpoint": final.name,
             "averaged": expert.averaging.get("average", True),
-            "selected": [{"step": e.step, "dev_acc": e.score, "file": e.name} for e in entries],
+            "selected": [{"step": e.step, f"dev_{metric}": e.score, "file": e.name} for e in entries],
             "test_metrics": f"test_{expert.fold}_metrics.json" if tested else None,
             "identity": run_identity(self.args, self.config),
         }
+        record.update(selection_metric=targets.selection_metric, targets=targets.to_dict())
+        if targets.attributes:  # the scale the model's attribute outputs are normalised to
+            record["attribute_scale"] = _target_record(expert)["AttributeScale"]
         RunDir(expdir).write_final(record)  # last: its presence marks the run finished
         _log.info(
             f"[SERRunner] - reported model {final} ({len(entries)} checkpoint(s), steps "

@@ -23,7 +23,7 @@ from typing import Any
 
 from s3prl_ser.config import ConfigError, check_keys
 
-__all__ = ["ATTRIBUTE_LOSSES", "CATEGORY_METRICS", "TargetSpec", "LossSpec"]
+__all__ = ["ATTRIBUTE_LOSSES", "CATEGORY_METRICS", "TargetSpec", "LossSpec", "expert_targets"]
 
 ATTRIBUTE_LOSSES = ("ccc", "mse")
 CATEGORY_METRICS = ("wa", "ua", "macro_f1")  # dev metrics of the class head, higher is better
@@ -134,6 +134,16 @@ class TargetSpec:
             return self.selection
         return "wa" if self.categories else "ccc_mean"
 
+    def fold_data_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~s3prl_ser.data.fold_data.load_fold_data` for these targets:
+        none for categories alone, so a categorical run reads its data exactly as before.
+
+        Example:
+            >>> TargetSpec().fold_data_options(), TargetSpec(False, ("arousal",)).fold_data_options()
+            ({}, {'categories': False, 'attributes': ('arousal',)})
+        """
+        return {} if self.is_categorical_only else {"categories": self.categories, "attributes": self.attributes}
+
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None, where: str = "targets") -> TargetSpec:
         """The spec of a ``targets`` config section (None or missing keys: the defaults).
@@ -225,3 +235,18 @@ class LossSpec:
     @classmethod
     def from_dict(cls, record: Mapping[str, Any] | None) -> LossSpec:
         return cls.from_config(record, "loss")
+
+
+def expert_targets(downstream_expert: Mapping[str, Any] | None) -> tuple[TargetSpec, LossSpec]:
+    """The targets and loss options of stage 2's ``downstream_expert`` config section (its
+    ``targets`` and ``loss``), checked together; the defaults where the section lacks them.
+
+    Example:
+        >>> expert_targets({"targets": {"categories": False, "attributes": ["valence"]}})[0].selection_metric
+        'ccc_mean'
+    """
+    section = downstream_expert or {}
+    targets = TargetSpec.from_config(section.get("targets"), "downstream_expert.targets")
+    loss = LossSpec.from_config(section.get("loss"), "downstream_expert.loss")
+    loss.check_targets(targets, "downstream_expert.loss")
+    return targets, loss
