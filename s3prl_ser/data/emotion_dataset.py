@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from s3prl_ser.config import expert_default
+from s3prl_ser.data.attributes import Scale, check_attributes, normalise, parse_scale
 from s3prl_ser.data.audio import load_audio
 from s3prl_ser.data.folds import FOLDS, check_fold, fold_session
 from s3prl_ser.data.manifest import MANIFEST_NAME, LabelRules, Manifest, read_manifest
@@ -63,20 +64,29 @@ def session_corpus_name(root: str | os.PathLike) -> str:
 
 
 class MetaData:
-    """A validated meta-data file: class names by id, the utterance list, and the order the
+    """A validated meta-data file: class names by id, the utterance list, the order the
     list was written in (``file_order``, as ``prepare_iemocap`` records it; ``None`` when the
-    file does not say, e.g. stock s3prl's JSON).
+    file does not say, e.g. stock s3prl's JSON) and the declared scale of each continuous
+    attribute its items carry (``attribute_scale``, ``{}`` when none; :mod:`s3prl_ser.data.attributes`).
 
     Example:
         >>> MetaData(Path("train.json"), {"sad": 1, "neu": 0}, [{"path": "a.wav", "label": "sad"}]).class_names
         ['neu', 'sad']
     """
 
-    def __init__(self, path: Path, labels: dict[str, int], items: list[dict], file_order: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        labels: dict[str, int],
+        items: list[dict],
+        file_order: str | None = None,
+        attribute_scale: dict[str, Scale] | None = None,
+    ) -> None:
         self.path = path
         self.labels = labels
         self.items = items
         self.file_order = file_order
+        self.attribute_scale = dict(attribute_scale or {})
 
     @property
     def class_names(self) -> list[str]:
@@ -97,10 +107,16 @@ def outside_root(path: str) -> bool:
 
 
 def _check_items(
-    path: Path, labels: dict[str, int], items: list, root: str | os.PathLike | None, allow_outside_root: bool
+    path: Path,
+    labels: dict[str, int],
+    items: list,
+    root: str | os.PathLike | None,
+    allow_outside_root: bool,
+    scale: dict[str, Scale] | None = None,
 ) -> None:
     """Raise naming ``path`` and the item for a malformed item, a path outside the root, an
-    unknown label or (with ``root``) missing audio files."""
+    unknown label (``null`` is accepted from an item that carries attributes), attributes
+    outside their declared ``scale`` or (with ``root``) missing audio files."""
     for index, item in enumerate(items):
         where = f"{path}: meta_data[{index}]"
         if not isinstance(item, dict):
@@ -112,11 +128,14 @@ def _check_items(
                 f"{where}: path {item['path']!r} is outside the corpus root{f' {root}' if root else ''} "
                 "(absolute, or .. leads out of it); if that is intended, set the datarc key allow_outside_root: true"
             )
-        if item.get("label") not in labels:
+        if item.get("label") is None and item.get("attributes"):
+            pass  # attributes, no usable category (e.g. MSP-Podcast's X/O): categorical runs drop it
+        elif item.get("label") not in labels:
             raise ValueError(
                 f"{path}: utterance {item.get('path')} has unknown label {item.get('label')!r} "
                 f"(known: {', '.join(labels)})"
             )
+        check_attributes(item, scale or {}, f"{path}: utterance {item['path']}")
     if not items:
         raise ValueError(f"{path}: lists no utterances")
     if root is not None:
@@ -140,7 +159,8 @@ def read_meta_data(
     Raises:
         FileNotFoundError: the JSON, or audio files it lists (the first few are named).
         ValueError: malformed JSON, an item that is not an object or has no ``path`` (its
-            index is named), a path outside the root, or a label outside ``labels``.
+            index is named), a path outside the root, a label outside ``labels``, a malformed
+            ``attribute_scale``, or an attribute it does not declare or a value outside it.
     """
     path = Path(path)
     if not path.is_file():
@@ -157,8 +177,9 @@ def read_meta_data(
     ids = sorted(labels.values())
     if ids != list(range(len(ids))):
         raise ValueError(f"{path}: label ids must be 0..{len(ids) - 1}, got {labels}")
-    _check_items(path, labels, items, root, allow_outside_root)
-    return MetaData(path, dict(labels), list(items), data.get("file_order"))
+    scale = parse_scale(data.get("attribute_scale"), str(path))
+    _check_items(path, labels, items, root, allow_outside_root, scale)
+    return MetaData(path, dict(labels), list(items), data.get("file_order"), scale)
 
 
 def read_fold_meta(
@@ -183,6 +204,8 @@ def read_fold_meta(
     test = read_meta_data(meta_dir / session / "test_meta_data.json", root, allow_outside_root=allow_outside_root)
     if train.labels != test.labels:
         raise ValueError(f"{train.path} and {test.path} define different labels")
+    if train.attribute_scale != test.attribute_scale:
+        raise ValueError(f"{train.path} and {test.path} declare different attribute scales")
     return train, test
 
 
@@ -258,6 +281,19 @@ def corpus_folds(meta_dir: str | os.PathLike) -> list[str]:
         return list(FOLDS)
 
 
+def _relabel(items: Sequence[dict], rules: LabelRules) -> list[dict]:
+    """``items`` relabelled by ``rules``, dropped ones left out; an item without a category
+    (label null, attributes only) is kept as it is."""
+    kept = []
+    for item in items:
+        label = None if item.get("label") is None else rules.apply(item["label"])
+        if label is not None:
+            kept.append(dict(item, label=label))
+        elif item.get("label") is None:
+            kept.append(item)
+    return kept
+
+
 def apply_label_rules(meta: MetaData, rules: LabelRules) -> MetaData:
     """``meta`` with ``rules`` applied: utterances relabelled or dropped, classes renumbered in
     their order (no rules: ``meta`` itself, untouched).
@@ -268,10 +304,11 @@ def apply_label_rules(meta: MetaData, rules: LabelRules) -> MetaData:
     if not rules:
         return meta
     classes = rules.classes(meta.class_names)
-    items = [dict(item, label=label) for item in meta.items if (label := rules.apply(item["label"])) is not None]
+    items = _relabel(meta.items, rules)
     if not items:
         raise ValueError(f"{meta.path}: the label rules {rules.to_dict()} leave no utterance")
-    return MetaData(meta.path, {name: i for i, name in enumerate(classes)}, items, meta.file_order)
+    labels = {name: i for i, name in enumerate(classes)}
+    return MetaData(meta.path, labels, items, meta.file_order, meta.attribute_scale)
 
 
 def read_fold_lists(
@@ -312,14 +349,12 @@ def read_fold_lists(
     labels = {name: i for i, name in enumerate(classes)}
 
     def meta(ids: tuple[str, ...], split: str) -> MetaData:
-        items = [
-            dict(row, label=label) for row in manifest.rows(ids) if (label := rules.apply(row["label"])) is not None
-        ]
+        items = _relabel(manifest.rows(ids), rules)
         source = Path(f"{manifest.source}#{fold}/{split}")
         if not items:
             raise ValueError(f"{source}: no utterance left after the label rules {rules.to_dict()}")
-        _check_items(source, labels, items, root, allow_outside_root)
-        return MetaData(source, labels, items)
+        _check_items(source, labels, items, root, allow_outside_root, manifest.attribute_scale)
+        return MetaData(source, labels, items, attribute_scale=manifest.attribute_scale)
 
     dev = meta(lists.dev, "dev") if lists.dev is not None else None
     return FoldLists(
@@ -337,8 +372,12 @@ def read_fold_lists(
 class EmotionDataset(Dataset):
     """Utterances of one meta-data file.
 
-    Items are ``(waveform float32 ndarray (T,), class id, utterance name)``, the tuple s3prl's
-    emotion expert yields, so the runner's loop applies unchanged.
+    Items are ``(waveform float32 ndarray (T,), target, utterance name)``, the tuple s3prl's
+    emotion expert yields, so the runner's loop applies unchanged. Without ``attributes`` the
+    target is the class id (an int). With ``attributes`` it is ``(class id or -1 when the item
+    has no category, float32 ndarray (A,))``: the requested attributes in that order, normalised
+    to ``[0, 1]`` on the declared scale (:func:`~s3prl_ser.data.attributes.normalise`), NaN
+    where the item does not know one.
 
     Args:
         root: corpus root the meta-data paths are relative to.
@@ -350,6 +389,8 @@ class EmotionDataset(Dataset):
             ``datarc.min_samples`` of ``emotion_ecapa``'s ``config.yaml``.
         read_audio: ``False`` yields an empty waveform instead of reading the file, for
             models that only use the utterance name (the transcript-based text encoder).
+        attributes: continuous attributes to serve beside the class id, each declared in
+            ``meta.attribute_scale``.
 
     Items of a manifest carry their ``id`` (the utterance name) and may be segments
     (``start``/``end``) or one channel of a file, cut when read; :meth:`key` names exactly
@@ -360,6 +401,10 @@ class EmotionDataset(Dataset):
         >>> data = EmotionDataset("/corpus", MetaData(Path("m.json"), {"a": 0}, items), read_audio=False)
         >>> data[0][1:], data.key(0)
         ((0, 't1'), 'talk.wav@1-2.5')
+        >>> rated = {"path": "b.wav", "label": None, "attributes": {"arousal": 4.0}}
+        >>> meta = MetaData(Path("m.json"), {"a": 0}, [rated], attribute_scale={"arousal": (1, 5), "valence": (1, 5)})
+        >>> EmotionDataset("/corpus", meta, read_audio=False, attributes=["arousal", "valence"])[0][1]
+        (-1, array([0.75,  nan], dtype=float32))
     """
 
     def __init__(
@@ -371,6 +416,7 @@ class EmotionDataset(Dataset):
         pre_load: bool = False,
         min_samples: int | None = None,
         read_audio: bool = True,
+        attributes: Sequence[str] = (),
     ) -> None:
         self.root = Path(root)
         self.meta = meta if isinstance(meta, MetaData) else read_meta_data(meta, root)
@@ -378,6 +424,14 @@ class EmotionDataset(Dataset):
         self.min_samples = expert_default("datarc", "min_samples") if min_samples is None else min_samples
         self.read_audio = read_audio
         self.class_names = self.meta.class_names
+        self.attributes = tuple(attributes)
+        undeclared = [name for name in self.attributes if name not in self.meta.attribute_scale]
+        if undeclared:
+            declared = ", ".join(self.meta.attribute_scale) or "none"
+            raise ValueError(
+                f"{self.meta.path}: no attribute_scale for {', '.join(undeclared)} (it declares: {declared})"
+            )
+        self.attribute_scale = [self.meta.attribute_scale[name] for name in self.attributes]
         self._cache: list[np.ndarray] | None = None
         if pre_load:
             self.preload()
@@ -404,10 +458,18 @@ class EmotionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int, str]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, int | tuple[int, np.ndarray], str]:
         item = self.items[index]
         wav = self._cache[index] if self._cache is not None else self._load(index)
-        return wav, self.meta.labels[item["label"]], self.name(index)
+        label = self.meta.labels[item["label"]] if item.get("label") is not None else -1
+        if not self.attributes:
+            return wav, label, self.name(index)
+        values = normalise(self._raw_attributes(item), self.attribute_scale).astype(np.float32)
+        return wav, (label, values), self.name(index)
+
+    def _raw_attributes(self, item: dict) -> np.ndarray:
+        known = item.get("attributes") or {}
+        return np.array([np.nan if known.get(n) is None else known[n] for n in self.attributes], dtype=np.float64)
 
     def name(self, index: int) -> str:
         """The utterance's name: the manifest's ``id``, else the file name's stem (s3prl's)."""
@@ -419,8 +481,15 @@ class EmotionDataset(Dataset):
         return utterance_key(self.items[index])
 
     def labels(self) -> list[int]:
-        """Class id of every item, in order (no audio is read)."""
-        return [self.meta.labels[item["label"]] for item in self.items]
+        """Class id of every item, in order, -1 for one without a category (no audio is read)."""
+        return [self.meta.labels[item["label"]] if item.get("label") is not None else -1 for item in self.items]
+
+    def attribute_values(self) -> np.ndarray:
+        """float64 ndarray (N, A): the requested attributes of every item on the corpus's own
+        scale (not normalised), NaN where unknown; (N, 0) when none are requested."""
+        return np.array([self._raw_attributes(item) for item in self.items], dtype=np.float64).reshape(
+            len(self.items), len(self.attributes)
+        )
 
 
 def utterance_key(item: dict) -> str:

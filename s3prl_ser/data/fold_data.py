@@ -14,10 +14,11 @@ than ``datarc.max_eval_seconds`` are refused when the fold is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from s3prl_ser.config import ConfigError, expert_default, require
+from s3prl_ser.data.attributes import Scale
 from s3prl_ser.data.audio import SAMPLE_RATE, AudioError, audio_file_problem
-from s3prl_ser.data.emotion_dataset import EmotionDataset, collate, read_fold_lists, utterance_key
+from s3prl_ser.data.emotion_dataset import EmotionDataset, MetaData, collate, read_fold_lists, utterance_key
 from s3prl_ser.data.folds import (
     SUPERB_SPLIT_SEED,
     is_deployment,
@@ -52,7 +54,9 @@ logger = logging.getLogger(__name__)
 class FoldData:
     """The three splits of one fold; ``class_names[i]`` is class id ``i``; ``split`` names the
     rule that carved dev out of the training sessions; ``protocol`` identifies all of it
-    (what stage 1 records in its checkpoints)."""
+    (what stage 1 records in its checkpoints); ``attribute_scale`` is the declared scale of
+    each requested attribute, in the requested order (with none requested: of every attribute
+    the corpus declares)."""
 
     fold: str
     class_names: list[str]
@@ -61,9 +65,44 @@ class FoldData:
     test: EmotionDataset
     split: str
     protocol: FoldProtocol
+    attribute_scale: dict[str, Scale] = field(default_factory=dict)
 
 
-def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc", read_audio: bool = True) -> FoldData:
+def _usable(meta: MetaData, categories: bool, attributes: Sequence[str], fold: str) -> MetaData:
+    """``meta`` without the items a run cannot learn from or score: with ``categories``, those
+    without a category (label null); with ``attributes`` only, those knowing none of them.
+    ``meta`` itself when nothing is dropped (so categorical runs see their lists unchanged)."""
+
+    def known(item: dict) -> bool:
+        values = item.get("attributes") or {}
+        return any(values.get(name) is not None for name in attributes)
+
+    items = [item for item in meta.items if (item.get("label") is not None if categories else known(item))]
+    if len(items) == len(meta.items):
+        return meta
+    why = "without a category" if categories else f"with none of {', '.join(attributes)}"
+    logger.info(
+        "%s: %d of the %d utterances of %s are %s and left out",
+        fold,
+        len(meta.items) - len(items),
+        len(meta.items),
+        meta.path,
+        why,
+    )
+    if not items:
+        raise ValueError(f"{meta.path}: no utterance left for {fold}: all {len(meta.items)} are {why}")
+    return MetaData(meta.path, meta.labels, items, meta.file_order, meta.attribute_scale)
+
+
+def load_fold_data(
+    datarc: Mapping[str, Any],
+    fold: str,
+    *,
+    where: str = "datarc",
+    read_audio: bool = True,
+    categories: bool = True,
+    attributes: Sequence[str] = (),
+) -> FoldData:
     """Read a fold's lists from ``META_DIR`` and, when the corpus lists no dev set, split train
     into train/dev by the ``split`` rule.
 
@@ -80,6 +119,11 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
             (:mod:`s3prl_ser.data.full_data_pool`), dev carved from it by the rule, no test set.
         where: the section's name in error messages.
         read_audio: ``False`` serves empty waveforms (text models need only utterance names).
+        categories: the run learns the categories: utterances without one (label null) are
+            left out (counted in the log).
+        attributes: continuous attributes the run learns (:mod:`s3prl_ser.data.attributes`);
+            the datasets then serve ``(class id or -1, normalised values)`` targets. An
+            attributes-only run leaves out utterances that know none of them.
 
     Train, dev and test must not share an utterance: neither a key
     (:func:`~s3prl_ser.data.emotion_dataset.utterance_key`) nor the audio it reads once paths
@@ -98,8 +142,10 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
         FileNotFoundError: meta data or audio files are missing (named in the message).
         AudioError: audio files that cannot be used (the first few named, with the cause).
         ValueError: malformed meta data (file and item named), the train and test meta data
-            define different labels, or two splits share an utterance (the lists and the
-            utterances named).
+            define different labels, two splits share an utterance (the lists and the
+            utterances named), neither categories nor attributes are asked for, an attribute
+            the corpus does not declare (``META_DIR`` and what it declares named), or a list
+            left without utterances.
     """
     root = Path(require(datarc, "root", where, f"pass -o config.{where}.root=CORPUS_ROOT"))
     meta_dir = Path(require(datarc, "meta_data", where, f"pass -o config.{where}.meta_data=META_DIR"))
@@ -113,6 +159,22 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
         lists = read_full_data_pool(meta_dir, root, allow_outside_root=outside, label_rules=rules)
     else:
         lists = read_fold_lists(meta_dir, fold, root, allow_outside_root=outside, label_rules=rules)
+    if not categories and not attributes:
+        raise ValueError(f"{fold}: a run must learn the categories, attributes, or both")
+    declared = lists.train.attribute_scale
+    undeclared = [name for name in attributes if name not in declared]
+    if undeclared:
+        raise ValueError(
+            f"{meta_dir}: the corpus declares no attribute_scale for {', '.join(undeclared)} (it declares: "
+            f"{', '.join(declared) or 'no attributes'}); prepare it with attribute labels or change targets.attributes"
+        )
+    attribute_scale = {name: declared[name] for name in attributes} if attributes else dict(declared)
+    lists = dataclasses.replace(
+        lists,
+        train=_usable(lists.train, categories, attributes, fold),
+        test=_usable(lists.test, categories, attributes, fold) if lists.test.items else lists.test,
+        dev=_usable(lists.dev, categories, attributes, fold) if lists.dev is not None else None,
+    )
     train_meta, test_meta = lists.train, lists.test
     if lists.dev is not None and train_meta.labels != lists.dev.labels:
         raise ValueError(f"{train_meta.path} and {lists.dev.path} define different labels")
@@ -157,7 +219,7 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
         # and test clips are scored whole, so longer ones are refused up front.
         train_items = [items[i] for i in train_idx]
         _check_audio(root, fold, train_items, dev_items + test_meta.items, min_samples, max_eval)
-    options = dict(min_samples=min_samples, read_audio=read_audio)
+    options = dict(min_samples=min_samples, read_audio=read_audio, attributes=tuple(attributes))
     everything = items + (lists.dev.items if lists.dev is not None else []) + test_meta.items
     split_record = {**rule, "file_order": train_meta.file_order}
     if rules:  # recorded only when set, so meta data without rules keep their records
@@ -165,7 +227,7 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
     protocol = FoldProtocol(
         fold=fold,
         # Keys are paths for s3prl's meta data (same digests as before); segments add their times.
-        corpus=digest(f"{utterance_key(item)}\t{item['label']}" for item in everything),
+        corpus=digest(f"{utterance_key(item)}\t{item.get('label')}" for item in everything),
         split=split_record,
         dev=digest(utterance_key(item) for item in dev_items),
         sizes={"train": len(train_idx), "dev": len(dev_items), "test": len(test_meta.items)},
@@ -186,6 +248,7 @@ def load_fold_data(datarc: Mapping[str, Any], fold: str, *, where: str = "datarc
         test=EmotionDataset(root, test_meta, **options),
         split=rule["rule"],
         protocol=protocol,
+        attribute_scale=attribute_scale,
     )
 
 

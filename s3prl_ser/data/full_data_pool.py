@@ -84,8 +84,9 @@ def read_full_data_pool(
     if not pool:
         raise ValueError(f"{meta_dir}: no utterance is left to train a deployment model on")
     items = [pool[key] for key in sorted(pool)]
-    train = MetaData(Path(f"{meta_dir}#{DEPLOY_FOLD}/train"), dict(first.train.labels), items, POOL_ORDER)
-    test = MetaData(Path(f"{meta_dir}#{DEPLOY_FOLD}/test"), dict(first.train.labels), [])
+    scale = first.train.attribute_scale
+    train = MetaData(Path(f"{meta_dir}#{DEPLOY_FOLD}/train"), dict(first.train.labels), items, POOL_ORDER, scale)
+    test = MetaData(Path(f"{meta_dir}#{DEPLOY_FOLD}/test"), dict(first.train.labels), [], attribute_scale=scale)
     protocol = f"deployment: every fold's utterances ({first.protocol})"
     if first.official_test is not None:
         protocol = f"deployment: train and dev without the official test set {first.official_test}"

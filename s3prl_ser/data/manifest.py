@@ -8,10 +8,12 @@ A prepared corpus is a directory ``META_DIR`` holding ``manifest.json``::
       "protocol": "6 speaker-independent folds",  # how the folds were made (free text)
       "official_test": null,                      # or the name of an official test set ("Test1")
       "labels": ["neu", "hap", "sad", "ang"],     # class order: class id i is labels[i]
+      "attribute_scale": {"arousal": [1, 7]},     # optional: each continuous attribute's scale
       "utterances": [                             # one row per utterance
         {"id": "03-01-01-01-01-01-01", "path": "Actor_01/03-01-01-01-01-01-01.wav",
          "label": "neu", "speaker": "01", "gender": "male",
-         "duration": 3.2, "transcript": "...", "channel": 1, "start": 0.0, "end": 3.2}
+         "duration": 3.2, "transcript": "...", "channel": 1, "start": 0.0, "end": 3.2,
+         "attributes": {"arousal": 4.2}}
       ],
       "folds": {"fold1": {"train": ["id", ...], "test": ["id", ...], "dev": ["id", ...]}}
     }
@@ -22,7 +24,10 @@ refuses it); ``gender`` (the speaker's, where the corpus records it: speaker-ind
 are then dealt gender-balanced, :func:`~s3prl_ser.data.folds.speaker_folds`), ``duration``
 (seconds), ``transcript``, ``channel`` (1-based channel of a multi-channel file; absent:
 channels are averaged) and ``start``/``end`` (seconds: a segment of a long recording, cut at
-load time) are optional. Folds are named ``fold1`` .. ``foldN``; one
+load time) are optional. ``attributes`` (optional) holds continuous labels
+(:mod:`s3prl_ser.data.attributes`): each must be declared in ``attribute_scale`` and lie in it;
+a missing name or ``null`` is unknown. ``label`` may be ``null`` in a row with attributes (no
+usable category, e.g. MSP-Podcast's X/O): categorical runs leave such rows out. Folds are named ``fold1`` .. ``foldN``; one
 fold is an official split. A fold without ``dev`` gets one by the ``datarc.split`` rule
 (:mod:`s3prl_ser.data.folds`); a fold with ``dev`` never uses a rule.
 
@@ -42,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from s3prl_ser.config import ConfigError
+from s3prl_ser.data.attributes import Scale, attribute_summary, check_attributes, parse_scale
 from s3prl_ser.fileio import atomic_write_json
 
 __all__ = [
@@ -158,6 +164,7 @@ class Manifest:
     protocol: str = ""
     official_test: str | None = None
     source: str = "<manifest>"
+    attribute_scale: dict[str, Scale] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._by_id = {row["id"]: row for row in self.utterances}
@@ -167,13 +174,17 @@ class Manifest:
         return [self._by_id[i] for i in ids]
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``manifest.json`` content."""
+        """The ``manifest.json`` content (``attribute_scale`` only when the corpus has attributes)."""
+        scale = (
+            {"attribute_scale": {k: list(v) for k, v in self.attribute_scale.items()}} if self.attribute_scale else {}
+        )
         return {
             "format": FORMAT,
             "corpus": self.corpus,
             "protocol": self.protocol,
             "official_test": self.official_test,
             "labels": list(self.labels),
+            **scale,
             "utterances": self.utterances,
             "folds": {name: fold.to_dict() for name, fold in self.folds.items()},
         }
@@ -184,8 +195,8 @@ class Manifest:
 
         Raises:
             ValueError: a missing or malformed field, a duplicate id, a label outside
-                ``labels``, a bad segment or channel, a fold naming an unknown utterance, or a
-                fold whose lists overlap.
+                ``labels``, a bad segment or channel, an attribute undeclared or outside its
+                scale, a fold naming an unknown utterance, or a fold whose lists overlap.
         """
         if not isinstance(data, dict):
             raise ValueError(f"{source}: not a manifest (expected a JSON object)")
@@ -198,8 +209,10 @@ class Manifest:
         if not isinstance(rows, list) or not rows:
             raise ValueError(f"{source}: utterances must be a non-empty list")
         seen: set[str] = set()
+        scale = parse_scale(data.get("attribute_scale"), source)
         for index, row in enumerate(rows):
             _check_row(row, index, labels, seen, source)
+            check_attributes(row, scale, f"{source}: utterances[{index}] ({row['path']})")
         if not isinstance(folds, dict) or not folds:
             raise ValueError(f"{source}: folds must be an object {{fold1: {{train: [...], test: [...]}}}}")
         parsed = {name: _parse_fold(name, lists, seen, source) for name, lists in folds.items()}
@@ -211,6 +224,7 @@ class Manifest:
             protocol=str(data.get("protocol") or ""),
             official_test=data.get("official_test"),
             source=source,
+            attribute_scale=scale,
         )
 
     def write(self, out_dir: str | os.PathLike) -> Path:
@@ -226,10 +240,12 @@ class Manifest:
         return path
 
     def count_table(self) -> str:
-        """Utterances per class for each fold's train, dev (when listed) and test lists; where
-        rows record genders, then each fold's test speakers per gender."""
+        """Utterances per class for each fold's train, dev (when listed) and test lists (``none``:
+        rows without a category, when there are such); then each declared attribute's range, mean
+        and count per list; where rows record genders, then each fold's test speakers per gender."""
         width = max(7, *(len(label) + 2 for label in self.labels))
-        header = f"{'fold':<8}{'split':<7}" + "".join(f"{label:>{width}}" for label in self.labels) + f"{'total':>8}"
+        columns = [*self.labels, *([None] if any(row["label"] is None for row in self.utterances) else [])]
+        header = f"{'fold':<8}{'split':<7}" + "".join(f"{c or 'none':>{width}}" for c in columns) + f"{'total':>8}"
         lines = [f"{self.corpus}: {self.protocol or f'{len(self.folds)} fold(s)'}", header, "-" * len(header)]
         for name, fold in self.folds.items():
             for split, ids in (("train", fold.train), ("dev", fold.dev), ("test", fold.test)):
@@ -237,12 +253,21 @@ class Manifest:
                     continue
                 counts = Counter(row["label"] for row in self.rows(ids))
                 lines.append(
-                    f"{name:<8}{split:<7}" + "".join(f"{counts[c]:>{width}}" for c in self.labels) + f"{len(ids):>8}"
+                    f"{name:<8}{split:<7}" + "".join(f"{counts[c]:>{width}}" for c in columns) + f"{len(ids):>8}"
                 )
         everything = Counter(row["label"] for row in self.utterances)
         lines.append(
-            f"{'all':<15}" + "".join(f"{everything[c]:>{width}}" for c in self.labels) + f"{len(self.utterances):>8}"
+            f"{'all':<15}" + "".join(f"{everything[c]:>{width}}" for c in columns) + f"{len(self.utterances):>8}"
         )
+        if self.attribute_scale:
+            names = list(self.attribute_scale)
+            scales = ", ".join(f"{n} {lo:g}-{hi:g}" for n, (lo, hi) in self.attribute_scale.items())
+            lines.append(f"attributes (scale: {scales}): range, mean (utterances that have it)")
+            for name, fold in self.folds.items():
+                for split, ids in (("train", fold.train), ("dev", fold.dev), ("test", fold.test)):
+                    if ids is not None:
+                        summary = attribute_summary(self.rows(ids), names)
+                        lines.append(f"{name:<8}{split:<7}" + "; ".join(f"{n} {summary[n]}" for n in names))
         if any(row.get("gender") for row in self.utterances):
             lines.append("test speakers per gender:")
             for name, fold in self.folds.items():
@@ -266,7 +291,9 @@ def _check_row(row: Any, index: int, labels: list[str], seen: set[str], source: 
     seen.add(row["id"])
     if not isinstance(row["path"], str) or not row["path"]:
         raise ValueError(f"{where} ({row['id']}): path must be a non-empty string")
-    if row["label"] not in labels:
+    if row["label"] is None and row.get("attributes"):
+        pass  # attributes without a usable category: categorical runs leave the row out
+    elif row["label"] not in labels:
         raise ValueError(f"{where} ({row['path']}): label {row['label']!r} is not among {labels}")
     start, end = row.get("start"), row.get("end")
     for name, value in (("start", start), ("end", end), ("duration", row.get("duration"))):
