@@ -142,3 +142,31 @@ def test_focal_gradients_finite_when_confident():
     assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
     with pytest.raises(ValueError, match="gamma"):
         FocalLoss(-1.0)
+
+
+def test_target_objective_combines_the_losses_as_the_spec_says():
+    from s3prl_ser.training.objective import TargetObjective, selection_scores, selection_value
+    from s3prl_ser.training.targets import LossSpec, TargetSpec
+
+    outputs = torch.tensor([[2.0, 0.0, 0.1, 0.4], [0.0, 2.0, 0.9, 0.2], [1.0, 0.0, 0.5, 0.6], [0.0, 1.0, 0.3, 0.1]])
+    values = [[0.0, 0.5], [1.0, NAN], [NAN, 0.25], [0.5, 1.0]]
+    labels = [(c, np.array(v)) for c, v in zip([0, 1, 0, 0], values)]
+    truth = torch.tensor(values)
+    ids = torch.tensor([0, 1, 0, 0])
+    both = TargetSpec(attributes=("arousal", "valence"), attribute_weight=0.5)
+    expected = F.cross_entropy(outputs[:, :2], ids) + 0.5 * ccc_loss(outputs[:, 2:], truth)
+    assert TargetObjective(both, LossSpec(), [3, 1])(outputs, labels).item() == pytest.approx(expected.item())
+    # attributes only (C = 0), MSE; class ids of -1 are ignored
+    only = TargetSpec(categories=False, attributes=("arousal", "valence"), attribute_loss="mse")
+    unlabelled = [(-1, np.array(v)) for v in values]
+    got = TargetObjective(only, LossSpec())(outputs[:, 2:], unlabelled)
+    assert got.item() == pytest.approx(masked_mse(outputs[:, 2:], truth).item())
+    # categories with class weights and focal loss
+    weighted = TargetObjective(TargetSpec(), LossSpec(class_weights=True, focal_gamma=2.0), [3, 1])
+    assert weighted(outputs[:, :2], [0, 1, 0, 0]).item() == pytest.approx(
+        FocalLoss(2.0, class_weights([3, 1]))(outputs[:, :2], ids).item()
+    )
+    with pytest.raises(ValueError, match="class counts"):
+        TargetObjective(TargetSpec(), LossSpec())
+    assert selection_value({"ccc_mean": NAN}, "ccc_mean") == -1.0
+    assert selection_scores(None, None) == {}
