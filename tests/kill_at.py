@@ -119,6 +119,8 @@ def arm(moment: str, at: str) -> None:
 def run_command(command: str, argv: list[str]) -> None:
     if command == "run_downstream":
         from s3prl_ser.cli.run_downstream import main as run
+    elif command == "cross_corpus":  # the matrix: several trainings in this one process
+        from s3prl_ser.cli.cross_corpus import main as run
     else:
         from s3prl_ser.cli.finetune import main as run
     run(argv)

@@ -27,6 +27,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "table1": ("table1", "the paper's Table 1 (experiments 1-11)"),
     "average": ("average_checkpoints", "average checkpoints into one (paper 2.3)"),
     "export": ("export", "export a trained run as a model directory (and ONNX)"),
+    "score": ("score", "score a model on any prepared corpus through a label map"),
+    "cross-corpus": ("cross_corpus", "train on each of N corpora, score on every other: the matrix"),
     "infer": ("inference", "predict the emotion of audio files with a model directory"),
     "prepare": ("prepare_corpus", "a corpus's manifest and folds (IEMOCAP, CREMA-D, ...)"),
     "prepare-iemocap": ("prepare_iemocap", "s3prl's emotion meta data for IEMOCAP (session folds)"),

@@ -15,6 +15,9 @@ Sources:
 ``config.json`` records the source model's fold protocol under ``ser_protocol`` (one fold or
 the deployment run), so that the fold guard refuses the directory as a fold's ``-k``
 (:func:`s3prl_ser.data.protocol.check_fine_tuned`): a deployment model for every fold.
+It also records ``training_audio``: digests of the audio every member learnt from (train and
+dev lists), by which cross-corpus scoring refuses to score the model on that audio
+(:mod:`s3prl_ser.data.training_audio`).
 
 No absolute path of this machine is written: paths inside the run are recorded relative to it,
 others (the corpus, a ``-k`` file) by their last component only (:func:`portable_paths`); the
@@ -37,6 +40,7 @@ import yaml
 
 from s3prl_ser.data.folds import DEPLOY_FOLD
 from s3prl_ser.data.protocol import PROTOCOL_KEY, checkpoint_protocol
+from s3prl_ser.data.training_audio import RECORD_KEY, training_audio_record
 from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.inference.model_card import FoldRecord, package_versions, render_card
 from s3prl_ser.inference.model_dir import ONNX_FILE, write_model_dir
@@ -192,6 +196,8 @@ def export_run(
         card_extra["schedule"] = schedule
     if len(records) == 1 and records[0].get("protocol"):
         config[PROTOCOL_KEY] = records[0]["protocol"]  # the fold guard reads it (a deployment model: refused)
+    # Digests of the audio the members learnt from: cross-corpus scoring refuses to score on it.
+    config[RECORD_KEY] = training_audio_record([resolve_checkpoint(d) for d in dirs])
     extra: dict[str, Callable[[Path], None]] = {}
     onnx_note: dict[str, Any] = {}
     if onnx:

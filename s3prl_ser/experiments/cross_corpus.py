@@ -1,0 +1,599 @@
+"""Cross-corpus evaluation: score any model on any prepared corpus, and the N x N matrix.
+
+**Scoring** (:func:`score`): a model (an exported model directory: one fold, an ensemble or the
+deployment model; or a run's fold: its directory, or a cross-validation directory and a fold)
+is run on a prepared corpus (``META_DIR`` and its audio root, as a run's ``datarc`` names
+them), either on every utterance (``split="all"``) or on its test lists (``split="test"``: the
+union of every fold's test list, i.e. the whole corpus for cross-validation, the official test
+set where there is one; or one ``fold``'s). The model's classes and the corpus's labels are
+compared through a label map (:mod:`s3prl_ser.data.label_maps`): utterances whose label has no
+counterpart are dropped and counted, model classes without one are removed and the remaining
+probabilities renormalised. The report (``score.json``, ``score.md``, ``confusion.png``) gives
+WA, UA, macro-F1 and the confusion matrix over the evaluation classes.
+
+**No leakage** (:mod:`s3prl_ser.data.training_audio`): before any audio is scored, the scored
+utterances are compared with what the model learnt from (its train and dev lists): by resolved
+path (a run's fold) and by the SHA-256 of the audio file's bytes (both kinds); any overlap is
+refused with :class:`LeakageError`.
+
+**The matrix** (:func:`cross_corpus_matrix`): for N prepared corpora and one training recipe (a
+:class:`~s3prl_ser.experiments.launch.RunRequest`), each corpus is cross-validated
+(:func:`~s3prl_ser.experiments.cross_validation.cross_validate`), its deployment model trained
+(:func:`~s3prl_ser.experiments.deployment.train_deployment`) or one chosen fold's model taken,
+and that model scored on every other corpus. In-corpus cells are the cross-validation's means
+(over the model's own classes), cross-corpus cells the scores (over the mapped classes). Like
+cross-validation it resumes: finished trainings and cells scored with the same model, corpus,
+split and map are reused. Dimensional attributes (CCC) are not scored here yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from s3prl_ser.config import ConfigError
+from s3prl_ser.data.emotion_dataset import EmotionDataset, MetaData, available_folds, read_fold_lists, utterance_key
+from s3prl_ser.data.label_maps import LabelMap, LabelMapFile, read_label_map_file, resolve_label_map
+from s3prl_ser.data.protocol import PROTOCOL_KEY, checkpoint_protocol
+from s3prl_ser.data.training_audio import (
+    DIGEST_RULE,
+    RECORD_KEY,
+    TrainingAudio,
+    checkpoint_training_audio,
+    digest_key,
+    path_key,
+)
+from s3prl_ser.fileio import atomic_write_text, read_json, safe_torch_load
+from s3prl_ser.markdown import markdown_table
+from s3prl_ser.training.cv_report import plot_confusion
+from s3prl_ser.training.metrics import classification_report
+from s3prl_ser.training.run_dir import RunDir
+
+__all__ = [
+    "SPLITS",
+    "LeakageError",
+    "ScoringModel",
+    "Corpus",
+    "EvaluationSet",
+    "load_scoring_model",
+    "evaluation_set",
+    "check_leakage",
+    "score",
+    "MatrixCorpus",
+    "cross_corpus_matrix",
+]
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("all", "test")
+SCORE_FILE = "score.json"
+_SHOWN = 5
+_ROOT_KEY = "config.downstream_expert.datarc.root"
+_META_KEY = "config.downstream_expert.datarc.meta_data"
+RENORMALISED_NOTE = (
+    "model classes without a counterpart: their probabilities are removed and the rest divided by their sum; "
+    "model classes mapped to the same evaluation class have their probabilities added"
+)
+
+
+class LeakageError(ValueError):
+    """A model would be scored on audio it learnt from; the message names some of it."""
+
+
+@dataclass
+class ScoringModel:
+    """A loaded model with what scoring needs to know about it.
+
+    Attributes:
+        recognizer: the :class:`~s3prl_ser.inference.recognizer.EmotionRecognizer`.
+        source: where it was loaded from (for reports).
+        kind: ``fold``, ``ensemble``, ``deployment`` (a model directory's kind) or ``run`` (a run's fold).
+        corpus: the training corpus's name (from its protocol or training-audio record).
+        training: its training audio, or None when a model directory records none.
+        identity: a digest naming this very model (the matrix reuses cells scored with it).
+    """
+
+    recognizer: Any
+    source: str
+    kind: str
+    corpus: str
+    training: TrainingAudio | None
+    identity: str
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.recognizer.class_names)
+
+
+def _digest_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def load_scoring_model(path: str | os.PathLike, fold: str | None = None, device: str = "cpu") -> ScoringModel:
+    """Load a model directory, a run's fold directory (``fold``: in a cross-validation
+    directory) or a runner checkpoint, with its training corpus and training audio.
+
+    Raises:
+        FileNotFoundError: nothing there, or a run's corpus that is no longer where it was read.
+        ValueError: not a model (directory) this project wrote; ``fold`` with a model directory.
+    """
+    from s3prl_ser.inference.model_dir import is_model_dir, verify_model_dir
+    from s3prl_ser.inference.recognizer import EmotionRecognizer, resolve_checkpoint
+
+    path = Path(path)
+    if is_model_dir(path):
+        if fold is not None:
+            raise ConfigError(f"{path} is a model directory: it has no folds to choose (drop the fold)")
+        config = verify_model_dir(path)
+        recognizer = EmotionRecognizer.from_model_dir(path, device)
+        record = config.get(RECORD_KEY)
+        training = TrainingAudio.from_record(record) if isinstance(record, dict) else None
+        protocol = config.get(PROTOCOL_KEY) or {}
+        corpus = protocol.get("corpus_name") or (training.corpus if training else None) or "unknown"
+        kind = (config.get("source") or {}).get("kind", "model directory")
+        return ScoringModel(recognizer, str(path), kind, corpus, training, (path / "config.sha256").read_text().strip())
+    run = path / fold if fold is not None else path
+    if not run.exists():
+        raise FileNotFoundError(f"no model at {run}")
+    checkpoint = resolve_checkpoint(run)
+    recognizer = EmotionRecognizer.from_checkpoint(checkpoint, device)
+    training = checkpoint_training_audio(checkpoint)
+    protocol = checkpoint_protocol(safe_torch_load(checkpoint, mmap=True)) or {}
+    final = RunDir(run).final() if run.is_dir() else None
+    identity = _digest_text(json.dumps(final, sort_keys=True) if final else str(checkpoint.stat().st_mtime_ns))
+    corpus = protocol.get("corpus_name") or training.corpus
+    return ScoringModel(recognizer, str(run), "run", corpus, training, identity)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A prepared corpus: ``meta_data`` (``META_DIR``: s3prl meta data, a manifest or EmoBox
+    lists) and the ``root`` its audio paths are relative to.
+
+    Example:
+        >>> Corpus("/data/CREMA-D", "/data/cremad_meta").root
+        '/data/CREMA-D'
+    """
+
+    root: str
+    meta_data: str
+    allow_outside_root: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """The utterances to score: ``items`` (each once, by utterance key), the corpus's
+    ``labels`` and ``name``, and a ``description`` of the selection."""
+
+    name: str
+    labels: list[str]
+    items: list[dict]
+    description: str
+    root: str
+
+
+def evaluation_set(corpus: Corpus, split: str = "all", fold: str | None = None) -> EvaluationSet:
+    """The utterances of ``corpus`` to score: ``split="all"``, every utterance of every fold;
+    ``"test"``, every fold's test list (or ``fold``'s alone).
+
+    Raises:
+        ConfigError: an unknown split, or a fold with ``split="all"``.
+        FileNotFoundError, ValueError: the corpus's lists cannot be read (file and problem named).
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if fold is not None and split != "test":
+        raise ConfigError("a fold chooses a test list: use it with the test split")
+    folds = [fold] if fold is not None else available_folds(corpus.meta_data)
+    items: dict[str, dict] = {}
+    name, labels, official = "", [], None
+    for name_of_fold in folds:
+        lists = read_fold_lists(
+            corpus.meta_data, name_of_fold, corpus.root, allow_outside_root=corpus.allow_outside_root
+        )
+        name, labels, official = lists.corpus, lists.train.class_names, lists.official_test
+        parts = [lists.test] if split == "test" else [lists.train, *([lists.dev] if lists.dev else []), lists.test]
+        for part in parts:
+            for item in part.items:
+                items.setdefault(utterance_key(item), item)
+    if split == "all":
+        description = f"every utterance of {name} ({len(folds)} fold(s)' lists)"
+    elif fold is not None:
+        description = f"the test list of {fold}"
+    elif official:
+        description = f"the official test set {official}"
+    else:
+        description = f"every fold's test list ({len(folds)} folds)"
+    return EvaluationSet(name, labels, [items[key] for key in sorted(items)], description, corpus.root)
+
+
+def check_leakage(model: ScoringModel, evaluation: EvaluationSet, allow_unrecorded: bool = False) -> dict[str, Any]:
+    """Refuse to score ``model`` on audio it learnt from; what was checked.
+
+    Raises:
+        LeakageError: a scored utterance's resolved path or audio digest is among the model's
+            training audio, or the model records none (unless ``allow_unrecorded``).
+    """
+    if model.training is None:
+        if not allow_unrecorded:
+            raise LeakageError(
+                f"{model.source} records no training audio ({RECORD_KEY} in config.json), so scoring it on "
+                f"{evaluation.name} cannot be checked for leakage: re-export it with this version "
+                "(or allow unrecorded models explicitly)"
+            )
+        logger.warning("%s records no training audio: leakage NOT checked", model.source)
+        return {"checked": False}
+    shared = []
+    if model.training.paths is not None:
+        shared += [
+            f"{item['path']} (same file)"
+            for item in evaluation.items
+            if path_key(evaluation.root, item) in model.training.paths
+        ]
+    if not shared:
+        shared += [
+            f"{item['path']} (same audio bytes)"
+            for item in evaluation.items
+            if digest_key(evaluation.root, item) in model.training.digests
+        ]
+    if shared:
+        raise LeakageError(
+            f"{model.source} learnt from {len(shared)} of the {len(evaluation.items)} utterances to score in "
+            f"{evaluation.name} ({evaluation.description}), e.g. {'; '.join(shared[:_SHOWN])}: a score on audio "
+            "the model was trained or selected on is no transfer; score another corpus, or its test lists "
+            "of the model's own fold"
+        )
+    by = ["resolved path", DIGEST_RULE] if model.training.paths is not None else [DIGEST_RULE]
+    return {"checked": True, "by": by, "training_utterances": model.training.utterances}
+
+
+def _probabilities(model: ScoringModel, root: str, items: list[dict], batch_size: int) -> np.ndarray:
+    """The model's class probabilities ``(N, C)`` of ``items``, read by the one audio reader."""
+    recognizer = model.recognizer
+    labels = {label: 0 for label in {item["label"] for item in items}}
+    data = EmotionDataset(root, MetaData(Path(root), labels, items), min_samples=recognizer.min_samples)
+    batches = []
+    for first in range(0, len(data), batch_size):
+        wavs = [torch.from_numpy(data[i][0]) for i in range(first, min(first + batch_size, len(data)))]
+        batches.append(recognizer.probabilities(wavs).numpy())
+    return np.concatenate(batches) if batches else np.zeros((0, len(recognizer.class_names)))
+
+
+def score(
+    model: ScoringModel,
+    corpus: Corpus,
+    out_dir: str | os.PathLike,
+    *,
+    split: str = "all",
+    fold: str | None = None,
+    label_map: LabelMapFile | None = None,
+    batch_size: int = 8,
+    allow_unrecorded: bool = False,
+    title: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Score ``model`` on ``corpus`` (module docstring); write ``score.json``, ``score.md`` and
+    ``confusion.png`` into ``out_dir``; the report (metrics in %, ``extra`` added to it).
+
+    Raises:
+        LeakageError: the model learnt from some of the audio (:func:`check_leakage`).
+        LabelMapError: the map leaves nothing to score, or a map file entry is wrong.
+        ConfigError, FileNotFoundError, ValueError: bad split/fold, unreadable corpus lists.
+    """
+    evaluation = evaluation_set(corpus, split, fold)
+    mapping = resolve_label_map(model.corpus, model.class_names, evaluation.name, evaluation.labels, label_map)
+    scored, dropped = [], Counter()
+    for item in evaluation.items:
+        label = item.get("label")
+        if label is not None and mapping.target(label) is not None:
+            scored.append(item)
+        else:
+            dropped["(no category)" if label is None else label] += 1
+    leakage = check_leakage(model, dataclasses.replace(evaluation, items=scored), allow_unrecorded)
+    logger.info(
+        "[cross_corpus] - scoring %s on %d utterances of %s (%s), %d dropped",
+        model.source,
+        len(scored),
+        evaluation.name,
+        evaluation.description,
+        sum(dropped.values()),
+    )
+    probabilities = mapping.map_probabilities(_probabilities(model, evaluation.root, scored, batch_size))
+    predicted = [mapping.classes[i] for i in probabilities.argmax(axis=1)]
+    truth = [mapping.target(item["label"]) for item in scored]
+    report = classification_report(truth, predicted, mapping.classes)
+    metrics = report.to_dict()
+    result = {
+        "model": {
+            "source": model.source,
+            "kind": model.kind,
+            "corpus": model.corpus,
+            "classes": model.class_names,
+            "identity": model.identity,
+        },
+        "corpus": {
+            "name": evaluation.name,
+            "root": str(corpus.root),
+            "meta_data": str(corpus.meta_data),
+            "split": split,
+            "fold": fold,
+            "selection": evaluation.description,
+            "digest": _digest_text("\n".join(f"{utterance_key(i)}\t{i.get('label')}" for i in evaluation.items)),
+        },
+        "label_map": mapping.to_dict(),
+        "renormalisation": RENORMALISED_NOTE if mapping.renormalised else None,
+        "utterances": {
+            "listed": len(evaluation.items),
+            "scored": len(scored),
+            "dropped": dict(sorted(dropped.items())),
+            "per_class": {c: int(n) for c, n in zip(mapping.classes, report.confusion.sum(axis=1))},
+        },
+        "leakage_check": leakage,
+        "wa": report.wa * 100,
+        "ua": report.ua * 100,
+        "macro_f1": report.macro_f1 * 100,
+        "metrics": metrics,
+        **(extra or {}),
+    }
+    _write_score(result, mapping, Path(out_dir), title or f"{Path(model.source).name} on {evaluation.name}")
+    return result
+
+
+def _write_score(result: dict[str, Any], mapping: LabelMap, out_dir: Path, title: str) -> None:
+    """``score.md`` and ``confusion.png``, then ``score.json`` last (its presence marks the score done)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics, counts = result["metrics"], result["utterances"]
+    dropped = ", ".join(f"{label} {n}" for label, n in counts["dropped"].items()) or "none"
+    lines = [
+        f"# {title}",
+        "",
+        f"Model: {result['model']['source']} ({result['model']['kind']}, trained on {result['model']['corpus']}, "
+        f"classes {', '.join(result['model']['classes'])}).",
+        f"Scored on {result['corpus']['name']}: {result['corpus']['selection']}; {counts['scored']} of "
+        f"{counts['listed']} utterances scored, dropped (label without a counterpart): {dropped}.",
+        f"Label map: {mapping.source}.",
+    ]
+    if mapping.renormalised:
+        lines.append(f"Renormalised: {', '.join(mapping.renormalised)} ({RENORMALISED_NOTE}).")
+    lines += [""]
+    lines += markdown_table(
+        ["utterances", "WA (%)", "UA (%)", "macro-F1 (%)"],
+        [[counts["scored"], f"{result['wa']:.2f}", f"{result['ua']:.2f}", f"{result['macro_f1']:.2f}"]],
+    )
+    lines += ["", "Confusion matrix (rows: reference, columns: predicted):", ""]
+    labels = metrics["labels"]
+    lines += markdown_table(["", *labels], [[label, *row] for label, row in zip(labels, metrics["confusion"])])
+    lines += ["", "![confusion matrix](confusion.png)", ""]
+    atomic_write_text(out_dir / "score.md", "\n".join(lines))
+    plot_confusion(metrics["confusion"], labels, out_dir / "confusion.png", title=title)
+    atomic_write_text(out_dir / SCORE_FILE, json.dumps(result, indent=1))
+
+
+# ------------------------------------------------------------------------------------- the matrix
+
+
+@dataclass(frozen=True)
+class MatrixCorpus:
+    """One corpus of the matrix: a short ``name`` (its directories and table headers) and where
+    it lies.
+
+    Example:
+        >>> MatrixCorpus.parse("crema=/data/CREMA-D,/data/cremad_meta")
+        MatrixCorpus(name='crema', corpus=Corpus(root='/data/CREMA-D', meta_data='/data/cremad_meta', allow_outside_root=False))
+    """
+
+    name: str
+    corpus: Corpus
+
+    @classmethod
+    def parse(cls, text: str) -> MatrixCorpus:
+        """``NAME=ROOT,META_DIR``.
+
+        Raises:
+            ConfigError: another shape.
+        """
+        name, _, where = text.partition("=")
+        root, _, meta = where.partition(",")
+        if not name or not root or not meta or "/" in name or name.startswith("."):
+            raise ConfigError(f"a corpus is NAME=ROOT,META_DIR (NAME a plain directory name), got {text!r}")
+        return cls(name, Corpus(root, meta))
+
+
+def _cell_identity(model: ScoringModel, evaluation: EvaluationSet, mapping: LabelMap, split: str) -> dict[str, Any]:
+    return {
+        "model": model.identity,
+        "corpus": _digest_text("\n".join(f"{utterance_key(i)}\t{i.get('label')}" for i in evaluation.items)),
+        "split": split,
+        "label_map": mapping.to_dict(),
+    }
+
+
+def _cell(
+    model: ScoringModel,
+    target: MatrixCorpus,
+    out_dir: Path,
+    split: str,
+    label_map: LabelMapFile | None,
+    title: str,
+) -> dict[str, Any]:
+    """One cross-corpus cell: reused when ``out_dir/score.json`` was scored with the same model,
+    corpus, split and map, else scored (again)."""
+    evaluation = evaluation_set(target.corpus, split)
+    mapping = resolve_label_map(model.corpus, model.class_names, evaluation.name, evaluation.labels, label_map)
+    identity = _cell_identity(model, evaluation, mapping, split)
+    done = out_dir / SCORE_FILE
+    if done.is_file():
+        previous = read_json(done)
+        if previous.get("cell") == identity:
+            logger.info("[cross_corpus] - %s: scored earlier, reusing %s", title, done)
+            return previous
+        logger.info("[cross_corpus] - %s: scored with another model, corpus or map; scoring again", title)
+    return score(model, target.corpus, out_dir, split=split, label_map=label_map, title=title, extra={"cell": identity})
+
+
+def _in_corpus(summary: dict[str, Any]) -> dict[str, Any]:
+    """The cross-validation's means (in %) as a cell."""
+    f1 = summary.get("macro_f1") or {}
+    return {
+        "wa": summary["wa"]["mean"],
+        "ua": summary["ua"]["mean"],
+        "macro_f1": f1.get("mean"),
+        "classes": summary["labels"],
+        "source": "cross-validation mean over folds " + ", ".join(summary["folds"]),
+    }
+
+
+def cross_corpus_matrix(
+    out: str | os.PathLike,
+    corpora: Sequence[MatrixCorpus],
+    request: Any,
+    *,
+    folds: Sequence[str] | None = None,
+    model: str = "deploy",
+    split: str = "all",
+    label_map: str | os.PathLike | None = None,
+    workers: int = 0,
+) -> dict[str, Any]:
+    """Train on each corpus and score on every other; write ``matrix.json``, ``matrix.md`` and
+    ``matrix.png`` into ``out``; the matrix.
+
+    Args:
+        out: the experiment root: corpus ``c``'s cross-validation in ``out/c``, the cell of the
+            model trained on ``a`` scored on ``b`` in ``out/cells/a_on_b``.
+        corpora: two or more corpora, names distinct.
+        request: the training recipe (a :class:`~s3prl_ser.experiments.launch.RunRequest`:
+            upstream, task, config, overrides); each corpus's root and meta data are set on it.
+        folds: the folds cross-validated on every corpus (default: each corpus's own).
+        model: ``deploy`` (the deployment model, trained on every utterance) or a fold name
+            (that fold's model).
+        split: what of the other corpora is scored (:func:`evaluation_set`).
+        label_map: a map file overriding the default maps (:mod:`s3prl_ser.data.label_maps`).
+        workers: folds trained in that many single-thread processes (0: here, one by one).
+
+    Raises:
+        ConfigError: fewer than two corpora, repeated names, a model fold not cross-validated.
+        LeakageError: a model would be scored on audio it learnt from (corpora sharing recordings).
+    """
+    from s3prl_ser.experiments.cross_validation import corpus_folds, cross_validate
+    from s3prl_ser.experiments.deployment import train_deployment
+
+    out = Path(out)
+    names = [c.name for c in corpora]
+    if len(corpora) < 2 or len(set(names)) != len(names):
+        raise ConfigError(f"the matrix needs two or more corpora with distinct names, got {names}")
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    map_file = read_label_map_file(label_map) if label_map is not None else None
+    models: dict[str, ScoringModel] = {}
+    in_corpus: dict[str, dict[str, Any]] = {}
+    for entry in corpora:
+        recipe = request.with_overrides((_ROOT_KEY, entry.corpus.root), (_META_KEY, entry.corpus.meta_data))
+        chosen = list(folds) if folds else corpus_folds(recipe)
+        if model != "deploy" and model not in chosen:
+            raise ConfigError(f"the model of fold {model} is taken from the cross-validation: add it to the folds")
+        logger.info("[cross_corpus] - %s: cross-validating %s in %s", entry.name, ", ".join(chosen), out / entry.name)
+        summary = cross_validate(out / entry.name, recipe, chosen, title=entry.name, workers=workers)
+        in_corpus[entry.name] = _in_corpus(summary)
+        run = train_deployment(out / entry.name, recipe, chosen) if model == "deploy" else out / entry.name / model
+        models[entry.name] = load_scoring_model(run)
+    cells: dict[str, dict[str, dict[str, Any]]] = {}
+    for a in corpora:
+        cells[a.name] = {}
+        for b in corpora:
+            if a.name == b.name:
+                cells[a.name][b.name] = {"in_corpus": True, **in_corpus[a.name]}
+                continue
+            title = f"{a.name} -> {b.name}"
+            result = _cell(models[a.name], b, out / "cells" / f"{a.name}_on_{b.name}", split, map_file, title)
+            cells[a.name][b.name] = {
+                "in_corpus": False,
+                "wa": result["wa"],
+                "ua": result["ua"],
+                "macro_f1": result["macro_f1"],
+                "classes": result["label_map"]["classes"],
+                "scored": result["utterances"]["scored"],
+                "dropped": result["utterances"]["dropped"],
+                "source": f"cells/{a.name}_on_{b.name}/{SCORE_FILE}",
+            }
+    matrix = {
+        "corpora": {c.name: {"root": c.corpus.root, "meta_data": c.corpus.meta_data} for c in corpora},
+        "model": model,
+        "split": split,
+        "label_map": str(label_map) if label_map is not None else "defaults",
+        "rows": "trained on",
+        "columns": "scored on",
+        "cells": cells,
+    }
+    _write_matrix(matrix, out)
+    return matrix
+
+
+def _write_matrix(matrix: dict[str, Any], out: Path) -> None:
+    names = list(matrix["corpora"])
+    cells = matrix["cells"]
+    model = "deployment model" if matrix["model"] == "deploy" else f"{matrix['model']}'s model"
+
+    def text(cell: dict[str, Any], key: str) -> str:
+        value = cell.get(key)
+        shown = "-" if value is None else f"{value:.2f}"
+        return f"*{shown}*" if cell["in_corpus"] else shown
+
+    lines = [
+        "# Cross-corpus matrix",
+        "",
+        f"Rows: trained on; columns: scored on. Diagonal (*italic*): the cross-validation's mean over folds, "
+        f"over the corpus's own classes. Elsewhere: the row's {model} scored on the column's corpus "
+        f"({'every utterance' if matrix['split'] == 'all' else 'its test lists'}), over the classes the label map "
+        f"({matrix['label_map']}) gives both; each cell's details in `cells/<row>_on_<column>/score.md`. "
+        "A cross-corpus score says how the training procedure transfers, not how good the model is in-corpus.",
+    ]
+    for key, name in (("ua", "UA (%)"), ("wa", "WA (%)"), ("macro_f1", "macro-F1 (%)")):
+        lines += ["", f"## {name}", ""]
+        lines += markdown_table(
+            [r"trained \ scored", *names], [[a, *(text(cells[a][b], key) for b in names)] for a in names]
+        )
+    lines += ["", "![UA heatmap](matrix.png)", ""]
+    atomic_write_text(out / "matrix.md", "\n".join(lines))
+    _plot_matrix(matrix, out / "matrix.png")
+    atomic_write_text(out / "matrix.json", json.dumps(matrix, indent=1))
+
+
+def _plot_matrix(matrix: dict[str, Any], path: Path) -> None:
+    """The UA heatmap: rows trained on, columns scored on, the in-corpus diagonal outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    names = list(matrix["corpora"])
+    values = np.array([[matrix["cells"][a][b]["ua"] for b in names] for a in names], dtype=float)
+    size = 1.2 + 1.1 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1.0, size), dpi=120)
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(
+                j, i, f"{values[i, j]:.1f}", ha="center", va="center", color="white" if values[i, j] < 60 else "black"
+            )
+        ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("scored on")
+    ax.set_ylabel("trained on")
+    ax.set_title("UA (%); outlined: in-corpus cross-validation", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
