@@ -5,18 +5,22 @@ recorded in ``config.json``'s ``onnx``):
 
 * ``full`` -- upstream + featurizer + aggregator + classifier. Inputs ``wavs`` ``(B, S)``
   float32 at 16 kHz, zero-padded, and ``lengths`` ``(B,)`` int64 samples; output
-  ``probabilities`` ``(B, C)``. For HuBERT upstreams (s3prl's ``hubert``/``hubert_local``/
-  ``hubert_ft_avg`` expert): the fairseq-style model runs on the padded batch, the hidden
-  states come from the expert's own hooks, and each clip gets what it gets alone (padding
-  kept out of the GroupNorm statistics and the frame mask: :meth:`FullGraph._hidden_states`).
+  ``probabilities`` ``(B, C)``. Each clip gets what it gets alone:
+
+  - HuBERT and wav2vec 2.0 (s3prl's ``hubert``/``wav2vec2`` experts, every entry of those
+    families): the fairseq-style model runs on the padded batch, the hidden states come from
+    the expert's own hooks, and padding is kept out of the GroupNorm statistics and the frame
+    mask (:meth:`FullGraph._hidden_states`);
+  - s3prl's kaldi ``fbank`` baselines (``fbank``, ``fbank_no_cmvn``):
+    :class:`~s3prl_ser.upstreams.exportable.KaldiFbankGraph` (framing, DC removal,
+    pre-emphasis, window and DFT as one strided convolution, mel matrix, log, deltas and CMVN
+    over each clip's own frames).
 * ``downstream`` -- featurizer + aggregator + classifier. Inputs ``hidden_states``
   ``(L, B, T, D)``: the upstream's L hidden states, zero-padded, and ``frame_lengths``
-  ``(B,)`` int64; output ``probabilities``. Used when the upstream has no padded-batch graph
-  (s3prl's ``fbank`` & co. compute ``torchaudio.compliance.kaldi`` features one utterance at a
-  time in Python; s3prl's wav2vec 2.0 expert has normalisation and masking options not traced
-  here); the caller computes the upstream's hidden states itself. A clip gets what it gets
-  alone when its hidden states are computed alone (or with clips of its length) and
-  ``frame_lengths`` holds its own frame count (fbank: ``1 + (samples - 400) // 160``, not
+  ``(B,)`` int64; output ``probabilities``. Used for the other parameter-free baselines
+  (``mfcc``, ``mel``, ...); the caller computes the upstream's features itself, each clip alone,
+  from the ``front_end`` the note records (:func:`~s3prl_ser.upstreams.exportable.front_end_description`),
+  and ``frame_lengths`` holds its own frame count (kaldi: ``1 + (samples - 400) // 160``, not
   s3prl's ``round(samples / 160)``).
 
 Fused models (several upstreams) are refused. An ensemble whose members share one upstream
@@ -36,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from s3prl_ser.upstreams.exportable import KaldiFbankGraph, front_end_description, kaldi_fbank_unsupported
 from s3prl_ser.upstreams.multi_upstream import MultiUpstream
 
 if TYPE_CHECKING:
@@ -50,31 +55,48 @@ class OnnxExportError(ValueError):
     """The recognizer cannot be exported to ONNX; the message says why."""
 
 
-def _hubert_expert(upstream: nn.Module) -> bool:
+def _ssl_unsupported(upstream: nn.Module) -> str | None:
+    """None when :meth:`FullGraph._hidden_states` computes ``upstream`` (s3prl's HuBERT or
+    wav2vec 2.0 expert in its hub setting), else why not."""
     import s3prl.upstream.hubert.expert as hubert
+    import s3prl.upstream.wav2vec2.expert as wav2vec2
+    from s3prl.upstream.wav2vec2.wav2vec2_model import TransformerSentenceEncoderLayer
 
-    return type(upstream) is hubert.UpstreamExpert
+    name = f"{type(upstream).__module__}.{type(upstream).__name__}"
+    if type(upstream) is wav2vec2.UpstreamExpert:
+        model = upstream.model
+        if upstream.feature_selection is not None or not upstream.apply_padding_mask:
+            return f"{name} with feature_selection/apply_padding_mask changed is not traced here"
+        if upstream.wav_normalize and upstream.numpy_wav_normalize:
+            return f"{name} normalising waveforms with numpy is not traced here"
+        if model.input_quantizer is not None or model.crop_seq_to_multiple != 1:
+            return f"{name} with an input quantizer or crop_seq_to_multiple is not traced here"
+    elif type(upstream) is not hubert.UpstreamExpert:
+        return f"{name} has no padded-batch graph here"
+    if not all(isinstance(layer, TransformerSentenceEncoderLayer) for layer in upstream.model.encoder.layers):
+        return f"{name} with conformer layers is not traced here"
+    return None
+
+
+def _full_graph_unsupported(upstream: nn.Module) -> str | None:
+    """None when :class:`FullGraph` computes ``upstream``'s hidden states, else why not."""
+    if front_end_description(upstream) is not None:
+        return kaldi_fbank_unsupported(upstream)
+    return _ssl_unsupported(upstream)
 
 
 def onnx_graph_kind(recognizer: EmotionRecognizer) -> tuple[str, str]:
     """``("full" | "downstream", reason)`` for ``recognizer``.
 
     Raises:
-        OnnxExportError: fused upstreams, or an ensemble over several upstreams that are not all HuBERT.
+        OnnxExportError: fused upstreams, or an ensemble over several upstreams not all in the full graph.
     """
     if any(isinstance(u, MultiUpstream) for u in recognizer.upstreams):
         raise OnnxExportError("fused models (several upstreams per member) have no ONNX export: export each alone")
-    if all(_hubert_expert(u) for u in recognizer.upstreams):
-        return "full", "HuBERT upstream: the whole model is one graph"
-    kinds = sorted({type(u).__module__ for u in recognizer.upstreams if not _hubert_expert(u)})
-    reason = f"upstream {', '.join(kinds)} has no padded-batch graph here"
-    if any(k.startswith("s3prl.upstream.baseline") for k in kinds):
-        reason += (
-            " (s3prl's fbank/mfcc/... compute torchaudio.compliance.kaldi features one utterance at a time in Python)"
-        )
-    if any(k.startswith("s3prl.upstream.wav2vec2") for k in kinds):
-        reason += " (s3prl's wav2vec 2.0 expert normalises and masks by options not traced here)"
-    reason += "; the ONNX graph starts at its hidden states"
+    reasons = sorted({r for r in map(_full_graph_unsupported, recognizer.upstreams) if r is not None})
+    if not reasons:
+        return "full", "the whole model, from the waveform, is one graph"
+    reason = "; ".join(reasons) + "; the ONNX graph starts at its hidden states"
     if len(recognizer.upstreams) > 1:
         raise OnnxExportError(f"ensemble over several upstreams, not all exportable: {reason}")
     return "downstream", reason
@@ -112,12 +134,13 @@ class DownstreamGraph(nn.Module):
         >>> from s3prl_ser.inference.recognizer import EmotionRecognizer, RecognizerMember
         >>> from s3prl_ser.upstreams.multi_upstream import build_featurizer
         >>> from s3prl_ser.models.fusion import EmotionClassifier
-        >>> fbank = build_upstream("fbank")
-        >>> featurizer = build_featurizer(fbank, "hidden_states", None, "cpu", False)
+        >>> mfcc = build_upstream("mfcc")
+        >>> featurizer = build_featurizer(mfcc, "hidden_states", None, "cpu", False)
         >>> head = EmotionClassifier([featurizer.output_dim], [160], 2, aggregator="mean")
-        >>> recognizer = EmotionRecognizer([fbank], [RecognizerMember(featurizer, head)], ["calm", "angry"])
+        >>> recognizer = EmotionRecognizer([mfcc], [RecognizerMember(featurizer, head)], ["calm", "angry"])
         >>> wavs = [torch.randn(16000), torch.randn(8000)]
-        >>> hidden = fbank(wavs)["hidden_states"][0].unsqueeze(0)  # (L=1, B, T, D)
+        >>> hidden = torch.nn.utils.rnn.pad_sequence([mfcc([w])["hidden_states"][0][0] for w in wavs], batch_first=True)
+        >>> hidden = hidden.unsqueeze(0)  # (L=1, B, T, D), each clip's features computed alone
         >>> frames = torch.tensor([98, 48])  # each clip's own frames: 1 + (samples - 400) // 160
         >>> torch.allclose(DownstreamGraph(recognizer)(hidden, frames), recognizer.probabilities(wavs), atol=1e-6)
         True
@@ -133,7 +156,7 @@ class DownstreamGraph(nn.Module):
 
 
 class FullGraph(nn.Module):
-    """``wavs (B, S)``, ``lengths (B,)`` -> ``probabilities (B, C)`` for HuBERT upstreams.
+    """``wavs (B, S)``, ``lengths (B,)`` -> ``probabilities (B, C)`` for HuBERT, wav2vec 2.0 and kaldi fbank upstreams.
 
     Example:
         >>> import tempfile
@@ -156,25 +179,31 @@ class FullGraph(nn.Module):
     def __init__(self, recognizer: EmotionRecognizer) -> None:
         super().__init__()
         self.upstreams = recognizer.upstreams
+        self.fbanks = nn.ModuleDict(
+            {str(i): KaldiFbankGraph(u) for i, u in enumerate(self.upstreams) if front_end_description(u) is not None}
+        )
         self.heads = nn.ModuleList(_Head(member) for member in recognizer.members)
         self.reads = [member.upstream_index for member in recognizer.members]
 
     @staticmethod
     def _hidden_states(expert: nn.Module, wavs: Tensor, lengths: Tensor) -> tuple[list[Tensor], Tensor]:
-        """What s3prl's expert computes for each waveform alone, on the padded batch.
+        """What s3prl's HuBERT or wav2vec 2.0 expert computes for each waveform alone, on the padded batch.
 
         ``wavs`` ``(B, S)``, ``lengths`` ``(B,)`` -> L hidden states ``(B, T, D)`` and each
-        waveform's frame count ``(B,)``. ``HubertModel.forward``'s feature path, with two
+        waveform's frame count ``(B,)``. The models' ``forward`` feature path, with two
         changes that keep padding out of valid frames: the feature encoder's GroupNorm (Base's
         ``default`` mode) takes its statistics over each waveform's own frames, not over the
         padding too, and the frame mask counts the frames the convolutions compute from valid
         samples alone (HuBERT's ``forward_padding_mask`` marks a frame valid when any sample of
-        its 320 is, so attention would see frames computed from padding)."""
+        its 320 is, so attention would see frames computed from padding; wav2vec 2.0 counts as
+        here)."""
         model = expert.model
         steps = torch.arange(wavs.shape[1], device=wavs.device).unsqueeze(0)
         padding = steps >= lengths.unsqueeze(1)  # (B, S), True at padding
         wavs = wavs.masked_fill(padding, 0.0)
-        if getattr(expert.task_cfg, "normalize", False):  # s3prl: F.layer_norm of each unpadded waveform
+        # s3prl: F.layer_norm of each unpadded waveform (HuBERT's task_cfg, wav2vec 2.0's expert says)
+        normalise = expert.wav_normalize if hasattr(expert, "wav_normalize") else expert.task_cfg.normalize
+        if normalise:
             count = lengths.unsqueeze(1).to(wavs.dtype)
             mean = wavs.sum(dim=1, keepdim=True) / count
             var = ((wavs - mean).masked_fill(padding, 0.0) ** 2).sum(dim=1, keepdim=True) / count
@@ -196,8 +225,14 @@ class FullGraph(nn.Module):
         expert._hook_hiddens.clear()
         return [hidden for _, hidden in hiddens], frames
 
+    def _states(self, index: int, wavs: Tensor, lengths: Tensor) -> tuple[list[Tensor], Tensor]:
+        if str(index) in self.fbanks:
+            features, frames = self.fbanks[str(index)](wavs, lengths)
+            return [features], frames
+        return self._hidden_states(self.upstreams[index], wavs, lengths)
+
     def forward(self, wavs: Tensor, lengths: Tensor) -> Tensor:
-        states = [self._hidden_states(expert, wavs, lengths) for expert in self.upstreams]
+        states = [self._states(index, wavs, lengths) for index in range(len(self.upstreams))]
         probabilities = []
         for head, read in zip(self.heads, self.reads):
             hidden, frames = states[read]
@@ -272,7 +307,9 @@ def _explicit_same_padding(graph: nn.Module) -> Iterator[None]:
 
 
 def export_onnx(recognizer: EmotionRecognizer, path: str | os.PathLike) -> dict[str, Any]:
-    """Write ``recognizer`` as an ONNX graph to ``path``; return what it is (kind, reason, inputs).
+    """Write ``recognizer`` as an ONNX graph to ``path``; return what it is (kind, reason, inputs,
+    and ``front_end``: each kaldi-feature upstream's :func:`~s3prl_ser.upstreams.exportable.front_end_description`,
+    in the graph for ``full``, the caller's to compute for ``downstream``).
 
     Raises:
         OnnxExportError: see :func:`onnx_graph_kind`.
@@ -321,4 +358,5 @@ def export_onnx(recognizer: EmotionRecognizer, path: str | os.PathLike) -> dict[
         "opset": OPSET,
         "class_names": list(recognizer.class_names),
         "sample_rate": 16000,
+        "front_end": [front_end_description(upstream) for upstream in recognizer.upstreams],
     }
