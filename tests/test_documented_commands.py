@@ -174,6 +174,16 @@ COMMANDS: dict[str, Run | Parse] = {
     "s3prl-ser infer models/hubert_fold1 speech.wav calls/ list.txt --output results.csv --batch-size 8": Run(
         8, shorten=None, writes=("results.csv",)
     ),
+    # docs/cross-corpus.md (fold5's model never trained on Session 5, which MyCorpus's test set copies)
+    "s3prl-ser score result/hubert_ecapa --fold fold5 --root /data/mycorpus --meta-data /data/mycorpus_meta --split test -o result/scores/fold5_on_mycorpus": Run(
+        5, shorten=None, writes=("result/scores/fold5_on_mycorpus/score.json",)
+    ),
+    "s3prl-ser score models/hubert_deploy --root /data/CREMA-D --meta-data /data/cremad_meta --label-map maps.yaml -o result/scores/deploy_on_cremad": Parse(
+        "needs CREMA-D; tests/test_cross_corpus.py scores an export on a corpus with CREMA-D's labels"
+    ),
+    "s3prl-ser cross-corpus -p result/cross_corpus --corpus iemocap=/data/IEMOCAP,/data/iemocap_meta --corpus cremad=/data/CREMA-D,/data/cremad_meta -u hubert -d emotion_ecapa": Parse(
+        "needs CREMA-D; tests/test_cross_corpus.py runs the matrix on two small corpora, killed once and resumed"
+    ),
     # docs/corpora.md
     "s3prl-ser prepare table /data/mycorpus /data/mycorpus_meta --table /data/mycorpus/list.csv --columns path=file,label=emotion,speaker=actor --split-column set --name MyCorpus": Run(
         1, shorten=None, writes=("/data/mycorpus_meta/manifest.json",)
@@ -253,6 +263,14 @@ def _parse_table1(argv: list[str]) -> None:
     parse_experiments(build_parser().parse_args(argv).experiments)
 
 
+def _parse_cross_corpus(argv: list[str]) -> None:
+    """The matrix's own options, then the rest by run_downstream.py's parser (as its ``main`` does)."""
+    from s3prl_ser.cli.cross_corpus import build_parser
+    from s3prl_ser.cli.run_downstream import build_parser as run_parser
+
+    run_parser().parse_args(["-m", "train", *build_parser().parse_known_args(argv)[1]])
+
+
 def _parser(module: str) -> Callable[[list[str]], object]:
     """``module.build_parser().parse_args``, imported when called."""
 
@@ -270,6 +288,8 @@ PARSERS: dict[str, Callable[[list[str]], object]] = {
     "s3prl_ser.cli.inference": _parser("s3prl_ser.cli.inference"),
     "upstream_ft": _parser("s3prl_ser.cli.finetune"),
     "s3prl_ser.cli.main": _parse_dispatched,
+    "s3prl_ser.cli.score": _parser("s3prl_ser.cli.score"),
+    "s3prl_ser.cli.cross_corpus": _parse_cross_corpus,
 }
 
 
