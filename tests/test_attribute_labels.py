@@ -105,8 +105,17 @@ def test_undeclared_attribute_and_no_target_are_errors(tmp_path, mini_corpus, mi
         load_fold_data(datarc, "fold1", attributes=["arousal", "pleasure"])
     with pytest.raises(ValueError, match="categories, attributes, or both"):
         load_fold_data(datarc, "fold1", categories=False)
-    with pytest.raises(ValueError, match="declares no attribute_scale for arousal.*no attributes"):
-        load_fold_data({"root": str(mini_corpus), "meta_data": str(mini_meta)}, "fold1", attributes=["arousal"])
+    # IEMOCAP's meta data carry the summary triples (all 2.5 in the mini corpus) unless prepared without.
+    mini = load_fold_data({"root": str(mini_corpus), "meta_data": str(mini_meta)}, "fold1", attributes=["arousal"])
+    assert mini.attribute_scale == {"arousal": (1.0, 5.0)} and mini.test[0][1][1].tolist() == [0.375]
+    from s3prl_ser.data.corpora.iemocap import prepare
+
+    with pytest.warns(UserWarning):
+        prepare(mini_corpus, tmp_path / "plain", attributes=None)
+    with pytest.raises(ValueError, match="plain: the corpus declares no attribute_scale for arousal.*no attributes"):
+        load_fold_data(
+            {"root": str(mini_corpus), "meta_data": str(tmp_path / "plain")}, "fold1", attributes=["arousal"]
+        )
 
 
 def test_manifest_round_trip_and_validation(tmp_path):
@@ -155,3 +164,151 @@ def test_s3prl_meta_data_with_attributes(tmp_path):
     path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="attribute_scale.arousal must be \\[low, high\\] with low < high"):
         read_meta_data(path)
+
+
+# ------------------------------------------------------------------ sources
+
+EMO_HEADER = "% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n"
+
+
+def iemocap_corpus(root: Path, session2_triple: str = "[4.0000, 1.5000, 2.0000]") -> Path:
+    """Two sessions, two kept turns each (and a dropped fru), with summary and evaluator lines."""
+    turns = {
+        1: [
+            (
+                "Ses01F_impro01_F000",
+                "neu",
+                "[2.5000, 3.5000, 3.0000]",
+                ["val 2; act 3; dom  4;", "val 3; act 5; dom  ;"],
+            ),
+            ("Ses01F_impro01_M000", "fru", "[2.0000, 4.0000, 4.0000]", ["val 2; act 4; dom  4;"]),
+            (
+                "Ses01F_impro01_F001",
+                "exc",
+                "[4.5000, 4.0000, 3.5000]",
+                ["val 5; act 4; dom  3;", "val 4; act 4; dom  4;"],
+            ),
+        ],
+        2: [
+            ("Ses02M_impro01_M000", "sad", session2_triple, ["val 1; act 1; dom  2;", "val 2; act 2; dom  2;"]),
+            (
+                "Ses02M_impro01_F000",
+                "ang",
+                "[1.5000, 4.5000, 4.5000]",
+                ["val 1; act 5; dom  5;", "val 2; act 4; dom  4;"],
+            ),
+        ],
+    }
+    for session, rows in turns.items():
+        dialog = rows[0][0].rsplit("_", 1)[0]
+        lines = [EMO_HEADER]
+        for index, (name, code, triple, ratings) in enumerate(rows):
+            lines.append(f"[{index}.0000 - {index}.5000]\t{name}\t{code}\t{triple}\n")
+            lines.append("C-E1:\tNeutral;\t()\n")
+            lines += [f"A-E{k}:\t{r}\t()\n" for k, r in enumerate(ratings, 1)]
+            lines.append("A-F1:\tval 5; act 5; dom  5;\t()\n\n")  # the actor's self-assessment: not used
+            write_audio(root / f"Session{session}" / "sentences" / "wav" / dialog / f"{name}.wav", index)
+        for sub in ("EmoEvaluation", "transcriptions"):
+            (root / f"Session{session}" / "dialog" / sub).mkdir(parents=True, exist_ok=True)
+        (root / f"Session{session}" / "dialog" / "EmoEvaluation" / f"{dialog}.txt").write_text("".join(lines))
+        (root / f"Session{session}" / "dialog" / "transcriptions" / f"{dialog}.txt").write_text("")
+    return root
+
+
+def test_iemocap_summary_and_evaluator_attributes(tmp_path):
+    from s3prl_ser.data.corpora.iemocap import PreparationError, count_table, prepare
+
+    corpus = iemocap_corpus(tmp_path / "IEMOCAP")
+    with pytest.warns(UserWarning, match="no transcript"):
+        per_session = prepare(corpus, tmp_path / "summary", sessions=(1, 2))
+    meta = json.loads((tmp_path / "summary" / "Session1" / "test_meta_data.json").read_text())
+    assert meta["attribute_scale"] == {"arousal": [1, 5], "valence": [1, 5], "dominance": [1, 5]}
+    # [V, A, D] order on the line; exc merged into hap, fru dropped.
+    assert [(m["label"], m["attributes"]) for m in meta["meta_data"]] == [
+        ("neu", {"arousal": 3.5, "valence": 2.5, "dominance": 3.0}),
+        ("hap", {"arousal": 4.0, "valence": 4.5, "dominance": 3.5}),
+    ]
+    table = count_table(per_session)
+    assert "fold1  test   arousal 3.50-4.00 mean 3.75 (2); valence 2.50-4.50 mean 3.50 (2)" in table
+    assert "fold1  train  arousal 1.50-4.50 mean 3.00 (2)" in table
+    with pytest.warns(UserWarning):
+        prepare(corpus, tmp_path / "evaluators", sessions=(1, 2), attributes="evaluators")
+    items = json.loads((tmp_path / "evaluators" / "Session2" / "train_meta_data.json").read_text())["meta_data"]
+    # Mean of the A-E lines (the second evaluator gave no dominance); the A-F self-assessment is left out.
+    assert items[0]["attributes"] == {"arousal": 4.0, "valence": 2.5, "dominance": 4.0}
+    assert items[1]["attributes"] == {"arousal": 4.0, "valence": 4.5, "dominance": 3.5}
+    data = load_fold_data(
+        {"root": str(corpus), "meta_data": str(tmp_path / "evaluators")}, "fold2", attributes=["arousal"]
+    )
+    assert data.test[0][1][0] == 3 and data.test[0][1][1].tolist() == [pytest.approx((1.5 - 1) / 4)]
+    bad = iemocap_corpus(tmp_path / "bad", session2_triple="[4.0000, 5.5000, 2.0000]")
+    with pytest.raises(PreparationError, match=r"Ses02M_impro01.txt:3: Ses02M_impro01_M000's arousal 5.5 .*\[1, 5\]"):
+        prepare(bad, tmp_path / "bad_meta", sessions=(1, 2))
+
+
+MSP_CSV = """FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set
+MSP-PODCAST_0001_0001.wav,N,3.4,4.2,3.0,10,Female,Train
+MSP-PODCAST_0001_0002.wav,X,5.8,2.2,6.6,10,Female,Train
+MSP-PODCAST_0002_0001.wav,A,6.0,1.6,,11,Male,Train
+MSP-PODCAST_0002_0002.wav,O,,,,11,Male,Train
+MSP-PODCAST_0003_0001.wav,H,4.4,6.0,4.0,12,Female,Development
+MSP-PODCAST_0004_0001.wav,S,2.0,2.2,2.4,13,Male,Test1
+MSP-PODCAST_0004_0002.wav,X,4.0,3.0,5.0,13,Male,Test1
+"""
+
+
+def test_msp_podcast_attributes(tmp_path):
+    from s3prl_ser.data.corpora import msp_podcast
+    from s3prl_ser.data.corpora.common import PreparationError
+
+    root = tmp_path / "MSP-Podcast"
+    (root / "Labels").mkdir(parents=True)
+    labels = root / "Labels" / "labels_consensus.csv"
+    labels.write_text(MSP_CSV)
+    for index, line in enumerate(MSP_CSV.splitlines()[1:]):
+        write_audio(root / "Audios" / line.split(",")[0], index)
+    manifest = msp_podcast.prepare(root, tmp_path / "meta")
+    assert manifest.attribute_scale == {"arousal": (1.0, 7.0), "valence": (1.0, 7.0), "dominance": (1.0, 7.0)}
+    rows = {row["id"][-9:]: row for row in manifest.utterances}
+    assert "0002_0002" not in rows  # O without any attribute: nothing to learn
+    assert rows["0001_0002"]["label"] is None
+    assert rows["0001_0002"]["attributes"] == {"arousal": 5.8, "valence": 2.2, "dominance": 6.6}
+    assert rows["0002_0001"]["attributes"] == {"arousal": 6.0, "valence": 1.6, "dominance": None}
+    assert "fold1   train  arousal 3.40-6.00 mean 5.07 (3); valence 1.60-4.20 mean 2.67 (3); dominance 3.00-6.60" in (
+        manifest.count_table()
+    )
+    datarc = {"root": str(root), "meta_data": str(tmp_path / "meta")}
+    categorical = load_fold_data(datarc, "fold1")
+    assert len(categorical.train) == 2 and len(categorical.test) == 1  # X left out
+    rated = load_fold_data(datarc, "fold1", categories=False, attributes=["valence", "dominance"])
+    assert len(rated.train) == 3 and len(rated.test) == 2
+    np.testing.assert_allclose(rated.test[1][1][1], [(3.0 - 1) / 6, (5.0 - 1) / 6])
+    labels.write_text(MSP_CSV.replace("6.0,1.6", "7.5,1.6"))
+    with pytest.raises(
+        PreparationError, match=r"labels_consensus.csv:4 \(MSP-PODCAST_0002_0001.wav\): EmoAct 7.5 is outside"
+    ):
+        msp_podcast.prepare(root, tmp_path / "bad")
+
+
+def test_table_attribute_columns(tmp_path):
+    from s3prl_ser.cli.prepare_corpus import main as prepare_main
+
+    rows = ["file,emotion,actor,act,val,split"]
+    for i in range(6):
+        write_audio(tmp_path / f"c{i}.wav", i)
+        label = "" if i == 2 else "ab"[i % 2]
+        rows.append(f"c{i}.wav,{label},s{i},{1 + i},{'' if i == 1 else 7 - i},{'test' if i >= 4 else 'train'}")
+    (tmp_path / "list.csv").write_text("\n".join(rows) + "\n")
+    argv = ["table", str(tmp_path), str(tmp_path / "meta"), "--table", str(tmp_path / "list.csv")]
+    argv += ["--columns", "path=file,label=emotion,speaker=actor", "--split-column", "split"]
+    prepare_main(
+        [*argv, "--attribute-columns", "arousal=act,valence=val", "--attribute-scale", "arousal=1:7,valence=0:7"]
+    )
+    manifest = read_manifest(tmp_path / "meta")
+    assert manifest.attribute_scale == {"arousal": (1.0, 7.0), "valence": (0.0, 7.0)}
+    assert manifest.rows(["c1"])[0]["attributes"] == {"arousal": 2.0, "valence": None}
+    assert manifest.rows(["c2"])[0]["label"] is None and manifest.labels == ["a", "b"]
+    with pytest.raises(SystemExit, match=r"list.csv:2: arousal 1 \(column 'act'\) is outside its scale \[2, 7\]"):
+        prepare_main([*argv, "--attribute-columns", "arousal=act", "--attribute-scale", "2:7"])
+    with pytest.raises(SystemExit, match="--attribute-scale: no scale for valence"):
+        prepare_main([*argv, "--attribute-columns", "arousal=act,valence=val", "--attribute-scale", "arousal=1:7"])

@@ -19,7 +19,7 @@ from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.data.corpora import CORPORA
 from s3prl_ser.data.corpora.common import PreparationError
 from s3prl_ser.data.corpora.iemocap import count_table
-from s3prl_ser.data.corpora.table import parse_columns
+from s3prl_ser.data.corpora.table import parse_columns, parse_scale_option
 
 __all__ = ["build_parser", "main"]
 
@@ -50,6 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-outside-root", action="store_true", help="table: accept absolute paths and paths .. leads out of ROOT"
     )
+    parser.add_argument(
+        "--attributes",
+        choices=["summary", "evaluators", "none"],
+        default="summary",
+        help="iemocap: arousal/valence/dominance from each turn's [V, A, D] summary or the evaluators' mean; "
+        "msp_podcast: none leaves EmoAct/EmoVal/EmoDom (and the X/O utterances) out (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--attribute-columns", default="", help="table: NAME=COLUMN,... continuous attributes, e.g. arousal=act"
+    )
+    parser.add_argument(
+        "--attribute-scale", default="", help="table: the attributes' scale, LO:HI for all or NAME=LO:HI,..."
+    )
     add_verbosity_options(parser)
     return parser
 
@@ -61,10 +74,12 @@ def main(argv: list[str] | None = None) -> None:
         warnings.simplefilter("always")
         module = importlib.import_module(f"s3prl_ser.data.corpora.{args.corpus}")
         if args.corpus == "iemocap":
-            table = count_table(module.prepare(args.root, args.out))
+            attributes = None if args.attributes == "none" else args.attributes
+            table = count_table(module.prepare(args.root, args.out, attributes=attributes))
         elif args.corpus == "table":
             if args.table is None:
                 raise PreparationError("table: name the listing with --table FILE.csv|FILE.jsonl")
+            attribute_columns = parse_columns(args.attribute_columns)
             table = module.prepare(
                 args.table,
                 args.root,
@@ -76,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                 num_folds=args.num_folds or 5,
                 skip_bad_audio=args.skip_bad_audio,
                 allow_outside_root=args.allow_outside_root,
+                attributes=attribute_columns,
+                attribute_scale=parse_scale_option(args.attribute_scale, list(attribute_columns)),
             ).count_table()
         else:
             options: dict = {"skip_bad_audio": args.skip_bad_audio}
@@ -85,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
                 options["language"] = args.language
             if args.corpus == "msp_podcast":
                 options["test_set"] = args.test_set
+                options["attributes"] = args.attributes != "none"
             table = module.prepare(args.root, args.out, **options).count_table()
     print(table)
     print(f"meta data written to {args.out}")

@@ -33,6 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="sorted",
         help="label-file order; 'listdir' reproduces stock s3prl on this machine (default: %(default)s)",
     )
+    parser.add_argument(
+        "--attributes",
+        choices=["summary", "evaluators", "none"],
+        default="summary",
+        help="where each utterance's arousal/valence/dominance (1-5) come from: the [V, A, D] triple of its "
+        "summary line, the mean of the evaluators' A-E lines, or none (default: %(default)s)",
+    )
     add_verbosity_options(parser)
     return parser
 
@@ -42,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging(args)
     with exit_on_error():  # PreparationError is a ValueError
         sessions = [int(s) for s in args.sessions.split(",")]
-        per_session = prepare(args.root, args.out, sessions=sessions, order=args.file_order)
+        attributes = None if args.attributes == "none" else args.attributes
+        per_session = prepare(args.root, args.out, sessions=sessions, order=args.file_order, attributes=attributes)
     print(count_table(per_session))
     print(f"meta data written to {args.out}")
 

@@ -7,8 +7,15 @@ SpkrID, Gender, Split_Set``), ``ROOT/Audios/<FileName>``, and optionally
 Protocol: the official sets: ``Split_Set`` ``Train`` trains, ``Development`` is dev, and one
 test set (``Test1`` by default; ``Test2``, ``Test3`` where the release has them) is the
 official test. Classes: the eight consensus categories (``A S H U F D C N``, the Odyssey 2024
-challenge's); ``O`` (other) and ``X`` (no agreement) are left out. Four classes, as in many
-papers: ``datarc.labels: {drop: [sur, fea, dis, con]}``.
+challenge's). Four classes, as in many papers: ``datarc.labels: {drop: [sur, fea, dis, con]}``.
+
+Attributes: ``EmoAct``, ``EmoVal`` and ``EmoDom`` (means over the annotators, 1-7) become each
+row's ``attributes`` (arousal, valence, dominance; declared ``attribute_scale`` 1-7; an empty
+cell is unknown). A release without these columns, or ``attributes=False``, gives a categorical
+manifest. ``O`` (other)
+and ``X`` (no agreement) utterances have no usable category: with attributes they are kept with
+``label: null`` (attribute runs learn from them, categorical runs leave them out); without,
+they are left out.
 """
 
 from __future__ import annotations
@@ -21,22 +28,50 @@ from typing import Any
 from s3prl_ser.data.corpora.common import PreparationError, check_audio, finish, official_manifest
 from s3prl_ser.data.manifest import Manifest
 
-__all__ = ["EMOTIONS", "LEFT_OUT", "COLUMNS", "prepare"]
+__all__ = ["EMOTIONS", "LEFT_OUT", "COLUMNS", "ATTRIBUTE_COLUMNS", "ATTRIBUTE_SCALE", "prepare"]
 
 EMOTIONS = {"N": "neu", "H": "hap", "S": "sad", "A": "ang", "U": "sur", "F": "fea", "D": "dis", "C": "con"}
 LEFT_OUT = frozenset({"O", "X"})
 COLUMNS = ("FileName", "EmoClass", "SpkrID", "Split_Set")
+ATTRIBUTE_COLUMNS = {"EmoAct": "arousal", "EmoVal": "valence", "EmoDom": "dominance"}
+ATTRIBUTE_SCALE = {name: (1.0, 7.0) for name in ATTRIBUTE_COLUMNS.values()}
 _SETS = {"Train": "train", "Development": "dev"}
 
 
+def _attributes(record: dict[str, Any], where: str) -> dict[str, float | None]:
+    """``EmoAct``/``EmoVal``/``EmoDom`` of one CSV record, checked against the 1-7 scale."""
+    values: dict[str, float | None] = {}
+    for column, name in ATTRIBUTE_COLUMNS.items():
+        text = (record.get(column) or "").strip()
+        if not text:
+            values[name] = None
+            continue
+        try:
+            value = float(text)
+        except ValueError as error:
+            raise PreparationError(f"{where}: {column} {text!r} is not a number") from error
+        lo, hi = ATTRIBUTE_SCALE[name]
+        if not lo <= value <= hi:
+            raise PreparationError(f"{where}: {column} {value:g} is outside MSP-Podcast's scale [{lo:g}, {hi:g}]")
+        values[name] = value
+    return values
+
+
 def prepare(
-    root: str | os.PathLike, out: str | os.PathLike, *, test_set: str = "Test1", skip_bad_audio: bool = False
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    test_set: str = "Test1",
+    skip_bad_audio: bool = False,
+    attributes: bool = True,
 ) -> Manifest:
-    """Write ``out/manifest.json`` from ``root/Labels/labels_consensus.csv``.
+    """Write ``out/manifest.json`` from ``root/Labels/labels_consensus.csv``, with the attributes
+    where the file has them and ``attributes`` is true (module docstring).
 
     Raises:
-        PreparationError: no label file, a missing column, a short row or an unknown
-            ``EmoClass`` (file and line named), a test set the file does not have, or unreadable or missing audio.
+        PreparationError: no label file, a missing column, a short row, an unknown
+            ``EmoClass`` or an attribute that is not a number in 1-7 (file and line named), a
+            test set the file does not have, or unreadable or missing audio.
     """
     root = Path(root)
     labels_csv = root / "Labels" / "labels_consensus.csv"
@@ -50,15 +85,19 @@ def prepare(
         missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise PreparationError(f"{labels_csv}: lacks the column(s) {', '.join(missing)}")
+        rated = [c for c in ATTRIBUTE_COLUMNS if attributes and c in (reader.fieldnames or [])]
+        if rated and len(rated) < len(ATTRIBUTE_COLUMNS):
+            absent = ", ".join(c for c in ATTRIBUTE_COLUMNS if c not in rated)
+            raise PreparationError(f"{labels_csv}: has {', '.join(rated)} but not {absent}")
         for number, record in enumerate(reader, start=2):
             short = [c for c in COLUMNS if record[c] is None]  # csv leaves the fields a row lacks None
             if short:
                 raise PreparationError(f"{labels_csv}:{number}: a short row, without {', '.join(short)}")
             code, name, split = record["EmoClass"].strip(), record["FileName"].strip(), record["Split_Set"].strip()
             sets.add(split)
-            if code in LEFT_OUT:
+            if code in LEFT_OUT and not rated:
                 continue
-            if code not in EMOTIONS:
+            if code not in EMOTIONS and code not in LEFT_OUT:
                 raise PreparationError(f"{labels_csv}:{number}: unknown EmoClass {code!r} for {name}")
             role = _SETS.get(split, "test" if split == test_set else None)
             if role is None:
@@ -70,9 +109,13 @@ def prepare(
             row = {
                 "id": Path(name).stem,
                 "path": path.as_posix(),
-                "label": EMOTIONS[code],
+                "label": EMOTIONS.get(code),  # None for O and X
                 "speaker": None if speaker in ("", "Unknown") else speaker,
             }
+            if rated:
+                row["attributes"] = _attributes(record, f"{labels_csv}:{number} ({name})")
+                if row["label"] is None and not any(v is not None for v in row["attributes"].values()):
+                    continue  # neither a category nor an attribute to learn
             transcript = root / "Transcripts" / f"{Path(name).stem}.txt"
             if transcript.is_file():
                 row["transcript"] = transcript.read_text(encoding="utf-8", errors="replace").strip()
@@ -89,4 +132,6 @@ def prepare(
         test_set,
         f"official split (Train / Development / {test_set})",
     )
+    if rated:
+        manifest.attribute_scale = dict(ATTRIBUTE_SCALE)
     return finish(manifest, out)

@@ -13,6 +13,11 @@ from one of:
   every other row;
 * neither: ``num_folds`` speaker-independent folds, gender-balanced where rows have a gender
   (:func:`~s3prl_ser.data.folds.speaker_folds`).
+
+Continuous attributes: ``attributes`` maps attribute names to columns
+(``{"arousal": "act", "valence": "val"}``) and ``attribute_scale`` gives each one's scale
+(``{"arousal": (1, 7), ...}``); an empty cell is unknown, a value outside the scale is an error
+naming the row. A row with attributes may leave its label empty (no usable category).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +33,7 @@ from s3prl_ser.data.corpora.common import PreparationError, check_audio, finish,
 from s3prl_ser.data.emotion_dataset import outside_root
 from s3prl_ser.data.manifest import OPTIONAL_FIELDS, Manifest, ManifestFold
 
-__all__ = ["SPLIT_NAMES", "parse_columns", "read_table", "prepare"]
+__all__ = ["SPLIT_NAMES", "parse_columns", "parse_scale_option", "read_table", "prepare"]
 
 SPLIT_NAMES = {
     "train": "train",
@@ -61,6 +66,40 @@ def parse_columns(spec: str) -> dict[str, str]:
     return columns
 
 
+def parse_scale_option(spec: str, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """``--attribute-scale`` text: ``LO:HI`` for every attribute in ``names``, or
+    ``NAME=LO:HI,...`` per attribute.
+
+    Example:
+        >>> parse_scale_option("1:7", ["arousal", "valence"])
+        {'arousal': (1.0, 7.0), 'valence': (1.0, 7.0)}
+        >>> parse_scale_option("arousal=1:5,valence=0:1", ["arousal", "valence"])
+        {'arousal': (1.0, 5.0), 'valence': (0.0, 1.0)}
+
+    Raises:
+        PreparationError: unreadable text, or an attribute of ``names`` left without a scale.
+    """
+
+    def bounds(text: str) -> tuple[float, float]:
+        lo, sep, hi = text.partition(":")
+        try:
+            low, high = float(lo), float(hi)
+        except ValueError:
+            low = high = float("nan")
+        if not sep or not low < high:
+            raise PreparationError(f"--attribute-scale: cannot read {text!r} (use LO:HI with LO < HI, e.g. 1:7)")
+        return low, high
+
+    spec = spec.strip()
+    if spec and "=" not in spec:
+        return {name: bounds(spec) for name in names}
+    scale = {name: bounds(text) for name, text in parse_columns(spec).items()}
+    missing = [name for name in names if name not in scale]
+    if missing:
+        raise PreparationError(f"--attribute-scale: no scale for {', '.join(missing)} (give LO:HI or NAME=LO:HI,...)")
+    return scale
+
+
 def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a ``.csv`` (header row) or ``.jsonl`` (one object per line) file.
 
@@ -88,13 +127,45 @@ def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     raise PreparationError(f"{path}: expected a .csv or .jsonl file")
 
 
-def _row(record: Mapping[str, Any], columns: Mapping[str, str], where: str, allow_outside_root: bool) -> dict[str, Any]:
+def _attributes(
+    record: Mapping[str, Any], attributes: Mapping[str, str], scale: Mapping[str, tuple[float, float]], where: str
+) -> dict[str, float | None]:
+    values: dict[str, float | None] = {}
+    for name, column in attributes.items():
+        value = record.get(column)
+        if value is None or str(value).strip() == "":
+            values[name] = None
+            continue
+        try:
+            number = float(value)
+        except ValueError as error:
+            raise PreparationError(f"{where}: {name} (column {column!r}) is not a number: {value!r}") from error
+        lo, hi = scale[name]
+        if not lo <= number <= hi:
+            raise PreparationError(
+                f"{where}: {name} {number:g} (column {column!r}) is outside its scale [{lo:g}, {hi:g}]"
+            )
+        values[name] = number
+    return values
+
+
+def _row(
+    record: Mapping[str, Any],
+    columns: Mapping[str, str],
+    where: str,
+    allow_outside_root: bool,
+    attributes: Mapping[str, str],
+    scale: Mapping[str, tuple[float, float]],
+) -> dict[str, Any]:
     row: dict[str, Any] = {}
+    values = _attributes(record, attributes, scale, where) if attributes else {}
     for field in ("path", "label", "speaker", "id", *OPTIONAL_FIELDS):
         column = columns.get(field, field)
         value = record.get(column)
         if value is None or value == "":
-            if field in ("path", "label"):
+            if field == "label" and any(v is not None for v in values.values()):
+                row["label"] = None  # attributes without a category
+            elif field in ("path", "label"):
                 raise PreparationError(f"{where}: no {field} (column {column!r})")
             continue
         if field in _NUMBERS:
@@ -114,6 +185,8 @@ def _row(record: Mapping[str, Any], columns: Mapping[str, str], where: str, allo
         row["speaker"] = None
     if "id" not in row:
         row["id"] = Path(row["path"]).stem + (f"@{row['start']:g}" if "start" in row else "")
+    if attributes:
+        row["attributes"] = values
     return row
 
 
@@ -129,25 +202,33 @@ def prepare(
     num_folds: int = 5,
     skip_bad_audio: bool = False,
     allow_outside_root: bool = False,
+    attributes: Mapping[str, str] | None = None,
+    attribute_scale: Mapping[str, tuple[float, float]] | None = None,
 ) -> Manifest:
     """Write ``out/manifest.json`` for the utterances listed in ``table`` (paths relative to
     ``root``; ``allow_outside_root`` accepts absolute ones and ones that ``..`` leads out of it,
-    which training then accepts only with ``datarc.allow_outside_root``).
+    which training then accepts only with ``datarc.allow_outside_root``); ``attributes`` and
+    ``attribute_scale`` as in the module docstring.
 
     Raises:
         PreparationError: naming the file and row: a missing required value, a path outside
-            the root, a duplicate id, an unknown split name, or unreadable audio.
+            the root, a duplicate id, an unknown split name, an attribute that is not a number
+            in its scale, or unreadable audio; an attribute without a scale.
     """
     table, root, columns = Path(table), Path(root), dict(columns or {})
+    attributes, scale = dict(attributes or {}), dict(attribute_scale or {})
     if split_column and fold_column:
         raise PreparationError("give a split column or a fold column, not both")
+    unscaled = [name for name in attributes if name not in scale]
+    if unscaled:
+        raise PreparationError(f"{table}: no scale for the attribute(s) {', '.join(unscaled)} (--attribute-scale)")
     records = read_table(table)
     if not records:
         raise PreparationError(f"{table}: lists no utterances")
     rows, roles, seen = [], {}, set()
     for number, record in enumerate(records, start=2 if table.suffix.lower() == ".csv" else 1):
         where = f"{table}:{number}"
-        row = _row(record, columns, where, allow_outside_root)
+        row = _row(record, columns, where, allow_outside_root, attributes, scale)
         if row["id"] in seen:
             raise PreparationError(f"{where}: duplicate utterance id {row['id']!r} (map an id column)")
         seen.add(row["id"])
@@ -163,7 +244,7 @@ def prepare(
                 roles[row["id"]] = int(value)
         rows.append(row)
     rows = check_audio(root, rows, skip_bad=skip_bad_audio)
-    labels = sorted({row["label"] for row in rows})
+    labels = sorted({row["label"] for row in rows if row["label"] is not None})
     name = corpus or table.stem
     if split_column:
         manifest = official_manifest(name, labels, rows, lambda row: roles[row["id"]], "test")
@@ -178,4 +259,5 @@ def prepare(
         manifest = Manifest(name, labels, rows, folds, protocol=f"{len(folds)} folds from column {fold_column!r}")
     else:
         manifest = speaker_cv_manifest(name, labels, rows, num_folds)
+    manifest.attribute_scale = {name: scale[name] for name in attributes}
     return finish(manifest, out)
