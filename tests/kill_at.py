@@ -5,6 +5,7 @@ real process, placed exactly, for the exact-resume and kill-loop tests.
     python tests/kill_at.py save N           upstream_ft ARGS...     # dies halfway through writing states-N
     python tests/kill_at.py write NAME:K     run_downstream ARGS...  # dies halfway through the K-th write of NAME
     python tests/kill_at.py stop N           run_downstream ARGS...  # stops (SIGSTOP) right after update N
+    python tests/kill_at.py rows N           inference ARGS...       # dies right after the N-th batch of rows written
 
 ``update N``: the process dies after the N-th optimizer update, before anything of that
 update is evaluated or saved. ``save N``: it dies with half of ``states-N.ckpt`` written to
@@ -12,7 +13,8 @@ the temporary file that the atomic save would have renamed (``write states-N.ckp
 ``write NAME:K``: the same for the K-th write of any file the run writes with
 an atomic write (:mod:`s3prl_ser.fileio`: a checkpoint, ``dev-top.json``, ``final.json``,
 metrics, ...). ``stop N``: the process stops after update N,
-holding its files and locks, until it is killed.
+holding its files and locks, until it is killed. ``rows N``: the inference command dies right
+after the N-th :meth:`~s3prl_ser.inference.rows.RowWriter.write` (a batch of rows) returns.
 
 :func:`fork_run` runs the same in a forked child of a process that has run the command before
 (its imports warm): about a second instead of a fresh interpreter's ten on a busy machine.
@@ -56,6 +58,22 @@ def after_update(n: int, then: Callable[[], None]) -> None:
         return result
 
     loop.OptimizerStep.update = update_then
+
+
+def after_rows(n: int, then: Callable[[], None]) -> None:
+    """Call ``then`` right after the ``n``-th batch of inference rows is written."""
+    from s3prl_ser.inference.rows import RowWriter
+
+    write = RowWriter.write
+    done = [0]
+
+    def write_then(self: RowWriter, rows: list) -> None:
+        write(self, rows)
+        done[0] += 1
+        if done[0] == n:
+            then()
+
+    RowWriter.write = write_then
 
 
 def stop() -> None:
@@ -110,6 +128,8 @@ def arm(moment: str, at: str) -> None:
         after_update(int(at), die)
     elif moment == "stop":
         after_update(int(at), stop)
+    elif moment == "rows":
+        after_rows(int(at), die)
     else:
         target = f"states-{at}.ckpt:1" if moment == "save" else at
         name, k = target.rsplit(":", 1)
@@ -119,6 +139,8 @@ def arm(moment: str, at: str) -> None:
 def run_command(command: str, argv: list[str]) -> None:
     if command == "run_downstream":
         from s3prl_ser.cli.run_downstream import main as run
+    elif command == "inference":
+        from s3prl_ser.cli.inference import main as run
     elif command == "cross_corpus":  # the matrix: several trainings in this one process
         from s3prl_ser.cli.cross_corpus import main as run
     else:

@@ -15,6 +15,10 @@ label the most probable of them (windows and summaries too). ``--top-k K`` adds 
 to each JSON row (``[{"label", "score"}]``, highest first) and ``top1_label, top1_score, ...,
 topK_score`` columns to a CSV.
 
+Rows are written as they are done (a batch of files, a batch of a long file's windows), each
+write appended whole and synced, so a killed run's ``--output`` holds the rows done so far;
+``--resume`` keeps them and predicts only the files not finished in it (see ``RowWriter``).
+
 ``-`` reads one audio file's bytes from stdin (any format a file may have); its rows name it ``-``.
 URLs are refused: audio is read from local files only.
 
@@ -40,10 +44,10 @@ import torch
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.fileio import atomic_write, atomic_write_json
-from s3prl_ser.inference.files import predict_files
+from s3prl_ser.inference.files import stream_files
 from s3prl_ser.inference.postprocess import check_classes
 from s3prl_ser.inference.recognizer import EmotionRecognizer
-from s3prl_ser.inference.rows import write_rows
+from s3prl_ser.inference.rows import RowWriter
 
 __all__ = ["FILES_FAILED", "build_parser", "main"]
 
@@ -61,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
         "audio", nargs="+", help="audio files, folders (recursive) or list files; - reads one audio file from stdin"
     )
     parser.add_argument("--output", "-O", help="write rows to this .csv or .jsonl file (default: JSON lines on stdout)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the rows of the files finished in --output and predict only the others (same model and options)",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=8, help="files or windows per forward pass (default: %(default)s)"
     )
@@ -109,12 +118,20 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"--embeddings must end in .npy, got {args.embeddings}")
         if args.top_k is not None and args.top_k < 1:
             raise ValueError(f"--top-k must be >= 1, got {args.top_k}")
+        if args.resume and not args.output:
+            raise ValueError("--resume needs --output, the file whose rows it keeps")
+        if args.resume and (args.embeddings or STDIN in args.audio):
+            raise ValueError("--resume keeps rows only: not --embeddings (written at the end) nor - (stdin)")
         recognizer = EmotionRecognizer.from_pretrained(args.model, device=args.device)
         classes = None
         if args.classes is not None:
             classes = check_classes(recognizer.class_names, [c.strip() for c in args.classes.split(",")])
+        writer = None
+        if args.output:
+            columns = (classes or recognizer.class_names, args.top_k or 0)
+            writer = stack.enter_context(RowWriter(args.output, *columns, resume=args.resume))
         stdin = _read_stdin(stack) if STDIN in args.audio else None
-        rows = predict_files(
+        chunks = stream_files(
             recognizer,
             [stdin if item == STDIN else item for item in args.audio],
             batch_size=args.batch_size,
@@ -125,20 +142,24 @@ def main(argv: list[str] | None = None) -> None:
             embeddings=bool(args.embeddings),
             classes=classes,
             top_k=args.top_k,
+            skip=writer.finished if writer else None,
         )
-        if stdin is not None:
-            rows = _name_stdin(rows, stdin)
         embedded: list[tuple[str, list[float]]] = []
         excluded: list[dict[str, str]] = []
-        if args.embeddings:
-            rows = _take_embeddings(rows, embedded, excluded, args.long_audio)
-        if args.output:
-            failed = write_rows(rows, args.output, classes or recognizer.class_names, args.top_k or 0)
-        else:
-            failed = 0
+        failed = 0
+        for rows in chunks:
+            if stdin is not None:
+                rows = list(_name_stdin(rows, stdin))
+            if args.embeddings:
+                rows = list(_take_embeddings(rows, embedded, excluded, args.long_audio))
+            if writer is not None:
+                writer.write(rows)
+                continue
             for row in rows:
                 failed += row["status"] != "ok"
                 print(json.dumps(row), flush=True)
+        if writer is not None:
+            failed = writer.failed  # the kept rows' errors too
         if args.embeddings:
             _write_embeddings(Path(args.embeddings), embedded, excluded, recognizer.embedding_dim)
     if failed:

@@ -1,4 +1,4 @@
-"""Inference over many files: rows in input order, batches sorted by length, errors as rows.
+"""Inference over many files: rows as they are done, batches sorted by length, errors as rows.
 
 Every input file gives a row (:mod:`~s3prl_ser.inference.rows`): one ``file`` row, or
 ``window`` rows and a ``summary`` for a file longer than ``long_audio`` seconds (see
@@ -6,15 +6,19 @@ Every input file gives a row (:mod:`~s3prl_ser.inference.rows`): one ``file`` ro
 link loop, out of memory, ...), or is shorter than the model's minimum, gives one ``error`` row
 and the run goes on.
 
-Short files are read a batch at a time, in order of length (similar lengths pad little), and
-the rows are returned in input order. The progress bar counts seconds of audio, so its ETA
-holds whatever the mix of lengths.
+:func:`stream_files` gives the rows as they are done, a forward pass at a time, for writers that
+keep what is done when a run is killed (:class:`~s3prl_ser.inference.rows.RowWriter`): first
+the files whose header cannot be read, then the short files a batch at a time in order of length
+(similar lengths pad little), then each long file a batch of windows at a time and its summary
+(a long file that fails midway ends with an ``error`` row after the windows it had).
+:func:`predict_files` returns the same rows in input order. The progress bar counts seconds of
+audio, so its ETA holds whatever the mix of lengths.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +26,17 @@ from tqdm import tqdm
 
 from s3prl_ser.data.audio import SAMPLE_RATE, AudioError, AudioInfo, audio_info, is_silent, load_audio
 from s3prl_ser.inference.audio_input import collect_audio_files
-from s3prl_ser.inference.long_audio import AudioClassifier, predict_windows
+from s3prl_ser.inference.long_audio import AudioClassifier, stream_windows
 from s3prl_ser.inference.postprocess import check_classes, postprocess_row
 from s3prl_ser.inference.rows import error_row, prediction_row
 
-__all__ = ["READ_ERRORS", "predict_files"]
+__all__ = ["READ_ERRORS", "predict_files", "stream_files"]
 
 # What reading one file may raise; MemoryError too, so that one file cannot end the run.
 READ_ERRORS = (FileNotFoundError, AudioError, OSError, MemoryError)
+
+# (input index, row): a row and the position of its file among the inputs
+Indexed = tuple[int, dict[str, Any]]
 
 
 def _message(path: Path, error: BaseException) -> str:
@@ -40,7 +47,7 @@ def _message(path: Path, error: BaseException) -> str:
     return text if str(path) in text else f"{path}: {text}"
 
 
-def predict_files(
+def stream_files(
     recognizer: AudioClassifier,
     inputs: Iterable[str | os.PathLike],
     *,
@@ -52,8 +59,10 @@ def predict_files(
     embeddings: bool = False,
     classes: Sequence[str] | None = None,
     top_k: int | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Rows for every audio file of ``inputs`` (files, folders, list files), in input order.
+    skip: Callable[[str], bool] | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Rows for every audio file of ``inputs`` (files, folders, list files), a list at a time
+    as they are done (the order is in the module docstring); each file's rows are consecutive.
 
     Args:
         recognizer: the model.
@@ -66,31 +75,79 @@ def predict_files(
             a list of ``E`` floats (see :meth:`~s3prl_ser.inference.recognizer.EmotionRecognizer.embeddings`).
         classes, top_k: every row (windows and summaries too) over this subset of the classes,
             renormalised, and with a ``top_k`` field; see :func:`~s3prl_ser.inference.postprocess.postprocess_row`.
+        skip: files (their rows' ``file``) for which it is True are left out, unread (a resumed run's
+            finished files, :meth:`~s3prl_ser.inference.rows.RowWriter.finished`).
+
+    Raises:
+        ValueError: ``batch_size`` or ``top_k`` below 1, or unknown ``classes`` (before anything is read).
     """
+    _check(recognizer, batch_size, classes, top_k)
+    chunks = _stream(
+        recognizer,
+        collect_audio_files(inputs),
+        batch_size=batch_size,
+        long_audio=long_audio,
+        window=window,
+        hop=hop,
+        progress=progress,
+        embeddings=embeddings,
+        classes=classes,
+        top_k=top_k,
+        skip=skip,
+    )
+    return ([row for _, row in chunk] for chunk in chunks)
+
+
+def predict_files(
+    recognizer: AudioClassifier, inputs: Iterable[str | os.PathLike], **options: Any
+) -> list[dict[str, Any]]:
+    """The rows of :func:`stream_files` (same ``options``) in input order: each file's rows (its
+    ``file`` row, or its windows then its summary) where the file is among ``inputs``."""
+    _check(recognizer, options.get("batch_size", 8), options.get("classes"), options.get("top_k"))
+    indexed = [pair for chunk in _stream(recognizer, collect_audio_files(inputs), **options) for pair in chunk]
+    return [row for _, row in sorted(indexed, key=lambda pair: pair[0])]  # stable: a file's rows keep their order
+
+
+def _check(recognizer: AudioClassifier, batch_size: int, classes: Sequence[str] | None, top_k: int | None) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if classes is not None:
         check_classes(recognizer.class_names, classes)
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    files = collect_audio_files(inputs)
-    results: dict[int, list[dict[str, Any]]] = {}
+
+
+def _stream(
+    recognizer: AudioClassifier,
+    files: Sequence[Path],
+    *,
+    batch_size: int = 8,
+    long_audio: float = 60.0,
+    window: float = 8.0,
+    hop: float = 4.0,
+    progress: bool = False,
+    embeddings: bool = False,
+    classes: Sequence[str] | None = None,
+    top_k: int | None = None,
+    skip: Callable[[str], bool] | None = None,
+) -> Iterator[list[Indexed]]:
+    """:func:`stream_files`' rows, each with the index of its file in ``files``."""
+
+    def done(pairs: list[Indexed]) -> list[Indexed]:
+        return [(index, postprocess_row(row, classes, top_k)) for index, row in pairs]
+
     infos: dict[int, AudioInfo] = {}
     for index, path in enumerate(files):
+        if skip is not None and skip(str(path)):
+            continue
         try:
             info = audio_info(path)
         except READ_ERRORS as error:
-            results[index] = [error_row(path, _message(path, error))]
+            yield done([(index, error_row(path, _message(path, error)))])
             continue
-        samples = info.samples
-        if samples < recognizer.min_samples:
-            results[index] = [
-                error_row(
-                    path,
-                    f"{path}: too short: {samples} samples at {SAMPLE_RATE} Hz, the model needs {recognizer.min_samples}",
-                    info.seconds,
-                )
-            ]
+        if info.samples < recognizer.min_samples:
+            message = f"{path}: too short: {info.samples} samples at {SAMPLE_RATE} Hz, the model needs {recognizer.min_samples}"
+            yield done([(index, error_row(path, message, info.seconds))])
             continue
         infos[index] = info
     short = sorted((i for i in infos if infos[i].seconds <= long_audio), key=lambda i: infos[i].frames)
@@ -99,41 +156,39 @@ def predict_files(
     try:
         for first in range(0, len(short), batch_size):
             batch = short[first : first + batch_size]
-            for index, rows in _predict_batch(recognizer, [(i, files[i], infos[i]) for i in batch], embeddings):
-                results[index] = rows
+            yield done(_predict_batch(recognizer, [(i, files[i], infos[i]) for i in batch], embeddings))
             bar.update(round(sum(infos[i].seconds for i in batch), 2))
         for index in long:
+            path = files[index]
             try:
-                results[index] = predict_windows(
+                for rows in stream_windows(
                     recognizer,
-                    files[index],
+                    path,
                     window=window,
                     hop=hop,
                     batch_size=batch_size,
                     info=infos[index],
                     on_window=lambda seconds: bar.update(round(seconds, 2)),
-                )
-                for row in results[index]:
-                    row.setdefault("error", "")
+                    classes=classes,
+                    top_k=top_k,
+                ):
+                    yield [(index, {**row, "error": row.get("error", "")}) for row in rows]
             except READ_ERRORS as error:
-                results[index] = [error_row(files[index], _message(files[index], error), infos[index].seconds)]
+                yield done([(index, error_row(path, _message(path, error), infos[index].seconds))])
     finally:
         bar.close()
-    for index in range(len(files)):
-        for row in results[index]:
-            yield postprocess_row(row, classes, top_k)
 
 
 def _predict_batch(
     recognizer: AudioClassifier, batch: Sequence[tuple[int, Path, AudioInfo]], embeddings: bool = False
-) -> list[tuple[int, list[dict[str, Any]]]]:
-    out: list[tuple[int, list[dict[str, Any]]]] = []
+) -> list[Indexed]:
+    out: list[Indexed] = []
     readable = []
     for index, path, info in batch:
         try:
             readable.append((index, path, load_audio(path, min_samples=recognizer.min_samples)))
         except READ_ERRORS as error:
-            out.append((index, [error_row(path, _message(path, error), info.seconds)]))
+            out.append((index, error_row(path, _message(path, error), info.seconds)))
     if readable:
         wavs = [wav for _, _, wav in readable]
         # one forward pass gives both; embeddings cost nothing more
@@ -154,5 +209,5 @@ def _predict_batch(
             )
             if vectors is not None:
                 row["embedding"] = vectors[position].tolist()
-            out.append((index, [row]))
+            out.append((index, row))
     return out

@@ -6,6 +6,10 @@ below :data:`~s3prl_ser.data.audio.SILENCE_DBFS`: do not read an emotion into it
 ``error`` (the message), ``label`` and ``probabilities`` (``{class: p}``, empty for an error).
 Every prediction the project prints or writes goes through :func:`prediction_row`: the files
 and long-audio rows here, and s3prl's ``run_downstream.py -m inference`` line.
+
+:class:`RowWriter` writes rows as they are done, a batch at a time, each batch's lines durable
+before the next is predicted, and resumes a killed run's output: a file's rows are complete once
+its last row (a segment of :data:`FINAL_SEGMENTS`) is written.
 """
 
 from __future__ import annotations
@@ -13,16 +17,31 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-from s3prl_ser.fileio import atomic_write
+from s3prl_ser.fileio import atomic_write_bytes
 
-__all__ = ["prediction_row", "error_row", "csv_columns", "csv_cell", "write_rows"]
+__all__ = [
+    "FINAL_SEGMENTS",
+    "RowWriter",
+    "prediction_row",
+    "error_row",
+    "csv_columns",
+    "csv_cell",
+    "write_rows",
+]
+
+logger = logging.getLogger(__name__)
+
+# The segments that end a file's rows: its one ``file`` row (``ok`` or ``error``), or the
+# ``summary`` after its windows. A file without one in an output was cut short by a kill.
+FINAL_SEGMENTS = frozenset({"file", "summary"})
 
 
 def prediction_row(class_names: Sequence[str], probabilities: torch.Tensor, **fields: Any) -> dict[str, Any]:
@@ -89,46 +108,195 @@ def _flat(row: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
 
 def csv_cell(value: Any) -> Any:
     """A CSV cell that no spreadsheet reads as a formula: text starting with ``=``, ``+``, ``-``,
-    ``@``, a tab or a carriage return (a file or label name) gets a leading ``'``.
+    ``@``, a tab or a carriage return (a file or label name) gets a leading ``'``; so does text
+    starting with ``'``, so that the cell names its text exactly (drop one leading ``'`` to read it).
 
     Example:
-        >>> [csv_cell(v) for v in ("=HYPERLINK(1)", "-x.wav", "ang", 0.5)]
-        ["'=HYPERLINK(1)", "'-x.wav", 'ang', 0.5]
+        >>> [csv_cell(v) for v in ("=HYPERLINK(1)", "-x.wav", "'=a.wav", "ang", 0.5)]
+        ["'=HYPERLINK(1)", "'-x.wav", "''=a.wav", 'ang', 0.5]
     """
-    return f"'{value}" if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")) else value
+    return f"'{value}" if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r", "'")) else value
 
 
 def write_rows(
     rows: Iterable[dict[str, Any]], output: str | os.PathLike, class_names: Sequence[str], top_k: int = 0
 ) -> int:
-    """Write rows to ``output`` (``.csv`` or ``.jsonl``) atomically; return how many had errors.
+    """Write rows to a new ``output`` (``.csv`` or ``.jsonl``), a line at a time as ``rows``
+    gives them (see :class:`RowWriter`); return how many had errors.
     ``top_k``: the CSV's ``top<i>_label``/``top<i>_score`` columns (rows' ``top_k`` fields).
 
     Raises:
         ValueError: another extension.
     """
-    output = Path(output)
-    suffix = output.suffix.lower()
-    if suffix not in (".csv", ".jsonl"):
-        raise ValueError(f"{output}: the output must end in .csv or .jsonl")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    failed = 0
-
-    def write(binary: IO[bytes]) -> None:
-        nonlocal failed
-        handle = io.TextIOWrapper(binary, encoding="utf-8", newline="")
-        writer = None
-        if suffix == ".csv":
-            writer = csv.DictWriter(handle, fieldnames=csv_columns(class_names, top_k))
-            writer.writeheader()
+    with RowWriter(output, class_names, top_k) as writer:
         for row in rows:
-            failed += row["status"] != "ok"
-            if writer is not None:
-                writer.writerow({key: csv_cell(value) for key, value in _flat(row, class_names).items()})
-            else:
-                handle.write(json.dumps(row) + "\n")
-        handle.flush()
-        handle.detach()  # leaves ``binary`` open: atomic_write syncs and closes it
+            writer.write([row])
+    return writer.failed
 
-    atomic_write(output, write)
-    return failed
+
+class RowWriter:
+    """Rows appended to a ``.csv`` or ``.jsonl`` file as they are done; a killed run leaves every
+    row written before the kill.
+
+    Each :meth:`write` appends its rows' complete lines (a file's row, a batch's rows) with one
+    ``os.write``, then ``fsync``s them: the file grows a batch at a time, and what a batch wrote is
+    on disk before the next is predicted. A new output appears whole (its CSV header, or an empty
+    JSONL file, renamed into place), replacing any earlier file. A kill inside a write's system
+    call can leave a last line without its line end (readers of a live file may see one too);
+    ``resume`` drops it.
+
+    ``resume=True`` keeps an existing output's rows (none yet: a new file): those of the files
+    whose rows end with a segment of :data:`FINAL_SEGMENTS`; the rows of a file cut short (windows
+    without a summary) and a cut last line are removed (the kept rows renamed into place), and
+    :meth:`finished` names the kept files, which the run then skips. ``failed`` counts error rows,
+    the kept ones included.
+
+    Raises:
+        ValueError: ``output`` does not end in ``.csv`` or ``.jsonl``; with ``resume``, the existing
+            output's columns (CSV) or rows' classes and ``top_k`` field (JSONL) are not this run's,
+            or a line is not a row of this format (the message names the file and line).
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "rows.jsonl"
+        >>> row = {"file": "a.wav", "segment": "file", "status": "ok", "probabilities": {"neu": 0.25, "ang": 0.75}}
+        >>> with RowWriter(out, ["neu", "ang"]) as writer:
+        ...     writer.write([row])
+        >>> with RowWriter(out, ["neu", "ang"], resume=True) as writer:
+        ...     writer.finished("a.wav"), writer.finished("b.wav")
+        (True, False)
+    """
+
+    def __init__(
+        self, output: str | os.PathLike, class_names: Sequence[str], top_k: int = 0, *, resume: bool = False
+    ) -> None:
+        self.path = Path(output)
+        self.format = self.path.suffix.lower()
+        if self.format not in (".csv", ".jsonl"):
+            raise ValueError(f"{self.path}: the output must end in .csv or .jsonl")
+        self.class_names = list(class_names)
+        self.top_k = top_k
+        self.columns = csv_columns(class_names, top_k)
+        self.failed = 0
+        self._finished: set[str] = set()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = self._resume() if resume and self.path.is_file() else None
+        if kept is None:
+            atomic_write_bytes(self.path, self._header())
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+
+    def finished(self, file: str) -> bool:
+        """Whether ``file`` (a row's ``file``) has all its rows in the resumed output."""
+        return (csv_cell(file) if self.format == ".csv" else file) in self._finished
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Append ``rows`` (complete lines, one system call) and make them durable."""
+        if not rows:
+            return
+        self.failed += sum(row["status"] != "ok" for row in rows)
+        data = self._lines(rows)
+        while data:  # a regular file takes it all in one call, unless the disk is full (OSError)
+            data = data[os.write(self._fd, data) :]
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Close the file (every :meth:`write` is on disk already)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _header(self) -> bytes:
+        return self._csv_lines([self.columns]) if self.format == ".csv" else b""
+
+    def _lines(self, rows: Sequence[dict[str, Any]]) -> bytes:
+        if self.format == ".jsonl":
+            return "".join(json.dumps(row) + "\n" for row in rows).encode("utf-8")
+        flat = [_flat(row, self.class_names) for row in rows]
+        return self._csv_lines([[csv_cell(row.get(column, "")) for column in self.columns] for row in flat])
+
+    @staticmethod
+    def _csv_lines(records: Iterable[Sequence[Any]]) -> bytes:
+        text = io.StringIO()
+        csv.writer(text, lineterminator="\r\n").writerows(records)
+        return text.getvalue().encode("utf-8")
+
+    def _resume(self) -> bytes | None:
+        """Keep the finished files' rows of the existing output (see the class docstring);
+        ``None`` if it holds no line."""
+        data = self.path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1]  # a last line without its end was cut by a kill
+        try:
+            text = whole.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{self.path}: not a UTF-8 text file of rows ({error})") from error
+        if not text:
+            return None
+        rows = self._read_csv(text) if self.format == ".csv" else self._read_jsonl(text)
+        self._finished = {row["file"] for _, row in rows if row["segment"] in FINAL_SEGMENTS}
+        kept = [(line, row) for line, row in rows if row["file"] in self._finished]
+        self.failed = sum(row["status"] != "ok" for _, row in kept)
+        content = self._header() + b"".join(line for line, _ in kept)
+        if content != data:
+            atomic_write_bytes(self.path, content)
+        logger.info(
+            "%s: resuming with the rows of %d finished file(s); %d row(s) of files cut short and %d cut byte(s) dropped",
+            self.path,
+            len(self._finished),
+            len(rows) - len(kept),
+            len(data) - len(whole),
+        )
+        return content
+
+    def _read_csv(self, text: str) -> list[tuple[bytes, dict[str, str]]]:
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        header = next(reader)
+        if header != self.columns:
+            missing = [c for c in self.columns if c not in header]
+            extra = [c for c in header if c not in self.columns]
+            raise ValueError(
+                f"{self.path}: its columns are not this run's (missing: {', '.join(missing) or '-'}; "
+                f"not expected: {', '.join(extra) or '-'}, or another order): --resume needs the same "
+                "model classes, --classes and --top-k; or write to a new --output"
+            )
+        rows = []
+        while True:
+            line = reader.line_num + 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                return rows
+            except csv.Error as error:
+                if str(error) == "unexpected end of data":  # a last row cut inside a quoted cell
+                    return rows
+                raise ValueError(f"{self.path}: line {line}: not a CSV row ({error})") from error
+            if len(record) != len(header):
+                raise ValueError(f"{self.path}: line {line}: {len(record)} cells, the header has {len(header)}")
+            rows.append((self._csv_lines([record]), dict(zip(header, record))))
+
+    def _read_jsonl(self, text: str) -> list[tuple[bytes, dict[str, Any]]]:
+        rows = []
+        expected_top = min(self.top_k, len(self.class_names))
+        for number, line in enumerate((line + "\n" for line in text.split("\n")[:-1]), 1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{self.path}: line {number}: not a JSON row ({error})") from error
+            if not (isinstance(row, dict) and {"file", "segment", "status", "probabilities"} <= row.keys()):
+                raise ValueError(f"{self.path}: line {number}: not a row (file, segment, status, probabilities)")
+            if row["status"] == "ok" and list(row["probabilities"]) != self.class_names:
+                raise ValueError(
+                    f"{self.path}: line {number}: its classes {', '.join(row['probabilities'])} are not this run's "
+                    f"({', '.join(self.class_names)}): --resume needs the same model and --classes"
+                )
+            if ("top_k" in row) != (self.top_k > 0) or (
+                row["status"] == "ok" and self.top_k and len(row["top_k"]) != expected_top
+            ):
+                raise ValueError(f"{self.path}: line {number}: its top_k field is not this run's --top-k {self.top_k}")
+            rows.append((line.encode("utf-8"), row))
+        return rows
