@@ -155,6 +155,11 @@ def test_score_command(iemocap_model, crema, tmp_path, capsys):
     main([str(iemocap_model[1]), "--root", corpus.root, "--meta-data", corpus.meta_data, "-o", str(tmp_path), "-q"])
     assert "| 16 |" in capsys.readouterr().out
     assert json.loads((tmp_path / "score.json").read_text())["utterances"]["scored"] == 16
+    cv_dir = str(iemocap_model[0].parent)
+    with pytest.raises(
+        SystemExit, match=r"error: .* is a cross-validation directory \(folds fold1\): choose one with --fold"
+    ):
+        main([cv_dir, "--root", corpus.root, "--meta-data", corpus.meta_data, "-o", str(tmp_path)])
     with pytest.raises(SystemExit, match="error: .*is a model directory: it has no folds"):
         main(
             [

@@ -189,7 +189,13 @@ class LabelMap:
 @dataclass(frozen=True)
 class LabelMapFile:
     """A parsed map file: ``corpora`` (normalised corpus name -> label -> common class or None)
-    and ``pairs`` ((model corpus, scored corpus) normalised -> label -> model class or None)."""
+    and ``pairs`` ((model corpus, scored corpus) normalised -> label -> model class or None).
+
+    Example:
+        >>> file = LabelMapFile("maps.yaml", {"mycorpus": {"calm": "neutral", "furious": "angry"}}, {})
+        >>> resolve_label_map("IEMOCAP", ["neu", "ang"], "MyCorpus", ["calm", "furious", "bored"], file).dropped_labels
+        ('bored',)
+    """
 
     path: str
     corpora: dict[str, dict[str, str | None]]

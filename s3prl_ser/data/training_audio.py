@@ -77,8 +77,8 @@ def path_key(root: str | os.PathLike, item: dict) -> str:
     """An item's resolved-path key: ``realpath(root / path)``, its segment and channel.
 
     Example:
-        >>> path_key("/corpus/a/..", {"path": "b.wav", "start": 1.0, "end": 2.0})
-        '/corpus/b.wav@1-2'
+        >>> path_key("/corpus/a/..", {"path": "b.wav", "start": 1.0, "end": 2.5})
+        '/corpus/b.wav@1-2.5'
     """
     return utterance_key({**item, "path": os.path.realpath(Path(root) / item["path"])})
 

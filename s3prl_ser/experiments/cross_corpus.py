@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -54,11 +54,15 @@ from s3prl_ser.data.training_audio import (
     digest_key,
     path_key,
 )
+from s3prl_ser.experiments.launch import RunRequest
 from s3prl_ser.fileio import atomic_write_text, read_json, safe_torch_load
 from s3prl_ser.markdown import markdown_table
 from s3prl_ser.training.cv_report import plot_confusion
 from s3prl_ser.training.metrics import classification_report
 from s3prl_ser.training.run_dir import RunDir
+
+if TYPE_CHECKING:  # the recognizer builds upstreams: imported when a model is loaded
+    from s3prl_ser.inference.recognizer import EmotionRecognizer
 
 __all__ = [
     "SPLITS",
@@ -102,9 +106,14 @@ class ScoringModel:
         corpus: the training corpus's name (from its protocol or training-audio record).
         training: its training audio, or None when a model directory records none.
         identity: a digest naming this very model (the matrix reuses cells scored with it).
+
+    Example:
+        >>> model = ScoringModel(None, "models/fold1", "fold", "IEMOCAP", None, "c0ffee")
+        >>> model.kind, model.training is None
+        ('fold', True)
     """
 
-    recognizer: Any
+    recognizer: EmotionRecognizer
     source: str
     kind: str
     corpus: str
@@ -146,6 +155,12 @@ def load_scoring_model(path: str | os.PathLike, fold: str | None = None, device:
     run = path / fold if fold is not None else path
     if not run.exists():
         raise FileNotFoundError(f"no model at {run}")
+    if run.is_dir() and not RunDir(run).is_finished():
+        folds = sorted(child.name for child in run.iterdir() if RunDir(child).is_finished())
+        if folds:
+            raise ConfigError(
+                f"{run} is a cross-validation directory (folds {', '.join(folds)}): choose one with --fold"
+            )
     checkpoint = resolve_checkpoint(run)
     recognizer = EmotionRecognizer.from_checkpoint(checkpoint, device)
     training = checkpoint_training_audio(checkpoint)
@@ -173,8 +188,13 @@ class Corpus:
 
 @dataclass(frozen=True)
 class EvaluationSet:
-    """The utterances to score: ``items`` (each once, by utterance key), the corpus's
-    ``labels`` and ``name``, and a ``description`` of the selection."""
+    """The utterances to score: ``items`` (each once, by utterance key, paths relative to
+    ``root``), the corpus's ``labels`` and ``name``, and a ``description`` of the selection.
+
+    Example:
+        >>> EvaluationSet("toy", ["a"], [{"path": "u.wav", "label": "a"}], "every utterance", "/corpus").items[0]["label"]
+        'a'
+    """
 
     name: str
     labels: list[str]
@@ -457,7 +477,7 @@ def _in_corpus(summary: dict[str, Any]) -> dict[str, Any]:
 def cross_corpus_matrix(
     out: str | os.PathLike,
     corpora: Sequence[MatrixCorpus],
-    request: Any,
+    request: RunRequest,
     *,
     folds: Sequence[str] | None = None,
     model: str = "deploy",
