@@ -187,22 +187,32 @@ def test_fused_models_are_refused_with_the_reason(mini_corpus, mini_meta, tiny_u
         export_onnx(EmotionRecognizer.from_pretrained(run), tmp_path / "model.onnx")
 
 
-@pytest.mark.parametrize(("arch", "normalize"), [("hubert", True), ("wav2vec2", False), ("wav2vec2", True)])
-def test_full_graph_matches_pytorch_for_tiny_upstreams(arch, normalize, tiny_upstreams, tmp_path, one_thread):
-    """Both families, with and without the task's waveform normalisation (HuBERT Large's and
-    wav2vec 2.0 Large's setting): s3prl layer-norms each unpadded clip; the graph does it over
-    the valid samples of the padded batch."""
+LARGE = {"extractor_mode": "layer_norm", "layer_norm_first": True, "conv_bias": True}  # wav2vec 2.0 / HuBERT Large
+
+
+@pytest.mark.parametrize(
+    ("arch", "normalize", "large"), [("hubert", True, False), ("wav2vec2", False, False), ("wav2vec2", True, True)]
+)
+def test_full_graph_matches_pytorch_for_tiny_upstreams(arch, normalize, large, tiny_upstreams, tmp_path, one_thread):
+    """Both families, Base's GroupNorm feature encoder and Large's LayerNorm one (with
+    pre-norm layers), with and without the task's waveform normalisation (the Large models'
+    setting): s3prl layer-norms each unpadded clip; the graph does it over the valid samples
+    of the padded batch."""
     from s3prl_ser.fileio import atomic_torch_save, safe_torch_load
     from s3prl_ser.inference import RecognizerMember
     from s3prl_ser.models.fusion import EmotionClassifier
+    from s3prl_ser.toy.tiny_upstream import write_tiny_upstream
     from s3prl_ser.upstreams.build import build_upstream
     from s3prl_ser.upstreams.multi_upstream import build_featurizer
 
-    state = safe_torch_load(tiny_upstreams[arch])
+    source = write_tiny_upstream(arch, tmp_path / "large.pt", model_overrides=LARGE) if large else tiny_upstreams[arch]
+    state = safe_torch_load(source)
     state["task_cfg"] = dict(state["task_cfg"], normalize=normalize)
     atomic_torch_save(state, tmp_path / "tiny.pt")
     upstream = build_upstream(f"{arch}_local", str(tmp_path / "tiny.pt"))
     assert (upstream.task_cfg.normalize if arch == "hubert" else upstream.wav_normalize) is normalize
+    group_norms = [m for m in upstream.model.feature_extractor.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert bool(group_norms) is not large
     featurizer = build_featurizer(upstream, "hidden_states", None, "cpu", False)
     torch.manual_seed(0)
     head = EmotionClassifier(
