@@ -389,6 +389,7 @@ class DownstreamExpert(nn.Module):
             for kind in kinds:
                 lines = [f"{f} {e}\n" for f, e in zip(records["filename"], records[kind])]
                 atomic_write_text(self.output_dir / f"{mode}_{self.fold}_{kind}.txt", "".join(lines))
+            metrics.setdefault("num_utterances", len(records["filename"]))  # attributes only: no report gave it
             metrics.update(step=global_step, fold=self.fold, loss=loss, corpus=self._corpus_record())
             if not self.targets.is_categorical_only:  # a categorical run's file stays as it was
                 metrics.update(targets=self.targets.to_dict(), attribute_scale=self._scale_record())

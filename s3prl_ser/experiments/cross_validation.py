@@ -1,6 +1,7 @@
 """Cross-validation: one run per fold (each a normal ``run_downstream.py`` experiment in
 ``<expdir>/<fold>``), reused when finished with the same settings, resumed when killed, then
-summarized into ``results.md``, ``results.json`` and ``confusion.png``.
+summarized into ``results.md``, ``results.json`` and ``confusion.png`` (with attributes: a
+``scatter_<attribute>.png`` each, over all folds' test predictions).
 
 Folds run one after the other in this process, or in single-thread worker processes
 (:func:`train_in_workers`), or as independent jobs (one ``run_downstream.py`` training per
@@ -22,13 +23,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from s3prl_ser.config import ConfigError
 from s3prl_ser.data.folds import FOLDS, check_fold
 from s3prl_ser.experiments.launch import RunRequest, launch, requested_run
 from s3prl_ser.fileio import read_json
-from s3prl_ser.training.cv_report import summarize, write_report
+from s3prl_ser.training.cv_report import fold_headline, read_attribute_predictions, summarize, write_report
 from s3prl_ser.training.run_dir import FINAL_RECORD, NO_IDENTITY, RunDir
 from s3prl_ser.training.run_identity import describe, run_identity
 from s3prl_ser.training.run_lock import DirectoryInUseError, check_free, leader_lock
@@ -228,7 +230,7 @@ def train_in_workers(runs: Sequence[FoldRun], workers: int) -> dict[FoldRun, dic
                     left = (time.monotonic() - start) / done * (len(pending) - done)
                     logger.info(
                         f"[cross_validate] - {done}/{len(pending)} folds done, about {left / 60:.0f} min left; "
-                        f"{run.fold_dir}: UA {100 * metrics['ua']:.2f} (log: {WORKER_LOG})"
+                        f"{run.fold_dir}: {fold_headline(metrics)} (log: {WORKER_LOG})"
                     )
     return results
 
@@ -281,10 +283,26 @@ def cross_validate(
 
 def _write_summary(fold_metrics: dict[str, dict], expdir: Path, title: str | None) -> dict:
     """Summarize the folds' test metrics into ``expdir``'s results; the summary."""
-    summary = summarize(fold_metrics)
-    paths = write_report(summary, expdir, title or expdir.name)
-    logger.info(f"[cross_validate] - results: {paths['md']}, {paths['json']}, {paths['png']}")
+    points = _attribute_points(fold_metrics, expdir)
+    summary = summarize(fold_metrics, points)
+    paths = write_report(summary, expdir, title or expdir.name, points)
+    logger.info(f"[cross_validate] - results: {', '.join(str(path) for path in paths.values())}")
     return summary
+
+
+def _attribute_points(fold_metrics: dict[str, dict], expdir: Path) -> dict:
+    """Every fold's test predictions of each attribute (``expdir/<fold>/test_<fold>_attributes.csv``,
+    as the fold's metrics name it), pooled: ``{name: (N, 2) [true, predicted]}``; ``{}`` without attributes."""
+    pooled: dict[str, list] = {}
+    for fold, metrics in sorted(fold_metrics.items()):
+        if not metrics.get("attribute_predictions"):
+            continue
+        points = read_attribute_predictions(
+            expdir / fold / metrics["attribute_predictions"], list(metrics["attributes"])
+        )
+        for name, pairs in points.items():
+            pooled.setdefault(name, []).append(pairs)
+    return {name: np.concatenate(parts) for name, parts in pooled.items()}
 
 
 def report(
