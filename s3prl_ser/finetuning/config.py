@@ -16,8 +16,9 @@ from s3prl_ser.config import ConfigError, check_fp16, check_int
 from s3prl_ser.data.fold_data import SPLITS
 from s3prl_ser.models.text_encoder import FEATURE_SELECTIONS
 from s3prl_ser.training.loop import Schedule
+from s3prl_ser.training.targets import LossSpec, TargetSpec
 
-__all__ = ["DEFAULT_CONFIG", "BUILTIN_CONFIG", "validate_config"]
+__all__ = ["DEFAULT_CONFIG", "BUILTIN_CONFIG", "validate_config", "config_targets"]
 
 DEFAULT_CONFIG = Path(__file__).with_name("config.yaml")
 """Every key of stage 1's config with its default (package data)."""
@@ -29,6 +30,19 @@ def _positive_int(config: Mapping[str, Any], section: str, key: str, minimum: in
     check_int(config[section][key], f"config.{section}.{key}", minimum)
 
 
+def config_targets(config: Mapping[str, Any]) -> tuple[TargetSpec, LossSpec]:
+    """What the head learns (``config.targets``) and the cross-entropy's options (``config.loss``),
+    checked together.
+
+    Raises:
+        ConfigError: naming the bad key of either section.
+    """
+    targets = TargetSpec.from_config(config["targets"], "config.targets")
+    loss = LossSpec.from_config(config["loss"], "config.loss")
+    loss.check_targets(targets, "config.loss")
+    return targets, loss
+
+
 def validate_config(config: Mapping[str, Any], device: str) -> None:
     """Check the values of a loaded and overridden config for ``--device device``.
 
@@ -36,6 +50,7 @@ def validate_config(config: Mapping[str, Any], device: str) -> None:
         ConfigError: naming the first bad value and what it must be.
     """
     Schedule.from_runner(config["runner"])  # the loop's own checks of the runner section
+    config_targets(config)
     _positive_int(config, "scheduler", "warmup_steps", minimum=0)
     _positive_int(config, "upstream", "freeze_transformer_steps", minimum=0)
     _positive_int(config, "checkpoint_averaging", "best_k")

@@ -1,7 +1,8 @@
 """One fold end to end: fine-tune (or resume), export the k best (averaged), test once, record.
 
 The test split is scored exactly once, on the exported model, after everything it could
-influence is fixed; its numbers go to the metadata only.
+influence is fixed; its numbers go to the metadata only. The metadata, every kept checkpoint
+and the export record what the head predicts (``targets``, and each attribute's scale).
 """
 
 from __future__ import annotations
@@ -15,10 +16,17 @@ from s3prl_ser.data.fold_data import load_fold_data
 from s3prl_ser.data.folds import fold_session
 from s3prl_ser.data.protocol import FT_METADATA, PROTOCOL_KEY, check_fine_tuned
 from s3prl_ser.fileio import read_json, safe_torch_load
+from s3prl_ser.finetuning.config import config_targets
 from s3prl_ser.finetuning.hub_entries import FT_CHECKPOINT, LOADER_KEY
 from s3prl_ser.finetuning.model import FineTuneModel, TextFineTuneModel, configure_feature_encoder
 from s3prl_ser.finetuning.trainer import FoldTrainer
-from s3prl_ser.finetuning.upstream_checkpoint import export_fold, read_base_fields, write_metadata
+from s3prl_ser.finetuning.upstream_checkpoint import (
+    ATTRIBUTE_SCALE_KEY,
+    TARGETS_KEY,
+    export_fold,
+    read_base_fields,
+    write_metadata,
+)
 from s3prl_ser.models.text_encoder import TextEncoder, load_transcripts
 from s3prl_ser.training.distributed import Distributed
 from s3prl_ser.training.run_identity import describe, significant_differences
@@ -52,7 +60,7 @@ def exported_metadata(fold_dir: Path, requested: Mapping[str, Any] | None = None
 
 
 def _text_model(
-    encoder_dir: str | None, config: Mapping[str, Any], data: Any, device: str
+    encoder_dir: str | None, config: Mapping[str, Any], num_outputs: int, device: str
 ) -> tuple[TextFineTuneModel, dict[str, Any], Path]:
     """The text fine-tuning model and the configs its checkpoints carry (for averaging checks)."""
     if encoder_dir is None:
@@ -64,7 +72,7 @@ def _text_model(
         encoder,
         load_transcripts(source),
         str(source),
-        len(data.class_names),
+        num_outputs,
         config["upstream"]["feature_selection"],
         device,
     )
@@ -102,20 +110,31 @@ def run_fold(
     """
     fold_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
-    data = load_fold_data(config["datarc"], fold, read_audio=upstream_name != TEXT)
+    targets, loss = config_targets(config)
+    data = load_fold_data(config["datarc"], fold, read_audio=upstream_name != TEXT, **targets.fold_data_options())
+    # One linear head: C class logits (none without categories), then A attribute predictions.
+    class_names = list(data.class_names) if targets.categories else []
+    num_outputs = len(class_names) + targets.num_attributes
     if upstream_name == TEXT:
         if upstream_ckpt is not None:
             check_fine_tuned(upstream_ckpt, data.protocol)  # e.g. another fold's text export
-        model, base_fields, base_file = _text_model(upstream_ckpt, config, data, device)
+        model, base_fields, base_file = _text_model(upstream_ckpt, config, num_outputs, device)
         loader = TEXT
     else:
         loaded = load_upstream(upstream_name, upstream_ckpt, data.protocol)
         loader = export_loader(loaded)
         base_fields, base_file = read_base_fields(loaded.source_file), loaded.source_file
         configure_feature_encoder(loaded.expert, config["upstream"]["freeze_feature_encoder"])
-        model = FineTuneModel(loaded.expert, len(data.class_names), config["upstream"]["feature_selection"], device)
-    # Every checkpoint of the fold carries what it was trained on: the fold guard reads it.
-    stamp = {PROTOCOL_KEY: data.protocol.to_dict(), LOADER_KEY: loader}
+        model = FineTuneModel(loaded.expert, num_outputs, config["upstream"]["feature_selection"], device)
+    attribute_scale = {name: list(data.attribute_scale[name]) for name in targets.attributes}
+    # Every checkpoint of the fold carries what it was trained on (the fold guard reads it) and
+    # what its head predicts.
+    stamp = {
+        PROTOCOL_KEY: data.protocol.to_dict(),
+        LOADER_KEY: loader,
+        TARGETS_KEY: targets.to_dict(),
+        ATTRIBUTE_SCALE_KEY: attribute_scale,
+    }
     # The schedule (config.runner) may change on resume, e.g. to train longer; nothing else may,
     # nor the accumulation, since the saved position counts micro-batches.
     identity = {
@@ -133,6 +152,8 @@ def run_fold(
         data,
         config,
         fold_dir,
+        targets=targets,
+        loss=loss,
         base_fields={**base_fields, **stamp},
         identity=identity,
         device=device,
@@ -157,7 +178,9 @@ def run_fold(
             "fold": fold,
             "test_session": fold_session(fold),
             "protocol": data.protocol.to_dict(),
-            "class_names": data.class_names,
+            "class_names": class_names,
+            "targets": targets.to_dict(),
+            "attribute_scale": attribute_scale,
             "split_sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
             "config": config,
             "seed": seed,
@@ -176,9 +199,9 @@ def _export_and_test(
 ) -> dict[str, Any]:
     """Export the run's k best (averaged) or its best to ``out_dir``, score the test split once on
     the file as written, and record both in ``out_dir/upstream.json``."""
-    model, config, data = trainer.model, trainer.config, trainer.data
+    model, config = trainer.model, trainer.config
     export = export_fold(
-        trainer.fold_dir, config["checkpoint_averaging"]["best_k"], average, data.class_names, stamp, out_dir
+        trainer.fold_dir, config["checkpoint_averaging"]["best_k"], average, trainer.class_names, stamp, out_dir
     )
     # Score the file as written, so the reported numbers belong to the exported model.
     exported = safe_torch_load(export.path)
@@ -189,16 +212,17 @@ def _export_and_test(
         encoder.config.update({PROTOCOL_KEY: stamp[PROTOCOL_KEY]})  # the fold guard reads config.json
         encoder.save_pretrained(str(out_dir / "text_encoder"))
         model.upstream.tokenizer.save_pretrained(str(out_dir / "text_encoder"))
-    report, loss = trainer.evaluate("test")
+    evaluation = trainer.evaluate("test")
     trainer.log(
         f"test of the exported model in {out_dir} ({'average of' if export.averaged else 'best of'} steps "
-        f"{[e.step for e in export.entries]}): wa {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}"
+        f"{[e.step for e in export.entries]}): {evaluation.summary()}"
     )
+    selected_by = f"dev_{trainer.targets.selection_metric}"  # dev_wa by default
     record = {
         **provenance,
         "averaged": export.averaged,
-        "checkpoints": [{"step": e.step, "dev_wa": e.score, "file": e.name} for e in export.entries],
-        "test": dict(report.to_dict(), loss=loss),
+        "checkpoints": [{"step": e.step, selected_by: e.score, "file": e.name} for e in export.entries],
+        "test": evaluation.to_dict(),
     }
     write_metadata(out_dir, record)
     return record

@@ -1,12 +1,16 @@
 """The fine-tuning models of paper Figure 2: upstream -> features -> masked mean -> linear.
 
+The linear layer has one row per output: C class logits, then A normalised attribute
+predictions when the run learns attributes (:func:`~s3prl_ser.models.fusion.split_outputs`;
+C = 0 without categories), so one head serves categories, attributes or both.
+
 Speech (:class:`FineTuneModel`) and text (:class:`TextFineTuneModel`) share what the trainer
 relies on, so one loop serves both modalities:
 
 * ``upstream``: trained at ``upstream_lr``; ``upstream.model`` is what the checkpoints'
   ``model_weight`` holds and the export writes;
 * ``head``: the layer selection and the classifier, trained at ``head_lr`` (``ft_head``);
-* ``forward(wavs, names, train_upstream) -> (B, C) logits`` over a raw batch of the fold's
+* ``forward(wavs, names, train_upstream) -> (B, C + A) outputs`` over a raw batch of the fold's
   datasets: the only modality-specific step.
 """
 
@@ -53,31 +57,31 @@ def configure_feature_encoder(upstream: nn.Module, freeze: bool) -> None:
 
 
 class FineTuneModel(nn.Module):
-    """An s3prl upstream trained jointly with masked mean pooling and a linear classifier.
+    """An s3prl upstream trained jointly with masked mean pooling and a linear head.
 
     ``head`` holds everything but the upstream: s3prl's ``Featurizer`` (whose layer weights are
     trained when ``feature_selection`` is ``hidden_states``) and the classifier.
 
     Args:
         upstream: an s3prl upstream expert (``upstream(wavs)`` -> dict of features).
-        num_classes: C.
+        num_outputs: C + A (class logits, then attribute predictions).
         feature_selection: ``last_hidden_state`` or ``hidden_states`` (weighted sum of layers).
         device: where the model lives (the Featurizer probes the upstream there once to learn
             its output size).
     """
 
-    def __init__(self, upstream: nn.Module, num_classes: int, feature_selection: str, device: str) -> None:
+    def __init__(self, upstream: nn.Module, num_outputs: int, feature_selection: str, device: str) -> None:
         super().__init__()
         self.upstream = upstream.to(device)
         log_featurizer_notes()  # its construction notes as log records, not stderr prints
         featurizer = Featurizer(self.upstream, feature_selection=feature_selection, upstream_device=device)
-        classifier = UtteranceClassifier(featurizer.output_dim, num_classes, aggregator="mean")
+        classifier = UtteranceClassifier(featurizer.output_dim, num_outputs, aggregator="mean")
         self.head = nn.ModuleDict({"featurizer": featurizer, "classifier": classifier}).to(device)
 
     def forward(
         self, wavs: Sequence[np.ndarray | Tensor], names: Sequence[str] = (), train_upstream: bool = True
     ) -> Tensor:
-        """``wavs``: B waveforms ``(T_i,)`` at 16 kHz -> logits ``(B, C)`` (``names`` unused).
+        """``wavs``: B waveforms ``(T_i,)`` at 16 kHz -> outputs ``(B, C + A)`` (``names`` unused).
 
         ``train_upstream=False`` runs the upstream without autograd (its frozen phase), so
         only the head receives gradients.
@@ -94,7 +98,7 @@ class FineTuneModel(nn.Module):
 
 
 class TextFineTuneModel(nn.Module):
-    """A text encoder (BERT) trained jointly with masked mean pooling and a linear classifier
+    """A text encoder (BERT) trained jointly with masked mean pooling and a linear head
     on the utterances' transcripts: the text counterpart of :class:`FineTuneModel`.
 
     Args:
@@ -102,7 +106,7 @@ class TextFineTuneModel(nn.Module):
             exported. Its own layer selection is unused: the head holds the one trained here.
         transcripts: utterance name -> text.
         source: where the transcripts came from (named in errors).
-        num_classes: C.
+        num_outputs: C + A (class logits, then attribute predictions).
         feature_selection: ``last_hidden_state`` or ``hidden_states`` (weighted sum of layers).
         device: where the model lives.
     """
@@ -112,7 +116,7 @@ class TextFineTuneModel(nn.Module):
         encoder: TextEncoder,
         transcripts: Mapping[str, str],
         source: str,
-        num_classes: int,
+        num_outputs: int,
         feature_selection: str,
         device: str,
     ) -> None:
@@ -120,11 +124,11 @@ class TextFineTuneModel(nn.Module):
         self.upstream = encoder.to(device)
         self.transcripts, self.source = transcripts, source
         featurizer = LayerSelection(encoder.num_layers, feature_selection)
-        classifier = UtteranceClassifier(encoder.output_size, num_classes, aggregator="mean")
+        classifier = UtteranceClassifier(encoder.output_size, num_outputs, aggregator="mean")
         self.head = nn.ModuleDict({"featurizer": featurizer, "classifier": classifier}).to(device)
 
     def forward(self, wavs: Sequence[np.ndarray | Tensor], names: Sequence[str], train_upstream: bool = True) -> Tensor:
-        """The transcripts of the B utterances ``names`` -> logits ``(B, C)`` (``wavs`` unused)."""
+        """The transcripts of the B utterances ``names`` -> outputs ``(B, C + A)`` (``wavs`` unused)."""
         with torch.set_grad_enabled(train_upstream and torch.is_grad_enabled()):
             layers, lengths = self.upstream.hidden_states(transcripts_for(list(names), self.transcripts, self.source))
         return self.head["classifier"](self.head["featurizer"](layers), lengths)

@@ -156,8 +156,9 @@ def fine_tune(request: FineTuneRequest) -> StageResult:
 
 
 def summary_table(records: Mapping[str, Mapping[str, Any]], skipped: Collection[str]) -> str:
-    """Markdown table: one row per fold (test WA/UA of the export, the steps it holds, whether an
-    earlier run exported it: ``fold in skipped``), then the means.
+    """Markdown table: one row per fold (the export's test metrics: WA/UA with categories, mean CCC
+    with attributes; the steps it holds with their dev score; whether an earlier run exported it:
+    ``fold in skipped``), then the means.
 
     Example:
         >>> record = {"test_session": "Session1", "test": {"wa": 0.5, "ua": 0.25}, "averaged": True,
@@ -169,21 +170,34 @@ def summary_table(records: Mapping[str, Mapping[str, Any]], skipped: Collection[
         mean test WA over 1 fold(s): 50.00
         mean test UA over 1 fold(s): 25.00
     """
+    first = next(iter(records.values()), {"test": {"wa": 0, "ua": 0}})
+    shown = [(metric, _TITLES[metric]) for metric in ("wa", "ua", "ccc_mean") if metric in first["test"]]
+    selected = (first.get("targets") or {}).get("selection_metric", "wa")
     rows = [
         [
             fold,
             record["test_session"],
-            f"{record['test']['wa'] * 100:.2f}",
-            f"{record['test']['ua'] * 100:.2f}",
+            *(_figure(metric, record["test"][metric]) for metric, _ in shown),
             "average" if record["averaged"] else "best",
-            ", ".join(f"{c['step']} ({c['dev_wa']:.3f})" for c in record["checkpoints"]),
+            ", ".join(f"{c['step']} ({c['dev_' + selected]:.3f})" for c in record["checkpoints"]),
             "earlier run" if fold in skipped else "",
         ]
         for fold, record in records.items()
     ]
-    lines = markdown_table(["fold", "test session", "test WA", "test UA", "model", "steps (dev WA)", ""], rows)
+    by = _TITLES.get(selected, selected)
+    header = ["fold", "test session", *(f"test {title}" for _, title in shown), "model", f"steps (dev {by})", ""]
+    lines = markdown_table(header, rows)
     if records:
-        for metric in ("wa", "ua"):
-            values = [record["test"][metric] * 100 for record in records.values()]
-            lines.append(f"mean test {metric.upper()} over {len(values)} fold(s): {sum(values) / len(values):.2f}")
+        for metric, title in shown:
+            values = [record["test"][metric] for record in records.values()]
+            mean = _figure(metric, sum(values) / len(values))
+            lines.append(f"mean test {title} over {len(values)} fold(s): {mean}")
     return "\n".join(lines)
+
+
+_TITLES = {"wa": "WA", "ua": "UA", "macro_f1": "macro-F1", "ccc_mean": "CCC mean"}
+
+
+def _figure(metric: str, value: float) -> str:
+    """Accuracies and F1 in percent as the paper gives them; CCC as is."""
+    return f"{value:.3f}" if metric.startswith("ccc") else f"{value * 100:.2f}"

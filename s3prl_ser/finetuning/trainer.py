@@ -1,4 +1,4 @@
-"""The fine-tuning loop of one fold: train on its train split, keep the k best by dev accuracy.
+"""The fine-tuning loop of one fold: train on its train split, keep the k best by a dev metric.
 
 Files in the fold directory:
 
@@ -6,10 +6,16 @@ Files in the fold directory:
   core's optimizer, scheduler, grad scaler, position and RNG states, see
   :mod:`s3prl_ser.training.states`); only the latest is kept. A new run in the same
   directory resumes from it exactly: the interrupted epoch at its next batch.
-* ``dev-top-step<N>.ckpt`` + ``dev-top.json``: the ``best_k`` checkpoints by dev WA, each an
+* ``dev-top-step<N>.ckpt`` + ``dev-top.json``: the ``best_k`` checkpoints by the dev metric
+  ``targets.selection`` names (WA by default with categories, mean CCC without), each an
   s3prl converted upstream checkpoint with the head beside it (:mod:`s3prl_ser.finetuning.upstream_checkpoint`; for
   text, ``model_weight`` is the Hugging Face encoder's state dict).
-* ``log.log`` and TensorBoard events: train loss / lr, dev WA / UA / loss.
+* ``log.log`` and TensorBoard events: train loss / lr, dev WA / UA (categories), CCC per
+  attribute and their mean (attributes), loss.
+
+The loss is the targets' (:class:`~s3prl_ser.training.objective.TargetObjective`): cross-entropy
+(optionally class-weighted or focal), the attribute loss (1 - CCC or MSE over the known values),
+or both; attribute metrics are computed on the corpus's own scale.
 
 Training runs in the loop shared with the downstream stage (:mod:`s3prl_ser.training.loop`).
 Dev is evaluated every ``eval_step`` updates before the states are saved, so a kill between
@@ -19,37 +25,80 @@ the two is re-evaluated by the resumed run. The test split plays no part here.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tensorboardX import SummaryWriter
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from s3prl_ser.data.attributes import denormalise
 from s3prl_ser.data.fold_data import FoldData, eval_loader, train_loader
 from s3prl_ser.data.sampler import global_batches_per_epoch
 from s3prl_ser.fileio import atomic_torch_save, safe_torch_load
 from s3prl_ser.finetuning.model import AnyFineTuneModel
 from s3prl_ser.finetuning.optim import build_optimizer, warmup_linear_decay
 from s3prl_ser.finetuning.upstream_checkpoint import converted_checkpoint
+from s3prl_ser.models.fusion import split_outputs
 from s3prl_ser.training.best_checkpoints import BestCheckpoints
 from s3prl_ser.training.distributed import Distributed
 from s3prl_ser.training.loop import OptimizerStep, Schedule, TrainingLoop, UpdateResult
-from s3prl_ser.training.metrics import ClassificationReport, classification_report
+from s3prl_ser.training.metrics import ClassificationReport, RegressionReport, classification_report, regression_report
+from s3prl_ser.training.objective import TargetObjective, selection_scores, selection_value, split_labels
 from s3prl_ser.training.run_identity import describe, significant_differences
 from s3prl_ser.training.states import Progress, StatesFiles, restore_progress, training_state
+from s3prl_ser.training.targets import LossSpec, TargetSpec
 
-__all__ = ["FoldTrainer"]
+__all__ = ["Evaluation", "FoldTrainer"]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One split scored: the class report (with categories), the attribute report on the
+    corpus's scale (with attributes) and the mean loss per utterance."""
+
+    classification: ClassificationReport | None
+    regression: RegressionReport | None
+    loss: float
+
+    @property
+    def scores(self) -> dict[str, float]:
+        """Every metric checkpoints can be selected by (:func:`~s3prl_ser.training.objective.selection_scores`)."""
+        return selection_scores(self.classification, self.regression)
+
+    def summary(self) -> str:
+        """The log line's figures: ``wa .. ua ..`` (categories), ``ccc_mean .. (arousal .., ...)``
+        (attributes), ``loss ..``."""
+        parts = []
+        if self.classification is not None:
+            parts.append(f"wa {self.classification.wa:.4f} ua {self.classification.ua:.4f}")
+        if self.regression is not None:
+            each = ", ".join(f"{name} {value:.4f}" for name, value in self.regression.ccc.items())
+            parts.append(f"ccc_mean {self.regression.ccc_mean:.4f} ({each})")
+        return " ".join(parts + [f"loss {self.loss:.4f}"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metrics record: the class report's fields, the attribute report's, and ``loss``."""
+        record: dict[str, Any] = {}
+        for report in (self.classification, self.regression):
+            if report is not None:
+                record.update(report.to_dict())
+        return dict(record, loss=self.loss)
 
 
 class FoldTrainer:
     """Fine-tunes ``model`` on one fold in ``fold_dir``, resuming from its latest states file.
 
     Args:
-        model: the speech or text fine-tuning model, on ``device`` (:mod:`s3prl_ser.finetuning.model`).
-        data: the fold's splits.
+        model: the speech or text fine-tuning model, on ``device`` (:mod:`s3prl_ser.finetuning.model`),
+            with C + A outputs.
+        data: the fold's splits, loaded for ``targets``.
+        targets, loss: what the head learns and the cross-entropy's options (``config.targets``
+            and ``config.loss``).
         config: the validated config (all sections).
         fold_dir: output directory of this fold.
         base_fields: what every dev-top file carries besides the weights: the base converted
@@ -67,6 +116,8 @@ class FoldTrainer:
         config: Mapping[str, Any],
         fold_dir: Path,
         *,
+        targets: TargetSpec,
+        loss: LossSpec,
         base_fields: Mapping[str, Any],
         identity: Mapping[str, Any],
         device: str,
@@ -76,6 +127,11 @@ class FoldTrainer:
         self.model, self.data, self.config = model, data, config
         self.fold_dir, self.base_fields, self.identity = fold_dir, base_fields, dict(identity)
         self.device, self.dist, self.seed = torch.device(device), dist, seed
+        self.targets, self.loss_spec = targets, loss
+        self.class_names = list(data.class_names) if targets.categories else []
+        self.attribute_scale = [tuple(data.attribute_scale[name]) for name in targets.attributes]
+        counts = np.bincount(data.train.labels(), minlength=len(self.class_names)) if targets.categories else []
+        self.objective = TargetObjective(targets, loss, list(counts)).to(self.device)
         self.schedule = Schedule.from_runner(config["runner"])
         optimizer = build_optimizer(model, config["optimizer"])
         self.optimizer_step = OptimizerStep(
@@ -88,7 +144,6 @@ class FoldTrainer:
         )
         self.states = StatesFiles(fold_dir, keep=1)
         self.best = BestCheckpoints(fold_dir, config["checkpoint_averaging"]["best_k"], prefix="dev-top")
-        self.objective = nn.CrossEntropyLoss()
         self.writer = SummaryWriter(str(fold_dir)) if dist.is_leader else None
         self.losses: list[float] = []
         self.last_update: UpdateResult | None = None
@@ -143,23 +198,36 @@ class FoldTrainer:
 
     # ---------------------------------------------------------------- evaluation
     @torch.no_grad()
-    def evaluate(self, split: str) -> tuple[ClassificationReport, float]:
-        """WA/UA report and mean cross-entropy of ``split`` (``dev`` or ``test``), in one process."""
+    def evaluate(self, split: str) -> Evaluation:
+        """Metrics and mean loss of ``split`` (``dev`` or ``test``), in one process."""
         dataset = {"dev": self.data.dev, "test": self.data.test}[split]
         self.model.eval()
-        truth, predicted, losses = [], [], []
+        truth, predicted, true_values, predicted_values, losses = [], [], [], [], []
         try:
             for wavs, labels, names in tqdm(eval_loader(dataset, self.config["datarc"]), desc=split, leave=False):
                 with self.optimizer_step.autocast():
-                    logits = self.model(wavs, names).float()
-                labels_t = torch.as_tensor(labels, device=logits.device)
-                losses.append(self.objective(logits, labels_t).item() * len(labels))
-                truth += [self.data.class_names[i] for i in labels]
-                predicted += [self.data.class_names[i] for i in logits.argmax(dim=-1).tolist()]
+                    outputs = self.model(wavs, names).float()
+                losses.append(self.objective(outputs, labels).item() * len(labels))
+                class_ids, values = split_labels(labels, self.targets)
+                logits, attributes = split_outputs(outputs, len(self.class_names))
+                if self.targets.categories:
+                    truth += [self.class_names[i] for i in class_ids]
+                    predicted += [self.class_names[i] for i in logits.argmax(dim=-1).tolist()]
+                if values is not None:
+                    true_values.append(values.astype(np.float64))
+                    predicted_values.append(attributes.double().cpu().numpy())
         finally:
             self.model.train()
-        report = classification_report(truth, predicted, self.data.class_names)
-        return report, sum(losses) / len(truth)
+        classification = regression = None
+        if self.targets.categories:
+            classification = classification_report(truth, predicted, self.class_names)
+        if self.targets.attributes:  # on the corpus's own scale
+            regression = regression_report(
+                denormalise(np.concatenate(true_values), self.attribute_scale),
+                denormalise(np.concatenate(predicted_values), self.attribute_scale),
+                self.targets.attributes,
+            )
+        return Evaluation(classification, regression, sum(losses) / len(dataset))
 
     # ---------------------------------------------------------------- loop hooks
     def after_update(self, step: int, result: UpdateResult) -> None:
@@ -174,10 +242,12 @@ class FoldTrainer:
         self.log(f"train at step {step}: loss {mean_loss:.4f} lr {lrs[0]:.2e}/{lrs[1]:.2e}")
 
     def evaluate_dev(self, step: int) -> list[str]:
-        report, loss = self.evaluate("dev")
-        self._scalars("dev", {"wa": report.wa, "ua": report.ua, "loss": loss}, step)
-        self.log(f"dev at step {step}: wa {report.wa:.4f} ua {report.ua:.4f} loss {loss:.4f}")
-        for name in self.best.offer(step, report.wa):  # dev accuracy only, never test
+        evaluation = self.evaluate("dev")
+        scores = evaluation.scores
+        self._scalars("dev", {**scores, "loss": evaluation.loss}, step)
+        self.log(f"dev at step {step}: {evaluation.summary()}")
+        score = selection_value(scores, self.targets.selection_metric)
+        for name in self.best.offer(step, score):  # dev metrics only, never test
             state = converted_checkpoint(
                 self.base_fields, self.model.upstream.model.state_dict(), self.model.head.state_dict()
             )
@@ -209,8 +279,8 @@ class FoldTrainer:
 
         def compute_loss(batch: tuple, step: int) -> torch.Tensor:
             wavs, labels, names = batch
-            logits = model(wavs, names, train_upstream=step >= freeze_steps).float()
-            loss = self.objective(logits, torch.as_tensor(labels, device=logits.device))
+            outputs = model(wavs, names, train_upstream=step >= freeze_steps).float()
+            loss = self.objective(outputs, labels)
             self.losses.append(loss.item())
             return loss
 
@@ -225,6 +295,7 @@ class FoldTrainer:
                 start=start,
                 rank=self.dist.rank,
                 world_size=self.dist.world_size,
+                balanced=self.loss_spec.balanced_sampler,
             ),
             batches_per_epoch=global_batches_per_epoch(len(self.data.train), datarc["train_batch_size"]),
             ddp_modules=[model] if self.dist.enabled else [],

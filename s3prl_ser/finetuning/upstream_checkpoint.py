@@ -3,9 +3,11 @@
 A converted checkpoint is what s3prl's ``hubert_local`` / ``wav2vec2_local`` read: the base
 checkpoint's ``task_cfg``, ``model_cfg`` and ``dictionaries_symbols`` plus the fine-tuned
 ``model_weight``. Stock s3prl ignores other keys, so the files here also carry the
-fine-tuning head (``ft_head``: Featurizer + classifier state) and, for the export, the class
-order (``ft_class_names``); the head is averaged together with the upstream, so the exported
-file is the complete averaged fine-tuning model.
+fine-tuning head (``ft_head``: Featurizer + linear head state), what the head predicts
+(``ft_targets``: the :class:`~s3prl_ser.training.targets.TargetSpec` record, its outputs being C
+class logits then A attributes normalised on ``ft_attribute_scale``) and, for the export, the
+class order (``ft_class_names``); the head is averaged together with the upstream, so the
+exported file is the complete averaged fine-tuning model.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from s3prl_ser.training.checkpoint_averaging import average_checkpoint_files, av
 
 __all__ = [
     "BASE_FIELDS",
+    "TARGETS_KEY",
+    "ATTRIBUTE_SCALE_KEY",
     "read_base_fields",
     "converted_checkpoint",
     "Export",
@@ -34,6 +38,8 @@ __all__ = [
 ]
 
 BASE_FIELDS = ("task_cfg", "model_cfg", "dictionaries_symbols")
+TARGETS_KEY = "ft_targets"  # TargetSpec.to_dict() of the run
+ATTRIBUTE_SCALE_KEY = "ft_attribute_scale"  # {attribute: [lo, hi]} the attribute outputs are normalised on
 
 
 def read_base_fields(path: str | os.PathLike) -> dict[str, Any]:
@@ -80,7 +86,7 @@ def export_fold(
         fold_dir: the fold's fine-tuning directory (holds ``dev-top.json`` and the files).
         best_k: the k the checkpoints were kept with.
         average: average all kept checkpoints (upstream and head); else copy the best one.
-        class_names: class order of the head's outputs.
+        class_names: class order of the head's class logits (empty without categories).
         stamp: fields the export carries whatever the files hold (the fold protocol, the loader).
         output_dir: where to write (default ``fold_dir``), e.g. a second export of the same run.
 
