@@ -6,6 +6,8 @@ Arabic numbers one to six with pauses over room noise and a loud non-speech nois
 before and 5 s after (44.1 kHz). The reference spans below were read by hand off their spectrograms.
 """
 
+import csv
+import json
 from importlib import metadata
 
 import numpy as np
@@ -15,6 +17,7 @@ import soundfile as sf
 import torch
 
 from helpers import tiny_fbank_model
+from s3prl_ser.cli.inference import main as inference
 from s3prl_ser.data.audio import SAMPLE_RATE, audio_info, load_audio, read_segment
 from s3prl_ser.inference import EmotionRecognizer, speech_segments
 from s3prl_ser.inference.speech_segments import (
@@ -152,6 +155,35 @@ def test_room_tone_and_very_short_files_are_all_silence(recognizer, tmp_path):
         assert [r["segment"] for r in rows] == ["silence", "summary"]
         assert [(r["start"], r["end"]) for r in rows] == [(0.0, seconds)] * 2
         assert all(r["silence"] is True and r["label"] is None and r["probabilities"] == {} for r in rows)
+
+
+def test_cli_segments_vad_writes_speech_and_silence_rows_and_resumes(model_dir, tmp_path):
+    out = tmp_path / "rows.csv"
+    inference([str(model_dir), str(SENTENCE), "--long-audio", "10", "--segments", "vad", "-O", str(out)])
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["segment"] for r in rows] == ["silence", "speech", "silence", "summary"]
+    assert rows[0]["label"] == "" and rows[0]["silence"] == "true" and rows[1]["label"] == rows[3]["label"] != ""
+    assert [r["end"] for r in rows[:2]] == [rows[1]["start"], rows[2]["start"]]
+    # JSON lines with top-k: silence rows have no classes and an empty top_k, which --resume accepts
+    jsonl = tmp_path / "rows.jsonl"
+    args = [str(model_dir), str(SENTENCE), "--long-audio", "10", "--segments", "vad", "--top-k", "2", "-O", str(jsonl)]
+    inference(args)
+    first = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["top_k"] for r in first if r["segment"] == "silence"] == [[], []]
+    inference([*args, "--resume"])
+    assert [json.loads(line) for line in jsonl.read_text().splitlines()] == first
+
+
+def test_cli_without_silero_vad_says_how_to_install_it(model_dir, monkeypatch, tmp_path):
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(speech_segments.metadata, "distribution", missing)
+    speech_segments.default_vad.cache_clear()  # an earlier test's session; a failed load is not cached
+    with pytest.raises(SystemExit, match=r"^error: .*pip install 's3prl-ser\[vad\]'"):
+        inference([str(model_dir), str(SENTENCE), "--segments", "vad", "-O", str(tmp_path / "rows.csv")])
+    assert not (tmp_path / "rows.csv").exists()
 
 
 def test_missing_silero_vad_names_the_install(monkeypatch):

@@ -15,6 +15,10 @@ label the most probable of them (windows and summaries too). ``--top-k K`` adds 
 to each JSON row (``[{"label", "score"}]``, highest first) and ``top1_label, top1_score, ...,
 topK_score`` columns to a CSV.
 
+``--segments vad`` cuts files longer than ``--long-audio`` where the speech is (silero-vad, the
+``vad`` extra): a ``speech`` row per segment of at most ``--window`` s and a ``silence`` row per
+gap, then the summary (:mod:`s3prl_ser.inference.speech_segments`); ``fixed`` windows are the default.
+
 Rows are written as they are done (a batch of files, a batch of a long file's windows), each
 write appended whole and synced, so a killed run's ``--output`` holds the rows done so far;
 ``--resume`` keeps them and predicts only the files not finished in it (see ``RowWriter``).
@@ -41,13 +45,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from s3prl_ser.cli.errors import exit_on_error
+from s3prl_ser.cli.errors import EXPECTED_ERRORS, exit_on_error
 from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.fileio import atomic_write, atomic_write_json
 from s3prl_ser.inference.files import stream_files
 from s3prl_ser.inference.postprocess import check_classes
 from s3prl_ser.inference.recognizer import EmotionRecognizer
 from s3prl_ser.inference.rows import RowWriter
+from s3prl_ser.inference.speech_segments import SEGMENTS, VADUnavailableError, default_vad
 
 __all__ = ["FILES_FAILED", "build_parser", "main"]
 
@@ -86,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--hop", type=float, default=4.0, help="window step in seconds, long files (default: %(default)s)"
     )
     parser.add_argument(
+        "--segments",
+        choices=SEGMENTS,
+        default="fixed",
+        help="how files longer than --long-audio are cut: fixed windows (--window, --hop), or vad: speech segments "
+        "of at most --window s and silence rows between (pip install 's3prl-ser[vad]') (default: %(default)s)",
+    )
+    parser.add_argument(
         "--embeddings",
         metavar="OUT.npy",
         help="also write utterance embeddings: float32 (files, dim) OUT.npy and its row index OUT.npy.json",
@@ -109,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging(args)
-    with exit_on_error(), contextlib.ExitStack() as stack:  # no such model, a bad option value
+    # no such model, a bad option value, --segments vad without silero-vad
+    with exit_on_error(*EXPECTED_ERRORS, VADUnavailableError), contextlib.ExitStack() as stack:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         if not (args.window > 0 and 0 < args.hop <= args.window):
@@ -122,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError("--resume needs --output, the file whose rows it keeps")
         if args.resume and (args.embeddings or STDIN in args.audio):
             raise ValueError("--resume keeps rows only: not --embeddings (written at the end) nor - (stdin)")
+        if args.segments == "vad":
+            default_vad()  # without silero-vad or onnxruntime: an error before the model loads
         recognizer = EmotionRecognizer.from_pretrained(args.model, device=args.device)
         classes = None
         if args.classes is not None:
@@ -138,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             long_audio=args.long_audio,
             window=args.window,
             hop=args.hop,
+            segments=args.segments,
             progress=not (args.no_progress or args.quiet),
             embeddings=bool(args.embeddings),
             classes=classes,

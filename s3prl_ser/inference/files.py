@@ -2,7 +2,8 @@
 
 Every input file gives a row (:mod:`~s3prl_ser.inference.rows`): one ``file`` row, or
 ``window`` rows and a ``summary`` for a file longer than ``long_audio`` seconds (see
-:mod:`~s3prl_ser.inference.long_audio`). A file that cannot be read (undecodable, a symbolic
+:mod:`~s3prl_ser.inference.long_audio`; ``segments="vad"``: ``speech`` and ``silence`` rows,
+:mod:`~s3prl_ser.inference.speech_segments`). A file that cannot be read (undecodable, a symbolic
 link loop, out of memory, ...), or is shorter than the model's minimum, gives one ``error`` row
 and the run goes on.
 
@@ -26,9 +27,10 @@ from tqdm import tqdm
 
 from s3prl_ser.data.audio import SAMPLE_RATE, AudioError, AudioInfo, audio_info, is_silent, load_audio
 from s3prl_ser.inference.audio_input import collect_audio_files
-from s3prl_ser.inference.long_audio import AudioClassifier, stream_windows
+from s3prl_ser.inference.long_audio import AudioClassifier
 from s3prl_ser.inference.postprocess import check_classes, postprocess_row
 from s3prl_ser.inference.rows import error_row, prediction_row
+from s3prl_ser.inference.speech_segments import stream_long
 
 __all__ = ["READ_ERRORS", "predict_files", "stream_files"]
 
@@ -55,6 +57,7 @@ def stream_files(
     long_audio: float = 60.0,
     window: float = 8.0,
     hop: float = 4.0,
+    segments: str = "fixed",
     progress: bool = False,
     embeddings: bool = False,
     classes: Sequence[str] | None = None,
@@ -70,6 +73,8 @@ def stream_files(
         batch_size: files (or windows) per forward pass.
         long_audio: files longer than this many seconds are read in windows.
         window, hop: the windows' length and step, in seconds.
+        segments: how long files are cut: ``"fixed"`` windows, or ``"vad"`` speech segments of at
+            most ``window`` s and the silences between (see :func:`~s3prl_ser.inference.speech_segments.stream_long`).
         progress: show a tqdm bar (seconds of audio, with ETA) on stderr.
         embeddings: give each ``ok`` file row (not windows) its utterance embedding, ``embedding``:
             a list of ``E`` floats (see :meth:`~s3prl_ser.inference.recognizer.EmotionRecognizer.embeddings`).
@@ -89,6 +94,7 @@ def stream_files(
         long_audio=long_audio,
         window=window,
         hop=hop,
+        segments=segments,
         progress=progress,
         embeddings=embeddings,
         classes=classes,
@@ -125,6 +131,7 @@ def _stream(
     long_audio: float = 60.0,
     window: float = 8.0,
     hop: float = 4.0,
+    segments: str = "fixed",
     progress: bool = False,
     embeddings: bool = False,
     classes: Sequence[str] | None = None,
@@ -161,9 +168,10 @@ def _stream(
         for index in long:
             path = files[index]
             try:
-                for rows in stream_windows(
+                for rows in stream_long(
                     recognizer,
                     path,
+                    segments=segments,
                     window=window,
                     hop=hop,
                     batch_size=batch_size,

@@ -1,9 +1,10 @@
 """Result rows of file and window prediction, and writing them as CSV or JSON lines.
 
-A row holds ``file``, ``segment`` (``file``, ``window`` or ``summary``), ``start``, ``end``,
+A row holds ``file``, ``segment`` (``file``, ``window``, ``speech``, ``silence`` or ``summary``), ``start``, ``end``,
 ``duration`` (seconds), ``status`` (``ok`` or ``error``), ``silence`` (the audio's RMS level is
 below :data:`~s3prl_ser.data.audio.SILENCE_DBFS`: do not read an emotion into its label),
-``error`` (the message), ``label`` and ``probabilities`` (``{class: p}``, empty for an error).
+``error`` (the message), ``label`` and ``probabilities`` (``{class: p}``; empty, and no label,
+for an error, a ``silence`` row between speech segments and the summary of a file without speech).
 Every prediction the project prints or writes goes through :func:`prediction_row`: the files
 and long-audio rows here, and s3prl's ``run_downstream.py -m inference`` line.
 
@@ -289,14 +290,13 @@ class RowWriter:
                 raise ValueError(f"{self.path}: line {number}: not a JSON row ({error})") from error
             if not (isinstance(row, dict) and {"file", "segment", "status", "probabilities"} <= row.keys()):
                 raise ValueError(f"{self.path}: line {number}: not a row (file, segment, status, probabilities)")
-            if row["status"] == "ok" and list(row["probabilities"]) != self.class_names:
+            predicted = bool(row["probabilities"])  # not an error, nor silence between speech segments
+            if predicted and list(row["probabilities"]) != self.class_names:
                 raise ValueError(
                     f"{self.path}: line {number}: its classes {', '.join(row['probabilities'])} are not this run's "
                     f"({', '.join(self.class_names)}): --resume needs the same model and --classes"
                 )
-            if ("top_k" in row) != (self.top_k > 0) or (
-                row["status"] == "ok" and self.top_k and len(row["top_k"]) != expected_top
-            ):
+            if ("top_k" in row) != (self.top_k > 0) or (predicted and self.top_k and len(row["top_k"]) != expected_top):
                 raise ValueError(f"{self.path}: line {number}: its top_k field is not this run's --top-k {self.top_k}")
             rows.append((line.encode("utf-8"), row))
         return rows

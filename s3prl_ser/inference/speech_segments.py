@@ -47,6 +47,7 @@ __all__ = [
     "SEGMENTS",
     "SileroVAD",
     "VADUnavailableError",
+    "default_vad",
     "silero_model_path",
     "speech_spans",
     "segment_plan",
@@ -150,8 +151,12 @@ class SileroVAD:
 
 
 @functools.cache
-def _default_vad() -> SileroVAD:
-    """One onnxruntime session per process."""
+def default_vad() -> SileroVAD:
+    """The :class:`SileroVAD` of this process (one onnxruntime session).
+
+    Raises:
+        VADUnavailableError: silero-vad or onnxruntime is not installed.
+    """
     return SileroVAD()
 
 
@@ -273,7 +278,7 @@ def stream_speech(
     longest = round(max_length * SAMPLE_RATE)
     if longest < recognizer.min_samples:
         raise ValueError(f"max_length {max_length} s is shorter than the model's {recognizer.min_samples} samples")
-    vad = vad or _default_vad()
+    vad = vad or default_vad()
     info = info or audio_info(path)
     total = info.samples
     block = BLOCK_FRAMES * FRAME
