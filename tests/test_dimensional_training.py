@@ -137,7 +137,7 @@ def test_attributes_only_has_no_class_head_and_uses_mse(tmp_path, mini_corpus, r
         rated_meta,
         targets={"categories": False, "attributes": ["valence"], "attribute_loss": "mse"},
     )
-    assert expert.class_names == [] and expert.objective is None
+    assert expert.class_names == [] and expert.objective.class_loss is None
     assert expert.model.classifier.out_features == 1 and expert.targets.selection_metric == "ccc_mean"
     features = [torch.randn(10, 8), torch.randn(11, 8)]
     labels = [(-1, np.array([0.25], np.float32)), (-1, np.array([np.nan], np.float32))]
@@ -191,13 +191,13 @@ def test_dev_selection_uses_the_named_metric(tmp_path, mini_corpus, rated_meta):
 
 def test_imbalance_options_change_the_objective_and_the_sampler(tmp_path, mini_corpus, rated_meta):
     plain = _expert(tmp_path / "plain", mini_corpus, rated_meta)
-    assert type(plain.objective) is torch.nn.CrossEntropyLoss and plain.objective.weight is None
+    assert type(plain.objective.class_loss) is torch.nn.CrossEntropyLoss and plain.objective.class_loss.weight is None
     weighted = _expert(tmp_path / "w", mini_corpus, rated_meta, loss={"class_weights": True, "focal_gamma": 2.0})
     counts = np.bincount(weighted.train_dataset.labels(), minlength=4)
-    assert isinstance(weighted.objective, FocalLoss) and weighted.objective.gamma == 2.0
-    expected = [counts.sum() / (4 * n) if n else 0.0 for n in counts]
-    assert weighted.objective.weight.tolist() == pytest.approx(expected)
-    assert "objective.weight" not in weighted.state_dict()  # checkpoints hold the model only
+    focal = weighted.objective.class_loss
+    assert isinstance(focal, FocalLoss) and focal.gamma == 2.0
+    assert focal.weight.tolist() == pytest.approx([counts.sum() / (4 * n) if n else 0.0 for n in counts])
+    assert not [key for key in weighted.state_dict() if key.startswith("objective")]  # checkpoints: the model only
     balanced = _expert(tmp_path / "b", mini_corpus, rated_meta, loss={"balanced_sampler": True})
     assert isinstance(balanced.get_dataloader("train").batch_sampler, ClassBalancedBatchSampler)
     assert not isinstance(plain.get_dataloader("train").batch_sampler, ClassBalancedBatchSampler)

@@ -40,8 +40,8 @@ from s3prl_ser.inference.rows import prediction_row
 from s3prl_ser.models.classifier import AGGREGATORS
 from s3prl_ser.models.fusion import EmotionClassifier, split_outputs
 from s3prl_ser.training.best_checkpoints import BestCheckpoints
-from s3prl_ser.training.losses import FocalLoss, ccc_loss, class_weights, masked_mse
 from s3prl_ser.training.metrics import classification_report, regression_report
+from s3prl_ser.training.objective import TargetObjective, selection_scores, selection_value, split_labels
 from s3prl_ser.training.targets import expert_targets
 
 DATARC_KEYS = {
@@ -67,8 +67,6 @@ MODELRC_KEYS = {"aggregator", "ecapa", "fusion", "projector_dim"}
 AVERAGING_KEYS = {"best_k", "average"}
 TEXT_KEYS = {"encoder", "transcripts", "speech", "feature_selection"}
 EXPERT_SECTIONS = {"datarc", "modelrc", "checkpoint_averaging", "text", "targets", "loss"}
-# An undefined dev CCC (a constant prediction) ranks as the worst possible CCC.
-_UNDEFINED_SCORE = -1.0
 _NO_TEST_SET = (
     "a deployment run (test_fold: deploy) has no test set: it trained on every fold's utterances, so it "
     "has no held-out score; the cross-validation's folds score the procedure"
@@ -183,7 +181,8 @@ class DownstreamExpert(nn.Module):
             projector_dim=self.modelrc.get("projector_dim"),
             num_attributes=self.targets.num_attributes,
         )
-        self.objective = self._class_objective() if self.targets.categories else None
+        counts = np.bincount(self.train_dataset.labels(), minlength=len(self.class_names)) if self.class_names else []
+        self.objective = TargetObjective(self.targets, self.loss_spec, list(counts))
         self.best = BestCheckpoints(self.expdir, best_k)
         # Where dev/test predictions go, and whether dev results select checkpoints: a
         # standalone ``-m evaluate`` writes elsewhere and selects nothing.
@@ -196,22 +195,6 @@ class DownstreamExpert(nn.Module):
         if kwargs.get("mode") == "train" and self.datarc.get("pre_load", False):
             self.train_dataset.preload()
             self.dev_dataset.preload()
-
-    def _class_objective(self) -> nn.Module:
-        """The class head's loss: cross-entropy (the paper's), with class weights N / (C * n_c) from
-        the training counts and/or as a focal loss when the ``loss`` section asks."""
-        weight = None
-        if self.loss_spec.class_weights:
-            counts = np.bincount(self.train_dataset.labels(), minlength=len(self.class_names))
-            weight = class_weights(counts.tolist())
-            _log.info(
-                "[Expert] - class weights from the training counts: "
-                + ", ".join(f"{c} {w:.3f} ({n})" for c, w, n in zip(self.class_names, weight.tolist(), counts))
-            )
-        if weight is None and self.loss_spec.focal_gamma == 0:
-            return nn.CrossEntropyLoss()
-        # gamma 0 is the weighted cross-entropy exactly; FocalLoss keeps the weights out of checkpoints
-        return FocalLoss(self.loss_spec.focal_gamma, weight)
 
     def evaluate_separately(self, tag: str) -> Path:
         """Send later logs and predictions to ``expdir/evaluate_<tag>/`` and stop offering dev
@@ -323,25 +306,15 @@ class DownstreamExpert(nn.Module):
         unknown)`` pairs -> the loss: cross-entropy, + ``attribute_weight`` * the attribute loss
         (the attribute loss alone without categories)."""
         outputs = self._logits(features, filenames)
-        if self.targets.is_categorical_only:
-            class_ids, attributes = labels, None
-        else:
-            class_ids = [label[0] for label in labels]
-            attributes = torch.as_tensor(np.stack([label[1] for label in labels]), dtype=outputs.dtype)
+        loss = self.objective(outputs, labels)
+        class_ids, values = split_labels(labels, self.targets)
         logits, predicted_attributes = split_outputs(outputs, len(self.class_names))
-        loss = outputs.new_zeros(())
         if self.targets.categories:
-            labels_t = torch.as_tensor(class_ids, device=outputs.device)
-            loss = self.objective(logits, labels_t)
             records["predict"] += [self.class_names[i] for i in logits.argmax(dim=-1).tolist()]
-            records["truth"] += [self.class_names[i] for i in labels_t.tolist()]
-        if attributes is not None:
-            attributes = attributes.to(outputs.device)
-            attribute_loss = ccc_loss if self.targets.attribute_loss == "ccc" else masked_mse
-            value = attribute_loss(predicted_attributes, attributes)
-            loss = loss + self.targets.attribute_weight * value if self.targets.categories else value
+            records["truth"] += [self.class_names[i] for i in class_ids]
+        if values is not None:
             records["attribute_predict"] += list(predicted_attributes.detach().cpu().double().numpy())
-            records["attribute_truth"] += list(attributes.cpu().double().numpy())
+            records["attribute_truth"] += list(values.astype(np.float64))
         records["loss"].append(loss.item())
         records["filename"] += list(filenames)
         return loss
@@ -352,24 +325,23 @@ class DownstreamExpert(nn.Module):
         loss; on dev offer the step to the k best by ``targets.selection``; on dev and test write
         the predictions and ``<split>_<fold>_metrics.json``."""
         loss = float(torch.tensor(records["loss"]).mean())
-        scores: dict[str, float] = {}
         metrics: dict[str, Any] = {}
         line = f"{mode} at step {global_step}:"
+        report = regression = None
         if self.targets.categories:
             report = classification_report(records["truth"], records["predict"], self.class_names)
-            scores.update(wa=report.wa, ua=report.ua, macro_f1=report.macro_f1)
             metrics.update(report.to_dict())
             line += f" acc {report.wa:.4f} ua {report.ua:.4f}"
         line += f" loss {loss:.4f}"
         if self.targets.attributes:
             regression = self._regression_report(records)
-            scores.update(ccc_mean=regression.ccc_mean, **{f"ccc_{a}": c for a, c in regression.ccc.items()})
             metrics.update(regression.to_dict())
             line += (
                 f" ccc_mean {regression.ccc_mean:.4f} ("
                 + ", ".join(f"{a} {c:.4f}" for a, c in regression.ccc.items())
                 + ")"
             )
+        scores = selection_scores(report, regression)
         prefix = f"emotion-{self.fold}/{mode}"
         named = {"acc": scores.get("wa"), "ua": scores.get("ua"), "loss": loss}
         named.update({name: scores[name] for name in scores if name.startswith("ccc_")})
@@ -382,8 +354,7 @@ class DownstreamExpert(nn.Module):
 
         save_names: list[str] = []
         if mode == "dev" and self.selecting:  # dev metrics only, never test
-            score = scores[self.targets.selection_metric]
-            save_names = self.best.offer(global_step, _UNDEFINED_SCORE if np.isnan(score) else score)
+            save_names = self.best.offer(global_step, selection_value(scores, self.targets.selection_metric))
         if mode in ("dev", "test"):
             kinds = ("predict", "truth") if self.targets.categories else ()
             for kind in kinds:
