@@ -16,6 +16,11 @@ fetched by ``huggingface_hub.snapshot_download``, then checked the same way). A 
 ensemble of fold models: their class probabilities are averaged); members trained on the same
 upstream share it, and it runs once per batch.
 
+``from_pretrained(..., device="cuda", dtype="bfloat16")`` (or ``recognizer.to(...)``,
+``.half()``, ``.bfloat16()``) runs the model in bfloat16 (CPU or CUDA) or float16 (CUDA);
+``quantize="int8"`` (or :meth:`EmotionRecognizer.quantize`) makes its linear layers int8 on the
+CPU. Probabilities and embeddings come back as float32 either way (bounds: ``docs/inference.md``).
+
 Command line: ``python -m s3prl_ser.inference MODEL AUDIO|DIR|LIST... [--output results.csv]``
 (:mod:`s3prl_ser.cli.inference`).
 """
@@ -50,6 +55,8 @@ from s3prl_ser.inference.model_dir import (
     read_model_dir,
 )
 from s3prl_ser.inference.postprocess import check_classes, restrict, top_classes
+from s3prl_ser.inference.precision import check_precision, resolve_dtype, run_upstream
+from s3prl_ser.inference.quantize import QUANTIZATIONS, quantize_dynamic_int8
 from s3prl_ser.inference.speech_segments import stream_long
 from s3prl_ser.inference.upstream_spec import build_upstreams_offline, describe_upstreams
 from s3prl_ser.models.fusion import EmotionClassifier
@@ -244,6 +251,7 @@ class EmotionRecognizer(nn.Module):
         self.class_names = list(class_names)
         self.min_samples = int(expert_default("datarc", "min_samples") if min_samples is None else min_samples)
         self.config = config
+        self.quantization: str | None = None  # "int8" after quantize()
         self.eval()
 
     # ----------------------------------------------------------------------------- building
@@ -253,6 +261,8 @@ class EmotionRecognizer(nn.Module):
         path: str | os.PathLike,
         device: str = "cpu",
         *,
+        dtype: str | torch.dtype | None = None,
+        quantize: str | None = None,
         revision: str | None = None,
         token: str | bool | None = None,
         cache_dir: str | os.PathLike | None = None,
@@ -267,6 +277,10 @@ class EmotionRecognizer(nn.Module):
         checked exactly as a local model directory.
 
         Args:
+            device: where the recognizer runs (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
+            dtype: ``"float32"`` (None: as saved, float32), ``"bfloat16"`` (CPU or CUDA) or
+                ``"float16"`` (CUDA only); see :mod:`s3prl_ser.inference.precision`.
+            quantize: ``"int8"``: the linear layers int8 (float32, CPU; :meth:`quantize`).
             revision, token, cache_dir, local_files_only: passed to ``snapshot_download``; a Hub id only.
 
         Raises:
@@ -274,18 +288,27 @@ class EmotionRecognizer(nn.Module):
                 (not found, offline and not cached, ...), or a fold directory without ``final.json``.
             ModelDirError: a model directory with a missing, modified or mismatched file.
             ValueError: a checkpoint that is not a final ``emotion_ecapa`` one, or reads text;
-                ``revision`` etc. given with a local path.
+                ``revision`` etc. given with a local path; a dtype or quantization not supported
+                (float16 on the CPU, int8 with another dtype or off the CPU), checked before loading.
         """
+        target = resolve_dtype(dtype or torch.float32)
+        check_precision(device, target)
+        if quantize is not None and (
+            quantize not in QUANTIZATIONS or target != torch.float32 or torch.device(device).type != "cpu"
+        ):
+            raise ValueError(f"quantize={quantize!r}: 'int8' with dtype float32 on the CPU is supported")
         hub_options = {"revision": revision, "token": token, "cache_dir": cache_dir}
         if isinstance(path, str) and not os.path.lexists(path):
-            return cls.from_model_dir(
-                _download_model_dir(path, local_files_only=local_files_only, **hub_options), device
-            )
-        if any(value is not None for value in hub_options.values()) or local_files_only:
+            local = _download_model_dir(path, local_files_only=local_files_only, **hub_options)
+            recognizer = cls.from_model_dir(local, device)
+        elif any(value is not None for value in hub_options.values()) or local_files_only:
             raise ValueError(f"{path}: a local path; revision, token, cache_dir and local_files_only apply to a Hub id")
-        if is_model_dir(path):
-            return cls.from_model_dir(path, device)
-        return cls.from_checkpoint(resolve_checkpoint(path), device)
+        elif is_model_dir(path):
+            recognizer = cls.from_model_dir(path, device)
+        else:
+            recognizer = cls.from_checkpoint(resolve_checkpoint(path), device)
+        recognizer.to(dtype=target)
+        return recognizer.quantize(quantize) if quantize else recognizer
 
     @classmethod
     def from_checkpoint(cls, ckpt_path: str | os.PathLike, device: str = "cpu") -> EmotionRecognizer:
@@ -428,6 +451,11 @@ class EmotionRecognizer(nn.Module):
         Raises:
             ValueError: an upstream cannot be rebuilt offline (the reason is given).
         """
+        if self.quantization or self.dtype != torch.float32:
+            raise ValueError(
+                f"export the float32 model, not this {self.quantization or self.dtype} one: "
+                "choose dtype= or quantize= when loading it"
+            )
         if self.config is None:
             raise ValueError("this recognizer was assembled by hand: no description to export")
         for specs in self.config["upstreams"]:
@@ -445,6 +473,44 @@ class EmotionRecognizer(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.members[0].classifier.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point dtype the members run in (float32 for an int8 recognizer's activations)."""
+        return next(p.dtype for p in self.members[0].classifier.parameters() if p.is_floating_point())
+
+    def _apply(self, fn: Any, recurse: bool = True) -> EmotionRecognizer:
+        # nn.Module's to(), half(), bfloat16(), float(), cuda() and cpu() all convert through
+        # _apply: the precision they lead to (fn on an empty tensor like the weights) is checked
+        # before any weight is converted, so a refused one leaves the recognizer as it was.
+        probe = fn(torch.empty(0, dtype=self.dtype, device=self.device))
+        if self.quantization and (probe.dtype != self.dtype or probe.device.type != "cpu"):
+            raise ValueError(f"an {self.quantization} recognizer runs float32 on the CPU only")
+        check_precision(probe.device, probe.dtype)
+        return super()._apply(fn, recurse)
+
+    def quantize(self, scheme: str = "int8") -> EmotionRecognizer:
+        """Quantize this recognizer in place and return it: ``"int8"``, the linear layers of the
+        upstreams (:func:`~s3prl_ser.inference.quantize.quantize_dynamic_int8`).
+
+        The heads stay float32: their one linear layer costs little, and dynamic quantization
+        takes one activation scale per tensor, which would tie a clip's probabilities to its
+        batch-mates'. For the same reason an int8 upstream reads each clip alone (see
+        :meth:`probabilities`), so a clip still gets what it gets alone.
+
+        Raises:
+            ValueError: another scheme, already quantized, not float32 on the CPU, or upstreams
+                without linear layers (fbank & co.: nothing to quantize).
+        """
+        if scheme not in QUANTIZATIONS:
+            raise ValueError(f"quantize {scheme!r}: the schemes are {', '.join(QUANTIZATIONS)}")
+        if self.quantization:
+            raise ValueError(f"this recognizer is already {self.quantization}")
+        if not any(isinstance(m, nn.Linear) for m in self.upstreams.modules()):
+            raise ValueError("int8 quantizes the upstreams' linear layers, and these upstreams have none")
+        quantize_dynamic_int8(self.upstreams)
+        self.quantization = scheme
+        return self
 
     @property
     def embedding_dim(self) -> int:
@@ -497,6 +563,7 @@ class EmotionRecognizer(nn.Module):
         Featurizer keeps ``round(samples / rate)`` frames, up to 2 more than the upstream computes
         for the utterance alone (zeros for fbank). ``tests/test_batch_independence.py`` measures
         4e-4 (fbank) to 1e-2 (tiny HuBERT) that way, and checks the grouped path within 1e-5.
+        An int8 upstream (:meth:`quantize`) reads one clip at a time: its activation scales are per tensor.
         """
         return self.outputs(wavs)[0]
 
@@ -511,17 +578,21 @@ class EmotionRecognizer(nn.Module):
     @torch.no_grad()
     def outputs(self, wavs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """B mono 16 kHz waveforms ``(T_b,)`` -> (probabilities ``(B, C)``, embeddings ``(B, E)``)
-        from one forward pass; see :meth:`probabilities` and :meth:`embeddings`."""
-        wavs = [w.to(self.device) for w in wavs]
-        groups: dict[int, list[int]] = {}
-        for index, wav in enumerate(wavs):
-            groups.setdefault(wav.shape[0], []).append(index)
+        from one forward pass; see :meth:`probabilities` and :meth:`embeddings`.
+
+        Both float32 on the CPU whatever the recognizer's dtype: the waveforms are read in
+        float32 (an upstream without weights computes its features in float32), the model runs
+        in :attr:`dtype`, and the softmax is taken in float32."""
+        wavs = [w.to(self.device, torch.float32) for w in wavs]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, wav in enumerate(wavs):  # int8 activations take one scale per tensor: one clip at a time
+            groups.setdefault((wav.shape[0], index if self.quantization else 0), []).append(index)
         order = [index for indices in groups.values() for index in indices]
         # parts[m]: member m's S streams for each group, utterances in `order`
         parts: list[list[list[list[Tensor]]]] = [[] for _ in self.members]
         for indices in groups.values():
             group = [wavs[i] for i in indices]
-            outputs = [upstream(group) for upstream in self.upstreams]
+            outputs = [run_upstream(upstream, group, self.dtype) for upstream in self.upstreams]
             for member, member_parts in zip(self.members, parts):
                 member_parts.append(member.features(group, outputs[member.upstream_index]))
         total = 0
@@ -529,8 +600,8 @@ class EmotionRecognizer(nn.Module):
         for member, member_parts in zip(self.members, parts):
             streams = [[frames for group in member_parts for frames in group[s]] for s in range(len(member_parts[0]))]
             embedding = member.classifier.embed(streams)
-            embeddings.append(embedding)
-            total = total + member.classifier.classifier(embedding).softmax(dim=-1)
+            embeddings.append(embedding.float())
+            total = total + member.classifier.classifier(embedding).float().softmax(dim=-1)
         inverse = torch.argsort(torch.tensor(order, device=self.device))
         return (total[inverse] / len(self.members)).cpu(), torch.cat(embeddings, dim=-1)[inverse].cpu()
 
