@@ -13,6 +13,7 @@ import torch
 from helpers import finetune_args, finetune_overrides
 from s3prl_ser.data.attributes import denormalise
 from s3prl_ser.data.audio import load_audio
+from s3prl_ser.data.protocol import FoldMismatchError, check_fine_tuned
 from s3prl_ser.fileio import safe_torch_load
 from s3prl_ser.finetuning.model import FineTuneModel
 from s3prl_ser.training.metrics import regression_report
@@ -80,6 +81,9 @@ def test_attributes_only_selects_by_ccc_mean_and_records_the_targets(tiny_upstre
     assert exported["ft_targets"] == record["targets"]
     assert exported["ft_attribute_scale"] == {"arousal": SCALE, "valence": SCALE}
     assert exported["ft_class_names"] == []
+    check_fine_tuned(fold_dir / "upstream.ckpt", "fold1")  # the fold guard as for categories
+    with pytest.raises(FoldMismatchError):
+        check_fine_tuned(fold_dir / "upstream.ckpt", "fold2")
     upstream = getattr(s3prl.hub, record["loader"])(ckpt=str(fold_dir / "upstream.ckpt"))
     model = FineTuneModel(upstream, 2, record["config"]["upstream"]["feature_selection"], "cpu").eval()
     model.head.load_state_dict(exported["ft_head"])
