@@ -59,7 +59,16 @@ __all__ = ["Evaluation", "FoldTrainer"]
 @dataclass(frozen=True)
 class Evaluation:
     """One split scored: the class report (with categories), the attribute report on the
-    corpus's scale (with attributes) and the mean loss per utterance."""
+    corpus's scale (with attributes) and the mean loss per utterance.
+
+    Example:
+        >>> regression = regression_report([[1.0], [3.0]], [[1.0], [3.0]], ["arousal"])
+        >>> evaluation = Evaluation(classification_report(["a", "b"], ["a", "a"], ["a", "b"]), regression, 0.5)
+        >>> evaluation.summary()
+        'wa 0.5000 ua 0.5000 ccc_mean 1.0000 (arousal 1.0000) loss 0.5000'
+        >>> evaluation.scores["ccc_arousal"], evaluation.to_dict()["attributes"]["arousal"]["n"]
+        (1.0, 2)
+    """
 
     classification: ClassificationReport | None
     regression: RegressionReport | None
