@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from collections import defaultdict
@@ -216,3 +217,105 @@ def test_default_corpus_dir(monkeypatch, tmp_path):
     assert default_corpus_dir() == tmp_path / "builtin_iemocap"
     monkeypatch.delenv("S3PRL_SER_DATA")
     assert default_corpus_dir() == Path.home() / ".cache" / "s3prl_ser" / "builtin_iemocap"
+
+
+SUMMARY = re.compile(r"^\[[\d.]+ - [\d.]+\]\t(\S+)\t(\w+)\t\[([\d.]+), ([\d.]+), ([\d.]+)\]$")
+
+
+def attributes(root: Path) -> dict[str, dict]:
+    """Each turn's code, summary ``[V, A, D]`` and evaluator ratings, by name."""
+    found = {}
+    for path in sorted(root.glob("Session*/dialog/EmoEvaluation/*.txt")):
+        for line in path.read_text().splitlines():
+            if match := SUMMARY.match(line):
+                name, code, v, a, d = match.groups()
+                found[name] = {"code": code, "vad": (float(v), float(a), float(d)), "ratings": [], "path": path}
+            elif line.startswith("A-E"):
+                found[name]["ratings"].append([int(x) for x in re.findall(r"(?:val|act|dom)\s+(\d)", line)])
+    return found
+
+
+def spearman(x, y) -> float:
+    return float(np.corrcoef(np.argsort(np.argsort(x)), np.argsort(np.argsort(y)))[0, 1])
+
+
+def test_attributes_are_carried_by_prosody_and_vary_within_classes(corpus):
+    """Arousal and dominance follow the speech's measured loudness (RMS over its voiced frames),
+    and each attribute varies within a class: regression cannot be a class-mean lookup."""
+    turns_ = attributes(corpus)
+    loudness, vad, codes = [], [], []
+    for name, turn in turns_.items():
+        audio, _ = sf.read(turn["path"].parents[2] / "sentences" / "wav" / turn["path"].stem / f"{name}.wav")
+        frames = audio[: len(audio) // 400 * 400].reshape(-1, 400)
+        energy = np.sqrt(np.mean(frames**2, axis=1))
+        loudness.append(20 * np.log10(np.sqrt(np.mean(frames[energy > 0.05 * energy.max()] ** 2))))
+        vad.append(turn["vad"])
+        codes.append(turn["code"])
+        assert len(turn["ratings"]) == 2 and all(
+            abs(r - x) <= 2.5 for rating in turn["ratings"] for r, x in zip(rating, turn["vad"])
+        )
+    vad, codes = np.array(vad), np.array(codes)
+    assert ((vad >= 1) & (vad <= 5)).all() and len(np.unique(vad[:, 1])) > 0.9 * len(vad)  # continuous
+    assert spearman(loudness, vad[:, 1]) > 0.7 and spearman(loudness, vad[:, 2]) > 0.6
+    for code in ("neu", "ang", "sad"):
+        within = codes == code
+        assert vad[within].std(axis=0).min() > 0.2, code
+        assert spearman(np.array(loudness)[within], vad[within, 1]) > 0.3, code
+    means = {code: vad[codes == code].mean(axis=0) for code in ("hap", "ang", "sad")}
+    assert means["hap"][0] > means["ang"][0] + 1 and means["hap"][0] > means["sad"][0] + 1  # valence
+    assert means["ang"][1] > means["sad"][1] + 1.5  # arousal
+
+
+def test_attributes_reach_the_meta_data_and_the_msp_podcast_layout(corpus, tmp_path):
+    import warnings
+
+    from s3prl_ser.data.corpora import msp_podcast
+    from s3prl_ser.data.corpora.iemocap import prepare
+    from s3prl_ser.toy.builtin_corpus import write_msp_podcast_layout
+
+    truth = attributes(corpus)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(corpus, tmp_path / "meta")
+    meta = json.loads((tmp_path / "meta" / "Session2" / "test_meta_data.json").read_text())
+    assert meta["attribute_scale"] == {"arousal": [1, 5], "valence": [1, 5], "dominance": [1, 5]}
+    for item in meta["meta_data"]:
+        v, a, d = truth[Path(item["path"]).stem]["vad"]
+        assert item["attributes"] == {"arousal": a, "valence": v, "dominance": d}
+    layout = write_msp_podcast_layout(corpus, tmp_path / "msp")
+    manifest = msp_podcast.prepare(layout, tmp_path / "msp_meta")
+    fold = manifest.folds["fold1"]
+    speakers = {
+        split: {row["speaker"] for row in manifest.rows(getattr(fold, split))} for split in ("train", "dev", "test")
+    }
+    assert len(speakers["train"]) == 6 and len(speakers["dev"]) == len(speakers["test"]) == 2
+    assert not (speakers["train"] & speakers["test"]) and not (speakers["dev"] & speakers["test"])
+    for row in manifest.utterances:
+        v, a, d = truth[row["id"]]["vad"]
+        assert row["attributes"] == pytest.approx(
+            {"arousal": 1 + 1.5 * (a - 1), "valence": 1 + 1.5 * (v - 1), "dominance": 1 + 1.5 * (d - 1)}, abs=1e-4
+        )
+        assert (row["label"] is None) == (truth[row["id"]]["code"] in ("xxx", "fru"))
+    with pytest.raises(BuiltinCorpusError, match="not empty"):
+        write_msp_podcast_layout(corpus, tmp_path / "msp")
+
+
+@needs_tools
+def test_a_corpus_of_the_previous_format_is_replaced(tmp_path, monkeypatch):
+    """Version 1 wrote class-mean attributes: a corpus of the same parameters from it is
+    regenerated (its audio is the same), not refused; other parameters still are."""
+    import s3prl_ser.toy.builtin_corpus as builtin
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    params = {"format_version": 1, "seed": 2, "utterances_per_speaker": 5}
+    (root / "builtin_corpus.json").write_text(json.dumps({"generator": builtin.GENERATOR, "params": params}))
+
+    def planned(seed, per_speaker):
+        raise RuntimeError(f"regenerating seed {seed}")
+
+    monkeypatch.setattr(builtin, "_plan", planned)
+    with pytest.raises(RuntimeError, match="regenerating seed 2"):
+        generate_corpus(root, seed=2, utterances_per_speaker=5)
+    with pytest.raises(BuiltinCorpusError, match="overwrite"):
+        generate_corpus(root, seed=3, utterances_per_speaker=5)

@@ -1,6 +1,7 @@
 """``python -m s3prl_ser.cli.builtin_corpus [ROOT]``: generate (or find) the built-in corpus.
 
-Prints where it is and its label counts per session (:mod:`s3prl_ser.toy.builtin_corpus`).
+Prints where it is and its label counts per session (:mod:`s3prl_ser.toy.builtin_corpus`);
+``--msp-podcast-layout OUT`` also lays it out as an MSP-Podcast release at OUT.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import time
 
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
-from s3prl_ser.toy.builtin_corpus import LABELS, BuiltinCorpusError, default_corpus_dir, generate_corpus, load_manifest
+from s3prl_ser.toy.builtin_corpus import (
+    LABELS,
+    BuiltinCorpusError,
+    default_corpus_dir,
+    generate_corpus,
+    load_manifest,
+    write_msp_podcast_layout,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -34,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--utterances-per-speaker", type=int, default=28, help="utterances per speaker (default: %(default)s)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace whatever is at ROOT")
+    parser.add_argument(
+        "--msp-podcast-layout",
+        type=pathlib.Path,
+        metavar="OUT",
+        help="also write the corpus as an MSP-Podcast release at OUT (Audios/, Labels/labels_consensus.csv "
+        "with EmoAct/EmoVal/EmoDom on 1-7, speaker-disjoint Train/Development/Test1)",
+    )
     add_verbosity_options(parser)
     return parser
 
@@ -50,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
             utterances_per_speaker=args.utterances_per_speaker,
             overwrite=args.overwrite,
         )
+        if args.msp_podcast_layout is not None:
+            write_msp_podcast_layout(root, args.msp_podcast_layout)
     manifest = load_manifest(root)
     print(
         f"Corpus at {root} ({manifest['n_utterances']} utterances, "
@@ -59,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     for session, row in manifest["counts"].items():
         cells = "".join(f"{row.get(label, 0):6d}" for label in LABELS)
         print(f"{session:10}{cells}{sum(row.values()):7d}")
+    if args.msp_podcast_layout is not None:
+        print(f"MSP-Podcast layout at {args.msp_podcast_layout}")
 
 
 if __name__ == "__main__":

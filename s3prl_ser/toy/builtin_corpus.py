@@ -11,12 +11,27 @@ independently of the emotion. Sessions differ by room (reverb, noise floor)
 and speakers by voice and microphone colouration, so leave-one-session-out
 evaluation is not trivial.
 
+Continuous attributes on IEMOCAP's 1-5 scale are read off each utterance's own
+prosody (:func:`_attributes`): arousal rises with loudness, pitch range, pitch
+and speaking rate; valence with pitch range and pitch and falls with roughness,
+overdrive and breathiness; dominance rises with loudness, roughness and stress
+and falls with pitch. They vary continuously within each class (the random
+intensity and jitter) and carry a little annotation noise. The summary line of
+each ``EmoEvaluation`` turn holds them as ``[V, A, D]``; the two evaluators'
+``A-E`` lines are integer ratings of them, as IEMOCAP's raters give.
+
 Everything random comes from one ``numpy.random.Generator(seed)``, drawn in a
 fixed order before any audio is rendered, and sox runs without dither, so the
-same seed and tool versions give byte-identical files.
+same seed and tool versions give byte-identical files. The annotation noise of
+the attributes comes from a second generator (``[seed, 1]``), so the audio and
+the categories are those the first generator alone gives.
+
+:func:`write_msp_podcast_layout` lays the same utterances out as an MSP-Podcast release
+(``Audios/``, ``Labels/labels_consensus.csv`` with ``EmoAct``/``EmoVal``/``EmoDom`` on 1-7,
+speaker-disjoint ``Train``/``Development``/``Test1``), so the MSP-Podcast path runs end to end.
 
 Command line: ``python -m s3prl_ser.cli.builtin_corpus [ROOT] [--seed N]
-[--utterances-per-speaker N]`` (:mod:`s3prl_ser.cli.builtin_corpus`).
+[--utterances-per-speaker N] [--msp-podcast-layout OUT]`` (:mod:`s3prl_ser.cli.builtin_corpus`).
 """
 
 from __future__ import annotations
@@ -42,9 +57,11 @@ __all__ = [
     "default_corpus_dir",
     "generate_corpus",
     "load_manifest",
+    "write_msp_podcast_layout",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: attributes read off the prosody (the audio is version 1's)
+GENERATOR = "s3prl_ser.toy.builtin_corpus"
 MANIFEST_NAME = "builtin_corpus.json"
 SAMPLE_RATE = 16000
 MIN_SECONDS, MAX_SECONDS = 0.8, 2.5
@@ -172,17 +189,8 @@ _CATEGORY_NAMES = {
     "fru": "Frustration",
     "sur": "Surprise",
 }
-# Mean valence, activation, dominance (1..5) of the evaluator ratings.
-_VAD = {
-    "neu": (3.0, 2.5, 2.5),
-    "hap": (4.0, 3.2, 3.0),
-    "exc": (4.0, 3.8, 3.2),
-    "ang": (1.8, 4.0, 4.0),
-    "sad": (1.8, 2.0, 2.0),
-    "fru": (2.0, 3.2, 3.0),
-    "sur": (3.2, 3.6, 2.8),
-    "xxx": (2.8, 3.0, 3.0),
-}
+ATTRIBUTE_NOISE = 0.15  # sd of the annotation noise on the prosody's attributes (1-5 scale)
+RATER_NOISE = 0.6  # sd of one evaluator's rating around them, before rounding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,7 +220,7 @@ class _Utterance:
     trail_s: float  # silence after speech
     gap_s: float  # pause since the previous turn of the dialog
     noise_seed: int
-    vad: tuple[float, float, float]
+    vad: tuple[float, float, float]  # valence, arousal (activation), dominance on 1..5
     evaluator_lines: tuple[str, ...]
 
 
@@ -265,6 +273,9 @@ def generate_corpus(
     manifest = load_manifest(root)
     if not overwrite and manifest is not None and manifest.get("params") == params:
         return root
+    if manifest is not None and manifest.get("generator") == GENERATOR:
+        older = dict(manifest.get("params") or {}, format_version=FORMAT_VERSION) == params
+        overwrite = overwrite or older  # the same corpus from an earlier version of this generator
     if root.exists() and not root.is_dir():
         raise BuiltinCorpusError(f"{root} exists and is not a directory")
     if not overwrite and root.exists() and any(root.iterdir()):
@@ -287,7 +298,7 @@ def generate_corpus(
             found = Counter(u.label for u in utterances if u.session == session)
             counts[f"Session{session}"] = {label: found[label] for label in LABELS}
         manifest = {
-            "generator": "s3prl_ser.toy.builtin_corpus",
+            "generator": GENERATOR,
             "params": params,
             "n_utterances": len(utterances),
             "total_seconds": round(sum(durations.values()), 3),
@@ -299,6 +310,50 @@ def generate_corpus(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return root
+
+
+# MSP-Podcast's consensus codes for the built-in labels (fru has none: "other"; xxx: no agreement).
+MSP_CODES = {"neu": "N", "hap": "H", "exc": "H", "ang": "A", "sad": "S", "sur": "U", "fru": "O", "xxx": "X"}
+MSP_SPLITS = {1: "Train", 2: "Train", 3: "Train", 4: "Development", 5: "Test1"}  # by session: speaker-disjoint
+
+
+def write_msp_podcast_layout(root: str | os.PathLike, out: str | os.PathLike) -> pathlib.Path:
+    """Lay the finished built-in corpus at ``root`` out as an MSP-Podcast release at ``out``:
+    ``out/Audios/<utterance>.wav`` (hard links where the file system allows, else copies) and
+    ``out/Labels/labels_consensus.csv`` (``FileName, EmoClass, EmoAct, EmoVal, EmoDom, SpkrID,
+    Gender, Split_Set``). The attributes are the corpus's, mapped from 1-5 to MSP-Podcast's 1-7
+    (``1 + (y - 1) * 1.5``); sessions 1-3 are ``Train``, 4 ``Development``, 5 ``Test1``.
+    Returns ``out``.
+
+    Raises:
+        BuiltinCorpusError: ``root`` holds no finished corpus, or ``out`` is not empty.
+    """
+    root, out = pathlib.Path(root), pathlib.Path(out)
+    manifest = load_manifest(root)
+    if manifest is None or manifest.get("generator") != GENERATOR:
+        raise BuiltinCorpusError(f"{root}: no finished built-in corpus (generate it first)")
+    if out.exists() and any(out.iterdir()):
+        raise BuiltinCorpusError(f"{out}: not empty; choose a new directory for the MSP-Podcast layout")
+    params = manifest["params"]
+    (out / "Audios").mkdir(parents=True, exist_ok=True)
+    (out / "Labels").mkdir(exist_ok=True)
+    speakers = {s.code: str(i) for i, s in enumerate(_SPEAKERS, 1)}
+    lines = ["FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set"]
+    for u in _plan(params["seed"], params["utterances_per_speaker"]):
+        source = root / f"Session{u.session}" / "sentences" / "wav" / u.dialog / f"{u.name}.wav"
+        target = out / "Audios" / f"{u.name}.wav"
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+        valence, arousal, dominance = (round(1 + (y - 1) * 1.5, 4) for y in u.vad)
+        gender = "Female" if u.speaker.code.endswith("F") else "Male"
+        lines.append(
+            f"{target.name},{MSP_CODES[u.label]},{arousal},{valence},{dominance},{speakers[u.speaker.code]},"
+            f"{gender},{MSP_SPLITS[u.session]}"
+        )
+    fileio.atomic_write_text(out / "Labels" / "labels_consensus.csv", "\n".join(lines) + "\n")
+    return out
 
 
 def _tool_versions() -> dict[str, str]:
@@ -340,6 +395,7 @@ def _move_into_place(staging: pathlib.Path, root: pathlib.Path, params: dict) ->
 def _plan(seed: int, per_speaker: int) -> list[_Utterance]:
     """Draw every random choice of the corpus, in a fixed order."""
     rng = np.random.default_rng(seed)
+    annotation = np.random.default_rng([seed, 1])  # apart, so `rng` draws what it drew before attributes
     utterances = []
     for session in range(1, 6):
         room = _Room(
@@ -363,7 +419,10 @@ def _plan(seed: int, per_speaker: int) -> list[_Utterance]:
                 gender, label = turns[i]
                 name = f"{dialog}_{gender}{counters[gender]:03d}"
                 counters[gender] += 1
-                vad, evaluator_lines = _evaluations(rng, label)
+                categories, rater_noise = _evaluator_draws(rng, label)
+                text = SENTENCES[rng.integers(len(SENTENCES))]
+                prosody = _realise(rng, label)
+                vad = _attributes(prosody, annotation)
                 utterances.append(
                     _Utterance(
                         name=name,
@@ -371,8 +430,8 @@ def _plan(seed: int, per_speaker: int) -> list[_Utterance]:
                         dialog=dialog,
                         speaker=speakers[gender],
                         label=label,
-                        text=SENTENCES[rng.integers(len(SENTENCES))],
-                        prosody=_realise(rng, label),
+                        text=text,
+                        prosody=prosody,
                         mic=mics[gender],
                         room=room,
                         lead_s=rng.uniform(0.08, 0.3),
@@ -380,7 +439,7 @@ def _plan(seed: int, per_speaker: int) -> list[_Utterance]:
                         gap_s=rng.uniform(1.5, 4.0) if k == 0 else rng.uniform(0.2, 2.0),
                         noise_seed=int(rng.integers(2**32)),
                         vad=vad,
-                        evaluator_lines=evaluator_lines,
+                        evaluator_lines=_evaluator_lines(categories, vad, rater_noise),
                     )
                 )
     return utterances
@@ -430,18 +489,43 @@ def _realise(rng: np.random.Generator, label: str) -> _Prosody:
     )
 
 
-def _evaluations(rng: np.random.Generator, label: str) -> tuple[tuple[float, float, float], tuple[str, ...]]:
-    """IEMOCAP-style evaluator lines (3 categorical, 2 dimensional) and their mean V/A/D."""
+def _attributes(p: _Prosody, annotation: np.random.Generator) -> tuple[float, float, float]:
+    """Valence, arousal, dominance (1..5, 4 decimals) that the prosody ``p`` carries, plus
+    annotation noise: linear in the settings the renderer realises (loudness is exactly
+    ``gain_db`` above the speaker's level), so each is measurable in the audio. Class means
+    (V, A, D) of the default corpus: neu (3.0, 2.8, 2.9), hap (3.8, 3.7, 3.1), ang (2.0, 4.0,
+    4.1), sad (2.0, 1.7, 2.2), each with a standard deviation of about 0.4 within the class."""
+    valence = (
+        3.0
+        + 0.8 * (p.f0_range - 1)
+        + 2.0 * (p.f0 - 1)
+        - 0.3 * (p.roughness - 2)
+        - 0.12 * p.drive_db
+        - 1.2 * (p.breath - 0.1)
+    )
+    arousal = 2.9 + 0.2 * p.gain_db + 0.5 * (p.f0_range - 1) + 1.5 * (p.rate - 1) + 1.5 * (p.f0 - 1)
+    dominance = 3.0 + 0.2 * p.gain_db - 2.0 * (p.f0 - 1) + 0.15 * (p.roughness - 2) + 0.3 * p.emphasis
+    noisy = np.array([valence, arousal, dominance]) + annotation.normal(0, ATTRIBUTE_NOISE, 3)
+    # A smooth squash into (1, 5): monotonic, and no pile of values at the ends as clipping would make.
+    return tuple(round(float(x), 4) for x in 3 + 2 * np.tanh((noisy - 3) / 2))
+
+
+def _evaluator_draws(rng: np.random.Generator, label: str) -> tuple[list[str], np.ndarray]:
+    """The three evaluators' categories and two evaluators' standard-normal rating noise (2, 3)."""
     if label == "xxx":
-        categories = rng.choice(list(_CATEGORY_NAMES.values()), 3, replace=False)
+        categories = list(rng.choice(list(_CATEGORY_NAMES.values()), 3, replace=False))
     else:
         other = rng.choice([c for c in _CATEGORY_NAMES.values() if c != _CATEGORY_NAMES[label]])
         categories = [_CATEGORY_NAMES[label]] * 2 + [other if rng.random() < 0.3 else _CATEGORY_NAMES[label]]
+    return categories, rng.standard_normal((2, 3))
+
+
+def _evaluator_lines(categories: list[str], vad: tuple[float, float, float], noise: np.ndarray) -> tuple[str, ...]:
+    """IEMOCAP-style evaluator lines: 3 categorical, 2 dimensional (integer ratings of ``vad``)."""
     lines = [f"C-E{i}:\t{c};\t()" for i, c in enumerate(categories, 1)]
-    ratings = np.clip(np.rint(rng.normal(_VAD[label], 0.6, size=(2, 3))), 1, 5).astype(int)
+    ratings = np.clip(np.rint(np.array(vad) + RATER_NOISE * noise), 1, 5).astype(int)
     lines += [f"A-E{i}:\tval {v}; act {a}; dom  {d};\t()" for i, (v, a, d) in enumerate(ratings, 1)]
-    vad = tuple(float(x) for x in ratings.mean(axis=0))
-    return vad, tuple(lines)
+    return tuple(lines)
 
 
 # ---------------------------------------------------------------- rendering
