@@ -12,7 +12,18 @@ memory: the figures are model time (what :meth:`EmotionRecognizer.probabilities`
 decoding. ``--long-minutes N`` also writes an N-minute WAV and runs the windowed long-audio path
 (8 s windows, 4 s hop, fbank+ECAPA) in a child process, reporting its peak resident memory.
 
+Precision (HuBERT-Base+ECAPA, batch 1, ``--precision-clips`` clips of 2-8 s): seconds per
+second of audio of the bare float32 upstream forward, the full float32 path, the full path in
+bfloat16, with int8 linear layers (``quantize("int8")``), and onnxruntime on the exported full
+graph (float32, and its int8 ``MatMul`` graph: ``quantize_onnx``), each as a speed ratio to the
+bare float32 upstream. Each path's labels and probabilities are compared with the float32
+path's on ``--agreement-clips`` 1-s synthetic clips (harmonic tones with vibrato, noise and
+envelopes drawn at random); the head's linear layer is scaled to logits of standard deviation
+3 over them, since a random-init head gives near-uniform probabilities where labels flip on
+rounding noise (a trained head is far from uniform).
+
     python benchmarks/inference_benchmark.py [--threads 1] [--clips 16] [--batch 8] [--long-minutes 60]
+        [--precision-clips 8] [--agreement-clips 200] [--skip-precision]
 """
 
 from __future__ import annotations
@@ -23,7 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -106,6 +119,89 @@ def real_time_factor(model: EmotionRecognizer, clips: list[torch.Tensor], batch:
     return sum(len(c) for c in clips) / 16000 / seconds
 
 
+def agreement_clips(count: int, seed: int = 1) -> list[torch.Tensor]:
+    """``count`` 1-s clips that differ: a harmonic tone (random pitch, vibrato, harmonics) under a
+    random envelope, plus noise at a random level, scaled to a random peak."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(16000) / 16000
+    clips = []
+    for _ in range(count):
+        pitch = rng.uniform(80, 400) * (1 + 0.03 * np.sin(2 * np.pi * rng.uniform(2, 8) * t))
+        phase = 2 * np.pi * np.cumsum(pitch) / 16000
+        tone = sum(rng.uniform(0, 1) / k * np.sin(k * phase) for k in range(1, 9))
+        envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.5, 6) * t + rng.uniform(0, 2 * np.pi))
+        clip = tone * envelope + rng.uniform(0.01, 1.0) * rng.standard_normal(16000)
+        clips.append(torch.from_numpy((clip / np.abs(clip).max() * rng.uniform(0.05, 0.9)).astype("float32")))
+    return clips
+
+
+def precision_paths(base: Path, clips: list[torch.Tensor], agreement: list[torch.Tensor], workdir: Path) -> None:
+    """Print each path's speed at batch 1 on ``clips`` as a ratio to the bare float32 upstream, and
+    its label agreement and largest probability difference with the float32 path on ``agreement``."""
+    float32 = recognizer("hubert_local", str(base))
+    head = float32.members[0].classifier.classifier
+    with torch.no_grad():  # logits of std 3 on the agreement clips (see the module docstring)
+        scale = 3.0 / head(float32.embeddings(agreement)).std()
+        head.weight.mul_(scale)
+        head.bias.mul_(scale)
+
+    def copy() -> EmotionRecognizer:  # a fresh one with the same weights (s3prl's hooks forbid deepcopy)
+        model = recognizer("hubert_local", str(base))
+        model.load_state_dict(float32.state_dict())
+        return model
+
+    upstream = float32.upstreams[0]
+    paths: dict[str, tuple[Callable[[torch.Tensor], Any], Callable[[list[torch.Tensor]], np.ndarray] | None]] = {
+        "bare float32 upstream": (lambda clip: upstream([clip]), None),
+        "full float32 (PyTorch)": (lambda clip: float32.probabilities([clip]), None),
+    }
+    bfloat16 = copy().bfloat16()
+    paths["full bfloat16 (PyTorch)"] = (lambda clip: bfloat16.probabilities([clip]), bfloat16.probabilities)
+    int8 = copy().quantize("int8")
+    paths["full int8 (PyTorch)"] = (lambda clip: int8.probabilities([clip]), int8.probabilities)
+    try:
+        import onnxruntime as ort
+
+        from s3prl_ser.inference.onnx import export_onnx
+        from s3prl_ser.inference.quantize import quantize_onnx
+
+        export_onnx(float32, workdir / "model.onnx")
+        quantize_onnx(workdir / "model.onnx", workdir / "model.int8.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = torch.get_num_threads()
+        for name, file in [("onnxruntime float32", "model.onnx"), ("onnxruntime int8", "model.int8.onnx")]:
+            session = ort.InferenceSession(str(workdir / file), options, providers=["CPUExecutionProvider"])
+
+            def run(clip: torch.Tensor, session: Any = session) -> np.ndarray:
+                feed = {"wavs": clip.numpy()[None], "lengths": np.array([len(clip)], dtype=np.int64)}
+                return session.run(None, feed)[0]
+
+            # one clip per run: the int8 graph's activation scales are per tensor, over the padded batch
+            paths[name] = (run, lambda wavs, run=run: np.concatenate([run(w) for w in wavs]))
+    except ImportError as error:
+        print(f"onnxruntime paths skipped: {error}")
+    reference = float32.probabilities(agreement).numpy()
+    audio = sum(len(c) for c in clips) / 16000
+    print(
+        f"precision: HuBERT-Base+ECAPA, batch 1, {len(clips)} clips ({audio:.1f} s); "
+        f"agreement on {len(agreement)} 1-s clips vs the float32 path"
+    )
+    seconds = {}
+    with torch.inference_mode():
+        for name, (one, many) in paths.items():
+            one(clips[0])  # warm-up
+            start = time.perf_counter()
+            for clip in clips:
+                one(clip)
+            seconds[name] = time.perf_counter() - start
+            line = f"  {name:26s} {audio / seconds[name]:6.2f} s audio/s  x{seconds['bare float32 upstream'] / seconds[name]:5.2f}"
+            if many is not None:
+                probabilities = np.asarray(many(agreement))
+                same = float((probabilities.argmax(1) == reference.argmax(1)).mean())
+                line += f"   labels {same:7.2%} same, max |p - p32| {np.abs(probabilities - reference).max():.1e}"
+            print(line, flush=True)
+
+
 def long_audio_memory(minutes: float, threads: int, workdir: Path) -> dict:
     """Peak RSS (VmHWM) of a child process running the windowed path over an ``minutes``-long WAV."""
     from s3prl_ser.inference.model_dir import write_model_dir
@@ -158,6 +254,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--long-minutes", type=float, default=0.0, help="also measure the long-audio path (0: skip)")
     parser.add_argument("--skip-hubert", action="store_true")
+    parser.add_argument("--skip-precision", action="store_true", help="skip the precision / int8 / onnxruntime paths")
+    parser.add_argument("--precision-clips", type=int, default=8, help="clips of 2-8 s timed at batch 1, each path")
+    parser.add_argument("--agreement-clips", type=int, default=200, help="1-s clips for label agreement")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
@@ -176,7 +275,12 @@ def main() -> None:
             with torch.inference_mode():
                 single = real_time_factor(model, clips, 1)
                 batched = real_time_factor(model, clips, args.batch)
-            print(f"{name:20s} batch 1: RTF {single:7.1f}   batch {args.batch}: RTF {batched:7.1f}")
+            print(f"{name:20s} batch 1: RTF {single:7.1f}   batch {args.batch}: RTF {batched:7.1f}", flush=True)
+        if not args.skip_precision:
+            base = Path(tmp) / "base.pt"
+            if not base.exists():
+                _base_hubert(base)
+            precision_paths(base, clips[: args.precision_clips], agreement_clips(args.agreement_clips), Path(tmp))
         if args.long_minutes:
             record = long_audio_memory(args.long_minutes, args.threads, Path(tmp))
             print(
