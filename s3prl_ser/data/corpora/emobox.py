@@ -10,6 +10,8 @@ EmoBox (emo-box/EmoBox) publishes train/test lists for 32 corpora, one JSON obje
 ``wav`` is relative to the directory EmoBox downloaded into (``datarc.root``); a corpus with a
 validation list (``<corpus>_valid_fold_N.jsonl``, e.g. MSP-Podcast) gets it as the fold's dev
 list. Segment times (``start_time``/``end_time``) and a speaker (``spk``) are kept when present.
+EmoBox's published lists are categorical (``"task": "category"``): an EmoBox corpus declares no
+continuous attributes, so an attribute run on it stops with an error naming it.
 """
 
 from __future__ import annotations
