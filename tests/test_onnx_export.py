@@ -1,8 +1,9 @@
 """ONNX export: onnxruntime against PyTorch on variable-length padded batches (PyTorch's
 probabilities are each clip's alone, see tests/test_batch_independence.py, so the graph's are too).
 
-Tolerance: 1e-6 absolute on class probabilities (float32 graphs; measured at most 6e-8 for
-HuBERT, wav2vec 2.0 and fbank; mfcc's downstream graph on features from its recorded front end: 0).
+Tolerance: 1e-6 absolute on class probabilities and on embeddings (float32 graphs; measured at
+most 6e-8 on probabilities and 1.5e-7 on embeddings for HuBERT, wav2vec 2.0 and fbank, and for
+mfcc's downstream graph on features computed from its recorded front end).
 """
 
 import json
@@ -22,6 +23,7 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 TOLERANCE = 1e-6
+EMBEDDING_TOLERANCE = 1e-6
 LENGTHS = [16000, 23000, 9000, 400]  # variable lengths, down to the receptive field
 
 
@@ -41,6 +43,17 @@ def _batch(lengths, seed=0):
     return [torch.from_numpy(w) for w in wavs], padded, np.array(lengths, dtype=np.int64)
 
 
+def _assert_matches(session, feed, recognizer, wavs):
+    """The graph's probabilities and embeddings against the recognizer's (each clip's alone)."""
+    onnx_probs, onnx_embeddings = session.run(None, feed)
+    torch_probs, torch_embeddings = (t.numpy() for t in recognizer.outputs(wavs))
+    assert onnx_probs.shape == (len(wavs), len(recognizer.class_names))
+    assert onnx_embeddings.shape == (len(wavs), recognizer.embedding_dim)
+    np.testing.assert_allclose(onnx_probs, torch_probs, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(onnx_embeddings, torch_embeddings, atol=EMBEDDING_TOLERANCE, rtol=0)
+    return torch_probs
+
+
 def test_full_graph_matches_pytorch_for_hubert(mini_corpus, mini_meta, tiny_upstreams, tmp_path, one_thread):
     run = _train(tmp_path, mini_corpus, mini_meta, "hubert_local", tiny_upstreams["hubert"])
     export_cli([str(run), "-o", str(tmp_path / "model"), "--onnx"])
@@ -51,10 +64,7 @@ def test_full_graph_matches_pytorch_for_hubert(mini_corpus, mini_meta, tiny_upst
     session = ort.InferenceSession(str(tmp_path / "model" / "model.onnx"), providers=["CPUExecutionProvider"])
     for seed, lengths in enumerate([LENGTHS, [12345], [8000, 8001, 30000]]):
         wavs, padded, lens = _batch(lengths, seed)
-        (onnx_probs,) = session.run(None, {"wavs": padded, "lengths": lens})
-        torch_probs = recognizer.probabilities(wavs).numpy()
-        assert onnx_probs.shape == (len(lengths), len(recognizer.class_names))
-        np.testing.assert_allclose(onnx_probs, torch_probs, atol=TOLERANCE, rtol=0)
+        _assert_matches(session, {"wavs": padded, "lengths": lens}, recognizer, wavs)
     # padding content is ignored: the same batch with noise in the padding gives the same output
     _, padded, lens = _batch(LENGTHS)
     noisy = padded.copy()
@@ -81,9 +91,7 @@ def test_full_graph_matches_pytorch_for_fbank(mini_corpus, mini_meta, tmp_path, 
     # per-utterance CMVN needs 2 frames (560 samples): with 1, s3prl's std is NaN
     for seed, lengths in enumerate([[16000, 23000, 9000, 560], [12345], [8000, 8001, 30000]]):
         wavs, padded, lens = _batch(lengths, seed)
-        (onnx_probs,) = session.run(None, {"wavs": padded, "lengths": lens})
-        assert np.isfinite(onnx_probs).all()
-        np.testing.assert_allclose(onnx_probs, recognizer.probabilities(wavs).numpy(), atol=TOLERANCE, rtol=0)
+        assert np.isfinite(_assert_matches(session, {"wavs": padded, "lengths": lens}, recognizer, wavs)).all()
     _, padded, lens = _batch([16000, 23000, 9000, 560])
     noisy = np.where(np.arange(padded.shape[1]) < lens[:, None], padded, np.float32(5.0))
     np.testing.assert_allclose(
@@ -157,8 +165,7 @@ def test_other_kaldi_baselines_export_the_downstream_and_a_runnable_front_end(tm
     frames = np.array([len(c) for c in computed], dtype=np.int64)
     assert frames.tolist() == [1 + (n - 400) // 160 for n in lens]
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    (onnx_probs,) = session.run(None, {"hidden_states": hidden, "frame_lengths": frames})
-    np.testing.assert_allclose(onnx_probs, recognizer.probabilities(wavs).numpy(), atol=TOLERANCE, rtol=0)
+    _assert_matches(session, {"hidden_states": hidden, "frame_lengths": frames}, recognizer, wavs)
 
 
 def test_fbank_options_outside_the_graph_are_named(tmp_path):
@@ -225,8 +232,6 @@ def test_full_graph_matches_pytorch_for_tiny_upstreams(arch, normalize, large, t
         wavs, padded, lens = _batch(lengths, seed=7 + seed)
         wavs = [w * 5 + 0.2 for w in wavs]  # a DC offset and gain that only normalisation removes
         padded = padded * 5 + 0.2 * (np.arange(padded.shape[1]) < lens[:, None])
-        (onnx_probs,) = session.run(None, {"wavs": padded.astype("float32"), "lengths": lens})
-        torch_probs = recognizer.probabilities(wavs).numpy()
-        np.testing.assert_allclose(onnx_probs, torch_probs, atol=TOLERANCE, rtol=0)
+        torch_probs = _assert_matches(session, {"wavs": padded.astype("float32"), "lengths": lens}, recognizer, wavs)
         if seed == 0 and not normalize:  # clips differ by far more than the tolerance: the bound can fail
             assert np.abs(torch_probs - torch_probs[::-1]).max() > 100 * TOLERANCE

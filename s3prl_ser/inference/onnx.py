@@ -1,11 +1,14 @@
-"""ONNX export of a recognizer: padded batch + lengths in, class probabilities out.
+"""ONNX export of a recognizer: padded batch + lengths in, class probabilities and embeddings out.
 
 Two graphs, chosen by what the upstream allows (the choice and its reason are returned and
 recorded in ``config.json``'s ``onnx``):
 
 * ``full`` -- upstream + featurizer + aggregator + classifier. Inputs ``wavs`` ``(B, S)``
-  float32 at 16 kHz, zero-padded, and ``lengths`` ``(B,)`` int64 samples; output
-  ``probabilities`` ``(B, C)``. Each clip gets what it gets alone:
+  float32 at 16 kHz, zero-padded, and ``lengths`` ``(B,)`` int64 samples; outputs
+  ``probabilities`` ``(B, C)`` (members averaged) and ``embeddings`` ``(B, E)`` (what each
+  member's linear head reads, concatenated in member order, as
+  :meth:`~s3prl_ser.inference.recognizer.EmotionRecognizer.embeddings`). Each clip gets what it
+  gets alone:
 
   - HuBERT and wav2vec 2.0 (s3prl's ``hubert``/``wav2vec2`` experts, every entry of those
     families): the fairseq-style model runs on the padded batch, the hidden states come from
@@ -17,7 +20,7 @@ recorded in ``config.json``'s ``onnx``):
     over each clip's own frames).
 * ``downstream`` -- featurizer + aggregator + classifier. Inputs ``hidden_states``
   ``(L, B, T, D)``: the upstream's L hidden states, zero-padded, and ``frame_lengths``
-  ``(B,)`` int64; output ``probabilities``. Used for the other parameter-free baselines
+  ``(B,)`` int64; the same outputs. Used for the other parameter-free baselines
   (``mfcc``, ``mel``, ...); the caller computes the upstream's features itself, each clip alone,
   from the ``front_end`` the note records (:func:`~s3prl_ser.upstreams.exportable.front_end_description`),
   and ``frame_lengths`` holds its own frame count (kaldi: ``1 + (samples - 400) // 160``, not
@@ -111,8 +114,9 @@ class _Head(nn.Module):
         self.classifier = member.classifier
         self.rate = int(member.featurizer.downsample_rate)
 
-    def forward(self, hidden_states: list[Tensor], frame_lengths: Tensor) -> Tensor:
-        """L tensors ``(B, T, D)`` and ``(B,)`` valid frames -> probabilities ``(B, C)``."""
+    def forward(self, hidden_states: list[Tensor], frame_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """L tensors ``(B, T, D)`` and ``(B,)`` valid frames -> probabilities ``(B, C)`` and the
+        embedding the linear head reads ``(B, E_m)``."""
         outputs = {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
         for index, hidden in enumerate(hidden_states):
             outputs[f"hidden_state_{index}"] = hidden
@@ -123,11 +127,19 @@ class _Head(nn.Module):
         valid = (steps.unsqueeze(0) < frame_lengths.unsqueeze(1)).unsqueeze(-1).to(feature.dtype)
         lengths = torch.minimum(frame_lengths, torch.full_like(frame_lengths, feature.shape[1]))
         embedding = self.classifier.aggregators[0](feature * valid, lengths)
-        return self.classifier.classifier(embedding).softmax(dim=-1)
+        return self.classifier.classifier(embedding).softmax(dim=-1), embedding
+
+
+def _combine(outputs: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """The members' (probabilities, embedding) -> probabilities averaged ``(B, C)``, embeddings
+    concatenated in member order ``(B, E)``, as :meth:`EmotionRecognizer.outputs` gives them."""
+    probabilities, embeddings = zip(*outputs)
+    return torch.stack(probabilities).mean(dim=0), torch.cat(embeddings, dim=-1)
 
 
 class DownstreamGraph(nn.Module):
-    """``hidden_states (L, B, T, D)``, ``frame_lengths (B,)`` -> ``probabilities (B, C)`` (members averaged).
+    """``hidden_states (L, B, T, D)``, ``frame_lengths (B,)`` -> ``probabilities (B, C)`` (members
+    averaged) and ``embeddings (B, E)`` (concatenated).
 
     Example:
         >>> from s3prl_ser.upstreams.build import build_upstream
@@ -142,21 +154,23 @@ class DownstreamGraph(nn.Module):
         >>> hidden = torch.nn.utils.rnn.pad_sequence([mfcc([w])["hidden_states"][0][0] for w in wavs], batch_first=True)
         >>> hidden = hidden.unsqueeze(0)  # (L=1, B, T, D), each clip's features computed alone
         >>> frames = torch.tensor([98, 48])  # each clip's own frames: 1 + (samples - 400) // 160
-        >>> torch.allclose(DownstreamGraph(recognizer)(hidden, frames), recognizer.probabilities(wavs), atol=1e-6)
-        True
+        >>> probabilities, embeddings = DownstreamGraph(recognizer)(hidden, frames)
+        >>> torch.allclose(probabilities, recognizer.probabilities(wavs), atol=1e-6), embeddings.shape  # mean of 39 MFCCs
+        (True, torch.Size([2, 39]))
     """
 
     def __init__(self, recognizer: EmotionRecognizer) -> None:
         super().__init__()
         self.heads = nn.ModuleList(_Head(member) for member in recognizer.members)
 
-    def forward(self, hidden_states: Tensor, frame_lengths: Tensor) -> Tensor:
+    def forward(self, hidden_states: Tensor, frame_lengths: Tensor) -> tuple[Tensor, Tensor]:
         layers = list(hidden_states.unbind(0))
-        return torch.stack([head(layers, frame_lengths) for head in self.heads]).mean(dim=0)
+        return _combine([head(layers, frame_lengths) for head in self.heads])
 
 
 class FullGraph(nn.Module):
-    """``wavs (B, S)``, ``lengths (B,)`` -> ``probabilities (B, C)`` for HuBERT, wav2vec 2.0 and kaldi fbank upstreams.
+    """``wavs (B, S)``, ``lengths (B,)`` -> ``probabilities (B, C)`` and ``embeddings (B, E)`` for
+    HuBERT, wav2vec 2.0 and kaldi fbank upstreams.
 
     Example:
         >>> import tempfile
@@ -171,8 +185,10 @@ class FullGraph(nn.Module):
         >>> recognizer = EmotionRecognizer([hubert], [RecognizerMember(featurizer, head)], ["calm", "angry"])
         >>> wavs = [torch.randn(16000), torch.randn(8000)]
         >>> padded = torch.nn.utils.rnn.pad_sequence(wavs, batch_first=True)  # (B, S), zeros after each clip
-        >>> probabilities = FullGraph(recognizer)(padded, torch.tensor([16000, 8000]))
+        >>> probabilities, embeddings = FullGraph(recognizer)(padded, torch.tensor([16000, 8000]))
         >>> torch.allclose(probabilities, recognizer.probabilities(wavs), atol=1e-5)
+        True
+        >>> torch.allclose(embeddings, recognizer.embeddings(wavs), atol=1e-4)
         True
     """
 
@@ -231,13 +247,9 @@ class FullGraph(nn.Module):
             return [features], frames
         return self._hidden_states(self.upstreams[index], wavs, lengths)
 
-    def forward(self, wavs: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         states = [self._states(index, wavs, lengths) for index in range(len(self.upstreams))]
-        probabilities = []
-        for head, read in zip(self.heads, self.reads):
-            hidden, frames = states[read]
-            probabilities.append(head(hidden, frames))
-        return torch.stack(probabilities).mean(dim=0)
+        return _combine([head(*states[read]) for head, read in zip(self.heads, self.reads)])
 
 
 def _masked_group_norm(norm: nn.GroupNorm, x: Tensor, frames: Tensor) -> Tensor:
@@ -308,7 +320,7 @@ def _explicit_same_padding(graph: nn.Module) -> Iterator[None]:
 
 def export_onnx(recognizer: EmotionRecognizer, path: str | os.PathLike) -> dict[str, Any]:
     """Write ``recognizer`` as an ONNX graph to ``path``; return what it is (kind, reason, inputs,
-    and ``front_end``: each kaldi-feature upstream's :func:`~s3prl_ser.upstreams.exportable.front_end_description`,
+    and ``front_end``: each baseline upstream's :func:`~s3prl_ser.upstreams.exportable.front_end_description`,
     in the graph for ``full``, the caller's to compute for ``downstream``).
 
     Raises:
@@ -345,8 +357,8 @@ def export_onnx(recognizer: EmotionRecognizer, path: str | os.PathLike) -> dict[
             inputs,
             str(path),
             input_names=names,
-            output_names=["probabilities"],
-            dynamic_axes={**axes, "probabilities": {0: "batch"}},
+            output_names=["probabilities", "embeddings"],
+            dynamic_axes={**axes, "probabilities": {0: "batch"}, "embeddings": {0: "batch"}},
             opset_version=OPSET,
             dynamo=False,
         )
@@ -354,7 +366,8 @@ def export_onnx(recognizer: EmotionRecognizer, path: str | os.PathLike) -> dict[
         "kind": kind,
         "reason": reason,
         "inputs": names,
-        "output": "probabilities",
+        "outputs": ["probabilities", "embeddings"],
+        "embedding_dim": recognizer.embedding_dim,
         "opset": OPSET,
         "class_names": list(recognizer.class_names),
         "sample_rate": 16000,

@@ -6,7 +6,7 @@ wav2vec 2.0 ``UpstreamExpert`` (every hub entry of those families: ``hubert``,
 keeps the fairseq-style model as ``expert.model``; its ``state_dict()`` is the converted
 checkpoint's ``model_weight``, and the checkpoint's configs come from the file s3prl read.
 
-s3prl's kaldi-feature baselines (``fbank``, ``fbank_no_cmvn``, ``mfcc``, ...) have no weights;
+s3prl's baseline feature extractors (``fbank``, ``fbank_no_cmvn``, ``mfcc``, ...) have no weights;
 :func:`front_end_description` records what they compute (runnable with torchaudio), and
 :class:`KaldiFbankGraph` computes the ``fbank`` family on a padded batch in ONNX-exportable ops.
 """
@@ -14,6 +14,7 @@ s3prl's kaldi-feature baselines (``fbank``, ``fbank_no_cmvn``, ``mfcc``, ...) ha
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -161,21 +162,18 @@ _FBANK_OPTIONS: dict[str, Any] = {
 }
 
 
-def _kaldi_expert(upstream: nn.Module) -> bool:
-    import s3prl.upstream.baseline.expert as baseline
-
-    return type(upstream) is baseline.UpstreamExpert and "kaldi" in upstream.config
-
-
 def front_end_description(upstream: nn.Module) -> dict[str, Any] | None:
-    """What s3prl's kaldi-feature baseline ``upstream`` computes from a 16 kHz waveform, as JSON;
-    None for any other upstream.
+    """What s3prl's parameter-free baseline ``upstream`` computes from a 16 kHz waveform, as
+    JSON; None for any other upstream.
 
-    ``function`` (``torchaudio.compliance.kaldi.fbank`` / ``mfcc`` / ...) with ``kwargs``
-    on the ``(1, samples)`` float32 waveform gives ``(frames, D)``; then ``delta``: ``order``
-    times ``torchaudio.functional.compute_deltas`` (``win_length``, ``mode``) on the last
-    result, concatenated along features; then ``cmvn``: when ``use_cmvn``, per utterance
-    ``(x - mean) / (eps + std)`` over frames (``std`` with ``N - 1``).
+    Kaldi features (``fbank``, ``mfcc``, ``spectrogram``): ``function``
+    (``torchaudio.compliance.kaldi.fbank`` / ...) with ``kwargs`` on the ``(1, samples)`` float32
+    waveform gives ``(frames, D)``; then ``delta``: ``order`` times
+    ``torchaudio.functional.compute_deltas`` (``win_length``, ``mode``) on the last result,
+    concatenated along features; then ``cmvn``: when ``use_cmvn``, per utterance
+    ``(x - mean) / (eps + std)`` over frames (``std`` with ``N - 1``). The others (``mel``,
+    ``linear``): ``function`` ``s3prl.upstream.baseline.preprocessor.get_preprocessor`` and its
+    ``config`` (torchaudio transforms inside s3prl).
 
     Example:
         >>> from s3prl_ser.upstreams.build import build_upstream
@@ -183,8 +181,14 @@ def front_end_description(upstream: nn.Module) -> dict[str, Any] | None:
         >>> described["function"], described["kwargs"]["num_mel_bins"], described["output_dim"]
         ('torchaudio.compliance.kaldi.fbank', 80, 240)
     """
-    if not _kaldi_expert(upstream):
+    import s3prl.upstream.baseline.expert as baseline
+
+    if type(upstream) is not baseline.UpstreamExpert:
         return None
+    shape = {"output_dim": int(upstream.output_dim), "frame_rate": int(upstream.downsample_rate)}
+    if "kaldi" not in upstream.config:
+        config = json.loads(json.dumps(upstream.config))
+        return {"function": "s3prl.upstream.baseline.preprocessor.get_preprocessor", "config": config, **shape}
     kaldi = upstream.config["kaldi"]
     kind = kaldi.get("feat_type", "fbank")
     delta = upstream.config.get("delta", {})
@@ -198,8 +202,7 @@ def front_end_description(upstream: nn.Module) -> dict[str, Any] | None:
             "mode": delta.get("mode", "replicate"),
         },
         "cmvn": {"use_cmvn": bool(cmvn["use_cmvn"]), "eps": float(cmvn.get("eps", 1e-10))},
-        "output_dim": int(upstream.output_dim),
-        "frame_rate": int(upstream.downsample_rate),
+        **shape,
     }
 
 
@@ -207,7 +210,7 @@ def kaldi_fbank_unsupported(upstream: nn.Module) -> str | None:
     """None when :class:`KaldiFbankGraph` computes ``upstream``'s features, else why not."""
     described = front_end_description(upstream)
     if described is None:
-        return f"{type(upstream).__module__}.{type(upstream).__name__} is not a kaldi-feature baseline"
+        return f"{type(upstream).__module__}.{type(upstream).__name__} is not a baseline feature extractor"
     if described["function"] != "torchaudio.compliance.kaldi.fbank":
         return f"{described['function']} features are not in the graph"
     if described["delta"]["mode"] != "replicate":
