@@ -179,3 +179,66 @@ def test_row_writer_appends_whole_lines_and_csv_names_resume_exactly(tmp_path):
     assert [r["file"] for r in _rows(output)] == ["'=a.wav"]  # b.wav's window dropped
     with pytest.raises(ValueError, match="must end in .csv or .jsonl"):
         RowWriter(tmp_path / "rows.txt", ["x"])
+
+
+def test_plot_of_a_long_file(model_dir, folder, whole, tmp_path):
+    """--plot: a PNG of the figure's size; the bands are the windows' probabilities stacked at
+    their centres, the silent first window is hatched, the summary is in the title."""
+    from PIL import Image
+
+    from s3prl_ser.inference.long_audio_plot import windows_figure
+
+    png = tmp_path / "long.png"
+    inference([str(model_dir), str(folder / "long.wav"), "--long-audio", "10", "--plot", str(png), "-q"])
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size == (1320, 504)  # 11 x 4.2 inches at 120 dpi
+    rows = [row for row in whole[".jsonl"] if row["file"].endswith("long.wav")]
+    fig = windows_figure(rows)
+    ax = fig.axes[0]
+    classes = list(rows[0]["probabilities"])
+    assert len(ax.collections) == len(classes)
+    windows = rows[:-1]
+    centres = [(row["start"] + row["end"]) / 2 for row in windows]
+    first = ax.collections[0].get_paths()[0].vertices  # the lowest band: the first class
+    top = {round(x, 6): y for x, y in first[len(first) // 2 :]}  # its upper edge, drawn backwards
+    assert [top[round(x, 6)] for x in centres] == pytest.approx([row["probabilities"][classes[0]] for row in windows])
+    spans = [patch.get_x() for patch in ax.patches], [patch.get_width() for patch in ax.patches]
+    assert spans == ([0.0], [8.0])  # the silent window (0-8 s), hatched
+    assert f"summary label {rows[-1]['label']}" in ax.get_title() and ax.get_xlim() == (0.0, 21.0)
+
+
+def test_plot_refuses_a_short_file_several_inputs_and_other_formats(model_dir, folder, tmp_path):
+    png = str(tmp_path / "p.png")
+    with pytest.raises(SystemExit) as exit_info:
+        inference([str(model_dir), str(folder / "clip0.wav"), "--plot", png, "-q"])
+    assert "clip0.wav: no window rows to draw" in str(exit_info.value.code)
+    for argv in (
+        [str(folder / "clip0.wav"), str(folder / "long.wav"), "--plot", png],
+        [str(folder), "--plot", "p.jpg"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            inference([str(model_dir), *argv])
+        assert str(exit_info.value.code).startswith("error: --plot takes a .png file and one long audio file")
+    assert not Path(png).exists()
+
+
+def test_plot_of_speech_segments_draws_each_over_its_span():
+    """Rows of ``segments="vad"`` (speech rows, silence rows without prediction, a summary):
+    stacked bars from each segment's start to its end, the silences hatched."""
+    from s3prl_ser.inference.long_audio_plot import windows_figure
+
+    def row(segment, start, end, probabilities=()):
+        probabilities = dict(zip(["neu", "ang"], probabilities))
+        return {"file": "call.wav", "segment": segment, "start": start, "end": end, "status": "ok"} | {
+            "silence": not probabilities,
+            "label": max(probabilities, key=probabilities.get) if probabilities else None,
+            "probabilities": probabilities,
+        }
+
+    rows = [row("silence", 0, 3), row("speech", 3, 9, (0.75, 0.25)), row("silence", 9, 12)]
+    rows += [row("speech", 12, 16, (0.25, 0.75)), row("summary", 0, 20, (0.55, 0.45))]
+    ax = windows_figure(rows).axes[0]
+    bars = [(p.get_x(), p.get_width(), p.get_y(), p.get_height()) for p in ax.patches if p.get_height() < 1]
+    assert bars == [(3, 6, 0, 0.75), (12, 4, 0, 0.25), (3, 6, 0.75, 0.25), (12, 4, 0.25, 0.75)]
+    assert [(p.get_x(), p.get_width()) for p in ax.patches if p.get_height() == 1] == [(0, 3), (9, 3)]  # silences
+    assert ax.get_title() == "call.wav (0:20): summary label neu; 2 speech segments" and ax.get_xlim() == (0, 20)

@@ -23,6 +23,9 @@ Rows are written as they are done (a batch of files, a batch of a long file's wi
 write appended whole and synced, so a killed run's ``--output`` holds the rows done so far;
 ``--resume`` keeps them and predicts only the files not finished in it (see ``RowWriter``).
 
+``--plot FILE.png`` draws one long file's windows: class probabilities over time, silent
+windows hatched, the summary in the title and legend (``long_audio_plot.plot_windows``).
+
 ``-`` reads one audio file's bytes from stdin (any format a file may have); its rows name it ``-``.
 URLs are refused: audio is read from local files only.
 
@@ -49,6 +52,7 @@ from s3prl_ser.cli.errors import EXPECTED_ERRORS, exit_on_error
 from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.fileio import atomic_write, atomic_write_json
 from s3prl_ser.inference.files import stream_files
+from s3prl_ser.inference.long_audio_plot import plot_windows
 from s3prl_ser.inference.postprocess import check_classes
 from s3prl_ser.inference.recognizer import EmotionRecognizer
 from s3prl_ser.inference.rows import RowWriter
@@ -110,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--top-k", type=int, metavar="K", help="add the K most probable classes, highest first, to each row"
     )
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw the windows of one long file (one input): class probabilities over time, and the summary",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: %(default)s)"
@@ -137,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError("--resume keeps rows only: not --embeddings (written at the end) nor - (stdin)")
         if args.segments == "vad":
             default_vad()  # without silero-vad or onnxruntime: an error before the model loads
+        if args.plot and not (args.plot.endswith(".png") and len(args.audio) == 1):
+            raise ValueError(f"--plot takes a .png file and one long audio file, got {args.plot} and {len(args.audio)}")
         recognizer = EmotionRecognizer.from_pretrained(args.model, device=args.device)
         classes = None
         if args.classes is not None:
@@ -163,11 +174,14 @@ def main(argv: list[str] | None = None) -> None:
         embedded: list[tuple[str, list[float]]] = []
         excluded: list[dict[str, str]] = []
         failed = 0
+        plotted: list[dict[str, Any]] = []
         for rows in chunks:
             if stdin is not None:
                 rows = list(_name_stdin(rows, stdin))
             if args.embeddings:
                 rows = list(_take_embeddings(rows, embedded, excluded, args.long_audio))
+            if args.plot:
+                plotted += rows
             if writer is not None:
                 writer.write(rows)
                 continue
@@ -176,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(row), flush=True)
         if writer is not None:
             failed = writer.failed  # the kept rows' errors too
+        if args.plot and not plotted:
+            print(f"no plot: {args.audio[0]} is finished in {args.output} (--resume)", file=sys.stderr)
+        elif args.plot and not failed:  # failed: its error row, and exit status 3
+            plot_windows(plotted, args.plot)
         if args.embeddings:
             _write_embeddings(Path(args.embeddings), embedded, excluded, recognizer.embedding_dim)
     if failed:
