@@ -101,7 +101,7 @@ def test_an_official_test_set_never_enters_the_pool(tmp_path):
     from test_corpora import make_msp
 
     root, meta = make_msp(tmp_path / "MSP-Podcast"), tmp_path / "meta"
-    manifest = msp_podcast.prepare(root, meta)
+    manifest = msp_podcast.prepare(root, meta, attributes=False)  # categories only: no X/O rows
     official = manifest.folds["fold1"]
     data = load_fold_data(_datarc(root, meta), "deploy")
     names = {data.train.name(i) for i in range(len(data.train))} | {data.dev.name(i) for i in range(len(data.dev))}
