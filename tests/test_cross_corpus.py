@@ -11,9 +11,18 @@ import soundfile
 
 import kill_at
 from helpers import overrides, tiny_fbank_model
+from s3prl_ser.config import ConfigError
+from s3prl_ser.data.emotion_dataset import read_fold_lists
 from s3prl_ser.data.label_maps import LabelMapError, read_label_map_file, resolve_label_map
-from s3prl_ser.data.manifest import Manifest, ManifestFold
-from s3prl_ser.experiments.cross_corpus import Corpus, LeakageError, load_scoring_model, score
+from s3prl_ser.data.manifest import Manifest, ManifestFold, read_manifest
+from s3prl_ser.experiments.cross_corpus import (
+    Corpus,
+    LeakageError,
+    MatrixCorpus,
+    load_scoring_model,
+    pool_corpora,
+    score,
+)
 from s3prl_ser.inference import EmotionRecognizer
 
 CREMA_LABELS = ["NEU", "HAP", "ANG", "SAD", "DIS"]  # CREMA-D's codes; DIS has no IEMOCAP counterpart
@@ -176,6 +185,35 @@ def test_score_command(iemocap_model, crema, tmp_path, capsys):
         )
 
 
+def test_a_pool_trains_on_every_members_training_lists_and_never_on_a_test_list(
+    mini_corpus, mini_meta, crema, tmp_path
+):
+    from s3prl_ser.data.full_data_pool import read_full_data_pool
+
+    corpus, rows = crema
+    members = [MatrixCorpus("iemocap", Corpus(str(mini_corpus), str(mini_meta))), MatrixCorpus("crema", corpus)]
+    pooled = pool_corpora(tmp_path, members, ["fold1", "fold2"])
+    manifest = read_manifest(pooled.meta_data)
+    assert manifest.labels == ["neutral", "happy", "angry", "sad"] and manifest.official_test is None
+    assert len(manifest.utterances) == 24 + 16  # every IEMOCAP utterance, CREMA-D's without DIS
+    fold1 = read_fold_lists(pooled.meta_data, "fold1", pooled.root)
+    assert len(fold1.test.items) == 7 + 4  # IEMOCAP's Session 1, CREMA-D's speaker 4 (DIS left out)
+    assert len(fold1.train.items) == 17 + 12
+    row = manifest.rows(["crema/spk4/4_HAP_1.wav"])[0]
+    assert row["label"] == "happy" and row["speaker"] == "crema/spk4"
+    assert os.path.samefile(os.path.join(pooled.root, row["path"]), os.path.join(corpus.root, "spk4/4_HAP_1.wav"))
+    # A member with an official test set: the pool's deployment pool leaves every test list out.
+    official = Manifest("CREMA-D", CREMA_LABELS, rows, {"fold1": read_manifest(corpus.meta_data).folds["fold1"]})
+    official.official_test = "test"
+    official.write(tmp_path / "official_meta")
+    members[1] = MatrixCorpus("crema", Corpus(corpus.root, str(tmp_path / "official_meta")))
+    pooled = pool_corpora(tmp_path / "with_official", members, ["fold1"])
+    assert read_manifest(pooled.meta_data).official_test == "crema: test"
+    assert len(read_full_data_pool(pooled.meta_data, pooled.root).train.items) == 17 + 12
+    with pytest.raises(ConfigError, match="crema has no fold2 to pool"):
+        pool_corpora(tmp_path / "bad", members, ["fold1", "fold2"])
+
+
 def test_matrix_killed_once_resumes_and_reuses_what_finished(mini_corpus, mini_meta, crema, tmp_path, one_thread):
     from s3prl_ser.cli.cross_corpus import main
 
@@ -184,11 +222,12 @@ def test_matrix_killed_once_resumes_and_reuses_what_finished(mini_corpus, mini_m
         "-p", str(tmp_path),
         "--corpus", f"iemocap={mini_corpus},{mini_meta}",
         "--corpus", f"crema={corpus.root},{corpus.meta_data}",
+        "--pool", "both=iemocap,crema",
         "--folds", "fold1",
         "-u", "fbank", "-d", "emotion_ecapa", "--device", "cpu",
         "-o", overrides(None, None, steps=4, every=2),
     ]  # fmt: skip
-    # 4 trainings of 4 updates: iemocap fold1, its deployment run, crema fold1, its deployment run.
+    # 6 trainings of 4 updates: fold1 and the deployment run of iemocap, crema, and the pool of both.
     status = kill_at.wait(kill_at.fork_run("update", "10", "cross_corpus", argv))
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     assert (tmp_path / "iemocap" / "deploy" / "final.json").is_file() and not (
@@ -212,6 +251,12 @@ def test_matrix_killed_once_resumes_and_reuses_what_finished(mini_corpus, mini_m
     # The crema model's DIS has no IEMOCAP counterpart: renormalised away; all 24 IEMOCAP utterances scored.
     assert cells["crema"]["iemocap"]["classes"] == ["neutral", "happy", "angry", "sad"]
     assert cells["crema"]["iemocap"]["scored"] == 24
+    pool = json.loads((tmp_path / "both" / "results.json").read_text())
+    assert pool["labels"] == ["neutral", "happy", "angry", "sad"] and pool["folds"]["fold1"]["num_utterances"] == 11
+    assert matrix["pools"]["both"]["cross_validation"]["ua"] == pytest.approx(pool["ua"]["mean"])
+    assert cells["both"]["iemocap"]["in_pool"] and cells["both"]["crema"]["ua"] is None
+    assert not (tmp_path / "cells" / "both_on_iemocap").exists()  # it learnt from all of both
+    assert "| both (pool: iemocap + crema) | in pool | in pool |" in (tmp_path / "matrix.md").read_text()
     assert (tmp_path / "matrix.png").stat().st_size > 1000
     assert "| iemocap | *" in (tmp_path / "matrix.md").read_text()
 

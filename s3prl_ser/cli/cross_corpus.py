@@ -6,7 +6,8 @@
 Each corpus is cross-validated in ``OUT/NAME`` with the training options (``-u``, ``-d``, ``-c``,
 ``-o`` and any other ``run_downstream.py`` option), its deployment model trained (or, with
 ``--model FOLD``, that fold's model taken) and scored on every other corpus; ``OUT`` gets
-``matrix.md`` (printed), ``matrix.json`` and ``matrix.png``. A killed matrix resumes: finished
+``matrix.md`` (printed), ``matrix.json`` and ``matrix.png``; ``--pool NAME=A,B`` adds a row
+trained on A and B together, scored on the other corpora. A killed matrix resumes: finished
 folds, deployment runs and cells are reused (:mod:`s3prl_ser.experiments.cross_corpus`).
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 from s3prl_ser.cli import run_downstream
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
-from s3prl_ser.experiments.cross_corpus import SPLITS, MatrixCorpus, cross_corpus_matrix
+from s3prl_ser.experiments.cross_corpus import SPLITS, MatrixCorpus, Pool, cross_corpus_matrix
 from s3prl_ser.experiments.launch import RunRequest
 
 __all__ = ["build_parser", "main"]
@@ -38,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         metavar="NAME=ROOT,META_DIR",
         help="a prepared corpus (give two or more); NAME names its directory and table row",
+    )
+    parser.add_argument(
+        "--pool",
+        action="append",
+        metavar="NAME=CORPUS,CORPUS",
+        help="one more row: a model trained on these corpora together (each fold's test lists never trained on), "
+        "scored on the other corpora",
     )
     parser.add_argument(
         "--folds", help="comma-separated folds cross-validated on every corpus (default: each one's own)"
@@ -78,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
             split=args.split,
             label_map=args.label_map,
             workers=args.workers,
+            pools=[Pool.parse(text) for text in args.pool or ()],
         )
         print((args.expdir / "matrix.md").read_text())
 

@@ -53,6 +53,7 @@ __all__ = [
     "LabelMap",
     "LabelMapFile",
     "default_corpus_map",
+    "common_map",
     "read_label_map_file",
     "resolve_label_map",
 ]
@@ -255,6 +256,27 @@ def _check_keys(table: Mapping[str, Any], known: Sequence[str], where: str, what
         raise LabelMapError(f"{where} names {', '.join(map(repr, unknown))}, not {what} ({', '.join(known)})")
 
 
+def common_map(
+    corpus: str, labels: Sequence[str], map_file: LabelMapFile | None = None, *, strict: bool = True
+) -> tuple[dict[str, str | None], str]:
+    """Each of ``labels`` -> its common class or None, from the file's ``corpora`` entry for
+    ``corpus`` or the defaults (:func:`default_corpus_map`); and where the table came from.
+
+    Raises:
+        LabelMapError: with ``strict``, the file's entry names a label ``corpus`` does not have.
+
+    Example:
+        >>> common_map("EmoDB", ["neu", "hap", "bor"])
+        ({'neu': 'neutral', 'hap': 'happy', 'bor': None}, 'default for EmoDB')
+    """
+    table = map_file.corpora.get(_norm(corpus)) if map_file is not None else None
+    if table is None:
+        return default_corpus_map(corpus, labels), f"default for {corpus}"
+    if strict:
+        _check_keys(table, labels, f"{map_file.path}: corpora.{corpus}", f"a label of {corpus}")
+    return {label: table.get(label) for label in labels}, f"{map_file.path} for {corpus}"
+
+
 def resolve_label_map(
     model_corpus: str,
     model_classes: Sequence[str],
@@ -284,14 +306,7 @@ def resolve_label_map(
             _check_keys({t: 0 for t in pair.values() if t is not None}, model_classes, where, "a model class")
             model = {name: name for name in model_classes}
             return LabelMap.build(model, {label: pair.get(label) for label in corpus_labels}, where)
-    sides = []
-    for name, labels, role in ((model_corpus, model_classes, "the model's"), (corpus, corpus_labels, "the scored")):
-        table = map_file.corpora.get(_norm(name)) if map_file is not None else None
-        if table is None:
-            sides.append((default_corpus_map(name, labels), f"default for {name}"))
-        else:
-            if role == "the scored":  # a model's classes may be fewer than its corpus's labels
-                _check_keys(table, labels, f"{map_file.path}: corpora.{name}", f"a label of {name}")
-            sides.append(({label: table.get(label) for label in labels}, f"{map_file.path} for {name}"))
-    (model, model_source), (scored, corpus_source) = sides
+    # A model's classes may be fewer than its corpus's labels: only the scored side is checked.
+    model, model_source = common_map(model_corpus, model_classes, map_file, strict=False)
+    scored, corpus_source = common_map(corpus, corpus_labels, map_file)
     return LabelMap.build(model, scored, f"model: {model_source}; corpus: {corpus_source}")

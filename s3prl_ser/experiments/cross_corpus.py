@@ -23,7 +23,11 @@ refused with :class:`LeakageError`.
 and that model scored on every other corpus. In-corpus cells are the cross-validation's means
 (over the model's own classes), cross-corpus cells the scores (over the mapped classes). Like
 cross-validation it resumes: finished trainings and cells scored with the same model, corpus,
-split and map are reused. Dimensional attributes (CCC) are not scored here yet.
+split and map are reused. A **pool** (:func:`pool_corpora`) adds a row trained on several
+corpora at once, their test lists never in training, scored on the corpora outside it.
+
+Dimensional attributes (CCC) are not scored yet: :func:`score` compares categories only; the
+attributes' scores would join its report beside ``metrics``.
 """
 
 from __future__ import annotations
@@ -44,7 +48,15 @@ import torch
 
 from s3prl_ser.config import ConfigError
 from s3prl_ser.data.emotion_dataset import EmotionDataset, MetaData, available_folds, read_fold_lists, utterance_key
-from s3prl_ser.data.label_maps import LabelMap, LabelMapFile, read_label_map_file, resolve_label_map
+from s3prl_ser.data.label_maps import (
+    COMMON_CLASSES,
+    LabelMap,
+    LabelMapFile,
+    common_map,
+    read_label_map_file,
+    resolve_label_map,
+)
+from s3prl_ser.data.manifest import Manifest, ManifestFold
 from s3prl_ser.data.protocol import PROTOCOL_KEY, checkpoint_protocol
 from s3prl_ser.data.training_audio import (
     DIGEST_RULE,
@@ -75,6 +87,8 @@ __all__ = [
     "check_leakage",
     "score",
     "MatrixCorpus",
+    "Pool",
+    "pool_corpora",
     "cross_corpus_matrix",
 ]
 
@@ -430,6 +444,107 @@ class MatrixCorpus:
         return cls(name, Corpus(root, meta))
 
 
+@dataclass(frozen=True)
+class Pool:
+    """Several corpora of the matrix trained on together (:func:`pool_corpora`), named ``name``.
+
+    Example:
+        >>> Pool.parse("both=iemocap,crema")
+        Pool(name='both', members=('iemocap', 'crema'))
+    """
+
+    name: str
+    members: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Pool:
+        """``NAME=CORPUS,CORPUS,...`` (the corpora by their matrix names).
+
+        Raises:
+            ConfigError: another shape.
+        """
+        name, _, members = text.partition("=")
+        names = tuple(filter(None, members.split(",")))
+        if not name or "/" in name or name.startswith(".") or len(names) < 2 or len(set(names)) != len(names):
+            raise ConfigError(f"a pool is NAME=CORPUS,CORPUS[,...] (two or more distinct corpora), got {text!r}")
+        return cls(name, names)
+
+
+def pool_corpora(
+    out: str | os.PathLike, members: Sequence[MatrixCorpus], folds: Sequence[str], label_map: LabelMapFile | None = None
+) -> Corpus:
+    """Write one corpus of several: ``out/meta/manifest.json`` over ``out/root`` (a symbolic
+    link per member, ``out/root/NAME`` -> its root); the pooled corpus.
+
+    Fold ``k`` of the pool trains on every member's fold-``k`` train and dev lists and tests on
+    their fold-``k`` test lists: a test list never enters training. Labels are mapped onto the
+    common classes (:func:`~s3prl_ser.data.label_maps.common_map`; utterances without one are
+    left out). When a member has an official test set, the pool has one too (its fold tests),
+    so that its deployment run (every fold's training utterances) leaves every test list out.
+
+    Raises:
+        ConfigError: a member lacks one of ``folds``, reads audio outside its root, or no
+            utterance is left.
+    """
+    out = Path(out)
+    root, names = out / "root", [member.name for member in members]
+    root.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict[str, Any]] = {}
+    lists: dict[str, dict[str, list[str]]] = {fold: {"train": [], "test": []} for fold in folds}
+    officials, dropped = [], Counter()
+    for member in members:
+        if member.corpus.allow_outside_root:
+            raise ConfigError(f"{member.name}: a corpus reading audio outside its root cannot be pooled")
+        link, target = root / member.name, Path(member.corpus.root).resolve()
+        if link.is_symlink() and link.resolve() != target:
+            link.unlink()
+        if not link.is_symlink():
+            link.symlink_to(target, target_is_directory=True)
+        for fold in folds:
+            try:
+                fold_lists = read_fold_lists(member.corpus.meta_data, fold, member.corpus.root)
+            except FileNotFoundError as error:
+                raise ConfigError(f"pool {', '.join(names)}: {member.name} has no {fold} to pool ({error})") from error
+            if fold_lists.official_test:
+                officials.append(f"{member.name}: {fold_lists.official_test}")
+            table, _ = common_map(fold_lists.corpus, fold_lists.train.class_names, label_map)
+            parts = [("train", fold_lists.train), ("train", fold_lists.dev), ("test", fold_lists.test)]
+            for split, part in parts:
+                for item in part.items if part is not None else ():
+                    label = table.get(item.get("label"))
+                    if label is None:
+                        dropped[f"{member.name}: {item.get('label')}"] += 1
+                        continue
+                    key = f"{member.name}/{utterance_key(item)}"
+                    speaker = item.get("speaker")
+                    rows[key] = {
+                        **{k: item[k] for k in ("gender", "duration", "start", "end", "channel") if k in item},
+                        "id": key,
+                        "path": f"{member.name}/{item['path']}",
+                        "label": label,
+                        "speaker": f"{member.name}/{speaker}" if speaker is not None else None,
+                    }
+                    lists[fold][split].append(key)
+    if not rows:
+        raise ConfigError(f"pool {', '.join(names)}: no utterance has a common class")
+    used = {row["label"] for row in rows.values()}
+    order = [c for c in COMMON_CLASSES if c in used] + sorted(used - set(COMMON_CLASSES))
+    manifest = Manifest(
+        f"pool of {' + '.join(names)}",
+        order,
+        [rows[key] for key in sorted(rows)],
+        {
+            fold: ManifestFold(tuple(sorted(set(x["train"]))), tuple(sorted(set(x["test"]))))
+            for fold, x in lists.items()
+        },
+        protocol=f"pooled {', '.join(names)}: fold k trains on every member's fold-k train and dev lists, tests on "
+        f"their fold-k test lists; left out without a common class: {dict(sorted(dropped.items())) or 'none'}",
+        official_test="; ".join(officials) or None,
+    )
+    manifest.write(out / "meta")
+    return Corpus(str(root), str(out / "meta"))
+
+
 def _cell_identity(model: ScoringModel, evaluation: EvaluationSet, mapping: LabelMap, split: str) -> dict[str, Any]:
     return {
         "model": model.identity,
@@ -484,8 +599,9 @@ def cross_corpus_matrix(
     split: str = "all",
     label_map: str | os.PathLike | None = None,
     workers: int = 0,
+    pools: Sequence[Pool] = (),
 ) -> dict[str, Any]:
-    """Train on each corpus and score on every other; write ``matrix.json``, ``matrix.md`` and
+    """Train on each corpus (and each pool) and score on every other; write ``matrix.json``, ``matrix.md`` and
     ``matrix.png`` into ``out``; the matrix.
 
     Args:
@@ -500,43 +616,70 @@ def cross_corpus_matrix(
         split: what of the other corpora is scored (:func:`evaluation_set`).
         label_map: a map file overriding the default maps (:mod:`s3prl_ser.data.label_maps`).
         workers: folds trained in that many single-thread processes (0: here, one by one).
+        pools: more rows: each trained on several of ``corpora`` at once (:func:`pool_corpora`,
+            in ``out/pools/NAME``, cross-validated in ``out/NAME``) and scored on the others;
+            its members' cells are not scored (it learnt from them).
 
     Raises:
-        ConfigError: fewer than two corpora, repeated names, a model fold not cross-validated.
+        ConfigError: fewer than two corpora, repeated names, a pool of unknown corpora, a
+            model fold not cross-validated.
         LeakageError: a model would be scored on audio it learnt from (corpora sharing recordings).
     """
     from s3prl_ser.experiments.cross_validation import corpus_folds, cross_validate
     from s3prl_ser.experiments.deployment import train_deployment
 
     out = Path(out)
-    names = [c.name for c in corpora]
-    if len(corpora) < 2 or len(set(names)) != len(names):
-        raise ConfigError(f"the matrix needs two or more corpora with distinct names, got {names}")
+    by_name = {c.name: c for c in corpora}
+    names = [c.name for c in corpora] + [p.name for p in pools]
+    if len(corpora) < 2 or len(set(names)) != len(names) or {"cells", "pools"} & set(names):
+        raise ConfigError(
+            f"the matrix needs two or more corpora, corpora and pools named distinctly (not cells or pools), got {names}"
+        )
+    unknown = sorted({m for p in pools for m in p.members} - set(by_name))
+    if unknown:
+        raise ConfigError(
+            f"pools name corpora the matrix does not have: {', '.join(unknown)} (corpora: {', '.join(by_name)})"
+        )
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     map_file = read_label_map_file(label_map) if label_map is not None else None
-    models: dict[str, ScoringModel] = {}
-    in_corpus: dict[str, dict[str, Any]] = {}
-    for entry in corpora:
-        recipe = request.with_overrides((_ROOT_KEY, entry.corpus.root), (_META_KEY, entry.corpus.meta_data))
+
+    def train(name: str, corpus: Corpus) -> tuple[dict[str, Any], ScoringModel]:
+        """Cross-validate ``name``'s recipe on ``corpus`` in ``out/name``; its CV cell and the model to score."""
+        recipe = request.with_overrides((_ROOT_KEY, corpus.root), (_META_KEY, corpus.meta_data))
         chosen = list(folds) if folds else corpus_folds(recipe)
         if model != "deploy" and model not in chosen:
             raise ConfigError(f"the model of fold {model} is taken from the cross-validation: add it to the folds")
-        logger.info("[cross_corpus] - %s: cross-validating %s in %s", entry.name, ", ".join(chosen), out / entry.name)
-        summary = cross_validate(out / entry.name, recipe, chosen, title=entry.name, workers=workers)
-        in_corpus[entry.name] = _in_corpus(summary)
-        run = train_deployment(out / entry.name, recipe, chosen) if model == "deploy" else out / entry.name / model
-        models[entry.name] = load_scoring_model(run)
+        logger.info("[cross_corpus] - %s: cross-validating %s in %s", name, ", ".join(chosen), out / name)
+        summary = cross_validate(out / name, recipe, chosen, title=name, workers=workers)
+        run = train_deployment(out / name, recipe, chosen) if model == "deploy" else out / name / model
+        return _in_corpus(summary), load_scoring_model(run)
+
+    trained = {c.name: train(c.name, c.corpus) for c in corpora}
+    for pool in pools:
+        members = [by_name[m] for m in pool.members]
+        pool_folds = (
+            list(folds)
+            if folds
+            else corpus_folds(
+                request.with_overrides((_ROOT_KEY, members[0].corpus.root), (_META_KEY, members[0].corpus.meta_data))
+            )
+        )
+        trained[pool.name] = train(pool.name, pool_corpora(out / "pools" / pool.name, members, pool_folds, map_file))
     cells: dict[str, dict[str, dict[str, Any]]] = {}
-    for a in corpora:
-        cells[a.name] = {}
+    for row, (cv_cell, row_model) in trained.items():
+        members = next((p.members for p in pools if p.name == row), ())
+        cells[row] = {}
         for b in corpora:
-            if a.name == b.name:
-                cells[a.name][b.name] = {"in_corpus": True, **in_corpus[a.name]}
+            if b.name == row:
+                cells[row][b.name] = {"in_corpus": True, **cv_cell}
                 continue
-            title = f"{a.name} -> {b.name}"
-            result = _cell(models[a.name], b, out / "cells" / f"{a.name}_on_{b.name}", split, map_file, title)
-            cells[a.name][b.name] = {
+            if b.name in members:  # trained on (the deployment model: on all of it)
+                cells[row][b.name] = {"in_corpus": False, "in_pool": True, "wa": None, "ua": None, "macro_f1": None}
+                continue
+            title = f"{row} -> {b.name}"
+            result = _cell(row_model, b, out / "cells" / f"{row}_on_{b.name}", split, map_file, title)
+            cells[row][b.name] = {
                 "in_corpus": False,
                 "wa": result["wa"],
                 "ua": result["ua"],
@@ -544,10 +687,11 @@ def cross_corpus_matrix(
                 "classes": result["label_map"]["classes"],
                 "scored": result["utterances"]["scored"],
                 "dropped": result["utterances"]["dropped"],
-                "source": f"cells/{a.name}_on_{b.name}/{SCORE_FILE}",
+                "source": f"cells/{row}_on_{b.name}/{SCORE_FILE}",
             }
     matrix = {
         "corpora": {c.name: {"root": c.corpus.root, "meta_data": c.corpus.meta_data} for c in corpora},
+        "pools": {p.name: {"members": list(p.members), "cross_validation": trained[p.name][0]} for p in pools},
         "model": model,
         "split": split,
         "label_map": str(label_map) if label_map is not None else "defaults",
@@ -560,14 +704,19 @@ def cross_corpus_matrix(
 
 
 def _write_matrix(matrix: dict[str, Any], out: Path) -> None:
-    names = list(matrix["corpora"])
-    cells = matrix["cells"]
+    columns, cells = list(matrix["corpora"]), matrix["cells"]
     model = "deployment model" if matrix["model"] == "deploy" else f"{matrix['model']}'s model"
+    pools = matrix.get("pools") or {}
 
     def text(cell: dict[str, Any], key: str) -> str:
+        if cell.get("in_pool"):
+            return "in pool"
         value = cell.get(key)
         shown = "-" if value is None else f"{value:.2f}"
         return f"*{shown}*" if cell["in_corpus"] else shown
+
+    def row_name(row: str) -> str:
+        return f"{row} (pool: {' + '.join(pools[row]['members'])})" if row in pools else row
 
     lines = [
         "# Cross-corpus matrix",
@@ -578,11 +727,18 @@ def _write_matrix(matrix: dict[str, Any], out: Path) -> None:
         f"({matrix['label_map']}) gives both; each cell's details in `cells/<row>_on_<column>/score.md`. "
         "A cross-corpus score says how the training procedure transfers, not how good the model is in-corpus.",
     ]
+    for name, pool in pools.items():
+        cv = pool["cross_validation"]
+        lines += [
+            "",
+            f"Pool {name}: trained on {' + '.join(pool['members'])} together (their classes mapped onto "
+            f"{', '.join(cv['classes'])}; each fold's test lists never trained on); its cross-validation: "
+            f"UA {cv['ua']:.2f}, WA {cv['wa']:.2f} (%); its members' cells are not scored (in pool).",
+        ]
     for key, name in (("ua", "UA (%)"), ("wa", "WA (%)"), ("macro_f1", "macro-F1 (%)")):
         lines += ["", f"## {name}", ""]
-        lines += markdown_table(
-            [r"trained \ scored", *names], [[a, *(text(cells[a][b], key) for b in names)] for a in names]
-        )
+        rows = [[row_name(row), *(text(cells[row][b], key) for b in columns)] for row in cells]
+        lines += markdown_table([r"trained \ scored", *columns], rows)
     lines += ["", "![UA heatmap](matrix.png)", ""]
     atomic_write_text(out / "matrix.md", "\n".join(lines))
     _plot_matrix(matrix, out / "matrix.png")
@@ -590,26 +746,28 @@ def _write_matrix(matrix: dict[str, Any], out: Path) -> None:
 
 
 def _plot_matrix(matrix: dict[str, Any], path: Path) -> None:
-    """The UA heatmap: rows trained on, columns scored on, the in-corpus diagonal outlined."""
+    """The UA heatmap: rows trained on, columns scored on, the in-corpus diagonal outlined, a
+    pool's own members grey."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    names = list(matrix["corpora"])
-    values = np.array([[matrix["cells"][a][b]["ua"] for b in names] for a in names], dtype=float)
-    size = 1.2 + 1.1 * len(names)
-    fig, ax = plt.subplots(figsize=(size + 1.0, size), dpi=120)
-    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(
-                j, i, f"{values[i, j]:.1f}", ha="center", va="center", color="white" if values[i, j] < 60 else "black"
-            )
-        ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_yticks(range(len(names)), names)
+    columns, rows = list(matrix["corpora"]), list(matrix["cells"])
+    values = np.array([[np.nan if (ua := matrix["cells"][a][b]["ua"]) is None else ua for b in columns] for a in rows])
+    fig, ax = plt.subplots(figsize=(2.2 + 1.1 * len(columns), 1.2 + 1.1 * len(rows)), dpi=120)
+    colours = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = ax.imshow(values, cmap=colours, vmin=0, vmax=100)
+    for i, row in enumerate(rows):
+        for j, column in enumerate(columns):
+            value = values[i, j]
+            label = "in pool" if np.isnan(value) else f"{value:.1f}"
+            ax.text(j, i, label, ha="center", va="center", color="white" if value < 60 else "black")
+            if row == column:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("scored on")
     ax.set_ylabel("trained on")
     ax.set_title("UA (%); outlined: in-corpus cross-validation", fontsize=9)
