@@ -174,6 +174,9 @@ COMMANDS: dict[str, Run | Parse] = {
     "s3prl-ser infer models/hubert_fold1 speech.wav calls/ list.txt --output results.csv --batch-size 8": Run(
         8, shorten=None, writes=("results.csv",)
     ),
+    "s3prl-ser infer models/hubert_fold1 meeting.flac --segments vad --output meeting.csv": Parse(
+        "needs a long recording; tests/test_speech_segments.py runs --segments vad on real recorded speech"
+    ),
     # docs/cross-corpus.md (fold5's model never trained on Session 5, which MyCorpus's test set copies)
     "s3prl-ser score result/hubert_ecapa --fold fold5 --root /data/mycorpus --meta-data /data/mycorpus_meta --split test -o result/scores/fold5_on_mycorpus": Run(
         5, shorten=None, writes=("result/scores/fold5_on_mycorpus/score.json",)
