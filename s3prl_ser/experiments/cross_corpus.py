@@ -151,21 +151,21 @@ def load_scoring_model(path: str | os.PathLike, fold: str | None = None, device:
         FileNotFoundError: nothing there, or a run's corpus that is no longer where it was read.
         ValueError: not a model (directory) this project wrote; ``fold`` with a model directory.
     """
-    from s3prl_ser.inference.model_dir import is_model_dir, verify_model_dir
+    from s3prl_ser.inference.model_dir import config_digest, is_model_dir
     from s3prl_ser.inference.recognizer import EmotionRecognizer, resolve_checkpoint
 
     path = Path(path)
     if is_model_dir(path):
         if fold is not None:
             raise ConfigError(f"{path} is a model directory: it has no folds to choose (drop the fold)")
-        config = verify_model_dir(path)
-        recognizer = EmotionRecognizer.from_model_dir(path, device)
+        recognizer = EmotionRecognizer.from_model_dir(path, device)  # its config.json verified
+        config = recognizer.config
         record = config.get(RECORD_KEY)
         training = TrainingAudio.from_record(record) if isinstance(record, dict) else None
         protocol = config.get(PROTOCOL_KEY) or {}
         corpus = protocol.get("corpus_name") or (training.corpus if training else None) or "unknown"
         kind = (config.get("source") or {}).get("kind", "model directory")
-        return ScoringModel(recognizer, str(path), kind, corpus, training, (path / "config.sha256").read_text().strip())
+        return ScoringModel(recognizer, str(path), kind, corpus, training, config_digest(config)[:16])
     run = path / fold if fold is not None else path
     if not run.exists():
         raise FileNotFoundError(f"no model at {run}")
@@ -215,6 +215,11 @@ class EvaluationSet:
     items: list[dict]
     description: str
     root: str
+
+    @property
+    def digest(self) -> str:
+        """A digest of the utterances and their labels (a cell scored on other ones is scored again)."""
+        return _digest_text("\n".join(f"{utterance_key(item)}\t{item.get('label')}" for item in self.items))
 
 
 def evaluation_set(corpus: Corpus, split: str = "all", fold: str | None = None) -> EvaluationSet:
@@ -363,7 +368,7 @@ def score(
             "split": split,
             "fold": fold,
             "selection": evaluation.description,
-            "digest": _digest_text("\n".join(f"{utterance_key(i)}\t{i.get('label')}" for i in evaluation.items)),
+            "digest": evaluation.digest,
         },
         "label_map": mapping.to_dict(),
         "renormalisation": RENORMALISED_NOTE if mapping.renormalised else None,
@@ -548,7 +553,7 @@ def pool_corpora(
 def _cell_identity(model: ScoringModel, evaluation: EvaluationSet, mapping: LabelMap, split: str) -> dict[str, Any]:
     return {
         "model": model.identity,
-        "corpus": _digest_text("\n".join(f"{utterance_key(i)}\t{i.get('label')}" for i in evaluation.items)),
+        "corpus": evaluation.digest,
         "split": split,
         "label_map": mapping.to_dict(),
     }
