@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from helpers import tiny_fbank_model
+from s3prl_ser.cli.inference import main as inference_cli
 from s3prl_ser.data.audio import load_audio
 from s3prl_ser.inference import EmotionRecognizer, RecognizerMember
 from s3prl_ser.models.fusion import EmotionClassifier
@@ -162,4 +163,9 @@ def test_from_pretrained_dtype_and_quantize(mini_corpus, mini_meta, tmp_path, on
             EmotionRecognizer.from_pretrained(model_dir, **options)
     with pytest.raises(ValueError, match="export the float32 model, not this torch.bfloat16 one"):
         bf16.description()
-    assert json.loads((model_dir / "config.json").read_text())["class_names"] == bf16.class_names
+    # the command line: --dtype / --device reach from_pretrained, a refused precision is an error line
+    out = tmp_path / "rows.jsonl"
+    inference_cli([str(model_dir), str(clip), "--dtype", "bfloat16", "--device", "cpu", "-O", str(out), "-q"])
+    assert json.loads(out.read_text())["label"] == reference.label
+    with pytest.raises(SystemExit, match=r"^error: float16 on the CPU is not supported"):
+        inference_cli([str(model_dir), str(clip), "--dtype", "float16", "--device", "cpu", "-q"])

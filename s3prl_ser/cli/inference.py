@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: %(default)s)"
     )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="model precision: bfloat16 on CPU or CUDA, float16 on CUDA only (default: %(default)s)",
+    )
+    parser.add_argument("--quantize", choices=["int8"], help="int8 linear layers of the upstream (CPU, float32)")
     add_verbosity_options(parser)
     return parser
 
@@ -148,7 +155,9 @@ def main(argv: list[str] | None = None) -> None:
             default_vad()  # without silero-vad or onnxruntime: an error before the model loads
         if args.plot and not (args.plot.endswith(".png") and len(args.audio) == 1):
             raise ValueError(f"--plot takes a .png file and one long audio file, got {args.plot} and {len(args.audio)}")
-        recognizer = EmotionRecognizer.from_pretrained(args.model, device=args.device)
+        recognizer = EmotionRecognizer.from_pretrained(
+            args.model, device=args.device, dtype=args.dtype, quantize=args.quantize
+        )
         classes = None
         if args.classes is not None:
             classes = check_classes(recognizer.class_names, [c.strip() for c in args.classes.split(",")])
