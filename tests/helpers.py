@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -144,3 +145,50 @@ def tiny_fbank_model(corpus, meta, root, fold):
 
     run_downstream(train_args(root / fold, overrides(corpus, meta, steps=4, every=2), extra=("-v", fold)))
     return export_run(root / fold, root / "model")
+
+
+ATTRIBUTES = ("arousal", "valence", "dominance")
+
+
+def rated_meta(corpus, out):
+    """The mini corpus's meta data in ``out`` with attributes that vary (its EmoEvaluation rates every
+    turn 2.5): arousal from the clip's RMS level, valence by class, dominance unknown (null) for each
+    dialog's first turn and their mean otherwise; scale 1-5."""
+    import json
+    import warnings
+
+    import numpy as np
+    import soundfile
+
+    from s3prl_ser.data.corpora.iemocap import prepare
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the corpus's utterance without audio, on purpose
+        prepare(corpus, out)
+    valence = {"neu": 3.0, "hap": 4.5, "ang": 1.5, "sad": 2.0}
+    for path in Path(out).glob("Session*/*_meta_data.json"):
+        data = json.loads(path.read_text())
+        for item in data["meta_data"]:
+            wav, _ = soundfile.read(Path(corpus) / item["path"])
+            arousal = round(1 + 4 * min(float(np.sqrt(np.mean(wav**2))) / 0.2, 1.0), 3)
+            item["attributes"] = {
+                "arousal": arousal,
+                "valence": valence[item["label"]],
+                "dominance": None if item["path"].endswith("000.wav") else (arousal + valence[item["label"]]) / 2,
+            }
+        path.write_text(json.dumps(data))
+    return out
+
+
+def tiny_attribute_model(corpus, meta, root, fold, *, categories=True, out="model"):
+    """:func:`tiny_fbank_model` trained on :data:`ATTRIBUTES` too (``categories=False``: on them only),
+    into ``root/fold``; exported to ``root/out``."""
+    from s3prl_ser.cli.run_downstream import main as run_downstream
+    from s3prl_ser.inference.export import export_run
+
+    targets = f"config.downstream_expert.targets.attributes=[{', '.join(ATTRIBUTES)}]"
+    if not categories:
+        targets += ",,config.downstream_expert.targets.categories=false"
+    opts = overrides(corpus, meta, steps=4, every=2, extra=targets)
+    run_downstream(train_args(root / fold, opts, extra=("-v", fold)))
+    return export_run(root / fold, root / out)

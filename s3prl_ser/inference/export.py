@@ -5,14 +5,17 @@ Sources:
 * one fold: ``RUN`` is a fold directory (its ``final.json``), or a cross-validation
   directory and ``fold`` names the fold;
 * an ensemble: ``RUN`` is a cross-validation directory; every finished fold's reported
-  model becomes a member, and probabilities are averaged;
+  model becomes a member, and probabilities (and attribute values) are averaged;
 * the deployment model: ``RUN`` is the deployment run (``CV_DIR/deploy``, trained by
   ``python -m s3prl_ser.cli.cross_validate ... --deploy``), or the cross-validation directory
   and ``deploy``. It was trained on every fold's utterances, so it has no held-out score: its
   ``config.json`` (``held_out_score: null``) and model card say so, and no WA/UA is recorded
   (:mod:`s3prl_ser.experiments.deployment`).
 
-``config.json`` records the source model's fold protocol under ``ser_protocol`` (one fold or
+``config.json`` records what the model predicts: ``class_names``, ``targets`` (the run's
+:class:`~s3prl_ser.training.targets.TargetSpec` record) and ``attribute_scale`` (``{name: [low,
+high]}`` of the attributes it predicts on the corpus's scale; ``{}`` without), all covered by
+``config.sha256``. It records the source model's fold protocol under ``ser_protocol`` (one fold or
 the deployment run), so that the fold guard refuses the directory as a fold's ``-k``
 (:func:`s3prl_ser.data.protocol.check_fine_tuned`): a deployment model for every fold.
 It also records ``training_audio``: digests of the audio every member learnt from (train and
@@ -93,6 +96,9 @@ def fold_record(fold_dir: Path) -> FoldRecord:
     final = run.final()
     metrics = run.test_metrics()  # None for a deployment run, never tested
     test = {k: metrics.get(k) for k in ("wa", "ua", "macro_f1", "num_utterances")} if metrics else None
+    if test is not None and metrics.get("attributes"):  # a model trained with attributes: their CCC
+        test["ccc"] = {name: values.get("ccc") for name, values in metrics["attributes"].items()}
+        test["ccc_mean"] = metrics.get("ccc_mean")
     versions = sorted(fold_dir.glob("versions_*.yaml"))
     fold = metrics.get("fold") if test else None
     return {
@@ -183,6 +189,8 @@ def export_run(
         "exported_with": package_versions(),
     }
     card_extra: dict[str, Any] = {"onnx": onnx}
+    if description["attribute_scale"]:
+        card_extra["attribute_scale"] = description["attribute_scale"]
     if kind == "deployment":
         recorded = RunDir(run).deployment_record()
         schedule = portable_paths(recorded, run) if recorded is not None else None

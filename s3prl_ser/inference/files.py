@@ -200,12 +200,13 @@ def _predict_batch(
     if readable:
         wavs = [wav for _, _, wav in readable]
         # one forward pass gives both; embeddings cost nothing more
-        probabilities, vectors = recognizer.outputs(wavs) if embeddings else (recognizer.probabilities(wavs), None)
-        for position, ((index, path, wav), probs) in enumerate(zip(readable, probabilities)):
+        predictions, vectors = recognizer.outputs(wavs) if embeddings else (recognizer.predictions(wavs), None)
+        for position, ((index, path, wav), values) in enumerate(zip(readable, predictions)):
             seconds = wav.numel() / SAMPLE_RATE
             row = prediction_row(
                 recognizer.class_names,
-                probs,
+                values,
+                recognizer.attribute_names,
                 file=str(path),
                 segment="file",
                 start=0.0,

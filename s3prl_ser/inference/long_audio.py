@@ -6,8 +6,9 @@ own (:func:`~s3prl_ser.data.audio.read_segment`) and windows go through the mode
 
 Windows start every ``hop`` seconds and last ``window`` seconds; the last one ends at the end
 of the file (it may be shorter, but never shorter than ``window - hop``: a window is added
-only while the previous one ends before the file does). The summary's probabilities are the
-mean of the windows' probabilities weighted by their durations. Each window's samples are those
+only while the previous one ends before the file does). The summary's probabilities (and
+attribute values, for a model trained with attributes) are the mean of the windows' weighted by
+their durations. Each window's samples are those
 of the whole file resampled at once (no seams). ``silence`` marks a window, or a summary (over
 the whole file), quieter than :data:`~s3prl_ser.data.audio.SILENCE_DBFS`: its label means nothing.
 """
@@ -31,16 +32,18 @@ __all__ = ["AudioClassifier", "window_plan", "predict_windows", "stream_windows"
 
 class AudioClassifier(Protocol):
     """What window and file prediction need of a model (an
-    :class:`~s3prl_ser.inference.recognizer.EmotionRecognizer`): its classes, its shortest clip,
-    and B mono 16 kHz waveforms ``(T_b,)`` -> class probabilities ``(B, C)``."""
+    :class:`~s3prl_ser.inference.recognizer.EmotionRecognizer`): its classes and attributes, its
+    shortest clip, and B mono 16 kHz waveforms ``(T_b,)`` -> class probabilities then attribute
+    values ``(B, C + A)``."""
 
     class_names: list[str]
+    attribute_names: list[str]
     min_samples: int
 
-    def probabilities(self, wavs: Sequence[Tensor]) -> Tensor: ...
+    def predictions(self, wavs: Sequence[Tensor]) -> Tensor: ...
 
     def outputs(self, wavs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """(probabilities ``(B, C)``, embeddings ``(B, E)``): file prediction with ``embeddings=True``."""
+        """(predictions ``(B, C + A)``, embeddings ``(B, E)``): file prediction with ``embeddings=True``."""
         ...
 
 
@@ -110,7 +113,8 @@ def stream_windows(
     info = info or audio_info(path)
     duration = info.frames / info.sample_rate
     plan = window_plan(duration, window, hop)
-    weighted = torch.zeros(len(recognizer.class_names), dtype=torch.float64)
+    names = {"attribute_names": recognizer.attribute_names}
+    weighted = torch.zeros(len(recognizer.class_names) + len(recognizer.attribute_names), dtype=torch.float64)
     covered = 0.0
     energy = 0.0  # sum of squares of the file's samples, each counted once (windows overlap)
     done = 0  # samples of the file counted in energy
@@ -121,7 +125,7 @@ def stream_windows(
             for start, end in chunk
         ]
         rows: list[dict[str, Any]] = []
-        for (start, end), wav, probs in zip(chunk, wavs, recognizer.probabilities(wavs)):
+        for (start, end), wav, probs in zip(chunk, wavs, recognizer.predictions(wavs)):
             begin = round(start * SAMPLE_RATE)
             energy += float(wav[done - begin :].double().square().sum())
             done = begin + wav.numel()
@@ -129,6 +133,7 @@ def stream_windows(
                 prediction_row(
                     recognizer.class_names,
                     probs,
+                    **names,
                     file=str(path),
                     segment="window",
                     start=start,
@@ -147,6 +152,7 @@ def stream_windows(
     summary = prediction_row(
         recognizer.class_names,
         (weighted / total).float(),
+        **names,
         file=str(path),
         segment="summary",
         start=0.0,

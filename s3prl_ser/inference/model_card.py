@@ -1,14 +1,16 @@
 """The model card (``README.md``) of a model directory: YAML metadata, then what the model is.
 
 It states the corpus and protocol, the held-out scores of the fold model(s) it was built from
-(per-fold WA/UA from each run's ``test_<fold>_metrics.json``), the training configuration and
-the package versions of the training run and of the export. A deployment model's card states
-that it has no held-out score, gives its schedule, and holds no WA/UA at all.
+(per-fold WA/UA from each run's ``test_<fold>_metrics.json``; for a model trained with
+attributes, each attribute's CCC and their mean), the training configuration and the package
+versions of the training run and of the export. A deployment model's card states that it has
+no held-out score, gives its schedule, and holds no WA/UA or CCC at all.
 
 The metadata is built with ``huggingface_hub.ModelCardData`` (:func:`card_metadata`): license,
 corpus, metrics, tags and a ``model-index`` with one ``EvalResult`` per fold and metric (and,
 with two or more folds, their mean), as ``huggingface_hub.ModelCard.load`` parses it; a
-deployment model's holds no ``model-index``.
+deployment model's holds no ``model-index``. An attribute's CCC is metric type ``ccc`` with the
+attribute as its config (``mean``: the mean over attributes).
 
 Names that come from the data (class labels, fold names, paths, the title) are escaped for
 Markdown and HTML (:func:`markdown_text`, :func:`markdown_code`), so a label such as
@@ -31,7 +33,8 @@ from s3prl_ser.versions import installed_versions
 __all__ = ["FoldRecord", "card_metadata", "markdown_text", "markdown_code", "render_card", "package_versions"]
 
 FoldRecord = dict[str, Any]
-"""``{"fold", "run_dir", "checkpoint", "averaged", "test": {"wa", "ua", "macro_f1", "num_utterances"} | None,
+"""``{"fold", "run_dir", "checkpoint", "averaged", "test": {"wa", "ua", "macro_f1", "num_utterances"}
+(with attributes also ``"ccc": {attribute: CCC}`` and ``"ccc_mean"``) | None,
 "config": the run's config, "args": {...}, "versions": the run's versions record | None,
 "protocol": the checkpoint's fold protocol record | None}``."""
 
@@ -88,6 +91,16 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}"
 
 
+def _ccc(value: float | None) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"  # NaN: undefined on that fold
+
+
+def _ccc_metrics(test: Mapping[str, Any]) -> list[tuple[str, str, float | None]]:
+    """``(metric config, metric name, value)`` of a fold's CCCs: each attribute's, then ``mean``."""
+    found = [(name, f"CCC {name}", value) for name, value in (test.get("ccc") or {}).items()]
+    return found + [("mean", "CCC (mean over attributes)", test.get("ccc_mean"))] if found else []
+
+
 def _corpus_name(folds: Sequence[FoldRecord]) -> str | None:
     """The corpus as the fold protocol names it (``IEMOCAP``, ``builtin (synthetic IEMOCAP
     layout)``, ...); None when no record names it."""
@@ -101,9 +114,10 @@ def card_metadata(
     """The card's YAML metadata (arguments as in :func:`render_card`).
 
     ``model-index`` holds, per fold with test metrics, one ``EvalResult`` per metric its
-    metrics file has (WA as ``accuracy``, UA as ``unweighted_accuracy``, ``f1``/``macro``),
-    the value as recorded (a fraction), ``dataset_split`` the fold; with two or more folds
-    also their mean (``dataset_split`` ``mean over N folds``). A deployment model has none.
+    metrics file has (WA as ``accuracy``, UA as ``unweighted_accuracy``, ``f1``/``macro``;
+    CCC as ``ccc`` with the attribute, or ``mean``, as config), the value as recorded (a
+    fraction), ``dataset_split`` the fold; with two or more folds also their mean
+    (``dataset_split`` ``mean over N folds``). A deployment model has none.
 
     Example:
         >>> data = card_metadata("m", "fold", ["neu", "ang"], [{"fold": "fold1", "test": {"wa": 0.5, "ua": 0.25},
@@ -133,19 +147,22 @@ def card_metadata(
             metric_value=value,
         )
 
-    results = [
-        result(str(f["fold"]), metric, config, name, f["test"][key])
+    # per fold: (metric type, config, name) -> value; CCC values NaN on a fold (constant truth) are left out
+    scores = [
+        {
+            (metric, config, name): f["test"][key]
+            for key, metric, config, name in _METRICS
+            if f["test"].get(key) is not None
+        }
+        | {("ccc", config, name): value for config, name, value in _ccc_metrics(f["test"]) if _ccc(value) != "n/a"}
         for f in scored
-        for key, metric, config, name in _METRICS
-        if f["test"].get(key) is not None
     ]
+    results = [result(str(f["fold"]), *key, value) for f, fold in zip(scored, scores) for key, value in fold.items()]
     if len(scored) > 1:
-        for key, metric, config, name in _METRICS:
-            values = [f["test"][key] for f in scored if f["test"].get(key) is not None]
+        for key in dict.fromkeys(k for fold in scores for k in fold):
+            values = [fold[key] for fold in scores if key in fold]
             if len(values) == len(scored):  # a mean over some of the folds would mislabel them
-                results.append(
-                    result(f"mean over {len(values)} folds", metric, config, name, sum(values) / len(values))
-                )
+                results.append(result(f"mean over {len(values)} folds", *key, sum(values) / len(values)))
     present = {r.metric_type for r in results}
     return ModelCardData(
         license=LICENSE,
@@ -153,7 +170,7 @@ def card_metadata(
         pipeline_tag="audio-classification",
         tags=tags,
         datasets=[corpus] if corpus else None,
-        metrics=[metric for _, metric, _, _ in _METRICS if metric in present] or None,
+        metrics=[metric for metric in (*(m for _, m, _, _ in _METRICS), "ccc") if metric in present] or None,
         model_name=str(title) if results else None,
         eval_results=results or None,
         s3prl_ser={"kind": kind, "classes": list(class_names), "folds": [f["fold"] for f in folds], **extra},
@@ -172,7 +189,8 @@ def render_card(
         class_names: output classes in order.
         folds: the fold runs the model was built from (for a deployment model: its one run).
         extra: more facts for the metadata (e.g. ``onnx``; for a deployment model ``schedule``,
-            the :func:`~s3prl_ser.experiments.deployment.deployment_schedule` record).
+            the :func:`~s3prl_ser.experiments.deployment.deployment_schedule` record; for a model
+            with attributes ``attribute_scale``, ``{name: [low, high]}``).
 
     Example:
         >>> card = render_card("m", "fold", ["neu", "ang"], [{"fold": "fold1", "test": {"wa": 0.5, "ua": 0.25,
@@ -190,16 +208,25 @@ def render_card(
         "fold": f"the reported model of {markdown_text(first['fold'])} ("
         + ("its k best dev checkpoints averaged" if first.get("averaged", True) else "its best dev checkpoint")
         + ")",
-        "ensemble": f"an ensemble of {len(folds)} fold models; class probabilities are averaged",
+        "ensemble": f"an ensemble of {len(folds)} fold models; class probabilities"
+        + (" and attribute values" if extra.get("attribute_scale") else "")
+        + " are averaged",
         "deployment": "a deployment model: the cross-validated training procedure run once more on every "
         "utterance of the corpus (never an official test set), "
         + ("its k best dev checkpoints averaged" if first.get("averaged", True) else "its best dev checkpoint"),
     }[kind]
+    scale = extra.get("attribute_scale") or {}
+    outputs = [f"Classes (output order): {', '.join(map(markdown_text, class_names))}."] if class_names else []
+    if scale:
+        outputs.append(
+            "Attributes (values on the corpus's scale): "
+            + ", ".join(f"{markdown_text(name)} {lo:g}-{hi:g}" for name, (lo, hi) in scale.items())
+            + "."
+        )
     lines += [
         f"Speech emotion recognition with s3prl-ser: {what}.",
         "",
-        f"Classes (output order): {', '.join(map(markdown_text, class_names))}. Input: any audio; it is "
-        "resampled to 16 kHz mono.",
+        " ".join(outputs) + " Input: any audio; it is resampled to 16 kHz mono.",
         "",
         "## Corpus and protocol",
         "",
@@ -240,18 +267,26 @@ def render_card(
         else:
             lines += ["- not recorded (no deployment.json beside the run)"]
     elif scored:
-        lines += markdown_table(
-            ["fold", "WA (%)", "UA (%)", "test utterances"],
-            [
+        if class_names:
+            lines += markdown_table(
+                ["fold", "WA (%)", "UA (%)", "test utterances"],
                 [
-                    markdown_text(f["fold"]),
-                    _percent(f["test"].get("wa")),
-                    _percent(f["test"].get("ua")),
-                    markdown_text(f["test"].get("num_utterances", "n/a")),
-                ]
-                for f in scored
-            ],
-        )
+                    [
+                        markdown_text(f["fold"]),
+                        _percent(f["test"].get("wa")),
+                        _percent(f["test"].get("ua")),
+                        markdown_text(f["test"].get("num_utterances", "n/a")),
+                    ]
+                    for f in scored
+                ],
+            )
+        if any(_ccc_metrics(f["test"]) for f in scored):
+            lines += [
+                "",
+                "Concordance correlation coefficient (CCC) of each attribute on the fold's test utterances:",
+                "",
+            ]
+            lines += _ccc_table(scored)
         if kind == "ensemble":
             lines += [
                 "",
@@ -292,6 +327,19 @@ def render_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _ccc_table(scored: Sequence[FoldRecord]) -> list[str]:
+    """Each fold's CCC per attribute and their mean, and with two or more folds the mean over folds."""
+    folds = [{config: value for config, _, value in _ccc_metrics(f["test"])} for f in scored]
+    names = list(folds[0])  # the attributes, then "mean"
+    rows = [[markdown_text(f["fold"]), *(_ccc(fold.get(n)) for n in names)] for f, fold in zip(scored, folds)]
+    if len(folds) > 1:
+        columns = [[fold.get(n) for fold in folds] for n in names]
+        rows.append(
+            [f"mean over {len(folds)} folds", *(_ccc(sum(v) / len(v)) if None not in v else "n/a" for v in columns)]
+        )
+    return markdown_table(["fold", *(f"CCC {markdown_text(n)}" for n in names[:-1]), "CCC mean"], rows)
 
 
 def _versions_text(packages: Mapping[str, Any] | None) -> str:

@@ -3,7 +3,8 @@
     from s3prl_ser.inference import EmotionRecognizer
     recognizer = EmotionRecognizer.from_pretrained("MODEL_DIR")  # or a run's fold directory / checkpoint
     recognizer.predict("speech.flac")            # any sample rate / channel count
-    # Prediction(label='ang', probabilities={'neu': 0.1, 'hap': 0.05, 'ang': 0.8, 'sad': 0.05}, silence=False)
+    # Prediction(label='ang', probabilities={'neu': 0.1, 'hap': 0.05, 'ang': 0.8, 'sad': 0.05}, silence=False,
+    #            attributes={})  # a model trained with attributes: {'arousal': 3.9, ...} on the corpus's scale
     recognizer.predict_files(["DIR/", "list.txt"])   # rows: label, probabilities, duration, status
     recognizer.predict_long("meeting.wav")           # 8 s windows, 4 s hop, and a summary
     recognizer.predict_long("meeting.wav", segments="vad")  # speech segments (<= 8 s) and silences
@@ -15,6 +16,11 @@ its sha256, and only upstreams that build without a download accepted), a run's 
 fetched by ``huggingface_hub.snapshot_download``, then checked the same way). A recognizer holds one or several members (an
 ensemble of fold models: their class probabilities are averaged); members trained on the same
 upstream share it, and it runs once per batch.
+
+A model trained with continuous attributes (``targets.attributes``, e.g. arousal, valence,
+dominance) also predicts their values, on the corpus's own scale (``attribute_scale``, e.g. 1-5):
+``Prediction.attributes``; an ensemble averages them over members as it does the probabilities.
+A model trained on attributes only has no classes (``label`` None, ``probabilities`` empty).
 
 ``from_pretrained(..., device="cuda", dtype="bfloat16")`` (or ``recognizer.to(...)``,
 ``.half()``, ``.bfloat16()``) runs the model in bfloat16 (CPU or CUDA) or float16 (CUDA);
@@ -30,7 +36,7 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from s3prl_ser.config import expert_default
+from s3prl_ser.data.attributes import denormalise
 from s3prl_ser.data.audio import SAMPLE_RATE, is_silent
 from s3prl_ser.data.folds import resolve_fold
 from s3prl_ser.fileio import safe_torch_load
@@ -59,8 +66,9 @@ from s3prl_ser.inference.precision import check_precision, resolve_dtype, run_up
 from s3prl_ser.inference.quantize import QUANTIZATIONS, quantize_dynamic_int8
 from s3prl_ser.inference.speech_segments import stream_long
 from s3prl_ser.inference.upstream_spec import build_upstreams_offline, describe_upstreams
-from s3prl_ser.models.fusion import EmotionClassifier
+from s3prl_ser.models.fusion import EmotionClassifier, split_outputs
 from s3prl_ser.training.run_dir import RunDir
+from s3prl_ser.training.targets import TargetSpec
 from s3prl_ser.upstreams.exportable import UnsupportedUpstreamError
 from s3prl_ser.upstreams.multi_upstream import MultiFeaturizer, build_featurizer
 from s3prl_ser.upstreams.registry import register
@@ -74,15 +82,20 @@ class Prediction:
 
     ``silence``: the audio's RMS level is below :data:`~s3prl_ser.data.audio.SILENCE_DBFS`;
     the model still picks a class, often confidently, but there is no emotion to read.
+    ``attributes``: ``{name: value}`` on the corpus's scale for a model trained with attributes
+    (``{}`` otherwise); a model of attributes only has no ``label`` (None) and no ``probabilities``.
 
     Example:
         >>> Prediction("ang", {"neu": 0.2, "ang": 0.8}).label
         'ang'
+        >>> Prediction(None, {}, attributes={"arousal": 3.9}).attributes["arousal"]
+        3.9
     """
 
-    label: str
+    label: str | None
     probabilities: dict[str, float]
     silence: bool = False
+    attributes: dict[str, float] = field(default_factory=dict)
 
     def top(self, k: int) -> list[dict[str, Any]]:
         """The ``k`` most probable classes as the HF pipeline gives them, highest first:
@@ -93,7 +106,9 @@ class Prediction:
         """This prediction over ``classes`` only: their probabilities divided by their sum, the
         label the most probable of them. Raises ValueError for a class the model does not have."""
         probabilities = restrict(self.probabilities, classes)
-        return Prediction(max(probabilities, key=probabilities.__getitem__), probabilities, self.silence)
+        return Prediction(
+            max(probabilities, key=probabilities.__getitem__), probabilities, self.silence, self.attributes
+        )
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
@@ -156,10 +171,13 @@ def _download_model_dir(
     return Path(snapshot)
 
 
-def _classifier_config(featurizer: nn.Module, num_classes: int, modelrc: dict[str, Any]) -> dict[str, Any]:
-    """:class:`EmotionClassifier` keyword arguments, as the ``emotion_ecapa`` expert builds it."""
+def _classifier_config(
+    featurizer: nn.Module, num_classes: int, modelrc: dict[str, Any], num_attributes: int = 0
+) -> dict[str, Any]:
+    """:class:`EmotionClassifier` keyword arguments, as the ``emotion_ecapa`` expert builds it
+    (``num_attributes`` only when there are attributes: a categorical model's config as before)."""
     multi = isinstance(featurizer.output_dim, list)
-    return {
+    config = {
         "input_sizes": list(featurizer.output_dim) if multi else [featurizer.output_dim],
         "rates": list(featurizer.downsample_rate) if multi else [featurizer.downsample_rate],
         "num_classes": num_classes,
@@ -168,13 +186,14 @@ def _classifier_config(featurizer: nn.Module, num_classes: int, modelrc: dict[st
         "fusion": modelrc.get("fusion"),
         "projector_dim": modelrc.get("projector_dim"),
     }
+    return config | ({"num_attributes": num_attributes} if num_attributes else {})
 
 
 class RecognizerMember(nn.Module):
     """One trained model's featurizer + classifier, reading the output of upstream ``upstream_index``.
 
     ``forward(wavs, upstream_output)``: B waveforms ``(T_b,)`` and the upstream's output for
-    them -> logits ``(B, num_classes)``.
+    them -> logits ``(B, num_classes)`` (then ``num_attributes`` normalised attribute values).
 
     Example:
         >>> class Frames(nn.Module):  # a stand-in upstream: 160 samples per frame, 3 features
@@ -210,12 +229,15 @@ class EmotionRecognizer(nn.Module):
 
     Args:
         upstreams: the distinct upstream modules the members read.
-        members: one per trained model; probabilities are averaged over members.
-        class_names: the class order of every member's output.
+        members: one per trained model; probabilities (and attribute values) are averaged over members.
+        class_names: the class order of every member's output (empty for a model of attributes only).
         min_samples: the shortest clip accepted (the upstream's receptive field); None:
             ``datarc.min_samples`` of ``emotion_ecapa``'s ``config.yaml``.
         config: the JSON description :mod:`s3prl_ser.inference.model_dir` saves (``upstreams``,
-            ``members``); ``None`` for a recognizer that cannot be exported.
+            ``members``, and ``targets``: the :class:`~s3prl_ser.training.targets.TargetSpec`
+            record); ``None`` for a recognizer that cannot be exported.
+        attribute_scale: ``{name: (low, high)}`` of the attributes the members predict after the
+            classes, in output order (their outputs are normalised to ``[0, 1]`` on it); None: none.
 
     Example:
         >>> class Frames(nn.Module):  # a stand-in upstream: 160 samples per frame, 3 features
@@ -239,16 +261,24 @@ class EmotionRecognizer(nn.Module):
         class_names: Sequence[str],
         min_samples: int | None = None,
         config: dict[str, Any] | None = None,
+        attribute_scale: dict[str, Sequence[float]] | None = None,
     ) -> None:
         super().__init__()
         if not members:
             raise ValueError("a recognizer needs at least one member model")
+        self.attribute_scale = {name: (float(lo), float(hi)) for name, (lo, hi) in (attribute_scale or {}).items()}
         for member in members:
             if not 0 <= member.upstream_index < len(upstreams):
                 raise ValueError(f"member reads upstream {member.upstream_index}, but there are {len(upstreams)}")
+            predicted = getattr(member.classifier, "num_attributes", 0)
+            if predicted != len(self.attribute_scale):
+                raise ValueError(
+                    f"a member predicts {predicted} attribute(s), the scale names {len(self.attribute_scale)}"
+                )
         self.upstreams = nn.ModuleList(upstreams)
         self.members = nn.ModuleList(members)
         self.class_names = list(class_names)
+        self.attribute_names = list(self.attribute_scale)
         self.min_samples = int(expert_default("datarc", "min_samples") if min_samples is None else min_samples)
         self.config = config
         self.quantization: str | None = None  # "int8" after quantize()
@@ -313,7 +343,8 @@ class EmotionRecognizer(nn.Module):
     @classmethod
     def from_checkpoint(cls, ckpt_path: str | os.PathLike, device: str = "cpu") -> EmotionRecognizer:
         """One trained model from its runner checkpoint (``dev-avg.ckpt``, ...); the upstream is
-        rebuilt as the run built it (its ``-u``/``-k``, for its fold)."""
+        rebuilt as the run built it (its ``-u``/``-k``, for its fold). What it predicts comes from
+        the checkpoint's ``Targets`` and ``AttributeScale`` (none: categories only)."""
         register()
         ckpt_path = Path(ckpt_path)
         ckpt = safe_torch_load(ckpt_path)
@@ -339,13 +370,22 @@ class EmotionRecognizer(nn.Module):
         }
         featurizer = _build_featurizer(upstream, featurizer_config, device)
         featurizer.load_state_dict(ckpt["Featurizer"])
-        classifier_config = _classifier_config(featurizer, len(ckpt["ClassNames"]), expert.get("modelrc", {}))
+        targets = TargetSpec.from_dict(ckpt.get("Targets"))
+        scale = ckpt.get("AttributeScale") or {}
+        missing = [name for name in targets.attributes if name not in scale]
+        if missing:
+            raise ValueError(f"{ckpt_path}: no AttributeScale of {', '.join(missing)}, which the model predicts")
+        scale = {name: scale[name] for name in targets.attributes}  # in output order
+        classifier_config = _classifier_config(
+            featurizer, len(ckpt["ClassNames"]), expert.get("modelrc", {}), targets.num_attributes
+        )
         classifier = EmotionClassifier(**classifier_config)
         classifier.load_state_dict(
             {k.removeprefix("model."): v for k, v in ckpt["Downstream"].items() if k.startswith("model.")}
         )
         min_samples = expert.get("datarc", {}).get("min_samples")
         description = {
+            "targets": targets.to_dict(),
             "upstreams": [specs],
             "members": [
                 {
@@ -357,7 +397,7 @@ class EmotionRecognizer(nn.Module):
             ],
         }
         member = RecognizerMember(featurizer, classifier.to(device), 0)
-        return cls([upstream], [member], ckpt["ClassNames"], min_samples, description)
+        return cls([upstream], [member], ckpt["ClassNames"], min_samples, description, scale)
 
     @classmethod
     def from_model_dir(cls, path: str | os.PathLike, device: str = "cpu") -> EmotionRecognizer:
@@ -378,12 +418,13 @@ class EmotionRecognizer(nn.Module):
             members = []
             for member in config["members"]:
                 featurizer = _build_featurizer(upstreams[member["upstream"]], member["featurizer"], device)
-                expected = _classifier_config(featurizer, len(config["class_names"]), {})
-                for key in ("input_sizes", "rates", "num_classes"):
-                    if expected[key] != member["classifier"][key]:
+                scale = config.get("attribute_scale") or {}  # none before attributes existed
+                expected = _classifier_config(featurizer, len(config["class_names"]), {}, len(scale))
+                for key in ("input_sizes", "rates", "num_classes", "num_attributes"):
+                    if expected.get(key, 0) != member["classifier"].get(key, 0):
                         raise ModelDirError(
-                            f"{Path(path) / 'config.json'}: classifier {key} {member['classifier'][key]} does not "
-                            f"match {expected[key]} (from its upstream and class_names)"
+                            f"{Path(path) / 'config.json'}: classifier {key} {member['classifier'].get(key, 0)} does "
+                            f"not match {expected.get(key, 0)} (from its upstream, class_names and attribute_scale)"
                         )
                 classifier = EmotionClassifier(**member["classifier"]).to(device)
                 members.append(RecognizerMember(featurizer, classifier, member["upstream"]))
@@ -391,7 +432,7 @@ class EmotionRecognizer(nn.Module):
             raise ModelDirError(f"{Path(path) / 'config.json'}: {error}") from error
         except (KeyError, TypeError) as error:
             raise ModelDirError(f"{Path(path) / 'config.json'}: malformed ({type(error).__name__}: {error})") from error
-        recognizer = cls(upstreams, members, config["class_names"], config.get("min_samples"), config)
+        recognizer = cls(upstreams, members, config["class_names"], config.get("min_samples"), config, scale)
         try:
             recognizer.load_state_dict({k: v.to(device) for k, v in tensors.items()}, strict=True)
         except RuntimeError as error:
@@ -402,19 +443,24 @@ class EmotionRecognizer(nn.Module):
 
     @classmethod
     def ensemble(cls, recognizers: Sequence[EmotionRecognizer]) -> EmotionRecognizer:
-        """One recognizer averaging the class probabilities of ``recognizers`` (e.g. the 5 fold models).
+        """One recognizer averaging the class probabilities (and attribute values) of ``recognizers``
+        (e.g. the 5 fold models); it records the first one's ``targets``.
 
         Upstreams that are the same (same description and weights) are kept once.
 
         Raises:
-            ValueError: the recognizers' class names differ.
+            ValueError: the recognizers' class names, or attributes and their scales, differ.
         """
         if not recognizers:
             raise ValueError("an ensemble needs at least one recognizer")
-        names = recognizers[0].class_names
+        names, scale = recognizers[0].class_names, recognizers[0].attribute_scale
         for other in recognizers[1:]:
             if other.class_names != names:
                 raise ValueError(f"cannot ensemble models with different classes: {names} vs {other.class_names}")
+            if list(other.attribute_scale.items()) != list(scale.items()):
+                raise ValueError(
+                    f"cannot ensemble models with different attributes or scales: {scale} vs {other.attribute_scale}"
+                )
         exportable = all(r.config is not None for r in recognizers)
         upstreams: list[nn.Module] = []
         specs: list[Any] = []
@@ -441,12 +487,16 @@ class EmotionRecognizer(nn.Module):
                     member_configs.append(
                         dict(recognizer.config["members"][position], upstream=mapping[member.upstream_index])
                     )
-        config = {"upstreams": specs, "members": member_configs} if exportable else None
+        targets = recognizers[0].config.get("targets") if exportable else None
+        config = {"targets": targets, "upstreams": specs, "members": member_configs} if exportable else None
         min_samples = max(r.min_samples for r in recognizers)
-        return cls(upstreams, members, names, min_samples, config)
+        return cls(upstreams, members, names, min_samples, config, scale)
 
     def description(self) -> dict[str, Any]:
-        """What a model directory's ``config.json`` records (besides files and provenance).
+        """What a model directory's ``config.json`` records (besides files and provenance): the
+        classes, ``targets`` (the :class:`~s3prl_ser.training.targets.TargetSpec` record; categories
+        only for a model from before targets existed) and ``attribute_scale`` (``{name: [low, high]}``,
+        ``{}`` without attributes), the upstreams and members.
 
         Raises:
             ValueError: an upstream cannot be rebuilt offline (the reason is given).
@@ -463,6 +513,8 @@ class EmotionRecognizer(nn.Module):
                 raise ValueError(f"cannot export this model: {specs}")
         return {
             "class_names": self.class_names,
+            "targets": TargetSpec.from_dict(self.config.get("targets")).to_dict(),
+            "attribute_scale": {name: list(bounds) for name, bounds in self.attribute_scale.items()},
             "sample_rate": SAMPLE_RATE,
             "min_samples": self.min_samples,
             "upstreams": copy.deepcopy(self.config["upstreams"]),
@@ -530,7 +582,7 @@ class EmotionRecognizer(nn.Module):
         batch_size: int | None,
         embeddings: bool = False,
     ) -> tuple[list[bool], Tensor]:
-        """Whether each input is silence, and its probabilities ``(B, C)`` (or embeddings
+        """Whether each input is silence, and its :meth:`predictions` ``(B, C + A)`` (or embeddings
         ``(B, E)``), read and run ``batch_size`` inputs at a time (None: all at once)."""
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
@@ -547,7 +599,7 @@ class EmotionRecognizer(nn.Module):
             wavs = [self.waveform(a, r) for a, r in zip(audios[first : first + step], rates[first : first + step])]
             silent += [is_silent(w) for w in wavs]
             outputs.append(self.outputs(wavs)[1 if embeddings else 0])
-        width = self.embedding_dim if embeddings else len(self.class_names)
+        width = self.embedding_dim if embeddings else len(self.class_names) + len(self.attribute_names)
         return silent, torch.cat(outputs) if outputs else torch.zeros(0, width)
 
     @torch.no_grad()
@@ -565,6 +617,14 @@ class EmotionRecognizer(nn.Module):
         4e-4 (fbank) to 1e-2 (tiny HuBERT) that way, and checks the grouped path within 1e-5.
         An int8 upstream (:meth:`quantize`) reads one clip at a time: its activation scales are per tensor.
         """
+        return self.outputs(wavs)[0][:, : len(self.class_names)]
+
+    @torch.no_grad()
+    def predictions(self, wavs: Sequence[Tensor]) -> Tensor:
+        """B mono 16 kHz waveforms ``(T_b,)`` -> ``(B, C + A)``: the class probabilities, then the
+        attribute values on the corpus's scale (:attr:`attribute_names` order), each averaged over
+        members; just the probabilities for a model without attributes. Batch-independent as
+        :meth:`probabilities` is."""
         return self.outputs(wavs)[0]
 
     @torch.no_grad()
@@ -577,12 +637,12 @@ class EmotionRecognizer(nn.Module):
 
     @torch.no_grad()
     def outputs(self, wavs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        """B mono 16 kHz waveforms ``(T_b,)`` -> (probabilities ``(B, C)``, embeddings ``(B, E)``)
+        """B mono 16 kHz waveforms ``(T_b,)`` -> (:meth:`predictions` ``(B, C + A)``, embeddings ``(B, E)``)
         from one forward pass; see :meth:`probabilities` and :meth:`embeddings`.
 
         Both float32 on the CPU whatever the recognizer's dtype: the waveforms are read in
         float32 (an upstream without weights computes its features in float32), the model runs
-        in :attr:`dtype`, and the softmax is taken in float32."""
+        in :attr:`dtype`, and the softmax and the attributes' scaling are taken in float32."""
         wavs = [w.to(self.device, torch.float32) for w in wavs]
         groups: dict[tuple[int, int], list[int]] = {}
         for index, wav in enumerate(wavs):  # int8 activations take one scale per tensor: one clip at a time
@@ -601,16 +661,23 @@ class EmotionRecognizer(nn.Module):
             streams = [[frames for group in member_parts for frames in group[s]] for s in range(len(member_parts[0]))]
             embedding = member.classifier.embed(streams)
             embeddings.append(embedding.float())
-            total = total + member.classifier.classifier(embedding).float().softmax(dim=-1)
+            logits, attributes = split_outputs(member.classifier.classifier(embedding).float(), len(self.class_names))
+            total = total + torch.cat([logits.softmax(dim=-1), attributes], dim=-1)
         inverse = torch.argsort(torch.tensor(order, device=self.device))
-        return (total[inverse] / len(self.members)).cpu(), torch.cat(embeddings, dim=-1)[inverse].cpu()
+        mean = total[inverse] / len(self.members)
+        if self.attribute_names:  # normalised [0, 1] -> the corpus's scale (linear: the mean of the members')
+            probabilities, attributes = split_outputs(mean, len(self.class_names))
+            mean = torch.cat([probabilities, denormalise(attributes, list(self.attribute_scale.values()))], dim=-1)
+        return mean.cpu(), torch.cat(embeddings, dim=-1)[inverse].cpu()
 
-    def to_prediction(self, probabilities: Tensor, silence: bool = False) -> Prediction:
-        """``(C,)`` probabilities (and whether the audio was silence) -> :class:`Prediction`."""
+    def to_prediction(self, values: Tensor, silence: bool = False) -> Prediction:
+        """``(C + A,)`` :meth:`predictions` of one input (and whether it was silence) -> :class:`Prediction`."""
+        probabilities, attributes = split_outputs(values, len(self.class_names))
         return Prediction(
-            self.class_names[int(probabilities.argmax())],
+            self.class_names[int(probabilities.argmax())] if self.class_names else None,
             {c: float(v) for c, v in zip(self.class_names, probabilities)},
             silence,
+            {name: float(v) for name, v in zip(self.attribute_names, attributes)},
         )
 
     def predict_batch(
@@ -626,7 +693,9 @@ class EmotionRecognizer(nn.Module):
         (None: all in one); each gets what it gets alone, whatever the batch (see
         :meth:`probabilities`). ``sample_rate``: one rate for every array, or one per input.
         ``classes`` and ``top_k``: as in :meth:`predict`."""
-        if classes is not None:  # both checked before any audio is read
+        if (classes is not None or top_k is not None) and not self.class_names:
+            raise ValueError("classes and top_k need classes: this model predicts attributes only")
+        if classes is not None:  # checked before any audio is read
             check_classes(self.class_names, classes)
         if top_k is not None and top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")

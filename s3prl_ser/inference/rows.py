@@ -4,7 +4,10 @@ A row holds ``file``, ``segment`` (``file``, ``window``, ``speech``, ``silence``
 ``duration`` (seconds), ``status`` (``ok`` or ``error``), ``silence`` (the audio's RMS level is
 below :data:`~s3prl_ser.data.audio.SILENCE_DBFS`: do not read an emotion into its label),
 ``error`` (the message), ``label`` and ``probabilities`` (``{class: p}``; empty, and no label,
-for an error, a ``silence`` row between speech segments and the summary of a file without speech).
+for an error, a ``silence`` row between speech segments and the summary of a file without speech,
+and for a model of attributes only), and for a model trained with attributes ``attributes``
+(``{name: value}`` on the corpus's scale; absent where there are no probabilities). CSV: one
+``p_<class>`` column per class, one column per attribute (its name).
 Every prediction the project prints or writes goes through :func:`prediction_row`: the files
 and long-audio rows here, and s3prl's ``run_downstream.py -m inference`` line.
 
@@ -20,6 +23,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,18 +49,28 @@ logger = logging.getLogger(__name__)
 FINAL_SEGMENTS = frozenset({"file", "summary"})
 
 
-def prediction_row(class_names: Sequence[str], probabilities: torch.Tensor, **fields: Any) -> dict[str, Any]:
-    """A result row: ``fields`` + ``label`` + ``probabilities`` (``(C,)`` -> ``{class: p}``).
+def prediction_row(
+    class_names: Sequence[str], probabilities: torch.Tensor, attribute_names: Sequence[str] = (), **fields: Any
+) -> dict[str, Any]:
+    """A result row: ``fields`` + ``label`` + ``probabilities`` (``(C,)`` -> ``{class: p}``); with
+    ``attribute_names``, ``probabilities`` is ``(C + A,)`` (a recognizer's ``predictions``) and the
+    row also gets ``attributes`` (``{name: value}``; no label without classes).
 
     Example:
         >>> prediction_row(["neu", "ang"], torch.tensor([0.25, 0.75]), file="a.wav")
         {'file': 'a.wav', 'label': 'ang', 'probabilities': {'neu': 0.25, 'ang': 0.75}}
+        >>> prediction_row([], torch.tensor([3.5]), ["arousal"], file="a.wav")
+        {'file': 'a.wav', 'label': None, 'probabilities': {}, 'attributes': {'arousal': 3.5}}
     """
-    return {
+    classes = probabilities[: len(class_names)]
+    row = {
         **fields,
-        "label": class_names[int(probabilities.argmax())],
-        "probabilities": {c: float(p) for c, p in zip(class_names, probabilities)},
+        "label": class_names[int(classes.argmax())] if class_names else None,
+        "probabilities": {c: float(p) for c, p in zip(class_names, classes)},
     }
+    if attribute_names:
+        row["attributes"] = {a: float(v) for a, v in zip(attribute_names, probabilities[len(class_names) :])}
+    return row
 
 
 def error_row(path: Path, message: str, duration: float | None = None) -> dict[str, Any]:
@@ -75,10 +89,15 @@ def error_row(path: Path, message: str, duration: float | None = None) -> dict[s
     }
 
 
-def csv_columns(class_names: Sequence[str], top_k: int = 0) -> list[str]:
-    """CSV header: the row fields, then one probability column per class (``p_<class>``), then
-    ``top<i>_label`` and ``top<i>_score`` for i = 1..``top_k``; every cell written passes :func:`csv_cell`."""
-    return [
+def csv_columns(class_names: Sequence[str], top_k: int = 0, attribute_names: Sequence[str] = ()) -> list[str]:
+    """CSV header: the row fields, then one probability column per class (``p_<class>``), one
+    value column per attribute (its name), then ``top<i>_label`` and ``top<i>_score`` for
+    i = 1..``top_k``; every cell written passes :func:`csv_cell`.
+
+    Raises:
+        ValueError: an attribute named as another column (``label``, ``p_ang``, ...).
+    """
+    fields = [
         "file",
         "segment",
         "start",
@@ -88,18 +107,24 @@ def csv_columns(class_names: Sequence[str], top_k: int = 0) -> list[str]:
         "silence",
         "label",
         *[f"p_{c}" for c in class_names],
-        *[f"top{i}_{field}" for i in range(1, top_k + 1) for field in ("label", "score")],
-        "error",
     ]
+    clashes = [a for a in attribute_names if a in (*fields, "error") or re.fullmatch(r"top\d+_(label|score)", a)]
+    if clashes:
+        raise ValueError(f"attribute(s) {', '.join(clashes)} would name a column the rows have already")
+    tops = [f"top{i}_{field}" for i in range(1, top_k + 1) for field in ("label", "score")]
+    return [*fields, *attribute_names, *tops, "error"]
 
 
-def _flat(row: dict[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
-    flat = {k: v for k, v in row.items() if k not in ("probabilities", "top_k")}
+def _flat(row: dict[str, Any], class_names: Sequence[str], attribute_names: Sequence[str] = ()) -> dict[str, Any]:
+    flat = {k: v for k, v in row.items() if k not in ("probabilities", "top_k", "attributes")}
     for i, entry in enumerate(row.get("top_k", []), start=1):
         flat[f"top{i}_label"], flat[f"top{i}_score"] = entry["label"], f"{entry['score']:.6f}"
     for c in class_names:
         value = row["probabilities"].get(c)
         flat[f"p_{c}"] = "" if value is None else f"{value:.6f}"
+    for a in attribute_names:
+        value = row.get("attributes", {}).get(a)
+        flat[a] = "" if value is None else f"{value:.6f}"
     for key in ("start", "end", "duration"):
         flat[key] = "" if flat.get(key) is None else f"{flat[key]:.3f}"
     flat["label"] = flat.get("label") or ""
@@ -120,16 +145,21 @@ def csv_cell(value: Any) -> Any:
 
 
 def write_rows(
-    rows: Iterable[dict[str, Any]], output: str | os.PathLike, class_names: Sequence[str], top_k: int = 0
+    rows: Iterable[dict[str, Any]],
+    output: str | os.PathLike,
+    class_names: Sequence[str],
+    top_k: int = 0,
+    attribute_names: Sequence[str] = (),
 ) -> int:
     """Write rows to a new ``output`` (``.csv`` or ``.jsonl``), a line at a time as ``rows``
     gives them (see :class:`RowWriter`); return how many had errors.
-    ``top_k``: the CSV's ``top<i>_label``/``top<i>_score`` columns (rows' ``top_k`` fields).
+    ``top_k``: the CSV's ``top<i>_label``/``top<i>_score`` columns (rows' ``top_k`` fields);
+    ``attribute_names``: its attribute columns (rows' ``attributes``).
 
     Raises:
         ValueError: another extension.
     """
-    with RowWriter(output, class_names, top_k) as writer:
+    with RowWriter(output, class_names, top_k, attribute_names=attribute_names) as writer:
         for row in rows:
             writer.write([row])
     return writer.failed
@@ -152,10 +182,12 @@ class RowWriter:
     :meth:`finished` names the kept files, which the run then skips. ``failed`` counts error rows,
     the kept ones included.
 
+    ``attribute_names``: the model's attributes (a CSV column each, rows' ``attributes``).
+
     Raises:
         ValueError: ``output`` does not end in ``.csv`` or ``.jsonl``; with ``resume``, the existing
-            output's columns (CSV) or rows' classes and ``top_k`` field (JSONL) are not this run's,
-            or a line is not a row of this format (the message names the file and line).
+            output's columns (CSV) or rows' classes, attributes and ``top_k`` field (JSONL) are not
+            this run's, or a line is not a row of this format (the message names the file and line).
 
     Example:
         >>> import tempfile
@@ -169,15 +201,22 @@ class RowWriter:
     """
 
     def __init__(
-        self, output: str | os.PathLike, class_names: Sequence[str], top_k: int = 0, *, resume: bool = False
+        self,
+        output: str | os.PathLike,
+        class_names: Sequence[str],
+        top_k: int = 0,
+        *,
+        attribute_names: Sequence[str] = (),
+        resume: bool = False,
     ) -> None:
         self.path = Path(output)
         self.format = self.path.suffix.lower()
         if self.format not in (".csv", ".jsonl"):
             raise ValueError(f"{self.path}: the output must end in .csv or .jsonl")
         self.class_names = list(class_names)
+        self.attribute_names = list(attribute_names)
         self.top_k = top_k
-        self.columns = csv_columns(class_names, top_k)
+        self.columns = csv_columns(class_names, top_k, attribute_names)
         self.failed = 0
         self._finished: set[str] = set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +257,7 @@ class RowWriter:
     def _lines(self, rows: Sequence[dict[str, Any]]) -> bytes:
         if self.format == ".jsonl":
             return "".join(json.dumps(row) + "\n" for row in rows).encode("utf-8")
-        flat = [_flat(row, self.class_names) for row in rows]
+        flat = [_flat(row, self.class_names, self.attribute_names) for row in rows]
         return self._csv_lines([[csv_cell(row.get(column, "")) for column in self.columns] for row in flat])
 
     @staticmethod
@@ -263,7 +302,7 @@ class RowWriter:
             raise ValueError(
                 f"{self.path}: its columns are not this run's (missing: {', '.join(missing) or '-'}; "
                 f"not expected: {', '.join(extra) or '-'}, or another order): --resume needs the same "
-                "model classes, --classes and --top-k; or write to a new --output"
+                "model classes and attributes, --classes and --top-k; or write to a new --output"
             )
         rows = []
         while True:
@@ -295,6 +334,11 @@ class RowWriter:
                 raise ValueError(
                     f"{self.path}: line {number}: its classes {', '.join(row['probabilities'])} are not this run's "
                     f"({', '.join(self.class_names)}): --resume needs the same model and --classes"
+                )
+            if (predicted or "attributes" in row) and list(row.get("attributes", [])) != self.attribute_names:
+                raise ValueError(
+                    f"{self.path}: line {number}: its attributes {', '.join(row['attributes']) or '-'} are not this "
+                    f"run's ({', '.join(self.attribute_names) or '-'}): --resume needs the same model"
                 )
             if ("top_k" in row) != (self.top_k > 0) or (predicted and self.top_k and len(row["top_k"]) != expected_top):
                 raise ValueError(f"{self.path}: line {number}: its top_k field is not this run's --top-k {self.top_k}")

@@ -301,18 +301,20 @@ def stream_speech(
             | {"label": None, "probabilities": {}}
         ]
 
-    weighted = torch.zeros(len(recognizer.class_names), dtype=torch.float64)
+    names = {"attribute_names": recognizer.attribute_names}
+    weighted = torch.zeros(len(recognizer.class_names) + len(recognizer.attribute_names), dtype=torch.float64)
     covered = reported = 0  # samples of the file in rows so far, and given to on_window
     for first in range(0, len(plan), batch_size):
         chunk = plan[first : first + batch_size]
         wavs = [read_segment(path, info, start, stop) for start, stop in chunk]
         rows: list[dict[str, Any]] = []
-        for (start, stop), wav, probs in zip(chunk, wavs, recognizer.probabilities(wavs)):
+        for (start, stop), wav, probs in zip(chunk, wavs, recognizer.predictions(wavs)):
             rows += silence(covered, start)
             rows.append(
                 prediction_row(
                     recognizer.class_names,
                     probs,
+                    **names,
                     file=str(path),
                     segment="speech",
                     start=start / SAMPLE_RATE,
@@ -335,7 +337,7 @@ def stream_speech(
     fields = {"file": str(path), "segment": "summary", "start": 0.0, "end": total / SAMPLE_RATE}
     fields |= {"duration": total / SAMPLE_RATE, "status": "ok", "silence": not plan}
     if plan:
-        summary = prediction_row(recognizer.class_names, (weighted / speech).float(), **fields)
+        summary = prediction_row(recognizer.class_names, (weighted / speech).float(), **names, **fields)
     else:
         summary = {**fields, "label": None, "probabilities": {}}
     yield [postprocess_row(row, classes, top_k) for row in tail + [summary]]
