@@ -174,6 +174,14 @@ COMMANDS: dict[str, Run | Parse] = {
     "s3prl-ser infer models/hubert_fold1 speech.wav calls/ list.txt --output results.csv --batch-size 8": Run(
         8, shorten=None, writes=("results.csv",)
     ),
+    "s3prl-ser infer models/hubert_fold1 speech.wav calls/ list.txt --output results.csv --resume": Run(
+        9,
+        shorten=None,
+        writes=("results.csv",),  # the rows of the command above, all finished: kept
+    ),
+    "s3prl-ser infer models/hubert_fold1 meeting.flac --plot meeting.png": Parse(
+        "needs a recording longer than --long-audio; tests/test_inference_streaming.py plots one"
+    ),
     "s3prl-ser infer models/hubert_fold1 meeting.flac --segments vad --output meeting.csv": Parse(
         "needs a long recording; tests/test_speech_segments.py runs --segments vad on real recorded speech"
     ),

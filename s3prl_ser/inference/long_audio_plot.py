@@ -42,6 +42,17 @@ def _clock(seconds: float, _position: Any = None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def _tick_step(duration: float) -> int:
+    """Seconds between time ticks: a clock-friendly step giving at most 10 ticks.
+
+    Example:
+        >>> _tick_step(180.0), _tick_step(600.0), _tick_step(4200.0)
+        (30, 120, 600)
+    """
+    steps = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
+    return next((step for step in steps if duration / step <= 10), 86400)
+
+
 def _split(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any] | None]:
     """One file's rows: those with a prediction (windows or speech segments, by start), every
     timed row (silence between speech segments too), and the summary."""
@@ -80,7 +91,7 @@ def windows_figure(rows: Sequence[dict[str, Any]], title: str | None = None) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-    from matplotlib.ticker import FuncFormatter
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
 
     predicted, timed, summary = _split(rows)
     classes = list(predicted[0]["probabilities"])
@@ -116,6 +127,7 @@ def windows_figure(rows: Sequence[dict[str, Any]], title: str | None = None) -> 
         names.append("silence (label meaningless)" if windows else "silence (not classified)")
     ax.set_xlim(0, duration)
     ax.set_ylim(0, 1)
+    ax.xaxis.set_major_locator(MultipleLocator(_tick_step(duration)))
     ax.xaxis.set_major_formatter(FuncFormatter(_clock))
     ax.set_xlabel("time (m:ss)" if duration < 3600 else "time (h:mm:ss)")
     ax.set_ylabel("class probability (stacked)")
