@@ -15,6 +15,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from helpers import ATTRIBUTES, rated_meta, tiny_attribute_model
+from s3prl_ser.cli.inference import main as inference
 from s3prl_ser.inference import EmotionRecognizer
 from s3prl_ser.inference.export import export_run
 from s3prl_ser.inference.model_dir import ModelDirError, config_digest, verify_model_dir
@@ -130,6 +131,8 @@ def test_attributes_only_model_predicts_values_and_no_classes(runs, clips):
     assert list(prediction.attributes.values()) == pytest.approx((1 + 4 * raw).tolist(), abs=1e-5)
     with pytest.raises(ValueError, match="attributes only"):
         recognizer.predict(str(clips[0]), top_k=1)
+    with pytest.raises(ValueError, match="attributes only"):
+        recognizer.predict_files([str(clips[0])], classes=["neu"])
     rows = recognizer.predict_files([str(c) for c in clips])
     assert [r["label"] for r in rows] == [None] * 3 and all(r["attributes"].keys() == set(ATTRIBUTES) for r in rows)
     assert csv_columns([], 0, ATTRIBUTES)[7:11] == ["label", *ATTRIBUTES]
@@ -158,6 +161,22 @@ def test_file_rows_and_csv_jsonl_columns_carry_the_attributes(runs, clips, tmp_p
     assert [line.get("attributes") for line in lines] == [r.get("attributes") for r in rows]
     with pytest.raises(ValueError, match="attribute.*label.*name a column"):
         csv_columns(["neu"], 0, ["label"])
+
+
+def test_command_line_rows_carry_the_attributes(runs, clips, tmp_path, capsys):
+    out = tmp_path / "rows.csv"
+    inference([str(runs["model"]), *map(str, clips), "--output", str(out), "--no-progress"])
+    recognizer = EmotionRecognizer.from_pretrained(runs["model"])
+    rows = {row["file"]: row for row in csv.DictReader(out.open())}
+    assert list(next(iter(rows.values())))[8:15] == ["p_neu", "p_hap", "p_ang", "p_sad", *ATTRIBUTES]
+    for clip in clips:
+        expected = recognizer.predict(str(clip)).attributes
+        assert [float(rows[str(clip)][a]) for a in ATTRIBUTES] == pytest.approx(list(expected.values()), abs=1e-6)
+    capsys.readouterr()
+    inference([str(runs["only"]), str(clips[0]), "--no-progress"])  # JSON lines on stdout
+    (line,) = capsys.readouterr().out.splitlines()
+    row = json.loads(line)
+    assert row["label"] is None and row["probabilities"] == {} and list(row["attributes"]) == list(ATTRIBUTES)
 
 
 def test_long_audio_windows_and_summary_carry_attributes(runs, tmp_path):

@@ -26,6 +26,9 @@ write appended whole and synced, so a killed run's ``--output`` holds the rows d
 ``--plot FILE.png`` draws one long file's windows: class probabilities over time, silent
 windows hatched, the summary in the title and legend (``long_audio_plot.plot_windows``).
 
+A model trained with attributes adds ``attributes`` (``{name: value}`` on the corpus's scale) to
+each JSON row and one column per attribute to a CSV; a model of attributes only has no label.
+
 ``-`` reads one audio file's bytes from stdin (any format a file may have); its rows name it ``-``.
 URLs are refused: audio is read from local files only.
 
@@ -164,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         writer = None
         if args.output:
             columns = (classes or recognizer.class_names, args.top_k or 0)
-            writer = stack.enter_context(RowWriter(args.output, *columns, resume=args.resume))
+            names = recognizer.attribute_names
+            writer = stack.enter_context(RowWriter(args.output, *columns, attribute_names=names, resume=args.resume))
         stdin = _read_stdin(stack) if STDIN in args.audio else None
         chunks = stream_files(
             recognizer,

@@ -117,6 +117,8 @@ def predict_files(
 def _check(recognizer: AudioClassifier, batch_size: int, classes: Sequence[str] | None, top_k: int | None) -> None:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if (classes is not None or top_k is not None) and not recognizer.class_names:
+        raise ValueError("classes and top_k need classes: this model predicts attributes only")
     if classes is not None:
         check_classes(recognizer.class_names, classes)
     if top_k is not None and top_k < 1:
