@@ -143,6 +143,10 @@ def test_segments_never_exceed_max_length_and_cover_the_speech(recognizer, vad):
     assert list(rows[-1]["probabilities"].values()) == pytest.approx(mean.tolist(), abs=1e-6)
     with pytest.raises(ValueError, match="shorter than the model"):
         recognizer.predict_long(DIGITS, segments="vad", window=(recognizer.min_samples - 1) / SAMPLE_RATE)
+    with pytest.raises(ValueError, match="0 < threshold < 1"):
+        recognizer.predict_long(DIGITS, segments="vad", threshold=1.0)
+    with pytest.raises(ValueError, match="segments must be one of fixed, vad"):
+        recognizer.predict_long(DIGITS, segments="speech")
 
 
 def test_room_tone_and_very_short_files_are_all_silence(recognizer, tmp_path):

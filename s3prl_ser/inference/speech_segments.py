@@ -268,7 +268,8 @@ def stream_speech(
     Raises:
         FileNotFoundError, AudioError: the file or one of its blocks cannot be read.
         VADUnavailableError: silero-vad or onnxruntime is not installed.
-        ValueError: ``max_length`` shorter than the model's ``min_samples``, or a bad ``top_k``/``classes``.
+        ValueError: ``max_length`` shorter than the model's ``min_samples``, ``threshold`` outside
+            (0, 1), a negative ``merge_gap``, or a bad ``top_k``/``classes``.
     """
     path = Path(path)
     if classes is not None:
@@ -278,6 +279,8 @@ def stream_speech(
     longest = round(max_length * SAMPLE_RATE)
     if longest < recognizer.min_samples:
         raise ValueError(f"max_length {max_length} s is shorter than the model's {recognizer.min_samples} samples")
+    if not (0 < threshold < 1 and merge_gap >= 0):
+        raise ValueError(f"need 0 < threshold < 1 and merge_gap >= 0, got {threshold} and {merge_gap}")
     vad = vad or default_vad()
     info = info or audio_info(path)
     total = info.samples
