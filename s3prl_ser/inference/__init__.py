@@ -13,7 +13,8 @@ Modules, each importing only those listed before it (no circle):
 * :mod:`~s3prl_ser.inference.rows` -- result rows, CSV / JSON lines;
 * :mod:`~s3prl_ser.inference.long_audio` -- long files in windows, and a summary;
 * :mod:`~s3prl_ser.inference.speech_segments` -- long files cut at speech (silero-vad), silences between;
-* :mod:`~s3prl_ser.inference.files` -- many files in batches, errors as rows;
+* :mod:`~s3prl_ser.inference.files` -- many files in batches, errors as rows, as they are done;
+* :mod:`~s3prl_ser.inference.long_audio_plot` -- a long file's rows as a picture (probabilities over time);
 * :mod:`~s3prl_ser.inference.model_dir` -- the self-contained model directory (write, verify, read);
 * :mod:`~s3prl_ser.inference.upstream_spec` -- how a model directory describes and rebuilds its upstreams offline;
 * :mod:`~s3prl_ser.inference.recognizer` -- :class:`EmotionRecognizer`;
