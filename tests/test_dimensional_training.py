@@ -276,3 +276,29 @@ def test_attributes_only_run_selects_by_ccc_and_reports_without_categories(mini_
         tmp_path / "results.md"
     ).read_text()
     shutil.rmtree(fold)  # keep the session's temporary space small
+
+
+@pytest.mark.parametrize(
+    ("name", "categories", "attributes", "selection", "class_weights"),
+    [
+        ("attributes", False, ATTRIBUTES, "ccc_mean", False),
+        ("multitask", True, ATTRIBUTES, "wa", False),
+        ("msp_podcast_attributes", False, ATTRIBUTES, "ccc_mean", False),
+        ("msp_podcast_categories", True, [], "macro_f1", True),
+    ],
+)
+def test_task_files_merge_over_the_defaults(name, categories, attributes, selection, class_weights):
+    from s3prl_ser.experiments.launch import load_task_config
+    from s3prl_ser.training.targets import expert_targets
+    from s3prl_ser.upstreams.registry import register
+
+    register()
+    path = Path(__file__).resolve().parents[1] / "downstream" / "emotion_ecapa" / f"{name}.yaml"
+    targets, loss = expert_targets(load_task_config("emotion_ecapa", str(path))["downstream_expert"])
+    assert (targets.categories, list(targets.attributes), targets.selection_metric) == (
+        categories,
+        attributes,
+        selection,
+    )
+    assert loss.class_weights is class_weights and targets.attribute_loss == "ccc"
+    assert f"-c downstream/emotion_ecapa/{name}.yaml" in path.read_text()  # the command it documents
