@@ -47,7 +47,7 @@ def _tick_step(duration: float) -> int:
 
     Example:
         >>> _tick_step(180.0), _tick_step(600.0), _tick_step(4200.0)
-        (30, 120, 600)
+        (30, 60, 600)
     """
     steps = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
     return next((step for step in steps if duration / step <= 10), 86400)
