@@ -119,7 +119,8 @@ def test_int8_quantizes_the_upstream_linear_layers_and_keeps_the_labels(tiny_ups
     # each clip still gets what it gets alone (one activation scale per clip, not per batch)
     alone = torch.cat([recognizer.probabilities([clip]) for clip in clips[:4]])
     torch.testing.assert_close(probabilities[:4], alone, atol=1e-6, rtol=0)
-    for refused in (recognizer.bfloat16, lambda: recognizer.quantize("int8"), recognizer.description):
+    refused_calls = (recognizer.bfloat16, lambda: recognizer.quantize("int8"), recognizer.description)
+    for refused in (*refused_calls, lambda: EmotionRecognizer.ensemble([recognizer])):
         with pytest.raises(ValueError, match="int8"):
             refused()
 

@@ -449,10 +449,15 @@ class EmotionRecognizer(nn.Module):
         Upstreams that are the same (same description and weights) are kept once.
 
         Raises:
-            ValueError: the recognizers' class names, or attributes and their scales, differ.
+            ValueError: the recognizers' class names, attributes and their scales, or dtypes
+                differ, or one is int8 (ensemble the float32 ones, then quantize the ensemble).
         """
         if not recognizers:
             raise ValueError("an ensemble needs at least one recognizer")
+        if any(r.quantization for r in recognizers):
+            raise ValueError("ensemble the float32 recognizers, then quantize the ensemble (int8)")
+        if len({r.dtype for r in recognizers}) > 1:
+            raise ValueError(f"cannot ensemble models of different dtypes: {sorted(str(r.dtype) for r in recognizers)}")
         names, scale = recognizers[0].class_names, recognizers[0].attribute_scale
         for other in recognizers[1:]:
             if other.class_names != names:
