@@ -202,6 +202,24 @@ COMMANDS: dict[str, Run | Parse] = {
     's3prl-ser cv -u hubert -d emotion_ecapa -p result/mycorpus -o "config.downstream_expert.datarc.root=/data/mycorpus,,config.downstream_expert.datarc.meta_data=/data/mycorpus_meta"': Run(
         2, subs=TINY_HUBERT, writes=("result/mycorpus/results.json",)
     ),
+    # docs/dimensional.md (the mini corpus rates every turn [2.5, 2.5, 2.5]: the run and its report, not a score)
+    's3prl-ser cv -u hubert -d emotion_ecapa -c downstream/emotion_ecapa/attributes.yaml -p result/iemocap_attributes -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta"': Run(
+        2,
+        subs=TINY_HUBERT,
+        writes=("result/iemocap_attributes/results.json", "result/iemocap_attributes/scatter_valence.png"),
+    ),
+    's3prl-ser cv -u hubert -d emotion_ecapa -c downstream/emotion_ecapa/multitask.yaml -p result/iemocap_multitask -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta"': Parse(
+        "five more folds; tests/test_dimensional_training.py cross-validates multi-task end to end"
+    ),
+    "s3prl-ser prepare msp_podcast /data/MSP-Podcast /data/msp_podcast_meta --test-set Test1": Parse(
+        "needs MSP-Podcast; tests of the preparer read its release layout"
+    ),
+    's3prl-ser cv -u wavlm_large -d emotion_ecapa -c downstream/emotion_ecapa/msp_podcast_attributes.yaml -p result/msp_podcast_attributes -o "config.downstream_expert.datarc.root=/data/MSP-Podcast,,config.downstream_expert.datarc.meta_data=/data/msp_podcast_meta"': Parse(
+        "needs MSP-Podcast and WavLM Large's weights; tests/test_dimensional_training.py runs attribute-only training"
+    ),
+    's3prl-ser cv -u wavlm_large -d emotion_ecapa -c downstream/emotion_ecapa/msp_podcast_categories.yaml -p result/msp_podcast_categories -o "config.downstream_expert.datarc.root=/data/MSP-Podcast,,config.downstream_expert.datarc.meta_data=/data/msp_podcast_meta"': Parse(
+        "needs MSP-Podcast and WavLM Large's weights; tests/test_dimensional_training.py checks the -c files"
+    ),
     # docs/two-stages.md
     'python -m upstream_ft -u hubert -p result/upstream_ft/hubert -o "config.datarc.root=/data/IEMOCAP,,config.datarc.meta_data=/data/iemocap_meta"': Run(
         2, shorten="stage1", subs=TINY_HUBERT, writes=("result/upstream_ft/hubert/fold5/upstream.ckpt",)
@@ -282,6 +300,14 @@ def _parse_cross_corpus(argv: list[str]) -> None:
     run_parser().parse_args(["-m", "train", *build_parser().parse_known_args(argv)[1]])
 
 
+def _parse_cross_validate(argv: list[str]) -> None:
+    """The cross-validation's own options, then the rest by run_downstream.py's parser (as its ``main`` does)."""
+    from s3prl_ser.cli.cross_validate import build_parser
+    from s3prl_ser.cli.run_downstream import build_parser as run_parser
+
+    run_parser().parse_args(["-m", "train", *build_parser().parse_known_args(argv)[1]])
+
+
 def _parser(module: str) -> Callable[[list[str]], object]:
     """``module.build_parser().parse_args``, imported when called."""
 
@@ -301,6 +327,8 @@ PARSERS: dict[str, Callable[[list[str]], object]] = {
     "s3prl_ser.cli.main": _parse_dispatched,
     "s3prl_ser.cli.score": _parser("s3prl_ser.cli.score"),
     "s3prl_ser.cli.cross_corpus": _parse_cross_corpus,
+    "s3prl_ser.cli.cross_validate": _parse_cross_validate,
+    "s3prl_ser.cli.prepare_corpus": _parser("s3prl_ser.cli.prepare_corpus"),
 }
 
 
