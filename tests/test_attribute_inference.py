@@ -19,6 +19,7 @@ from s3prl_ser.cli.inference import main as inference
 from s3prl_ser.inference import EmotionRecognizer
 from s3prl_ser.inference.export import export_run
 from s3prl_ser.inference.model_dir import ModelDirError, config_digest, verify_model_dir
+from s3prl_ser.inference.onnx import export_onnx
 from s3prl_ser.inference.rows import csv_columns, write_rows
 
 
@@ -223,3 +224,32 @@ def test_model_card_reports_ccc_per_attribute_and_fold(runs):
     assert "class probabilities and attribute values are averaged" in card.text
     only = ModelCard.load(runs["only"] / "README.md")
     assert {r.metric_type for r in only.data.eval_results} == {"ccc"} and "WA (%)" not in only.text
+
+
+def test_onnx_graph_gives_the_attribute_values_of_the_recognizer(runs, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    out = export_run(runs["cv"], tmp_path / "onnx_ensemble", ensemble=True, onnx=True)
+    note = verify_model_dir(out)["onnx"]  # under the config's digest
+    assert note["kind"] == "full" and note["outputs"] == ["probabilities", "embeddings", "attributes"]
+    assert note["attribute_names"] == list(ATTRIBUTES) and note["attribute_scale"]["dominance"] == [1.0, 5.0]
+    lengths = [16000, 23000, 9000, 560]
+    rng = np.random.default_rng(11)
+    wavs = [rng.uniform(-0.3, 0.3, n).astype("float32") for n in lengths]
+    padded = np.stack([np.pad(w, (0, max(lengths) - len(w))) for w in wavs])
+    feed = {"wavs": padded, "lengths": np.array(lengths, dtype=np.int64)}
+    for model, recognizer in (
+        (out / "model.onnx", EmotionRecognizer.from_pretrained(out)),
+        (tmp_path / "only.onnx", EmotionRecognizer.from_pretrained(runs["only"])),
+    ):
+        if not model.exists():
+            assert export_onnx(recognizer, model)["outputs"] == ["embeddings", "attributes"]  # no classes
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        found = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+        predictions, embeddings = recognizer.outputs([torch.from_numpy(w) for w in wavs])
+        classes = len(recognizer.class_names)
+        assert found["attributes"].shape == (4, 3) and 1 < found["attributes"].min() < found["attributes"].max() < 5
+        np.testing.assert_allclose(found["attributes"], predictions[:, classes:].numpy(), atol=1e-5, rtol=0)
+        np.testing.assert_allclose(found["embeddings"], embeddings.numpy(), atol=1e-5, rtol=0)
+        if classes:
+            np.testing.assert_allclose(found["probabilities"], predictions[:, :classes].numpy(), atol=1e-6, rtol=0)

@@ -26,6 +26,11 @@ recorded in ``config.json``'s ``onnx``):
   and ``frame_lengths`` holds its own frame count (kaldi: ``1 + (samples - 400) // 160``, not
   s3prl's ``round(samples / 160)``).
 
+A model trained with attributes has a third output, ``attributes`` ``(B, A)``: their values on
+the corpus's scale (the graph denormalises them; the note records ``attribute_names`` and
+``attribute_scale``), members averaged, as ``Prediction.attributes``; a model of attributes only
+has no ``probabilities`` output (outputs ``embeddings``, ``attributes``).
+
 Fused models (several upstreams) are refused. An ensemble whose members share one upstream
 exports as one graph averaging their probabilities. Export uses ``torch.onnx.export``'s
 TorchScript exporter (``dynamo=False``, no ``onnxscript`` needed), opset 17, with dynamic batch
@@ -49,7 +54,15 @@ from s3prl_ser.upstreams.multi_upstream import MultiUpstream
 if TYPE_CHECKING:
     from s3prl_ser.inference.recognizer import EmotionRecognizer
 
-__all__ = ["OPSET", "OnnxExportError", "onnx_graph_kind", "FullGraph", "DownstreamGraph", "export_onnx"]
+__all__ = [
+    "OPSET",
+    "OnnxExportError",
+    "onnx_graph_kind",
+    "output_names",
+    "FullGraph",
+    "DownstreamGraph",
+    "export_onnx",
+]
 
 OPSET = 17
 
@@ -115,8 +128,8 @@ class _Head(nn.Module):
         self.rate = int(member.featurizer.downsample_rate)
 
     def forward(self, hidden_states: list[Tensor], frame_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """L tensors ``(B, T, D)`` and ``(B,)`` valid frames -> probabilities ``(B, C)`` and the
-        embedding the linear head reads ``(B, E_m)``."""
+        """L tensors ``(B, T, D)`` and ``(B,)`` valid frames -> the classifier's outputs ``(B, C + A)``
+        (logits, then normalised attributes) and the embedding the linear head reads ``(B, E_m)``."""
         outputs = {"hidden_states": hidden_states, "last_hidden_state": hidden_states[-1]}
         for index, hidden in enumerate(hidden_states):
             outputs[f"hidden_state_{index}"] = hidden
@@ -127,19 +140,46 @@ class _Head(nn.Module):
         valid = (steps.unsqueeze(0) < frame_lengths.unsqueeze(1)).unsqueeze(-1).to(feature.dtype)
         lengths = torch.minimum(frame_lengths, torch.full_like(frame_lengths, feature.shape[1]))
         embedding = self.classifier.aggregators[0](feature * valid, lengths)
-        return self.classifier.classifier(embedding).softmax(dim=-1), embedding
+        return self.classifier.classifier(embedding), embedding
 
 
-def _combine(outputs: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    """The members' (probabilities, embedding) -> probabilities averaged ``(B, C)``, embeddings
-    concatenated in member order ``(B, E)``, as :meth:`EmotionRecognizer.outputs` gives them."""
-    probabilities, embeddings = zip(*outputs)
-    return torch.stack(probabilities).mean(dim=0), torch.cat(embeddings, dim=-1)
+def output_names(recognizer: EmotionRecognizer) -> list[str]:
+    """The graph's outputs: ``probabilities`` (with classes), ``embeddings``, ``attributes`` (with attributes)."""
+    return (
+        ["probabilities"] * bool(recognizer.class_names)
+        + ["embeddings"]
+        + ["attributes"] * bool(recognizer.attribute_names)
+    )
+
+
+class _Combine(nn.Module):
+    """The members' (outputs ``(B, C + A)``, embedding) -> the graph's outputs (:func:`output_names`),
+    as :meth:`EmotionRecognizer.outputs` gives them: probabilities averaged ``(B, C)``, embeddings
+    concatenated in member order ``(B, E)``, attribute values averaged, on the corpus's scale ``(B, A)``."""
+
+    def __init__(self, recognizer: EmotionRecognizer) -> None:
+        super().__init__()
+        self.num_classes = len(recognizer.class_names)
+        self.names = output_names(recognizer)
+        bounds = torch.tensor(list(recognizer.attribute_scale.values()), dtype=torch.float32).view(-1, 2)
+        self.register_buffer("low", bounds[:, 0].clone(), persistent=False)
+        self.register_buffer("span", (bounds[:, 1] - bounds[:, 0]).clone(), persistent=False)
+
+    def forward(self, outputs: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, ...]:
+        heads, embeddings = zip(*outputs)
+        found = {"embeddings": torch.cat(embeddings, dim=-1)}
+        if "probabilities" in self.names:
+            found["probabilities"] = torch.stack([h[:, : self.num_classes].softmax(dim=-1) for h in heads]).mean(dim=0)
+        if "attributes" in self.names:
+            found["attributes"] = (
+                self.low + torch.stack([h[:, self.num_classes :] for h in heads]).mean(dim=0) * self.span
+            )
+        return tuple(found[name] for name in self.names)
 
 
 class DownstreamGraph(nn.Module):
     """``hidden_states (L, B, T, D)``, ``frame_lengths (B,)`` -> ``probabilities (B, C)`` (members
-    averaged) and ``embeddings (B, E)`` (concatenated).
+    averaged) and ``embeddings (B, E)`` (concatenated), and ``attributes (B, A)`` for a model with them.
 
     Example:
         >>> from s3prl_ser.upstreams.build import build_upstream
@@ -162,15 +202,16 @@ class DownstreamGraph(nn.Module):
     def __init__(self, recognizer: EmotionRecognizer) -> None:
         super().__init__()
         self.heads = nn.ModuleList(_Head(member) for member in recognizer.members)
+        self.combine = _Combine(recognizer)
 
-    def forward(self, hidden_states: Tensor, frame_lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, hidden_states: Tensor, frame_lengths: Tensor) -> tuple[Tensor, ...]:
         layers = list(hidden_states.unbind(0))
-        return _combine([head(layers, frame_lengths) for head in self.heads])
+        return self.combine([head(layers, frame_lengths) for head in self.heads])
 
 
 class FullGraph(nn.Module):
-    """``wavs (B, S)``, ``lengths (B,)`` -> ``probabilities (B, C)`` and ``embeddings (B, E)`` for
-    HuBERT, wav2vec 2.0 and kaldi fbank upstreams.
+    """``wavs (B, S)``, ``lengths (B,)`` -> ``probabilities (B, C)`` and ``embeddings (B, E)`` (and
+    ``attributes (B, A)`` for a model with them) for HuBERT, wav2vec 2.0 and kaldi fbank upstreams.
 
     Example:
         >>> import tempfile
@@ -199,6 +240,7 @@ class FullGraph(nn.Module):
             {str(i): KaldiFbankGraph(u) for i, u in enumerate(self.upstreams) if front_end_description(u) is not None}
         )
         self.heads = nn.ModuleList(_Head(member) for member in recognizer.members)
+        self.combine = _Combine(recognizer)
         self.reads = [member.upstream_index for member in recognizer.members]
 
     @staticmethod
@@ -247,9 +289,9 @@ class FullGraph(nn.Module):
             return [features], frames
         return self._hidden_states(self.upstreams[index], wavs, lengths)
 
-    def forward(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, ...]:
         states = [self._states(index, wavs, lengths) for index in range(len(self.upstreams))]
-        return _combine([head(*states[read]) for head, read in zip(self.heads, self.reads)])
+        return self.combine([head(*states[read]) for head, read in zip(self.heads, self.reads)])
 
 
 def _masked_group_norm(norm: nn.GroupNorm, x: Tensor, frames: Tensor) -> Tensor:
@@ -320,8 +362,9 @@ def _explicit_same_padding(graph: nn.Module) -> Iterator[None]:
 
 def export_onnx(recognizer: EmotionRecognizer, path: str | os.PathLike) -> dict[str, Any]:
     """Write ``recognizer`` as an ONNX graph to ``path``; return what it is (kind, reason, inputs,
-    and ``front_end``: each baseline upstream's :func:`~s3prl_ser.upstreams.exportable.front_end_description`,
-    in the graph for ``full``, the caller's to compute for ``downstream``).
+    outputs, and ``front_end``: each baseline upstream's :func:`~s3prl_ser.upstreams.exportable.front_end_description`,
+    in the graph for ``full``, the caller's to compute for ``downstream``; with attributes their
+    names and scale, the ``attributes`` output being on that scale).
 
     Raises:
         OnnxExportError: see :func:`onnx_graph_kind`.
@@ -351,25 +394,30 @@ def export_onnx(recognizer: EmotionRecognizer, path: str | os.PathLike) -> dict[
         names = ["hidden_states", "frame_lengths"]
         axes = {"hidden_states": {1: "batch", 2: "frames"}, "frame_lengths": {0: "batch"}}
     path = Path(path)
+    outputs = output_names(recognizer)
     with torch.no_grad(), _traceable_encoder(), _explicit_same_padding(graph):
         torch.onnx.export(
             graph.eval(),
             inputs,
             str(path),
             input_names=names,
-            output_names=["probabilities", "embeddings"],
-            dynamic_axes={**axes, "probabilities": {0: "batch"}, "embeddings": {0: "batch"}},
+            output_names=outputs,
+            dynamic_axes={**axes, **{name: {0: "batch"} for name in outputs}},
             opset_version=OPSET,
             dynamo=False,
         )
-    return {
+    note = {
         "kind": kind,
         "reason": reason,
         "inputs": names,
-        "outputs": ["probabilities", "embeddings"],
+        "outputs": outputs,
         "embedding_dim": recognizer.embedding_dim,
         "opset": OPSET,
         "class_names": list(recognizer.class_names),
         "sample_rate": 16000,
         "front_end": [front_end_description(upstream) for upstream in recognizer.upstreams],
     }
+    if recognizer.attribute_names:  # the attributes output is on this scale (denormalised in the graph)
+        note["attribute_names"] = list(recognizer.attribute_names)
+        note["attribute_scale"] = {name: list(bounds) for name, bounds in recognizer.attribute_scale.items()}
+    return note
