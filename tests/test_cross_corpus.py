@@ -12,8 +12,9 @@ import soundfile
 import kill_at
 from helpers import overrides, tiny_fbank_model
 from s3prl_ser.config import ConfigError
+from s3prl_ser.data.corpora import cremad, emodb, esd, msp_podcast, ravdess
 from s3prl_ser.data.emotion_dataset import read_fold_lists
-from s3prl_ser.data.label_maps import LabelMapError, read_label_map_file, resolve_label_map
+from s3prl_ser.data.label_maps import LabelMapError, default_corpus_map, read_label_map_file, resolve_label_map
 from s3prl_ser.data.manifest import Manifest, ManifestFold, read_manifest
 from s3prl_ser.experiments.cross_corpus import (
     Corpus,
@@ -155,6 +156,33 @@ def test_scoring_on_audio_the_model_learnt_from_is_refused(iemocap_model, mini_c
         with pytest.raises(LeakageError, match=r"\(same audio bytes\)"):
             score(model, Corpus(str(tmp_path / "copy"), str(mini_meta)), tmp_path / "copy_score")
     assert not (tmp_path / "all" / "score.json").exists()
+
+
+def test_a_model_directory_without_a_training_audio_record_is_refused_unless_allowed(
+    iemocap_model, crema, tmp_path, monkeypatch
+):
+    import s3prl_ser.inference.export as export
+
+    monkeypatch.setattr(export, "training_audio_record", lambda checkpoints: None)  # as a corpus gone at export
+    old = export.export_run(iemocap_model[0], tmp_path / "old_model")
+    corpus, _ = crema
+    with pytest.raises(LeakageError, match="records no training audio .* cannot be checked for leakage"):
+        score(load_scoring_model(old), corpus, tmp_path / "refused")
+    result = score(load_scoring_model(old), corpus, tmp_path / "allowed", allow_unrecorded=True)
+    assert result["leakage_check"] == {"checked": False} and result["utterances"]["scored"] == 16
+
+
+@pytest.mark.parametrize(
+    "corpus, emotions",
+    [("CREMA-D", cremad.EMOTIONS), ("RAVDESS", ravdess.EMOTIONS), ("EmoDB", emodb.EMOTIONS), ("ESD", esd.EMOTIONS)]
+    + [("MSP-Podcast", msp_podcast.EMOTIONS)],
+)
+def test_default_maps_take_each_preparers_codes_and_raw_labels(corpus, emotions):
+    prepared = sorted(set(emotions.values()))
+    expected = {code: COMMON.get(code) for code in prepared}
+    assert default_corpus_map(corpus, prepared) == expected  # what the preparer writes
+    assert default_corpus_map(corpus, list(emotions)) == {raw: COMMON.get(code) for raw, code in emotions.items()}
+    assert sorted(filter(None, expected.values())) == ["angry", "happy", "neutral", "sad"]
 
 
 def test_score_command(iemocap_model, crema, tmp_path, capsys):
