@@ -152,3 +152,63 @@ def test_table1_command_runs_both_stages(mini_corpus, mini_meta, tiny_upstreams,
     mtime = (out / "exp7" / "fold1" / "dev-avg.ckpt").stat().st_mtime_ns
     table1(argv)  # everything finished: reused, not retrained
     assert (out / "exp7" / "fold1" / "dev-avg.ckpt").stat().st_mtime_ns == mtime
+
+
+def test_attribute_table_cells_are_the_folds_test_ccc(tiny_upstreams, tmp_path):
+    """``--targets attributes`` on the built-in corpus (its prosody's arousal/valence/dominance):
+    stage 1 and stage 2 learn the attributes, and each CCC cell is the mean ± sample std of the
+    folds' own test metrics files."""
+    import shutil
+    import statistics
+    import warnings
+
+    from s3prl_ser.cli.table1 import main as table1
+    from s3prl_ser.data.corpora.iemocap import prepare
+    from s3prl_ser.toy.builtin_corpus import generate_corpus
+
+    if shutil.which("espeak-ng") is None or shutil.which("sox") is None:
+        pytest.skip("espeak-ng and sox are required to synthesise the corpus")
+    corpus = generate_corpus(tmp_path / "corpus", seed=0, utterances_per_speaker=6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        prepare(corpus, tmp_path / "meta")
+    short = "config.runner.total_steps=4,,config.runner.eval_step=2,,config.runner.save_step=2"
+    out = tmp_path / "t1"
+    table1(
+        ["--experiments", "2,9", "--targets", "attributes", "-p", str(out), "--root", str(corpus)]
+        + [
+            "--meta",
+            str(tmp_path / "meta"),
+            "--folds",
+            "fold1,fold2",
+            "--hubert",
+            f"hubert_local:{tiny_upstreams['hubert']}",
+        ]
+        + ["--base-config", str(DOWNSTREAM_DIR / "emotion_ecapa" / "config_builtin.yaml")]
+        + ["-o", f"{short},,config.downstream_expert.datarc.train_batch_size=4"]
+        + ["--ft-override", f"{short},,config.scheduler.warmup_steps=1,,config.datarc.num_workers=0"]
+    )
+    names = ["arousal", "valence", "dominance"]
+    stage1 = json.loads((out / "upstream_ft" / "hubert" / "best" / "fold1" / "upstream.json").read_text())
+    assert stage1["targets"]["attributes"] == names and stage1["targets"]["categories"] is False
+    table = (out / "table1.md").read_text()
+    assert "| WA (%) | UA (%) | CCC arousal | CCC valence | CCC dominance | CCC mean | paper WA | paper UA |" in table
+    for number in (2, 9):
+        metrics = [
+            json.loads((out / f"exp{number}" / fold / f"test_{fold}_metrics.json").read_text())
+            for fold in ("fold1", "fold2")
+        ]
+        assert metrics[0]["targets"]["selection_metric"] == "ccc_mean" and "wa" not in metrics[0]
+        by_hand = [[m["attributes"][name]["ccc"] for m in metrics] for name in names]
+        by_hand.append([m["ccc_mean"] for m in metrics])
+        cells = " | ".join(f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" for v in by_hand)
+        row = next(
+            line for line in table.splitlines() if line.startswith(f"| {'1.A' if number == 2 else '2'} | {number} |")
+        )
+        assert row.endswith(
+            f"| - | - | {cells} | {EXPERIMENTS[number].paper_wa:.2f} | {EXPERIMENTS[number].paper_ua:.2f} |"
+        )
+    assert "| 1.A | 1 | S | W2V2 | yes | no | Mean | Linear | no | not run | not run | not run |" in table
+    assert "CCC: mean ± sample std over the folds run" in table and "no published counterpart" in table
+    ours = json.loads((out / "table1.json").read_text())["9"]["ours"]["attributes"]
+    assert ours["mean"]["arousal"]["ccc"]["mean"] == pytest.approx(statistics.mean(by_hand[0][:2]))

@@ -2,6 +2,7 @@
 
     python -m s3prl_ser.cli.table1 --experiments 1-11 -p OUT_DIR --root IEMOCAP --meta META \\
         [--folds fold1,...] [-o overrides] [--base] [--wav2vec2 NAME] [--hubert NAME] [--bert BERT_DIR]
+        [--targets categories|attributes|both] [--attributes arousal,valence,dominance]
 
 What it runs and writes: :mod:`s3prl_ser.experiments.table1`.
 """
@@ -14,8 +15,17 @@ from pathlib import Path
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
 from s3prl_ser.config import parse_overrides
+from s3prl_ser.data.attributes import DEFAULT_ATTRIBUTES
 from s3prl_ser.data.emotion_dataset import corpus_folds
-from s3prl_ser.experiments.table1 import BASE_UPSTREAMS, PAPER_UPSTREAMS, Table1Spec, parse_experiments, run_table1
+from s3prl_ser.experiments.table1 import (
+    BASE_UPSTREAMS,
+    PAPER_UPSTREAMS,
+    TARGET_KINDS,
+    Table1Spec,
+    parse_experiments,
+    run_table1,
+    table1_targets,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -46,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--superb", default="", help="stock upstreams (NAME or NAME:CKPT) to run with SUPERB's ER protocol"
     )
+    parser.add_argument(
+        "--targets",
+        choices=TARGET_KINDS,
+        default="categories",
+        help="what every run learns, both stages: the paper's categories, --attributes alone (test CCC per "
+        "attribute), or both (multi-task) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--attributes",
+        default=",".join(DEFAULT_ATTRIBUTES),
+        help="the attributes --targets attributes|both regresses (default: %(default)s)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device of every run (default: %(default)s)")
     add_verbosity_options(parser)
     return parser
@@ -73,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
             device=args.device,
             note=f"Folds: {','.join(folds)}.",
             superb=tuple(s for s in args.superb.split(",") if s),
+            targets=table1_targets(args.targets, [a for a in args.attributes.split(",") if a]),
         )
         run_table1(spec)
     print((args.out / "table1.md").read_text())

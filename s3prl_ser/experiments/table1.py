@@ -14,7 +14,10 @@ For every experiment it runs what the experiment needs, skipping what already fi
    on the fold's own fine-tuned upstream(s) (``OUT_DIR/exp<N>``);
 
 then writes ``OUT_DIR/table1.md`` and ``OUT_DIR/table1.json``: WA/UA mean ± std over folds per
-experiment, with the paper's WA/UA in adjacent columns. ``superb`` (``--superb fbank,hubert,...``) also runs
+experiment, with the paper's WA/UA in adjacent columns. ``targets`` (``--targets attributes|both``)
+runs the same experiments, both stages, on continuous attributes instead of or beside the
+categories (:func:`target_overrides`); the tables then give each attribute's test CCC and their
+mean (mean ± std over folds) beside WA/UA, which the paper has no counterpart for. ``superb`` (``--superb fbank,hubert,...``) also runs
 SUPERB's ER protocol for stock upstreams (frozen, 256-d projector, mean pooling + linear, best dev checkpoint, no
 averaging; ``OUT_DIR/superb/<name>``), and ``OUT_DIR/superb_er.md`` puts every WA run so far
 beside the public SUPERB ER leaderboard. Upstreams are s3prl hub entries (``NAME`` or
@@ -28,11 +31,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from s3prl_ser.config import ConfigError, Override, load_config, read_yaml
+from s3prl_ser.data.attributes import DEFAULT_ATTRIBUTES
 from s3prl_ser.data.emotion_dataset import SESSION_CORPORA
 from s3prl_ser.experiments.cross_validation import cross_validate
 from s3prl_ser.experiments.launch import RunRequest
@@ -41,6 +45,7 @@ from s3prl_ser.finetuning.hub_entries import FT_CHECKPOINT
 from s3prl_ser.finetuning.stage import StageResult, fine_tune, stage1_request, summary_table
 from s3prl_ser.markdown import markdown_table
 from s3prl_ser.training.cv_report import mean_std_text
+from s3prl_ser.training.targets import TargetSpec
 from s3prl_ser.upstreams.registry import DOWNSTREAM_DIR
 
 __all__ = [
@@ -52,6 +57,9 @@ __all__ = [
     "SUPERB_PROTOCOL",
     "parse_experiments",
     "model_overrides",
+    "TARGET_KINDS",
+    "table1_targets",
+    "target_overrides",
     "write_tables",
     "stage1",
     "Table1Spec",
@@ -159,6 +167,42 @@ def model_overrides(config_path: Path) -> list[Override]:
     return [(f"config.{key}", value) for key, value in keys.items()]
 
 
+TARGET_KINDS = ("categories", "attributes", "both")
+
+
+def table1_targets(kind: str, attributes: Sequence[str] = DEFAULT_ATTRIBUTES) -> TargetSpec:
+    """What every run of the table learns: ``categories`` (the paper), ``attributes`` (regressed
+    alone) or ``both`` (multi-task, selected by dev WA as the paper's runs); the defaults of
+    :class:`~s3prl_ser.training.targets.TargetSpec` for the rest (1 - CCC loss).
+
+    Example:
+        >>> table1_targets("attributes", ["arousal"]).selection_metric, table1_targets("categories") == TargetSpec()
+        ('ccc_mean', True)
+    """
+    if kind not in TARGET_KINDS:
+        raise ConfigError(f"--targets must be one of {', '.join(TARGET_KINDS)}, got {kind!r}")
+    if kind == "categories":
+        return TargetSpec()
+    return TargetSpec(categories=kind == "both", attributes=tuple(attributes))
+
+
+def target_overrides(targets: TargetSpec, section: str) -> list[Override]:
+    """``targets`` as overrides of the config section ``section`` (stage 2:
+    ``config.downstream_expert.targets``, stage 1: ``config.targets``); none for categories only, so
+    the paper's runs keep exactly their configs.
+
+    Example:
+        >>> target_overrides(TargetSpec(), "config.targets")
+        []
+        >>> target_overrides(table1_targets("attributes", ["arousal"]), "config.targets")[:2]
+        [('config.targets.categories', False), ('config.targets.attributes', ['arousal'])]
+    """
+    if targets == TargetSpec():
+        return []
+    record = targets.to_dict()
+    return [(f"{section}.{key}", record[key]) for key in (f.name for f in fields(TargetSpec))]
+
+
 def _entry(spec: str) -> tuple[str, str | None]:
     name, _, ckpt = spec.partition(":")
     return name, ckpt or None
@@ -201,28 +245,59 @@ def stage1(
 
 
 def _mean_std(summary: dict, metric: str) -> str:
-    """``mean ± std`` over folds; an official test set's one number has no spread to show."""
+    """``mean ± std`` over folds of WA, UA (``metric``), or CCC (``ccc_<attribute>``, ``ccc_mean``);
+    an official test set's one number has no spread to show; ``-`` for what the run did not learn."""
+    if metric.startswith("ccc_"):
+        attributes = summary.get("attributes") or {}
+        name = metric[len("ccc_") :]
+        stats = (
+            attributes.get("ccc_mean") if name == "mean" else (attributes.get("mean") or {}).get(name, {}).get("ccc")
+        )
+        digits = 3
+    else:
+        stats, digits = summary.get(metric), 2
+    if stats is None:
+        return "-"
     if (summary.get("corpus") or {}).get("official_test"):
-        return f"{summary[metric]['mean']:.2f}"
-    return mean_std_text(summary[metric])
+        return f"{stats['mean']:.{digits}f}"
+    return mean_std_text(stats, digits)
+
+
+def _attribute_names(summaries: Iterable[dict | None]) -> list[str]:
+    """The attributes any of the runs learned, in their first run's order."""
+    names: list[str] = []
+    for summary in summaries:
+        for name in ((summary or {}).get("attributes") or {}).get("names", []):
+            if name not in names:
+                names.append(name)
+    return names
 
 
 def _protocol_note(summaries: dict) -> str:
     """The table's footnote: the corpus and its folds, as the runs' reports record them."""
     corpora = {json.dumps(s.get("corpus") or {}, sort_keys=True) for s in summaries.values() if s}
     record = json.loads(corpora.pop()) if len(corpora) == 1 else {}
+    learned = [s for s in summaries.values() if s]
+    measures = " and ".join(
+        kind
+        for kind, present in (("WA/UA", any("wa" in s for s in learned)), ("CCC", _attribute_names(learned)))
+        if present
+    )
+    measures = measures or "WA/UA"
     if record.get("official_test"):
         return (
-            f"WA/UA on {record['name']}'s official test set {record['official_test']} (one split: no std over folds)."
+            f"{measures} on {record['name']}'s official test set {record['official_test']} "
+            "(one split: no std over folds)."
         )
     if record.get("name") and record["name"] not in SESSION_CORPORA:
-        return f"WA/UA: mean ± sample std over the folds run ({record['name']}, {record.get('num_folds')} folds)."
-    return "WA/UA: mean ± sample std over the folds run (5-fold leave-one-session-out)."
+        return f"{measures}: mean ± sample std over the folds run ({record['name']}, {record.get('num_folds')} folds)."
+    return f"{measures}: mean ± sample std over the folds run (5-fold leave-one-session-out)."
 
 
-def _row(experiment: Experiment, summary: dict | None) -> list[object]:
+def _row(experiment: Experiment, summary: dict | None, attributes: Sequence[str] = ()) -> list[object]:
     yes = lambda flag: "yes" if flag else "no"  # noqa: E731
-    ours = [_mean_std(summary, "wa"), _mean_std(summary, "ua")] if summary else ["not run", "not run"]
+    metrics = ["wa", "ua", *(f"ccc_{name}" for name in attributes), *(["ccc_mean"] if attributes else [])]
+    ours = [_mean_std(summary, m) if summary else "not run" for m in metrics]
     return [
         experiment.set,
         experiment.number,
@@ -252,13 +327,24 @@ def write_tables(
     out_dir: Path, summaries: dict[int, dict | None], note: str, superb: dict[str, dict] | None = None
 ) -> dict[str, Path]:
     """``table1.md``/``table1.json`` (every experiment, run or not) and ``superb_er.md``
-    (the SUPERB-protocol runs in ``superb``: upstream name -> summary)."""
+    (the SUPERB-protocol runs in ``superb``: upstream name -> summary). Runs with attributes add a
+    test CCC column per attribute and their mean (``-`` for a run without them; WA/UA ``-`` for
+    a run without categories)."""
+    attributes = _attribute_names(summaries.values())
     header = ["Set", "#", "Input", "Feature", "FT", "AVG", "AGG", "Classifier", "AVG", "WA (%)", "UA (%)"]
+    header += [*(f"CCC {name}" for name in attributes), *(["CCC mean"] if attributes else [])]
     lines = ["# Table 1 (Morais et al., ICASSP 2022) reproduced", "", note, ""]
     lines += markdown_table(
-        [*header, "paper WA", "paper UA"], [_row(EXPERIMENTS[n], summaries.get(n)) for n in sorted(EXPERIMENTS)]
+        [*header, "paper WA", "paper UA"],
+        [_row(EXPERIMENTS[n], summaries.get(n), attributes) for n in sorted(EXPERIMENTS)],
     )
     lines += ["", _protocol_note(summaries), ""]
+    if attributes:
+        lines += [
+            "The paper reports categories only (WA/UA on IEMOCAP): the CCC columns have no published "
+            "counterpart in it; docs/table1.md lists the attribute figures published elsewhere.",
+            "",
+        ]
     paths = {"md": out_dir / "table1.md", "json": out_dir / "table1.json", "superb": out_dir / "superb_er.md"}
     atomic_write_text(paths["md"], "\n".join(lines))
     atomic_write_json(
@@ -267,15 +353,20 @@ def write_tables(
         indent=1,
     )
     superb = superb or {}
+    with_ccc = bool(_attribute_names(superb.values()))
     rows = []
     for name in list(SUPERB_ER) + sorted(set(superb) - set(SUPERB_ER)):
         ours = superb.get(name)
         leaderboard = f"{SUPERB_ER[name]:.2f}" if name in SUPERB_ER else "-"
-        rows.append(
-            [name, leaderboard, *([_mean_std(ours, "wa"), f"{ours['ua']['mean']:.2f}"] if ours else ["not run", ""])]
-        )
+        if ours:
+            ua = f"{ours['ua']['mean']:.2f}" if "ua" in ours else "-"
+            cells = [_mean_std(ours, "wa"), ua, *([_mean_std(ours, "ccc_mean")] if with_ccc else [])]
+        else:
+            cells = ["not run", "", *([""] if with_ccc else [])]
+        rows.append([name, leaderboard, *cells])
     lines = ["# SUPERB ER view (frozen upstream, accuracy = WA)", "", note, ""]
-    lines += markdown_table(["upstream", "SUPERB ER acc", "this project, SUPERB protocol (WA)", "UA"], rows)
+    header = ["upstream", "SUPERB ER acc", "this project, SUPERB protocol (WA)", "UA"]
+    lines += markdown_table([*header, *(["CCC mean"] if with_ccc else [])], rows)
     lines += [
         "",
         "SUPERB protocol: frozen upstream, weighted sum of layers, 256-d projector, mean pooling + linear, best dev "
@@ -308,6 +399,7 @@ class Table1Spec:
         device: the device of every run.
         note: a line under the tables' titles.
         superb: stock upstreams (``NAME`` or ``NAME:CKPT``) to run with SUPERB's ER protocol.
+        targets: what every run learns, both stages (:func:`table1_targets`; default: the paper's categories).
     """
 
     out_dir: Path
@@ -325,6 +417,7 @@ class Table1Spec:
     device: str = "cpu"
     note: str = ""
     superb: tuple[str, ...] = ()
+    targets: TargetSpec = TargetSpec()
 
 
 def run_table1(spec: Table1Spec) -> dict[int, dict]:
@@ -338,9 +431,15 @@ def run_table1(spec: Table1Spec) -> dict[int, dict]:
     overrides = (
         ("config.downstream_expert.datarc.root", str(root)),
         ("config.downstream_expert.datarc.meta_data", str(meta)),
+        *target_overrides(spec.targets, "config.downstream_expert.targets"),
         *spec.overrides,
     )
-    ft_overrides = (("config.datarc.root", str(root)), ("config.datarc.meta_data", str(meta)), *spec.ft_overrides)
+    ft_overrides = (
+        ("config.datarc.root", str(root)),
+        ("config.datarc.meta_data", str(meta)),
+        *target_overrides(spec.targets, "config.targets"),
+        *spec.ft_overrides,
+    )
 
     bases = {"wav2vec2": spec.wav2vec2, "hubert": spec.hubert, "bert": spec.bert}
     summaries: dict[int, dict] = {}
