@@ -253,3 +253,34 @@ def test_onnx_graph_gives_the_attribute_values_of_the_recognizer(runs, tmp_path)
         np.testing.assert_allclose(found["embeddings"], embeddings.numpy(), atol=1e-5, rtol=0)
         if classes:
             np.testing.assert_allclose(found["probabilities"], predictions[:, :classes].numpy(), atol=1e-6, rtol=0)
+
+
+def test_long_audio_plot_draws_attributes_over_time(runs, tmp_path):
+    from PIL import Image
+
+    from s3prl_ser.inference.long_audio_plot import windows_figure
+
+    rng = np.random.default_rng(8)
+    wav = np.concatenate([rng.uniform(-0.02, 0.02, 24000), rng.uniform(-0.4, 0.4, 24000)]).astype("float32")
+    sf.write(tmp_path / "long.wav", wav, 16000)  # 3 s: quiet, then loud
+    png, rows_path = tmp_path / "long.png", tmp_path / "rows.jsonl"
+    argv = ["--long-audio", "1", "--window", "1", "--hop", "0.5", "--no-progress", "--output", str(rows_path)]
+    inference([str(runs["model"]), str(tmp_path / "long.wav"), *argv, "--plot", str(png)])
+    with Image.open(png) as image:
+        assert image.size == (1320, 864)  # 11 x 7.2 inches at 120 dpi: the class panel and the attribute panel
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    windows, summary = rows[:-1], rows[-1]
+    classes_ax, attributes_ax = windows_figure(rows).axes
+    lines = attributes_ax.get_lines()  # per attribute: its values, then its dashed summary level
+    centres = [(w["start"] + w["end"]) / 2 for w in windows]
+    for index, name in enumerate(ATTRIBUTES):
+        x, y = lines[2 * index].get_data()
+        assert list(x) == pytest.approx([0.0, *centres, 3.0])
+        assert list(y[1:-1]) == pytest.approx([w["attributes"][name] for w in windows])
+        assert list(lines[2 * index + 1].get_ydata()) == pytest.approx([summary["attributes"][name]] * 2)
+    legend = [t.get_text() for t in attributes_ax.get_legend().get_texts()]
+    assert legend[:3] == [f"{a}: {summary['attributes'][a]:.2f}" for a in ATTRIBUTES]
+    assert attributes_ax.get_xlim() == (0.0, 3.0) and len(classes_ax.collections) == 4  # the class bands as before
+    only = [row | {"label": None, "probabilities": {}} for row in rows]
+    (ax,) = windows_figure(only).axes  # attributes only: their panel alone, their summary in the title
+    assert "summary arousal" in ax.get_title() and len(ax.get_lines()) == 6

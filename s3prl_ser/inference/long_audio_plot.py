@@ -5,6 +5,9 @@ segments, ``segments="vad"``: over each segment's span), so the height of a band
 class's probability there; rows flagged ``silence`` are hatched (their labels mean nothing).
 The title gives the file, its length and the summary's label; the legend each class's summary
 probability and the share of the windows (by duration; of the speech segments) it labels.
+A model trained with attributes gets a second panel below, on the same time axis: each
+attribute's value (on the corpus's scale) at the window centres (over each speech segment's
+span), its summary value dashed; a model of attributes only has that panel alone.
 
 :func:`windows_figure` draws the rows (those of
 :func:`~s3prl_ser.inference.long_audio.predict_windows`, or read back from a JSON lines output)
@@ -25,6 +28,7 @@ from s3prl_ser.fileio import atomic_write
 from s3prl_ser.inference.rows import FINAL_SEGMENTS
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = ["plot_windows", "windows_figure"]
@@ -63,7 +67,7 @@ def _split(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[d
         (row for row in rows if row["status"] == "ok" and row["segment"] not in FINAL_SEGMENTS),
         key=lambda row: row["start"],
     )
-    predicted = [row for row in timed if row["probabilities"]]
+    predicted = [row for row in timed if row["probabilities"] or row.get("attributes")]
     if not predicted:
         raise ValueError(f"{files.pop()}: no window rows to draw (a file not longer than long_audio is read whole)")
     summaries = [row for row in rows if row["segment"] == "summary"]
@@ -81,7 +85,8 @@ def windows_figure(rows: Sequence[dict[str, Any]], title: str | None = None) -> 
 
     Returns:
         A matplotlib figure (Agg backend) whose first axes has time in seconds on x: overlapping
-        windows stacked at their centres, speech segments as stacked bars over their span.
+        windows stacked at their centres, speech segments as stacked bars over their span; rows
+        with ``attributes`` add a second axes (the only one without classes) of their values.
 
     Raises:
         ValueError: the rows are of several files, or hold no window.
@@ -95,11 +100,68 @@ def windows_figure(rows: Sequence[dict[str, Any]], title: str | None = None) -> 
 
     predicted, timed, summary = _split(rows)
     classes = list(predicted[0]["probabilities"])
+    attributes = list(predicted[0].get("attributes") or {})
     starts = np.array([row["start"] for row in predicted], dtype=float)
     ends = np.array([row["end"] for row in predicted], dtype=float)
-    probabilities = np.array([[row["probabilities"][c] for c in classes] for row in predicted], dtype=float)
     duration = float(summary["end"]) if summary else max(row["end"] for row in timed)
     windows = bool(np.any(starts[1:] < ends[:-1]))  # overlapping: fixed windows; else speech segments
+    panels = [draw for draw, names in ((_draw_classes, classes), (_draw_attributes, attributes)) if names]
+    fig, axes = plt.subplots(
+        len(panels), 1, sharex=True, squeeze=False, figsize=(11, 4.2 + 3.0 * (len(panels) - 1)), dpi=120
+    )
+    silent = _merge([(row["start"], row["end"]) for row in timed if row.get("silence")])
+    for ax, draw in zip(axes[:, 0], panels):
+        handles, names = draw(ax, predicted, summary, starts, ends, duration, windows)
+        for start, end in silent:
+            ax.axvspan(start, end, facecolor="white", alpha=0.55, hatch="//", edgecolor="0.35", linewidth=0)
+        if silent:
+            handles.append(Patch(facecolor="white", hatch="//", edgecolor="0.35"))
+            meaningless = "label" if draw is _draw_classes else "values"
+            names.append(f"silence ({meaningless} meaningless)" if windows else "silence (not classified)")
+        ax.legend(
+            handles,
+            names,
+            title="summary (whole file)",
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=9,
+            title_fontsize=9,
+            frameon=False,
+        )
+    ax = axes[-1, 0]
+    ax.set_xlim(0, duration)
+    ax.xaxis.set_major_locator(MultipleLocator(_tick_step(duration)))
+    ax.xaxis.set_major_formatter(FuncFormatter(_clock))
+    ax.set_xlabel("time (m:ss)" if duration < 3600 else "time (h:mm:ss)")
+    name = title or Path(str(predicted[0]["file"])).name
+    if summary is None:
+        verdict = "no summary (rows cut short)"
+    elif classes:
+        verdict = f"summary label {summary['label'] or '-'}"
+    else:
+        verdict = "summary " + ", ".join(f"{a} {v:.2f}" for a, v in (summary.get("attributes") or {}).items())
+    weights = ends - starts
+    hop = f", {np.diff(starts).min():g} s hop" if len(predicted) > 1 else ""
+    step = f"{len(predicted)} windows of {weights.max():g} s{hop}" if windows else f"{len(predicted)} speech segments"
+    axes[0, 0].set_title(f"{name} ({_clock(duration)}): {verdict}; {step}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_classes(
+    ax: Axes,
+    predicted: list[dict[str, Any]],
+    summary: dict[str, Any] | None,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    duration: float,
+    windows: bool,
+) -> tuple[list[Any], list[str]]:
+    """The class probabilities stacked over time on ``ax``; the legend's handles and names."""
+    import matplotlib
+
+    classes = list(predicted[0]["probabilities"])
+    probabilities = np.array([[row["probabilities"][c] for c in classes] for row in predicted], dtype=float)
     weights = ends - starts
     top_share = np.bincount(probabilities.argmax(axis=1), weights=weights, minlength=len(classes)) / weights.sum()
     colours = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"].colors[: len(classes)]
@@ -107,7 +169,6 @@ def windows_figure(rows: Sequence[dict[str, Any]], title: str | None = None) -> 
     mean = mean or dict(zip(classes, probabilities.T @ weights / weights.sum()))
     of = "the time" if windows else "the speech"
     labels = [f"{c}: p {mean[c]:.2f}, label {share:.0%} of {of}" for c, share in zip(classes, top_share)]
-    fig, ax = plt.subplots(figsize=(11, 4.2), dpi=120)
     if windows:  # each window's probabilities at its centre; the first and last held out to the file's ends
         times = np.concatenate([[0.0], (starts + ends) / 2, [duration]])
         stacked = np.concatenate([probabilities[:1], probabilities, probabilities[-1:]]).T
@@ -118,36 +179,41 @@ def windows_figure(rows: Sequence[dict[str, Any]], title: str | None = None) -> 
             ax.bar(starts, column, width=weights, bottom=bottom, align="edge", color=colour, label=label, linewidth=0)
             bottom = bottom + column
     handles, names = ax.get_legend_handles_labels()
-    handles, names = handles[::-1], names[::-1]  # the legend's order is the bands', top down
-    silent = _merge([(row["start"], row["end"]) for row in timed if row.get("silence")])
-    for start, end in silent:
-        ax.axvspan(start, end, facecolor="white", alpha=0.55, hatch="//", edgecolor="0.35", linewidth=0)
-    if silent:
-        handles.append(Patch(facecolor="white", hatch="//", edgecolor="0.35"))
-        names.append("silence (label meaningless)" if windows else "silence (not classified)")
-    ax.set_xlim(0, duration)
     ax.set_ylim(0, 1)
-    ax.xaxis.set_major_locator(MultipleLocator(_tick_step(duration)))
-    ax.xaxis.set_major_formatter(FuncFormatter(_clock))
-    ax.set_xlabel("time (m:ss)" if duration < 3600 else "time (h:mm:ss)")
     ax.set_ylabel("class probability (stacked)")
-    name = title or Path(str(predicted[0]["file"])).name
-    verdict = "no summary (rows cut short)" if summary is None else f"summary label {summary['label'] or '-'}"
-    hop = f", {np.diff(starts).min():g} s hop" if len(predicted) > 1 else ""
-    step = f"{len(predicted)} windows of {weights.max():g} s{hop}" if windows else f"{len(predicted)} speech segments"
-    ax.set_title(f"{name} ({_clock(duration)}): {verdict}; {step}", fontsize=10)
-    ax.legend(
-        handles,
-        names,
-        title="summary (whole file)",
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        fontsize=9,
-        title_fontsize=9,
-        frameon=False,
-    )
-    fig.tight_layout()
-    return fig
+    return handles[::-1], names[::-1]  # the legend's order is the bands', top down
+
+
+def _draw_attributes(
+    ax: Axes,
+    predicted: list[dict[str, Any]],
+    summary: dict[str, Any] | None,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    duration: float,
+    windows: bool,
+) -> tuple[list[Any], list[str]]:
+    """Each attribute's value over time on ``ax`` (lines through the window centres, held to the
+    file's ends; or a level over each speech segment), its summary value dashed; the legend's
+    handles and names."""
+    import matplotlib
+
+    names = list(predicted[0]["attributes"])
+    values = np.array([[row["attributes"][a] for a in names] for row in predicted], dtype=float)
+    weights = ends - starts
+    mean = (summary or {}).get("attributes") or dict(zip(names, values.T @ weights / weights.sum()))
+    colours = matplotlib.colormaps["Dark2"].colors
+    for index, (name, column) in enumerate(zip(names, values.T)):
+        colour = colours[index % len(colours)]
+        label = f"{name}: {mean[name]:.2f}"
+        if windows:
+            times = np.concatenate([[0.0], (starts + ends) / 2, [duration]])
+            ax.plot(times, np.concatenate([column[:1], column, column[-1:]]), color=colour, label=label, linewidth=1.6)
+        else:
+            ax.hlines(column, starts, ends, colors=[colour], label=label, linewidth=2.4)
+        ax.axhline(mean[name], color=colour, linestyle="--", linewidth=0.9)
+    ax.set_ylabel("attribute value (corpus scale)")
+    return ax.get_legend_handles_labels()
 
 
 def plot_windows(rows: Sequence[dict[str, Any]], path: str | os.PathLike, title: str | None = None) -> Path:
