@@ -302,3 +302,37 @@ def test_task_files_merge_over_the_defaults(name, categories, attributes, select
     )
     assert loss.class_weights is class_weights and targets.attribute_loss == "ccc"
     assert f"-c downstream/emotion_ecapa/{name}.yaml" in path.read_text()  # the command it documents
+
+
+def _fold(ccc: float, official: str | None = None) -> dict:
+    attributes = {"arousal": {"ccc": ccc, "pearson": ccc + 0.1, "rmse": 1 - ccc, "n": 4}}
+    corpus = {"name": "C", "num_folds": 1 if official else 2, "official_test": official}
+    return {
+        "attributes": attributes,
+        "ccc_mean": ccc,
+        "num_utterances": 4,
+        "attribute_scale": {"arousal": [1, 7]},
+        "corpus": corpus,
+    }
+
+
+def test_attribute_report_by_hand(tmp_path):
+    from s3prl_ser.training.cv_report import summarize, write_report
+
+    points = {"arousal": np.array([[1.0, 1.5], [3.0, 2.5], [np.nan, 4.0], [7.0, 6.0]])}
+    summary = summarize({"fold1": _fold(0.5), "fold2": _fold(0.7)}, points)
+    attributes = summary["attributes"]
+    assert attributes["mean"]["arousal"]["ccc"] == pytest.approx({"mean": 0.6, "std": 0.2 / math.sqrt(2)})
+    assert attributes["mean"]["arousal"]["rmse"]["mean"] == pytest.approx(0.4)
+    assert attributes["ccc_mean"]["mean"] == pytest.approx(0.6)
+    assert attributes["pooled_ccc"]["arousal"] == pytest.approx(
+        concordance_correlation([1.5, 2.5, 6.0], [1.0, 3.0, 7.0])
+    )
+    paths = write_report(summary, tmp_path / "cv", "cv", points)
+    text = paths["md"].read_text()
+    assert "| **mean ± std** | **0.600 ± 0.141** | **0.600 ± 0.141** |" in text and "confusion" not in text
+    assert set(paths) == {"json", "md", "scatter_arousal"} and paths["scatter_arousal"].stat().st_size > 1000
+    official = write_report(summarize({"fold1": _fold(0.8, "Test1")}, points), tmp_path / "o", "o", points)
+    text = official["md"].read_text()
+    assert "| fold1 (official test Test1) | 0.800 | 0.800 |" in text and "Per attribute on Test1" in text
+    assert "| arousal | 1-7 | 0.800 | 0.900 | 0.200 |" in text and "±" not in text

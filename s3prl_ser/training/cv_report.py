@@ -317,6 +317,8 @@ def write_report(
     scatters: dict[str, Path] = {}
     if "attributes" in summary:
         lines += _attribute_lines(summary)
+        official = (summary.get("corpus") or {}).get("official_test")
+        tested = f"test set {official}" if official else "all folds' test utterances"
         for name, pairs in (attribute_points or {}).items():
             scatters[f"scatter_{name}"] = plot_attribute_scatter(
                 pairs[:, 0],
@@ -324,7 +326,7 @@ def write_report(
                 name,
                 out_dir / f"scatter_{name}.png",
                 scale=(summary["attributes"].get("scale") or {}).get(name),
-                title=f"{title}: {name}, all folds' test utterances",
+                title=f"{title}: {name}, {tested}",
             )
             lines += [f"![{name}: predicted against true](scatter_{name}.png)", ""]
     if "labels" not in summary:
@@ -357,21 +359,19 @@ def _attribute_lines(summary: dict) -> list[str]:
     lines += markdown_table(["fold", *(f"CCC {name}" for name in names), "CCC mean"], rows)
     scale = attributes.get("scale") or {}
     pooled = attributes.get("pooled_ccc") or {}
-    spread = "" if official else ", mean ± sample std over folds"
-    lines += ["", f"Per attribute{spread} (RMSE on the corpus's scale):", ""]
-    lines += markdown_table(
-        ["attribute", "scale", "CCC", "Pearson r", "RMSE", "CCC pooled over folds"],
-        [
-            [
-                name,
-                "-" if name not in scale else f"{scale[name][0]:g}-{scale[name][1]:g}",
-                *(mean_std_text(attributes["mean"][name][m], 3) for m in REGRESSION_METRICS),
-                "-" if name not in pooled else f"{pooled[name]:.3f}",
-            ]
-            for name in names
-        ],
-    )
-    return lines + [""]
+    if official:  # one test set: its values, nothing to spread or pool
+        header = ["attribute", "scale", "CCC", "Pearson r", "RMSE"]
+        lines += ["", f"Per attribute on {official} (RMSE on the corpus's scale):", ""]
+    else:
+        header = ["attribute", "scale", "CCC", "Pearson r", "RMSE", "CCC pooled over folds"]
+        lines += ["", "Per attribute, mean ± sample std over folds (RMSE on the corpus's scale):", ""]
+    rows = []
+    for name in names:
+        stats = [attributes["mean"][name][m] for m in REGRESSION_METRICS]
+        row = [name, "-" if name not in scale else f"{scale[name][0]:g}-{scale[name][1]:g}"]
+        row += [f"{s['mean']:.3f}" if official else mean_std_text(s, 3) for s in stats]
+        rows.append(row if official else [*row, "-" if name not in pooled else f"{pooled[name]:.3f}"])
+    return lines + markdown_table(header, rows) + [""]
 
 
 def plot_attribute_scatter(
