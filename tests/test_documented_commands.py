@@ -243,6 +243,9 @@ COMMANDS: dict[str, Run | Parse] = {
     "s3prl-ser table1 --experiments 1-11 -p result/table1 --root /data/IEMOCAP --meta /data/iemocap_meta --bert /models/bert-base-uncased --superb fbank,wav2vec2,hubert": Parse(
         "the paper's Large upstreams and BERT Base (downloads); tests/test_table1.py runs experiments on tiny ones"
     ),
+    "s3prl-ser table1 --experiments 1-11 --targets attributes -p result/table1_attributes --root /data/IEMOCAP --meta /data/iemocap_meta --bert /models/bert-base-uncased": Parse(
+        "the paper's Large upstreams and BERT Base (downloads); tests/test_table1.py runs an attribute table on tiny ones"
+    ),
     # docs/scaling-out.md: a Slurm array task (fold 2 here), which the cross-validation above reuses
     'python run_downstream.py -m train -a -u hubert -d emotion_ecapa -p result/hubert_ecapa/fold${SLURM_ARRAY_TASK_ID} -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta,,config.downstream_expert.datarc.test_fold=fold${SLURM_ARRAY_TASK_ID}"': Run(
         3,
