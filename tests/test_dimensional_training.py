@@ -336,3 +336,14 @@ def test_attribute_report_by_hand(tmp_path):
     text = official["md"].read_text()
     assert "| fold1 (official test Test1) | 0.800 | 0.800 |" in text and "Per attribute on Test1" in text
     assert "| arousal | 1-7 | 0.800 | 0.900 | 0.200 |" in text and "±" not in text
+
+
+def test_inference_rows_carry_attributes_on_the_corpus_scale(tmp_path, mini_corpus, rated_meta):
+    expert = _expert(tmp_path, mini_corpus, rated_meta, targets={"attributes": ["arousal", "valence"]})
+    features = [torch.randn(10, 8), torch.randn(6, 8)]
+    rows = expert.inference(features, ["a.wav", "b.wav"])
+    logits, normalised = split_outputs(expert.model([features]).detach(), 4)
+    assert rows[0]["label"] == expert.class_names[int(logits[0].argmax())]
+    assert [rows[1]["attributes"][a] for a in ("arousal", "valence")] == pytest.approx((1 + 4 * normalised[1]).tolist())
+    only = _expert(tmp_path, mini_corpus, rated_meta, targets={"categories": False, "attributes": ["valence"]})
+    assert set(only.inference(features, ["a.wav", "b.wav"])[0]) == {"file", "attributes"}
