@@ -420,7 +420,9 @@ class DownstreamExpert(nn.Module):
         :func:`s3prl_ser.inference.rows.prediction_row` builds for ``python -m s3prl_ser.inference``),
         with attributes also ``"attributes": {name: value on the corpus's scale}`` (without categories:
         ``file`` and ``attributes`` only)."""
-        logits, attributes = split_outputs(self._logits(features, filenames).cpu(), len(self.class_names))
+        with torch.no_grad():
+            outputs = self._logits(features, filenames).cpu()
+        logits, attributes = split_outputs(outputs, len(self.class_names))
         rows = [
             prediction_row(self.class_names, probs, file=name) if self.targets.categories else {"file": name}
             for name, probs in zip(filenames, logits.softmax(dim=-1))
