@@ -16,7 +16,7 @@ Precision (HuBERT-Base+ECAPA, batch 1, ``--precision-clips`` clips of 2-8 s): se
 second of audio of the bare float32 upstream forward, the full float32 path, the full path in
 bfloat16, with int8 linear layers (``quantize("int8")``), and onnxruntime on the exported full
 graph (float32, and its int8 ``MatMul`` graph: ``quantize_onnx``), each as a speed ratio to the
-bare float32 upstream. Each path's labels and probabilities are compared with the float32
+bare float32 upstream (timed clip by clip, the paths in turn). Each path's labels and probabilities are compared with the float32
 path's on ``--agreement-clips`` 1-s synthetic clips (harmonic tones with vibrato, noise and
 envelopes drawn at random); the head's linear layer is scaled to logits of standard deviation
 3 over them, since a random-init head gives near-uniform probabilities where labels flip on
@@ -186,14 +186,17 @@ def precision_paths(base: Path, clips: list[torch.Tensor], agreement: list[torch
         f"precision: HuBERT-Base+ECAPA, batch 1, {len(clips)} clips ({audio:.1f} s); "
         f"agreement on {len(agreement)} 1-s clips vs the float32 path"
     )
-    seconds = {}
+    seconds = dict.fromkeys(paths, 0.0)
     with torch.inference_mode():
-        for name, (one, many) in paths.items():
+        for one, _ in paths.values():
             one(clips[0])  # warm-up
-            start = time.perf_counter()
-            for clip in clips:
+        # clip by clip, every path in turn: a machine shared with other jobs slows them alike
+        for clip in clips:
+            for name, (one, _) in paths.items():
+                start = time.perf_counter()
                 one(clip)
-            seconds[name] = time.perf_counter() - start
+                seconds[name] += time.perf_counter() - start
+        for name, (_, many) in paths.items():
             line = f"  {name:26s} {audio / seconds[name]:6.2f} s audio/s  x{seconds['bare float32 upstream'] / seconds[name]:5.2f}"
             if many is not None:
                 probabilities = np.asarray(many(agreement))
