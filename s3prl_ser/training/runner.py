@@ -2,7 +2,8 @@
 
 Training runs in the project's loop (:mod:`s3prl_ser.training.loop`, shared with the
 fine-tuning stage) instead of s3prl's: it evaluates dev and saves whatever the expert asks
-for (the ``emotion_ecapa`` expert asks for the k best by dev accuracy), like s3prl's, and
+for (the ``emotion_ecapa`` expert asks for the k best by the dev metric its ``targets.selection``
+names: dev accuracy by default), like s3prl's, and
 also resumes exactly (the interrupted epoch at its next batch, every RNG restored), stops
 every DDP rank together (s3prl 0.4.18 advances the step on rank 0 only), writes checkpoints
 atomically and refuses AMP off CUDA. Dev is also evaluated, and states saved, at the last
