@@ -185,3 +185,48 @@ def test_a_file_only_ffmpeg_decodes_serves_preparation_and_training(tmp_path):
         load_audio(path, channel=3)
     with pytest.raises(AudioError, match="clip.m4a: segment 2-2.5 s lies outside the recording"):
         load_audio(path, start=2.0, end=2.5)
+
+
+def _lame_encodes() -> bool:
+    if shutil.which("ffmpeg") is None:
+        return False
+    encoders = subprocess.run(["ffmpeg", "-v", "error", "-encoders"], capture_output=True, text=True).stdout
+    return "libmp3lame" in encoders
+
+
+@pytest.mark.skipif(not _lame_encodes(), reason="needs ffmpeg with libmp3lame to make the MP3")
+def test_a_vbr_mp3_without_xing_header_is_read_whole(tmp_path, monkeypatch):
+    """libsndfile takes an untagged VBR MP3's length from its first frame's bitrate and stops
+    decoding there (2.3 s of 6 s here); the reader sends such a file to ffmpeg, everywhere."""
+    from s3prl_ser.data import audio
+    from s3prl_ser.data.audio import audio_file_problem, audio_info, decode_audio, read_segment
+
+    rng = np.random.default_rng(0)
+    t = np.arange(6 * SAMPLE_RATE) / SAMPLE_RATE
+    loud = np.sin(2 * np.pi * t / 1.5) > 0  # loud noise first (a high first bitrate), then a quiet hum
+    source = np.where(loud, 0.4 * rng.standard_normal(t.size), 0.02 * np.sin(2 * np.pi * 200 * t))
+    sf.write(tmp_path / "source.wav", source.astype("float32"), SAMPLE_RATE)
+    paths = {}
+    for name, options in (("untagged", ["-q:a", "4", "-write_xing", "0"]), ("tagged", ["-q:a", "4"])):
+        paths[name] = tmp_path / f"{name}.mp3"
+        command = ["ffmpeg", "-v", "error", "-i", str(tmp_path / "source.wav"), "-codec:a", "libmp3lame"]
+        subprocess.run(command + options + [str(paths[name])], check=True)
+    path = paths["untagged"]
+
+    info = audio_info(path)
+    assert info.reader == "ffmpeg" and audio_info(paths["tagged"]).reader == "soundfile"  # a Xing tag: exact
+    assert info.samples == pytest.approx(t.size, abs=2000)  # 6 s, plus the encoder's delay and padding
+    wav = load_audio(path)
+    assert wav.numel() == info.samples == decode_audio(path.read_bytes(), source="upload.mp3").numel()
+    last = wav[-SAMPLE_RATE // 2 :]  # the end of the audio is there: the quiet hum at -34 dBFS
+    assert float(last.square().mean().sqrt()) == pytest.approx(0.02 / np.sqrt(2), rel=0.2)
+    assert audio_file_problem(path, min_samples=int(5.5 * SAMPLE_RATE)) is None
+    assert load_audio(path, start=4.0, end=5.0).numel() == pytest.approx(SAMPLE_RATE, abs=16)
+    for start in (8000, 40003, 72000):  # windows read alone: the whole file's samples
+        window = read_segment(path, info, start, start + SAMPLE_RATE)
+        assert torch.equal(window, wav[start : start + SAMPLE_RATE])
+
+    monkeypatch.setattr(audio.shutil, "which", lambda name: None)  # no ffmpeg: a clear error, not 2.3 s
+    with pytest.raises(AudioError, match="untagged.mp3: .*a VBR MP3 without a Xing/VBRI header.*install ffmpeg"):
+        load_audio(path)
+    assert len(load_audio(paths["tagged"])) == t.size  # soundfile alone reads a tagged one

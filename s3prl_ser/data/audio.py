@@ -2,7 +2,9 @@
 
 Files are decoded by soundfile (WAV, FLAC, OGG/Vorbis, Opus, and MP3 with libsndfile >= 1.1)
 and, for what soundfile cannot decode (M4A/AAC, ...), by ``ffmpeg`` when an ``ffmpeg``
-executable (with its ``ffprobe``) is on ``PATH``. Another sample rate or channel count is not
+executable (with its ``ffprobe``) is on ``PATH``. A VBR MP3 without a Xing/VBRI header goes
+to ffmpeg too (:func:`_untagged_vbr_mp3`): libsndfile stops decoding it at the length the first
+frame's bitrate predicts. Another sample rate or channel count is not
 an error: audio is averaged to mono and resampled to 16 kHz by design, by :func:`resample`
 (soxr, whose memory does not depend on the rate pair); ffmpeg converts to 16 kHz itself (its
 ``-ar``). What cannot be used is: a file neither reader can open, no samples, a WAV shorter
@@ -19,6 +21,7 @@ from __future__ import annotations
 import errno
 import io
 import math
+import mmap
 import os
 import re
 import shutil
@@ -64,6 +67,9 @@ RESAMPLE_QUALITY = "HQ"
 # samples as resampling the whole file: 20 ms already does at 8-44.1 kHz (measured), 0.1 s
 # leaves room (tests/test_audio.py checks windows against the whole file).
 RESAMPLE_MARGIN_SECONDS = 0.1
+# Audio ffmpeg decodes before a window of a file it reads, then drops: a window then equals the
+# whole file's samples (0.4 s did not always for a VBR MP3, 0.5 s did at every start tested).
+FFMPEG_LEAD_SECONDS = 0.5
 # Audio whose RMS level is below this (dB relative to full scale, 1.0) is reported as silence:
 # a model still outputs a class for it, which means nothing.
 SILENCE_DBFS = -60.0
@@ -326,6 +332,71 @@ def _ffmpeg_samples(path: Path) -> int:
     return size // 4
 
 
+# MPEG audio Layer III frame headers: bitrates (kbit/s) by index for MPEG-1 and for MPEG-2/2.5,
+# and sample rates by version bits (3: MPEG-1, 2: MPEG-2, 0: MPEG-2.5) and index.
+_MP3_KBPS = {
+    True: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    False: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MP3_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+_UNTAGGED_VBR = (
+    "a VBR MP3 without a Xing/VBRI header, which libsndfile decodes only up to the length "
+    "its first frame's bitrate predicts"
+)
+
+
+def _mp3_frame(data: bytes | mmap.mmap, pos: int) -> tuple[int, int, int] | None:
+    """``(kbit/s, frame bytes, bytes before a Xing tag)`` of the MPEG Layer III frame header at
+    ``pos`` of ``data``, or None when none is there (free-format bitrate included)."""
+    if pos + 4 > len(data):
+        return None
+    b0, b1, b2, b3 = data[pos : pos + 4]
+    version, layer, bitrate, rate = (b1 >> 3) & 3, (b1 >> 1) & 3, b2 >> 4, (b2 >> 2) & 3
+    if b0 != 0xFF or b1 & 0xE0 != 0xE0 or version == 1 or layer != 1 or bitrate in (0, 15) or rate == 3:
+        return None
+    mpeg1, mono = version == 3, b3 >> 6 == 3
+    kbps = _MP3_KBPS[mpeg1][bitrate]
+    size = (144000 if mpeg1 else 72000) * kbps // _MP3_RATES[version][rate] + ((b2 >> 1) & 1)
+    side_info = (17 if mono else 32) if mpeg1 else (9 if mono else 17)
+    return kbps, size, 4 + side_info
+
+
+def _untagged_vbr_mp3(source: Path | bytes) -> bool:
+    """Whether ``source`` (a file, or a file's bytes) is an MP3 whose frames change bitrate and
+    whose first frame holds no Xing/Info/VBRI header (the table of contents that gives the
+    length). libsndfile (1.2.2) then takes the length from the first frame's bitrate and stops
+    decoding there: 2.34 s of a 10 s file (measured), silently.
+
+    Walks the frame headers from the first (after an ID3v2 tag) until the bitrate changes or
+    no header follows (an ID3v1 tag, the end): a few ms per minute of a CBR file.
+    """
+    if isinstance(source, bytes):
+        return _untagged_vbr_in(source)
+    with open(source, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            return False
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return _untagged_vbr_in(data)
+
+
+def _untagged_vbr_in(data: bytes | mmap.mmap) -> bool:
+    pos = 0
+    if data[:3] == b"ID3" and len(data) >= 10:  # ID3v2: a 10-byte header, a synchsafe size, maybe a footer
+        pos = 10 + sum((byte & 0x7F) << (7 * (3 - i)) for i, byte in enumerate(data[6:10]))
+        pos += 10 if data[5] & 0x10 else 0
+    first = _mp3_frame(data, pos)
+    if first is None:
+        return False
+    kbps, _, tag = first
+    if data[pos + tag : pos + tag + 4] in (b"Xing", b"Info") or data[pos + 36 : pos + 40] == b"VBRI":
+        return False
+    while (frame := _mp3_frame(data, pos)) is not None:
+        if frame[0] != kbps:
+            return True
+        pos += frame[1]
+    return False
+
+
 def _soundfile_frames(path: Path, info: soundfile._SoundFileInfo) -> int:
     """Frames soundfile decodes from ``path``: the header's count where it is exact; for MP3,
     whose header count is an estimate (601.42 s for 600.03 s decoded, measured on a CBR file
@@ -355,22 +426,25 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
     refuse_url(path)
     path = Path(path)
     require_file(path)
+    error: BaseException | None = None
     try:
         info = soundfile.info(str(path))
-        return AudioInfo(_soundfile_frames(path, info), int(info.samplerate), int(info.channels), "soundfile")
-    except _SOUNDFILE_ERRORS as error:
-        reason = _soundfile_reason(error)
-        if shutil.which("ffmpeg") is None:
-            raise AudioError(
-                f"{path}: cannot decode audio (soundfile: {reason}); "
-                "install ffmpeg to read formats soundfile does not (MP3 on old libsndfile, M4A/AAC)"
-            ) from error
-        try:
-            return _ffprobe_info(path)
-        except AudioError as ffmpeg_error:
-            raise AudioError(
-                f"{path}: cannot decode audio (soundfile: {reason}; {str(ffmpeg_error).removeprefix(f'{path}: ')})"
-            ) from ffmpeg_error
+        if info.format != "MP3" or not _untagged_vbr_mp3(path):
+            return AudioInfo(_soundfile_frames(path, info), int(info.samplerate), int(info.channels), "soundfile")
+        reason = _UNTAGGED_VBR
+    except _SOUNDFILE_ERRORS as caught:
+        error, reason = caught, _soundfile_reason(caught)
+    if shutil.which("ffmpeg") is None:
+        raise AudioError(
+            f"{path}: cannot decode audio (soundfile: {reason}); "
+            "install ffmpeg to read formats soundfile does not (MP3 on old libsndfile, M4A/AAC)"
+        ) from error
+    try:
+        return _ffprobe_info(path)
+    except AudioError as ffmpeg_error:
+        raise AudioError(
+            f"{path}: cannot decode audio (soundfile: {reason}; {str(ffmpeg_error).removeprefix(f'{path}: ')})"
+        ) from ffmpeg_error
 
 
 def _ffmpeg_decode(path: Path, channels: int, start: float = 0.0, seconds: float | None = None) -> np.ndarray:
@@ -424,16 +498,19 @@ def load_audio(
         str(path) if start is None and end is None else f"{path} [{start or 0:g}-{end if end is not None else 'end'} s]"
     )
     try:
-        frames = {}
-        if start is not None or end is not None:
-            info = soundfile.info(str(path))
-            problem = _segment_problem(info.frames / info.samplerate, start, end)
-            if problem:
-                raise AudioError(f"{path}: {problem}")
-            frames = {"start": int(round((start or 0) * info.samplerate))}
-            if end is not None:
-                frames["stop"] = min(int(round(end * info.samplerate)), info.frames)
-        data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True, **frames)
+        if _untagged_vbr_mp3(path):  # libsndfile would cut it short: ffmpeg (audio_info says so without it)
+            data, sample_rate = _ffmpeg_read(path, start, end), SAMPLE_RATE
+        else:
+            frames = {}
+            if start is not None or end is not None:
+                info = soundfile.info(str(path))
+                problem = _segment_problem(info.frames / info.samplerate, start, end)
+                if problem:
+                    raise AudioError(f"{path}: {problem}")
+                frames = {"start": int(round((start or 0) * info.samplerate))}
+                if end is not None:
+                    frames["stop"] = min(int(round(end * info.samplerate)), info.frames)
+            data, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True, **frames)
     except _SOUNDFILE_ERRORS as error:
         if shutil.which("ffmpeg") is None or _soundfile_opens(path):  # ffmpeg only for what soundfile cannot open
             raise AudioError(f"{path}: cannot decode audio ({error})") from error
@@ -452,8 +529,9 @@ def decode_audio(
     object (from its current position to its end) -> mono 16 kHz float32 ``(T,)``.
 
     What soundfile decodes is decoded in memory, with :func:`load_audio`'s checks; what it cannot
-    (M4A/AAC, ...) goes through ffmpeg, from a temporary file (MP4's index may sit at the end,
-    which ffmpeg cannot reach in a pipe), exactly as :func:`load_audio` reads a path.
+    (M4A/AAC, ...) or would cut short (a VBR MP3 without a Xing/VBRI header) goes through
+    ffmpeg, from a temporary file (MP4's index may sit at the end, which ffmpeg cannot reach in
+    a pipe), exactly as :func:`load_audio` reads a path.
 
     Raises:
         AudioError: as :func:`load_audio`, naming ``source``; a file object opened in text mode.
@@ -468,19 +546,26 @@ def decode_audio(
     truncated = _wav_truncation(io.BytesIO(data), len(data))
     if truncated:
         raise AudioError(f"{source}: {truncated}")
+    if _untagged_vbr_mp3(data):  # libsndfile would cut it short
+        return _load_bytes_from_file(data, source, min_samples)
     try:
         samples, sample_rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except _SOUNDFILE_ERRORS as error:
         if shutil.which("ffmpeg") is None or _soundfile_opens(io.BytesIO(data)):
             raise AudioError(f"{source}: cannot decode audio ({error})") from error
-        with tempfile.TemporaryDirectory() as directory:
-            path = Path(directory) / "audio"
-            path.write_bytes(data)
-            try:
-                return load_audio(path, min_samples=min_samples)
-            except AudioError as ffmpeg_error:
-                raise AudioError(str(ffmpeg_error).replace(str(path), source)) from error
+        return _load_bytes_from_file(data, source, min_samples)
     return prepare_waveform(samples, sample_rate, source=source, min_samples=min_samples)
+
+
+def _load_bytes_from_file(data: bytes, source: str, min_samples: int) -> torch.Tensor:
+    """:func:`load_audio` of ``data`` written to a temporary file, errors naming ``source``."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "audio"
+        path.write_bytes(data)
+        try:
+            return load_audio(path, min_samples=min_samples)
+        except AudioError as error:
+            raise AudioError(str(error).replace(str(path), source)) from error
 
 
 def _soundfile_opens(path: Path | BinaryIO) -> bool:
@@ -507,7 +592,7 @@ def read_segment(path: str | os.PathLike, info: AudioInfo, start: int, stop: int
     """Samples ``start``..``stop`` of the file at 16 kHz, mono float32 ``(stop - start,)``: the
     same samples as reading the whole file and slicing it (no seams between windows), but only
     the segment and :data:`RESAMPLE_MARGIN_SECONDS` around it are read from disk (soundfile
-    seeks, :func:`resample_context`; ffmpeg seeks to the time).
+    seeks, :func:`resample_context`; ffmpeg seeks to :data:`FFMPEG_LEAD_SECONDS` before it).
 
     Raises:
         AudioError: the segment is empty, cannot be decoded, holds non-finite samples, or the
@@ -518,8 +603,11 @@ def read_segment(path: str | os.PathLike, info: AudioInfo, start: int, stop: int
     if stop <= start:
         raise AudioError(f"{source}: an empty segment ({start}..{stop} at {SAMPLE_RATE} Hz)")
     if info.reader == "ffmpeg":  # ffmpeg's output is already at 16 kHz: info.frames are samples
-        data = _ffmpeg_decode(path, info.channels, start / SAMPLE_RATE, (stop - start) / SAMPLE_RATE)
-        return prepare_waveform(data.mean(axis=1), SAMPLE_RATE, source=source)
+        # ffmpeg seeks to the sample, but decodes the first frames after a seek wrong (an MP3's
+        # bit reservoir lies in earlier frames): start FFMPEG_LEAD_SECONDS early and drop them.
+        lead = min(start, int(FFMPEG_LEAD_SECONDS * SAMPLE_RATE))
+        data = _ffmpeg_decode(path, info.channels, (start - lead) / SAMPLE_RATE, (stop - start + lead) / SAMPLE_RATE)
+        return prepare_waveform(data.mean(axis=1), SAMPLE_RATE, source=source)[lead:]
     first, last, offset = resample_context(start, stop, info.sample_rate, info.frames)
     try:
         data, rate = soundfile.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
