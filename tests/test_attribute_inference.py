@@ -222,6 +222,7 @@ def test_model_card_reports_ccc_per_attribute_and_fold(runs):
     assert f"| fold3 | {arousal:.3f} |" in card.text and "| mean over 2 folds |" in card.text
     assert "arousal 1-5, valence 1-5, dominance 1-5" in card.text
     assert "class probabilities and attribute values are averaged" in card.text
+    assert 'recognizer.predict("speech.wav").attributes' in card.text
     only = ModelCard.load(runs["only"] / "README.md")
     assert {r.metric_type for r in only.data.eval_results} == {"ccc"} and "WA (%)" not in only.text
 

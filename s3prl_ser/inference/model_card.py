@@ -323,6 +323,7 @@ def render_card(
         "from s3prl_ser.inference import EmotionRecognizer",
         'recognizer = EmotionRecognizer.from_pretrained("THIS_DIRECTORY")',
         'recognizer.predict("speech.wav")',
+        *(['recognizer.predict("speech.wav").attributes  # on the corpus\'s scale'] if scale else []),
         "```",
         "",
     ]
