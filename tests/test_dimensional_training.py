@@ -347,3 +347,25 @@ def test_inference_rows_carry_attributes_on_the_corpus_scale(tmp_path, mini_corp
     assert [rows[1]["attributes"][a] for a in ("arousal", "valence")] == pytest.approx((1 + 4 * normalised[1]).tolist())
     only = _expert(tmp_path, mini_corpus, rated_meta, targets={"categories": False, "attributes": ["valence"]})
     assert set(only.inference(features, ["a.wav", "b.wav"])[0]) == {"file", "attributes"}
+
+
+def test_a_run_recorded_before_targets_existed_is_the_same_categorical_run():
+    from s3prl_ser.training.run_identity import run_identity, significant_differences
+
+    old = run_identity({"seed": 1}, {"downstream_expert": {"datarc": {"root": "/a"}}})
+    new = run_identity({"seed": 1}, {"downstream_expert": {"datarc": {"root": "/a"}, **_DEFAULT_SECTIONS}})
+    assert significant_differences(old, new) == []
+    new["config"]["downstream_expert"]["targets"]["attributes"] = ["arousal"]
+    assert significant_differences(old, new) == ["config.downstream_expert.targets.attributes: [] -> ['arousal']"]
+
+
+_DEFAULT_SECTIONS = {
+    "targets": {
+        "categories": True,
+        "attributes": [],
+        "attribute_loss": "ccc",
+        "attribute_weight": 1.0,
+        "selection": None,
+    },
+    "loss": {"class_weights": False, "focal_gamma": 0.0, "balanced_sampler": False},
+}

@@ -15,6 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from s3prl_ser.config import expert_default
+from s3prl_ser.training.targets import LOSS_KEYS, TARGET_KEYS
+
 __all__ = [
     "RUN_ARGS",
     "RUNTIME_SETTINGS",
@@ -44,6 +47,9 @@ RUNTIME_SETTINGS = frozenset(
     {"num_workers", "eval_batch_size", "pre_load", "allow_outside_root", "max_eval_seconds", "dir"}
 )
 _ACCUMULATION = "config.runner.gradient_accumulate_steps"
+# Stage-2 sections added after runs first recorded their identities: a record without one was
+# trained as their defaults say (categories only, plain cross-entropy), so it is compared as such.
+ADDED_EXPERT_SECTIONS = {"targets": TARGET_KEYS, "loss": LOSS_KEYS}
 # Files a training run leaves in its experiment directory.
 _RUN_FILES = ("states-*.ckpt", "dev-top.json", "dev-avg.ckpt", "dev-best.ckpt", "final.json")
 
@@ -60,7 +66,8 @@ def significant_differences(old: Any, new: Any, *, resuming: bool = False) -> li
     are left out, and with ``resuming`` so is the ``config.runner`` section (schedule length,
     logging and evaluation cadence), which a resumed run may change, except the gradient
     accumulation: a resumed run's position is counted in micro-batches."""
-    lines = differences(json.loads(json.dumps(old, default=str)), json.loads(json.dumps(new, default=str)))
+    old, new = (_with_added_sections(json.loads(json.dumps(identity, default=str))) for identity in (old, new))
+    lines = differences(old, new)
     keys = [line.split(": ", 1)[0] for line in lines]
     return [
         line
@@ -68,6 +75,23 @@ def significant_differences(old: Any, new: Any, *, resuming: bool = False) -> li
         if key.rsplit(".", 1)[-1] not in RUNTIME_SETTINGS
         and not (resuming and key.startswith("config.runner.") and key != _ACCUMULATION)
     ]
+
+
+def _with_added_sections(identity: Any) -> Any:
+    """``identity`` with each of :data:`ADDED_EXPERT_SECTIONS` its ``downstream_expert`` lacks set to
+    ``emotion_ecapa``'s defaults (a run recorded before the section existed trained as they say).
+
+    Example:
+        >>> _with_added_sections({"config": {"downstream_expert": {}}})["config"]["downstream_expert"]["loss"]
+        {'class_weights': False, 'focal_gamma': 0.0, 'balanced_sampler': False}
+    """
+    expert = ((identity or {}).get("config") or {}).get("downstream_expert") if isinstance(identity, dict) else None
+    if not isinstance(expert, dict):
+        return identity
+    for section, keys in ADDED_EXPERT_SECTIONS.items():
+        if section not in expert:
+            expert[section] = {key: expert_default(section, key) for key in keys}
+    return identity
 
 
 def differences(old: Any, new: Any, prefix: str = "") -> list[str]:
