@@ -149,13 +149,13 @@ ROWS = [
         "too-short audio in the test split",
         lambda c: _write_wav(c.utterance("test", 2), _noise(200)),
         Case.train,
-        r"Session1/\S+\.wav: clip is 200 samples \(12\.5 ms\) at 16000 Hz.*required 400 samples",
+        r"Session1/\S+\.wav: clip is 200 samples \(12\.5 ms\) at 16000 Hz.*required 560 samples",
     ),
     Row(
         "44.1 kHz stereo, too short only after resampling",
         lambda c: _write_wav(c.utterance("test", 3), _noise(1000, channels=2), rate=44100),
         Case.train,
-        r"Session1/\S+\.wav: clip is 363 samples .* after resampling.*required 400 samples",
+        r"Session1/\S+\.wav: clip is 363 samples .* after resampling.*required 560 samples",
     ),
     Row(
         "several bad files: the first few are named, then a count",

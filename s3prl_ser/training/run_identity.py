@@ -42,9 +42,10 @@ RUN_ARGS = (
     "seed",
 )
 # Config settings that say how data is fed or checked, not what is learned: they may always change.
-# ``dir``: where the feature cache lives (what it holds is keyed by what it stores).
+# ``dir``: where the feature cache lives (what it holds is keyed by what it stores). ``min_samples``
+# refuses short clips, never drops them (the runner raises it to 560 for fbank: runs recorded 400).
 RUNTIME_SETTINGS = frozenset(
-    {"num_workers", "eval_batch_size", "pre_load", "allow_outside_root", "max_eval_seconds", "dir"}
+    {"num_workers", "eval_batch_size", "pre_load", "allow_outside_root", "max_eval_seconds", "dir", "min_samples"}
 )
 _ACCUMULATION = "config.runner.gradient_accumulate_steps"
 # Stage-2 sections added after runs first recorded their identities: a record without one was

@@ -49,7 +49,7 @@ from s3prl_ser.training.run_dir import RunDir
 from s3prl_ser.training.run_identity import run_identity
 from s3prl_ser.training.states import Progress, StatesFiles, restore_progress, training_state
 from s3prl_ser.training.targets import TargetSpec, expert_targets
-from s3prl_ser.upstreams.multi_upstream import build_featurizer, build_upstreams
+from s3prl_ser.upstreams.multi_upstream import build_featurizer, build_upstreams, raise_min_samples
 
 __all__ = ["SERRunner"]
 
@@ -137,6 +137,9 @@ class SERRunner(Runner):
         if recorded is not None:
             # -e/-i of a trained model: never for a fold whose test set it trained on (a deployment model: any)
             check_protocol_record(recorded, self.test_fold(), args.init_ckpt)
+        datarc = config.get("downstream_expert", {}).get("datarc")
+        if datarc is not None:  # before the fold's audio check: fbank needs 560 samples, not 400
+            raise_min_samples(datarc, args.upstream, args.upstream_model_config)
         self.fold_data = self._load_fold_data()
         self.upstream = self._get_upstream()
         self.featurizer = self._get_featurizer()

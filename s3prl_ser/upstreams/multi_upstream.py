@@ -9,16 +9,29 @@ expert reads as several streams to fuse.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor, nn
 
+from s3prl_ser.config import expert_default
 from s3prl_ser.data.protocol import FoldSpec
 from s3prl_ser.s3prl_logging import log_featurizer_notes
 from s3prl_ser.upstreams.build import build_upstream
+from s3prl_ser.upstreams.exportable import front_end_description
 
-__all__ = ["split_names", "MultiUpstream", "MultiFeaturizer", "build_upstreams", "build_featurizer"]
+__all__ = [
+    "split_names",
+    "MultiUpstream",
+    "MultiFeaturizer",
+    "build_upstreams",
+    "build_featurizer",
+    "shortest_input",
+    "raise_min_samples",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def split_names(upstream: str, ckpt: str | None) -> list[tuple[str, str | None]]:
@@ -93,3 +106,55 @@ def build_featurizer(
     if isinstance(upstream, MultiUpstream):
         return MultiFeaturizer([one(up) for up in upstream.upstreams])
     return one(upstream)
+
+
+def shortest_input(upstream: nn.Module) -> int:
+    """Fewest 16 kHz samples for which ``upstream`` gives finite features, where that is more
+    than its receptive field: s3prl's kaldi baselines with per-utterance CMVN (``fbank``,
+    ``mfcc``, ``spectrogram``) divide by the std over frames, 0/0 = NaN for one frame, so they
+    need two (400 + 160 = 560 samples); 0 (no bound known here) for any other upstream.
+    A :class:`MultiUpstream` needs what its most demanding member does.
+
+    Example:
+        >>> shortest_input(build_upstream("fbank")), shortest_input(build_upstream("fbank_no_cmvn"))
+        (560, 0)
+    """
+    if isinstance(upstream, MultiUpstream):
+        return max(shortest_input(member) for member in upstream.upstreams)
+    described = front_end_description(upstream)
+    if described is None or "kwargs" not in described or not described["cmvn"]["use_cmvn"]:
+        return 0
+    kwargs = described["kwargs"]  # torchaudio.compliance.kaldi's defaults: 25 ms frames every 10 ms
+    frame, shift = (round(kwargs.get(key, ms) * 16) for key, ms in (("frame_length", 25.0), ("frame_shift", 10.0)))
+    return frame + shift
+
+
+def raise_min_samples(datarc: dict[str, Any], upstream: str, model_config: str | None = None) -> int:
+    """Raise ``datarc["min_samples"]`` to what the upstreams ``-u upstream`` need
+    (:func:`shortest_input`), so the fold's audio check refuses, naming them, the clips that
+    would give NaN features (and a NaN loss). Only s3prl's weightless baselines are built to
+    find out (the others have no bound here and are not loaded).
+
+    Returns:
+        The ``min_samples`` in force.
+
+    Example:
+        >>> datarc = {"min_samples": 400}
+        >>> raise_min_samples(datarc, "fbank"), datarc
+        (560, {'min_samples': 560})
+    """
+    from s3prl import hub
+
+    configured = int(datarc.get("min_samples", expert_default("datarc", "min_samples")))
+    need = max(
+        shortest_input(build_upstream(name, model_config=model_config))
+        if getattr(getattr(hub, name, None), "__module__", "") == "s3prl.upstream.baseline.hubconf"
+        else 0
+        for name, _ in split_names(upstream, None)
+    )
+    if need > configured:
+        logger.info(
+            "min_samples %d -> %d: upstream %s gives NaN features for shorter clips", configured, need, upstream
+        )
+        datarc["min_samples"] = need
+    return max(need, configured)
