@@ -220,6 +220,16 @@ COMMANDS: dict[str, Run | Parse] = {
     's3prl-ser cv -u wavlm_large -d emotion_ecapa -c downstream/emotion_ecapa/msp_podcast_categories.yaml -p result/msp_podcast_categories -o "config.downstream_expert.datarc.root=/data/MSP-Podcast,,config.downstream_expert.datarc.meta_data=/data/msp_podcast_meta"': Parse(
         "needs MSP-Podcast and WavLM Large's weights; tests/test_dimensional_training.py checks the -c files"
     ),
+    # docs/dimensional.md: the built-in corpus as an MSP-Podcast release (figures in the doc)
+    "s3prl-ser builtin-corpus /data/builtin --msp-podcast-layout /data/builtin_msp": Parse(
+        "generates the 280-utterance corpus; the built-in corpus's tests write and prepare its MSP-Podcast layout"
+    ),
+    "s3prl-ser prepare msp_podcast /data/builtin_msp /data/builtin_msp_meta --test-set Test1": Parse(
+        "reads the layout above; the built-in corpus's tests prepare it"
+    ),
+    's3prl-ser cv -u fbank -d emotion_ecapa -c downstream/emotion_ecapa/config_builtin.yaml -p result/builtin_msp_attributes -o "config.downstream_expert.datarc.root=/data/builtin_msp,,config.downstream_expert.datarc.meta_data=/data/builtin_msp_meta,,config.downstream_expert.targets={categories: false, attributes: [arousal, valence, dominance]}"': Parse(
+        "300 steps on the layout above (about 2.5 min); tests/test_dimensional_training.py runs attribute-only training"
+    ),
     # docs/two-stages.md
     'python -m upstream_ft -u hubert -p result/upstream_ft/hubert -o "config.datarc.root=/data/IEMOCAP,,config.datarc.meta_data=/data/iemocap_meta"': Run(
         2, shorten="stage1", subs=TINY_HUBERT, writes=("result/upstream_ft/hubert/fold5/upstream.ckpt",)
@@ -332,6 +342,7 @@ PARSERS: dict[str, Callable[[list[str]], object]] = {
     "s3prl_ser.cli.cross_corpus": _parse_cross_corpus,
     "s3prl_ser.cli.cross_validate": _parse_cross_validate,
     "s3prl_ser.cli.prepare_corpus": _parser("s3prl_ser.cli.prepare_corpus"),
+    "s3prl_ser.cli.builtin_corpus": _parser("s3prl_ser.cli.builtin_corpus"),
 }
 
 
