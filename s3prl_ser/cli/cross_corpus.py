@@ -7,8 +7,9 @@ Each corpus is cross-validated in ``OUT/NAME`` with the training options (``-u``
 ``-o`` and any other ``run_downstream.py`` option), its deployment model trained (or, with
 ``--model FOLD``, that fold's model taken) and scored on every other corpus; ``OUT`` gets
 ``matrix.md`` (printed), ``matrix.json`` and ``matrix.png``; ``--pool NAME=A,B`` adds a row
-trained on A and B together, scored on the other corpora. A killed matrix resumes: finished
-folds, deployment runs and cells are reused (:mod:`s3prl_ser.experiments.cross_corpus`).
+trained on A and B together, scored on the other corpora. With a recipe trained on attributes
+the cells carry their mean CCC too (``--metric ccc_mean`` draws it). A killed matrix resumes:
+finished folds, deployment runs and cells are reused (:mod:`s3prl_ser.experiments.cross_corpus`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 from s3prl_ser.cli import run_downstream
 from s3prl_ser.cli.errors import exit_on_error
 from s3prl_ser.cli.logs import add_verbosity_options, setup_logging
-from s3prl_ser.experiments.cross_corpus import SPLITS, MatrixCorpus, Pool, cross_corpus_matrix
+from s3prl_ser.experiments.cross_corpus import MATRIX_METRICS, SPLITS, MatrixCorpus, Pool, cross_corpus_matrix
 from s3prl_ser.experiments.launch import RunRequest
 
 __all__ = ["build_parser", "main"]
@@ -59,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", choices=SPLITS, default="all", help="what of the other corpora is scored (default: all)"
     )
     parser.add_argument("--label-map", type=Path, help="a YAML/JSON label map overriding the defaults")
+    parser.add_argument(
+        "--metric",
+        choices=MATRIX_METRICS,
+        help="the heatmap's metric (default: ua when the recipe trains categories, else ccc_mean, the mean CCC "
+        "over attributes)",
+    )
     parser.add_argument("--workers", type=int, default=0, help="train folds in N single-thread processes (default 0)")
     parser.add_argument(
         "-o",
@@ -87,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             label_map=args.label_map,
             workers=args.workers,
             pools=[Pool.parse(text) for text in args.pool or ()],
+            metric=args.metric,
         )
         print((args.expdir / "matrix.md").read_text())
 

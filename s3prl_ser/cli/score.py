@@ -6,8 +6,10 @@
 run's fold directory, or a cross-validation directory with ``--fold``. The corpus is any
 prepared one (s3prl meta data, a manifest, EmoBox lists). Labels are compared through a label
 map (the defaults, or ``--label-map FILE``); utterances without a counterpart are dropped and
-counted. Scoring on audio the model learnt from is refused. ``OUT_DIR`` gets ``score.json``,
-``score.md`` (printed) and ``confusion.png`` (:mod:`s3prl_ser.experiments.cross_corpus`).
+counted. A model trained on attributes scored on a corpus carrying them gets each one's CCC,
+Pearson r and RMSE on the corpus's scale. Scoring on audio the model learnt from is refused.
+``OUT_DIR`` gets ``score.json``, ``score.md`` (printed), ``confusion.png`` and a
+``scatter_<attribute>.png`` per attribute (:mod:`s3prl_ser.experiments.cross_corpus`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--test-fold", help="with --split test: only this fold's test list")
     parser.add_argument("--label-map", type=Path, help="a YAML/JSON label map overriding the defaults")
     parser.add_argument(
-        "-o", "--output", type=Path, required=True, help="directory for score.json, score.md, confusion.png"
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="directory for score.json, score.md, confusion.png and the attributes' scatter_<name>.png",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")

@@ -11,6 +11,16 @@ counterpart are dropped and counted, model classes without one are removed and t
 probabilities renormalised. The report (``score.json``, ``score.md``, ``confusion.png``) gives
 WA, UA, macro-F1 and the confusion matrix over the evaluation classes.
 
+**Attributes**: when the model predicts continuous attributes (arousal, valence, ...) and the
+scored corpus carries some of the same names, the report adds each one's CCC, Pearson r and RMSE
+and their mean CCC (:func:`~s3prl_ser.training.metrics.regression_report`) on the corpus's own
+scale, with a scatter plot each (``scatter_<name>.png``). A model trained on another scale (IEMOCAP
+1-5, MSP-Podcast 1-7) has its predictions mapped linearly from its scale onto the corpus's, which
+assumes the two scales' endpoints mean the same. Every utterance carrying a value counts for that
+attribute's metrics, also one without a category (MSP-Podcast's X and O, label null: dropped for
+the categories only). Attributes on one side only are listed as not scored; a model of attributes
+only gets no categorical metrics (the report says so).
+
 **No leakage** (:mod:`s3prl_ser.data.training_audio`): before any audio is scored, the scored
 utterances are compared with what the model learnt from (its train and dev lists): by resolved
 path (a run's fold) and by the SHA-256 of the audio file's bytes (both kinds); any overlap is
@@ -21,13 +31,11 @@ refused with :class:`LeakageError`.
 (:func:`~s3prl_ser.experiments.cross_validation.cross_validate`), its deployment model trained
 (:func:`~s3prl_ser.experiments.deployment.train_deployment`) or one chosen fold's model taken,
 and that model scored on every other corpus. In-corpus cells are the cross-validation's means
-(over the model's own classes), cross-corpus cells the scores (over the mapped classes). Like
+(over the model's own classes), cross-corpus cells the scores (over the mapped classes); with a
+recipe trained on attributes, each cell also carries the mean CCC (``ccc_mean``). Like
 cross-validation it resumes: finished trainings and cells scored with the same model, corpus,
 split and map are reused. A **pool** (:func:`pool_corpora`) adds a row trained on several
 corpora at once, their test lists never in training, scored on the corpora outside it.
-
-Dimensional attributes (CCC) are not scored yet: :func:`score` compares categories only; the
-attributes' scores would join its report beside ``metrics``.
 """
 
 from __future__ import annotations
@@ -47,10 +55,12 @@ import numpy as np
 import torch
 
 from s3prl_ser.config import ConfigError
+from s3prl_ser.data.attributes import Scale, denormalise, normalise
 from s3prl_ser.data.emotion_dataset import EmotionDataset, MetaData, available_folds, read_fold_lists, utterance_key
 from s3prl_ser.data.label_maps import (
     COMMON_CLASSES,
     LabelMap,
+    LabelMapError,
     LabelMapFile,
     common_map,
     read_label_map_file,
@@ -69,8 +79,8 @@ from s3prl_ser.data.training_audio import (
 from s3prl_ser.experiments.launch import RunRequest
 from s3prl_ser.fileio import atomic_write_text, read_json, safe_torch_load
 from s3prl_ser.markdown import markdown_table
-from s3prl_ser.training.cv_report import plot_confusion
-from s3prl_ser.training.metrics import classification_report
+from s3prl_ser.training.cv_report import plot_attribute_scatter, plot_confusion
+from s3prl_ser.training.metrics import classification_report, regression_report
 from s3prl_ser.training.run_dir import RunDir
 
 if TYPE_CHECKING:  # the recognizer builds upstreams: imported when a model is loaded
@@ -78,6 +88,7 @@ if TYPE_CHECKING:  # the recognizer builds upstreams: imported when a model is l
 
 __all__ = [
     "SPLITS",
+    "MATRIX_METRICS",
     "LeakageError",
     "ScoringModel",
     "Corpus",
@@ -95,6 +106,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SPLITS = ("all", "test")
+MATRIX_METRICS = ("ua", "wa", "macro_f1", "ccc_mean")
+_METRIC_NAMES = {"ua": "UA (%)", "wa": "WA (%)", "macro_f1": "macro-F1 (%)", "ccc_mean": "CCC, mean over attributes"}
 SCORE_FILE = "score.json"
 _SHOWN = 5
 _ROOT_KEY = "config.downstream_expert.datarc.root"
@@ -103,6 +116,11 @@ RENORMALISED_NOTE = (
     "model classes without a counterpart: their probabilities are removed and the rest divided by their sum; "
     "model classes mapped to the same evaluation class have their probabilities added"
 )
+RESCALED_NOTE = (
+    "predictions mapped linearly from the model's scale onto the corpus's "
+    "(low to low, high to high: this assumes the two scales' endpoints mean the same)"
+)
+NO_CATEGORIES_NOTE = "the model predicts attributes only: no categorical metrics (WA, UA, macro-F1, confusion)"
 
 
 class LeakageError(ValueError):
@@ -203,7 +221,8 @@ class Corpus:
 @dataclass(frozen=True)
 class EvaluationSet:
     """The utterances to score: ``items`` (each once, by utterance key, paths relative to
-    ``root``), the corpus's ``labels`` and ``name``, and a ``description`` of the selection.
+    ``root``), the corpus's ``labels`` and ``name``, a ``description`` of the selection and the
+    declared ``attribute_scale`` of the attributes its items carry (``{}``: none).
 
     Example:
         >>> EvaluationSet("toy", ["a"], [{"path": "u.wav", "label": "a"}], "every utterance", "/corpus").items[0]["label"]
@@ -215,11 +234,18 @@ class EvaluationSet:
     items: list[dict]
     description: str
     root: str
+    attribute_scale: dict[str, Scale] = dataclasses.field(default_factory=dict)
 
     @property
     def digest(self) -> str:
-        """A digest of the utterances and their labels (a cell scored on other ones is scored again)."""
-        return _digest_text("\n".join(f"{utterance_key(item)}\t{item.get('label')}" for item in self.items))
+        """A digest of the utterances, their labels and attributes (a cell scored on other ones is scored again)."""
+        return _digest_text(
+            "\n".join(
+                f"{utterance_key(item)}\t{item.get('label')}"
+                + (f"\t{json.dumps(item['attributes'], sort_keys=True)}" if item.get("attributes") else "")
+                for item in self.items
+            )
+        )
 
 
 def evaluation_set(corpus: Corpus, split: str = "all", fold: str | None = None) -> EvaluationSet:
@@ -236,7 +262,7 @@ def evaluation_set(corpus: Corpus, split: str = "all", fold: str | None = None) 
         raise ConfigError("a fold chooses a test list: use it with the test split")
     folds = [fold] if fold is not None else available_folds(corpus.meta_data)
     items: dict[str, dict] = {}
-    name, labels, official = "", [], None
+    name, labels, official, scale = "", [], None, {}
     for name_of_fold in folds:
         lists = read_fold_lists(
             corpus.meta_data, name_of_fold, corpus.root, allow_outside_root=corpus.allow_outside_root
@@ -244,6 +270,7 @@ def evaluation_set(corpus: Corpus, split: str = "all", fold: str | None = None) 
         name, labels, official = lists.corpus, lists.train.class_names, lists.official_test
         parts = [lists.test] if split == "test" else [lists.train, *([lists.dev] if lists.dev else []), lists.test]
         for part in parts:
+            scale.update(part.attribute_scale)
             for item in part.items:
                 items.setdefault(utterance_key(item), item)
     if split == "all":
@@ -254,7 +281,7 @@ def evaluation_set(corpus: Corpus, split: str = "all", fold: str | None = None) 
         description = f"the official test set {official}"
     else:
         description = f"every fold's test list ({len(folds)} folds)"
-    return EvaluationSet(name, labels, [items[key] for key in sorted(items)], description, corpus.root)
+    return EvaluationSet(name, labels, [items[key] for key in sorted(items)], description, corpus.root, scale)
 
 
 def check_leakage(model: ScoringModel, evaluation: EvaluationSet, allow_unrecorded: bool = False) -> dict[str, Any]:
@@ -297,16 +324,63 @@ def check_leakage(model: ScoringModel, evaluation: EvaluationSet, allow_unrecord
     return {"checked": True, "by": by, "training_utterances": model.training.utterances}
 
 
-def _probabilities(model: ScoringModel, root: str, items: list[dict], batch_size: int) -> np.ndarray:
-    """The model's class probabilities ``(N, C)`` of ``items``, read by the one audio reader."""
+def _predictions(model: ScoringModel, root: str, items: list[dict], batch_size: int) -> np.ndarray:
+    """The model's outputs ``(N, C + A)`` of ``items``, read by the one audio reader: the class
+    probabilities, then the attribute values on the model's own scale
+    (:meth:`~s3prl_ser.inference.recognizer.EmotionRecognizer.predictions`)."""
     recognizer = model.recognizer
-    labels = {label: 0 for label in {item["label"] for item in items}}
+    labels = {label: 0 for label in {item.get("label") for item in items} if label is not None}
     data = EmotionDataset(root, MetaData(Path(root), labels, items), min_samples=recognizer.min_samples)
     batches = []
     for first in range(0, len(data), batch_size):
         wavs = [torch.from_numpy(data[i][0]) for i in range(first, min(first + batch_size, len(data)))]
-        batches.append(recognizer.probabilities(wavs).numpy())
-    return np.concatenate(batches) if batches else np.zeros((0, len(recognizer.class_names)))
+        batches.append(recognizer.predictions(wavs).float().numpy())
+    width = len(recognizer.class_names) + len(recognizer.attribute_names)
+    return np.concatenate(batches) if batches else np.zeros((0, width))
+
+
+def _known(item: dict, name: str) -> float:
+    """Attribute ``name`` of ``item``, NaN when unknown."""
+    value = (item.get("attributes") or {}).get(name)
+    return np.nan if value is None else float(value)
+
+
+def _attribute_names(model_scale: dict[str, Scale], corpus_scale: dict[str, Scale]) -> tuple[list[str], dict[str, str]]:
+    """The attributes both sides have (in the model's order), and why each other one is not scored."""
+    shared = [name for name in model_scale if name in corpus_scale]
+    not_scored = {name: "the corpus carries no values of it" for name in model_scale if name not in corpus_scale}
+    not_scored |= {name: "the model does not predict it" for name in corpus_scale if name not in model_scale}
+    return shared, not_scored
+
+
+def _score_attributes(
+    model: ScoringModel, evaluation: EvaluationSet, items: list[dict], values: np.ndarray, names: list[str]
+) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The attribute section of the report and each attribute's ``(truth, predicted)`` ``(N,)``
+    on the corpus's scale, from the model's attribute ``values`` ``(N, A)`` of ``items`` (each
+    carrying at least one of ``names``) on its own scale."""
+    recognizer = model.recognizer
+    model_scale = {name: recognizer.attribute_scale[name] for name in names}
+    corpus_scale = {name: evaluation.attribute_scale[name] for name in names}
+    predicted = values[:, [recognizer.attribute_names.index(name) for name in names]].astype(np.float64)
+    rescaled = [name for name in names if model_scale[name] != corpus_scale[name]]
+    for name in rescaled:
+        j = names.index(name)
+        predicted[:, j] = denormalise(normalise(predicted[:, j], model_scale[name]), corpus_scale[name])
+    truth = np.array([[_known(item, name) for name in names] for item in items], dtype=np.float64)
+    report = regression_report(truth, predicted, names).to_dict()
+    section = {
+        "scored": names,
+        "scale": {name: list(corpus_scale[name]) for name in names},
+        "model_scale": {name: list(model_scale[name]) for name in names},
+        "rescaled": rescaled,
+        "rescaling": RESCALED_NOTE if rescaled else None,
+        "utterances": len(items),
+        "without_category": sum(item.get("label") is None for item in items),
+        "metrics": report["attributes"],
+        "ccc_mean": report["ccc_mean"],
+    }
+    return section, {name: (truth[:, j], predicted[:, j]) for j, name in enumerate(names)}
 
 
 def score(
@@ -322,43 +396,61 @@ def score(
     title: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score ``model`` on ``corpus`` (module docstring); write ``score.json``, ``score.md`` and
-    ``confusion.png`` into ``out_dir``; the report (metrics in %, ``extra`` added to it).
+    """Score ``model`` on ``corpus`` (module docstring); write ``score.json``, ``score.md``,
+    ``confusion.png`` (with categories) and ``scatter_<attribute>.png`` (each attribute scored)
+    into ``out_dir``; the report (categorical metrics in %, ``extra`` added to it).
 
     Raises:
         LeakageError: the model learnt from some of the audio (:func:`check_leakage`).
         LabelMapError: the map leaves nothing to score, or a map file entry is wrong.
-        ConfigError, FileNotFoundError, ValueError: bad split/fold, unreadable corpus lists.
+        ConfigError: bad split/fold, or a model of attributes only that shares none with the corpus.
+        FileNotFoundError, ValueError: unreadable corpus lists.
     """
     evaluation = evaluation_set(corpus, split, fold)
-    mapping = resolve_label_map(model.corpus, model.class_names, evaluation.name, evaluation.labels, label_map)
-    scored, dropped = [], Counter()
+    recognizer = model.recognizer
+    names, not_scored = _attribute_names(recognizer.attribute_scale, evaluation.attribute_scale)
+    mapping = None
+    if model.class_names:
+        mapping = resolve_label_map(model.corpus, model.class_names, evaluation.name, evaluation.labels, label_map)
+    elif not names:
+        carried = ", ".join(evaluation.attribute_scale) or "none"
+        raise ConfigError(
+            f"{model.source} predicts attributes only ({', '.join(recognizer.attribute_names)}) and {evaluation.name} "
+            f"carries none of them (it carries: {carried}): nothing to score"
+        )
+    scored, categorical, rated, dropped = [], [], [], Counter()
     for item in evaluation.items:
         label = item.get("label")
-        if label is not None and mapping.target(label) is not None:
-            scored.append(item)
-        else:
+        category = mapping is not None and label is not None and mapping.target(label) is not None
+        if mapping is not None and not category:
             dropped["(no category)" if label is None else label] += 1
+        # an utterance without a category still counts for the attributes it carries
+        rating = any(not np.isnan(_known(item, name)) for name in names)
+        if category or rating:
+            scored.append(item)
+            categorical.append(category)
+            rated.append(rating)
+    if mapping is not None and not any(categorical):
+        raise LabelMapError(f"no utterance of {evaluation.name} has a label the map ({mapping.source}) reaches")
     leakage = check_leakage(model, dataclasses.replace(evaluation, items=scored), allow_unrecorded)
     logger.info(
-        "[cross_corpus] - scoring %s on %d utterances of %s (%s), %d dropped",
+        "[cross_corpus] - scoring %s on %d utterances of %s (%s), %d dropped for categories, %d rated",
         model.source,
         len(scored),
         evaluation.name,
         evaluation.description,
         sum(dropped.values()),
+        sum(rated),
     )
-    probabilities = mapping.map_probabilities(_probabilities(model, evaluation.root, scored, batch_size))
-    predicted = [mapping.classes[i] for i in probabilities.argmax(axis=1)]
-    truth = [mapping.target(item["label"]) for item in scored]
-    report = classification_report(truth, predicted, mapping.classes)
-    metrics = report.to_dict()
-    result = {
+    outputs = _predictions(model, evaluation.root, scored, batch_size)
+    num_classes = len(model.class_names)
+    result: dict[str, Any] = {
         "model": {
             "source": model.source,
             "kind": model.kind,
             "corpus": model.corpus,
             "classes": model.class_names,
+            "attributes": recognizer.attribute_names,
             "identity": model.identity,
         },
         "corpus": {
@@ -370,53 +462,130 @@ def score(
             "selection": evaluation.description,
             "digest": evaluation.digest,
         },
-        "label_map": mapping.to_dict(),
-        "renormalisation": RENORMALISED_NOTE if mapping.renormalised else None,
+        "label_map": None,
+        "renormalisation": None,
+        "categories_skipped": NO_CATEGORIES_NOTE if mapping is None else None,
         "utterances": {
             "listed": len(evaluation.items),
             "scored": len(scored),
             "dropped": dict(sorted(dropped.items())),
-            "per_class": {c: int(n) for c, n in zip(mapping.classes, report.confusion.sum(axis=1))},
         },
         "leakage_check": leakage,
-        "wa": report.wa * 100,
-        "ua": report.ua * 100,
-        "macro_f1": report.macro_f1 * 100,
-        "metrics": metrics,
-        **(extra or {}),
+        "wa": None,
+        "ua": None,
+        "macro_f1": None,
+        "metrics": None,
+        "attributes": None,
+        "ccc_mean": None,
     }
-    _write_score(result, mapping, Path(out_dir), title or f"{Path(model.source).name} on {evaluation.name}")
+    if mapping is not None:
+        rows = [i for i, flag in enumerate(categorical) if flag]
+        probabilities = mapping.map_probabilities(outputs[rows, :num_classes])
+        predicted = [mapping.classes[i] for i in probabilities.argmax(axis=1)]
+        truth = [mapping.target(scored[i]["label"]) for i in rows]
+        report = classification_report(truth, predicted, mapping.classes)
+        result |= {
+            "label_map": mapping.to_dict(),
+            "renormalisation": RENORMALISED_NOTE if mapping.renormalised else None,
+            "wa": report.wa * 100,
+            "ua": report.ua * 100,
+            "macro_f1": report.macro_f1 * 100,
+            "metrics": report.to_dict(),
+        }
+        result["utterances"]["per_class"] = {c: int(n) for c, n in zip(mapping.classes, report.confusion.sum(axis=1))}
+    points = {}
+    if any(rated):
+        rows = [i for i, flag in enumerate(rated) if flag]
+        section, points = _score_attributes(
+            model, evaluation, [scored[i] for i in rows], outputs[rows, num_classes:], names
+        )
+        result["attributes"], result["ccc_mean"] = {**section, "not_scored": not_scored}, section["ccc_mean"]
+    elif names or not_scored:
+        none_carried = {name: "no scored utterance carries a value" for name in names}
+        result["attributes"] = {"scored": [], "not_scored": {**none_carried, **not_scored}}
+    result |= extra or {}
+    _write_score(result, mapping, points, Path(out_dir), title or f"{Path(model.source).name} on {evaluation.name}")
     return result
 
 
-def _write_score(result: dict[str, Any], mapping: LabelMap, out_dir: Path, title: str) -> None:
-    """``score.md`` and ``confusion.png``, then ``score.json`` last (its presence marks the score done)."""
+def _write_score(
+    result: dict[str, Any],
+    mapping: LabelMap | None,
+    points: dict[str, tuple[np.ndarray, np.ndarray]],
+    out_dir: Path,
+    title: str,
+) -> None:
+    """``score.md``, ``confusion.png`` and the attributes' scatter plots, then ``score.json`` last
+    (its presence marks the score done)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics, counts = result["metrics"], result["utterances"]
-    dropped = ", ".join(f"{label} {n}" for label, n in counts["dropped"].items()) or "none"
+    metrics, counts, attributes = result["metrics"], result["utterances"], result["attributes"]
+    model = result["model"]
+    predicts = [*([f"classes {', '.join(model['classes'])}"] if model["classes"] else [])]
+    predicts += [f"attributes {', '.join(model['attributes'])}"] if model["attributes"] else []
     lines = [
         f"# {title}",
         "",
-        f"Model: {result['model']['source']} ({result['model']['kind']}, trained on {result['model']['corpus']}, "
-        f"classes {', '.join(result['model']['classes'])}).",
-        f"Scored on {result['corpus']['name']}: {result['corpus']['selection']}; {counts['scored']} of "
-        f"{counts['listed']} utterances scored, dropped (label without a counterpart): {dropped}.",
-        f"Label map: {mapping.source}.",
+        f"Model: {model['source']} ({model['kind']}, trained on {model['corpus']}, {'; '.join(predicts)}).",
     ]
-    if mapping.renormalised:
-        lines.append(f"Renormalised: {', '.join(mapping.renormalised)} ({RENORMALISED_NOTE}).")
-    lines += [""]
-    lines += markdown_table(
-        ["utterances", "WA (%)", "UA (%)", "macro-F1 (%)"],
-        [[counts["scored"], f"{result['wa']:.2f}", f"{result['ua']:.2f}", f"{result['macro_f1']:.2f}"]],
-    )
-    lines += ["", "Confusion matrix (rows: reference, columns: predicted):", ""]
-    labels = metrics["labels"]
-    lines += markdown_table(["", *labels], [[label, *row] for label, row in zip(labels, metrics["confusion"])])
-    lines += ["", "![confusion matrix](confusion.png)", ""]
-    atomic_write_text(out_dir / "score.md", "\n".join(lines))
-    plot_confusion(metrics["confusion"], labels, out_dir / "confusion.png", title=title)
+    selection = f"Scored on {result['corpus']['name']}: {result['corpus']['selection']}; {counts['scored']} of "
+    if mapping is None:
+        lines += [f"{selection}{counts['listed']} utterances scored.", f"Categories: {result['categories_skipped']}."]
+    else:
+        dropped = ", ".join(f"{label} {n}" for label, n in counts["dropped"].items()) or "none"
+        lines += [
+            f"{selection}{counts['listed']} utterances scored, dropped (label without a counterpart): {dropped}"
+            + (" (for the categories only: utterances with attribute values count for those)." if points else "."),
+            f"Label map: {mapping.source}.",
+        ]
+        if mapping.renormalised:
+            lines.append(f"Renormalised: {', '.join(mapping.renormalised)} ({RENORMALISED_NOTE}).")
+        lines += [""]
+        lines += markdown_table(
+            ["utterances", "WA (%)", "UA (%)", "macro-F1 (%)"],
+            [[sum(counts["per_class"].values()), *(f"{result[key]:.2f}" for key in ("wa", "ua", "macro_f1"))]],
+        )
+        lines += ["", "Confusion matrix (rows: reference, columns: predicted):", ""]
+        labels = metrics["labels"]
+        lines += markdown_table(["", *labels], [[label, *row] for label, row in zip(labels, metrics["confusion"])])
+        lines += ["", "![confusion matrix](confusion.png)"]
+    if attributes is not None:
+        lines += ["", "## Attributes", ""]
+        if points:
+            lines += [
+                f"{attributes['utterances']} utterances carry a value of a scored attribute "
+                f"({attributes['without_category']} of them without a category); values on the corpus's scale."
+            ]
+            if attributes["rescaled"]:
+                changes = (
+                    f"{name} {_scale_text(attributes['model_scale'][name])} -> {_scale_text(attributes['scale'][name])}"
+                    for name in attributes["rescaled"]
+                )
+                lines.append(f"Rescaled: {', '.join(changes)} ({RESCALED_NOTE}).")
+        if attributes["not_scored"]:
+            reasons = ", ".join(f"{name} ({why})" for name, why in attributes["not_scored"].items())
+            lines.append(f"Not scored: {reasons}.")
+        if points:
+            table = attributes["metrics"]
+            rows = [
+                [name, _scale_text(attributes["scale"][name]), table[name]["n"]]
+                + [f"{table[name][key]:.3f}" for key in ("ccc", "pearson", "rmse")]
+                for name in attributes["scored"]
+            ]
+            rows.append(["mean", "", "", f"{attributes['ccc_mean']:.3f}", "", ""])
+            lines += ["", *markdown_table(["attribute", "scale", "utterances", "CCC", "Pearson r", "RMSE"], rows)]
+            lines += ["", *(f"![{name}: predicted against true](scatter_{name}.png)" for name in points)]
+    atomic_write_text(out_dir / "score.md", "\n".join([*lines, ""]))
+    if mapping is not None:
+        plot_confusion(metrics["confusion"], metrics["labels"], out_dir / "confusion.png", title=title)
+    for name, (truth, predicted) in points.items():
+        scale = attributes["scale"][name]
+        note = " (rescaled from the model's scale)" if name in attributes["rescaled"] else ""
+        plot_attribute_scatter(truth, predicted, name, out_dir / f"scatter_{name}.png", scale, f"{title}: {name}{note}")
     atomic_write_text(out_dir / SCORE_FILE, json.dumps(result, indent=1))
+
+
+def _scale_text(scale: Sequence[float]) -> str:
+    return f"{scale[0]:g}-{scale[1]:g}"
 
 
 # ------------------------------------------------------------------------------------- the matrix
@@ -550,12 +719,14 @@ def pool_corpora(
     return Corpus(str(root), str(out / "meta"))
 
 
-def _cell_identity(model: ScoringModel, evaluation: EvaluationSet, mapping: LabelMap, split: str) -> dict[str, Any]:
+def _cell_identity(
+    model: ScoringModel, evaluation: EvaluationSet, mapping: LabelMap | None, split: str
+) -> dict[str, Any]:
     return {
         "model": model.identity,
         "corpus": evaluation.digest,
         "split": split,
-        "label_map": mapping.to_dict(),
+        "label_map": mapping.to_dict() if mapping is not None else None,
     }
 
 
@@ -570,7 +741,11 @@ def _cell(
     """One cross-corpus cell: reused when ``out_dir/score.json`` was scored with the same model,
     corpus, split and map, else scored (again)."""
     evaluation = evaluation_set(target.corpus, split)
-    mapping = resolve_label_map(model.corpus, model.class_names, evaluation.name, evaluation.labels, label_map)
+    mapping = (
+        resolve_label_map(model.corpus, model.class_names, evaluation.name, evaluation.labels, label_map)
+        if model.class_names
+        else None
+    )
     identity = _cell_identity(model, evaluation, mapping, split)
     done = out_dir / SCORE_FILE
     if done.is_file():
@@ -583,13 +758,13 @@ def _cell(
 
 
 def _in_corpus(summary: dict[str, Any]) -> dict[str, Any]:
-    """The cross-validation's means (in %) as a cell."""
-    f1 = summary.get("macro_f1") or {}
+    """The cross-validation's means (WA, UA, macro-F1 in %; the mean CCC over attributes) as a cell."""
+    attributes = summary.get("attributes") or {}
     return {
-        "wa": summary["wa"]["mean"],
-        "ua": summary["ua"]["mean"],
-        "macro_f1": f1.get("mean"),
-        "classes": summary["labels"],
+        **{key: (summary.get(key) or {}).get("mean") for key in ("wa", "ua", "macro_f1")},
+        "ccc_mean": (attributes.get("ccc_mean") or {}).get("mean"),
+        "classes": summary.get("labels", []),
+        "attributes": attributes.get("names", []),
         "source": "cross-validation mean over folds " + ", ".join(summary["folds"]),
     }
 
@@ -605,6 +780,7 @@ def cross_corpus_matrix(
     label_map: str | os.PathLike | None = None,
     workers: int = 0,
     pools: Sequence[Pool] = (),
+    metric: str | None = None,
 ) -> dict[str, Any]:
     """Train on each corpus (and each pool) and score on every other; write ``matrix.json``, ``matrix.md`` and
     ``matrix.png`` into ``out``; the matrix.
@@ -624,9 +800,11 @@ def cross_corpus_matrix(
         pools: more rows: each trained on several of ``corpora`` at once (:func:`pool_corpora`,
             in ``out/pools/NAME``, cross-validated in ``out/NAME``) and scored on the others;
             its members' cells are not scored (it learnt from them).
+        metric: the heatmap's metric, one of :data:`MATRIX_METRICS` (default: ``ua`` when the
+            recipe trains categories, else ``ccc_mean``); the tables show every metric the cells have.
 
     Raises:
-        ConfigError: fewer than two corpora, repeated names, a pool of unknown corpora, a
+        ConfigError: fewer than two corpora, an unknown metric, repeated names, a pool of unknown corpora, a
             model fold not cross-validated.
         LeakageError: a model would be scored on audio it learnt from (corpora sharing recordings).
     """
@@ -647,6 +825,8 @@ def cross_corpus_matrix(
         )
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if metric is not None and metric not in MATRIX_METRICS:
+        raise ConfigError(f"metric must be one of {', '.join(MATRIX_METRICS)}, got {metric!r}")
     map_file = read_label_map_file(label_map) if label_map is not None else None
 
     def train(name: str, corpus: Corpus) -> tuple[dict[str, Any], ScoringModel]:
@@ -680,16 +860,15 @@ def cross_corpus_matrix(
                 cells[row][b.name] = {"in_corpus": True, **cv_cell}
                 continue
             if b.name in members:  # trained on (the deployment model: on all of it)
-                cells[row][b.name] = {"in_corpus": False, "in_pool": True, "wa": None, "ua": None, "macro_f1": None}
+                cells[row][b.name] = {"in_corpus": False, "in_pool": True, **dict.fromkeys(MATRIX_METRICS)}
                 continue
             title = f"{row} -> {b.name}"
             result = _cell(row_model, b, out / "cells" / f"{row}_on_{b.name}", split, map_file, title)
             cells[row][b.name] = {
                 "in_corpus": False,
-                "wa": result["wa"],
-                "ua": result["ua"],
-                "macro_f1": result["macro_f1"],
-                "classes": result["label_map"]["classes"],
+                **{key: result.get(key) for key in MATRIX_METRICS},
+                "classes": result["label_map"]["classes"] if result.get("label_map") else [],
+                "attributes": (result.get("attributes") or {}).get("scored", []),
                 "scored": result["utterances"]["scored"],
                 "dropped": result["utterances"]["dropped"],
                 "source": f"cells/{row}_on_{b.name}/{SCORE_FILE}",
@@ -700,6 +879,8 @@ def cross_corpus_matrix(
         "model": model,
         "split": split,
         "label_map": str(label_map) if label_map is not None else "defaults",
+        "metric": metric
+        or ("ua" if any(c["ua"] is not None for row in cells.values() for c in row.values()) else "ccc_mean"),
         "rows": "trained on",
         "columns": "scored on",
         "cells": cells,
@@ -717,7 +898,7 @@ def _write_matrix(matrix: dict[str, Any], out: Path) -> None:
         if cell.get("in_pool"):
             return "in pool"
         value = cell.get(key)
-        shown = "-" if value is None else f"{value:.2f}"
+        shown = "-" if value is None else f"{value:.3f}" if key == "ccc_mean" else f"{value:.2f}"
         return f"*{shown}*" if cell["in_corpus"] else shown
 
     def row_name(row: str) -> str:
@@ -732,6 +913,15 @@ def _write_matrix(matrix: dict[str, Any], out: Path) -> None:
         f"({matrix['label_map']}) gives both; each cell's details in `cells/<row>_on_<column>/score.md`. "
         "A cross-corpus score says how the training procedure transfers, not how good the model is in-corpus.",
     ]
+    shown = [
+        key for key in MATRIX_METRICS if any(row[b].get(key) is not None for row in cells.values() for b in columns)
+    ]
+    if "ccc_mean" in shown:
+        lines += [
+            "",
+            "CCC: the mean over the attributes both sides have, on the scored corpus's scale (a model trained on "
+            "another scale has its predictions mapped linearly onto it, endpoint to endpoint).",
+        ]
     for name, pool in pools.items():
         cv = pool["cross_validation"]
         lines += [
@@ -740,42 +930,51 @@ def _write_matrix(matrix: dict[str, Any], out: Path) -> None:
             f"{', '.join(cv['classes'])}; each fold's test lists never trained on); its cross-validation: "
             f"UA {cv['ua']:.2f}, WA {cv['wa']:.2f} (%); its members' cells are not scored (in pool).",
         ]
-    for key, name in (("ua", "UA (%)"), ("wa", "WA (%)"), ("macro_f1", "macro-F1 (%)")):
-        lines += ["", f"## {name}", ""]
+    for key in shown or ["ua"]:
+        lines += ["", f"## {_METRIC_NAMES[key]}", ""]
         rows = [[row_name(row), *(text(cells[row][b], key) for b in columns)] for row in cells]
         lines += markdown_table([r"trained \ scored", *columns], rows)
-    lines += ["", "![UA heatmap](matrix.png)", ""]
+    metric = matrix.get("metric", "ua")
+    lines += ["", f"![{_METRIC_NAMES[metric]} heatmap](matrix.png)", ""]
     atomic_write_text(out / "matrix.md", "\n".join(lines))
     _plot_matrix(matrix, out / "matrix.png")
     atomic_write_text(out / "matrix.json", json.dumps(matrix, indent=1))
 
 
 def _plot_matrix(matrix: dict[str, Any], path: Path) -> None:
-    """The UA heatmap: rows trained on, columns scored on, the in-corpus diagonal outlined, a
-    pool's own members grey."""
+    """The heatmap of the matrix's metric (UA unless it names another): rows trained on, columns
+    scored on, the in-corpus diagonal outlined, a pool's own members and cells without a value grey."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    columns, rows = list(matrix["corpora"]), list(matrix["cells"])
-    values = np.array([[np.nan if (ua := matrix["cells"][a][b]["ua"]) is None else ua for b in columns] for a in rows])
+    columns, rows, metric = list(matrix["corpora"]), list(matrix["cells"]), matrix.get("metric", "ua")
+    cells = matrix["cells"]
+    values = np.array([[np.nan if (v := cells[a][b].get(metric)) is None else v for b in columns] for a in rows])
+    ccc = metric == "ccc_mean"
+    # CCC lies in [-1, 1]: a cross-corpus one may be negative
+    low, high = (min(0.0, float(np.nanmin(values, initial=0.0))), 1.0) if ccc else (0.0, 100.0)
     fig, ax = plt.subplots(figsize=(2.2 + 1.1 * len(columns), 1.2 + 1.1 * len(rows)), dpi=120)
     colours = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
-    image = ax.imshow(values, cmap=colours, vmin=0, vmax=100)
+    image = ax.imshow(values, cmap=colours, vmin=low, vmax=high)
     for i, row in enumerate(rows):
         for j, column in enumerate(columns):
             value = values[i, j]
-            label = "in pool" if np.isnan(value) else f"{value:.1f}"
-            ax.text(j, i, label, ha="center", va="center", color="white" if value < 60 else "black")
+            if np.isnan(value):
+                label = "in pool" if cells[row][column].get("in_pool") else "-"
+            else:
+                label = f"{value:.3f}" if ccc else f"{value:.1f}"
+            dark = not np.isnan(value) and value < low + 0.6 * (high - low)
+            ax.text(j, i, label, ha="center", va="center", color="white" if dark else "black")
             if row == column:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("scored on")
     ax.set_ylabel("trained on")
-    ax.set_title("UA (%); outlined: in-corpus cross-validation", fontsize=9)
+    ax.set_title(f"{_METRIC_NAMES[metric]}\noutlined: in-corpus cross-validation", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path)
