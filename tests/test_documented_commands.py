@@ -192,6 +192,9 @@ COMMANDS: dict[str, Run | Parse] = {
     "s3prl-ser score models/hubert_deploy --root /data/CREMA-D --meta-data /data/cremad_meta --label-map maps.yaml -o result/scores/deploy_on_cremad": Parse(
         "needs CREMA-D; tests/test_cross_corpus.py scores an export on a corpus with CREMA-D's labels"
     ),
+    "s3prl-ser score models/iemocap_attributes --root /data/MSP-Podcast --meta-data /data/msp_meta --split test -o result/scores/iemocap_on_msp": Parse(
+        "needs MSP-Podcast; tests/test_cross_corpus_attributes.py scores attribute models on a 1-7 corpus by hand"
+    ),
     "s3prl-ser cross-corpus -p result/cross_corpus --corpus iemocap=/data/IEMOCAP,/data/iemocap_meta --corpus cremad=/data/CREMA-D,/data/cremad_meta -u hubert -d emotion_ecapa": Parse(
         "needs CREMA-D; tests/test_cross_corpus.py runs the matrix on two small corpora, killed once and resumed"
     ),
