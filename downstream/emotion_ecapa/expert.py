@@ -40,7 +40,7 @@ from s3prl_ser.inference.rows import prediction_row
 from s3prl_ser.models.classifier import AGGREGATORS
 from s3prl_ser.models.fusion import EmotionClassifier, split_outputs
 from s3prl_ser.training.best_checkpoints import BestCheckpoints
-from s3prl_ser.training.metrics import classification_report, regression_report
+from s3prl_ser.training.metrics import RegressionReport, classification_report, regression_report
 from s3prl_ser.training.objective import TargetObjective, selection_scores, selection_value, split_labels
 from s3prl_ser.training.targets import expert_targets
 
@@ -380,7 +380,7 @@ class DownstreamExpert(nn.Module):
         predicted = denormalise(np.stack(records["attribute_predict"]), scale)
         return truth, predicted
 
-    def _regression_report(self, records: defaultdict) -> Any:
+    def _regression_report(self, records: defaultdict) -> RegressionReport:
         truth, predicted = self._on_scale(records)
         return regression_report(truth, predicted, self.targets.attributes)
 
