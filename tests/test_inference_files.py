@@ -264,3 +264,17 @@ def test_csv_cells_are_never_spreadsheet_formulas(model_dir, tmp_path, monkeypat
     write_rows([{**row, "error": "", "label": label, "probabilities": {label: 0.75}}], tmp_path / "l.csv", [label])
     (written,) = _read_csv(tmp_path / "l.csv")
     assert written["label"] == f"'{label}" and written[f"p_{label}"] == "0.750000"
+
+
+def test_an_fbank_clip_of_one_frame_is_too_short_not_nan(recognizer, tmp_path):
+    """fbank's CMVN divides by the std over frames, 0/0 for one frame (400-559 samples): NaN
+    probabilities. A recognizer needs 2 frames (560 samples) even when its config says 400."""
+    legacy = EmotionRecognizer(recognizer.upstreams, recognizer.members, recognizer.class_names, min_samples=400)
+    assert legacy.min_samples == recognizer.min_samples == 400 + 160
+    rng = np.random.default_rng(8)
+    for samples in (400, 559, 560):
+        sf.write(tmp_path / f"{samples}.wav", rng.uniform(-0.3, 0.3, samples).astype("float32"), 16000)
+    rows = legacy.predict_files([tmp_path / f"{samples}.wav" for samples in (400, 559, 560)])
+    assert [row["status"] for row in rows] == ["error", "error", "ok"], rows
+    assert "400.wav" in rows[0]["error"] and "too short" in rows[0]["error"]
+    assert np.isfinite(list(legacy.predict(tmp_path / "560.wav").probabilities.values())).all()

@@ -70,7 +70,7 @@ from s3prl_ser.models.fusion import EmotionClassifier, split_outputs
 from s3prl_ser.training.run_dir import RunDir
 from s3prl_ser.training.targets import TargetSpec
 from s3prl_ser.upstreams.exportable import UnsupportedUpstreamError
-from s3prl_ser.upstreams.multi_upstream import MultiFeaturizer, build_featurizer
+from s3prl_ser.upstreams.multi_upstream import MultiFeaturizer, build_featurizer, shortest_input
 from s3prl_ser.upstreams.registry import register
 
 __all__ = ["Prediction", "RecognizerMember", "EmotionRecognizer", "resolve_checkpoint"]
@@ -232,7 +232,8 @@ class EmotionRecognizer(nn.Module):
         members: one per trained model; probabilities (and attribute values) are averaged over members.
         class_names: the class order of every member's output (empty for a model of attributes only).
         min_samples: the shortest clip accepted (the upstream's receptive field); None:
-            ``datarc.min_samples`` of ``emotion_ecapa``'s ``config.yaml``.
+            ``datarc.min_samples`` of ``emotion_ecapa``'s ``config.yaml``; raised to what the
+            upstreams need for finite features (:func:`~s3prl_ser.upstreams.multi_upstream.shortest_input`).
         config: the JSON description :mod:`s3prl_ser.inference.model_dir` saves (``upstreams``,
             ``members``, and ``targets``: the :class:`~s3prl_ser.training.targets.TargetSpec`
             record); ``None`` for a recognizer that cannot be exported.
@@ -279,7 +280,9 @@ class EmotionRecognizer(nn.Module):
         self.members = nn.ModuleList(members)
         self.class_names = list(class_names)
         self.attribute_names = list(self.attribute_scale)
-        self.min_samples = int(expert_default("datarc", "min_samples") if min_samples is None else min_samples)
+        configured = int(expert_default("datarc", "min_samples") if min_samples is None else min_samples)
+        # fbank with CMVN: one frame gives NaN features (models trained with min_samples 400 record it)
+        self.min_samples = max(configured, *(shortest_input(upstream) for upstream in upstreams))
         self.config = config
         self.quantization: str | None = None  # "int8" after quantize()
         self.eval()
