@@ -4,7 +4,8 @@
   ``from_pretrained(..., quantize="int8")``): every ``nn.Linear`` of the upstreams becomes
   ``torch.ao.nn.quantized.dynamic.Linear`` (int8 weights; activations quantized per call, one
   scale per tensor). Convolutions (HuBERT's feature encoder, ECAPA-TDNN) stay float32: PyTorch
-  has no dynamic quantization for them.
+  has no dynamic quantization for them. ``torch.ao.quantization`` warns that it is deprecated
+  and leaves PyTorch in 2.10 (torchao's ``quantize_`` follows it); torch is pinned to 2.9.1.
 * :func:`quantize_onnx`: onnxruntime's ``quantize_dynamic`` of an exported graph's ``MatMul``
   nodes (``MatMulInteger``, int8 weights). ``Conv`` is left float32: onnxruntime's
   ``ConvInteger`` ran slower than the float32 ``Conv`` on the feature encoder (measured).
