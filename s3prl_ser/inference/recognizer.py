@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from s3prl_ser.config import expert_default
-from s3prl_ser.data.attributes import denormalise
+from s3prl_ser.data.attributes import denormalise, parse_scale
 from s3prl_ser.data.audio import SAMPLE_RATE, is_silent
 from s3prl_ser.data.folds import resolve_fold
 from s3prl_ser.fileio import safe_torch_load
@@ -412,6 +412,7 @@ class EmotionRecognizer(nn.Module):
         """
         register()
         config, tensors = read_model_dir(path)
+        scale = parse_scale(config.get("attribute_scale"), f"{Path(path) / 'config.json'}")  # none before attributes
         try:
             upstreams = []
             for index, specs in enumerate(config["upstreams"]):
@@ -421,7 +422,6 @@ class EmotionRecognizer(nn.Module):
             members = []
             for member in config["members"]:
                 featurizer = _build_featurizer(upstreams[member["upstream"]], member["featurizer"], device)
-                scale = config.get("attribute_scale") or {}  # none before attributes existed
                 expected = _classifier_config(featurizer, len(config["class_names"]), {}, len(scale))
                 for key in ("input_sizes", "rates", "num_classes", "num_attributes"):
                     if expected.get(key, 0) != member["classifier"].get(key, 0):
