@@ -233,6 +233,12 @@ COMMANDS: dict[str, Run | Parse] = {
     's3prl-ser cv -u fbank -d emotion_ecapa -c downstream/emotion_ecapa/config_builtin.yaml -p result/builtin_msp_attributes -o "config.downstream_expert.datarc.root=/data/builtin_msp,,config.downstream_expert.datarc.meta_data=/data/builtin_msp_meta,,config.downstream_expert.targets={categories: false, attributes: [arousal, valence, dominance]}"': Parse(
         "300 steps on the layout above (about 2.5 min); tests/test_dimensional_training.py runs attribute-only training"
     ),
+    "s3prl-ser prepare-iemocap /data/builtin --out /data/builtin_meta": Parse(
+        "reads the corpus the builtin-corpus row generates; the IEMOCAP rows above run prepare-iemocap"
+    ),
+    's3prl-ser cv -u fbank -d emotion_ecapa -c downstream/emotion_ecapa/config_builtin.yaml -p result/builtin_attributes --workers 2 -o "config.downstream_expert.datarc.root=/data/builtin,,config.downstream_expert.datarc.meta_data=/data/builtin_meta,,config.downstream_expert.targets={categories: false, attributes: [arousal, valence, dominance]}"': Parse(
+        "five folds of 300 steps (about 12 min); the IEMOCAP attributes row above runs the same cross-validation"
+    ),
     # docs/two-stages.md
     'python -m upstream_ft -u hubert -p result/upstream_ft/hubert -o "config.datarc.root=/data/IEMOCAP,,config.datarc.meta_data=/data/iemocap_meta"': Run(
         2, shorten="stage1", subs=TINY_HUBERT, writes=("result/upstream_ft/hubert/fold5/upstream.ckpt",)
@@ -346,6 +352,7 @@ PARSERS: dict[str, Callable[[list[str]], object]] = {
     "s3prl_ser.cli.cross_validate": _parse_cross_validate,
     "s3prl_ser.cli.prepare_corpus": _parser("s3prl_ser.cli.prepare_corpus"),
     "s3prl_ser.cli.builtin_corpus": _parser("s3prl_ser.cli.builtin_corpus"),
+    "s3prl_ser.cli.prepare_iemocap": _parser("s3prl_ser.cli.prepare_iemocap"),
 }
 
 
