@@ -369,3 +369,24 @@ _DEFAULT_SECTIONS = {
     },
     "loss": {"class_weights": False, "focal_gamma": 0.0, "balanced_sampler": False},
 }
+
+
+def test_macro_f1_selection_prefers_the_rare_class(tmp_path, mini_corpus, rated_meta):
+    """Step 10 always says a (WA 0.75, macro-F1 0.43), step 20 finds the one b (WA 0.5, macro-F1 0.5)."""
+    logger = type("Logger", (), {"add_scalar": lambda *args, **kwargs: None})()
+    kept = {}
+    for selection in ("macro_f1", "wa"):
+        (tmp_path / selection).mkdir()
+        expert = _expert(
+            tmp_path / selection,
+            mini_corpus,
+            rated_meta,
+            targets={"selection": selection},
+            checkpoint_averaging={"best_k": 1},
+        )
+        a, b = expert.class_names[:2]
+        for step, predicted in ((10, [a, a, a, a]), (20, [a, b, b, b])):
+            records = defaultdict(list, truth=[a, a, a, b], predict=predicted, loss=[1.0], filename=list("wxyz"))
+            expert.log_records("dev", records, logger, step)
+        kept[selection] = [(e.step, round(e.score, 4)) for e in expert.best._read()]
+    assert kept == {"macro_f1": [(20, 0.5)], "wa": [(10, 0.75)]}
