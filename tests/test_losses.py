@@ -170,3 +170,14 @@ def test_target_objective_combines_the_losses_as_the_spec_says():
         TargetObjective(TargetSpec(), LossSpec())
     assert selection_value({"ccc_mean": NAN}, "ccc_mean") == -1.0
     assert selection_scores(None, None) == {}
+
+
+def test_ccc_loss_of_half_precision_inputs_is_computed_in_float32() -> None:
+    # Under CUDA AMP the head's outputs are float16: the loss must equal the float32 one (float16
+    # moments would drop the epsilon and most digits of the variances) and come back as float32.
+    torch.manual_seed(0)
+    pred, target = torch.rand(64, 3) * 1e-2 + 0.5, torch.rand(64, 3)
+    half = ccc_loss(pred.half(), target.half())
+    full = ccc_loss(pred.half().float(), target.half().float())
+    assert half.dtype == torch.float32
+    assert torch.equal(half, full)

@@ -1,6 +1,7 @@
 """CCC, Pearson r and RMSE of the attribute reports against hand computations."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -79,3 +80,12 @@ def test_regression_report_errors():
         regression_report([[1.0], [2.0]], [[1.0], [np.nan]], ["arousal"])
     with pytest.raises(ValueError, match="empty"):
         regression_report(np.zeros((0, 1)), np.zeros((0, 1)), ["arousal"])
+
+
+def test_an_attribute_without_known_values_is_nan_without_a_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's "Mean of empty slice" would be one
+        report = regression_report([[1.0, np.nan], [2.0, np.nan], [3.0, np.nan]], [[1, 2], [2, 3], [3, 1]], ["a", "v"])
+    values = report.to_dict()["attributes"]["v"]
+    assert values["n"] == 0 and all(np.isnan(values[key]) for key in ("ccc", "pearson", "rmse"))
+    assert report.ccc_mean == 1.0  # the mean over the defined CCCs only

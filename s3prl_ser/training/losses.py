@@ -51,6 +51,9 @@ def ccc_loss(pred: Tensor, target: Tensor) -> Tensor:
         2.4103
     """
     _check_pair(pred, target)
+    # float32 moments: under float16 autocast (CUDA AMP) _CCC_EPS would round to 0 and the
+    # variances lose most of their digits.
+    pred, target = pred.float(), target.float()
     known = ~torch.isnan(target)
     weight = known.to(pred.dtype)
     # Zeros in place of NaN: NaN * 0 is NaN, and would reach the gradient of every prediction.

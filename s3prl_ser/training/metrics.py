@@ -151,6 +151,8 @@ def concordance_correlation(x: Sequence[float] | np.ndarray, y: Sequence[float] 
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if x.size < 2:  # undefined; and x.mean() of no value would warn
+        return float("nan")
     dx, dy = x - x.mean(), y - y.mean()
     scale = np.sqrt((dx * dx).sum() * (dy * dy).sum())
     return float((dx * dy).sum() / scale) if x.size >= 2 and scale > 0 else float("nan")
