@@ -153,7 +153,8 @@ def raise_min_samples(datarc: dict[str, Any], upstream: str, model_config: str |
         for name, _ in split_names(upstream, None)
     )
     if need > configured:
-        logger.info(
+        # debug: a clip below the bound is refused by the audio check, whose error names it and the bound
+        logger.debug(
             "min_samples %d -> %d: upstream %s gives NaN features for shorter clips", configured, need, upstream
         )
         datarc["min_samples"] = need
