@@ -31,6 +31,18 @@ def feature_cache_dir(tmp_path_factory):
         os.environ[CACHE_ENV] = previous
 
 
+@pytest.fixture(autouse=True)
+def progress_bars_restored(monkeypatch):
+    """A command's ``-q`` run in-process turns progress bars off for the process (TQDM_DISABLE
+    and tqdm's default, :func:`s3prl_ser.cli.logs.setup_logging`): undone after each test, so
+    no test sees another's setting."""
+    from tqdm import tqdm
+
+    monkeypatch.setattr(tqdm, "__init__", tqdm.__init__)
+    monkeypatch.setenv("TQDM_DISABLE", "")
+    monkeypatch.delenv("TQDM_DISABLE")
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models on a shared CPU: OpenMP threads spinning against each other cost 100x."""
