@@ -285,7 +285,8 @@ def test_msp_podcast_attributes(tmp_path):
     np.testing.assert_allclose(rated.test[1][1][1], [(3.0 - 1) / 6, (5.0 - 1) / 6])
     labels.write_text(MSP_CSV.replace("6.0,1.6", "7.5,1.6"))
     with pytest.raises(
-        PreparationError, match=r"labels_consensus.csv:4 \(MSP-PODCAST_0002_0001.wav\): EmoAct 7.5 is outside"
+        PreparationError,
+        match=r"labels_consensus.csv:4 \(MSP-PODCAST_0002_0001.wav\): arousal 7.5 \(column 'EmoAct'\) is outside",
     ):
         msp_podcast.prepare(root, tmp_path / "bad")
 

@@ -26,6 +26,7 @@ __all__ = [
     "speaker_cv_manifest",
     "official_manifest",
     "finish",
+    "attribute_columns",
 ]
 
 
@@ -179,3 +180,28 @@ def finish(manifest: Manifest, out: str | os.PathLike) -> Manifest:
     Manifest.from_dict(manifest.to_dict(), f"{manifest.corpus} manifest")
     manifest.write(out)
     return manifest
+
+
+def attribute_columns(
+    record: Mapping[str, Any], attributes: Mapping[str, str], scale: Mapping[str, tuple[float, float]], where: str
+) -> dict[str, float | None]:
+    """Attribute ``name``'s value from ``record[column]`` for each ``name: column`` of
+    ``attributes``: None when empty, else a number within ``scale[name]`` (an error naming
+    ``where``, the attribute and the column otherwise)."""
+    values: dict[str, float | None] = {}
+    for name, column in attributes.items():
+        value = record.get(column)
+        if value is None or str(value).strip() == "":
+            values[name] = None
+            continue
+        try:
+            number = float(value)
+        except ValueError as error:
+            raise PreparationError(f"{where}: {name} (column {column!r}) is not a number: {value!r}") from error
+        lo, hi = scale[name]
+        if not lo <= number <= hi:
+            raise PreparationError(
+                f"{where}: {name} {number:g} (column {column!r}) is outside its scale [{lo:g}, {hi:g}]"
+            )
+        values[name] = number
+    return values

@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from s3prl_ser.data.corpora.common import PreparationError, check_audio, finish, official_manifest
+from s3prl_ser.data.corpora.common import PreparationError, attribute_columns, check_audio, finish, official_manifest
 from s3prl_ser.data.manifest import Manifest
 
 __all__ = ["EMOTIONS", "LEFT_OUT", "COLUMNS", "ATTRIBUTE_COLUMNS", "ATTRIBUTE_SCALE", "prepare"]
@@ -35,26 +35,8 @@ LEFT_OUT = frozenset({"O", "X"})
 COLUMNS = ("FileName", "EmoClass", "SpkrID", "Split_Set")
 ATTRIBUTE_COLUMNS = {"EmoAct": "arousal", "EmoVal": "valence", "EmoDom": "dominance"}
 ATTRIBUTE_SCALE = {name: (1.0, 7.0) for name in ATTRIBUTE_COLUMNS.values()}
+ATTRIBUTES = {name: column for column, name in ATTRIBUTE_COLUMNS.items()}  # attribute_columns' order
 _SETS = {"Train": "train", "Development": "dev"}
-
-
-def _attributes(record: dict[str, Any], where: str) -> dict[str, float | None]:
-    """``EmoAct``/``EmoVal``/``EmoDom`` of one CSV record, checked against the 1-7 scale."""
-    values: dict[str, float | None] = {}
-    for column, name in ATTRIBUTE_COLUMNS.items():
-        text = (record.get(column) or "").strip()
-        if not text:
-            values[name] = None
-            continue
-        try:
-            value = float(text)
-        except ValueError as error:
-            raise PreparationError(f"{where}: {column} {text!r} is not a number") from error
-        lo, hi = ATTRIBUTE_SCALE[name]
-        if not lo <= value <= hi:
-            raise PreparationError(f"{where}: {column} {value:g} is outside MSP-Podcast's scale [{lo:g}, {hi:g}]")
-        values[name] = value
-    return values
 
 
 def prepare(
@@ -113,7 +95,9 @@ def prepare(
                 "speaker": None if speaker in ("", "Unknown") else speaker,
             }
             if rated:
-                row["attributes"] = _attributes(record, f"{labels_csv}:{number} ({name})")
+                row["attributes"] = attribute_columns(
+                    record, ATTRIBUTES, ATTRIBUTE_SCALE, f"{labels_csv}:{number} ({name})"
+                )
                 if row["label"] is None and not any(v is not None for v in row["attributes"].values()):
                     continue  # neither a category nor an attribute to learn
             transcript = root / "Transcripts" / f"{Path(name).stem}.txt"

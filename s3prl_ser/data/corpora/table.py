@@ -29,7 +29,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from s3prl_ser.data.corpora.common import PreparationError, check_audio, finish, official_manifest, speaker_cv_manifest
+from s3prl_ser.data.corpora.common import (
+    PreparationError,
+    attribute_columns,
+    check_audio,
+    finish,
+    official_manifest,
+    speaker_cv_manifest,
+)
 from s3prl_ser.data.emotion_dataset import outside_root
 from s3prl_ser.data.manifest import OPTIONAL_FIELDS, Manifest, ManifestFold
 
@@ -127,28 +134,6 @@ def read_table(path: str | os.PathLike) -> list[dict[str, Any]]:
     raise PreparationError(f"{path}: expected a .csv or .jsonl file")
 
 
-def _attributes(
-    record: Mapping[str, Any], attributes: Mapping[str, str], scale: Mapping[str, tuple[float, float]], where: str
-) -> dict[str, float | None]:
-    values: dict[str, float | None] = {}
-    for name, column in attributes.items():
-        value = record.get(column)
-        if value is None or str(value).strip() == "":
-            values[name] = None
-            continue
-        try:
-            number = float(value)
-        except ValueError as error:
-            raise PreparationError(f"{where}: {name} (column {column!r}) is not a number: {value!r}") from error
-        lo, hi = scale[name]
-        if not lo <= number <= hi:
-            raise PreparationError(
-                f"{where}: {name} {number:g} (column {column!r}) is outside its scale [{lo:g}, {hi:g}]"
-            )
-        values[name] = number
-    return values
-
-
 def _row(
     record: Mapping[str, Any],
     columns: Mapping[str, str],
@@ -158,7 +143,7 @@ def _row(
     scale: Mapping[str, tuple[float, float]],
 ) -> dict[str, Any]:
     row: dict[str, Any] = {}
-    values = _attributes(record, attributes, scale, where) if attributes else {}
+    values = attribute_columns(record, attributes, scale, where) if attributes else {}
     for field in ("path", "label", "speaker", "id", *OPTIONAL_FIELDS):
         column = columns.get(field, field)
         value = record.get(column)
