@@ -15,8 +15,10 @@ decoding. ``--long-minutes N`` also writes an N-minute WAV and runs the windowed
 Precision (HuBERT-Base+ECAPA, batch 1, ``--precision-clips`` clips of 2-8 s): seconds per
 second of audio of the bare float32 upstream forward, the full float32 path, the full path in
 bfloat16, with int8 linear layers (``quantize("int8")``), and onnxruntime on the exported full
-graph (float32, and its int8 ``MatMul`` graph: ``quantize_onnx``), each as a speed ratio to the
-bare float32 upstream (timed clip by clip, the paths in turn). Each path's labels and probabilities are compared with the float32
+graph (float32; its int8 ``MatMul`` graph: ``quantize_onnx``; and that graph with the upstream's
+convolutions static int8 too, calibrated on 16 synthetic clips other than the agreement clips),
+each as a speed ratio to the bare float32 upstream and to the full float32 path (timed clip by
+clip, the paths in turn). Each path's labels and probabilities are compared with the float32
 path's on ``--agreement-clips`` 1-s synthetic clips (harmonic tones with vibrato, noise and
 envelopes drawn at random); the head's linear layer is scaled to logits of standard deviation
 3 over them, since a random-init head gives near-uniform probabilities where labels flip on
@@ -167,9 +169,15 @@ def precision_paths(base: Path, clips: list[torch.Tensor], agreement: list[torch
 
         export_onnx(float32, workdir / "model.onnx")
         quantize_onnx(workdir / "model.onnx", workdir / "model.int8.onnx")
+        calibration = [clip.numpy() for clip in agreement_clips(16, seed=2)]  # not the agreement clips
+        quantize_onnx(workdir / "model.onnx", workdir / "model.int8conv.onnx", calibration)
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = torch.get_num_threads()
-        for name, file in [("onnxruntime float32", "model.onnx"), ("onnxruntime int8", "model.int8.onnx")]:
+        for name, file in [
+            ("onnxruntime float32", "model.onnx"),
+            ("onnxruntime int8", "model.int8.onnx"),
+            ("onnxruntime int8 + conv", "model.int8conv.onnx"),
+        ]:
             session = ort.InferenceSession(str(workdir / file), options, providers=["CPUExecutionProvider"])
 
             def run(clip: torch.Tensor, session: Any = session) -> np.ndarray:
@@ -197,7 +205,10 @@ def precision_paths(base: Path, clips: list[torch.Tensor], agreement: list[torch
                 one(clip)
                 seconds[name] += time.perf_counter() - start
         for name, (_, many) in paths.items():
-            line = f"  {name:26s} {audio / seconds[name]:6.2f} s audio/s  x{seconds['bare float32 upstream'] / seconds[name]:5.2f}"
+            line = (
+                f"  {name:26s} {audio / seconds[name]:6.2f} s audio/s  x{seconds['bare float32 upstream'] / seconds[name]:5.2f}"
+                f" (x{seconds['full float32 (PyTorch)'] / seconds[name]:5.2f} the full float32 path)"
+            )
             if many is not None:
                 probabilities = np.asarray(many(agreement))
                 same = float((probabilities.argmax(1) == reference.argmax(1)).mean())

@@ -1,5 +1,5 @@
 """Precision and int8: bfloat16 on the CPU, float16 refused there, dynamic int8 quantization and
-onnxruntime's int8 graph, each against the float32 recognizer on the mini corpus's 32 clips.
+onnxruntime's int8 graph (with calibrated int8 convolutions), each against the float32 recognizer on the mini corpus's 32 clips.
 
 The models: a tiny fbank and a tiny HuBERT recognizer (random init, tiny ECAPA-TDNN head)
 whose linear head is scaled to logits of standard deviation 3 on the clips: random-init
@@ -13,6 +13,7 @@ path                    fbank       tiny HuBERT
 bfloat16 (CPU)          9.9e-4      1.0e-4
 int8 (PyTorch)          --          1.3e-4
 int8 (onnxruntime)      --          4.5e-5
++ int8 convolutions     --          1.9e-4
 =====================  ==========  ===========
 
 The asserted bounds are 3-5 times these (other CPUs round differently), and above a floor
@@ -38,6 +39,7 @@ TINY_ECAPA = dict(channels=[16, 16, 16, 16, 48], res2net_scale=4, attention_chan
 BFLOAT16_BOUND = {"fbank": 3e-3, "hubert": 5e-4}
 INT8_BOUND = 5e-4
 ONNX_INT8_BOUND = 2e-4
+ONNX_INT8_CONV_BOUND = 1e-3
 
 
 def _recognizer(name, ckpt, clips):
@@ -145,6 +147,42 @@ def test_onnxruntime_int8_graph_within_the_measured_bound(tiny_upstreams, clips,
     difference, flipped = _compare(recognizer.probabilities(clips).numpy(), probabilities)
     print(f"onnxruntime int8: max |p - p32| = {difference:.2e}, {flipped} labels differ of {len(clips)}")
     assert 1e-6 < difference < ONNX_INT8_BOUND and flipped <= 1
+
+
+def test_onnxruntime_int8_convolutions_calibrated_within_the_measured_bound(
+    tiny_upstreams, clips, tmp_path, one_thread
+):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import onnx
+
+    from s3prl_ser.inference.onnx import export_onnx
+    from s3prl_ser.inference.quantize import quantize_onnx
+
+    recognizer = _recognizer("hubert_local", str(tiny_upstreams["hubert"]), clips)
+    export_onnx(recognizer, tmp_path / "model.onnx")
+    with pytest.raises(ValueError, match="calibration needs at least one clip"):
+        quantize_onnx(tmp_path / "model.onnx", tmp_path / "empty.onnx", calibration=[])
+    # calibrated on 8 clips, compared on all 32
+    quantize_onnx(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", [c.numpy() for c in clips[::4]])
+    nodes = onnx.load(str(tmp_path / "model.int8.onnx")).graph.node
+    producer = {output: node.op_type for node in nodes for output in node.output}
+    int8_convs = [n.name for n in nodes if n.op_type == "Conv" and producer.get(n.input[0]) == "DequantizeLinear"]
+    upstream_convs = recognizer.upstreams[0].model.feature_extractor.conv_layers
+    # every feature-encoder layer but the first (the waveform), and the positional convolution
+    assert sorted(int8_convs) == sorted(
+        [f"/conv_layers.{i}.0/Conv" for i in range(1, len(upstream_convs))] + ["/encoder/pos_conv/pos_conv.0/Conv"]
+    )
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(str(tmp_path / "model.int8.onnx"), options, providers=["CPUExecutionProvider"])
+    ran = {node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    assert {"QLinearConv", "DynamicQuantizeMatMul"} <= ran  # onnxruntime runs them in int8
+    feeds = [{"wavs": clip.numpy()[None], "lengths": np.array([len(clip)], dtype=np.int64)} for clip in clips]
+    probabilities = np.concatenate([session.run(None, feed)[0] for feed in feeds])
+    difference, flipped = _compare(recognizer.probabilities(clips).numpy(), probabilities)
+    print(f"onnxruntime int8 + convolutions: max |p - p32| = {difference:.2e}, {flipped} labels differ")
+    assert 1e-5 < difference < ONNX_INT8_CONV_BOUND and flipped <= 1
 
 
 def test_from_pretrained_dtype_and_quantize(mini_corpus, mini_meta, tmp_path, one_thread):
