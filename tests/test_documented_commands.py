@@ -208,7 +208,14 @@ COMMANDS: dict[str, Run | Parse] = {
     # docs/dimensional.md (the mini corpus rates every turn [2.5, 2.5, 2.5]: the run and its report, not a score)
     's3prl-ser cv -u hubert -d emotion_ecapa -c downstream/emotion_ecapa/attributes.yaml -p result/iemocap_attributes -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta"': Run(
         2,
-        subs=TINY_HUBERT,
+        # the mini corpus's folds train on fewer than attributes.yaml's batch of 32
+        subs=(
+            *TINY_HUBERT,
+            (
+                'meta_data=/data/iemocap_meta"',
+                'meta_data=/data/iemocap_meta,,config.downstream_expert.datarc.train_batch_size=4"',
+            ),
+        ),
         writes=("result/iemocap_attributes/results.json", "result/iemocap_attributes/scatter_valence.png"),
     ),
     's3prl-ser cv -u hubert -d emotion_ecapa -c downstream/emotion_ecapa/multitask.yaml -p result/iemocap_multitask -o "config.downstream_expert.datarc.root=/data/IEMOCAP,,config.downstream_expert.datarc.meta_data=/data/iemocap_meta"': Parse(
