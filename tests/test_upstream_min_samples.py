@@ -61,3 +61,14 @@ def test_the_fold_check_refuses_a_one_frame_clip_for_fbank(tmp_path):
         AudioError, match=r"1 of the 8 audio files of fold1 cannot be used: talk.wav: clip is 500 samples"
     ):
         load_fold_data(datarc, "fold1")
+
+
+def test_raising_min_samples_leaves_the_random_stream_alone() -> None:
+    # The runner calls it after seeding and before building the downstream: a draw here would
+    # change every categorical run's initial weights (it did, by building fbank).
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    datarc = {"min_samples": 400}
+    assert multi_upstream.raise_min_samples(datarc, "fbank") == 560 and datarc["min_samples"] == 560
+    assert torch.equal(torch.rand(4), expected)

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from s3prl_ser.config import expert_default
@@ -146,12 +147,15 @@ def raise_min_samples(datarc: dict[str, Any], upstream: str, model_config: str |
     from s3prl import hub
 
     configured = int(datarc.get("min_samples", expert_default("datarc", "min_samples")))
-    need = max(
-        shortest_input(build_upstream(name, model_config=model_config))
-        if getattr(getattr(hub, name, None), "__module__", "") == "s3prl.upstream.baseline.hubconf"
-        else 0
-        for name, _ in split_names(upstream, None)
-    )
+    # Building a baseline draws from torch's generator: without fork_rng the run's later draws
+    # (the downstream's initial weights) would differ from a run without this check.
+    with torch.random.fork_rng(devices=[]):
+        need = max(
+            shortest_input(build_upstream(name, model_config=model_config))
+            if getattr(getattr(hub, name, None), "__module__", "") == "s3prl.upstream.baseline.hubconf"
+            else 0
+            for name, _ in split_names(upstream, None)
+        )
     if need > configured:
         # debug: a clip below the bound is refused by the audio check, whose error names it and the bound
         logger.debug(
