@@ -9,15 +9,14 @@ import importlib
 import json
 import math
 import shutil
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
 import torch
 
+import helpers
 from helpers import overrides
 from s3prl_ser.cli.cross_validate import main as cross_validate_main
 from s3prl_ser.config import ConfigError
@@ -33,27 +32,9 @@ VALENCE = {"neu": 3.0, "hap": 4.5, "ang": 1.5, "sad": 2.0}
 
 @pytest.fixture(scope="module")
 def rated_meta(mini_corpus, tmp_path_factory) -> Path:
-    """The mini corpus's meta data with varied attributes (its EmoEvaluation rates every turn
-    2.5): arousal from the clip's loudness, valence by class, dominance unknown for the first turn
-    of each dialog (masked) and 3 otherwise."""
-    from s3prl_ser.data.corpora.iemocap import prepare
-
-    out = tmp_path_factory.mktemp("rated_meta")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the corpus's utterance without audio, on purpose
-        prepare(mini_corpus, out)
-    for path in out.glob("Session*/*_meta_data.json"):
-        data = json.loads(path.read_text())
-        for item in data["meta_data"]:
-            wav, _ = soundfile.read(mini_corpus / item["path"])
-            loudness = float(np.sqrt(np.mean(wav**2)))
-            item["attributes"] = {
-                "arousal": round(1 + 4 * min(loudness / 0.2, 1.0), 3),
-                "valence": VALENCE[item["label"]],
-                "dominance": None if item["path"].endswith("000.wav") else 3.0,
-            }
-        path.write_text(json.dumps(data))
-    return out
+    """The mini corpus's meta data with varied attributes (:func:`helpers.rated_meta`; dominance
+    unknown for the first turn of each dialog: masked)."""
+    return helpers.rated_meta(mini_corpus, tmp_path_factory.mktemp("rated_meta"))
 
 
 def _expert(tmp_path, mini_corpus, meta, **sections):
