@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import tempfile
@@ -37,6 +38,7 @@ from s3prl_ser.evaluated_strings import UnsafeConfigError
 
 __all__ = [
     "AtomicFile",
+    "sha256_file",
     "atomic_torch_save",
     "atomic_write",
     "atomic_write_bytes",
@@ -210,3 +212,12 @@ def safe_torch_load(path: str | os.PathLike, map_location: Any = "cpu", **kwargs
         raise
     except Exception as error:  # unpickling errors come in many types; name the file
         raise RuntimeError(f"cannot load checkpoint {path}: {error}") from error
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks (memory stays flat for any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

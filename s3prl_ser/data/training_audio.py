@@ -19,7 +19,6 @@ exported model directory records the digests only (``training_audio`` in ``confi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -29,7 +28,7 @@ from typing import Any
 
 from s3prl_ser.data.emotion_dataset import utterance_key
 from s3prl_ser.data.folds import resolve_fold
-from s3prl_ser.fileio import safe_torch_load
+from s3prl_ser.fileio import safe_torch_load, sha256_file
 
 __all__ = [
     "DIGEST_RULE",
@@ -60,11 +59,7 @@ def file_digest(path: str | os.PathLike) -> str:
     stat = os.stat(real)
     key = (real, stat.st_size, stat.st_mtime_ns)
     if key not in _digests:
-        digest = hashlib.sha256()
-        with open(real, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _digests[key] = digest.hexdigest()[:_DIGITS]
+        _digests[key] = sha256_file(real)[:_DIGITS]
     return _digests[key]
 
 

@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from s3prl_ser.fileio import AtomicFile, atomic_write_bytes, remove_temporaries
+from s3prl_ser.fileio import AtomicFile, atomic_write_bytes, remove_temporaries, sha256_file
 
 __all__ = [
     "DTYPES",
@@ -105,14 +105,6 @@ def _space_errors(directory: Path) -> Iterator[None]:
             "committed before are kept and the partial one was removed: free space, point feature_cache.dir "
             "(--feature_cache_dir) elsewhere, or run without the cache (--no_feature_cache)",
         ) from error
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -233,7 +225,7 @@ class FeatureStore:
         if shard.verified:
             return True
         try:
-            actual = _sha256(shard.data)
+            actual = sha256_file(shard.data)
         except OSError as error:
             actual = f"unreadable ({error})"
         if actual == shard.sha256:

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from s3prl_ser import fileio
 from s3prl_ser.evaluated_strings import check_model_config
+from s3prl_ser.fileio import sha256_file
 
 __all__ = [
     "CONFIG_FILE",
@@ -84,15 +85,6 @@ def is_model_dir(path: str | os.PathLike) -> bool:
         return json.loads(config.read_text(encoding="utf-8")).get("format") == MODEL_FORMAT
     except (ValueError, AttributeError):
         return False
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def config_digest(config: Mapping[str, Any]) -> str:
